@@ -1,0 +1,92 @@
+"""BERT: word + position + token-type embeddings with a LayerNorm, post-LayerNorm blocks
+(normalise after each residual add), exact GELU, biases everywhere, no mask (every token
+sees every token). Checkpoints come with or without the `bert.` prefix; BertModel adds
+a pooler, BertForMaskedLM an MLM head whose decoder is tied to the word embeddings.
+Old TF-converted checkpoints name LayerNorm parameters `gamma`/`beta`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnscope.architectures._common import checkpoint_dtype
+from attnscope.config import ModelConfig
+from attnscope.errors import ConfigError
+
+MODEL_TYPES = ("bert",)
+PREFIXES = ("bert.",)
+
+_LAYERS = {
+    "attention.self.query": "attn.q",
+    "attention.self.key": "attn.k",
+    "attention.self.value": "attn.v",
+    "attention.output.dense": "attn.o",
+    "attention.output.LayerNorm": "attn_norm",
+    "intermediate.dense": "mlp.up",
+    "output.dense": "mlp.down",
+    "output.LayerNorm": "mlp_norm",
+}
+_TOP = {
+    "embeddings.word_embeddings": "embed.tok",
+    "embeddings.position_embeddings": "embed.pos",
+    "embeddings.token_type_embeddings": "embed.type",
+    "embeddings.LayerNorm": "embed.norm",
+    "pooler.dense": "pooler",
+    "cls.predictions.transform.dense": "mlm.dense",
+    "cls.predictions.transform.LayerNorm": "mlm.norm",
+    "cls.predictions.decoder": "unembed",
+}
+_PARAM = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
+
+WEIGHTS: dict[str, str | None] = {
+    **{f"encoder.layer.{{}}.{hf}.{p}": f"blocks.{{}}.{ours}.{q}"
+       for hf, ours in _LAYERS.items() for p, q in _PARAM.items()},
+    **{f"{hf}.{p}": f"{ours}.{q}" for hf, ours in _TOP.items() for p, q in _PARAM.items()},
+    "cls.predictions.bias": "mlm.bias",
+    "cls.predictions.decoder.bias": "mlm.bias",
+    "embeddings.position_ids": None,
+    "cls.seq_relationship.weight": None,  # next-sentence head: not part of attention
+    "cls.seq_relationship.bias": None,
+}
+
+_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
+
+
+def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+        raise ConfigError(f"BERT position_embedding_type {raw['position_embedding_type']!r} is not supported; only 'absolute'")
+    if raw.get("is_decoder"):
+        raise ConfigError("BERT as a decoder (is_decoder) is not supported")
+    act = raw.get("hidden_act", "gelu")
+    if act not in _ACTIVATIONS:
+        raise ConfigError(f"unsupported BERT hidden_act {act!r}")
+    archs = raw.get("architectures") or ["BertModel"]
+    mlm = any("MaskedLM" in a or "PreTraining" in a for a in archs)
+    pooler = any(a in ("BertModel", "BertForPreTraining") for a in archs) or not mlm
+    return ModelConfig(
+        name=name,
+        family="bert",
+        d_model=raw["hidden_size"],
+        n_layers=raw["num_hidden_layers"],
+        n_heads=raw["num_attention_heads"],
+        d_mlp=raw["intermediate_size"],
+        vocab_size=raw["vocab_size"],
+        n_ctx=raw.get("max_position_embeddings", 512),
+        causal=False,
+        positions="learned",
+        n_types=raw.get("type_vocab_size", 2),
+        norm="layernorm",
+        norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
+        post_norm=True,
+        embed_norm=True,
+        final_norm=False,
+        act=_ACTIVATIONS[act],
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
+        lm_head=mlm,
+        tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
+        pooler=pooler,
+        mlm_head=mlm,
+        dtype=checkpoint_dtype(raw),
+    )

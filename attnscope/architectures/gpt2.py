@@ -1,0 +1,81 @@
+"""GPT-2 (and the GPT-3 presets, which share its wiring): learned positions, pre-LayerNorm,
+GELU (tanh approximation), biases everywhere, unembedding tied to the token embedding.
+
+Quirk, as nanoGPT's loader notes: GPT-2 checkpoints store OpenAI's Conv1D layers, whose
+weights are (in, out) rather than nn.Linear's (out, in), so they are transposed here; the
+attention's query, key and value come fused in one `c_attn` and are split here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnscope.architectures._common import checkpoint_dtype
+from attnscope.config import ModelConfig
+from attnscope.errors import ConfigError
+
+MODEL_TYPES = ("gpt2",)
+PREFIXES = ("transformer.",)
+
+WEIGHTS: dict[str, str | None] = {
+    "wte.weight": "embed.tok.weight",
+    "wpe.weight": "embed.pos.weight",
+    "h.{}.ln_1.weight": "blocks.{}.attn_norm.weight",
+    "h.{}.ln_1.bias": "blocks.{}.attn_norm.bias",
+    "h.{}.attn.c_attn.weight": "blocks.{}.attn.qkv.weight",
+    "h.{}.attn.c_attn.bias": "blocks.{}.attn.qkv.bias",
+    "h.{}.attn.c_proj.weight": "blocks.{}.attn.o.weight",
+    "h.{}.attn.c_proj.bias": "blocks.{}.attn.o.bias",
+    "h.{}.attn.bias": None,
+    "h.{}.attn.masked_bias": None,
+    "h.{}.ln_2.weight": "blocks.{}.mlp_norm.weight",
+    "h.{}.ln_2.bias": "blocks.{}.mlp_norm.bias",
+    "h.{}.mlp.c_fc.weight": "blocks.{}.mlp.up.weight",
+    "h.{}.mlp.c_fc.bias": "blocks.{}.mlp.up.bias",
+    "h.{}.mlp.c_proj.weight": "blocks.{}.mlp.down.weight",
+    "h.{}.mlp.c_proj.bias": "blocks.{}.mlp.down.bias",
+    "ln_f.weight": "final_norm.weight",
+    "ln_f.bias": "final_norm.bias",
+    "lm_head.weight": "unembed.weight",
+}
+
+_CONV1D = (".attn.qkv.weight", ".attn.o.weight", ".mlp.up.weight", ".mlp.down.weight")
+_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+
+
+def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
+    act = raw.get("activation_function", "gelu_new")
+    if act not in _ACTIVATIONS:
+        raise ConfigError(f"unsupported GPT-2 activation_function {act!r}")
+    if raw.get("scale_attn_by_inverse_layer_idx") or raw.get("reorder_and_upcast_attn"):
+        raise ConfigError("GPT-2 variants with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn are not supported")
+    d_model = raw["n_embd"]
+    return ModelConfig(
+        name=name,
+        family="gpt2",
+        d_model=d_model,
+        n_layers=raw["n_layer"],
+        n_heads=raw["n_head"],
+        d_mlp=raw.get("n_inner") or 4 * d_model,
+        vocab_size=raw["vocab_size"],
+        n_ctx=raw.get("n_positions", raw.get("n_ctx", 1024)),
+        causal=True,
+        positions="learned",
+        norm="layernorm",
+        norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
+        act=_ACTIVATIONS[act],
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
+        tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
+        dtype=checkpoint_dtype(raw),
+    )
+
+
+def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
+    if name.endswith(_CONV1D):
+        tensor = tensor.t()  # Conv1D stores (in, out); we use nn.Linear's (out, in)
+    if ".attn.qkv." in name:
+        q, k, v = tensor.split(cfg.d_model, dim=0)  # (3 * d_model, ...) -> 3 x (d_model, ...)
+        return {name.replace(".qkv.", f".{part}."): t for part, t in zip("qkv", (q, k, v))}
+    return {name: tensor}

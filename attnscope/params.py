@@ -1,0 +1,302 @@
+"""Parameter accounting: pure arithmetic on a ModelConfig, and counts from stored tensors.
+
+`param_shapes()` is the single list of every parameter our model holds, by our names;
+the model builds itself from it and the loader checks checkpoints against it, so the
+count and the model cannot drift apart. Per-head shapes follow TransformerLens
+((n_heads, d_model, d_head)), which makes per-head counts fall out of a product.
+
+Two conventions:
+  * `3b1b`: weight matrices only, as in 3Blue1Brown's "Attention in transformers"
+    (embedding, key, query, value, output, up, down, unembedding; the unembedding is
+    counted even when it is tied to the embedding);
+  * `full`: every parameter the model stores, tied weights once (transformers'
+    `num_parameters()`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Iterable
+
+from attnscope.config import ModelConfig
+
+CONVENTIONS = ("3b1b", "full")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1}
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter of the model by our name, in load order. Tied unembeddings are absent."""
+    d, dh, v = cfg.d_model, cfg.d_head, cfg.vocab_size
+    q_out, kv_out = cfg.n_heads * dh, cfg.n_kv_heads * dh
+    norm_params = ("weight", "bias") if cfg.norm == "layernorm" else ("weight",)
+    shapes: dict[str, tuple[int, ...]] = {"embed.tok.weight": (v, d)}
+    if cfg.positions == "learned":
+        shapes["embed.pos.weight"] = (cfg.n_ctx, d)
+    if cfg.n_types:
+        shapes["embed.type.weight"] = (cfg.n_types, d)
+    if cfg.embed_norm:
+        shapes.update({f"embed.norm.{p}": (d,) for p in norm_params})
+    for i in range(cfg.n_layers):
+        b = f"blocks.{i}"
+        shapes.update({f"{b}.attn_norm.{p}": (d,) for p in norm_params})
+        for part, out in (("q", q_out), ("k", kv_out), ("v", kv_out)):
+            shapes[f"{b}.attn.{part}.weight"] = (out, d)
+            if cfg.qkv_bias:
+                shapes[f"{b}.attn.{part}.bias"] = (out,)
+        shapes[f"{b}.attn.o.weight"] = (d, q_out)
+        if cfg.out_bias:
+            shapes[f"{b}.attn.o.bias"] = (d,)
+        shapes.update({f"{b}.mlp_norm.{p}": (d,) for p in norm_params})
+        for part in ("gate", "up") if cfg.gated_mlp else ("up",):
+            shapes[f"{b}.mlp.{part}.weight"] = (cfg.d_mlp, d)
+            if cfg.mlp_bias:
+                shapes[f"{b}.mlp.{part}.bias"] = (cfg.d_mlp,)
+        shapes[f"{b}.mlp.down.weight"] = (d, cfg.d_mlp)
+        if cfg.mlp_bias:
+            shapes[f"{b}.mlp.down.bias"] = (d,)
+    if cfg.final_norm:
+        shapes.update({f"final_norm.{p}": (d,) for p in norm_params})
+    if cfg.pooler:
+        shapes["pooler.weight"] = (d, d)
+        shapes["pooler.bias"] = (d,)
+    if cfg.mlm_head:
+        shapes["mlm.dense.weight"] = (d, d)
+        shapes["mlm.dense.bias"] = (d,)
+        shapes.update({f"mlm.norm.{p}": (d,) for p in norm_params})
+        shapes["mlm.bias"] = (v,)
+    if cfg.lm_head and not cfg.tied_embeddings:
+        shapes["unembed.weight"] = (v, d)
+    return shapes
+
+
+# The video's rows, then what its counting leaves out. Order is display order.
+ROWS_3B1B = ("embedding", "key", "query", "value", "output", "gate", "up", "down", "unembedding")
+ROWS_OTHER = ("positions", "biases", "norms", "pooler", "mlm_head")
+
+
+def category(name: str) -> str:
+    """The breakdown row one of our parameter names belongs to."""
+    if name == "embed.tok.weight":
+        return "embedding"
+    if name == "unembed.weight":
+        return "unembedding"
+    if name in ("embed.pos.weight", "embed.type.weight"):
+        return "positions"
+    if name.startswith("pooler."):
+        return "pooler"
+    if name.startswith("mlm."):
+        return "mlm_head"
+    if "norm." in name:
+        return "norms"
+    if name.endswith(".bias"):
+        return "biases"
+    part = name.split(".")[-2]
+    return {"q": "query", "k": "key", "v": "value", "o": "output", "gate": "gate", "up": "up", "down": "down"}[part]
+
+
+def count_by_category(shapes: Iterable[tuple[str, tuple[int, ...]]]) -> dict[str, int]:
+    counts = {row: 0 for row in ROWS_3B1B + ROWS_OTHER}
+    for name, shape in shapes:
+        counts[category(name)] += prod(shape)
+    return counts
+
+
+@dataclass
+class HeadCount:
+    """Per attention head, after the video: W_Q, W_K, W_V↓ (value down), W_V↑ (value up)."""
+
+    shapes: dict[str, tuple[int, int]]
+    per_query_head: int  # W_Q + W_V↑ (the output share)
+    per_kv_head: int  # W_K + W_V↓
+    per_head: int | None  # all four, where every query head has its own K and V
+
+
+@dataclass
+class ParamReport:
+    """The full breakdown for one model; all numbers exact ints."""
+
+    cfg: ModelConfig
+    convention: str
+    rows: dict[str, int]  # the category counts (both conventions are derived from these)
+    total_3b1b: int
+    total_full: int
+    head: HeadCount
+    block: dict[str, int]  # attention, mlp, norms, biases, total (weights + biases + norms)
+    attention_per_block: int  # weights only (Q, K, V, O), as the video counts
+    attention_total: int
+    mlp_per_block: int
+    source: str = ""
+    skipped: list[str] = field(default_factory=list)  # buffers in a checkpoint, not counted
+    stored_only: bool = False  # counted from a checkpoint's tensors
+
+    @property
+    def total(self) -> int:
+        return self.total_3b1b if self.convention == "3b1b" else self.total_full
+
+    @property
+    def other_total(self) -> tuple[str, int]:
+        if self.convention == "3b1b":
+            return "full", self.total_full
+        return "3b1b", self.total_3b1b
+
+
+def head_count(cfg: ModelConfig) -> HeadCount:
+    d, dh = cfg.d_model, cfg.d_head
+    shapes = {"W_Q": (d, dh), "W_K": (d, dh), "W_V↓": (d, dh), "W_V↑": (dh, d)}
+    per_q = 2 * d * dh
+    per_kv = 2 * d * dh
+    return HeadCount(shapes, per_q, per_kv, per_q + per_kv if cfg.group_size == 1 else None)
+
+
+def _totals(rows: dict[str, int], cfg: ModelConfig) -> tuple[int, int]:
+    full = sum(rows.values())
+    weights = sum(rows[r] for r in ROWS_3B1B)
+    # The video counts the unembedding as its own matrix even where the model ties it.
+    if cfg.lm_head and cfg.tied_embeddings and rows["unembedding"] == 0:
+        weights += rows["embedding"]
+    return weights, full
+
+
+def report(cfg: ModelConfig, convention: str = "full", source: str = "") -> ParamReport:
+    """The parameter breakdown of a config, by arithmetic alone."""
+    return _report(cfg, convention, param_shapes(cfg).items(), source)
+
+
+def report_from_stored(
+    cfg: ModelConfig, stored: dict[str, tuple[int, ...]], convention: str, source: str, skipped: list[str]
+) -> ParamReport:
+    """The breakdown of the tensors a checkpoint actually stores (already in our names)."""
+    rep = _report(cfg, convention, stored.items(), source)
+    rep.skipped = skipped
+    rep.stored_only = True
+    return rep
+
+
+def _report(cfg: ModelConfig, convention: str, shapes: Iterable[tuple[str, tuple[int, ...]]], source: str) -> ParamReport:
+    shapes = list(shapes)
+    rows = count_by_category(shapes)
+    total_3b1b, total_full = _totals(rows, cfg)
+    head = head_count(cfg)
+    d, dh = cfg.d_model, cfg.d_head
+    attn_block = cfg.n_heads * head.per_query_head + cfg.n_kv_heads * head.per_kv_head
+    mlp_block = (3 if cfg.gated_mlp else 2) * d * cfg.d_mlp
+    n_norm = (2 if cfg.norm == "layernorm" else 1) * d * 2
+    biases = 0
+    if cfg.qkv_bias:
+        biases += (cfg.n_heads + 2 * cfg.n_kv_heads) * dh
+    if cfg.out_bias:
+        biases += d
+    if cfg.mlp_bias:
+        biases += (2 if cfg.gated_mlp else 1) * cfg.d_mlp + d
+    block = {
+        "attention": attn_block,
+        "mlp": mlp_block,
+        "biases": biases,
+        "norms": n_norm,
+        "total": attn_block + mlp_block + biases + n_norm,
+    }
+    return ParamReport(
+        cfg=cfg,
+        convention=convention,
+        rows=rows,
+        total_3b1b=total_3b1b,
+        total_full=total_full,
+        head=head,
+        block=block,
+        attention_per_block=attn_block,
+        attention_total=attn_block * cfg.n_layers,
+        mlp_per_block=mlp_block,
+        source=source,
+    )
+
+
+@dataclass
+class ContextReport:
+    """What a context of n tokens costs: pattern entries, KV cache, forward FLOPs."""
+
+    n: int
+    dtype: str
+    bytes_per_value: int
+    pattern_per_head: int  # n² entries
+    pattern_per_block: int
+    pattern_total: int
+    kv_cache_per_token: int  # values (K and V, every layer and kv head)
+    kv_cache_total: int
+    kv_cache_bytes: int
+    pattern_bytes: int
+    flops_per_token: int  # forward FLOPs per token at context n (2 per multiply-add)
+
+
+def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextReport:
+    width = DTYPE_BYTES[dtype]
+    per_head = n * n
+    per_block = per_head * cfg.n_heads
+    kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head
+    weights = count_by_category(param_shapes(cfg).items())
+    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "gate", "up", "down"))
+    if cfg.lm_head:
+        matmul_params += weights["embedding"]  # the unembedding matmul, tied or not
+    # 2 FLOPs per weight per token, plus QK^T and pattern·V: 2 * 2 * n * d_head per head.
+    attn_flops = cfg.n_layers * cfg.n_heads * 4 * n * cfg.d_head
+    return ContextReport(
+        n=n,
+        dtype=dtype,
+        bytes_per_value=width,
+        pattern_per_head=per_head,
+        pattern_per_block=per_block,
+        pattern_total=per_block * cfg.n_layers,
+        kv_cache_per_token=kv_per_token,
+        kv_cache_total=kv_per_token * n,
+        kv_cache_bytes=kv_per_token * n * width,
+        pattern_bytes=per_block * cfg.n_layers * width,
+        flops_per_token=2 * matmul_params + attn_flops,
+    )
+
+
+def report_dict(rep: ParamReport, ctx: ContextReport | None = None) -> dict:
+    """The `--json` document: plain ints, never rounded strings."""
+    cfg = rep.cfg
+    out: dict = {
+        "model": cfg.name or rep.source,
+        "source": rep.source,
+        "family": cfg.family,
+        "convention": rep.convention,
+        "total": rep.total,
+        "totals": {"3b1b": rep.total_3b1b, "full": rep.total_full},
+        "shape": {
+            "d_model": cfg.d_model,
+            "n_layers": cfg.n_layers,
+            "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads,
+            "d_head": cfg.d_head,
+            "d_mlp": cfg.d_mlp,
+            "vocab_size": cfg.vocab_size,
+            "n_ctx": cfg.n_ctx,
+            "attention_kind": cfg.attention_kind,
+            "tied_embeddings": cfg.tied_embeddings,
+        },
+        "attention": {
+            "per_query_head": rep.head.per_query_head,
+            "per_kv_head": rep.head.per_kv_head,
+            "per_block": rep.attention_per_block,
+            "total": rep.attention_total,
+        },
+        "mlp": {"per_block": rep.mlp_per_block, "total": rep.mlp_per_block * cfg.n_layers},
+        "block": rep.block,
+        "rows": rep.rows,
+    }
+    if rep.head.per_head is not None:
+        out["attention"]["per_head"] = rep.head.per_head
+    if rep.stored_only:
+        out["skipped_buffers"] = rep.skipped
+    if ctx is not None:
+        out["context"] = {
+            "n": ctx.n,
+            "dtype": ctx.dtype,
+            "pattern_entries": {"per_head": ctx.pattern_per_head, "per_block": ctx.pattern_per_block, "total": ctx.pattern_total},
+            "pattern_bytes": ctx.pattern_bytes,
+            "kv_cache": {"values_per_token": ctx.kv_cache_per_token, "values": ctx.kv_cache_total, "bytes": ctx.kv_cache_bytes},
+            "flops_per_token": ctx.flops_per_token,
+        }
+    return out
