@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from attnscope.config import ModelConfig
+
+if TYPE_CHECKING:
+    from attnscope.checkpoint import Checkpoint
 
 CONVENTIONS = ("3b1b", "full")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1}
@@ -72,11 +75,13 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 # The video's rows, then what its counting leaves out. Order is display order.
 ROWS_3B1B = ("embedding", "key", "query", "value", "output", "gate", "up", "down", "unembedding")
-ROWS_OTHER = ("positions", "biases", "norms", "pooler", "mlm_head")
+ROWS_OTHER = ("positions", "biases", "norms", "pooler", "mlm_head", "other")
 
 
 def category(name: str) -> str:
     """The breakdown row one of our parameter names belongs to."""
+    if name.startswith("other:"):
+        return "other"
     if name == "embed.tok.weight":
         return "embedding"
     if name == "unembed.weight":
@@ -92,7 +97,7 @@ def category(name: str) -> str:
     if name.endswith(".bias"):
         return "biases"
     part = name.split(".")[-2]
-    return {"q": "query", "k": "key", "v": "value", "o": "output", "gate": "gate", "up": "up", "down": "down"}[part]
+    return {"q": "query", "k": "key", "v": "value", "o": "output", "gate": "gate", "up": "up", "down": "down"}.get(part, "other")
 
 
 def count_by_category(shapes: Iterable[tuple[str, tuple[int, ...]]]) -> dict[str, int]:
@@ -161,6 +166,37 @@ def _totals(rows: dict[str, int], cfg: ModelConfig) -> tuple[int, int]:
 def report(cfg: ModelConfig, convention: str = "full", source: str = "") -> ParamReport:
     """The parameter breakdown of a config, by arithmetic alone."""
     return _report(cfg, convention, param_shapes(cfg).items(), source)
+
+
+def stored_shapes(ckpt: "Checkpoint", cfg: ModelConfig | None) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """The parameters a checkpoint stores, by our names where its family is known, from
+    the headers alone; non-parameter buffers are returned separately as skipped."""
+    from attnscope import architectures
+
+    module = architectures.ARCHITECTURES.get(cfg.family) if cfg is not None else None
+    stored: dict[str, tuple[int, ...]] = {}
+    skipped: list[str] = []
+    for name, info in ckpt.tensors.items():
+        if module is None:
+            if architectures.is_buffer(name):
+                skipped.append(name)
+            else:
+                stored[f"other:{name}"] = info.shape
+            continue
+        try:
+            ours = architectures.our_name(module, name)
+        except KeyError:
+            stored[f"other:{name}"] = info.shape
+            continue
+        if ours is None:
+            skipped.append(name)
+        elif ".attn.qkv." in ours:  # fused q, k, v (GPT-2): three equal parts
+            numel = prod(info.shape) // 3
+            for part in "qkv":
+                stored[ours.replace(".qkv.", f".{part}.")] = (numel,)
+        else:
+            stored[ours] = info.shape
+    return stored, skipped
 
 
 def report_from_stored(

@@ -1,0 +1,5 @@
+"""`python -m attnscope` runs the CLI."""
+
+from attnscope.cli import main
+
+main()

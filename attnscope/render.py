@@ -1,0 +1,164 @@
+"""Rich tables and heatmaps: the only module that writes to the console.
+
+Every function takes results (dataclasses from params/analysis) and a Console; none
+computes anything a test would want to check, so rendering can change freely.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from attnscope.config import ModelConfig
+    from attnscope.params import ContextReport, ParamReport
+
+ROW_LABELS = {
+    "embedding": "Embedding",
+    "key": "Key",
+    "query": "Query",
+    "value": "Value (W_V↓)",
+    "output": "Output (W_V↑)",
+    "gate": "Gate (gated MLP)",
+    "up": "Up-projection",
+    "down": "Down-projection",
+    "unembedding": "Unembedding",
+    "positions": "Position / type tables",
+    "biases": "Biases",
+    "norms": "Norms",
+    "pooler": "Pooler",
+    "mlm_head": "MLM head",
+    "other": "Other stored tensors",
+}
+
+
+def n(value: int) -> str:
+    return f"{value:,}"
+
+
+def human_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value} B"
+
+
+def shape_line(cfg: "ModelConfig") -> str:
+    kv = "" if cfg.n_kv_heads == cfg.n_heads else f" ({cfg.n_kv_heads} key/value heads, {cfg.attention_kind})"
+    return (
+        f"{cfg.family} · d_model {n(cfg.d_model)} · {cfg.n_layers} layers × {cfg.n_heads} heads of {cfg.d_head}{kv}"
+        f" · MLP {n(cfg.d_mlp)}{' (gated)' if cfg.gated_mlp else ''} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
+    )
+
+
+def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | None" = None) -> None:
+    from attnscope.params import ROWS_3B1B, ROWS_OTHER
+
+    cfg = rep.cfg
+    title = cfg.name or rep.source
+    console.print(Text(f"{title}", style="bold"), Text(f"  {shape_line(cfg)}", style="dim"))
+    if rep.stored_only:
+        console.print(Text(f"counted from the tensors stored in {rep.source}", style="dim"))
+
+    head = Table(title="Per attention head", title_justify="left", show_edge=False)
+    head.add_column("Matrix")
+    head.add_column("Shape", justify="right")
+    head.add_column("Parameters", justify="right")
+    d, dh = cfg.d_model, cfg.d_head
+    for label, shape, per in (
+        ("W_Q (query)", f"{n(d)} × {n(dh)}", "query head"),
+        ("W_K (key)", f"{n(d)} × {n(dh)}", "key/value head"),
+        ("W_V↓ (value down)", f"{n(d)} × {n(dh)}", "key/value head"),
+        ("W_V↑ (value up, output share)", f"{n(dh)} × {n(d)}", "query head"),
+    ):
+        head.add_row(label + (f"  [dim]per {per}[/]" if cfg.group_size > 1 else ""), shape, n(d * dh))
+    if rep.head.per_head is not None:
+        head.add_row(Text("per head", style="bold"), "", Text(n(rep.head.per_head), style="bold"))
+    else:
+        head.add_row(Text("per query head (W_Q + W_V↑)", style="bold"), "", n(rep.head.per_query_head))
+        head.add_row(
+            Text(f"per key/value head (W_K + W_V↓), shared by {cfg.group_size}", style="bold"), "", n(rep.head.per_kv_head)
+        )
+    console.print(head)
+
+    block = Table(title="Per block", title_justify="left", show_edge=False)
+    block.add_column("Part")
+    block.add_column("Parameters", justify="right")
+    block.add_row(f"Attention weights ({cfg.n_heads} × Q, O; {cfg.n_kv_heads} × K, V)", n(rep.block["attention"]))
+    block.add_row("MLP weights" + (" (gate, up, down)" if cfg.gated_mlp else " (up, down)"), n(rep.block["mlp"]))
+    block.add_row("Biases", n(rep.block["biases"]))
+    block.add_row("Norms", n(rep.block["norms"]))
+    block.add_row(Text("Block total", style="bold"), Text(n(rep.block["total"]), style="bold"))
+    console.print(block)
+
+    model = Table(title=f"Whole model ({cfg.n_layers} blocks)", title_justify="left", show_edge=False)
+    model.add_column("Row")
+    model.add_column("Parameters", justify="right")
+    model.add_column("Share", justify="right")
+    total = rep.total
+    for row in ROWS_3B1B:
+        value = rep.rows[row]
+        note = ""
+        if row == "unembedding" and value == 0 and cfg.lm_head and cfg.tied_embeddings:
+            value, note = rep.rows["embedding"], " (tied: counted again in 3b1b only)"
+        if value == 0 and row in ("gate", "unembedding"):
+            continue
+        model.add_row(ROW_LABELS[row] + note, n(value), f"{100 * value / total:.1f}%" if total else "")
+    model.add_section()
+    for row in ROWS_OTHER:
+        if rep.rows[row]:
+            model.add_row(
+                Text(ROW_LABELS[row] + ("" if rep.convention == "full" else " (not in 3b1b)"), style="dim"),
+                n(rep.rows[row]),
+                "",
+            )
+    model.add_section()
+    model.add_row(Text("All attention weights", style="bold"), n(rep.attention_total), f"{100 * rep.attention_total / total:.1f}%")
+    console.print(model)
+
+    other_name, other_value = rep.other_total
+    console.print(
+        Text.assemble(
+            ("Total ", "bold"),
+            (f"({rep.convention} convention): ", "bold"),
+            (n(rep.total), "bold green"),
+            (f"   {other_name} convention: {n(other_value)}", "dim"),
+        )
+    )
+    if rep.skipped:
+        console.print(Text(f"skipped {len(rep.skipped)} non-parameter buffers: {', '.join(rep.skipped[:4])}"
+                           + (" …" if len(rep.skipped) > 4 else ""), style="dim"))
+    if ctx is not None:
+        context_table(console, cfg, ctx)
+
+
+def context_table(console: Console, cfg: "ModelConfig", ctx: "ContextReport") -> None:
+    table = Table(title=f"At a context of {n(ctx.n)} tokens ({ctx.dtype})", title_justify="left", show_edge=False)
+    table.add_column("What")
+    table.add_column("Values", justify="right")
+    table.add_column("Memory", justify="right")
+    b = ctx.bytes_per_value
+    table.add_row(f"Attention pattern per head ({n(ctx.n)}²)", n(ctx.pattern_per_head), human_bytes(ctx.pattern_per_head * b))
+    table.add_row(f"Patterns per block ({cfg.n_heads} heads)", n(ctx.pattern_per_block), human_bytes(ctx.pattern_per_block * b))
+    table.add_row(f"Patterns, whole model ({cfg.n_layers} blocks)", n(ctx.pattern_total), human_bytes(ctx.pattern_bytes))
+    table.add_row("KV cache per token", n(ctx.kv_cache_per_token), human_bytes(ctx.kv_cache_per_token * b))
+    table.add_row(f"KV cache at {n(ctx.n)} tokens", n(ctx.kv_cache_total), human_bytes(ctx.kv_cache_bytes))
+    table.add_row("Forward FLOPs per token", n(ctx.flops_per_token), "")
+    console.print(table)
+
+
+def preset_list(console: Console, rows: Sequence[tuple[str, "ModelConfig", int, str]]) -> None:
+    table = Table(title="Presets", title_justify="left", show_edge=False)
+    for col, justify in (("Name", "left"), ("Family", "left"), ("d_model", "right"), ("Layers", "right"),
+                         ("Heads (kv)", "right"), ("d_head", "right"), ("MLP", "right"), ("Vocab", "right"),
+                         ("Context", "right"), ("Total", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, cfg, total, convention in rows:
+        heads = str(cfg.n_heads) if cfg.n_kv_heads == cfg.n_heads else f"{cfg.n_heads} ({cfg.n_kv_heads})"
+        table.add_row(name, cfg.family, n(cfg.d_model), str(cfg.n_layers), heads, str(cfg.d_head), n(cfg.d_mlp),
+                      n(cfg.vocab_size), n(cfg.n_ctx), f"{n(total)} [dim]{convention}[/]")
+    console.print(table)
