@@ -37,7 +37,7 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     if cfg.positions == "learned":
         shapes["embed.pos.weight"] = (cfg.n_ctx, d)
     if cfg.n_types:
-        shapes["embed.type.weight"] = (cfg.n_types, d)
+        shapes["embed.types.weight"] = (cfg.n_types, d)
     if cfg.embed_norm:
         shapes.update({f"embed.norm.{p}": (d,) for p in norm_params})
     for i in range(cfg.n_layers):
@@ -86,7 +86,7 @@ def category(name: str) -> str:
         return "embedding"
     if name == "unembed.weight":
         return "unembedding"
-    if name in ("embed.pos.weight", "embed.type.weight"):
+    if name in ("embed.pos.weight", "embed.types.weight"):
         return "positions"
     if name.startswith("pooler."):
         return "pooler"

@@ -29,7 +29,7 @@ _LAYERS = {
 _TOP = {
     "embeddings.word_embeddings": "embed.tok",
     "embeddings.position_embeddings": "embed.pos",
-    "embeddings.token_type_embeddings": "embed.type",
+    "embeddings.token_type_embeddings": "embed.types",
     "embeddings.LayerNorm": "embed.norm",
     "pooler.dense": "pooler",
     "cls.predictions.transform.dense": "mlm.dense",

