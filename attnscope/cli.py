@@ -133,7 +133,7 @@ def params(
     """
     from attnscope import config as cfgmod
     from attnscope import params as pm
-    from attnscope import render
+    from attnscope.render import params as render
 
     if list_presets:
         rows = []
@@ -191,6 +191,12 @@ def _checkpoint_report(spec: str, convention: str) -> Any:
     cfg.name = cfg.name if cfg.name not in ("", ".") else spec
     stored, skipped = pm.stored_shapes(ckpt, cfg)
     return pm.report_from_stored(cfg, stored, convention, spec, skipped)
+
+
+# --- mask-demo command goes here ---
+
+
+# --- heads command goes here ---
 
 
 def _print_json(doc: Any) -> None:

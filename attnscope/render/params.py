@@ -1,8 +1,4 @@
-"""Rich tables and heatmaps: the only module that writes to the console.
-
-Every function takes results (dataclasses from params/analysis) and a Console; none
-computes anything a test would want to check, so rendering can change freely.
-"""
+"""Rich tables for `params`: per head, per block, per model, and the context costs."""
 
 from __future__ import annotations
 
@@ -11,6 +7,8 @@ from typing import TYPE_CHECKING, Sequence
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from attnscope.render import human_bytes, n
 
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig
@@ -33,18 +31,6 @@ ROW_LABELS = {
     "mlm_head": "MLM head",
     "other": "Other stored tensors",
 }
-
-
-def n(value: int) -> str:
-    return f"{value:,}"
-
-
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value} B"
 
 
 def shape_line(cfg: "ModelConfig") -> str:

@@ -1,0 +1,36 @@
+"""Rendering: rich tables and heatmaps, the only code that writes to the console.
+
+One module per command (params, attend, masks, heads); each function takes results
+(dataclasses from params/analysis) and a Console, and computes nothing a test would
+want to check, so rendering can change freely. Shared formatting helpers live here.
+"""
+
+from __future__ import annotations
+
+
+def n(value: int) -> str:
+    """An exact integer with thousands separators."""
+    return f"{value:,}"
+
+
+def human_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value} B"
+
+
+# Colour ramp for attention weights 0..1: dark to bright, readable on dark and light terminals.
+RAMP = ("grey23", "grey39", "blue", "dodger_blue2", "deep_sky_blue1", "cyan", "green_yellow", "yellow", "orange1", "red")
+SHADES = " ░▒▓█"  # the same ramp without colour (NO_COLOR / --no-color)
+
+
+def ramp_style(value: float) -> str:
+    i = min(len(RAMP) - 1, max(0, int(value * len(RAMP))))
+    return RAMP[i]
+
+
+def shade(value: float) -> str:
+    i = min(len(SHADES) - 1, max(0, int(round(value * (len(SHADES) - 1)))))
+    return SHADES[i]
