@@ -193,6 +193,165 @@ def _checkpoint_report(spec: str, convention: str) -> Any:
     return pm.report_from_stored(cfg, stored, convention, spec, skipped)
 
 
+class View(str, Enum):
+    focus = "focus"
+    topk = "topk"
+    heatmap = "heatmap"
+    overview = "overview"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LoadDtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 3, -1 (last), 0,2,5, 1-3, 2: or all.")]
+HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]
+LoadDtypeOpt = Annotated[LoadDtype, typer.Option("--dtype", help="Weights' dtype (auto: float32 on CPU, the checkpoint's on GPU). Softmax is always float32.")]
+NoColorOpt = Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")]
+TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut a text longer than the model's positions instead of failing.")]
+
+
+def _load(model: Optional[str], device: Device, dtype: LoadDtype) -> Any:
+    """Load a model with a progress bar on stderr for big checkpoints."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from attnscope.api import load
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if total < 256 * 1024 * 1024:
+            return
+        if bar is None:
+            bar = Progress(TextColumn("loading weights"), BarColumn(), DownloadColumn(),
+                           console=Console(stderr=True), transient=True)
+            bar.start()
+            bar.add_task("load", total=total)
+        bar.update(bar.task_ids[0], completed=done)
+
+    try:
+        return load(model, device.value, dtype.value, progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _focus_index(tokens: Any, token: Optional[str]) -> int:
+    from attnscope.analysis import default_focus
+
+    if token is None:
+        return default_focus(tokens)
+    try:
+        i = int(token)
+    except ValueError:
+        wanted = token.strip().lower()
+        for j in range(len(tokens) - 1, -1, -1):
+            if tokens.labels[j].lstrip("␣#").lower() == wanted:
+                return j
+        raise UsageError(f"no token {token!r} in the text", hint=f"tokens: {' '.join(tokens.labels[:20])}") from None
+    if -len(tokens) <= i < len(tokens):
+        return i % len(tokens)
+    raise UsageError(f"--token {i} is out of range: the text has {len(tokens)} tokens")
+
+
+@app.command(
+    epilog='Examples:\n\n  attnscope attend "a fluffy blue creature"\n\n'
+    '  attnscope attend "a fluffy blue creature" --view heatmap --layer 2 --head 5\n\n'
+    '  attnscope attend "the cat sat on the mat" --view topk --layer -1 --head 0-3 --top-k 2\n\n'
+    '  attnscope attend "a fluffy blue creature" --view overview --token blue\n\n'
+    '  attnscope attend "a fluffy blue creature" --save patterns.npz --json',
+)
+def attend(
+    text: Annotated[str, typer.Argument(help="The text to look at.")],
+    model: ModelOpt = None,
+    view: Annotated[View, typer.Option("--view", "-v", help="focus: one token in every head; topk: every token; heatmap: one head's pattern; overview: all layers × heads.")] = View.focus,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many keys to show per token.")] = 3,
+    token: Annotated[Optional[str], typer.Option("--token", "-t", help="Query token for focus/overview: an index or a word (default: the last word).")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Write the selected patterns to FILE.npz or FILE.safetensors.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --save file.")] = False,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = Device.auto,
+    dtype: LoadDtypeOpt = LoadDtype.auto,
+    truncate: TruncateOpt = False,
+    no_color: NoColorOpt = False,
+) -> None:
+    """Show who attends to whom: run a real checkpoint and show its attention.
+
+    With no --model, runs the embedded all-MiniLM-L6-v2 (BERT, 6 layers × 12 heads)
+    offline; ATTNSCOPE_MODEL overrides that default. The default view shows, for the
+    last word, the tokens each head of the last layer draws on most.
+    """
+    from attnscope import analysis, export
+
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if save is not None:
+        export.check_target(save, force)
+    if not text.strip():
+        from attnscope.errors import InputError
+
+        raise InputError("the text is empty", hint='give some text, e.g. attnscope attend "a fluffy blue creature"')
+    m = _load(model, device, dtype)
+    tokens = m.tokenize(text, truncate)
+    n = len(tokens)
+    # Display defaults: the last layer for focus/topk; one head for the heatmap.
+    view_layers = layer if layer is not None else ("all" if view == View.overview else "-1")
+    view_heads = head if head is not None else ("0" if view == View.heatmap else "all")
+    ls = analysis.select(view_layers, m.n_layers, "layer")
+    hs = analysis.select(view_heads, m.n_heads, "head")
+    query = _focus_index(tokens, token)
+    probes: list[Any] = []
+    topk = analysis.TopKProbe(ls, hs, n, top_k) if (as_json or view == View.topk) else None
+    focus = analysis.FocusProbe(ls, hs, n, query) if view in (View.focus, View.overview) else None
+    summary = analysis.SummaryProbe(ls, hs, m.config, n) if view == View.overview else None
+    full = analysis.FullPatterns(ls, hs, n) if view == View.heatmap else None
+    save_ls = analysis.select(layer, m.n_layers, "layer")
+    save_hs = analysis.select(head, m.n_heads, "head")
+    saved = analysis.FullPatterns(save_ls, save_hs, n) if save is not None else None
+    probes = [p for p in (topk, focus, summary, full, saved) if p is not None]
+    m.run(tokens.ids, analysis.Probes(*probes), max(max(ls), max(save_ls) if saved else 0))
+    res = analysis.AttendResult(tokens, ls, hs)
+    if topk is not None:
+        res.topk = analysis.TopK(topk.indices, topk.weights, ls, hs, tokens)
+    if focus is not None:
+        res.focus = analysis.Focus(query, focus.rows, ls, hs, tokens)
+    if summary is not None:
+        res.summary = summary.result()
+    if full is not None:
+        res.attention = analysis.Attention(full.probs, ls, hs, tokens)
+    if saved is not None:
+        assert save is not None
+        export.save_patterns(save, saved.probs, save_ls, save_hs, tokens.ids, tokens.labels, text, force)
+    name = m.config.name or m.source
+    if as_json:
+        assert res.topk is not None
+        doc = export.topk_document(res.topk, name, res.focus)
+        if save is not None:
+            doc["saved"] = str(save)
+        _print_json(doc)
+        return
+    from attnscope.render.attend import render_result
+
+    console = _console(no_color)
+    render_result(console, res, view.value, name, top_k, color=not no_color and console.color_system is not None)
+    if save is not None:
+        console.print(f"[dim]saved {len(save_ls)} layers × {len(save_hs)} heads × {n}² to {save}[/]")
+
+
 # --- mask-demo command goes here ---
 
 

@@ -1,0 +1,189 @@
+"""Views for `attend`: focus (one token, every head), top-k, heatmap, overview.
+
+Designed for an 80×24 terminal first: the default focus view answers "which words does
+'creature' draw on, in each head?" in one screen, and the others degrade by eliding
+(first and last tokens with a visible '…') rather than wrapping.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from attnscope.render import ramp_style, shade
+
+if TYPE_CHECKING:
+    from attnscope.analysis import AttendResult, Attention, Focus, Summary, TopK
+    from attnscope.tokenize import Tokens
+
+
+def clip(label: str, width: int) -> str:
+    return label if len(label) <= width else label[: max(1, width - 1)] + "…"
+
+
+def weight_text(label: str, weight: float, color: bool, width: int = 10) -> Text:
+    body = f"{clip(label, width)} {weight:.2f}"
+    return Text(body, style=ramp_style(weight) if color else "")
+
+
+def header(console: Console, model: str, tokens: "Tokens", note: str = "") -> None:
+    line = Text.assemble((f"{model}", "bold"), (f"  {len(tokens)} tokens", "dim"))
+    if tokens.truncated_from:
+        line.append(f" (cut from {tokens.truncated_from} by --truncate)", style="yellow")
+    console.print(line)
+    if note:
+        console.print(Text(note, style="dim"))
+
+
+def focus_view(console: Console, focus: "Focus", k: int, color: bool) -> None:
+    """Rank the text's own tokens; the weight on special tokens ([CLS], <s>, ...), often
+    a resting place rather than meaning, gets its own column."""
+    import torch
+
+    tokens = focus.tokens
+    assert tokens is not None
+    q = focus.query
+    special = torch.tensor(tokens.special, dtype=torch.bool)
+    words = (~special).nonzero().flatten()
+    ranked = words if words.numel() else torch.arange(len(tokens))
+    show_special = bool(special.any()) and words.numel() > 0
+    for li, layer in enumerate(focus.layers):
+        table = Table(
+            title=f"What “{tokens.labels[q]}” (token {q}) attends to · layer {layer}",
+            title_justify="left", show_edge=False, pad_edge=False, box=None, padding=(0, 1),
+        )
+        table.add_column("head", justify="right", style="dim")
+        for r in range(min(k, ranked.numel())):
+            table.add_column(f"#{r + 1}")
+        if show_special:
+            table.add_column("specials", justify="right", style="dim")
+        for hi, head in enumerate(focus.heads):
+            row = focus.weights[li, hi]  # (T,)
+            w, pos = row[ranked].topk(min(k, ranked.numel()))
+            cells = [weight_text(tokens.labels[int(ranked[p])], float(x), color) for x, p in zip(w.tolist(), pos.tolist())]
+            if show_special:
+                cells.append(Text(f"{float(row[special].sum()):.2f}"))
+            table.add_row(f"H{head}", *cells)
+        console.print(table)
+
+
+def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40) -> None:
+    tokens = topk.tokens
+    assert tokens is not None
+    n = len(tokens)
+    rows = list(range(n)) if n <= max_rows else list(range(max_rows // 2)) + [-1] + list(range(n - max_rows // 2, n))
+    for li, layer in enumerate(topk.layers):
+        for hi, head in enumerate(topk.heads):
+            table = Table(title=f"L{layer} H{head} · top {topk.indices.shape[-1]} keys per token",
+                          title_justify="left", show_edge=False, box=None, padding=(0, 1))
+            table.add_column("#", justify="right", style="dim")
+            table.add_column("token")
+            table.add_column("attends to")
+            for i in rows:
+                if i < 0:
+                    table.add_row("…", f"({n - max_rows} more)", "")
+                    continue
+                parts = Text()
+                for j, w in topk.rows(li, hi, i):
+                    if parts:
+                        parts.append("  ")
+                    parts.append_text(weight_text(tokens.labels[j], w, color))
+                table.add_row(str(i), clip(tokens.labels[i], 14), parts)
+            console.print(table)
+
+
+def _elide(n: int, fit: int) -> list[int]:
+    """Indices to show when n do not fit: the first and last, with -1 for the gap."""
+    if n <= fit:
+        return list(range(n))
+    head = (fit - 1) // 2
+    tail = fit - 1 - head
+    return list(range(head)) + [-1] + list(range(n - tail, n))
+
+
+def heatmap_view(console: Console, att: "Attention", color: bool, width: int) -> None:
+    tokens = att.tokens
+    assert tokens is not None
+    n = len(tokens)
+    label_w = min(12, max(len(t) for t in tokens.labels) + 1)
+    room = max(8, width - label_w - 6)
+    cell = 5 if n * 5 <= room else (3 if n * 3 <= room else 1)
+    cols = _elide(n, room // cell)
+    rows = _elide(n, 40)
+    legend = {5: "attention weight", 3: "attention weight in %", 1: f"shade {shade(0.25)}{shade(0.5)}{shade(0.75)}{shade(1.0)} = weight"}[cell]
+    for li, layer in enumerate(att.layers):
+        for hi, head in enumerate(att.heads):
+            pattern = att.probs[li, hi]  # (T, T)
+            console.print(Text(f"Layer {layer} · head {head}: row = query token, column = key token", style="bold"))
+            idx_line = Text(" " * (label_w + 4))
+            for j in cols:
+                idx_line.append(("…" if j < 0 else str(j if cell > 1 else j % 10)).rjust(cell))
+            console.print(idx_line, no_wrap=True, overflow="ellipsis")
+            for i in rows:
+                label = "…" if i < 0 else clip(tokens.labels[i], label_w)
+                line = Text(f"{'' if i < 0 else i:>3} " + label.ljust(label_w))
+                for j in cols:
+                    if i < 0 or j < 0:
+                        line.append("…".rjust(cell))
+                        continue
+                    w = float(pattern[i, j])
+                    if w == 0:
+                        body = "·".rjust(cell)
+                    elif cell == 5:
+                        body = f"{w:5.2f}"
+                    elif cell == 3:
+                        body = f"{round(w * 100):3d}"
+                    else:
+                        body = shade(w) if shade(w) != " " else "."
+                    line.append(body, style=ramp_style(w) if color and w > 0 else "")
+                console.print(line, no_wrap=True, overflow="ellipsis")
+            console.print(Text(f"cells: {legend}; · = exactly 0 (masked)", style="dim"))
+
+
+def overview_view(console: Console, summary: "Summary", focus: "Focus | None", color: bool) -> None:
+    table = Table(title="Entropy per head (0 = one key, 1 = uniform)",
+                  title_justify="left", show_edge=False, box=None, padding=(0, 0, 0, 1))
+    table.add_column("", style="dim")
+    for head in summary.heads:
+        table.add_column(f"H{head}", justify="right")
+    for li, layer in enumerate(summary.layers):
+        cells = []
+        for hi in range(len(summary.heads)):
+            v = float(summary.entropy[li, hi])
+            cells.append(Text(f"{v:.2f}", style=ramp_style(1 - v) if color else ""))
+        table.add_row(f"L{layer} ", *cells)
+    console.print(table)
+    if focus is not None and focus.tokens is not None:
+        tokens = focus.tokens
+        words = [i for i, sp in enumerate(tokens.special) if not sp] or list(range(len(tokens)))
+        table = Table(title=f"The word “{tokens.labels[focus.query]}” looks at most, per head",
+                      title_justify="left", show_edge=False, box=None, padding=(0, 0))
+        table.add_column("", style="dim")
+        for head in focus.heads:
+            table.add_column(f"H{head}", justify="right")
+        for li, layer in enumerate(focus.layers):
+            cells = []
+            for hi in range(len(focus.heads)):
+                row = focus.weights[li, hi][words]  # (words,)
+                w, j = row.max(dim=-1)
+                cells.append(Text(" " + clip(tokens.labels[words[int(j)]], 5), style=ramp_style(float(w)) if color else ""))
+            table.add_row(f"L{layer} ", *cells)
+        console.print(table)
+
+
+def render_result(console: Console, res: "AttendResult", view: str, model: str, k: int, color: bool) -> None:
+    note = ""
+    if view == "focus" and res.focus is not None:
+        note = "Top words per head; specials = weight on [CLS]-like tokens. See --help for views."
+    header(console, model, res.tokens, note)
+    if view == "focus" and res.focus is not None:
+        focus_view(console, res.focus, k, color)
+    elif view == "topk" and res.topk is not None:
+        topk_view(console, res.topk, color)
+    elif view == "heatmap" and res.attention is not None:
+        heatmap_view(console, res.attention, color, console.width)
+    elif view == "overview" and res.summary is not None:
+        overview_view(console, res.summary, res.focus, color)
