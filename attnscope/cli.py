@@ -15,9 +15,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.29 vendors its own click; older releases use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException
+
+# Typer's own signals and its usage errors pass through the handler untouched.
+_PASS_THROUGH = (typer.Exit, typer.Abort, ClickException)
 
 from attnscope import __version__
 from attnscope.errors import AttnscopeError, UsageError
@@ -26,10 +33,10 @@ from attnscope.errors import AttnscopeError, UsageError
 class _Group(TyperGroup):
     """Runs every command under the project's single error handler."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except _PASS_THROUGH:
             raise
         except AttnscopeError as exc:
             if _debug():

@@ -55,6 +55,7 @@ class ModelConfig:
     tied_embeddings: bool = True
     pooler: bool = False  # BertModel's pooler
     mlm_head: bool = False  # BertForMaskedLM's transform + decoder bias
+    nsp_head: bool = False  # BertForPreTraining's next-sentence classifier
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     sliding_window: int | None = None

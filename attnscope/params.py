@@ -68,6 +68,9 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["mlm.dense.bias"] = (d,)
         shapes.update({f"mlm.norm.{p}": (d,) for p in norm_params})
         shapes["mlm.bias"] = (v,)
+    if cfg.nsp_head:
+        shapes["nsp.weight"] = (2, d)
+        shapes["nsp.bias"] = (2,)
     if cfg.lm_head and not cfg.tied_embeddings:
         shapes["unembed.weight"] = (v, d)
     return shapes
@@ -75,7 +78,7 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 # The video's rows, then what its counting leaves out. Order is display order.
 ROWS_3B1B = ("embedding", "key", "query", "value", "output", "gate", "up", "down", "unembedding")
-ROWS_OTHER = ("positions", "biases", "norms", "pooler", "mlm_head", "other")
+ROWS_OTHER = ("positions", "biases", "norms", "pooler", "heads", "other")
 
 
 def category(name: str) -> str:
@@ -90,8 +93,8 @@ def category(name: str) -> str:
         return "positions"
     if name.startswith("pooler."):
         return "pooler"
-    if name.startswith("mlm."):
-        return "mlm_head"
+    if name.startswith(("mlm.", "nsp.")):
+        return "heads"
     if "norm." in name:
         return "norms"
     if name.endswith(".bias"):

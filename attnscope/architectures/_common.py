@@ -16,6 +16,8 @@ def rope_settings(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     if scaling is None and params.get("rope_type", "default") != "default":
         scaling = dict(params)
     if scaling is not None:
+        # the base lives in `theta`; newer configs repeat it inside the scaling dict
+        scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         if kind == "default":
             scaling = None

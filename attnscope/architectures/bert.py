@@ -45,8 +45,8 @@ WEIGHTS: dict[str, str | None] = {
     "cls.predictions.bias": "mlm.bias",
     "cls.predictions.decoder.bias": "mlm.bias",
     "embeddings.position_ids": None,
-    "cls.seq_relationship.weight": None,  # next-sentence head: not part of attention
-    "cls.seq_relationship.bias": None,
+    "cls.seq_relationship.weight": "nsp.weight",
+    "cls.seq_relationship.bias": "nsp.bias",
 }
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
@@ -88,5 +88,6 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
         pooler=pooler,
         mlm_head=mlm,
+        nsp_head=any("PreTraining" in a for a in archs),
         dtype=checkpoint_dtype(raw),
     )

@@ -28,7 +28,7 @@ ROW_LABELS = {
     "biases": "Biases",
     "norms": "Norms",
     "pooler": "Pooler",
-    "mlm_head": "MLM head",
+    "heads": "Output heads (MLM, NSP)",
     "other": "Other stored tensors",
 }
 

@@ -1,0 +1,300 @@
+"""Head scores: an atlas of what every attention head does, one number per layer and head.
+
+After the head taxonomies of Olsson et al. (2022), "In-context Learning and Induction
+Heads", and TransformerLens's induction score: each score is a mean of one kind of entry
+of a head's n x n pattern A on a tokenized text (special tokens included):
+
+  previous_token   mean over i >= 1 of A[i, i-1]
+  first_token      mean over i >= 1 of A[i, 0] (the attention sink)
+  self             mean over all i of A[i, i]
+  next_token       mean over i <= n-2 of A[i, i+1] (bidirectional models only)
+  duplicate_token  over the rows i whose token id occurs earlier in the text, the mean of
+                   the attention row i puts on those earlier occurrences (summed)
+  induction        on [prefix] + R + R [+ suffix], R a run of T random token ids, the mean
+                   over the rows i of the second copy after its first token of A[i, i-T+1]
+  entropy          mean over rows of H(A[i]) / log(keys row i may see): 0 one key, 1 uniform
+
+The probe below receives one query chunk of one layer at a time from `model.Transformer`
+and keeps only per-(layer, head) sums, so every score of every head costs one forward
+pass for the text and one for the induction input, and never more memory than a chunk.
+Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from attnscope.analysis import _Probe, normalised_entropy, select, visible_counts
+from attnscope.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from attnscope.api import Inspector
+    from attnscope.config import ModelConfig
+    from attnscope.tokenize import Tokens
+
+SCORES = ("previous_token", "first_token", "self", "next_token", "duplicate_token", "induction", "entropy")
+TEXT_SCORES = tuple(name for name in SCORES if name != "induction")
+
+DEFINITIONS = {
+    "previous_token": "mean over i ≥ 1 of A[i, i−1]",
+    "first_token": "mean over i ≥ 1 of A[i, 0] (the attention sink)",
+    "self": "mean over all i of A[i, i]",
+    "next_token": "mean over i ≤ n−2 of A[i, i+1] (bidirectional models only)",
+    "duplicate_token": "over rows i whose token occurred earlier, the mean of the attention A[i, ·] puts on those earlier occurrences",
+    "induction": "on prefix + R + R (R: T random tokens), mean over rows i of the second copy after its first token of A[i, i−T+1]",
+    "entropy": "mean over rows of the row's entropy / log(visible keys): 0 = one key, 1 = uniform",
+}
+
+# Repeated words, so that duplicate_token has rows to average over on any tokenizer.
+DEFAULT_TEXT = (
+    "The cat sat on the mat. The dog sat on the rug. "
+    "The cat saw the dog, and the dog saw the cat."
+)
+DEFAULT_REPEAT = 20
+_AFFIX_PROBE_TEXT = "a"
+
+
+@dataclass
+class HeadScores:
+    """Per selected layer and head, every score asked for (see DEFINITIONS)."""
+
+    layers: list[int]
+    heads: list[int]
+    scores: dict[str, Tensor]  # name -> (L_sel, H_sel) float32; only scores with a value
+    n_tokens: int  # tokens in the scored text (0 when only induction was asked for)
+    tokens: "Tokens | None" = None
+    induction_ids: list[int] | None = None  # the whole induction input, prefix and suffix included
+    repeat: int = 0  # T, the length of the random run (after clamping to the context)
+    seed: int = 0
+    prefix: list[int] = field(default_factory=list)  # special ids before R R
+    suffix: list[int] = field(default_factory=list)  # special ids after R R
+    undefined: dict[str, str] = field(default_factory=dict)  # score -> why it has no value here
+
+    def ranked(self, name: str, top: int) -> list[tuple[int, int, float]]:
+        """The `top` heads with the highest `name` score: (layer, head, value), best first.
+
+        Highest for entropy too: a high entropy marks a head that averages broadly, a kind
+        the other scores do not name (the sharp heads are the top of the others)."""
+        values = self.scores[name]
+        order = torch.argsort(values.flatten(), descending=True, stable=True)[:top].tolist()
+        n_heads = len(self.heads)
+        return [(self.layers[k // n_heads], self.heads[k % n_heads], float(values.flatten()[k])) for k in order]
+
+
+# ---------------------------------------------------------------------- the probe
+
+Term = Callable[[Tensor, int], Tensor]  # (probs (H, c, T), start) -> (H,) sum over the chunk's rows
+
+
+def _stripe(offset: int, lo: int, hi: int, probs: Tensor, start: int) -> Tensor:
+    """Sum over query rows lo <= i < hi of A[i, i + offset], for this chunk's rows."""
+    stop = start + probs.shape[1]
+    first, last = max(lo, start, -offset), min(hi, stop, probs.shape[2] - offset)
+    if first >= last:
+        return probs.new_zeros(probs.shape[0])
+    rows = torch.arange(first, last, device=probs.device)
+    return probs[:, rows - start, rows + offset].sum(-1)  # (H, m) -> (H,)
+
+
+def _column(col: int, lo: int, probs: Tensor, start: int) -> Tensor:
+    """Sum over query rows i >= lo of A[i, col]."""
+    skip = max(0, lo - start)
+    return probs[:, skip:, col].sum(-1)  # (H, c - skip) -> (H,)
+
+
+def _earlier_copies(ids: Tensor, probs: Tensor, start: int) -> Tensor:
+    """Sum over rows of the attention each row puts on earlier occurrences of its token."""
+    c, n = probs.shape[1], probs.shape[2]
+    ids = ids.to(probs.device)
+    rows = torch.arange(start, start + c, device=probs.device)
+    cols = torch.arange(n, device=probs.device)
+    same = (ids[start : start + c, None] == ids[None, :]) & (cols[None, :] < rows[:, None])  # (c, T)
+    # One matrix-vector product instead of an (H, c, T) masked copy.
+    return probs.reshape(probs.shape[0], c * n) @ same.reshape(c * n).to(probs.dtype)  # (H, c*T) @ (c*T,) -> (H,)
+
+
+def _entropy(counts: Tensor, probs: Tensor, start: int) -> Tensor:
+    rows = counts[start : start + probs.shape[1]].to(probs.device)
+    return normalised_entropy(probs, rows).sum(-1)  # (H, c) -> (H,)
+
+
+class ScoreProbe(_Probe):
+    """Accumulates, per selected layer and head, a sum for each term over all query rows.
+
+    `terms` maps a score name to a function of one chunk; `counts` maps it to the number of
+    rows it averages over, so `result()` is sums / counts."""
+
+    def __init__(self, layers: list[int], heads: list[int], terms: dict[str, Term], counts: dict[str, int]) -> None:
+        super().__init__(layers, heads)
+        self.terms = terms
+        self.counts = counts
+        self.sums: dict[str, Tensor] = {}
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        chunk = self._pick(probs).float()  # (H_sel, c, T)
+        pos = self._layer_pos[layer]
+        for name, term in self.terms.items():
+            if name not in self.sums:  # on the probabilities' device, so a GPU run never syncs per chunk
+                self.sums[name] = torch.zeros(len(self.layers), len(self.heads), dtype=torch.float64, device=chunk.device)
+            self.sums[name][pos] += term(chunk, start).double()
+
+    def result(self) -> dict[str, Tensor]:
+        return {name: (self.sums[name] / self.counts[name]).float().cpu() for name in self.terms}
+
+
+def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str]) -> tuple[dict[str, Term], dict[str, int], dict[str, str]]:
+    """Terms and row counts for the text scores in `names`, and why any has no value."""
+    n = len(ids)
+    ids_t = torch.as_tensor(list(ids), dtype=torch.long)
+    earlier = _rows_with_earlier_copies(ids_t)
+    available: dict[str, tuple[Term, int]] = {
+        "previous_token": (partial(_stripe, -1, 1, n), n - 1),
+        "first_token": (partial(_column, 0, 1), n - 1),
+        "self": (partial(_stripe, 0, 0, n), n),
+        "next_token": (partial(_stripe, 1, 0, n - 1), n - 1),
+        "duplicate_token": (partial(_earlier_copies, ids_t), earlier),
+        "entropy": (partial(_entropy, visible_counts(cfg, n)), n),
+    }
+    undefined: dict[str, str] = {}
+    if cfg.causal:
+        undefined["next_token"] = "the model is causal: no token sees the one after it"
+    if earlier == 0:
+        undefined["duplicate_token"] = "no token of the text repeats an earlier one"
+    terms = {name: available[name][0] for name in names if name not in undefined}
+    counts = {name: available[name][1] for name in terms}
+    return terms, counts, {name: why for name, why in undefined.items() if name in names}
+
+
+def _rows_with_earlier_copies(ids: Tensor) -> int:
+    n = ids.numel()
+    same = ids[:, None] == ids[None, :]  # (T, T): small, token ids only
+    earlier = torch.tril(same, diagonal=-1).any(-1)  # (T,)
+    return int(earlier.sum()) if n else 0
+
+
+def induction_terms(prefix_len: int, repeat: int) -> tuple[dict[str, Term], dict[str, int]]:
+    """Rows of the second copy after its first token, each scored on the key T-1 back:
+    the token that followed the current token's first occurrence."""
+    lo, hi = prefix_len + repeat + 1, prefix_len + 2 * repeat
+    return {"induction": partial(_stripe, 1 - repeat, lo, hi)}, {"induction": repeat - 1}
+
+
+# ------------------------------------------------------------------ induction input
+
+
+def special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's post-processor puts before and after any text: ([CLS], [SEP])
+    for BERT, ([BOS], []) for Llama, ([], []) for GPT-2 and Qwen2."""
+    full = list(tokenizer.encode(_AFFIX_PROBE_TEXT).ids)
+    plain = list(tokenizer.encode(_AFFIX_PROBE_TEXT, add_special_tokens=False).ids)
+    for k in range(len(full) - len(plain) + 1):
+        if full[k : k + len(plain)] == plain:
+            return full[:k], full[k + len(plain) :]
+    return [], []  # a post-processor that rewrites the text's own ids: assume no affixes
+
+
+def candidate_ids(tokenizer: Any, vocab_size: int, exclude: Sequence[int] = ()) -> list[int]:
+    """Token ids the random run may use: the tokenizer's, within the model's embedding,
+    without special tokens."""
+    size = min(vocab_size, tokenizer.get_vocab_size(with_added_tokens=True))
+    special = {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
+    special.update(exclude)
+    return [i for i in range(size) if i not in special]
+
+
+def induction_input(tokenizer: Any, cfg: "ModelConfig", repeat: int, seed: int) -> tuple[list[int], list[int], list[int], int]:
+    """prefix + R + R + suffix with R a seeded run of random ids, drawn without
+    replacement where the vocabulary allows (so 'what followed last time' is unique).
+    Returns (ids, prefix, suffix, T), T clamped so the input fits the model's positions."""
+    if repeat < 2:
+        raise UsageError(f"the induction run must be at least 2 tokens, got {repeat}", hint="use --repeat 2 or more")
+    prefix, suffix = special_affixes(tokenizer)
+    room = (cfg.n_ctx - len(prefix) - len(suffix)) // 2
+    T = min(repeat, room)
+    if T < 2:
+        raise InputError(f"the model's {cfg.n_ctx} positions leave no room for a repeated run",
+                         hint="score the text only: --score with another score")
+    pool = candidate_ids(tokenizer, cfg.vocab_size, prefix + suffix)
+    if not pool:
+        raise InputError("the tokenizer has no ordinary tokens to draw the induction run from")
+    gen = torch.Generator().manual_seed(seed)
+    if len(pool) >= T:
+        picks = torch.randperm(len(pool), generator=gen)[:T]
+    else:
+        picks = torch.randint(len(pool), (T,), generator=gen)
+    run = [pool[k] for k in picks.tolist()]
+    return prefix + run + run + suffix, prefix, suffix, T
+
+
+# ------------------------------------------------------------------------- scoring
+
+
+def head_scores(
+    inspector: "Inspector",
+    text: "str | Tokens" = DEFAULT_TEXT,
+    names: Sequence[str] | None = None,
+    layers: Any = None,
+    heads: Any = None,
+    seed: int = 0,
+    repeat: int = DEFAULT_REPEAT,
+    truncate: bool = False,
+) -> HeadScores:
+    """Score every selected head: one forward pass on the text (if a text score is asked
+    for) and one on the induction input (if induction is)."""
+    wanted = list(SCORES) if names is None else list(dict.fromkeys(names))
+    unknown = [name for name in wanted if name not in SCORES]
+    if unknown:
+        raise UsageError(f"unknown score {unknown[0]!r}", hint=f"choose from {', '.join(SCORES)}")
+    cfg = inspector.config
+    ls = select(layers, cfg.n_layers, "layer")
+    hs = select(heads, cfg.n_heads, "head")
+    out = HeadScores(ls, hs, {}, 0, seed=seed)
+
+    text_names = [name for name in wanted if name in TEXT_SCORES]
+    if text_names:
+        tokens = text if not isinstance(text, str) else inspector.tokenize(text, truncate)
+        if len(tokens) < 2:
+            raise InputError(f"the text is {len(tokens)} token; the scores compare each token with its neighbours",
+                             hint="give a text of at least two tokens")
+        terms, counts, undefined = text_terms(tokens.ids, cfg, text_names)
+        out.tokens, out.n_tokens, out.undefined = tokens, len(tokens), undefined
+        if terms:
+            probe = ScoreProbe(ls, hs, terms, counts)
+            inspector.run(tokens.ids, probe, max(ls))
+            out.scores.update(probe.result())
+
+    if "induction" in wanted:
+        ids, prefix, suffix, T = induction_input(inspector.tokenizer, cfg, repeat, seed)
+        terms, counts = induction_terms(len(prefix), T)
+        probe = ScoreProbe(ls, hs, terms, counts)
+        inspector.run(ids, probe, max(ls))
+        out.scores.update(probe.result())
+        out.induction_ids, out.prefix, out.suffix, out.repeat = ids, prefix, suffix, T
+
+    out.scores = {name: out.scores[name] for name in wanted if name in out.scores}  # in the order asked
+    return out
+
+
+def scores_dict(result: HeadScores) -> dict[str, Any]:
+    """The `--json` document: scores as [layer][head] lists, null where undefined."""
+    names = list(result.scores) + [name for name in result.undefined if name not in result.scores]
+    order = [name for name in SCORES if name in names]
+    doc: dict[str, Any] = {
+        "layers": result.layers,
+        "heads": result.heads,
+        "scores": {name: (result.scores[name].tolist() if name in result.scores else None) for name in order},
+        "definitions": {name: DEFINITIONS[name] for name in order},
+    }
+    if result.undefined:
+        doc["undefined"] = dict(result.undefined)
+    if result.tokens is not None:
+        doc["text"] = {"n_tokens": result.n_tokens, "ids": result.tokens.ids, "tokens": result.tokens.labels}
+    if result.induction_ids is not None:
+        doc["induction"] = {"repeat": result.repeat, "seed": result.seed, "ids": result.induction_ids,
+                            "prefix": result.prefix, "suffix": result.suffix}
+    return doc

@@ -1,0 +1,130 @@
+"""The view for `heads`: one layers x heads grid per score, then its strongest heads.
+
+Sized for an 80-column terminal: up to 15 heads take 5 columns each ("0.97"); more heads
+show hundredths in 4 columns ("  97") and, if they still do not fit, split into blocks
+of heads one above the other, so a 32-head model stays readable without wrapping. Every
+cell shows its number; colour (the shared RAMP) only helps the eye.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.text import Text
+
+from attnscope.render import RAMP, ramp_style
+
+if TYPE_CHECKING:
+    from attnscope.heads import HeadScores
+
+LABEL_W = 5  # "L31 " plus a space
+
+# One line per kind: how to read a head's score, "L0H2 attends to the previous token 0.97 of the time".
+READINGS = {
+    "previous_token": "attends to the previous token {v:.2f} of the time",
+    "first_token": "puts {v:.2f} of its attention on the first token{first}",
+    "self": "attends to its own token {v:.2f} of the time",
+    "next_token": "attends to the next token {v:.2f} of the time",
+    "duplicate_token": "puts {v:.2f} of its attention on earlier copies of the current token",
+    "induction": "attends to what followed this token last time {v:.2f} of the time",
+    "entropy": "spreads its attention broadly: entropy {v:.2f} of uniform",
+}
+TITLES = {
+    "previous_token": "Previous-token heads",
+    "first_token": "First-token heads (attention sinks)",
+    "self": "Self heads",
+    "next_token": "Next-token heads",
+    "duplicate_token": "Duplicate-token heads",
+    "induction": "Induction heads",
+    "entropy": "Entropy",
+}
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def header(console: Console, model: str, res: "HeadScores", n_layers: int, n_heads: int) -> None:
+    console.print(Text.assemble((model, "bold"), (f"  {n_layers} layers × {n_heads} heads", "dim")))
+    if res.tokens is not None:
+        shown = _clip(" ".join(res.tokens.labels), max(20, console.width - 24))
+        line = Text(f"text: {res.n_tokens} tokens  ", style="dim") + Text(shown)
+        if res.tokens.truncated_from:
+            line.append(f" (cut from {res.tokens.truncated_from} by --truncate)", style="yellow")
+        console.print(line, no_wrap=True, overflow="ellipsis")
+    if res.induction_ids is not None:
+        affix = f"{len(res.prefix)} special + " if res.prefix else ""
+        tail = f" + {len(res.suffix)} special" if res.suffix else ""
+        console.print(Text(f"induction: {affix}{res.repeat} random tokens × 2{tail} (seed {res.seed})", style="dim"))
+
+
+def legend(console: Console, color: bool) -> None:
+    if not color:
+        return
+    line = Text("colour: 0 ", style="dim")
+    for name in RAMP:
+        line.append("██", style=name)
+    line.append(" 1", style="dim")
+    console.print(line)
+
+
+def _layout(n_heads: int, width: int) -> tuple[int, int]:
+    """(cell width, heads per block): 5-wide decimals when they fit, else 4-wide hundredths."""
+    room = max(20, width - LABEL_W)
+    if n_heads * 5 <= room:
+        return 5, n_heads
+    return 4, max(1, min(n_heads, room // 4))
+
+
+def grid(console: Console, res: "HeadScores", name: str, color: bool) -> None:
+    values = res.scores[name]  # (L_sel, H_sel)
+    cell, per_block = _layout(len(res.heads), console.width)
+    for first in range(0, len(res.heads), per_block):
+        cols = list(range(first, min(len(res.heads), first + per_block)))
+        top = Text(" " * LABEL_W, style="dim")
+        for hi in cols:
+            top.append(f"H{res.heads[hi]}".rjust(cell), style="dim")
+        console.print(top, no_wrap=True, overflow="ellipsis")
+        for li, layer in enumerate(res.layers):
+            line = Text(f"L{layer}".ljust(LABEL_W), style="dim")
+            for hi in cols:
+                v = float(values[li, hi])
+                body = f"{v:5.2f}" if cell == 5 else f"{round(v * 100):4d}"
+                line.append(body, style=ramp_style(v) if color else "")
+            console.print(line, no_wrap=True, overflow="ellipsis")
+    if cell == 4:
+        console.print(Text("cells: hundredths (97 = 0.97)", style="dim"))
+
+
+def ranking(console: Console, res: "HeadScores", name: str, top: int, color: bool) -> None:
+    first = ""
+    if res.tokens is not None:
+        first = f" ({res.tokens.labels[0]})"
+    for layer, head, v in res.ranked(name, top):
+        reading = READINGS[name].format(v=v, first=first)
+        line = Text("  ") + Text(f"L{layer}H{head}".ljust(8), style=ramp_style(v) if color else "bold")
+        console.print(line + Text(reading))
+
+
+def head_scores(console: Console, res: "HeadScores", model: str, n_layers: int, n_heads: int,
+                top: int = 3, color: bool = True) -> None:
+    """The whole view: header, then per score its definition, grid and strongest heads."""
+    from attnscope.heads import DEFINITIONS, SCORES
+
+    header(console, model, res, n_layers, n_heads)
+    legend(console, color)
+    for name in SCORES:
+        if name in res.undefined:
+            console.print()
+            console.print(Text.assemble((TITLES[name], "bold"), (f"  {name}", "dim")))
+            console.print(Text(f"not defined here: {res.undefined[name]}", style="dim"))
+            continue
+        if name not in res.scores:
+            continue
+        console.print()
+        console.print(Text.assemble((TITLES[name], "bold"), (f"  {name}", "dim")))
+        console.print(Text(DEFINITIONS[name], style="dim"))
+        grid(console, res, name, color)
+        if top > 0:
+            ranking(console, res, name, top, color)
