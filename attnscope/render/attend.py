@@ -177,7 +177,7 @@ def overview_view(console: Console, summary: "Summary", focus: "Focus | None", c
 def render_result(console: Console, res: "AttendResult", view: str, model: str, k: int, color: bool) -> None:
     note = ""
     if view == "focus" and res.focus is not None:
-        note = "Top words per head; specials = weight on [CLS]-like tokens. See --help for views."
+        note = "Top words per head; specials: weight on [CLS]-like tokens. More: --help"
     header(console, model, res.tokens, note)
     if view == "focus" and res.focus is not None:
         focus_view(console, res.focus, k, color)

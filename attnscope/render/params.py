@@ -36,8 +36,8 @@ ROW_LABELS = {
 def shape_line(cfg: "ModelConfig") -> str:
     kv = "" if cfg.n_kv_heads == cfg.n_heads else f" ({cfg.n_kv_heads} key/value heads, {cfg.attention_kind})"
     return (
-        f"{cfg.family} · d_model {n(cfg.d_model)} · {cfg.n_layers} layers × {cfg.n_heads} heads of {cfg.d_head}{kv}"
-        f" · MLP {n(cfg.d_mlp)}{' (gated)' if cfg.gated_mlp else ''} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
+        f"d_model {n(cfg.d_model)} · {cfg.n_layers} layers × {cfg.n_heads} heads of {cfg.d_head}{kv}\n"
+        f"MLP {n(cfg.d_mlp)}{' (gated)' if cfg.gated_mlp else ''} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
     )
 
 
@@ -46,7 +46,8 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
 
     cfg = rep.cfg
     title = cfg.name or rep.source
-    console.print(Text(f"{title}", style="bold"), Text(f"  {shape_line(cfg)}", style="dim"))
+    console.print(Text(f"{title}", style="bold") + Text(f"  ({cfg.family} family)", style="dim"))
+    console.print(Text(shape_line(cfg), style="dim"))
     if rep.stored_only:
         console.print(Text(f"counted from the tensors stored in {rep.source}", style="dim"))
 

@@ -1,0 +1,367 @@
+"""The mask demo: one head's real scores, a mask, and softmax without and with it.
+
+Computation for `attnscope mask-demo`, in four steps on one head of a real model:
+scores q·k/√d_head, the masked scores (hidden entries set to −∞), softmax without the
+mask and softmax with it. The masks are the model's own rule (`model.visible`, the one
+the forward pass uses) for causal, sliding-window and bidirectional attention, plus a
+key mask for padding. Every step carries a caption that says why, so the CLI, `--json`
+and the renderer all tell the same story. Nothing here prints.
+
+`build()` is pure: tokens, q, k and scale in, a `MaskDemo` out. `demo_for()` is the one
+place that runs a model (through an `api.Inspector`) to get those inputs.
+
+In `to_dict()` a masked score (−∞) is written as the string "-inf", which `float()` and
+`numpy.asarray(..., dtype=float)` read back as −∞; a masked probability is the number 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from attnscope import analysis
+from attnscope.errors import SelectionError, TokenizerError, UsageError
+from attnscope.model import visible
+from attnscope.render import human_bytes, n
+
+if TYPE_CHECKING:
+    from attnscope.api import Inspector
+    from attnscope.config import ModelConfig
+    from attnscope.tokenize import Tokens
+
+KINDS = ("causal", "padding", "sliding-window", "bidirectional")
+STEPS = ("scores", "masked_scores", "softmax", "masked_softmax")
+DEFAULT_TEXT = "a fluffy blue creature roamed the verdant forest"
+DEFAULT_WINDOW = 3
+PAD_COUNT = 3  # [PAD] positions appended for --kind padding
+BIG_CONTEXT = 2048  # the context the size caption compares with
+# Tried in order when the tokenizer names no padding token (GPT-2 and Llama pad with EOS).
+PAD_NAMES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+
+# Who uses each mask, for the captions.
+WHO = {
+    "causal": "a causal (GPT-style) model",
+    "sliding-window": "a sliding-window (Mistral-style) model",
+    "bidirectional": "a bidirectional (BERT-style) model",
+}
+
+
+@dataclass
+class Step:
+    """One matrix of the demo. `matrix` is (T, T) float32, −∞ where a score is masked."""
+
+    name: str  # one of STEPS
+    title: str
+    caption: str
+    matrix: Tensor
+    probabilities: bool  # softmax output (rows sum to 1) rather than scores
+
+
+@dataclass
+class PatternSize:
+    """How big one head's pattern is: n² entries, here and at BIG_CONTEXT tokens."""
+
+    tokens: int
+    entries: int
+    context: int
+    context_entries: int
+    context_bytes: int  # float32, one head of one layer
+    model_bytes: int  # float32, every head of every layer at once
+    layers: int
+    heads: int
+
+
+@dataclass
+class MaskDemo:
+    """Everything `mask-demo` shows: tokens, the mask, and the four steps."""
+
+    labels: list[str]
+    kind: str
+    layer: int
+    head: int
+    model: str
+    model_kind: str  # the mask the model itself uses: causal, sliding-window or bidirectional
+    d_head: int
+    scale: float
+    window: int | None
+    n_pad: int
+    visible: Tensor  # (T, T) bool: may query i see key j?
+    steps: list[Step]
+    size: PatternSize
+    text: str = ""
+    auto_head: bool = False
+    hidden_share: float = 0.0  # unmasked softmax weight on keys the mask hides, mean over real rows
+
+
+def model_kind(cfg: "ModelConfig") -> str:
+    """The mask the model applies in its own forward pass."""
+    if cfg.sliding_window is not None:
+        return "sliding-window"
+    return "causal" if cfg.causal else "bidirectional"
+
+
+def check_kind(kind: str, window: int | None) -> int | None:
+    """Validate --kind/--window; the window to use (DEFAULT_WINDOW for sliding-window)."""
+    if kind not in KINDS:
+        raise UsageError(f"unknown mask kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
+    if kind != "sliding-window":
+        if window is not None:
+            raise UsageError("--window applies only to --kind sliding-window",
+                             hint=f"e.g. attnscope mask-demo --kind sliding-window --window {DEFAULT_WINDOW}")
+        return None
+    window = DEFAULT_WINDOW if window is None else window
+    if window < 1:
+        raise UsageError(f"--window must be at least 1, got {window}")
+    return window
+
+
+def visible_mask(kind: str, n_tokens: int, window: int | None = None, n_pad: int = 0) -> Tensor:
+    """(T, T) bool: may query i see key j under `kind`? Padding hides the last `n_pad`
+    keys from every query; the other kinds are the model's own rule, `model.visible`."""
+    positions = torch.arange(n_tokens)
+    if kind == "padding":
+        ok = torch.ones(n_tokens, n_tokens, dtype=torch.bool)  # (T, T)
+        ok[:, n_tokens - n_pad:] = False
+        return ok
+    causal = kind in ("causal", "sliding-window")
+    ok_or_none = visible(positions, positions, causal, window if kind == "sliding-window" else None)
+    if ok_or_none is None:  # bidirectional: every key visible
+        return torch.ones(n_tokens, n_tokens, dtype=torch.bool)
+    return ok_or_none
+
+
+def scores_for(q: Tensor, k: Tensor, scale: float, head: int) -> Tensor:
+    """One head's scores q·k/√d_head from (H, T, d_head) queries and keys: (T, T)."""
+    return (q[head].float() @ k[head].float().transpose(0, 1)) * scale  # (T, d) @ (d, T) -> (T, T)
+
+
+def later_weight(q: Tensor, k: Tensor, scale: float, n_real: int) -> Tensor:
+    """Per head, the mean unmasked softmax weight a query puts on keys after it,
+    over the first `n_real` tokens: (H,). How much a causal mask changes each head."""
+    scores = (q[:, :n_real].float() @ k[:, :n_real].float().transpose(-2, -1)) * scale  # (H, T, T)
+    later = ~visible_mask("causal", n_real)  # (T, T)
+    return (scores.softmax(-1) * later).sum(-1).mean(-1)  # (H,)
+
+
+def pick_head(q: Tensor, k: Tensor, scale: float, n_real: int) -> int:
+    """The head whose unmasked pattern leans most on later keys: the one a causal mask
+    changes most, so the demo has something to show. Independent of --kind, so the same
+    head is shown for every kind."""
+    return int(later_weight(q, k, scale, n_real).argmax())
+
+
+def pattern_size(n_tokens: int, n_layers: int, n_heads: int, context: int = BIG_CONTEXT) -> PatternSize:
+    entries = context * context
+    return PatternSize(n_tokens, n_tokens * n_tokens, context, entries, 4 * entries,
+                       4 * entries * n_layers * n_heads, n_layers, n_heads)
+
+
+def build(
+    labels: list[str],
+    q: Tensor,
+    k: Tensor,
+    scale: float,
+    head: int,
+    kind: str = "causal",
+    window: int | None = None,
+    *,
+    layer: int = 0,
+    n_pad: int = 0,
+    model: str = "the model",
+    own_kind: str = "bidirectional",
+    n_layers: int = 1,
+    text: str = "",
+) -> MaskDemo:
+    """The four steps for one head. q, k: (H, T, d_head) after RoPE; `scale` = 1/√d_head;
+    the last `n_pad` positions are padding (only for kind "padding")."""
+    window = check_kind(kind, window)
+    n_heads, n_tokens, d_head = q.shape
+    if not 0 <= head < n_heads:
+        raise SelectionError(f"--head {head} is out of range: the model has {n_heads} heads (0..{n_heads - 1})")
+    if len(labels) != n_tokens:
+        raise UsageError(f"{len(labels)} labels for {n_tokens} tokens")  # a caller's mistake, said plainly
+    if kind != "padding":
+        n_pad = 0
+    ok = visible_mask(kind, n_tokens, window, n_pad)  # (T, T)
+    scores = scores_for(q, k, scale, head)  # (T, T)
+    masked = scores.masked_fill(~ok, float("-inf"))  # (T, T)
+    probs = scores.softmax(-1)  # (T, T)
+    masked_probs = masked.softmax(-1)  # (T, T): exp(−∞) = 0 exactly
+    n_real = n_tokens - n_pad
+    hidden_share = float((probs[:n_real] * ~ok[:n_real]).sum(-1).mean()) if n_real else 0.0
+    size = pattern_size(n_tokens, n_layers, n_heads)
+    demo = MaskDemo(labels, kind, layer, head, model, own_kind, d_head, scale, window, n_pad, ok, [], size,
+                    text=text, hidden_share=hidden_share)
+    captions = _captions(demo)
+    demo.steps = [
+        Step("scores", f"Scores  q·k / √{d_head}", captions[0], scores, False),
+        Step("masked_scores", _mask_title(kind, window), captions[1], masked, False),
+        Step("softmax", "Softmax without the mask", captions[2], probs, True),
+        Step("masked_softmax", "Softmax with the mask", captions[3], masked_probs, True),
+    ]
+    return demo
+
+
+def _mask_title(kind: str, window: int | None) -> str:
+    return {
+        "causal": "Causal mask  key after query → −∞",
+        "sliding-window": f"Sliding-window mask (W = {window})  keys outside the window → −∞",
+        "padding": "Padding mask  [PAD] keys → −∞",
+        "bidirectional": "No mask (bidirectional)  nothing → −∞",
+    }[kind]
+
+
+def model_note(d: MaskDemo) -> str:
+    """What the chosen mask means for this model: its own, or one it was not trained with."""
+    if d.kind == "padding":
+        return (f"{d.model} is {WHO[d.model_kind]}; only the padding mask is shown here "
+                "(a causal model combines it with the causal mask). Its real tokens' queries and keys "
+                "come from the text alone, as a batched model's would.")
+    if d.kind == d.model_kind:
+        return f"{d.model} is {WHO[d.model_kind]}: it uses this very mask."
+    return (f"{d.model} is {WHO[d.model_kind]}: this demo applies the {d.kind} mask to the head's real "
+            f"scores to show what {WHO[d.kind]} would allow.")
+
+
+def _window_phrase(window: int) -> str:
+    if window == 1:
+        return "itself"
+    return f"itself and the {window - 1} previous key" + ("s" if window > 2 else "")
+
+
+def _captions(d: MaskDemo) -> list[str]:
+    w = d.window or 0
+    scores = (f"Row = query, column = key: q·k/√{d.d_head} says how well each key matches each query "
+              f"(real numbers, layer {d.layer}, head {d.head}).")
+    mask = {
+        "causal": ("Keys after their query → −∞: in training every position predicts its next token at "
+                   "once, so a later token must not influence an earlier one."),
+        "sliding-window": (f"Each query keeps only {_window_phrase(w)}, as in Mistral: causal, but each "
+                           "layer costs T×W instead of T², and stacked layers still reach further back."),
+        "padding": (f"A batch pads shorter texts to the longest ({d.n_pad} [PAD] here); the pads are filler, "
+                    "so their keys are −∞ for every query."),
+        "bidirectional": ("Nothing masked: every query sees every key, before and after it, as in BERT, "
+                          "which reads the whole text at once and never predicts the next token."),
+    }[d.kind]
+    hidden = {"causal": "later keys", "sliding-window": "keys outside the window", "padding": "the [PAD] keys"}
+    if d.kind == "bidirectional":
+        softmax = "Softmax turns each row into weights that sum to 1 (Σ): the pattern a BERT-style model uses."
+    else:
+        rows = "the real tokens" if d.kind == "padding" else "rows"
+        softmax = (f"Softmax turns each row into weights that sum to 1 (Σ); unmasked, {rows} put "
+                   f"{d.hidden_share:.0%} of their weight on {hidden[d.kind]}.")
+    s = d.size
+    size = (f"The pattern has n² entries: {n(s.tokens)}² = {n(s.entries)} here; at {n(s.context)} tokens "
+            f"{n(s.context_entries)} ({human_bytes(s.context_bytes)} in float32) per head, "
+            f"{human_bytes(s.model_bytes)} for all {s.layers} × {s.heads} heads.")
+    if d.kind == "bidirectional":
+        masked = "Nothing masked, nothing changes. " + size
+    else:
+        masked = "e^−∞ = 0: masked entries are exactly 0 (·), and rows still sum to 1. " + size
+    return [scores, mask, softmax, masked]
+
+
+def pad_token(tokenizer: Any) -> tuple[int, str]:
+    """The tokenizer's padding token (id, string): its own, else the first of PAD_NAMES."""
+    padding = getattr(tokenizer, "padding", None)
+    if padding and padding.get("pad_token") is not None and padding.get("pad_id") is not None:
+        return int(padding["pad_id"]), str(padding["pad_token"])
+    for name in PAD_NAMES:
+        pid = tokenizer.token_to_id(name)
+        if pid is not None:
+            return int(pid), name
+    raise TokenizerError("this tokenizer has no padding token to append",
+                         hint="try another --kind (causal, sliding-window, bidirectional)")
+
+
+def with_padding(tokens: "Tokens", pad_id: int, pad_label: str, count: int = PAD_COUNT) -> "Tokens":
+    """`tokens` followed by `count` padding tokens, as a batch would pad it."""
+    end = len(tokens.text)
+    return replace(
+        tokens,
+        ids=tokens.ids + [pad_id] * count,
+        labels=tokens.labels + [pad_label] * count,
+        offsets=tokens.offsets + [(end, end)] * count,
+        special=tokens.special + [True] * count,
+        strings=tokens.strings + [pad_label] * count,
+    )
+
+
+def demo_for(
+    inspector: "Inspector",
+    text: str = DEFAULT_TEXT,
+    layer: str | int = -1,
+    head: str | int | None = None,
+    kind: str = "causal",
+    window: int | None = None,
+) -> MaskDemo:
+    """Run the model on `text` and build the demo for one layer and head (None: `pick_head`).
+
+    For padding the real tokens' queries and keys come from the text alone, because a
+    batched model masks the pads in every layer, so they cannot change the real tokens;
+    the pads' own queries and keys come from a second run over the padded text."""
+    check_kind(kind, window)
+    cfg = inspector.config
+    layers = analysis.select(layer, cfg.n_layers, "layer")
+    if len(layers) != 1:
+        raise SelectionError("mask-demo shows one layer: give --layer a single index", hint="e.g. --layer -1")
+    heads = None if head is None else analysis.select(head, cfg.n_heads, "head")
+    if heads is not None and len(heads) != 1:
+        raise SelectionError("mask-demo shows one head: give --head a single index", hint="e.g. --head 0")
+    tokens, q, k, scale = inspector.qk(text, layers[0])
+    n_real = len(tokens)
+    n_pad = 0
+    if kind == "padding":
+        pad_id, pad_label = pad_token(inspector.tokenizer)
+        padded, q_pad, k_pad, _ = inspector.qk(with_padding(tokens, pad_id, pad_label), layers[0])
+        q = torch.cat([q, q_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
+        k = torch.cat([k, k_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
+        tokens, n_pad = padded, PAD_COUNT
+    chosen = heads[0] if heads is not None else pick_head(q, k, scale, n_real)
+    demo = build(tokens.labels, q, k, scale, chosen, kind, window, layer=layers[0], n_pad=n_pad,
+                 model=cfg.name or inspector.source, own_kind=model_kind(cfg), n_layers=cfg.n_layers, text=text)
+    demo.auto_head = heads is None
+    return demo
+
+
+def _cell(value: float) -> float | str:
+    return "-inf" if value == -math.inf else value
+
+
+def to_dict(demo: MaskDemo, steps: list[int] | None = None) -> dict[str, Any]:
+    """A plain dict for --json: −∞ is the string "-inf"; `steps` are 0-based indices."""
+    chosen = range(len(demo.steps)) if steps is None else steps
+    s = demo.size
+    return {
+        "text": demo.text,
+        "model": demo.model,
+        "model_mask": demo.model_kind,
+        "kind": demo.kind,
+        "layer": demo.layer,
+        "head": demo.head,
+        "head_picked_automatically": demo.auto_head,
+        "window": demo.window,
+        "padding": demo.n_pad,
+        "d_head": demo.d_head,
+        "scale": demo.scale,
+        "tokens": list(demo.labels),
+        "note": model_note(demo),
+        "masked_value": "-inf",
+        "size": {"tokens": s.tokens, "entries": s.entries, "context": s.context,
+                 "context_entries": s.context_entries, "context_bytes_per_head_float32": s.context_bytes,
+                 "context_bytes_all_heads_float32": s.model_bytes},
+        "steps": [
+            {
+                "step": i + 1,
+                "name": demo.steps[i].name,
+                "title": demo.steps[i].title,
+                "caption": demo.steps[i].caption,
+                "matrix": [[_cell(v) for v in row] for row in demo.steps[i].matrix.tolist()],
+            }
+            for i in chosen
+        ],
+    }
