@@ -118,6 +118,24 @@ class FullPatterns(_Probe):
         self.probs[self._layer_pos[layer], :, start : start + chunk.shape[1]] = chunk.cpu()
 
 
+class LayerStream(_Probe):
+    """Holds one layer's selected heads (H_sel, T, T) at a time and hands each complete
+    layer to `emit` (e.g. a streaming file writer), so memory holds one layer, not all."""
+
+    def __init__(self, layers: list[int], heads: list[int], n: int, emit: Any) -> None:
+        super().__init__(layers, heads)
+        self.n = n
+        self.emit = emit
+        self.buffer = torch.empty(len(heads), n, n, dtype=torch.float32)  # (H_sel, T, T)
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        chunk = self._pick(probs)
+        stop = start + chunk.shape[1]
+        self.buffer[:, start:stop] = chunk.cpu()
+        if stop == self.n:  # chunks arrive in order; the layer is complete
+            self.emit(layer, self.buffer)
+
+
 @dataclass
 class TopK:
     """indices[l, h, i] are the k keys query i attends to most, weights descending."""

@@ -174,6 +174,9 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
          progress: Progress | None = None) -> Inspector:
     """Load a checkpoint (folder, .safetensors file, hub id; None: the default model)."""
     spec = str(model) if model is not None else default_model()
+    early = Path(spec).expanduser() / "config.json"
+    if early.is_file():  # an unsupported model_type is the clearer message: check it first
+        from_hf_config(read_config_json(early), name=spec)
     ckpt = checkpoint.locate(spec)
     if ckpt.config_path is None:
         from attnscope.errors import ConfigError

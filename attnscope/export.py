@@ -16,6 +16,8 @@ import contextlib
 import errno
 import json
 import os
+import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -60,35 +62,142 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def pattern_bytes(n_layers: int, n_heads: int, n: int) -> int:
+    """Bytes of the float32 `attentions` array for a selection (the bulk of any save)."""
+    return n_layers * n_heads * n * n * 4
+
+
+def check_space(path: Path, needed: int) -> None:
+    """Refuse before running when the destination has less free space than a save needs."""
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise ExportError(
+            f"saving needs {needed / 2**30:.2f} GiB but {path.parent} has {free / 2**30:.2f} GiB free",
+            hint="free some space, choose another folder, or save fewer layers/heads",
+        )
+
+
+class PatternWriter:
+    """Streams `attentions` to .npz or .safetensors one layer at a time, so a save is
+    bounded by disk, not RAM; the file appears (atomically) only when `close()` succeeds.
+
+        with PatternWriter(path, layers, heads, n, token_ids, tokens, text) as w:
+            w.write_layer(probs)   # (H_sel, n, n) float32, once per selected layer, in order
+    """
+
+    def __init__(self, path: Path, layers: list[int], heads: list[int], n: int, token_ids: list[int],
+                 tokens: list[str], text: str = "", force: bool = False) -> None:
+        self.path = check_target(path, force)
+        self.layers, self.heads, self.n = layers, heads, n
+        self.token_ids, self.tokens, self.text = token_ids, tokens, text
+        self.shape = (len(layers), len(heads), n, n)
+        self.written = 0
+        self._ctx: Any = None
+        self._file: Any = None
+        self._zip: Any = None
+        self._entry: Any = None
+
+    def __enter__(self) -> "PatternWriter":
+        self._ctx = atomic_path(self.path)
+        tmp = self._ctx.__enter__()
+        try:
+            self._file = open(tmp, "wb")
+            if self.path.suffix == ".npz":
+                self._start_npz()
+            else:
+                self._start_safetensors()
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def _start_npz(self) -> None:
+        import zipfile
+
+        import numpy as np
+
+        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._entry = self._zip.open("attentions.npy", "w", force_zip64=True)
+        np.lib.format.write_array_header_2_0(self._entry, {"descr": "<f4", "fortran_order": False, "shape": self.shape})
+
+    def _small_arrays(self) -> dict[str, Any]:
+        import numpy as np
+
+        return {
+            "layers": np.asarray(self.layers, dtype=np.int64),
+            "heads": np.asarray(self.heads, dtype=np.int64),
+            "token_ids": np.asarray(self.token_ids, dtype=np.int64),
+        }
+
+    def _start_safetensors(self) -> None:
+        big = pattern_bytes(*self.shape[:2], self.n)
+        header: dict[str, Any] = {
+            "__metadata__": {"tokens": json.dumps(self.tokens, ensure_ascii=False), "text": self.text,
+                             "layout": "attentions[layer, head, query, key]"},
+            "attentions": {"dtype": "F32", "shape": list(self.shape), "data_offsets": [0, big]},
+        }
+        offset = big
+        for name, arr in self._small_arrays().items():
+            header[name] = {"dtype": "I64", "shape": [int(arr.shape[0])], "data_offsets": [offset, offset + arr.nbytes]}
+            offset += arr.nbytes
+        blob = json.dumps(header, ensure_ascii=False).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)  # safetensors aligns the data to 8 bytes
+        self._file.write(struct.pack("<Q", len(blob)) + blob)
+
+    def write_layer(self, probs: Any) -> None:
+        data = probs.detach().to("cpu", dtype=__import__("torch").float32).contiguous().numpy()
+        assert data.shape == self.shape[1:], (data.shape, self.shape)  # internal invariant
+        (self._entry if self._entry is not None else self._file).write(data.tobytes(order="C"))
+        self.written += 1
+
+    def close(self) -> None:
+        import numpy as np
+
+        assert self.written == self.shape[0], "every selected layer must be written"  # internal invariant
+        if self._zip is not None:
+            self._entry.close()
+            for name, arr in self._small_arrays().items():
+                with self._zip.open(f"{name}.npy", "w") as entry:
+                    np.lib.format.write_array(entry, arr)
+            with self._zip.open("tokens.npy", "w") as entry:
+                np.lib.format.write_array(entry, np.asarray(self.tokens, dtype=str))
+            self._zip.close()
+        else:
+            for arr in self._small_arrays().values():
+                self._file.write(arr.tobytes())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def _abort(self) -> None:
+        for closer in (self._entry, self._zip, self._file):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception:
+                pass
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException as err:
+                self._abort()
+                self._ctx.__exit__(type(err), err, err.__traceback__)
+                raise
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._abort()
+            self._ctx.__exit__(exc_type, exc, tb)
+
+
 def save_patterns(path: Path, attentions: Any, layers: list[int], heads: list[int], token_ids: list[int],
                   tokens: list[str], text: str = "", force: bool = False) -> Path:
-    """Write full patterns as .npz or .safetensors (see the module docstring)."""
-    import numpy as np
-
-    path = check_target(path, force)
-    arrays = {
-        "attentions": attentions.detach().to("cpu").float().contiguous(),
-        "layers": np.asarray(layers, dtype=np.int64),
-        "heads": np.asarray(heads, dtype=np.int64),
-        "token_ids": np.asarray(token_ids, dtype=np.int64),
-    }
-    writer: Callable[[Path], None]
-    if path.suffix == ".npz":
-        def writer(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, attentions=arrays["attentions"].numpy(), layers=arrays["layers"], heads=arrays["heads"],
-                         token_ids=arrays["token_ids"], tokens=np.asarray(tokens, dtype=str))
-    else:
-        def writer(tmp: Path) -> None:
-            import torch
-            from safetensors.torch import save_file
-
-            tensors = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(v)) for k, v in arrays.items()}
-            save_file(tensors, str(tmp), metadata={"tokens": json.dumps(tokens, ensure_ascii=False), "text": text,
-                                                    "layout": "attentions[layer, head, query, key]"})
-    with atomic_path(path) as tmp:
-        writer(tmp)
-    return path
+    """Write full patterns (L, H, n, n) held in memory as .npz or .safetensors."""
+    with PatternWriter(path, layers, heads, attentions.shape[-1], token_ids, tokens, text, force) as writer:
+        for layer_probs in attentions:
+            writer.write_layer(layer_probs)
+    return writer.path
 
 
 def save_topk(path: Path, indices: Any, weights: Any, layers: list[int], heads: list[int], token_ids: list[int],

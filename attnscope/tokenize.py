@@ -64,7 +64,9 @@ def _label(text: str, start: int, end: int, token: str, special: bool) -> str:
         return token
     piece = text[start:end]
     continuation = token.startswith("##")
-    spaced = token.startswith(_SPACE_MARKS) or piece[:1].isspace()
+    # A space-marked token shows its space only where the text has one: SentencePiece
+    # marks the first word too, and some tokenizers leave the space out of the offsets.
+    spaced = piece[:1].isspace() or (token.startswith(_SPACE_MARKS) and start > 0 and text[start - 1].isspace())
     core = piece.strip() or piece
     core = "".join(_INVISIBLE.get(ch, ch) for ch in core)
     if core.isspace():

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny checkpoints built once per session, our Inspector on them, and
+the transformers reference model for the same folder.
+
+Every checkpoint is built offline by `tiny_models` into a session temporary folder; every
+fixture here is a cached getter taking the builder's name, so a test asks for exactly the
+models it needs and each is built, loaded and referenced at most once per session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+import tiny_models
+
+# Nothing in the tests may reach the network: every checkpoint is built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
+    made: dict[Any, Any] = {}
+
+    def get(*key: Any) -> Any:
+        if key not in made:
+            made[key] = make(*key)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """`build(name) -> Path`: the folder of the tiny checkpoint `tiny_models.BUILDERS[name]`."""
+    return _cached(lambda name: tiny_models.BUILDERS[name](tmp_path_factory.mktemp(name)))
+
+
+@pytest.fixture(scope="session")
+def inspector(build: Callable[[str], Path]) -> Callable[..., Any]:
+    """`inspector(name, device="cpu") -> attnscope Inspector` on that checkpoint, float32."""
+
+    def make(name: str, device: str = "cpu") -> Any:
+        from attnscope.api import load
+
+        return load(str(build(name)), device=device, dtype="float32")
+
+    return _cached(make)
+
+
+@pytest.fixture(scope="session")
+def reference(build: Callable[[str], Path]) -> Callable[[str], Any]:
+    """`reference(name) -> transformers model`: the class named in config.json's
+    `architectures`, eager attention, float32 on the CPU, in eval mode. Loading must use
+    every tensor in the file and miss none, or the reference would be partly random."""
+
+    return _cached(lambda name: tiny_models.load_reference(build(name)))
+
+
+@pytest.fixture(scope="session")
+def raw_tokenizer(build: Callable[[str], Path]) -> Callable[[str], Any]:
+    """`raw_tokenizer(name)`: the `tokenizers.Tokenizer` from that folder's tokenizer.json
+    with its saved padding and truncation switched off: the ids our code must produce."""
+    return _cached(lambda name: tiny_models.plain_tokenizer(build(name)))
