@@ -292,6 +292,7 @@ def attend(
     save: Annotated[Optional[Path], typer.Option("--save", help="Write the selected patterns to FILE.npz or FILE.safetensors.")] = None,
     save_topk: Annotated[Optional[Path], typer.Option("--save-topk", help="Write top-k indices and weights of every selected layer and head to FILE.npz (memory linear in the text length).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --save/--save-topk file.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the memory and disk the run would need, without running it.")] = False,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
     dtype: LoadDtypeOpt = LoadDtype.auto,
@@ -316,6 +317,9 @@ def attend(
         from attnscope.errors import InputError
 
         raise InputError("the text is empty", hint='give some text, e.g. attnscope attend "a fluffy blue creature"')
+    if dry_run:
+        _dry_run(model, text, dtype, layer, head, top_k, save, save_topk, truncate, as_json)
+        return
     m = _load(model, device, dtype)
     tokens = m.tokenize(text, truncate)
     n = len(tokens)
@@ -490,6 +494,44 @@ def heads(
 
     console = _console(no_color)
     render_heads(console, res, name, m.n_layers, m.n_heads, top, color=not no_color and console.color_system is not None)
+
+
+def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[str], head: Optional[str],
+             top_k: int, save: Optional[Path], save_topk: Optional[Path], truncate: bool, as_json: bool) -> None:
+    """Estimate a run from config.json, the safetensors headers and the tokenizer alone."""
+    from attnscope import analysis, api, checkpoint, estimate
+    from attnscope.config import from_hf_config, read_config_json
+    from attnscope.model import CHUNK_BYTES
+    from attnscope.render import human_bytes
+    from attnscope.tokenize import load_tokenizer, tokenize
+
+    spec = model or api.default_model()
+    ckpt = checkpoint.locate(spec)
+    if ckpt.config_path is None:
+        from attnscope.errors import ConfigError
+
+        raise ConfigError(f"{ckpt.root} has no config.json")
+    cfg = from_hf_config(read_config_json(ckpt.config_path), name=spec if model else "all-MiniLM-L6-v2")
+    tokens = tokenize(load_tokenizer(ckpt.tokenizer_path, str(ckpt.root)), text, cfg.n_ctx, truncate)
+    ls = analysis.select(layer, cfg.n_layers, "layer")
+    hs = analysis.select(head, cfg.n_heads, "head")
+    stored = sum(info.numel for info in ckpt.tensors.values() if info.dtype.startswith(("F", "BF")))
+    dt = "float32" if dtype.value == "auto" else dtype.value
+    p = estimate.plan(cfg, stored, len(tokens), dt, len(ls), len(hs), top_k, save is not None,
+                      save_topk is not None, CHUNK_BYTES)
+    rows = {"tokens": p.n_tokens, "weights_bytes": p.weights, "activations_bytes": p.activations,
+            "attention_chunk_bytes": p.attention_chunk, "kept_results_bytes": p.kept,
+            "peak_memory_bytes": p.peak_memory, "output_file_bytes": p.output_file}
+    if as_json:
+        _print_json({"dry_run": True, "model": spec, "dtype": dt, **rows})
+        return
+    console = _console()
+    console.print(f"[bold]Dry run[/] · {cfg.name} · {p.n_tokens} tokens · {dt} weights")
+    for label, value in (("weights", p.weights), ("activations (one block)", p.activations),
+                         ("attention scores, one query chunk", p.attention_chunk),
+                         ("results kept (top-k, one streamed layer)", p.kept), ("peak memory, about", p.peak_memory),
+                         ("output files", p.output_file)):
+        console.print(f"  {label:<42}{human_bytes(value):>14}")
 
 
 def _print_json(doc: Any) -> None:

@@ -33,7 +33,7 @@ from attnscope.analysis import _Probe, normalised_entropy, select, visible_count
 from attnscope.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from attnscope.api import Inspector
+    from attnscope.api import Inspector, Selector
     from attnscope.config import ModelConfig
     from attnscope.tokenize import Tokens
 
@@ -151,7 +151,7 @@ def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str]) -> 
     """Terms and row counts for the text scores in `names`, and why any has no value."""
     n = len(ids)
     ids_t = torch.as_tensor(list(ids), dtype=torch.long)
-    earlier = _rows_with_earlier_copies(ids_t)
+    earlier = _rows_with_earlier_copies(ids_t.tolist())
     available: dict[str, tuple[Term, int]] = {
         "previous_token": (partial(_stripe, -1, 1, n), n - 1),
         "first_token": (partial(_column, 0, 1), n - 1),
@@ -170,11 +170,14 @@ def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str]) -> 
     return terms, counts, {name: why for name, why in undefined.items() if name in names}
 
 
-def _rows_with_earlier_copies(ids: Tensor) -> int:
-    n = ids.numel()
-    same = ids[:, None] == ids[None, :]  # (T, T): small, token ids only
-    earlier = torch.tril(same, diagonal=-1).any(-1)  # (T,)
-    return int(earlier.sum()) if n else 0
+def _rows_with_earlier_copies(ids: Sequence[int]) -> int:
+    """How many positions hold a token id seen earlier (a set, not an n x n comparison)."""
+    seen: set[int] = set()
+    count = 0
+    for token in ids:
+        count += token in seen
+        seen.add(token)
+    return count
 
 
 def induction_terms(prefix_len: int, repeat: int) -> tuple[dict[str, Term], dict[str, int]]:
@@ -238,8 +241,8 @@ def head_scores(
     inspector: "Inspector",
     text: "str | Tokens" = DEFAULT_TEXT,
     names: Sequence[str] | None = None,
-    layers: Any = None,
-    heads: Any = None,
+    layers: "Selector" = None,
+    heads: "Selector" = None,
     seed: int = 0,
     repeat: int = DEFAULT_REPEAT,
     truncate: bool = False,

@@ -182,8 +182,7 @@ def build(
     n_heads, n_tokens, d_head = q.shape
     if not 0 <= head < n_heads:
         raise SelectionError(f"--head {head} is out of range: the model has {n_heads} heads (0..{n_heads - 1})")
-    if len(labels) != n_tokens:
-        raise UsageError(f"{len(labels)} labels for {n_tokens} tokens")  # a caller's mistake, said plainly
+    assert len(labels) == n_tokens, f"{len(labels)} labels for {n_tokens} tokens"  # internal invariant
     if kind != "padding":
         n_pad = 0
     ok = visible_mask(kind, n_tokens, window, n_pad)  # (T, T)

@@ -74,7 +74,9 @@ def _layout(n_heads: int, width: int) -> tuple[int, int]:
     room = max(20, width - LABEL_W)
     if n_heads * 5 <= room:
         return 5, n_heads
-    return 4, max(1, min(n_heads, room // 4))
+    fit = max(1, room // 4)
+    blocks = -(-n_heads // fit)
+    return 4, -(-n_heads // blocks)  # blocks of equal size: 16 + 16, not 19 + 13
 
 
 def grid(console: Console, res: "HeadScores", name: str, color: bool) -> None:

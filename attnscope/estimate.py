@@ -1,0 +1,48 @@
+"""`--dry-run`: the memory and disk a run would need, by arithmetic, before running it.
+
+Pure arithmetic on a ModelConfig and the checkpoint's headers (no weights are read). The
+figures follow the model's own plan: weights in the chosen dtype, the residual stream and
+one block's activations, one query chunk of float32 scores and probabilities
+(`model.CHUNK_BYTES`), and what the probes keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attnscope.config import ModelConfig
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class Plan:
+    n_tokens: int
+    weights: int  # bytes of parameters in the run's dtype
+    activations: int  # one block's working set
+    attention_chunk: int  # scores + probabilities of one query chunk
+    kept: int  # what the probes hold (top-k, summaries, one layer for a streaming save)
+    output_file: int  # bytes written by --save / --save-topk
+
+    @property
+    def peak_memory(self) -> int:
+        return self.weights + self.activations + self.attention_chunk + self.kept
+
+
+def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel: int, n_heads_sel: int,
+         top_k: int, save: bool, save_topk: bool, chunk_bytes: int) -> Plan:
+    width = DTYPE_BYTES[dtype]
+    H, dh = cfg.n_heads, cfg.d_head
+    act = n * (4 * cfg.d_model + (H + 2 * cfg.n_kv_heads) * dh + 2 * H * dh + (3 if cfg.gated_mlp else 2) * cfg.d_mlp) * width
+    chunk_rows = max(1, min(n, chunk_bytes // (4 * H * n)))
+    attn_chunk = 3 * H * chunk_rows * n * 4  # scores, mask fill, probabilities
+    kept = 0
+    output = 0
+    if save:
+        kept += n_heads_sel * n * n * 4  # one layer, streamed
+        output += n_layers_sel * n_heads_sel * n * n * 4 + 8 * (n_layers_sel + n_heads_sel + n)
+    if save_topk:
+        k = min(top_k, n)
+        kept += n_layers_sel * n_heads_sel * n * k * 12  # int64 indices + float32 weights
+        output += n_layers_sel * n_heads_sel * n * k * 12
+    return Plan(n, stored_params * width, act, attn_chunk, kept, output)
