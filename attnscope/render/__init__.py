@@ -34,3 +34,16 @@ def ramp_style(value: float) -> str:
 def shade(value: float) -> str:
     i = min(len(SHADES) - 1, max(0, int(round(value * (len(SHADES) - 1)))))
     return SHADES[i]
+
+
+def clip(label: str, width: int) -> str:
+    return label if len(label) <= width else label[: max(1, width - 1)] + "…"
+
+
+def elide(n: int, fit: int) -> list[int]:
+    """Indices to show when n do not fit: the first and last, with -1 for the gap."""
+    if n <= fit:
+        return list(range(n))
+    head = (fit - 1) // 2
+    tail = fit - 1 - head
+    return list(range(head)) + [-1] + list(range(n - tail, n))

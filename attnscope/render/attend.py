@@ -13,15 +13,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attnscope.render import ramp_style, shade
+from attnscope.render import clip, elide, ramp_style, shade
 
 if TYPE_CHECKING:
     from attnscope.analysis import AttendResult, Attention, Focus, Summary, TopK
     from attnscope.tokenize import Tokens
-
-
-def clip(label: str, width: int) -> str:
-    return label if len(label) <= width else label[: max(1, width - 1)] + "…"
 
 
 def weight_text(label: str, weight: float, color: bool, width: int = 10) -> Text:
@@ -95,15 +91,6 @@ def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40) -
             console.print(table)
 
 
-def _elide(n: int, fit: int) -> list[int]:
-    """Indices to show when n do not fit: the first and last, with -1 for the gap."""
-    if n <= fit:
-        return list(range(n))
-    head = (fit - 1) // 2
-    tail = fit - 1 - head
-    return list(range(head)) + [-1] + list(range(n - tail, n))
-
-
 def heatmap_view(console: Console, att: "Attention", color: bool, width: int) -> None:
     tokens = att.tokens
     assert tokens is not None
@@ -111,8 +98,8 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int) ->
     label_w = min(12, max(len(t) for t in tokens.labels) + 1)
     room = max(8, width - label_w - 6)
     cell = 5 if n * 5 <= room else (3 if n * 3 <= room else 1)
-    cols = _elide(n, room // cell)
-    rows = _elide(n, 40)
+    cols = elide(n, room // cell)
+    rows = elide(n, 40)
     legend = {5: "attention weight", 3: "attention weight in %", 1: f"shade {shade(0.25)}{shade(0.5)}{shade(0.75)}{shade(1.0)} = weight"}[cell]
     for li, layer in enumerate(att.layers):
         for hi, head in enumerate(att.heads):

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 from rich.console import Console
 from rich.text import Text
 
-from attnscope.render import ramp_style
-from attnscope.render.attend import _elide, clip
+from attnscope.render import clip, elide, ramp_style
 
 if TYPE_CHECKING:
     from attnscope.masks import MaskDemo, Step
@@ -66,7 +65,7 @@ def layout(demo: "MaskDemo", width: int) -> Layout:
     fit = min(n_tokens, MAX_SHOWN)
     while fit > 3 and total(label_w, fit) > width:
         fit -= 1
-    return Layout(label_w, cell_w, _elide(n_tokens, fit))
+    return Layout(label_w, cell_w, elide(n_tokens, fit))
 
 
 def _style(value: float, probabilities: bool, color: bool) -> str:
