@@ -183,7 +183,8 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
 
         raise ConfigError(f"{ckpt.root} has no config.json", hint="attend needs the model's config.json beside its weights")
     raw = read_config_json(ckpt.config_path)
-    cfg = from_hf_config(raw, name=spec if model is not None else "all-MiniLM-L6-v2")
+    embedded = model is None and not os.environ.get("ATTNSCOPE_MODEL", "").strip()
+    cfg = from_hf_config(raw, name="all-MiniLM-L6-v2" if embedded else spec)
     tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev, cfg)

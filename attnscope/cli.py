@@ -511,7 +511,8 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
         from attnscope.errors import ConfigError
 
         raise ConfigError(f"{ckpt.root} has no config.json")
-    cfg = from_hf_config(read_config_json(ckpt.config_path), name=spec if model else "all-MiniLM-L6-v2")
+    embedded = model is None and not os.environ.get("ATTNSCOPE_MODEL", "").strip()
+    cfg = from_hf_config(read_config_json(ckpt.config_path), name="all-MiniLM-L6-v2" if embedded else spec)
     tokens = tokenize(load_tokenizer(ckpt.tokenizer_path, str(ckpt.root)), text, cfg.n_ctx, truncate)
     ls = analysis.select(layer, cfg.n_layers, "layer")
     hs = analysis.select(head, cfg.n_heads, "head")

@@ -58,7 +58,20 @@ class ModelConfig:
     nsp_head: bool = False  # BertForPreTraining's next-sentence classifier
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
+    rotary_dim: int = 0  # 0: rotate the whole head; less for partial rotary (NeoX, Phi)
     sliding_window: int | None = None
+    layer_windows: list[int | None] | None = None  # per-layer windows (Gemma 2); None: sliding_window everywhere
+    pos_offset: int = 0  # OPT's learned positions start at 2
+    d_embed: int = 0  # OPT's word_embed_proj_dim: embeddings narrower than the width, projected in
+    parallel: bool = False  # attention and MLP read the same input (NeoX, Phi)
+    shared_norm: bool = False  # parallel blocks with one norm for both (Phi)
+    norm_offset: float = 0.0  # Gemma's RMSNorm scales by (offset + weight)
+    embed_scale: bool = False  # Gemma: embeddings times sqrt(d_model)
+    attn_scale: float | None = None  # score scale; None: 1/sqrt(d_head)
+    attn_softcap: float | None = None  # Gemma 2: cap * tanh(scores / cap)
+    post_norms: bool = False  # Gemma 2: norms after attention and after the MLP too
+    qk_norm: bool = False  # Qwen3: per-head RMSNorm on queries and keys before RoPE
+    unembed_bias: bool = False  # Phi's lm_head has a bias
     dtype: str = "float32"  # the dtype the checkpoint was saved in
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,8 +108,22 @@ class ModelConfig:
             raise ConfigError(f"{self._where()}unsupported norm {self.norm!r}")
         if self.positions not in POSITIONS:
             raise ConfigError(f"{self._where()}unsupported positions {self.positions!r}")
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise ConfigError(f"{self._where()}sliding_window must be positive, got {self.sliding_window!r}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+            raise ConfigError(f"{self._where()}sliding_window must be a positive integer, got {self.sliding_window!r}")
+        if self.rotary_dim == 0:
+            self.rotary_dim = self.d_head
+        if not 0 < self.rotary_dim <= self.d_head or self.rotary_dim % 2:
+            raise ConfigError(f"{self._where()}rotary dimension {self.rotary_dim} must be even and within the head size {self.d_head}")
+        if self.d_embed == 0:
+            self.d_embed = self.d_model
+        if self.layer_windows is not None and len(self.layer_windows) != self.n_layers:
+            raise ConfigError(f"{self._where()}{len(self.layer_windows)} layer types for {self.n_layers} layers")
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of one layer (None: the layer sees every allowed key)."""
+        if self.layer_windows is not None:
+            return self.layer_windows[layer]
+        return self.sliding_window
 
     def _where(self) -> str:
         return f"{self.name}: " if self.name else ""

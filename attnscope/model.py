@@ -40,22 +40,27 @@ class Probe(Protocol):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float) -> None:
+    """Root-mean-square norm, computed in float32. Gemma scales by (1 + weight) in
+    float32 before casting back; Llama casts back, then scales by the weight."""
+
+    def __init__(self, d: int, eps: float, offset: float = 0.0) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(d))
         self.eps = eps
+        self.offset = offset
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalise in float32, as the Llama reference does, then cast back.
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (h * (self.offset + self.weight.float())).to(x.dtype)
         return self.weight * h.to(x.dtype)
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
+def make_norm(cfg: ModelConfig, d: int | None = None) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        return RMSNorm(d or cfg.d_model, cfg.norm_eps, cfg.norm_offset)
+    return nn.LayerNorm(d or cfg.d_model, eps=cfg.norm_eps)
 
 
 def activation(name: str) -> Callable[[Tensor], Tensor]:
@@ -68,8 +73,8 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:
-    """RoPE inverse frequencies (d_head/2,), with Llama 3's frequency-dependent scaling."""
-    dh = cfg.d_head
+    """RoPE inverse frequencies (rotary_dim/2,), with Llama 3's frequency-dependent scaling."""
+    dh = cfg.rotary_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
     scaling = cfg.rope_scaling
     if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
@@ -89,17 +94,21 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
 
 def rope_tables(cfg: ModelConfig, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     inv_freq = rope_inv_freq(cfg).to(device)
-    freqs = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv_freq)  # (T, d_head/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, d_head): the two halves share frequencies
+    freqs = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv_freq)  # (T, rotary_dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, rotary_dim): the two halves share frequencies
     return emb.cos(), emb.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (H, T, d_head) by position, rotating the two halves of each head together
-    (Hugging Face's `rotate_half` layout, which its Llama checkpoints are permuted for)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # (H, T, d_head)
-    return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
+    """Rotate (H, T, d_head) by position, rotating the two halves of the first rotary_dim
+    dimensions together (Hugging Face's `rotate_half` layout, which its Llama checkpoints
+    are permuted for); with partial rotary (NeoX, Phi) the rest pass through."""
+    rd = cos.shape[-1]
+    x_rot, x_pass = x[..., :rd], x[..., rd:]  # (H, T, rd), (H, T, d_head - rd)
+    half = rd // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)  # (H, T, rd)
+    out = (x_rot * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
+    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
 
 
 def visible(q_pos: Tensor, k_pos: Tensor, causal: bool, window: int | None) -> Tensor | None:
@@ -126,20 +135,28 @@ class Attention(nn.Module):
         self.k = nn.Linear(cfg.d_model, kv_out, bias=cfg.qkv_bias)
         self.v = nn.Linear(cfg.d_model, kv_out, bias=cfg.qkv_bias)
         self.o = nn.Linear(q_out, cfg.d_model, bias=cfg.out_bias)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's dimensions, before RoPE
+            self.q_norm = make_norm(cfg, cfg.d_head)
+            self.k_norm = make_norm(cfg, cfg.d_head)
 
     def forward(self, x: Tensor, layer: int, rope: tuple[Tensor, Tensor] | None, probe: Probe | None) -> Tensor:
         cfg = self.cfg
         T = x.shape[0]
         H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-        q = self.q(x).view(T, H, dh).transpose(0, 1)  # (H, T, dh)
-        k = self.k(x).view(T, Hkv, dh).transpose(0, 1)  # (Hkv, T, dh)
+        q = self.q(x).view(T, H, dh)  # (T, H, dh)
+        k = self.k(x).view(T, Hkv, dh)  # (T, Hkv, dh)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.transpose(0, 1)  # (H, T, dh)
+        k = k.transpose(0, 1)  # (Hkv, T, dh)
         v = self.v(x).view(T, Hkv, dh).transpose(0, 1)  # (Hkv, T, dh)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if Hkv != H:  # grouped/multi-query: each key/value head serves `group_size` query heads
             k = k.repeat_interleave(cfg.group_size, dim=0)  # (H, T, dh)
             v = v.repeat_interleave(cfg.group_size, dim=0)  # (H, T, dh)
-        scale = 1.0 / math.sqrt(dh)
+        scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(dh)
+        window = cfg.window(layer)
         qf, kf = q.float(), k.float()
         watching = probe is not None and probe.wants(layer)
         if watching and hasattr(probe, "qk"):
@@ -150,7 +167,9 @@ class Attention(nn.Module):
         for start in range(0, T, chunk):
             stop = min(T, start + chunk)
             scores = (qf[:, start:stop] @ kf.transpose(-2, -1)) * scale  # (H, c, T)
-            ok = visible(positions[start:stop], positions, cfg.causal, cfg.sliding_window)
+            if cfg.attn_softcap is not None:  # Gemma 2: squash logits smoothly into (-cap, cap)
+                scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+            ok = visible(positions[start:stop], positions, cfg.causal, window)
             if ok is not None:
                 scores = scores.masked_fill(~ok, float("-inf"))
             probs = torch.softmax(scores, dim=-1)  # (H, c, T), float32 whatever the weights' dtype
@@ -178,18 +197,33 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One layer. Four wirings, by config: pre-norm (GPT-2, Llama), post-norm (BERT, OPT
+    without do_layer_norm_before), parallel attention and MLP (NeoX with two norms, Phi
+    with one shared), and pre-norm with extra norms after each sublayer (Gemma 2)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.post_norm = cfg.post_norm
+        self.cfg = cfg
         self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg)
-        self.mlp_norm = make_norm(cfg)
+        if not cfg.shared_norm:
+            self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
+        if cfg.post_norms:
+            self.post_attn_norm = make_norm(cfg)
+            self.post_mlp_norm = make_norm(cfg)
 
     def forward(self, x: Tensor, layer: int, rope: tuple[Tensor, Tensor] | None, probe: Probe | None) -> Tensor:
-        if self.post_norm:  # BERT: normalise after each residual add
+        cfg = self.cfg
+        if cfg.post_norm:  # BERT: normalise after each residual add
             x = self.attn_norm(x + self.attn(x, layer, rope, probe))
             return self.mlp_norm(x + self.mlp(x))
+        if cfg.parallel:  # attention and MLP both read the block's input
+            h = self.attn_norm(x)
+            return x + self.attn(h, layer, rope, probe) + self.mlp(h if cfg.shared_norm else self.mlp_norm(x))
+        if cfg.post_norms:
+            x = x + self.post_attn_norm(self.attn(self.attn_norm(x), layer, rope, probe))
+            return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
         x = x + self.attn(self.attn_norm(x), layer, rope, probe)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -197,9 +231,11 @@ class Block(nn.Module):
 class Embedding(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_embed)
+        if cfg.d_embed != cfg.d_model:  # OPT-350m: narrow embeddings projected to the width
+            self.proj_in = nn.Linear(cfg.d_embed, cfg.d_model, bias=False)
         if cfg.positions == "learned":
-            self.pos = nn.Embedding(cfg.n_ctx, cfg.d_model)
+            self.pos = nn.Embedding(cfg.n_ctx + cfg.pos_offset, cfg.d_model)
         if cfg.n_types:
             self.types = nn.Embedding(cfg.n_types, cfg.d_model)
         if cfg.embed_norm:
@@ -221,9 +257,13 @@ class Transformer(nn.Module):
         cfg = self.cfg
         T = ids.shape[0]
         positions = torch.arange(T, device=ids.device)
-        x = self.embed.tok(ids)  # (T, d)
+        x = self.embed.tok(ids)  # (T, d_embed)
+        if cfg.d_embed != cfg.d_model:
+            x = self.embed.proj_in(x)  # (T, d)
+        if cfg.embed_scale:  # Gemma: sqrt(d) in the activations' dtype, as the reference rounds it
+            x = x * torch.tensor(cfg.d_model**0.5, dtype=x.dtype)
         if cfg.positions == "learned":
-            x = x + self.embed.pos(positions)
+            x = x + self.embed.pos(positions + cfg.pos_offset)
         if cfg.n_types:
             x = x + self.embed.types(torch.zeros_like(ids))  # a single segment: type 0
         if cfg.embed_norm:

@@ -33,24 +33,36 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     d, dh, v = cfg.d_model, cfg.d_head, cfg.vocab_size
     q_out, kv_out = cfg.n_heads * dh, cfg.n_kv_heads * dh
     norm_params = ("weight", "bias") if cfg.norm == "layernorm" else ("weight",)
-    shapes: dict[str, tuple[int, ...]] = {"embed.tok.weight": (v, d)}
+
+    def norm(prefix: str) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}.{p}": (d,) for p in norm_params}
+
+    shapes: dict[str, tuple[int, ...]] = {"embed.tok.weight": (v, cfg.d_embed)}
+    if cfg.d_embed != d:
+        shapes["embed.proj_in.weight"] = (d, cfg.d_embed)
     if cfg.positions == "learned":
-        shapes["embed.pos.weight"] = (cfg.n_ctx, d)
+        shapes["embed.pos.weight"] = (cfg.n_ctx + cfg.pos_offset, d)
     if cfg.n_types:
         shapes["embed.types.weight"] = (cfg.n_types, d)
     if cfg.embed_norm:
-        shapes.update({f"embed.norm.{p}": (d,) for p in norm_params})
+        shapes.update(norm("embed.norm"))
     for i in range(cfg.n_layers):
         b = f"blocks.{i}"
-        shapes.update({f"{b}.attn_norm.{p}": (d,) for p in norm_params})
+        shapes.update(norm(f"{b}.attn_norm"))
         for part, out in (("q", q_out), ("k", kv_out), ("v", kv_out)):
             shapes[f"{b}.attn.{part}.weight"] = (out, d)
             if cfg.qkv_bias:
                 shapes[f"{b}.attn.{part}.bias"] = (out,)
+        if cfg.qk_norm:
+            shapes[f"{b}.attn.q_norm.weight"] = (dh,)
+            shapes[f"{b}.attn.k_norm.weight"] = (dh,)
         shapes[f"{b}.attn.o.weight"] = (d, q_out)
         if cfg.out_bias:
             shapes[f"{b}.attn.o.bias"] = (d,)
-        shapes.update({f"{b}.mlp_norm.{p}": (d,) for p in norm_params})
+        if cfg.post_norms:
+            shapes.update(norm(f"{b}.post_attn_norm"))
+        if not cfg.shared_norm:
+            shapes.update(norm(f"{b}.mlp_norm"))
         for part in ("gate", "up") if cfg.gated_mlp else ("up",):
             shapes[f"{b}.mlp.{part}.weight"] = (cfg.d_mlp, d)
             if cfg.mlp_bias:
@@ -58,27 +70,33 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"{b}.mlp.down.weight"] = (d, cfg.d_mlp)
         if cfg.mlp_bias:
             shapes[f"{b}.mlp.down.bias"] = (d,)
+        if cfg.post_norms:
+            shapes.update(norm(f"{b}.post_mlp_norm"))
     if cfg.final_norm:
-        shapes.update({f"final_norm.{p}": (d,) for p in norm_params})
+        shapes.update(norm("final_norm"))
+    if cfg.d_embed != d:
+        shapes["proj_out.weight"] = (cfg.d_embed, d)
     if cfg.pooler:
         shapes["pooler.weight"] = (d, d)
         shapes["pooler.bias"] = (d,)
     if cfg.mlm_head:
         shapes["mlm.dense.weight"] = (d, d)
         shapes["mlm.dense.bias"] = (d,)
-        shapes.update({f"mlm.norm.{p}": (d,) for p in norm_params})
+        shapes.update(norm("mlm.norm"))
         shapes["mlm.bias"] = (v,)
     if cfg.nsp_head:
         shapes["nsp.weight"] = (2, d)
         shapes["nsp.bias"] = (2,)
     if cfg.lm_head and not cfg.tied_embeddings:
-        shapes["unembed.weight"] = (v, d)
+        shapes["unembed.weight"] = (v, cfg.d_embed)
+    if cfg.lm_head and cfg.unembed_bias:
+        shapes["unembed.bias"] = (v,)
     return shapes
 
 
 # The video's rows, then what its counting leaves out. Order is display order.
 ROWS_3B1B = ("embedding", "key", "query", "value", "output", "gate", "up", "down", "unembedding")
-ROWS_OTHER = ("positions", "biases", "norms", "pooler", "heads", "other")
+ROWS_OTHER = ("positions", "projections", "biases", "norms", "pooler", "heads", "other")
 
 
 def category(name: str) -> str:
@@ -95,6 +113,8 @@ def category(name: str) -> str:
         return "pooler"
     if name.startswith(("mlm.", "nsp.")):
         return "heads"
+    if name in ("embed.proj_in.weight", "proj_out.weight"):
+        return "projections"
     if "norm." in name:
         return "norms"
     if name.endswith(".bias"):
@@ -220,7 +240,9 @@ def _report(cfg: ModelConfig, convention: str, shapes: Iterable[tuple[str, tuple
     d, dh = cfg.d_model, cfg.d_head
     attn_block = cfg.n_heads * head.per_query_head + cfg.n_kv_heads * head.per_kv_head
     mlp_block = (3 if cfg.gated_mlp else 2) * d * cfg.d_mlp
-    n_norm = (2 if cfg.norm == "layernorm" else 1) * d * 2
+    n_norm = (2 if cfg.norm == "layernorm" else 1) * d * ((1 if cfg.shared_norm else 2) + (2 if cfg.post_norms else 0))
+    if cfg.qk_norm:
+        n_norm += 2 * dh
     biases = 0
     if cfg.qkv_bias:
         biases += (cfg.n_heads + 2 * cfg.n_kv_heads) * dh

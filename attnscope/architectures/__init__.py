@@ -1,13 +1,15 @@
 """The architecture registry: one module per family, looked up by config.json's `model_type`.
 
-Each family module provides, after gpt-fast's `convert_hf_checkpoint.py`:
+Each family module (one file per family, found automatically) provides, after gpt-fast's
+`convert_hf_checkpoint.py`:
   * `MODEL_TYPES`: the `model_type` values it serves;
   * `PREFIXES`: wrapper prefixes a checkpoint may carry (`bert.`, `model.`, ...);
   * `WEIGHTS`: one dict mapping each Hugging Face weight name (with `{}` for the layer
     index) to our name, or to `None` for a non-parameter buffer we skip;
   * `config_from_hf(raw, name) -> ModelConfig`;
   * optionally `split(our_name, tensor, cfg) -> dict[str, tensor]` for quirks such as
-    GPT-2's fused, transposed QKV.
+    GPT-2's fused, transposed QKV, and `split_shape(our_name, shape, cfg)` to count them;
+  * `DESCRIPTION`: one line for `params --list` and the README's table.
 
 This is the only place in attnscope where Hugging Face weight names appear; everything
 downstream uses our names (see `attnscope.params.param_shapes`).
@@ -15,15 +17,21 @@ downstream uses our names (see `attnscope.params.param_shapes`).
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from types import ModuleType
 from typing import Any
 
-from attnscope.architectures import bert, gpt2, llama
 from attnscope.errors import ConfigError, UnsupportedArchitectureError
 
+# Every module in this package (but the _private ones) is a family: adding a family is
+# adding a file. ARCHITECTURES maps each `model_type` to its module.
 ARCHITECTURES: dict[str, ModuleType] = {}
-for _module in (gpt2, bert, llama):
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.startswith("_"):
+        continue
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
     for _model_type in _module.MODEL_TYPES:
         ARCHITECTURES[_model_type] = _module
 

@@ -1,4 +1,7 @@
-"""Config-reading helpers shared by the family modules (both config.json styles)."""
+"""Config-reading helpers shared by the family modules, for both config.json styles:
+the older keys most published checkpoints carry (`rope_theta`, `rope_scaling`,
+`torch_dtype`, `rotary_pct`) and the newer ones current transformers writes
+(`rope_parameters`, `dtype`, `layer_types`)."""
 
 from __future__ import annotations
 
@@ -8,16 +11,19 @@ from attnscope.errors import ConfigError
 
 
 def rope_settings(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    """RoPE base and scaling from either config style: old (`rope_theta`, `rope_scaling`)
-    or new (`rope_parameters`, as current transformers writes it)."""
+    """RoPE base and scaling (None, or a `llama3` dict without the base)."""
     params = raw.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"rope_parameters must be an object, got {params!r}")
     scaling = raw.get("rope_scaling") or None
-    theta = raw.get("rope_theta", params.get("rope_theta", 10000.0))
+    theta = raw.get("rope_theta", raw.get("rotary_emb_base", params.get("rope_theta", 10000.0)))
     if scaling is None and params.get("rope_type", "default") != "default":
         scaling = dict(params)
     if scaling is not None:
-        # the base lives in `theta`; newer configs repeat it inside the scaling dict
-        scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
+        if not isinstance(scaling, dict):
+            raise ConfigError(f"rope_scaling must be an object, got {scaling!r}")
+        # the base lives in `theta`; newer configs repeat it (and the rotary share) inside
+        scaling = {k: v for k, v in scaling.items() if k not in ("rope_theta", "partial_rotary_factor")}
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         if kind == "default":
             scaling = None
@@ -26,6 +32,30 @@ def rope_settings(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
                 f"unsupported rope scaling {kind!r}", hint="supported rope scaling: llama3"
             )
     return float(theta), scaling
+
+
+def rotary_dim(raw: dict[str, Any], d_head: int, default: float = 1.0) -> int:
+    """How many dimensions of each head RoPE rotates (NeoX `rotary_pct`, Phi
+    `partial_rotary_factor`, or the factor inside `rope_parameters`)."""
+    params = raw.get("rope_parameters") or {}
+    factor = raw.get("rotary_pct", raw.get("partial_rotary_factor", params.get("partial_rotary_factor", default)))
+    return int(d_head * float(factor))
+
+
+def layer_windows(raw: dict[str, Any], n_layers: int, window: int | None,
+                  default: list[str] | None = None) -> list[int | None] | None:
+    """Per-layer sliding windows from `layer_types` (or a family's default pattern)."""
+    types = raw.get("layer_types") or default
+    if window is None or types is None:
+        return None
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise ConfigError(f"layer_types must list one type per layer ({n_layers}), got {types!r}")
+    out: list[int | None] = []
+    for t in types:
+        if t not in ("sliding_attention", "full_attention"):
+            raise ConfigError(f"unsupported layer type {t!r}", hint="supported: sliding_attention, full_attention")
+        out.append(window if t == "sliding_attention" else None)
+    return out
 
 
 def checkpoint_dtype(raw: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from attnscope.errors import ConfigError
 
 MODEL_TYPES = ("bert",)
 PREFIXES = ("bert.",)
+DESCRIPTION = "BERT: word + position + token-type embeddings, post-LayerNorm, bidirectional"
 
 _LAYERS = {
     "attention.self.query": "attn.q",

@@ -16,6 +16,7 @@ from attnscope.errors import ConfigError
 
 MODEL_TYPES = ("gpt2",)
 PREFIXES = ("transformer.",)
+DESCRIPTION = "GPT-2 (and the GPT-3 presets): learned positions, pre-LayerNorm, Conv1D weights, tied unembedding"
 
 WEIGHTS: dict[str, str | None] = {
     "wte.weight": "embed.tok.weight",

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnscope.architectures._common import checkpoint_dtype, rope_settings
+from attnscope.architectures._common import checkpoint_dtype, layer_windows, rope_settings
 from attnscope.config import ModelConfig
 from attnscope.errors import ConfigError
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 PREFIXES = ("model.",)
+DESCRIPTION = "Llama, Mistral (sliding window), Qwen2 (q/k/v biases): RoPE (llama3 scaling), GQA/MQA, RMSNorm, SwiGLU"
 
 WEIGHTS: dict[str, str | None] = {
     "embed_tokens.weight": "embed.tok.weight",
@@ -52,13 +53,22 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     if act not in _ACTIVATIONS:
         raise ConfigError(f"unsupported {model_type} hidden_act {act!r}")
     theta, scaling = rope_settings(raw)
+    windows = None
     if model_type == "qwen2":
         qkv_bias, out_bias, mlp_bias = True, False, False
-        window = raw.get("sliding_window") if raw.get("use_sliding_window") else None
     else:
         qkv_bias = out_bias = bool(raw.get("attention_bias", False))
         mlp_bias = bool(raw.get("mlp_bias", False))
-        window = raw.get("sliding_window") if model_type == "mistral" else None
+    if model_type == "mistral":
+        window = raw.get("sliding_window")
+    elif model_type in ("qwen2", "qwen3") and raw.get("use_sliding_window"):
+        # Qwen slides only from layer `max_window_layers` on, unless layer_types says otherwise
+        window = raw.get("sliding_window")
+        n_layers, first = raw["num_hidden_layers"], raw.get("max_window_layers", 0)
+        default = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
+        windows = layer_windows(raw, n_layers, window, default)
+    else:
+        window = None
     n_heads = raw["num_attention_heads"]
     return ModelConfig(
         name=name,
@@ -84,5 +94,6 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         rope_theta=theta,
         rope_scaling=scaling,
         sliding_window=window,
+        layer_windows=windows,
         dtype=checkpoint_dtype(raw),
     )

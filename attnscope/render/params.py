@@ -25,6 +25,7 @@ ROW_LABELS = {
     "down": "Down-projection",
     "unembedding": "Unembedding",
     "positions": "Position / type tables",
+    "projections": "Embedding projections (in, out)",
     "biases": "Biases",
     "norms": "Norms",
     "pooler": "Pooler",
