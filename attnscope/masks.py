@@ -94,14 +94,31 @@ class MaskDemo:
     size: PatternSize
     text: str = ""
     auto_head: bool = False
+    layer_map: str = ""  # where a model mixes kinds of layer (Gemma 2), which layers are which
     hidden_share: float = 0.0  # unmasked softmax weight on keys the mask hides, mean over real rows
 
 
-def model_kind(cfg: "ModelConfig") -> str:
-    """The mask the model applies in its own forward pass."""
-    if cfg.sliding_window is not None:
+def model_kind(cfg: "ModelConfig", layer: int | None = None) -> str:
+    """The mask the model applies in its own forward pass (in `layer`, where layers differ:
+    Gemma 2 alternates sliding-window and full layers)."""
+    window = cfg.window(layer) if layer is not None else cfg.sliding_window
+    if window is not None:
         return "sliding-window"
     return "causal" if cfg.causal else "bidirectional"
+
+
+def layer_map(cfg: "ModelConfig") -> str:
+    """One line naming each kind of layer, where a model mixes them; else empty."""
+    kinds = [model_kind(cfg, i) for i in range(cfg.n_layers)]
+    if len(set(kinds)) < 2:
+        return ""
+    parts = []
+    for kind in dict.fromkeys(kinds):
+        layers = [str(i) for i, k in enumerate(kinds) if k == kind]
+        shown = ", ".join(layers[:6]) + (", …" if len(layers) > 6 else "")
+        label = f"sliding-window (W = {cfg.sliding_window})" if kind == "sliding-window" else f"full {kind}"
+        parts.append(f"{label} on layers {shown}")
+    return "Its layers differ: " + "; ".join(parts) + "."
 
 
 def check_kind(kind: str, window: int | None) -> int | None:
@@ -220,10 +237,11 @@ def model_note(d: MaskDemo) -> str:
         return (f"{d.model} is {WHO[d.model_kind]}; only the padding mask is shown here "
                 "(a causal model combines it with the causal mask). Its real tokens' queries and keys "
                 "come from the text alone, as a batched model's would.")
+    layers = f" {d.layer_map} Layer {d.layer} is {d.model_kind}." if d.layer_map else ""
     if d.kind == d.model_kind:
-        return f"{d.model} is {WHO[d.model_kind]}: it uses this very mask."
+        return f"{d.model} is {WHO[d.model_kind]}: it uses this very mask.{layers}"
     return (f"{d.model} is {WHO[d.model_kind]}: this demo applies the {d.kind} mask to the head's real "
-            f"scores to show what {WHO[d.kind]} would allow.")
+            f"scores to show what {WHO[d.kind]} would allow.{layers}")
 
 
 def _window_phrase(window: int) -> str:
@@ -322,8 +340,9 @@ def demo_for(
         tokens, n_pad = padded, PAD_COUNT
     chosen = heads[0] if heads is not None else pick_head(q, k, scale, n_real)
     demo = build(tokens.labels, q, k, scale, chosen, kind, window, layer=layers[0], n_pad=n_pad,
-                 model=cfg.name or inspector.source, own_kind=model_kind(cfg), n_layers=cfg.n_layers, text=text)
+                 model=cfg.name or inspector.source, own_kind=model_kind(cfg, layers[0]), n_layers=cfg.n_layers, text=text)
     demo.auto_head = heads is None
+    demo.layer_map = layer_map(cfg)
     return demo
 
 
@@ -339,6 +358,7 @@ def to_dict(demo: MaskDemo, steps: list[int] | None = None) -> dict[str, Any]:
         "text": demo.text,
         "model": demo.model,
         "model_mask": demo.model_kind,
+        "layer_map": demo.layer_map,
         "kind": demo.kind,
         "layer": demo.layer,
         "head": demo.head,
