@@ -149,11 +149,17 @@ def params(
             conv = cfgmod.preset_convention(name)
             rep = pm.report(cfgmod.preset(name), conv)
             rows.append((name, rep.cfg, rep.total, conv))
+        from attnscope.architectures import ARCHITECTURES
+
+        families = {name: module.DESCRIPTION for name, module in sorted(ARCHITECTURES.items())}
         if as_json:
             _print_json({"presets": [{"name": r[0], "family": r[1].family, "total": r[2], "convention": r[3],
-                                      "shape": pm.report_dict(pm.report(r[1]))["shape"]} for r in rows]})
+                                      "shape": pm.report_dict(pm.report(r[1]))["shape"]} for r in rows],
+                         "families": families})
         else:
-            render.preset_list(_console(), rows)
+            console = _console()
+            render.preset_list(console, rows)
+            render.family_list(console, families)
         return
     if (config is None) == (model is None):
         raise UsageError("give exactly one of --config or --model", hint="e.g. attnscope params --config gpt3")

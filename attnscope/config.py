@@ -245,6 +245,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
         tie_word_embeddings=True,
     ),
+    "pythia-160m": {
+        "model_type": "gpt_neox", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25,
+        "rotary_emb_base": 10000, "use_parallel_residual": True, "tie_word_embeddings": False,
+    },
+    "opt-125m": {
+        "model_type": "opt", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "ffn_dim": 3072, "vocab_size": 50272, "max_position_embeddings": 2048, "do_layer_norm_before": True,
+        "word_embed_proj_dim": 768, "activation_function": "relu",
+    },
+    "phi-2": {
+        "model_type": "phi", "hidden_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "intermediate_size": 10240, "vocab_size": 51200, "max_position_embeddings": 2048,
+        "partial_rotary_factor": 0.4, "hidden_act": "gelu_new", "tie_word_embeddings": False,
+    },
+    "gemma-2b": {
+        "model_type": "gemma", "hidden_size": 2048, "num_hidden_layers": 18, "num_attention_heads": 8,
+        "num_key_value_heads": 1, "head_dim": 256, "intermediate_size": 16384, "vocab_size": 256000,
+        "max_position_embeddings": 8192, "hidden_act": "gelu",
+    },
 }
 
 

@@ -793,3 +793,25 @@ def test_every_preset_builds(name):
     assert rep.total > 0
     assert rep.total_full == sum(prod(s) for s in param_shapes(cfg).values())
     assert "_convention" not in PRESETS[name] or PRESETS[name]["_convention"] == "3b1b"
+
+
+def test_readme_lists_every_supported_family():
+    """The README's family table stays current with the registry."""
+    from pathlib import Path
+
+    from attnscope.architectures import ARCHITECTURES
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for model_type in ARCHITECTURES:
+        assert f"| `{model_type}` |" in readme, model_type
+
+
+@pytest.mark.parametrize("name,expected", [
+    # Published totals (the issue's figures, from each model's config.json).
+    ("pythia-160m", 162_322_944),
+    ("opt-125m", 125_239_296),
+    ("phi-2", 2_779_683_840),
+    ("gemma-2b", 2_506_172_416),
+])
+def test_new_family_presets_meet_published_counts(name, expected):
+    assert report(preset(name)).total_full == expected

@@ -150,3 +150,12 @@ def preset_list(console: Console, rows: Sequence[tuple[str, "ModelConfig", int, 
         table.add_row(name, cfg.family, n(cfg.d_model), str(cfg.n_layers), heads, str(cfg.d_head), n(cfg.d_mlp),
                       n(cfg.vocab_size), n(cfg.n_ctx), f"{n(total)} [dim]{convention}[/]")
     console.print(table)
+
+
+def family_list(console: Console, families: dict[str, str]) -> None:
+    table = Table(title="Supported families (config.json model_type)", title_justify="left", show_edge=False)
+    table.add_column("model_type")
+    table.add_column("What attnscope implements")
+    for name, description in families.items():
+        table.add_row(name, description)
+    console.print(table)
