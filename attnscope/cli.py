@@ -235,8 +235,9 @@ NoColorOpt = Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLO
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut a text longer than the model's positions instead of failing.")]
 
 
-def _load(model: Optional[str], device: Device, dtype: LoadDtype) -> Any:
-    """Load a model with a progress bar on stderr for big checkpoints."""
+def _load(model: Optional[str], device: Device, dtype: LoadDtype, offload: Optional[bool] = None) -> Any:
+    """Load a model with a progress bar on stderr for big checkpoints (and, offloaded,
+    one for the blocks as they stream through)."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -256,10 +257,27 @@ def _load(model: Optional[str], device: Device, dtype: LoadDtype) -> Any:
         bar.update(bar.task_ids[0], completed=done)
 
     try:
-        return load(model, device.value, dtype.value, progress)
+        m = load(model, device.value, dtype.value, progress, offload)
     finally:
         if bar is not None:
             bar.stop()
+    source = m.model.block_source
+    if source is not None:  # offloaded: show blocks streaming in, one at a time
+        blocks = Progress(TextColumn("streaming blocks"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          console=Console(stderr=True), transient=True)
+
+        def streamed(i: int) -> Any:
+            if not blocks.tasks:
+                blocks.start()
+                blocks.add_task("blocks", total=m.n_layers)
+            state = source(i)
+            blocks.update(blocks.task_ids[0], completed=i + 1)
+            if i == m.n_layers - 1:
+                blocks.stop()
+            return state
+
+        m.model.block_source = streamed
+    return m
 
 
 def _focus_index(tokens: Any, token: Optional[str]) -> int:
@@ -299,6 +317,7 @@ def attend(
     save_topk: Annotated[Optional[Path], typer.Option("--save-topk", help="Write top-k indices and weights of every selected layer and head to FILE.npz (memory linear in the text length).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --save/--save-topk file.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the memory and disk the run would need, without running it.")] = False,
+    offload: Annotated[bool, typer.Option("--offload", help="Stream one block's weights at a time from disk (automatic when the weights would not fit in memory).")] = False,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
     dtype: LoadDtypeOpt = LoadDtype.auto,
@@ -326,7 +345,7 @@ def attend(
     if dry_run:
         _dry_run(model, text, dtype, layer, head, top_k, save, save_topk, truncate, as_json)
         return
-    m = _load(model, device, dtype)
+    m = _load(model, device, dtype, True if offload else None)
     tokens = m.tokenize(text, truncate)
     n = len(tokens)
     # Display defaults: the last layer for focus/topk; one head for the heatmap.

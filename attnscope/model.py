@@ -250,6 +250,9 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = Embedding(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        # Offloading: blocks stay on the meta device and `block_source(i)` supplies one
+        # block's weights (our names, relative to the block) just before it runs.
+        self.block_source: Callable[[int], dict[str, Tensor]] | None = None
 
     @torch.inference_mode()
     def forward(self, ids: Tensor, probe: Probe | None = None, last_layer: int | None = None) -> Tensor:
@@ -273,7 +276,14 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             if i > stop:
                 break
-            x = block(x, i, rope, probe)
+            if self.block_source is None:
+                x = block(x, i, rope, probe)
+                continue
+            block.load_state_dict(self.block_source(i), strict=True, assign=True)
+            try:
+                x = block(x, i, rope, probe)
+            finally:
+                block.to_empty(device="meta")  # drop this block's weights before the next loads
         return x
 
 
@@ -291,15 +301,19 @@ def build(
     tensors: Iterable[tuple[str, Tensor]],
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    offload: bool = False,
 ) -> Transformer:
     """Build on the meta device, then assign checkpoint tensors (already in our names).
 
     Every parameter the model needs must arrive with exactly its expected shape; tensors
-    the model does not use (pooler, output heads) are accepted and dropped.
+    the model does not use (pooler, output heads) are accepted and dropped. With
+    `offload`, the blocks stay on the meta device (see `Transformer.block_source`).
     """
     with torch.device("meta"):
         model = Transformer(cfg)
     need = expected_shapes(cfg, model)
+    if offload:
+        need = {name: shape for name, shape in need.items() if not name.startswith("blocks.")}
     all_params = param_shapes(cfg)
     state: dict[str, Tensor] = {}
     for name, tensor in tensors:
@@ -316,5 +330,25 @@ def build(
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors the model needs: {shown}",
                               hint="is this checkpoint complete, and does config.json match it?")
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=not offload, assign=True)
     return model.eval()
+
+
+def block_tensors(cfg: ModelConfig, layer: int, tensors: Iterable[tuple[str, Tensor]],
+                  device: str | torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+    """One block's state dict (names relative to the block) from tensors in our names,
+    with the same shape checks as `build`."""
+    prefix = f"blocks.{layer}."
+    shapes = param_shapes(cfg)
+    state: dict[str, Tensor] = {}
+    for name, tensor in tensors:
+        want = shapes.get(name)
+        if want is not None and tuple(tensor.shape) != want:
+            raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {want}")
+        if name.startswith(prefix):
+            state[name[len(prefix):]] = tensor.to(device=device, dtype=dtype)
+    need = [n[len(prefix):] for n in shapes if n.startswith(prefix)]
+    missing = [n for n in need if n not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors of block {layer}: {', '.join(missing[:3])}")
+    return state
