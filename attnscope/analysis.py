@@ -114,8 +114,10 @@ class FullPatterns(_Probe):
         self.probs = torch.empty(len(layers), len(heads), n, n, dtype=torch.float32)  # (L_sel, H_sel, T, T)
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
-        chunk = self._pick(probs)
-        self.probs[self._layer_pos[layer], :, start : start + chunk.shape[1]] = chunk.cpu()
+        chunk = self._pick(probs)  # (H_sel, c, K)
+        rows = self.probs[self._layer_pos[layer], :, start : start + chunk.shape[1]]  # (H_sel, c, T)
+        rows[..., : chunk.shape[2]] = chunk.cpu()
+        rows[..., chunk.shape[2] :] = 0.0
 
 
 class LayerStream(_Probe):
@@ -129,9 +131,10 @@ class LayerStream(_Probe):
         self.buffer = torch.empty(len(heads), n, n, dtype=torch.float32)  # (H_sel, T, T)
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
-        chunk = self._pick(probs)
+        chunk = self._pick(probs)  # (H_sel, c, K)
         stop = start + chunk.shape[1]
-        self.buffer[:, start:stop] = chunk.cpu()
+        self.buffer[:, start:stop, : chunk.shape[2]] = chunk.cpu()
+        self.buffer[:, start:stop, chunk.shape[2] :] = 0.0
         if stop == self.n:  # chunks arrive in order; the layer is complete
             self.emit(layer, self.buffer)
 
@@ -161,7 +164,9 @@ class TopKProbe(_Probe):
         self.weights = torch.empty(shape, dtype=torch.float32)
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
-        chunk = self._pick(probs)
+        chunk = self._pick(probs)  # (H_sel, c, K)
+        if chunk.shape[2] < self.k:  # fewer keys than k in this chunk: the rest weigh 0
+            chunk = torch.nn.functional.pad(chunk, (0, self.k - chunk.shape[2]))
         w, i = torch.topk(chunk, self.k, dim=-1, sorted=True)  # (H_sel, c, k)
         pos, stop = self._layer_pos[layer], start + chunk.shape[1]
         self.weights[pos, :, start:stop] = w.cpu()
@@ -179,17 +184,19 @@ class Summary:
     row_entropy: Tensor | None = None  # (L_sel, H_sel, T) when asked for
 
 
-def visible_counts(cfg: "ModelConfig", n: int) -> Tensor:
-    """How many keys each query row may see (T,), under the model's mask."""
+def visible_counts(cfg: "ModelConfig", n: int, layer: int | None = None) -> Tensor:
+    """How many keys each query row may see (T,), under the model's mask (in `layer`,
+    where layers differ, as Gemma 2's do)."""
     i = torch.arange(n)
+    window = cfg.window(layer) if layer is not None else cfg.sliding_window
     if cfg.causal:
         count = i + 1
-        if cfg.sliding_window is not None:
-            count = count.clamp(max=cfg.sliding_window)
+        if window is not None:
+            count = count.clamp(max=window)
         return count
-    if cfg.sliding_window is not None:
-        lo = (i - cfg.sliding_window + 1).clamp(min=0)
-        hi = (i + cfg.sliding_window - 1).clamp(max=n - 1)
+    if window is not None:
+        lo = (i - window + 1).clamp(min=0)
+        hi = (i + window - 1).clamp(max=n - 1)
         return hi - lo + 1
     return torch.full((n,), n)
 
@@ -205,7 +212,7 @@ class SummaryProbe(_Probe):
     def __init__(self, layers: list[int], heads: list[int], cfg: "ModelConfig", n: int, keep_rows: bool = False) -> None:
         super().__init__(layers, heads)
         self.n = n
-        self.counts = visible_counts(cfg, n)
+        self.cfg = cfg
         self.row_entropy = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
         self.first = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
         self.keep_rows = keep_rows
@@ -214,7 +221,7 @@ class SummaryProbe(_Probe):
         chunk = self._pick(probs).float()
         stop = start + chunk.shape[1]
         pos = self._layer_pos[layer]
-        counts = self.counts[start:stop].to(chunk.device)
+        counts = visible_counts(self.cfg, self.n, layer)[start:stop].to(chunk.device)
         self.row_entropy[pos, :, start:stop] = normalised_entropy(chunk, counts).cpu()
         self.first[pos, :, start:stop] = chunk[..., 0].cpu()
 
@@ -259,7 +266,9 @@ class FocusProbe(_Probe):
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
         if start <= self.query < start + probs.shape[1]:
-            self.rows[self._layer_pos[layer]] = self._pick(probs)[:, self.query - start].cpu()
+            row = self.rows[self._layer_pos[layer]]  # (H_sel, T)
+            row.zero_()
+            row[:, : probs.shape[2]] = self._pick(probs)[:, self.query - start].cpu()
 
 
 class Probes:

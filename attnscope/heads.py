@@ -88,10 +88,12 @@ class HeadScores:
 
 # ---------------------------------------------------------------------- the probe
 
-Term = Callable[[Tensor, int], Tensor]  # (probs (H, c, T), start) -> (H,) sum over the chunk's rows
+# (probs (H, c, K), start, layer) -> (H,) sum over the chunk's rows. K <= T: a causal
+# chunk carries only the keys up to its last query (the rest are exactly 0).
+Term = Callable[[Tensor, int, int], Tensor]
 
 
-def _stripe(offset: int, lo: int, hi: int, probs: Tensor, start: int) -> Tensor:
+def _stripe(offset: int, lo: int, hi: int, probs: Tensor, start: int, layer: int = 0) -> Tensor:
     """Sum over query rows lo <= i < hi of A[i, i + offset], for this chunk's rows."""
     stop = start + probs.shape[1]
     first, last = max(lo, start, -offset), min(hi, stop, probs.shape[2] - offset)
@@ -101,25 +103,25 @@ def _stripe(offset: int, lo: int, hi: int, probs: Tensor, start: int) -> Tensor:
     return probs[:, rows - start, rows + offset].sum(-1)  # (H, m) -> (H,)
 
 
-def _column(col: int, lo: int, probs: Tensor, start: int) -> Tensor:
+def _column(col: int, lo: int, probs: Tensor, start: int, layer: int = 0) -> Tensor:
     """Sum over query rows i >= lo of A[i, col]."""
     skip = max(0, lo - start)
     return probs[:, skip:, col].sum(-1)  # (H, c - skip) -> (H,)
 
 
-def _earlier_copies(ids: Tensor, probs: Tensor, start: int) -> Tensor:
+def _earlier_copies(ids: Tensor, probs: Tensor, start: int, layer: int = 0) -> Tensor:
     """Sum over rows of the attention each row puts on earlier occurrences of its token."""
     c, n = probs.shape[1], probs.shape[2]
     ids = ids.to(probs.device)
     rows = torch.arange(start, start + c, device=probs.device)
     cols = torch.arange(n, device=probs.device)
-    same = (ids[start : start + c, None] == ids[None, :]) & (cols[None, :] < rows[:, None])  # (c, T)
+    same = (ids[start : start + c, None] == ids[None, :n]) & (cols[None, :] < rows[:, None])  # (c, K)
     # One matrix-vector product instead of an (H, c, T) masked copy.
     return probs.reshape(probs.shape[0], c * n) @ same.reshape(c * n).to(probs.dtype)  # (H, c*T) @ (c*T,) -> (H,)
 
 
-def _entropy(counts: Tensor, probs: Tensor, start: int) -> Tensor:
-    rows = counts[start : start + probs.shape[1]].to(probs.device)
+def _entropy(counts: Callable[[int], Tensor], probs: Tensor, start: int, layer: int = 0) -> Tensor:
+    rows = counts(layer)[start : start + probs.shape[1]].to(probs.device)
     return normalised_entropy(probs, rows).sum(-1)  # (H, c) -> (H,)
 
 
@@ -141,7 +143,7 @@ class ScoreProbe(_Probe):
         for name, term in self.terms.items():
             if name not in self.sums:  # on the probabilities' device, so a GPU run never syncs per chunk
                 self.sums[name] = torch.zeros(len(self.layers), len(self.heads), dtype=torch.float64, device=chunk.device)
-            self.sums[name][pos] += term(chunk, start).double()
+            self.sums[name][pos] += term(chunk, start, layer).double()
 
     def result(self) -> dict[str, Tensor]:
         return {name: (self.sums[name] / self.counts[name]).float().cpu() for name in self.terms}
@@ -158,7 +160,7 @@ def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str]) -> 
         "self": (partial(_stripe, 0, 0, n), n),
         "next_token": (partial(_stripe, 1, 0, n - 1), n - 1),
         "duplicate_token": (partial(_earlier_copies, ids_t), earlier),
-        "entropy": (partial(_entropy, visible_counts(cfg, n)), n),
+        "entropy": (partial(_entropy, partial(visible_counts, cfg, n)), n),
     }
     undefined: dict[str, str] = {}
     if cfg.causal:

@@ -33,7 +33,9 @@ class Probe(Protocol):
     def wants(self, layer: int) -> bool: ...
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
-        """probs: (n_heads, chunk, T) float32, rows start..start+chunk of the layer's pattern."""
+        """probs: (n_heads, chunk, K) float32, rows start..start+chunk of the layer's
+        pattern over its first K keys; keys K..T-1 of these rows are exactly 0 (a causal
+        chunk stops at its last query)."""
 
     def qk(self, layer: int, q: Tensor, k: Tensor, scale: float) -> None:
         """q: (n_heads, T, d_head), k: (n_heads, T, d_head) after RoPE, float32."""
@@ -166,16 +168,21 @@ class Attention(nn.Module):
         chunk = max(1, min(T, CHUNK_BYTES // (4 * H * T)))
         for start in range(0, T, chunk):
             stop = min(T, start + chunk)
-            scores = (qf[:, start:stop] @ kf.transpose(-2, -1)) * scale  # (H, c, T)
+            # A causal chunk never sees keys after its last query: leave them out (K <= T),
+            # which halves the work; probes are told the rest of each row is exactly 0.
+            K = stop if cfg.causal else T
+            scores = torch.matmul(qf[:, start:stop], kf[:, :K].transpose(-2, -1))  # (H, c, K)
+            scores.mul_(scale)
             if cfg.attn_softcap is not None:  # Gemma 2: squash logits smoothly into (-cap, cap)
-                scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
-            ok = visible(positions[start:stop], positions, cfg.causal, window)
+                scores.div_(cfg.attn_softcap).tanh_().mul_(cfg.attn_softcap)
+            ok = visible(positions[start:stop], positions[:K], cfg.causal, window)
             if ok is not None:
-                scores = scores.masked_fill(~ok, float("-inf"))
-            probs = torch.softmax(scores, dim=-1)  # (H, c, T), float32 whatever the weights' dtype
+                scores.masked_fill_(~ok, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)  # (H, c, K), float32 whatever the weights' dtype
+            del scores
             if watching:
                 probe.pattern(layer, start, probs)
-            out[:, start:stop] = probs.to(v.dtype) @ v  # (H, c, dh)
+            out[:, start:stop] = torch.matmul(probs.to(v.dtype), v[:, :K])  # (H, c, dh)
         out = out.transpose(0, 1).reshape(T, H * dh)  # (T, H*dh)
         return self.o(out)
 
