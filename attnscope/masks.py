@@ -117,7 +117,7 @@ def layer_map(cfg: "ModelConfig") -> str:
         layers = [str(i) for i, k in enumerate(kinds) if k == kind]
         shown = ", ".join(layers[:6]) + (", …" if len(layers) > 6 else "")
         label = f"sliding-window (W = {cfg.sliding_window})" if kind == "sliding-window" else f"full {kind}"
-        parts.append(f"{label} on layers {shown}")
+        parts.append(f"{label} on layer{'s' if len(layers) > 1 else ''} {shown}")
     return "Its layers differ: " + "; ".join(parts) + "."
 
 

@@ -64,3 +64,37 @@ def raw_tokenizer(build: Callable[[str], Path]) -> Callable[[str], Any]:
     """`raw_tokenizer(name)`: the `tokenizers.Tokenizer` from that folder's tokenizer.json
     with its saved padding and truncation switched off: the ids our code must produce."""
     return _cached(lambda name: tiny_models.plain_tokenizer(build(name)))
+
+
+# The new families' checkpoints (`tiny_models.FAMILY_BUILDERS`), kept apart from
+# BUILDERS so that tests/test_parity.py's parametrization is unchanged; same getters.
+
+
+@pytest.fixture(scope="session")
+def family_build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """`family_build(name) -> Path`: the folder of `tiny_models.FAMILY_BUILDERS[name]`."""
+    return _cached(lambda name: tiny_models.FAMILY_BUILDERS[name](tmp_path_factory.mktemp(name)))
+
+
+@pytest.fixture(scope="session")
+def family_inspector(family_build: Callable[[str], Path]) -> Callable[..., Any]:
+    """`family_inspector(name, device="cpu") -> attnscope Inspector`, float32."""
+
+    def make(name: str, device: str = "cpu") -> Any:
+        from attnscope.api import load
+
+        return load(str(family_build(name)), device=device, dtype="float32")
+
+    return _cached(make)
+
+
+@pytest.fixture(scope="session")
+def family_reference(family_build: Callable[[str], Path]) -> Callable[[str], Any]:
+    """`family_reference(name) -> transformers model`, loaded as `reference` loads one."""
+    return _cached(lambda name: tiny_models.load_reference(family_build(name)))
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer(family_build: Callable[[str], Path]) -> Callable[[str], Any]:
+    """`family_tokenizer(name)`: that folder's tokenizer.json, padding and truncation off."""
+    return _cached(lambda name: tiny_models.plain_tokenizer(family_build(name)))

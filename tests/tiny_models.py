@@ -453,3 +453,226 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "mistral": mistral,
     "qwen2": qwen2,
 }
+
+
+# ------------------------------------------------------------- more families (v2)
+#
+# Pythia (gpt_neox), OPT, Phi, Gemma, Gemma 2 and Qwen3, each at width 32 with 2 or 3
+# layers, plus variants whose config.json is written the way the Hub's files are (keys
+# from before transformers 5: `rope_theta`, `rotary_pct`, `torch_dtype`, no
+# `rope_parameters`, no `layer_types`). `FAMILY_BUILDERS` lists them; the family tests
+# (tests/test_families.py) run every one against transformers.
+
+OPT_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def opt_tokenizer(vocab_size: int = 600) -> Tokenizer:
+    """GPT-2's byte-level BPE with OPT's specials (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3)
+    and a post-processor that puts `</s>` in front, as facebook/opt-*'s tokenizer does."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    _train_bpe(tok, OPT_SPECIALS, vocab_size, pre_tokenizers.ByteLevel.alphabet())
+    bos = "</s>"
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
+        processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+            special_tokens=[(bos, tok.token_to_id(bos))],
+        ),
+    ])
+    return tok
+
+
+def _legacy_rope(raw: dict[str, Any]) -> None:
+    """config.json as transformers 4 wrote it: `rope_theta` (and `partial_rotary_factor`)
+    at the top level, `torch_dtype` instead of `dtype`, no `rope_parameters`."""
+    params = dict(raw.pop("rope_parameters"))
+    raw["rope_theta"] = params.pop("rope_theta")
+    if "partial_rotary_factor" in params:
+        raw["partial_rotary_factor"] = params.pop("partial_rotary_factor")
+    assert params.pop("rope_type") == "default" and not params, params
+    raw["torch_dtype"] = raw.pop("dtype")
+
+
+NEOX_THETA = 1000.0  # not the default 10000, so a reader that drops the key shows
+
+
+def gpt_neox(folder: Path, seed: int = SEED, parallel: bool = True, legacy_config: bool = False) -> Path:
+    """Pythia (GPT-NeoX): width 32, 2 layers, 4 heads of 8, fused QKV interleaved per head,
+    untied `embed_out`. `parallel` is `use_parallel_residual` (attention and MLP both read
+    the block input, as Pythia); rotary on a quarter of each head (2 of 8 dims, Pythia's
+    0.25) when parallel, on half (4 of 8, so that two frequencies and hence the base
+    matter) otherwise. `legacy_config` writes config.json as Pythia's files have it:
+    `rotary_pct`, `rotary_emb_base`, `torch_dtype`."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tok = gpt2_tokenizer()
+    eot = tok.token_to_id("<|endoftext|>")
+    pct = 0.25 if parallel else 0.5
+    config = GPTNeoXConfig(
+        vocab_size=_vocab_size(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=64, hidden_act="gelu", layer_norm_eps=1e-5,
+        use_parallel_residual=parallel, tie_word_embeddings=False, bos_token_id=eot, eos_token_id=eot,
+        rope_parameters={"rope_type": "default", "rope_theta": NEOX_THETA, "partial_rotary_factor": pct},
+    )
+    path = _build(config, GPTNeoXForCausalLM, Path(folder), tok, seed)
+    if legacy_config:
+        def legacy(raw: dict[str, Any]) -> None:
+            params = dict(raw.pop("rope_parameters"))
+            raw["rotary_pct"] = params.pop("partial_rotary_factor")
+            raw["rotary_emb_base"] = params.pop("rope_theta")
+            raw["torch_dtype"] = raw.pop("dtype")
+
+        rewrite_config(path, legacy)
+    return path
+
+
+def opt(folder: Path, seed: int = SEED, pre_ln: bool = True) -> Path:
+    """OPT: width 32, 2 layers, 4 heads, ReLU, learned positions (offset 2: 64 + 2 rows),
+    unembedding tied to the embedding. `pre_ln` as opt-125m (LayerNorm before each sublayer
+    and a final one); otherwise as opt-350m: LayerNorm after each residual add, no final
+    LayerNorm, and embeddings of width 16 (`word_embed_proj_dim`) projected in to 32 and
+    out again before the tied unembedding."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tok = opt_tokenizer()
+    config = OPTConfig(
+        vocab_size=_vocab_size(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=64, activation_function="relu",
+        do_layer_norm_before=pre_ln, word_embed_proj_dim=32 if pre_ln else 16,
+        pad_token_id=tok.token_to_id("<pad>"), bos_token_id=tok.token_to_id("</s>"),
+        eos_token_id=tok.token_to_id("</s>"), tie_word_embeddings=True,
+    )
+    config.init_std = INIT_STD
+    return _build(config, OPTForCausalLM, Path(folder), tok, seed)
+
+
+def phi(folder: Path, seed: int = SEED, legacy_config: bool = False) -> Path:
+    """Phi (phi-1.5 / phi-2): width 32, 2 layers, 4 heads of 8 with rotary on half of each
+    (`partial_rotary_factor` 0.5), one LayerNorm feeding attention and MLP in parallel,
+    biases on every linear layer including `lm_head`. `legacy_config` writes `rope_theta`,
+    `partial_rotary_factor` and `torch_dtype` at the top level as phi-2's file has them."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    tok = gpt2_tokenizer()
+    eot = tok.token_to_id("<|endoftext|>")
+    config = PhiConfig(
+        vocab_size=_vocab_size(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+        hidden_act="gelu_new", layer_norm_eps=1e-5, tie_word_embeddings=False, qk_layernorm=False,
+        bos_token_id=eot, eos_token_id=eot,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    )
+    path = _build(config, PhiForCausalLM, Path(folder), tok, seed)
+    if legacy_config:
+        rewrite_config(path, _legacy_rope)
+    return path
+
+
+def gemma(folder: Path, seed: int = SEED) -> Path:
+    """Gemma: width 32, 2 layers, 4 query heads of 16 (4 x 16 != 32) sharing one key/value
+    head, (1 + weight) RMSNorm, embeddings scaled by sqrt(32), GeGLU (tanh GELU), tied."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    tok = mistral_tokenizer()
+    config = GemmaConfig(
+        vocab_size=_vocab_size(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+        hidden_act="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True,
+        pad_token_id=tok.token_to_id("<unk>"), bos_token_id=tok.token_to_id("<s>"),
+        eos_token_id=tok.token_to_id("</s>"),
+    )
+    return _build(config, GemmaForCausalLM, Path(folder), tok, seed)
+
+
+GEMMA2_WINDOW = 4
+GEMMA2_SOFTCAP = 5.0
+GEMMA2_QUERY_SCALAR = 24
+GEMMA2_LAYER_TYPES = ["full_attention", "sliding_attention", "sliding_attention"]
+GEMMA2_LEGACY_THETA = 1000.0  # not the default 10000, so a reader that drops `rope_theta` shows
+
+
+def gemma2(folder: Path, seed: int = SEED, layer_types: list[str] | None = None, legacy_config: bool = False) -> Path:
+    """Gemma 2: width 32, 4 query heads of 16 on 2 key/value heads, attention logits
+    soft-capped at 5 (the large weights push raw scores past it), scores scaled by
+    1/sqrt(24) (`query_pre_attn_scalar`, not the head size 16), a sliding window of 4 on
+    the sliding layers, and norms after attention and after the MLP as well as before.
+
+    `layer_types` given: 3 layers of those kinds, written to config.json (the default,
+    full / sliding / sliding, follows no alternation, so code that ignores the key shows).
+    Otherwise 2 layers and no `layer_types` in config.json, so the default alternation
+    (sliding, full, ...) applies, as in gemma-2-2b's file; `legacy_config` also writes
+    `rope_theta` and `torch_dtype` at the top level as that file has them."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tok = mistral_tokenizer()
+    n_layers = 2 if layer_types is None else len(layer_types)
+    theta = GEMMA2_LEGACY_THETA if legacy_config else 10000.0
+    config = Gemma2Config(
+        vocab_size=_vocab_size(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+        hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True,
+        query_pre_attn_scalar=GEMMA2_QUERY_SCALAR, sliding_window=GEMMA2_WINDOW,
+        attn_logit_softcapping=GEMMA2_SOFTCAP, final_logit_softcapping=30.0, layer_types=layer_types,
+        pad_token_id=tok.token_to_id("<unk>"), bos_token_id=tok.token_to_id("<s>"),
+        eos_token_id=tok.token_to_id("</s>"),
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+    )
+    path = _build(config, Gemma2ForCausalLM, Path(folder), tok, seed)
+
+    def edit(raw: dict[str, Any]) -> None:
+        if layer_types is None:
+            raw.pop("layer_types")
+        if legacy_config:
+            _legacy_rope(raw)
+
+    rewrite_config(path, edit)
+    return path
+
+
+def qwen3(folder: Path, seed: int = SEED) -> Path:
+    """Qwen3: width 32, 2 layers, 4 query heads of 16 on 2 key/value heads, RMSNorm over
+    each head's query and key (`q_norm`, `k_norm`) before RoPE, no biases, untied."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = qwen2_tokenizer()
+    eot = tok.token_to_id("<|endoftext|>")
+    config = Qwen3Config(
+        vocab_size=_vocab_size(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=None, eos_token_id=eot,
+        attention_bias=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+    return _build(config, Qwen3ForCausalLM, Path(folder), tok, seed)
+
+
+def llama_legacy(folder: Path, seed: int = SEED) -> Path:
+    """Plain Llama (grouped-query, untied) with config.json as Meta-Llama-3-8B's file has
+    it: `rope_theta` 500000 and `torch_dtype` at the top level, no `rope_parameters`."""
+    from transformers import LlamaForCausalLM
+
+    tok = llama3_tokenizer()
+    config = _llama_config(tok, *LLAMA3_SPECIALS, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    path = _build(config, LlamaForCausalLM, Path(folder), tok, seed)
+    rewrite_config(path, _legacy_rope)
+    return path
+
+
+# The new families' checkpoints, by the name tests/test_families.py uses. Kept apart
+# from BUILDERS so that tests/test_parity.py's parametrization is unchanged; the
+# `family_*` fixtures in conftest.py build and load these.
+FAMILY_BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "gpt_neox": gpt_neox,
+    "gpt_neox_sequential": lambda folder: gpt_neox(folder, parallel=False, legacy_config=True),
+    "opt": opt,
+    "opt_post_ln": lambda folder: opt(folder, pre_ln=False),
+    "phi": phi,
+    "phi_legacy": lambda folder: phi(folder, legacy_config=True),
+    "gemma": gemma,
+    "gemma2": lambda folder: gemma2(folder, layer_types=GEMMA2_LAYER_TYPES),
+    "gemma2_default_types": gemma2,
+    "gemma2_legacy": lambda folder: gemma2(folder, legacy_config=True),
+    "qwen3": qwen3,
+    "llama_legacy": llama_legacy,
+}
