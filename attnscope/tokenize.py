@@ -85,6 +85,9 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> T
     n = len(ids)
     if n == 0:
         raise InputError("the text produced no tokens")
+    specials = [bool(s) for s in enc.special_tokens_mask]
+    offsets = [tuple(o) for o in enc.offsets]
+    strings = list(enc.tokens)
     truncated_from = None
     if n > n_ctx:
         if not truncate:
@@ -93,9 +96,16 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> T
                 hint="shorten it or pass --truncate to keep the first tokens",
             )
         truncated_from = n
-    keep = min(n, n_ctx)
-    specials = [bool(s) for s in enc.special_tokens_mask][:keep]
-    offsets = [tuple(o) for o in enc.offsets][:keep]
-    strings = list(enc.tokens)[:keep]
-    labels = [_label(text, s, e, t, sp) for (s, e), t, sp in zip(offsets, strings, specials)]
-    return Tokens(text, ids[:keep], labels, offsets, specials, truncated_from, strings)  # type: ignore[arg-type]
+        # Keep the first tokens and the closing specials ([SEP], </s>), as transformers does.
+        tail = 0
+        while tail < n and specials[n - 1 - tail] and tail < n_ctx // 2:
+            tail += 1
+        keep = list(range(n_ctx - tail)) + list(range(n - tail, n))
+        ids, specials = [ids[i] for i in keep], [specials[i] for i in keep]
+        offsets, strings = [offsets[i] for i in keep], [strings[i] for i in keep]
+    unk = getattr(getattr(tokenizer, "model", None), "unk_token", None)
+    labels = [
+        t if (unk is not None and t == unk) else _label(text, s, e, t, sp)  # the model sees [UNK], not the text
+        for (s, e), t, sp in zip(offsets, strings, specials)
+    ]
+    return Tokens(text, ids, labels, offsets, specials, truncated_from, strings)  # type: ignore[arg-type]

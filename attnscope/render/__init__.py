@@ -7,18 +7,7 @@ want to check, so rendering can change freely. Shared formatting helpers live he
 
 from __future__ import annotations
 
-
-def n(value: int) -> str:
-    """An exact integer with thousands separators."""
-    return f"{value:,}"
-
-
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value} B"
+from attnscope.units import human_bytes, n  # noqa: F401  (re-exported for the renderers)
 
 
 # Colour ramp for attention weights 0..1: dark to bright, readable on dark and light terminals.

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attnscope.render import human_bytes, n
+from attnscope.units import human_bytes, n
 
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig

@@ -1,0 +1,17 @@
+"""Number and size formatting shared by results and renderers (no dependencies)."""
+
+from __future__ import annotations
+
+
+def n(value: int) -> str:
+    """An exact integer with thousands separators."""
+    return f"{value:,}"
+
+
+def human_bytes(value: float) -> str:
+    """Bytes in binary units: '1.5 KiB', '16.0 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value} B"
