@@ -9,13 +9,13 @@ Gemma the same name is the norm before the MLP (`pre_feedforward_layernorm` in G
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from attnscope.architectures import llama
 from attnscope.architectures._common import layer_windows
-from attnscope.architectures.gemma import gemma_kwargs
+from attnscope.architectures.gemma import gemma_config
 from attnscope.config import ModelConfig
-from attnscope.errors import ConfigError
 
 MODEL_TYPES = ("gemma2",)
 PREFIXES = ("model.",)
@@ -30,19 +30,17 @@ WEIGHTS: dict[str, str | None] = {
 
 
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
-    if raw.get("use_bidirectional_attention"):
-        raise ConfigError("Gemma 2 with use_bidirectional_attention is not supported")
-    kw = gemma_kwargs(raw, name, "gemma2")
-    n_layers = kw["n_layers"]
+    cfg = gemma_config(raw, name, "gemma2")
+    n_layers = cfg.n_layers
     window = raw.get("sliding_window", 4096)
-    default = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)] if isinstance(n_layers, int) else None
+    default = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
     scalar = raw.get("query_pre_attn_scalar")
     cap = raw.get("attn_logit_softcapping", 50.0)
-    kw.update(
+    return replace(
+        cfg,
         layer_windows=layer_windows(raw, n_layers, window, default),
         sliding_window=window,
         attn_scale=float(scalar) ** -0.5 if scalar else None,
         attn_softcap=float(cap) if cap else None,
         post_norms=True,
     )
-    return ModelConfig(**kw)
