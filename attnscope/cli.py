@@ -69,6 +69,13 @@ def _print_error(message: str, hint: str | None) -> None:
     err.print(line)
 
 
+def _note(message: str) -> None:
+    """A dim progress note on stderr (stdout carries only the command's output)."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[dim]{message}[/]")
+
+
 def _console(no_color: bool = False) -> Any:
     from rich.console import Console
 
@@ -331,6 +338,7 @@ def attend(
     last word, the tokens each head of the last layer draws on most.
     """
     from attnscope import analysis, export
+    from attnscope.units import human_bytes
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
@@ -367,7 +375,9 @@ def attend(
     with contextlib.ExitStack() as stack:
         saved = None
         if save is not None:
-            export.check_space(save, export.pattern_bytes(len(save_ls), len(save_hs), n))
+            size = export.pattern_bytes(len(save_ls), len(save_hs), n)
+            export.check_space(save, size)
+            _note(f"writing {human_bytes(size)} of patterns to {save}")
             writer = stack.enter_context(export.PatternWriter(save, save_ls, save_hs, n, tokens.ids, tokens.labels, text, force))
             saved = analysis.LayerStream(save_ls, save_hs, n, lambda _layer, probs: writer.write_layer(probs))
         probes = [p for p in (topk, focus, summary, full, saved, topk_all) if p is not None]
