@@ -377,7 +377,8 @@ def attend(
         if save is not None:
             size = export.pattern_bytes(len(save_ls), len(save_hs), n)
             export.check_space(save, size)
-            _note(f"writing {human_bytes(size)} of patterns to {save}")
+            if size >= 64 * 2**20:  # worth saying before a long run; small saves just happen
+                _note(f"will write {human_bytes(size)} of patterns to {save}")
             writer = stack.enter_context(export.PatternWriter(save, save_ls, save_hs, n, tokens.ids, tokens.labels, text, force))
             saved = analysis.LayerStream(save_ls, save_hs, n, lambda _layer, probs: writer.write_layer(probs))
         probes = [p for p in (topk, focus, summary, full, saved, topk_all) if p is not None]
