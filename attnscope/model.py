@@ -13,8 +13,9 @@ little. The model itself keeps nothing and prints nothing.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from attnscope.params import param_shapes
 # float32 scores per query chunk (all heads of one layer). Small chunks stay in cache:
 # on a GPT-2-small shape at n = 2,048, 8 MiB ran the top-k capture 28% faster than 64 MiB.
 CHUNK_BYTES = 8 * 1024 * 1024
+MIN_CHUNK_ROWS = 64  # below this, per-chunk overhead wins (measured at n = 8,192)
 
 
 class Probe(Protocol):
@@ -115,6 +117,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
 
 
+def _upper(c: int, device: torch.device) -> Tensor:
+    """(c, c) bool, True above the diagonal: within a diagonal block, keys after the query."""
+    return torch.ones(c, c, dtype=torch.bool, device=device).triu_(1)
+
+
 def visible(q_pos: Tensor, k_pos: Tensor, causal: bool, window: int | None) -> Tensor | None:
     """Boolean (chunk, T): may query i see key j? None when every key is visible."""
     if not causal and window is None:
@@ -165,21 +172,26 @@ class Attention(nn.Module):
         watching = probe is not None and probe.wants(layer)
         if watching and hasattr(probe, "qk"):
             probe.qk(layer, qf, kf, scale)
+        qf = qf * scale  # once per layer rather than on every chunk of scores
         positions = torch.arange(T, device=x.device)
         out = torch.empty_like(q)  # (H, T, dh)
-        chunk = max(1, min(T, CHUNK_BYTES // (4 * H * T)))
+        chunk = max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * H * T))
         for start in range(0, T, chunk):
             stop = min(T, start + chunk)
             # A causal chunk never sees keys after its last query: leave them out (K <= T),
             # which halves the work; probes are told the rest of each row is exactly 0.
             K = stop if cfg.causal else T
             scores = torch.matmul(qf[:, start:stop], kf[:, :K].transpose(-2, -1))  # (H, c, K)
-            scores.mul_(scale)
             if cfg.attn_softcap is not None:  # Gemma 2: squash logits smoothly into (-cap, cap)
                 scores.div_(cfg.attn_softcap).tanh_().mul_(cfg.attn_softcap)
-            ok = visible(positions[start:stop], positions[:K], cfg.causal, window)
-            if ok is not None:
-                scores.masked_fill_(~ok, float("-inf"))
+            if cfg.causal and window is None:
+                # keys before the chunk are visible to all its rows: mask the diagonal block only
+                diagonal = scores[..., start:stop]  # (H, c, c)
+                diagonal.masked_fill_(_upper(stop - start, x.device), float("-inf"))
+            else:
+                ok = visible(positions[start:stop], positions[:K], cfg.causal, window)
+                if ok is not None:
+                    scores.masked_fill_(~ok, float("-inf"))
             probs = torch.softmax(scores, dim=-1)  # (H, c, K), float32 whatever the weights' dtype
             del scores
             if watching:
@@ -305,6 +317,21 @@ def expected_shapes(cfg: ModelConfig, model: nn.Module) -> dict[str, tuple[int, 
     return own
 
 
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Skip nn.init while building on the meta device: the weights come from the
+    checkpoint, and the init functions cost a second of lazy imports on first use."""
+    names = ("kaiming_uniform_", "uniform_", "normal_", "ones_", "zeros_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    for name in names:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def build(
     cfg: ModelConfig,
     tensors: Iterable[tuple[str, Tensor]],
@@ -318,7 +345,7 @@ def build(
     the model does not use (pooler, output heads) are accepted and dropped. With
     `offload`, the blocks stay on the meta device (see `Transformer.block_source`).
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = Transformer(cfg)
     need = expected_shapes(cfg, model)
     if offload:

@@ -35,6 +35,7 @@ def test_chunking_changes_nothing(inspector, monkeypatch, name, rows_per_chunk):
     H = m.config.n_heads
     n = len(m.tokenize(TEXT))
     monkeypatch.setattr(model_module, "CHUNK_BYTES", 4 * H * n * rows_per_chunk)
+    monkeypatch.setattr(model_module, "MIN_CHUNK_ROWS", 1)
     chunked = _everything(m)
     for i, (a, b) in enumerate(zip(whole, chunked)):
         if i == 2:  # top-k indices: only where the weight is positive (zeros tie arbitrarily)

@@ -377,6 +377,7 @@ def test_chunked_attention_matches_transformers(name: str, family_inspector: Cal
     n = ref.config.max_position_embeddings
     ids = random_ids(n, ref.config.vocab_size, seed=4)
     monkeypatch.setattr(model_module, "CHUNK_BYTES", 4 * ref.config.num_attention_heads * n * 5)
+    monkeypatch.setattr(model_module, "MIN_CHUNK_ROWS", 1)
     att = family_inspector(name).attention_ids(ids)
     assert_attention_close(att.probs, tm.reference_attention(ref, ids), what=f"{name} n={n} chunks of 5")
 

@@ -528,12 +528,13 @@ def test_model_attention_honours_the_window(n: int, window: int | None, seed: in
         lo = 0 if window is None else max(0, i - window + 1)
         assert (whole.probs[:, :, i, :lo] == 0).all() and (whole.probs[:, :, i, i + 1 :] == 0).all()
     # The same pattern when the queries are cut into chunks of `chunk_rows` rows.
-    saved = model_mod.CHUNK_BYTES
+    saved = model_mod.CHUNK_BYTES, model_mod.MIN_CHUNK_ROWS
     model_mod.CHUNK_BYTES = 4 * 4 * n * chunk_rows  # bytes of float32 scores for chunk_rows rows of 4 heads
+    model_mod.MIN_CHUNK_ROWS = 1
     try:
         chunked = _Keep(2, 4, n)
         net(ids, chunked)
     finally:
-        model_mod.CHUNK_BYTES = saved
+        model_mod.CHUNK_BYTES, model_mod.MIN_CHUNK_ROWS = saved
     assert all(c <= chunk_rows for _, _, c in chunked.calls)
     torch.testing.assert_close(chunked.probs, whole.probs, atol=1e-6, rtol=0)

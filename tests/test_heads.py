@@ -199,6 +199,7 @@ def test_induction_input_layout(causal_model: Inspector) -> None:
 def test_chunking_does_not_change_scores(causal_model: Inspector, monkeypatch: pytest.MonkeyPatch) -> None:
     whole = hd.head_scores(causal_model, TEXT)
     monkeypatch.setattr(model_mod, "CHUNK_BYTES", 4 * N_HEADS * 9 * 2)  # 2 query rows per chunk
+    monkeypatch.setattr(model_mod, "MIN_CHUNK_ROWS", 1)
     chunked = hd.head_scores(causal_model, TEXT)
     for name in whole.scores:
         assert torch.allclose(whole.scores[name], chunked.scores[name], atol=1e-6), name
