@@ -99,15 +99,31 @@ def rss_mb() -> float:
     return float("nan") if kb is None else kb / 1024
 
 
+# The device every child runs on, set by the parent's --device (auto: cuda when present).
+DEVICE = os.environ.get("ATTNSCOPE_BENCH_DEVICE", "cpu")
+
+
 def report(**fields: Any) -> None:
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        fields["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(RESULT + json.dumps(fields), flush=True)
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so wall times measure it."""
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def token_ids(n: int, vocab: int) -> Any:
     import torch
 
     gen = torch.Generator().manual_seed(SEED)
-    return torch.randint(0, vocab, (n,), generator=gen)  # (n,): the same ids in every child
+    return torch.randint(0, vocab, (n,), generator=gen).to(DEVICE)  # (n,): the same ids in every child
 
 
 def child_build(folder: Path) -> None:
@@ -132,8 +148,10 @@ def timed(fn: Callable[[], Any], reps: int) -> tuple[float, float, Any]:
     result = None
     for _ in range(reps):
         result = None  # drop the previous pass's output before the next allocates its own
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
+        sync()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if best is None or wall < best[0]:
             best = (wall, cpu)
@@ -148,7 +166,7 @@ def child_attnscope(folder: Path, n: int, reps: int) -> None:
     from attnscope.api import load
 
     t0 = time.perf_counter()
-    m = load(folder, device="cpu", dtype="float32")
+    m = load(folder, device=DEVICE, dtype="float32")
     load_s = time.perf_counter() - t0
     layers, heads = list(range(m.n_layers)), list(range(m.n_heads))
     ids = token_ids(n, m.config.vocab_size)
@@ -171,7 +189,7 @@ def _hf_model(folder: Path, impl: str) -> tuple[Any, float]:
     from transformers import GPT2Model
 
     t0 = time.perf_counter()
-    model = GPT2Model.from_pretrained(folder, attn_implementation=impl, dtype=torch.float32).eval()
+    model = GPT2Model.from_pretrained(folder, attn_implementation=impl, dtype=torch.float32).eval().to(DEVICE)
     return model, time.perf_counter() - t0
 
 
@@ -394,7 +412,8 @@ def fmt_row(case: str, n: int, res: dict[str, Any], floor: dict[str, Any] | None
         ratio = "1.00× time, 1.00× RSS"
     elif floor is not None and "wall" in floor:
         ratio = f"{res['wall'] / floor['wall']:.2f}× time, {res['peak_mb'] / floor['peak_mb']:.2f}× RSS"
-    return f"| {LABELS[case]} | {n} | {res['wall']:.2f} | {res['peak_mb']:,.0f} | {ratio} |"
+    gpu = f" (GPU peak {res['gpu_peak_mb']:,.0f} MB)" if "gpu_peak_mb" in res else ""
+    return f"| {LABELS[case]} | {n} | {res['wall']:.2f} | {res['peak_mb']:,.0f}{gpu} | {ratio} |"
 
 
 def main() -> None:
@@ -405,6 +424,8 @@ def main() -> None:
     parser.add_argument("--sizes", help="comma-separated token counts (default 256,1024,2048,4096,8192)")
     parser.add_argument("--quick", action="store_true", help="n = 256 and 1024 only")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every child (default 2)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where every case runs (auto: cuda when a GPU is present; peak GPU memory is reported too)")
     parser.add_argument("--max-gb", type=float, default=18.0,
                         help="skip eager where its estimated memory exceeds this (default 18, capped at 85%% of RAM)")
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds allowed to one case (default 420)")
@@ -426,11 +447,21 @@ def main() -> None:
         parser.error(f"--sizes must lie in {WARMUP_N}..{GPT2_SMALL['n_positions']}")
     if args.repeats < 0:
         parser.error("--repeats must be 1 or more (0: the default per n)")
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    os.environ["ATTNSCOPE_BENCH_DEVICE"] = device  # the children inherit it
     limit = args.max_gb * GB
     if mem_total_bytes():
         limit = min(limit, 0.85 * mem_total_bytes())
 
     print(machine(args.threads), flush=True)
+    if device == "cuda":
+        import torch
+
+        print(f"Device: {torch.cuda.get_device_name(0)} (peak GPU memory in the JSON results as gpu_peak_mb)")
     rev = revision()
     print(f"attnscope revision: {rev}; load average at start: {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="attnscope-bench-") as tmp:
