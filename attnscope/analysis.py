@@ -82,7 +82,7 @@ def _index(i: int, count: int, what: str) -> int:
     raise SelectionError(f"--{what} {i} is out of range: the model has {count} {what}s (0..{count - 1}, or -1 for the last)")
 
 
-class _Probe:
+class ProbeBase:
     """Base: report the layers asked for."""
 
     def __init__(self, layers: list[int], heads: list[int]) -> None:
@@ -110,7 +110,7 @@ class Attention:
     tokens: "Tokens | None" = None
 
 
-class FullPatterns(_Probe):
+class FullPatterns(ProbeBase):
     def __init__(self, layers: list[int], heads: list[int], n: int) -> None:
         super().__init__(layers, heads)
         self.probs = torch.empty(len(layers), len(heads), n, n, dtype=torch.float32)  # (L_sel, H_sel, T, T)
@@ -122,7 +122,7 @@ class FullPatterns(_Probe):
         rows[..., chunk.shape[2] :] = 0.0
 
 
-class LayerStream(_Probe):
+class LayerStream(ProbeBase):
     """Holds one layer's selected heads (H_sel, T, T) at a time and hands each complete
     layer to `emit` (e.g. a streaming file writer), so memory holds one layer, not all."""
 
@@ -157,7 +157,7 @@ class TopK:
         return list(zip(idx, w))
 
 
-class TopKProbe(_Probe):
+class TopKProbe(ProbeBase):
     def __init__(self, layers: list[int], heads: list[int], n: int, k: int) -> None:
         super().__init__(layers, heads)
         self.k = min(k, n)
@@ -183,7 +183,6 @@ class Summary:
     first_token: Tensor  # (L_sel, H_sel): mean over rows i >= 1 of A[i, 0]
     layers: list[int]
     heads: list[int]
-    row_entropy: Tensor | None = None  # (L_sel, H_sel, T) when asked for
 
 
 def visible_counts(cfg: "ModelConfig", n: int, layer: int | None = None) -> Tensor:
@@ -211,14 +210,13 @@ def normalised_entropy(probs: Tensor, counts: Tensor) -> Tensor:
     return torch.where(counts > 1, ent / denom.clamp_min(1e-30), torch.zeros_like(ent)).clamp(0.0, 1.0)
 
 
-class SummaryProbe(_Probe):
-    def __init__(self, layers: list[int], heads: list[int], cfg: "ModelConfig", n: int, keep_rows: bool = False) -> None:
+class SummaryProbe(ProbeBase):
+    def __init__(self, layers: list[int], heads: list[int], cfg: "ModelConfig", n: int) -> None:
         super().__init__(layers, heads)
         self.n = n
         self.cfg = cfg
         self.row_entropy = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
         self.first = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
-        self.keep_rows = keep_rows
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
         chunk = self._pick(probs).float()
@@ -230,11 +228,10 @@ class SummaryProbe(_Probe):
 
     def result(self) -> Summary:
         first = self.first[..., 1:].mean(-1) if self.n > 1 else torch.zeros(self.first.shape[:2])
-        return Summary(self.row_entropy.mean(-1), first, self.layers, self.heads,
-                       self.row_entropy if self.keep_rows else None)
+        return Summary(self.row_entropy.mean(-1), first, self.layers, self.heads)
 
 
-class QKProbe(_Probe):
+class QKProbe(ProbeBase):
     """Keeps one layer's queries and keys (after RoPE) for the mask demo."""
 
     def __init__(self, layer: int) -> None:
@@ -261,7 +258,7 @@ class Focus:
     tokens: "Tokens | None" = None
 
 
-class FocusProbe(_Probe):
+class FocusProbe(ProbeBase):
     def __init__(self, layers: list[int], heads: list[int], n: int, query: int) -> None:
         super().__init__(layers, heads)
         self.query = query
@@ -302,9 +299,6 @@ def default_focus(tokens: "Tokens") -> int:
     return len(tokens) - 1
 
 
-def entropy_bits(weights: list[float]) -> float:
-    return -sum(w * math.log2(w) for w in weights if w > 0)
-
 
 @dataclass
 class AttendResult:
@@ -317,4 +311,3 @@ class AttendResult:
     focus: Focus | None = None
     summary: Summary | None = None
     attention: Attention | None = None
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -22,7 +22,7 @@ import torch
 
 from attnscope import analysis, architectures, checkpoint
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
-from attnscope.errors import CheckpointError, DeviceError, ModelNotFoundError
+from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, ModelNotFoundError, UsageError
 from attnscope.model import Transformer, block_tensors, build
 from attnscope.params import param_shapes
 from attnscope.tokenize import Tokens, load_tokenizer, tokenize
@@ -112,8 +112,6 @@ class Inspector:
 
     def run(self, ids: Sequence[int] | torch.Tensor, probe: Any, last_layer: int | None = None) -> None:
         """One forward pass feeding `probe` (see model.Probe)."""
-        from attnscope.errors import InputError
-
         ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
         if ids_t.ndim != 1 or ids_t.numel() == 0:
             raise InputError("token ids must be a non-empty 1-D sequence")
@@ -143,8 +141,6 @@ class Inspector:
     def topk(self, text: str | Tokens, k: int = 3, layers: Selector = None, heads: Selector = None,
              truncate: bool = False) -> analysis.TopK:
         """For every token, the k keys it attends to most, per selected layer and head."""
-        from attnscope.errors import UsageError
-
         if k < 1:
             raise UsageError(f"top-k must be at least 1, got {k}")
         tokens = self._tokens(text, truncate)
@@ -179,6 +175,37 @@ def available_memory() -> int | None:
         return None
 
 
+@dataclass
+class Source:
+    """A model's files and its config, resolved but not loaded."""
+
+    spec: str  # what was asked for (a path or hub id), or the default model's folder
+    checkpoint: checkpoint.Checkpoint
+    raw: dict[str, Any]  # config.json as read
+    config: ModelConfig
+
+
+def open_source(model: str | os.PathLike[str] | None = None) -> Source:
+    """Resolve a model (None: the default) and read its config.json once.
+
+    A local folder's config is read before its weights' headers, so an unsupported
+    model_type is reported ahead of anything about the weights."""
+    spec = str(model) if model is not None else default_model()
+    embedded = model is None and not os.environ.get("ATTNSCOPE_MODEL", "").strip()
+    name = "all-MiniLM-L6-v2" if embedded else spec
+    early = Path(spec).expanduser() / "config.json"
+    raw = read_config_json(early) if early.is_file() else None
+    cfg = from_hf_config(raw, name=name) if raw is not None else None
+    ckpt = checkpoint.locate(spec)
+    if raw is None:
+        if ckpt.config_path is None:
+            raise ConfigError(f"{ckpt.root} has no config.json", hint="put the model's config.json beside its weights")
+        raw = read_config_json(ckpt.config_path)
+        cfg = from_hf_config(raw, name=name)
+    assert cfg is not None  # internal invariant: set on both paths
+    return Source(spec, ckpt, raw, cfg)
+
+
 def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "auto",
          progress: Progress | None = None, offload: bool | None = None) -> Inspector:
     """Load a checkpoint (folder, .safetensors file, hub id; None: the default model).
@@ -187,18 +214,8 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     time from the memory-mapped safetensors, so a checkpoint bigger than RAM can still be
     inspected. None decides by itself: offload when the weights would not fit in 80% of
     the memory available now."""
-    spec = str(model) if model is not None else default_model()
-    early = Path(spec).expanduser() / "config.json"
-    if early.is_file():  # an unsupported model_type is the clearer message: check it first
-        from_hf_config(read_config_json(early), name=spec)
-    ckpt = checkpoint.locate(spec)
-    if ckpt.config_path is None:
-        from attnscope.errors import ConfigError
-
-        raise ConfigError(f"{ckpt.root} has no config.json", hint="attend needs the model's config.json beside its weights")
-    raw = read_config_json(ckpt.config_path)
-    embedded = model is None and not os.environ.get("ATTNSCOPE_MODEL", "").strip()
-    cfg = from_hf_config(raw, name="all-MiniLM-L6-v2" if embedded else spec)
+    src = open_source(model)
+    spec, ckpt, raw, cfg = src.spec, src.checkpoint, src.raw, src.config
     tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev, cfg)

@@ -364,7 +364,6 @@ def attend(
     ls = analysis.select(view_layers, m.n_layers, "layer")
     hs = analysis.select(view_heads, m.n_heads, "head")
     query = _focus_index(tokens, token)
-    probes: list[Any] = []
     topk = analysis.TopKProbe(ls, hs, n, top_k) if (as_json or view == View.topk) else None
     focus = analysis.FocusProbe(ls, hs, n, query) if view in (View.focus, View.overview) else None
     summary = analysis.SummaryProbe(ls, hs, m.config, n) if view == View.overview else None
@@ -537,20 +536,13 @@ def heads(
 def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[str], head: Optional[str],
              top_k: int, save: Optional[Path], save_topk: Optional[Path], truncate: bool, as_json: bool) -> None:
     """Estimate a run from config.json, the safetensors headers and the tokenizer alone."""
-    from attnscope import analysis, api, checkpoint, estimate
-    from attnscope.config import from_hf_config, read_config_json
+    from attnscope import analysis, api, estimate
     from attnscope.model import CHUNK_BYTES
-    from attnscope.render import human_bytes
     from attnscope.tokenize import load_tokenizer, tokenize
+    from attnscope.units import human_bytes
 
-    spec = model or api.default_model()
-    ckpt = checkpoint.locate(spec)
-    if ckpt.config_path is None:
-        from attnscope.errors import ConfigError
-
-        raise ConfigError(f"{ckpt.root} has no config.json")
-    embedded = model is None and not os.environ.get("ATTNSCOPE_MODEL", "").strip()
-    cfg = from_hf_config(read_config_json(ckpt.config_path), name="all-MiniLM-L6-v2" if embedded else spec)
+    src = api.open_source(model)
+    spec, ckpt, cfg = src.spec, src.checkpoint, src.config
     tokens = tokenize(load_tokenizer(ckpt.tokenizer_path, str(ckpt.root)), text, cfg.n_ctx, truncate)
     ls = analysis.select(layer, cfg.n_layers, "layer")
     hs = analysis.select(head, cfg.n_heads, "head")

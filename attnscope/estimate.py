@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attnscope.config import ModelConfig
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+from attnscope.params import DTYPE_BYTES
 
 
 @dataclass

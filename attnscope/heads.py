@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from attnscope.analysis import _Probe, normalised_entropy, select, visible_counts
+from attnscope.analysis import ProbeBase, normalised_entropy, select, visible_counts
 from attnscope.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _entropy(counts: Callable[[int], Tensor], probs: Tensor, start: int, layer: 
     return normalised_entropy(probs, rows).sum(-1)  # (H, c) -> (H,)
 
 
-class ScoreProbe(_Probe):
+class ScoreProbe(ProbeBase):
     """Accumulates, per selected layer and head, a sum for each term over all query rows.
 
     `terms` maps a score name to a function of one chunk; `counts` maps it to the number of

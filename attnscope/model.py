@@ -350,22 +350,7 @@ def build(
     need = expected_shapes(cfg, model)
     if offload:
         need = {name: shape for name, shape in need.items() if not name.startswith("blocks.")}
-    all_params = param_shapes(cfg)
-    state: dict[str, Tensor] = {}
-    for name, tensor in tensors:
-        want = all_params.get(name)
-        if want is not None and tuple(tensor.shape) != want:
-            raise CheckpointError(
-                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {want}",
-                hint="the weights and config.json belong to different models",
-            )
-        if name in need:
-            state[name] = tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device)
-    missing = [name for name in need if name not in state]
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors the model needs: {shown}",
-                              hint="is this checkpoint complete, and does config.json match it?")
+    state = _collect(cfg, tensors, need, device, dtype, "the model")
     model.load_state_dict(state, strict=not offload, assign=True)
     return model.eval()
 
@@ -373,18 +358,33 @@ def build(
 def block_tensors(cfg: ModelConfig, layer: int, tensors: Iterable[tuple[str, Tensor]],
                   device: str | torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
     """One block's state dict (names relative to the block) from tensors in our names,
-    with the same shape checks as `build`."""
+    with the same checks as `build`."""
     prefix = f"blocks.{layer}."
+    need = [name for name in param_shapes(cfg) if name.startswith(prefix)]
+    state = _collect(cfg, tensors, need, device, dtype, f"block {layer}")
+    return {name[len(prefix):]: tensor for name, tensor in state.items()}
+
+
+def _collect(cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]], need: Iterable[str],
+             device: str | torch.device, dtype: torch.dtype, what: str) -> dict[str, Tensor]:
+    """The tensors named in `need`, on `device` in `dtype`; every tensor's shape checked
+    against the accounting, and every needed one present."""
     shapes = param_shapes(cfg)
+    order = list(need)  # load order, for the message
+    need = set(order)
     state: dict[str, Tensor] = {}
     for name, tensor in tensors:
         want = shapes.get(name)
         if want is not None and tuple(tensor.shape) != want:
-            raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {want}")
-        if name.startswith(prefix):
-            state[name[len(prefix):]] = tensor.to(device=device, dtype=dtype)
-    need = [n[len(prefix):] for n in shapes if n.startswith(prefix)]
-    missing = [n for n in need if n not in state]
+            raise CheckpointError(
+                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {want}",
+                hint="the weights and config.json belong to different models",
+            )
+        if name in need:
+            state[name] = tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device)
+    missing = [name for name in order if name not in state]
     if missing:
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors of block {layer}: {', '.join(missing[:3])}")
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors {what} needs: {shown}",
+                              hint="is this checkpoint complete, and does config.json match it?")
     return state

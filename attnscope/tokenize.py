@@ -36,9 +36,6 @@ class Tokens:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def indexed(self, i: int) -> str:
-        """A label that stays unambiguous when a token repeats: 'blue#3'."""
-        return f"{self.labels[i]}#{i}"
 
 
 def load_tokenizer(path: Path | None, where: str = "") -> Any:

@@ -8,7 +8,8 @@ Each family module (one file per family, found automatically) provides, after gp
     index) to our name, or to `None` for a non-parameter buffer we skip;
   * `config_from_hf(raw, name) -> ModelConfig`;
   * optionally `split(our_name, tensor, cfg) -> dict[str, tensor]` for quirks such as
-    GPT-2's fused, transposed QKV, and `split_shape(our_name, shape, cfg)` to count them;
+    GPT-2's fused, transposed QKV (fused q/k/v are counted in equal thirds by
+    `params.stored_shapes`);
   * `DESCRIPTION`: one line for `params --list` and the README's table.
 
 This is the only place in attnscope where Hugging Face weight names appear; everything
