@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from attnscope.tokenize import Tokens
 
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
-_SLICE = re.compile(r"^(-?\d*):(-?\d*)$")
+_SLICE = re.compile(r"^(-?\d+)?:(-?\d+)?$")
 
 
 def select(spec: str | int | list[int] | None, count: int, what: str = "layer") -> list[int]:

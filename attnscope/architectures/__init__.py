@@ -4,8 +4,8 @@ Each family module (one file per family, found automatically) provides, after gp
 `convert_hf_checkpoint.py`:
   * `MODEL_TYPES`: the `model_type` values it serves;
   * `PREFIXES`: wrapper prefixes a checkpoint may carry (`bert.`, `model.`, ...);
-  * `WEIGHTS`: one dict mapping each Hugging Face weight name (with `{}` for the layer
-    index) to our name, or to `None` for a non-parameter buffer we skip;
+  * `WEIGHTS`: one dict mapping each Hugging Face weight name (with `{layer}` for the
+    layer index) to our name, or to `None` for a non-parameter buffer we skip;
   * `config_from_hf(raw, name) -> ModelConfig`;
   * optionally `split(our_name, tensor, cfg) -> dict[str, tensor]` for quirks such as
     GPT-2's fused, transposed QKV (fused q/k/v are counted in equal thirds by
@@ -74,10 +74,10 @@ def our_name(module: ModuleType, hf_name: str) -> str | None:
     for name in candidates:
         match = _LAYER.search(name)
         if match:
-            pattern = name[: match.start()] + ".{}." + name[match.end():]
+            pattern = name[: match.start()] + ".{layer}." + name[match.end():]
             if pattern in module.WEIGHTS:
                 target = module.WEIGHTS[pattern]
-                return None if target is None else target.format(int(match.group(1)))
+                return None if target is None else target.format(layer=int(match.group(1)))
         if name in module.WEIGHTS:
             return module.WEIGHTS[name]
     if is_buffer(hf_name):

@@ -40,7 +40,7 @@ _TOP = {
 _PARAM = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
 
 WEIGHTS: dict[str, str | None] = {
-    **{f"encoder.layer.{{}}.{hf}.{p}": f"blocks.{{}}.{ours}.{q}"
+    **{f"encoder.layer.{{layer}}.{hf}.{p}": f"blocks.{{layer}}.{ours}.{q}"
        for hf, ours in _LAYERS.items() for p, q in _PARAM.items()},
     **{f"{hf}.{p}": f"{ours}.{q}" for hf, ours in _TOP.items() for p, q in _PARAM.items()},
     "cls.predictions.bias": "mlm.bias",

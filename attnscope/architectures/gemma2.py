@@ -23,9 +23,9 @@ DESCRIPTION = "Gemma 2: Gemma + logit soft-capping, query_pre_attn_scalar, alter
 
 WEIGHTS: dict[str, str | None] = {
     **llama.WEIGHTS,
-    "layers.{}.post_attention_layernorm.weight": "blocks.{}.post_attn_norm.weight",
-    "layers.{}.pre_feedforward_layernorm.weight": "blocks.{}.mlp_norm.weight",
-    "layers.{}.post_feedforward_layernorm.weight": "blocks.{}.post_mlp_norm.weight",
+    "layers.{layer}.post_attention_layernorm.weight": "blocks.{layer}.post_attn_norm.weight",
+    "layers.{layer}.pre_feedforward_layernorm.weight": "blocks.{layer}.mlp_norm.weight",
+    "layers.{layer}.post_feedforward_layernorm.weight": "blocks.{layer}.post_mlp_norm.weight",
 }
 
 

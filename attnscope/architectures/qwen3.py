@@ -16,8 +16,8 @@ DESCRIPTION = "Qwen3: Llama layout + per-head q/k RMSNorm before RoPE"
 
 WEIGHTS: dict[str, str | None] = {
     **llama.WEIGHTS,
-    "layers.{}.self_attn.q_norm.weight": "blocks.{}.attn.q_norm.weight",
-    "layers.{}.self_attn.k_norm.weight": "blocks.{}.attn.k_norm.weight",
+    "layers.{layer}.self_attn.q_norm.weight": "blocks.{layer}.attn.q_norm.weight",
+    "layers.{layer}.self_attn.k_norm.weight": "blocks.{layer}.attn.k_norm.weight",
 }
 
 
