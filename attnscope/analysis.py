@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from attnscope.errors import SelectionError
+from attnscope.hooks import Hooks, attn_site
+from attnscope.parts.attention import mask_rule
 
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig
@@ -83,16 +85,31 @@ def _index(i: int, count: int, what: str) -> int:
 
 
 class ProbeBase:
-    """Base: report the layers asked for."""
+    """Base of the probes: a hook (see `attnscope.hooks`) on the attention sites of the
+    layers asked for, receiving each chunk of their patterns as `pattern(layer, start,
+    probs)`; a subclass wanting more names it in `WHAT`."""
+
+    WHAT: tuple[str, ...] = ("pattern",)
 
     def __init__(self, layers: list[int], heads: list[int]) -> None:
         self.layers = layers
         self.heads = heads
         self._layer_pos = {layer: i for i, layer in enumerate(layers)}
         self._heads = torch.tensor(heads, dtype=torch.long)
+        self._sites = {attn_site(layer): layer for layer in layers}
 
-    def wants(self, layer: int) -> bool:
-        return layer in self._layer_pos
+    def wants(self, site: str | int, what: str = "pattern") -> bool:
+        """At a site (or, given a layer index, at that layer's attention)."""
+        if isinstance(site, int):
+            return site in self._layer_pos and what in self.WHAT
+        return what in self.WHAT and site in self._sites
+
+    def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
+        assert k_start == 0, "probes read whole-text passes"  # internal invariant
+        getattr(self, what)(self._sites[site], q_start, value)
+
+    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
+        pass
 
     def _pick(self, probs: Tensor) -> Tensor:
         if len(self.heads) == probs.shape[0]:
@@ -185,21 +202,11 @@ class Summary:
     heads: list[int]
 
 
-def visible_counts(cfg: "ModelConfig", n: int, layer: int | None = None) -> Tensor:
-    """How many keys each query row may see (T,), under the model's mask (in `layer`,
-    where layers differ, as Gemma 2's do)."""
-    i = torch.arange(n)
-    window = cfg.window(layer) if layer is not None else cfg.sliding_window
-    if cfg.causal:
-        count = i + 1
-        if window is not None:
-            count = count.clamp(max=window)
-        return count
-    if window is not None:
-        lo = (i - window + 1).clamp(min=0)
-        hi = (i + window - 1).clamp(max=n - 1)
-        return hi - lo + 1
-    return torch.full((n,), n)
+def visible_counts(cfg: "ModelConfig", n: int, layer: int | None = None, rows: slice = slice(None)) -> Tensor:
+    """How many keys each query row (of `rows`) may see, under the model's own mask rule
+    (`parts.attention.MaskRule`, in `layer`, where layers differ as Gemma 2's do)."""
+    q_pos = torch.arange(n)[rows]
+    return mask_rule(cfg, layer).counts(q_pos, n)
 
 
 def normalised_entropy(probs: Tensor, counts: Tensor) -> Tensor:
@@ -222,7 +229,7 @@ class SummaryProbe(ProbeBase):
         chunk = self._pick(probs).float()
         stop = start + chunk.shape[1]
         pos = self._layer_pos[layer]
-        counts = visible_counts(self.cfg, self.n, layer)[start:stop].to(chunk.device)
+        counts = visible_counts(self.cfg, self.n, layer, slice(start, stop)).to(chunk.device)
         self.row_entropy[pos, :, start:stop] = normalised_entropy(chunk, counts).cpu()
         self.first[pos, :, start:stop] = chunk[..., 0].cpu()
 
@@ -232,19 +239,28 @@ class SummaryProbe(ProbeBase):
 
 
 class QKProbe(ProbeBase):
-    """Keeps one layer's queries and keys (after RoPE) for the mask demo."""
+    """Keeps one layer's queries and keys (after RoPE), each key head repeated for the
+    query heads it serves, and its real scores (after modifiers, before the mask)."""
 
-    def __init__(self, layer: int) -> None:
+    WHAT = ("q", "k", "scores")
+
+    def __init__(self, layer: int, group_size: int = 1) -> None:
         super().__init__([layer], [])
+        self.group_size = group_size
         self.q: Tensor | None = None
         self.k: Tensor | None = None
-        self.scale = 1.0
+        self.scores: list[Tensor] = []
 
-    def qk(self, layer: int, q: Tensor, k: Tensor, scale: float) -> None:
-        self.q, self.k, self.scale = q.cpu(), k.cpu(), scale
+    def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
+        if what == "scores":
+            self.scores.append(value.float().cpu())
+        elif what == "q":
+            self.q = value.float().cpu()
+        else:
+            self.k = value.float().cpu().repeat_interleave(self.group_size, dim=0)
 
-    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
-        pass
+    def all_scores(self) -> Tensor:
+        return torch.cat(self.scores, dim=1)  # (H, T, T)
 
 
 @dataclass
@@ -271,24 +287,7 @@ class FocusProbe(ProbeBase):
             row[:, : probs.shape[2]] = self._pick(probs)[:, self.query - start].cpu()
 
 
-class Probes:
-    """Several probes fed by one forward pass."""
-
-    def __init__(self, *probes: Any) -> None:
-        self.probes = [p for p in probes if p is not None]
-
-    def wants(self, layer: int) -> bool:
-        return any(p.wants(layer) for p in self.probes)
-
-    def pattern(self, layer: int, start: int, probs: Tensor) -> None:
-        for p in self.probes:
-            if p.wants(layer):
-                p.pattern(layer, start, probs)
-
-    def qk(self, layer: int, q: Tensor, k: Tensor, scale: float) -> None:
-        for p in self.probes:
-            if p.wants(layer) and hasattr(p, "qk"):
-                p.qk(layer, q, k, scale)
+Probes = Hooks  # several probes fed by one forward pass
 
 
 def default_focus(tokens: "Tokens") -> int:

@@ -23,7 +23,8 @@ import torch
 from attnscope import analysis, architectures, checkpoint
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
 from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, ModelNotFoundError, UsageError
-from attnscope.model import Transformer, block_tensors, build
+from attnscope.hooks import Capture
+from attnscope.model import KVCache, Transformer, block_tensors, build
 from attnscope.params import param_shapes
 from attnscope.tokenize import Tokens, load_tokenizer, tokenize
 
@@ -110,16 +111,45 @@ class Inspector:
     def _tokens(self, text: str | Tokens, truncate: bool) -> Tokens:
         return text if isinstance(text, Tokens) else self.tokenize(text, truncate)
 
-    def run(self, ids: Sequence[int] | torch.Tensor, probe: Any, last_layer: int | None = None) -> None:
-        """One forward pass feeding `probe` (see model.Probe)."""
+    def _ids(self, ids: Sequence[int] | torch.Tensor, start: int = 0) -> torch.Tensor:
         ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
         if ids_t.ndim != 1 or ids_t.numel() == 0:
             raise InputError("token ids must be a non-empty 1-D sequence")
-        if ids_t.numel() > self.config.n_ctx and self.config.positions == "learned":
-            raise InputError(f"{ids_t.numel()} tokens exceed the model's {self.config.n_ctx} positions")
+        if start + ids_t.numel() > self.config.n_ctx and self.config.positions == "learned":
+            raise InputError(f"{start + ids_t.numel()} tokens exceed the model's {self.config.n_ctx} positions")
         if int(ids_t.max()) >= self.config.vocab_size or int(ids_t.min()) < 0:
             raise InputError(f"token ids must lie in 0..{self.config.vocab_size - 1}")
-        self.model(ids_t, probe, last_layer)
+        return ids_t
+
+    def run(self, ids: Sequence[int] | torch.Tensor, hooks: Any = None, last_layer: int | None = None) -> torch.Tensor:
+        """One forward pass reporting to `hooks` (see `attnscope.hooks`); the residual
+        stream after `last_layer` (default: the last), (T, d)."""
+        return self.model(self._ids(ids), hooks, last_layer)
+
+    def capture(self, text: str | Tokens | Sequence[int], wanted: dict[str, Sequence[str]],
+                truncate: bool = False) -> "Capture":
+        """Whole tensors at named sites: `capture(text, {"blocks.0.attn": ["pattern", "v"]})`,
+        then `.get("blocks.0.attn", "pattern")` (see `attnscope.hooks` for what each is)."""
+        from attnscope.hooks import Capture, site_layer
+
+        ids = text if not isinstance(text, (str, Tokens)) else self._tokens(text, truncate).ids
+        cap = Capture(wanted)
+        layers = [site_layer(site) for site in wanted]
+        self.run(ids, cap, None if None in layers else max(layers))
+        return cap
+
+    def logits(self, text: str | Tokens | Sequence[int], truncate: bool = False) -> torch.Tensor:
+        """Float32 next-token logits (T, vocab): row i predicts token i + 1."""
+        ids = text if not isinstance(text, (str, Tokens)) else self._tokens(text, truncate).ids
+        return self.model.logits(self.run(ids)).cpu()
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.n_layers)
+
+    def step(self, ids: Sequence[int] | torch.Tensor, cache: KVCache, hooks: Any = None) -> torch.Tensor:
+        """Feed `ids` after what `cache` holds; their float32 logits (T_new, vocab)."""
+        x = self.model(self._ids(ids, cache.length), hooks, cache=cache)
+        return self.model.logits(x).cpu()
 
     def _sel(self, layers: Selector, heads: Selector) -> tuple[list[int], list[int]]:
         return analysis.select(layers, self.n_layers, "layer"), analysis.select(heads, self.n_heads, "head")
@@ -158,13 +188,24 @@ class Inspector:
         return probe.result()
 
     def qk(self, text: str | Tokens, layer: int, truncate: bool = False) -> tuple[Tokens, torch.Tensor, torch.Tensor, float]:
-        """One layer's queries and keys after RoPE, (H, T, d_head) each, float32, and the scale."""
+        """One layer's queries and keys after RoPE, (H, T, d_head) each (key heads repeated
+        for the query heads they serve), float32, and the score scale."""
+        tokens, probe = self._qk_probe(text, layer, truncate)
+        assert probe.q is not None and probe.k is not None
+        return tokens, probe.q, probe.k, self.model.blocks[probe.layers[0]].attn.scale
+
+    def scores(self, text: str | Tokens, layer: int, truncate: bool = False) -> tuple[Tokens, torch.Tensor]:
+        """One layer's real scores (H, T, T), float32: q·k times the scale, after the
+        model's score modifiers (Gemma 2's soft-capping), before its mask."""
+        tokens, probe = self._qk_probe(text, layer, truncate)
+        return tokens, probe.all_scores()
+
+    def _qk_probe(self, text: str | Tokens, layer: int, truncate: bool) -> tuple[Tokens, analysis.QKProbe]:
         tokens = self._tokens(text, truncate)
         (layer,) = analysis.select(layer, self.n_layers, "layer")
-        probe = analysis.QKProbe(layer)
+        probe = analysis.QKProbe(layer, self.config.group_size)
         self.run(tokens.ids, probe, layer)
-        assert probe.q is not None and probe.k is not None
-        return tokens, probe.q, probe.k, probe.scale
+        return tokens, probe
 
 
 def available_memory() -> int | None:

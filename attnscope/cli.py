@@ -537,7 +537,6 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
              top_k: int, save: Optional[Path], save_topk: Optional[Path], truncate: bool, as_json: bool) -> None:
     """Estimate a run from config.json, the safetensors headers and the tokenizer alone."""
     from attnscope import analysis, api, estimate
-    from attnscope.model import CHUNK_BYTES
     from attnscope.tokenize import load_tokenizer, tokenize
     from attnscope.units import human_bytes
 
@@ -549,7 +548,7 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
     stored = sum(info.numel for info in ckpt.tensors.values() if info.dtype.startswith(("F", "BF")))
     dt = "float32" if dtype.value == "auto" else dtype.value
     p = estimate.plan(cfg, stored, len(tokens), dt, len(ls), len(hs), top_k, save is not None,
-                      save_topk is not None, CHUNK_BYTES)
+                      save_topk is not None)
     rows = {"tokens": p.n_tokens, "weights_bytes": p.weights, "activations_bytes": p.activations,
             "attention_chunk_bytes": p.attention_chunk, "kept_results_bytes": p.kept,
             "peak_memory_bytes": p.peak_memory, "output_file_bytes": p.output_file}

@@ -80,6 +80,7 @@ class ModelConfig:
     post_norms: bool = False  # Gemma 2: norms after attention and after the MLP too
     qk_norm: bool = False  # Qwen3: per-head RMSNorm on queries and keys before RoPE
     unembed_bias: bool = False  # Phi's lm_head has a bias
+    final_softcap: float | None = None  # Gemma 2: cap * tanh(logits / cap) on the output logits
     dtype: str = "float32"  # the dtype the checkpoint was saved in
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -126,7 +127,7 @@ class ModelConfig:
             value = getattr(self, attr)
             if not _number(value) or value < 0 or (attr == "rope_theta" and value == 0):
                 raise ConfigError(f"{self._where()}{attr} must be a positive number, got {value!r}")
-        for attr in ("attn_scale", "attn_softcap"):
+        for attr in ("attn_scale", "attn_softcap", "final_softcap"):
             value = getattr(self, attr)
             if value is not None and (not _number(value) or value <= 0):
                 raise ConfigError(f"{self._where()}{attr} must be a positive number, got {value!r}")
@@ -165,6 +166,15 @@ class ModelConfig:
 
     def _where(self) -> str:
         return f"{self.name}: " if self.name else ""
+
+    @property
+    def wiring(self) -> str:
+        """How a block joins attention and MLP to the residual stream (see parts.block)."""
+        if self.post_norm:
+            return "post"
+        if self.parallel:
+            return "parallel_shared" if self.shared_norm else "parallel"
+        return "sandwich" if self.post_norms else "pre"
 
     @property
     def group_size(self) -> int:

@@ -2,8 +2,8 @@
 
 Pure arithmetic on a ModelConfig and the checkpoint's headers (no weights are read). The
 figures follow the model's own plan: weights in the chosen dtype, the residual stream and
-one block's activations, one query chunk of float32 scores and probabilities
-(`model.CHUNK_BYTES`), and what the probes keep.
+one block's activations, one query chunk of float32 scores and probabilities (the
+kernel's own `parts.chunk_rows`), and what the probes keep.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from attnscope.config import ModelConfig
 from attnscope.params import DTYPE_BYTES
+from attnscope.parts import chunk_rows
 
 
 @dataclass
@@ -29,12 +30,12 @@ class Plan:
 
 
 def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel: int, n_heads_sel: int,
-         top_k: int, save: bool, save_topk: bool, chunk_bytes: int) -> Plan:
+         top_k: int, save: bool, save_topk: bool) -> Plan:
     width = DTYPE_BYTES[dtype]
     H, dh = cfg.n_heads, cfg.d_head
     act = n * (4 * cfg.d_model + (H + 2 * cfg.n_kv_heads) * dh + 2 * H * dh + (3 if cfg.gated_mlp else 2) * cfg.d_mlp) * width
-    chunk_rows = max(1, min(n, chunk_bytes // (4 * H * n)))
-    attn_chunk = 3 * H * chunk_rows * n * 4  # scores, mask fill, probabilities
+    rows = min(n, chunk_rows(H, n))
+    attn_chunk = 3 * H * rows * n * 4  # scores, mask fill, probabilities
     kept = 0
     output = 0
     if save:

@@ -2,13 +2,16 @@
 
 Computation for `attnscope mask-demo`, in four steps on one head of a real model:
 scores q·k/√d_head, the masked scores (hidden entries set to −∞), softmax without the
-mask and softmax with it. The masks are the model's own rule (`model.visible`, the one
+mask and softmax with it. The masks are the model's own rule (`MaskRule`, the one
 the forward pass uses) for causal, sliding-window and bidirectional attention, plus a
 key mask for padding. Every step carries a caption that says why, so the CLI, `--json`
 and the renderer all tell the same story. Nothing here prints.
 
-`build()` is pure: tokens, q, k and scale in, a `MaskDemo` out. `demo_for()` is the one
-place that runs a model (through an `api.Inspector`) to get those inputs.
+`build_from_scores()` is pure: tokens and scores in, a `MaskDemo` out (`build()` takes q,
+k and a scale instead). `demo_for()` is the one place that runs a model (through an
+`api.Inspector`); it reads the real scores from the model's own attention hooks (after its
+score modifiers, such as Gemma 2's soft-capping), so the demo's last step is the model's
+own pattern whenever the demo's mask is the model's.
 
 In `to_dict()` a masked score (−∞) is written as the string "-inf", which `float()` and
 `numpy.asarray(..., dtype=float)` read back as −∞; a masked probability is the number 0.
@@ -25,7 +28,7 @@ from torch import Tensor
 
 from attnscope import analysis
 from attnscope.errors import SelectionError, TokenizerError, UsageError
-from attnscope.model import visible
+from attnscope.parts.attention import MaskRule, mask_rule
 from attnscope.units import human_bytes, n
 
 if TYPE_CHECKING:
@@ -101,10 +104,7 @@ class MaskDemo:
 def model_kind(cfg: "ModelConfig", layer: int | None = None) -> str:
     """The mask the model applies in its own forward pass (in `layer`, where layers differ:
     Gemma 2 alternates sliding-window and full layers)."""
-    window = cfg.window(layer) if layer is not None else cfg.sliding_window
-    if window is not None:
-        return "sliding-window"
-    return "causal" if cfg.causal else "bidirectional"
+    return mask_rule(cfg, layer).kind
 
 
 def layer_map(cfg: "ModelConfig") -> str:
@@ -138,37 +138,31 @@ def check_kind(kind: str, window: int | None) -> int | None:
 
 def visible_mask(kind: str, n_tokens: int, window: int | None = None, n_pad: int = 0) -> Tensor:
     """(T, T) bool: may query i see key j under `kind`? Padding hides the last `n_pad`
-    keys from every query; the other kinds are the model's own rule, `model.visible`."""
+    keys from every query; every kind is the model's own rule, `parts.attention.MaskRule`."""
     positions = torch.arange(n_tokens)
+    key_valid = None
     if kind == "padding":
-        ok = torch.ones(n_tokens, n_tokens, dtype=torch.bool)  # (T, T)
-        ok[:, n_tokens - n_pad:] = False
-        return ok
-    causal = kind in ("causal", "sliding-window")
-    ok_or_none = visible(positions, positions, causal, window if kind == "sliding-window" else None)
-    if ok_or_none is None:  # bidirectional: every key visible
+        key_valid = positions < n_tokens - n_pad
+    rule = MaskRule(kind in ("causal", "sliding-window"), window if kind == "sliding-window" else None)
+    ok = rule.visible(positions, positions, key_valid)
+    if ok is None:  # bidirectional: every key visible
         return torch.ones(n_tokens, n_tokens, dtype=torch.bool)
-    return ok_or_none
+    return ok
 
 
-def scores_for(q: Tensor, k: Tensor, scale: float, head: int) -> Tensor:
-    """One head's scores q·k/√d_head from (H, T, d_head) queries and keys: (T, T)."""
-    return (q[head].float() @ k[head].float().transpose(0, 1)) * scale  # (T, d) @ (d, T) -> (T, T)
-
-
-def later_weight(q: Tensor, k: Tensor, scale: float, n_real: int) -> Tensor:
-    """Per head, the mean unmasked softmax weight a query puts on keys after it,
-    over the first `n_real` tokens: (H,). How much a causal mask changes each head."""
-    scores = (q[:, :n_real].float() @ k[:, :n_real].float().transpose(-2, -1)) * scale  # (H, T, T)
+def later_weight(scores: Tensor, n_real: int) -> Tensor:
+    """Per head, the mean unmasked softmax weight a query puts on keys after it, over
+    the first `n_real` tokens, from (H, T, T) scores: (H,). How much a causal mask
+    changes each head."""
     later = ~visible_mask("causal", n_real)  # (T, T)
-    return (scores.softmax(-1) * later).sum(-1).mean(-1)  # (H,)
+    return (scores[:, :n_real, :n_real].float().softmax(-1) * later).sum(-1).mean(-1)  # (H,)
 
 
-def pick_head(q: Tensor, k: Tensor, scale: float, n_real: int) -> int:
+def pick_head(scores: Tensor, n_real: int) -> int:
     """The head whose unmasked pattern leans most on later keys: the one a causal mask
     changes most, so the demo has something to show. Independent of --kind, so the same
     head is shown for every kind."""
-    return int(later_weight(q, k, scale, n_real).argmax())
+    return int(later_weight(scores, n_real).argmax())
 
 
 def pattern_size(n_tokens: int, n_layers: int, n_heads: int, context: int = BIG_CONTEXT) -> PatternSize:
@@ -195,15 +189,37 @@ def build(
 ) -> MaskDemo:
     """The four steps for one head. q, k: (H, T, d_head) after RoPE; `scale` = 1/√d_head;
     the last `n_pad` positions are padding (only for kind "padding")."""
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (H, T, T)
+    return build_from_scores(labels, scores, head, kind, window, d_head=q.shape[-1], scale=scale, layer=layer,
+                             n_pad=n_pad, model=model, own_kind=own_kind, n_layers=n_layers, text=text)
+
+
+def build_from_scores(
+    labels: list[str],
+    all_scores: Tensor,
+    head: int,
+    kind: str = "causal",
+    window: int | None = None,
+    *,
+    d_head: int,
+    scale: float,
+    layer: int = 0,
+    n_pad: int = 0,
+    model: str = "the model",
+    own_kind: str = "bidirectional",
+    n_layers: int = 1,
+    text: str = "",
+) -> MaskDemo:
+    """The four steps for one head from a layer's real scores (H, T, T), before any mask."""
     window = check_kind(kind, window)
-    n_heads, n_tokens, d_head = q.shape
+    n_heads, n_tokens, _ = all_scores.shape
     if not 0 <= head < n_heads:
         raise SelectionError(f"--head {head} is out of range: the model has {n_heads} heads (0..{n_heads - 1})")
     assert len(labels) == n_tokens, f"{len(labels)} labels for {n_tokens} tokens"  # internal invariant
     if kind != "padding":
         n_pad = 0
     ok = visible_mask(kind, n_tokens, window, n_pad)  # (T, T)
-    scores = scores_for(q, k, scale, head)  # (T, T)
+    scores = all_scores[head].float()  # (T, T)
     masked = scores.masked_fill(~ok, float("-inf"))  # (T, T)
     probs = scores.softmax(-1)  # (T, T)
     masked_probs = masked.softmax(-1)  # (T, T): exp(−∞) = 0 exactly
@@ -329,18 +345,24 @@ def demo_for(
     heads = None if head is None else analysis.select(head, cfg.n_heads, "head")
     if heads is not None and len(heads) != 1:
         raise SelectionError("mask-demo shows one head: give --head a single index", hint="e.g. --head 0")
-    tokens, q, k, scale = inspector.qk(text, layers[0])
+    tokens, scores = inspector.scores(text, layers[0])  # (H, T, T): the model's own
+    attn = inspector.model.blocks[layers[0]].attn
     n_real = len(tokens)
     n_pad = 0
     if kind == "padding":
+        _, q, k, scale = inspector.qk(tokens, layers[0])
         pad_id, pad_label = pad_token(inspector.tokenizer)
         padded, q_pad, k_pad, _ = inspector.qk(with_padding(tokens, pad_id, pad_label), layers[0])
         q = torch.cat([q, q_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
         k = torch.cat([k, k_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
+        scores = (q @ k.transpose(-2, -1)) * scale  # (H, T + pads, T + pads)
+        for modify in attn.modifiers:  # the layer's own score modifiers, as its kernel applies them
+            modify(scores)
         tokens, n_pad = padded, PAD_COUNT
-    chosen = heads[0] if heads is not None else pick_head(q, k, scale, n_real)
-    demo = build(tokens.labels, q, k, scale, chosen, kind, window, layer=layers[0], n_pad=n_pad,
-                 model=cfg.name or inspector.source, own_kind=model_kind(cfg, layers[0]), n_layers=cfg.n_layers, text=text)
+    chosen = heads[0] if heads is not None else pick_head(scores, n_real)
+    demo = build_from_scores(tokens.labels, scores, chosen, kind, window, d_head=cfg.d_head, scale=attn.scale,
+                             layer=layers[0], n_pad=n_pad, model=cfg.name or inspector.source,
+                             own_kind=model_kind(cfg, layers[0]), n_layers=cfg.n_layers, text=text)
     demo.auto_head = heads is None
     demo.layer_map = layer_map(cfg)
     return demo

@@ -20,6 +20,7 @@ from math import prod
 from typing import TYPE_CHECKING, Iterable
 
 from attnscope.config import ModelConfig
+from attnscope.parts import attention_shapes, block_shapes, embedding_shapes, head_shapes, model_shapes
 
 if TYPE_CHECKING:
     from attnscope.checkpoint import Checkpoint
@@ -29,69 +30,17 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter of the model by our name, in load order. Tied unembeddings are absent."""
-    d, dh, v = cfg.d_model, cfg.d_head, cfg.vocab_size
-    q_out, kv_out = cfg.n_heads * dh, cfg.n_kv_heads * dh
-    norm_params = ("weight", "bias") if cfg.norm == "layernorm" else ("weight",)
+    """Every parameter of the model by our name, in load order (the parts' declarations,
+    `parts.model_shapes`). Tied unembeddings are absent."""
+    return model_shapes(cfg)
 
-    def norm(prefix: str) -> dict[str, tuple[int, ...]]:
-        return {f"{prefix}.{p}": (d,) for p in norm_params}
 
-    shapes: dict[str, tuple[int, ...]] = {"embed.tok.weight": (v, cfg.d_embed)}
-    if cfg.d_embed != d:
-        shapes["embed.proj_in.weight"] = (d, cfg.d_embed)
-    if cfg.positions == "learned":
-        shapes["embed.pos.weight"] = (cfg.n_ctx + cfg.pos_offset, d)
-    if cfg.n_types:
-        shapes["embed.types.weight"] = (cfg.n_types, d)
-    if cfg.embed_norm:
-        shapes.update(norm("embed.norm"))
-    for i in range(cfg.n_layers):
-        b = f"blocks.{i}"
-        shapes.update(norm(f"{b}.attn_norm"))
-        for part, out in (("q", q_out), ("k", kv_out), ("v", kv_out)):
-            shapes[f"{b}.attn.{part}.weight"] = (out, d)
-            if cfg.qkv_bias:
-                shapes[f"{b}.attn.{part}.bias"] = (out,)
-        if cfg.qk_norm:
-            shapes[f"{b}.attn.q_norm.weight"] = (dh,)
-            shapes[f"{b}.attn.k_norm.weight"] = (dh,)
-        shapes[f"{b}.attn.o.weight"] = (d, q_out)
-        if cfg.out_bias:
-            shapes[f"{b}.attn.o.bias"] = (d,)
-        if cfg.post_norms:
-            shapes.update(norm(f"{b}.post_attn_norm"))
-        if not cfg.shared_norm:
-            shapes.update(norm(f"{b}.mlp_norm"))
-        for part in ("gate", "up") if cfg.gated_mlp else ("up",):
-            shapes[f"{b}.mlp.{part}.weight"] = (cfg.d_mlp, d)
-            if cfg.mlp_bias:
-                shapes[f"{b}.mlp.{part}.bias"] = (cfg.d_mlp,)
-        shapes[f"{b}.mlp.down.weight"] = (d, cfg.d_mlp)
-        if cfg.mlp_bias:
-            shapes[f"{b}.mlp.down.bias"] = (d,)
-        if cfg.post_norms:
-            shapes.update(norm(f"{b}.post_mlp_norm"))
-    if cfg.final_norm:
-        shapes.update(norm("final_norm"))
-    if cfg.d_embed != d:
-        shapes["proj_out.weight"] = (cfg.d_embed, d)
-    if cfg.pooler:
-        shapes["pooler.weight"] = (d, d)
-        shapes["pooler.bias"] = (d,)
-    if cfg.mlm_head:
-        shapes["mlm.dense.weight"] = (d, d)
-        shapes["mlm.dense.bias"] = (d,)
-        shapes.update(norm("mlm.norm"))
-        shapes["mlm.bias"] = (v,)
-    if cfg.nsp_head:
-        shapes["nsp.weight"] = (2, d)
-        shapes["nsp.bias"] = (2,)
-    if cfg.lm_head and not cfg.tied_embeddings:
-        shapes["unembed.weight"] = (v, cfg.d_embed)
-    if cfg.lm_head and cfg.unembed_bias:
-        shapes["unembed.bias"] = (v,)
-    return shapes
+def declared_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Counts by category of every declared parameter, by arithmetic: one block's
+    declaration times the number of layers, so no depth is ever enumerated."""
+    counts = count_by_category(list(embedding_shapes(cfg).items()) + list(head_shapes(cfg).items()))
+    block = count_by_category((f"blocks.0.{name}", shape) for name, shape in block_shapes(cfg).items())
+    return {row: counts[row] + cfg.n_layers * block[row] for row in counts}
 
 
 # The video's rows, then what its counting leaves out. Order is display order.
@@ -170,10 +119,13 @@ class ParamReport:
 
 
 def head_count(cfg: ModelConfig) -> HeadCount:
+    """One head's share of the attention's declared weights: q and o split over the query
+    heads, k and v over the key/value heads (TransformerLens's per-head shapes)."""
+    attn = attention_shapes(cfg)
     d, dh = cfg.d_model, cfg.d_head
     shapes = {"W_Q": (d, dh), "W_K": (d, dh), "W_V↓": (d, dh), "W_V↑": (dh, d)}
-    per_q = 2 * d * dh
-    per_kv = 2 * d * dh
+    per_q = (prod(attn["q.weight"]) + prod(attn["o.weight"])) // cfg.n_heads
+    per_kv = (prod(attn["k.weight"]) + prod(attn["v.weight"])) // cfg.n_kv_heads
     return HeadCount(shapes, per_q, per_kv, per_q + per_kv if cfg.group_size == 1 else None)
 
 
@@ -188,7 +140,7 @@ def _totals(rows: dict[str, int], cfg: ModelConfig) -> tuple[int, int]:
 
 def report(cfg: ModelConfig, convention: str = "full", source: str = "") -> ParamReport:
     """The parameter breakdown of a config, by arithmetic alone."""
-    return _report(cfg, convention, param_shapes(cfg).items(), source)
+    return _report(cfg, convention, declared_counts(cfg), source)
 
 
 def stored_shapes(ckpt: "Checkpoint", cfg: ModelConfig | None) -> tuple[dict[str, tuple[int, ...]], list[str]]:
@@ -226,30 +178,19 @@ def report_from_stored(
     cfg: ModelConfig, stored: dict[str, tuple[int, ...]], convention: str, source: str, skipped: list[str]
 ) -> ParamReport:
     """The breakdown of the tensors a checkpoint actually stores (already in our names)."""
-    rep = _report(cfg, convention, stored.items(), source)
+    rep = _report(cfg, convention, count_by_category(stored.items()), source)
     rep.skipped = skipped
     rep.stored_only = True
     return rep
 
 
-def _report(cfg: ModelConfig, convention: str, shapes: Iterable[tuple[str, tuple[int, ...]]], source: str) -> ParamReport:
-    shapes = list(shapes)
-    rows = count_by_category(shapes)
+def _report(cfg: ModelConfig, convention: str, rows: dict[str, int], source: str) -> ParamReport:
     total_3b1b, total_full = _totals(rows, cfg)
     head = head_count(cfg)
-    d, dh = cfg.d_model, cfg.d_head
-    attn_block = cfg.n_heads * head.per_query_head + cfg.n_kv_heads * head.per_kv_head
-    mlp_block = (3 if cfg.gated_mlp else 2) * d * cfg.d_mlp
-    n_norm = (2 if cfg.norm == "layernorm" else 1) * d * ((1 if cfg.shared_norm else 2) + (2 if cfg.post_norms else 0))
-    if cfg.qk_norm:
-        n_norm += 2 * dh
-    biases = 0
-    if cfg.qkv_bias:
-        biases += (cfg.n_heads + 2 * cfg.n_kv_heads) * dh
-    if cfg.out_bias:
-        biases += d
-    if cfg.mlp_bias:
-        biases += (2 if cfg.gated_mlp else 1) * cfg.d_mlp + d
+    per_block = count_by_category((f"blocks.0.{name}", shape) for name, shape in block_shapes(cfg).items())
+    attn_block = sum(per_block[r] for r in ("query", "key", "value", "output"))
+    mlp_block = sum(per_block[r] for r in ("gate", "up", "down"))
+    biases, n_norm = per_block["biases"], per_block["norms"]
     block = {
         "attention": attn_block,
         "mlp": mlp_block,
@@ -294,7 +235,7 @@ def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextR
     per_head = n * n
     per_block = per_head * cfg.n_heads
     kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head
-    weights = count_by_category(param_shapes(cfg).items())
+    weights = declared_counts(cfg)
     matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "gate", "up", "down"))
     if cfg.lm_head:
         matmul_params += weights["embedding"]  # the unembedding matmul, tied or not

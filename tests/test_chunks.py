@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import attnscope.model as model_module
+import attnscope.parts as model_module
 from attnscope import analysis
 
 TEXT = "a fluffy blue creature roamed the verdant forest and the fluffy creature slept"

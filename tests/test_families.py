@@ -371,7 +371,7 @@ def test_chunked_attention_matches_transformers(name: str, family_inspector: Cal
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Queries in chunks of 5 (64 positions: the last chunk is short, chunk edges fall
     inside Gemma 2's windows): the same patterns as transformers'."""
-    import attnscope.model as model_module
+    import attnscope.parts as model_module
 
     ref = family_reference(name)
     n = ref.config.max_position_embeddings

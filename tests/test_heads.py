@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 
 import tiny_models as tm
 from attnscope import heads as hd
-from attnscope import model as model_mod
+from attnscope import parts as model_mod
 from attnscope.api import Inspector
 from attnscope.config import ModelConfig
 from attnscope.errors import InputError, UsageError
@@ -80,9 +80,9 @@ def hand_config(causal: bool, n_layers: int) -> ModelConfig:
                        vocab_size=N_POS, n_ctx=N_POS, causal=causal, qkv_bias=True, name="hand-built")
 
 
-def inspector_for(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> Inspector:
-    net = build(cfg, tensors.items())
-    return Inspector(cfg, net, word_tokenizer(), "hand-built", torch.device("cpu"), torch.float32)
+def inspector_for(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Inspector:
+    net = build(cfg, tensors.items(), dtype=dtype)
+    return Inspector(cfg, net, word_tokenizer(), "hand-built", torch.device("cpu"), dtype)
 
 
 def _qk(t: dict[str, torch.Tensor], layer: int, head: int, q: list[tuple[int, int]], k: list[tuple[int, int]],
@@ -197,12 +197,22 @@ def test_induction_input_layout(causal_model: Inspector) -> None:
 
 
 def test_chunking_does_not_change_scores(causal_model: Inspector, monkeypatch: pytest.MonkeyPatch) -> None:
-    whole = hd.head_scores(causal_model, TEXT)
+    # In float64, so that only the chunking is compared, not float32 rounding: a chunk's
+    # matmuls sum the same terms in another order, which in float32 moves these scores
+    # by up to ~6e-6 on some machines (AMD EPYC). In float64 two orders of summing at
+    # most 2 * D_MODEL terms of size <= BETA² differ by < 2 * 64 * 2^-53 * BETA² per
+    # score, and every later quantity here is a mean of softmax weights: 1e-9 bounds
+    # that with room to spare, while a chunking bug (a missing row or key) moves a
+    # score by 1e-3 or more.
+    net = causal_model.model
+    tensors = {name: p.detach().double() for name, p in net.named_parameters()}
+    m64 = inspector_for(causal_model.config, tensors, torch.float64)
+    whole = hd.head_scores(m64, TEXT)
     monkeypatch.setattr(model_mod, "CHUNK_BYTES", 4 * N_HEADS * 9 * 2)  # 2 query rows per chunk
     monkeypatch.setattr(model_mod, "MIN_CHUNK_ROWS", 1)
-    chunked = hd.head_scores(causal_model, TEXT)
+    chunked = hd.head_scores(m64, TEXT)
     for name in whole.scores:
-        assert torch.allclose(whole.scores[name], chunked.scores[name], atol=1e-6), name
+        assert torch.allclose(whole.scores[name], chunked.scores[name], atol=1e-9), name
 
 
 def test_selection_and_errors(causal_model: Inspector) -> None:

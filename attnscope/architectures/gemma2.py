@@ -36,11 +36,13 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     default = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
     scalar = raw.get("query_pre_attn_scalar")
     cap = raw.get("attn_logit_softcapping", 50.0)
+    final = raw.get("final_logit_softcapping", 30.0)
     return replace(
         cfg,
         layer_windows=layer_windows(raw, n_layers, window, default),
         sliding_window=window,
         attn_scale=float(scalar) ** -0.5 if scalar else None,
         attn_softcap=float(cap) if cap else None,
+        final_softcap=float(final) if final else None,
         post_norms=True,
     )

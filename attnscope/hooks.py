@@ -1,0 +1,101 @@
+"""Hooks at named sites: how a forward pass reports what it computed to whoever asked.
+
+After TransformerLens's hook points (`hook_q`, `hook_k`, `hook_v`, `hook_attn_scores`,
+`hook_pattern`, `hook_z`, `hook_result`), but pull rather than push: every attention site
+has a name (`blocks.3.attn`) and asks its hooks, once per forward pass, whether anyone
+wants each quantity; nothing is computed for a quantity nobody asked for. Quantities that
+come in query chunks (scores, pattern, z, result) are reported chunk by chunk, so a hook
+can keep as little as it likes.
+
+What a site reports (H query heads, H_kv key/value heads, c query rows of a chunk, K keys):
+  * `q`       (H, T, d_head) queries after positions (RoPE), before the score scale;
+  * `k`, `v`  (H_kv, K, d_head) keys (after RoPE) and values, the cache's included;
+  * `scores`  (H, c, K) float32, after score modifiers (soft-capping), before the mask;
+  * `pattern` (H, c, K) float32 softmax; a causal chunk stops at its last query's key,
+              the rest of each row is exactly 0;
+  * `z`       (H, c, d_head) each head's weighted sum of values;
+  * `result`  (H, c, d_model) each head's share of the output projection (no bias),
+              what the head writes back to the residual stream before heads are summed.
+`q_start` is the absolute position of the first query row, `k_start` of the first key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+WHATS = ("q", "k", "v", "scores", "pattern", "z", "result")
+CHUNKED = ("scores", "pattern", "z", "result")
+_SITE = re.compile(r"^blocks\.(\d+)\.attn$")
+
+
+def attn_site(layer: int) -> str:
+    """The name of layer `layer`'s self-attention site."""
+    return f"blocks.{layer}.attn"
+
+
+def site_layer(site: str) -> int | None:
+    """The layer of a `blocks.N.attn` site; None for any other site."""
+    m = _SITE.match(site)
+    return int(m.group(1)) if m else None
+
+
+class Hook(Protocol):
+    """Anything a forward pass can report to."""
+
+    def wants(self, site: str, what: str) -> bool: ...
+
+    def report(self, site: str, what: str, value: "Tensor", q_start: int, k_start: int) -> None: ...
+
+
+class Hooks:
+    """Several hooks fed by one forward pass."""
+
+    def __init__(self, *hooks: Any) -> None:
+        self.hooks = [h for h in hooks if h is not None]
+
+    def wants(self, site: str, what: str) -> bool:
+        return any(h.wants(site, what) for h in self.hooks)
+
+    def report(self, site: str, what: str, value: "Tensor", q_start: int, k_start: int) -> None:
+        for h in self.hooks:
+            if h.wants(site, what):
+                h.report(site, what, value, q_start, k_start)
+
+
+class Capture:
+    """Keeps whole tensors of the quantities asked for: `Capture({"blocks.0.attn": ["pattern"]})`,
+    then `.get("blocks.0.attn", "pattern")`. Chunked quantities are assembled over the
+    query rows; rows a causal chunk left short are completed with 0 (pattern, z, result)
+    or −∞ (scores, where a key after the query was never scored)."""
+
+    def __init__(self, wanted: dict[str, Iterable[str]]) -> None:
+        for site, whats in wanted.items():
+            unknown = set(whats) - set(WHATS)
+            assert not unknown, f"unknown quantities {unknown} at {site}"  # internal invariant
+        self.wanted = {site: set(whats) for site, whats in wanted.items()}
+        self._parts: dict[tuple[str, str], list[tuple[int, int, Tensor]]] = {}
+
+    def wants(self, site: str, what: str) -> bool:
+        return what in self.wanted.get(site, ())
+
+    def report(self, site: str, what: str, value: "Tensor", q_start: int, k_start: int) -> None:
+        self._parts.setdefault((site, what), []).append((q_start, k_start, value.detach().cpu()))
+
+    def get(self, site: str, what: str) -> "Tensor":
+        import torch
+
+        parts = self._parts.get((site, what))
+        if not parts:
+            raise KeyError(f"nothing captured for {what} at {site}")
+        if what not in CHUNKED:
+            return parts[-1][2]
+        if what in ("z", "result"):
+            return torch.cat([p[2] for p in parts], dim=1)
+        width = max(p[2].shape[-1] for p in parts)
+        fill = float("-inf") if what == "scores" else 0.0
+        rows = [torch.nn.functional.pad(p[2], (0, width - p[2].shape[-1]), value=fill) for p in parts]
+        return torch.cat(rows, dim=1)  # (H, T, K)

@@ -1,0 +1,209 @@
+"""Attention = projections + positions + one kernel.
+
+* Projections turn the residual stream into per-head queries, keys and values (q, k, v)
+  and the heads' outputs back into it (o). Grouped- and multi-query attention share
+  each key/value head among `group_size` query heads.
+* Positions act on q and k (`parts.positions.Rotary`) with absolute positions.
+* Score modifiers (Gemma 2's soft-capping; later sinks, ALiBi) act on scores, in one place.
+* The mask is built from absolute query and key positions (`MaskRule`), so a cache
+  offset, a sliding window and padding are one rule.
+* One kernel (`attend`) runs scores → modifiers → mask → softmax (float32, or float64 for
+  float64 weights) → weighted values, in query chunks (`parts.chunk_rows`), reporting to
+  hooks at the attention's named site (see `attnscope.hooks`). Nothing else in attnscope
+  computes attention.
+
+After nanoGPT: `scores = q @ k.T * scale` in plain sight, a shape comment on each reshape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from attnscope.config import ModelConfig
+from attnscope.hooks import attn_site
+from attnscope.parts import chunk_rows
+from attnscope.parts.norms import make_norm
+from attnscope.parts.positions import apply_rope
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """Which keys a query may see, from absolute positions: causal (no key after its
+    query), a sliding window (only the last `window` keys, self included; both sides
+    when bidirectional), or everything."""
+
+    causal: bool
+    window: int | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.window is not None:
+            return "sliding-window"
+        return "causal" if self.causal else "bidirectional"
+
+    def visible(self, q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None = None) -> Tensor | None:
+        """Boolean (c, K): may query i see key j? None when every key is visible.
+        `key_valid` (K,) hides keys (padding) from every query."""
+        if not self.causal and self.window is None:
+            if key_valid is None:
+                return None
+            return key_valid[None, :].expand(q_pos.shape[0], -1)
+        diff = q_pos[:, None] - k_pos[None, :]  # (c, K): i - j
+        ok = torch.ones_like(diff, dtype=torch.bool)
+        if self.causal:
+            ok &= diff >= 0  # a key after the query is masked
+        if self.window is not None:
+            ok &= diff < self.window  # only the last `window` keys (self included) stay
+            if not self.causal:
+                ok &= diff > -self.window
+        if key_valid is not None:
+            ok &= key_valid[None, :]
+        return ok
+
+    def counts(self, q_pos: Tensor, n_keys: int) -> Tensor:
+        """How many of keys 0..n_keys-1 each query sees (c,), by the same rule."""
+        ok = self.visible(q_pos, torch.arange(n_keys, device=q_pos.device))
+        return torch.full_like(q_pos, n_keys) if ok is None else ok.sum(-1)
+
+
+def mask_rule(cfg: ModelConfig, layer: int | None = None) -> MaskRule:
+    """The rule layer `layer` applies (None: the model's general rule, ignoring
+    per-layer windows)."""
+    window = cfg.window(layer) if layer is not None else cfg.sliding_window
+    return MaskRule(cfg.causal, window)
+
+
+class SoftCap:
+    """Gemma 2: cap · tanh(scores / cap), squashing scores smoothly into (−cap, cap)."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def __call__(self, scores: Tensor) -> None:
+        scores.div_(self.cap).tanh_().mul_(self.cap)
+
+
+ScoreModifier = Callable[[Tensor], None]  # acts in place on (H, c, K) scores
+
+
+def score_modifiers(cfg: ModelConfig) -> list[ScoreModifier]:
+    return [SoftCap(cfg.attn_softcap)] if cfg.attn_softcap is not None else []
+
+
+def _upper(rows: int, cols: int, device: torch.device) -> Tensor:
+    """(rows, cols) bool, True above the diagonal: keys after the query within a block
+    whose first key is the first query's own position."""
+    return torch.ones(rows, cols, dtype=torch.bool, device=device).triu_(1)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, *, q_start: int, k_start: int, rule: MaskRule, scale: float,
+           modifiers: list[ScoreModifier] = (), site: str = "", hooks: Any = None) -> Tensor:
+    """The kernel. q (H, T, dh), k and v (H, K, dh) with every query head's own key/value
+    (already expanded for GQA); keys are the contiguous positions k_start.. and queries
+    q_start..; returns z (H, T, dh), each head's weighted values."""
+    H, T, _ = q.shape
+    K = k.shape[1]
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax never below float32
+    qf = q.to(compute) * scale  # once per layer rather than on every chunk of scores
+    kf = k.to(compute)
+    want = {what: hooks is not None and hooks.wants(site, what) for what in ("scores", "pattern", "z")}
+    out = torch.empty(H, T, v.shape[-1], dtype=v.dtype, device=v.device)  # (H, T, dh)
+    rows = chunk_rows(H, K)
+    for a in range(0, T, rows):
+        b = min(T, a + rows)
+        qa, qb = q_start + a, q_start + b  # absolute positions of the chunk's queries
+        # A causal chunk never sees keys after its last query: leave them out (Kc <= K),
+        # which halves the work; the pattern hook is told the rest of each row is 0.
+        Kc = min(K, qb - k_start) if rule.causal and not want["scores"] else K
+        scores = torch.matmul(qf[:, a:b], kf[:, :Kc].transpose(-2, -1))  # (H, c, Kc)
+        for modify in modifiers:
+            modify(scores)
+        if want["scores"]:
+            hooks.report(site, "scores", scores, qa, k_start)
+        d0 = qa - k_start  # index of the key at the chunk's first query position
+        if rule.causal and rule.window is None and d0 >= 0:
+            # keys before the chunk are visible to all its rows: mask the diagonal block only
+            scores[..., d0:].masked_fill_(_upper(b - a, Kc - d0, q.device), float("-inf"))
+        else:
+            q_pos = torch.arange(qa, qb, device=q.device)
+            ok = rule.visible(q_pos, torch.arange(k_start, k_start + Kc, device=q.device))
+            if ok is not None:
+                scores.masked_fill_(~ok, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)  # (H, c, Kc)
+        del scores
+        if want["pattern"]:
+            hooks.report(site, "pattern", probs, qa, k_start)
+        z = torch.matmul(probs.to(v.dtype), v[:, :Kc])  # (H, c, dh)
+        out[:, a:b] = z
+        if want["z"]:
+            hooks.report(site, "z", z, qa, k_start)
+    return out
+
+
+class Attention(nn.Module):
+    """Self-attention of one layer, reporting at the site `blocks.{layer}.attn`."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        self.site = attn_site(layer)
+        self.rule = mask_rule(cfg, layer)
+        self.modifiers = score_modifiers(cfg)
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.d_head)
+        q_out, kv_out = cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
+        self.q = nn.Linear(cfg.d_model, q_out, bias=cfg.qkv_bias)
+        self.k = nn.Linear(cfg.d_model, kv_out, bias=cfg.qkv_bias)
+        self.v = nn.Linear(cfg.d_model, kv_out, bias=cfg.qkv_bias)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's dimensions, before RoPE
+            self.q_norm = make_norm(cfg, cfg.d_head)
+            self.k_norm = make_norm(cfg, cfg.d_head)
+        self.o = nn.Linear(q_out, cfg.d_model, bias=cfg.out_bias)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Residual (T, d) -> q (H, T, dh), k and v (H_kv, T, dh), before positions."""
+        cfg = self.cfg
+        T = x.shape[0]
+        q = self.q(x).view(T, cfg.n_heads, cfg.d_head)  # (T, H, dh)
+        k = self.k(x).view(T, cfg.n_kv_heads, cfg.d_head)  # (T, Hkv, dh)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        v = self.v(x).view(T, cfg.n_kv_heads, cfg.d_head)  # (T, Hkv, dh)
+        return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+
+    def forward(self, x: Tensor, start: int, rope: tuple[Tensor, Tensor] | None, cache: Any = None,
+                hooks: Any = None) -> Tensor:
+        cfg, site = self.cfg, self.site
+        T = x.shape[0]
+        q, k, v = self.project(x)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        k_start = start
+        if cache is not None:  # earlier keys and values join the new ones
+            k, v, k_start = cache.update(self.layer, k, v, start, self.rule.window)
+        if hooks is not None:
+            for what, value, first in (("q", q, start), ("k", k, k_start), ("v", v, k_start)):
+                if hooks.wants(site, what):
+                    hooks.report(site, what, value, start, first)
+        if cfg.n_kv_heads != cfg.n_heads:  # each key/value head serves `group_size` query heads
+            k = k.repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
+            v = v.repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
+        z = attend(q, k, v, q_start=start, k_start=k_start, rule=self.rule, scale=self.scale,
+                   modifiers=self.modifiers, site=site, hooks=hooks)  # (H, T, dh)
+        if hooks is not None and hooks.wants(site, "result"):
+            self._report_result(z, start, k_start, hooks)
+        return self.o(z.transpose(0, 1).reshape(T, cfg.n_heads * cfg.d_head))  # (T, d)
+
+    def _report_result(self, z: Tensor, start: int, k_start: int, hooks: Any) -> None:
+        """Each head's share of the output projection, in row chunks of bounded size."""
+        cfg = self.cfg
+        w = self.o.weight.view(cfg.d_model, cfg.n_heads, cfg.d_head)  # (d, H, dh)
+        rows = max(1, chunk_rows(cfg.n_heads, cfg.d_model) // 4)
+        for a in range(0, z.shape[1], rows):
+            part = torch.einsum("hcd,mhd->hcm", z[:, a:a + rows], w)  # (H, c, d)
+            hooks.report(self.site, "result", part, start + a, k_start)

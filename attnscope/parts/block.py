@@ -1,0 +1,54 @@
+"""A block: attention and an MLP slot joined to the residual stream by a declared wiring.
+
+Wirings (`ModelConfig.wiring`; the norms each holds are declared in `parts.WIRING_NORMS`):
+  * pre       x += attn(norm(x)); x += mlp(norm(x))                 GPT-2, Llama
+  * post      x = norm(x + attn(x)); x = norm(x + mlp(x))           BERT, OPT-350m
+  * parallel  x += attn(norm1(x)) + mlp(norm2(x))                   GPT-NeoX
+  * parallel_shared  h = norm(x); x += attn(h) + mlp(h)             Phi
+  * sandwich  x += norm(attn(norm(x))); x += norm(mlp(norm(x)))     Gemma 2
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from attnscope.config import ModelConfig
+from attnscope.parts import WIRING_NORMS
+from attnscope.parts.attention import Attention
+from attnscope.parts.mlp import make_mlp
+from attnscope.parts.norms import make_norm
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.wiring = cfg.wiring
+        for name in WIRING_NORMS[self.wiring]:
+            setattr(self, name, make_norm(cfg))
+        self.attn = Attention(cfg, layer)
+        self.mlp = make_mlp(cfg)
+        self._forward = getattr(self, f"_{self.wiring}")
+
+    def forward(self, x: Tensor, start: int, rope: Any, cache: Any = None, hooks: Any = None) -> Tensor:
+        return self._forward(x, lambda h: self.attn(h, start, rope, cache, hooks))
+
+    def _pre(self, x: Tensor, attn: Any) -> Tensor:
+        x = x + attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+    def _post(self, x: Tensor, attn: Any) -> Tensor:
+        x = self.attn_norm(x + attn(x))
+        return self.mlp_norm(x + self.mlp(x))
+
+    def _parallel(self, x: Tensor, attn: Any) -> Tensor:
+        return x + attn(self.attn_norm(x)) + self.mlp(self.mlp_norm(x))
+
+    def _parallel_shared(self, x: Tensor, attn: Any) -> Tensor:
+        h = self.attn_norm(x)
+        return x + attn(h) + self.mlp(h)
+
+    def _sandwich(self, x: Tensor, attn: Any) -> Tensor:
+        x = x + self.post_attn_norm(attn(self.attn_norm(x)))
+        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
