@@ -8,7 +8,6 @@ imported only inside the commands that run a model, so `params` and `--help` sta
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -338,6 +337,7 @@ def attend(
     last word, the tokens each head of the last layer draws on most.
     """
     from attnscope import analysis, export
+    from attnscope.measures import AttendRequest, run_attend
     from attnscope.units import human_bytes
 
     if top_k < 1:
@@ -364,37 +364,18 @@ def attend(
     ls = analysis.select(view_layers, m.n_layers, "layer")
     hs = analysis.select(view_heads, m.n_heads, "head")
     query = _focus_index(tokens, token)
-    topk = analysis.TopKProbe(ls, hs, n, top_k) if (as_json or view == View.topk) else None
-    focus = analysis.FocusProbe(ls, hs, n, query) if view in (View.focus, View.overview) else None
-    summary = analysis.SummaryProbe(ls, hs, m.config, n) if view == View.overview else None
-    full = analysis.FullPatterns(ls, hs, n) if view == View.heatmap else None
-    save_ls = analysis.select(layer, m.n_layers, "layer")
-    save_hs = analysis.select(head, m.n_heads, "head")
-    topk_all = analysis.TopKProbe(save_ls, save_hs, n, top_k) if save_topk is not None else None
-    with contextlib.ExitStack() as stack:
-        saved = None
-        if save is not None:
-            size = export.pattern_bytes(len(save_ls), len(save_hs), n)
-            export.check_space(save, size)
-            if size >= 64 * 2**20:  # worth saying before a long run; small saves just happen
-                _note(f"will write {human_bytes(size)} of patterns to {save}")
-            writer = stack.enter_context(export.PatternWriter(save, save_ls, save_hs, n, tokens.ids, tokens.labels, text, force))
-            saved = analysis.LayerStream(save_ls, save_hs, n, lambda _layer, probs: writer.write_layer(probs))
-        probes = [p for p in (topk, focus, summary, full, saved, topk_all) if p is not None]
-        last = max(ls + (save_ls if (saved or topk_all) else []))
-        m.run(tokens.ids, analysis.Probes(*probes), last)
-    if topk_all is not None:
-        assert save_topk is not None
-        export.save_topk(save_topk, topk_all.indices, topk_all.weights, save_ls, save_hs, tokens.ids, force)
-    res = analysis.AttendResult(tokens, ls, hs)
-    if topk is not None:
-        res.topk = analysis.TopK(topk.indices, topk.weights, ls, hs, tokens)
-    if focus is not None:
-        res.focus = analysis.Focus(query, focus.rows, ls, hs, tokens)
-    if summary is not None:
-        res.summary = summary.result()
-    if full is not None:
-        res.attention = analysis.Attention(full.probs, ls, hs, tokens)
+    wanted = {"topk": as_json or view == View.topk, "focus": view in (View.focus, View.overview),
+              "summary": view == View.overview, "attention": view == View.heatmap}
+    req = AttendRequest(ls, hs, [name for name, on in wanted.items() if on], query=query, top_k=top_k,
+                        save=save, save_topk=save_topk, save_layers=analysis.select(layer, m.n_layers, "layer"),
+                        save_heads=analysis.select(head, m.n_heads, "head"), force=force, text=text)
+    if save is not None:
+        size = export.pattern_bytes(len(req.save_layers), len(req.save_heads), n)
+        export.check_space(save, size)
+        if size >= 64 * 2**20:  # worth saying before a long run; small saves just happen
+            _note(f"will write {human_bytes(size)} of patterns to {save}")
+    res = run_attend(m, tokens, req)
+    save_ls, save_hs = req.save_layers, req.save_heads
     name = m.config.name or m.source
     if as_json:
         assert res.topk is not None

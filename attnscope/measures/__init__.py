@@ -1,0 +1,101 @@
+"""Measures: what can be asked of one forward pass, registered in one place.
+
+Each measure names the hook it reads (today every one reads the `pattern` at the
+attention sites of its layers), builds the probe that keeps only what it needs, and
+turns that probe into a result. `run_attend()` is the one library call behind `attend`'s
+views, `--json`, `--save` and `--save-topk`: it takes the text and what to measure, runs
+one pass with every probe attached (the streaming `--save` writer included) and returns
+an `AttendResult`. The CLI only parses, calls and renders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from attnscope import analysis
+
+if TYPE_CHECKING:
+    from attnscope.api import Inspector
+    from attnscope.tokenize import Tokens
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One measure: the hook quantity it reads, its probe, and the result it gives."""
+
+    name: str
+    reads: str  # the hook quantity (see attnscope.hooks)
+    probe: Callable[["Inspector", list[int], list[int], "Tokens", "AttendRequest"], Any]
+    result: Callable[[Any, "Tokens", "AttendRequest"], Any]
+
+
+MEASURES: dict[str, Measure] = {
+    "topk": Measure(
+        "topk", "pattern",
+        lambda m, ls, hs, t, r: analysis.TopKProbe(ls, hs, len(t), r.top_k),
+        lambda p, t, r: analysis.TopK(p.indices, p.weights, p.layers, p.heads, t)),
+    "focus": Measure(
+        "focus", "pattern",
+        lambda m, ls, hs, t, r: analysis.FocusProbe(ls, hs, len(t), r.query),
+        lambda p, t, r: analysis.Focus(r.query, p.rows, p.layers, p.heads, t)),
+    "summary": Measure(
+        "summary", "pattern",
+        lambda m, ls, hs, t, r: analysis.SummaryProbe(ls, hs, m.config, len(t)),
+        lambda p, t, r: p.result()),
+    "attention": Measure(
+        "attention", "pattern",
+        lambda m, ls, hs, t, r: analysis.FullPatterns(ls, hs, len(t)),
+        lambda p, t, r: analysis.Attention(p.probs, p.layers, p.heads, t)),
+}
+
+
+@dataclass
+class AttendRequest:
+    """What to compute in one pass. `layers`/`heads` select what the measures show;
+    `save_layers`/`save_heads` what `--save` and `--save-topk` write."""
+
+    layers: list[int]
+    heads: list[int]
+    measures: list[str]
+    query: int = 0
+    top_k: int = 3
+    save: Path | None = None
+    save_topk: Path | None = None
+    save_layers: list[int] = field(default_factory=list)
+    save_heads: list[int] = field(default_factory=list)
+    force: bool = False
+    text: str = ""
+
+
+def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis.AttendResult:
+    """One forward pass computing every requested measure and writing the saves."""
+    from attnscope import export
+
+    n = len(tokens)
+    unknown = [name for name in req.measures if name not in MEASURES]
+    assert not unknown, f"unknown measures {unknown}"  # internal invariant: the CLI offers only these
+    probes = {name: MEASURES[name].probe(m, req.layers, req.heads, tokens, req) for name in req.measures}
+    hooks: list[Any] = list(probes.values())
+    topk_all = None
+    if req.save_topk is not None:
+        topk_all = analysis.TopKProbe(req.save_layers, req.save_heads, n, req.top_k)
+        hooks.append(topk_all)
+    last = max(req.layers + (req.save_layers if (req.save or req.save_topk) else []))
+    with contextlib.ExitStack() as stack:
+        if req.save is not None:
+            writer = stack.enter_context(export.PatternWriter(req.save, req.save_layers, req.save_heads, n, tokens.ids,
+                                                              tokens.labels, req.text, req.force))
+            hooks.append(analysis.LayerStream(req.save_layers, req.save_heads, n,
+                                              lambda _layer, probs: writer.write_layer(probs)))
+        m.run(tokens.ids, analysis.Probes(*hooks), last)
+    if topk_all is not None:
+        assert req.save_topk is not None
+        export.save_topk(req.save_topk, topk_all.indices, topk_all.weights, req.save_layers, req.save_heads,
+                         tokens.ids, req.force)
+    res = analysis.AttendResult(tokens, req.layers, req.heads)
+    for name, probe in probes.items():
+        setattr(res, name, MEASURES[name].result(probe, tokens, req))
+    return res
