@@ -1,0 +1,19 @@
+"""The command line: `attnscope params | attend | mask-demo | heads`.
+
+Thin Typer commands (parse, call the library, render) in one module per command group;
+`_app` holds the app, the single error handler and the shared options.
+"""
+
+from __future__ import annotations
+
+from attnscope.cli._app import app
+from attnscope.cli import attend, demos, params  # noqa: F401 - registers the commands
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Thin Typer commands: parse, call the library, render. One error handler for all.
+
+This package: `_app` holds the app, the error handler and the options the commands
+share; `params`, `attend` and `demos` (mask-demo, heads) hold one command group each.
+
+After Typer's docs and the `hf` CLI: options shared as `Annotated` aliases, `str` Enums
+for choices, and one place (`_Group.invoke`) that turns the project's exceptions into
+one red line on stderr with a hint; a traceback only with ATTNSCOPE_DEBUG=1. torch is
+imported only inside the commands that run a model, so `params` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.29 vendors its own click; older releases use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException
+
+# Typer's own signals and its usage errors pass through the handler untouched.
+_PASS_THROUGH = (typer.Exit, typer.Abort, ClickException)
+
+from attnscope import __version__
+from attnscope.errors import AttnscopeError
+
+
+class _Group(TyperGroup):
+    """Runs every command under the project's single error handler."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _PASS_THROUGH:
+            raise
+        except AttnscopeError as exc:
+            if _debug():
+                raise
+            _print_error(exc.message, exc.hint)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _print_error("interrupted", None)
+            ctx.exit(130)
+        except Exception as exc:  # a bug: say so in one line rather than a traceback
+            if _debug():
+                raise
+            _print_error(f"internal error: {type(exc).__name__}: {exc}", "set ATTNSCOPE_DEBUG=1 for the traceback and report it")
+            ctx.exit(1)
+
+
+def _debug() -> bool:
+    return os.environ.get("ATTNSCOPE_DEBUG", "") not in ("", "0")
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    line = Text("error: ", style="bold red") + Text(message, style="red")
+    if hint:
+        line += Text(f" ({hint})", style="dim")
+    err.print(line)
+
+
+def _note(message: str) -> None:
+    """A dim progress note on stderr (stdout carries only the command's output)."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[dim]{message}[/]")
+
+
+def _console(no_color: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, no_color=no_color or None)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="attnscope",
+    help="Look inside transformer attention: parameter counts, attention patterns, masks.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attnscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """Look inside transformer attention: parameter counts, attention patterns, masks."""
+
+
+class Convention(str, Enum):
+    b3b1 = "3b1b"
+    full = "full"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Checkpoint folder, .safetensors file, or hub id from the local cache."),
+]
+
+
+class View(str, Enum):
+    focus = "focus"
+    topk = "topk"
+    heatmap = "heatmap"
+    overview = "overview"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LoadDtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 3, -1 (last), 0,2,5, 1-3, 2: or all.")]
+HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]
+LoadDtypeOpt = Annotated[LoadDtype, typer.Option("--dtype", help="Weights' dtype (auto: float32 on CPU, the checkpoint's on GPU). Softmax is always float32.")]
+NoColorOpt = Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")]
+TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut a text longer than the model's positions instead of failing.")]
+
+
+def _load(model: Optional[str], device: Device, dtype: LoadDtype, offload: Optional[bool] = None) -> Any:
+    """Load a model with a progress bar on stderr for big checkpoints (and, offloaded,
+    one for the blocks as they stream through)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from attnscope.api import load
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if total < 256 * 1024 * 1024:
+            return
+        if bar is None:
+            bar = Progress(TextColumn("loading weights"), BarColumn(), DownloadColumn(),
+                           console=Console(stderr=True), transient=True)
+            bar.start()
+            bar.add_task("load", total=total)
+        bar.update(bar.task_ids[0], completed=done)
+
+    try:
+        m = load(model, device.value, dtype.value, progress, offload)
+    finally:
+        if bar is not None:
+            bar.stop()
+    source = m.model.block_source
+    if source is not None:  # offloaded: show blocks streaming in, one at a time
+        blocks = Progress(TextColumn("streaming blocks"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          console=Console(stderr=True), transient=True)
+
+        def streamed(i: int) -> Any:
+            if not blocks.tasks:
+                blocks.start()
+                blocks.add_task("blocks", total=m.n_layers)
+            state = source(i)
+            blocks.update(blocks.task_ids[0], completed=i + 1)
+            if i == m.n_layers - 1:
+                blocks.stop()
+            return state
+
+        m.model.block_source = streamed
+    return m
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

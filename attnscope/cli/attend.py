@@ -1,0 +1,159 @@
+"""`attnscope attend`: who attends to whom, and its --dry-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from attnscope.cli._app import (
+    Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, ModelOpt, NoColorOpt, TruncateOpt, View,
+    _console, _load, _note, _print_json, app,
+)
+from attnscope.errors import UsageError
+
+
+
+
+
+
+def _focus_index(tokens: Any, token: Optional[str]) -> int:
+    from attnscope.analysis import default_focus
+
+    if token is None:
+        return default_focus(tokens)
+    try:
+        i = int(token)
+    except ValueError:
+        wanted = token.strip().lower()
+        for j in range(len(tokens) - 1, -1, -1):
+            if tokens.labels[j].lstrip("␣#").lower() == wanted:
+                return j
+        raise UsageError(f"no token {token!r} in the text", hint=f"tokens: {' '.join(tokens.labels[:20])}") from None
+    if -len(tokens) <= i < len(tokens):
+        return i % len(tokens)
+    raise UsageError(f"--token {i} is out of range: the text has {len(tokens)} tokens")
+
+
+@app.command(
+    epilog='Examples:\n\n  attnscope attend "a fluffy blue creature"\n\n'
+    '  attnscope attend "a fluffy blue creature" --view heatmap --layer 2 --head 5\n\n'
+    '  attnscope attend "the cat sat on the mat" --view topk --layer -1 --head 0-3 --top-k 2\n\n'
+    '  attnscope attend "a fluffy blue creature" --view overview --token blue\n\n'
+    '  attnscope attend "a fluffy blue creature" --save patterns.npz --json',
+)
+def attend(
+    text: Annotated[str, typer.Argument(help="The text to look at.")],
+    model: ModelOpt = None,
+    view: Annotated[View, typer.Option("--view", "-v", help="focus: one token in every head; topk: every token; heatmap: one head's pattern; overview: all layers × heads.")] = View.focus,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many keys to show per token.")] = 3,
+    token: Annotated[Optional[str], typer.Option("--token", "-t", help="Query token for focus/overview: an index or a word (default: the last word).")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Write the selected patterns to FILE.npz or FILE.safetensors.")] = None,
+    save_topk: Annotated[Optional[Path], typer.Option("--save-topk", help="Write top-k indices and weights of every selected layer and head to FILE.npz (memory linear in the text length).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --save/--save-topk file.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the memory and disk the run would need, without running it.")] = False,
+    offload: Annotated[bool, typer.Option("--offload", help="Stream one block's weights at a time from disk (automatic when the weights would not fit in memory).")] = False,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = Device.auto,
+    dtype: LoadDtypeOpt = LoadDtype.auto,
+    truncate: TruncateOpt = False,
+    no_color: NoColorOpt = False,
+) -> None:
+    """Show who attends to whom: run a real checkpoint and show its attention.
+
+    With no --model, runs the embedded all-MiniLM-L6-v2 (BERT, 6 layers × 12 heads)
+    offline; ATTNSCOPE_MODEL overrides that default. The default view shows, for the
+    last word, the tokens each head of the last layer draws on most.
+    """
+    from attnscope import analysis, export
+    from attnscope.measures import AttendRequest, run_attend
+    from attnscope.units import human_bytes
+
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if save is not None:
+        export.check_target(save, force)
+    if save_topk is not None:
+        export.check_target(save_topk, force, (".npz",))
+        if save is not None and save.expanduser().resolve() == save_topk.expanduser().resolve():
+            raise UsageError("--save and --save-topk name the same file", hint="give them different names")
+    if not text.strip():
+        from attnscope.errors import InputError
+
+        raise InputError("the text is empty", hint='give some text, e.g. attnscope attend "a fluffy blue creature"')
+    if dry_run:
+        _dry_run(model, text, dtype, layer, head, top_k, save, save_topk, truncate, as_json)
+        return
+    m = _load(model, device, dtype, True if offload else None)
+    tokens = m.tokenize(text, truncate)
+    n = len(tokens)
+    # Display defaults: the last layer for focus/topk; one head for the heatmap.
+    view_layers = layer if layer is not None else ("all" if view == View.overview else "-1")
+    view_heads = head if head is not None else ("0" if view == View.heatmap else "all")
+    ls = analysis.select(view_layers, m.n_layers, "layer")
+    hs = analysis.select(view_heads, m.n_heads, "head")
+    query = _focus_index(tokens, token)
+    wanted = {"topk": as_json or view == View.topk, "focus": view in (View.focus, View.overview),
+              "summary": view == View.overview, "attention": view == View.heatmap}
+    req = AttendRequest(ls, hs, [name for name, on in wanted.items() if on], query=query, top_k=top_k,
+                        save=save, save_topk=save_topk, save_layers=analysis.select(layer, m.n_layers, "layer"),
+                        save_heads=analysis.select(head, m.n_heads, "head"), force=force, text=text)
+    if save is not None:
+        size = export.pattern_bytes(len(req.save_layers), len(req.save_heads), n)
+        export.check_space(save, size)
+        if size >= 64 * 2**20:  # worth saying before a long run; small saves just happen
+            _note(f"will write {human_bytes(size)} of patterns to {save}")
+    res = run_attend(m, tokens, req)
+    save_ls, save_hs = req.save_layers, req.save_heads
+    name = m.config.name or m.source
+    if as_json:
+        assert res.topk is not None
+        doc = export.topk_document(res.topk, name, res.focus)
+        if save is not None:
+            doc["saved"] = str(save)
+        if save_topk is not None:
+            doc["saved_topk"] = str(save_topk)
+        _print_json(doc)
+        return
+    from attnscope.render.attend import render_result
+
+    console = _console(no_color)
+    render_result(console, res, view.value, name, top_k, color=not no_color and console.color_system is not None)
+    if save is not None:
+        console.print(f"[dim]saved {len(save_ls)} layers × {len(save_hs)} heads × {n}² to {save}[/]")
+    if save_topk is not None:
+        console.print(f"[dim]saved top-{top_k} of {len(save_ls)} layers × {len(save_hs)} heads to {save_topk}[/]")
+
+
+def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[str], head: Optional[str],
+             top_k: int, save: Optional[Path], save_topk: Optional[Path], truncate: bool, as_json: bool) -> None:
+    """Estimate a run from config.json, the safetensors headers and the tokenizer alone."""
+    from attnscope import analysis, api, estimate
+    from attnscope.tokenize import load_tokenizer, tokenize
+    from attnscope.units import human_bytes
+
+    src = api.open_source(model)
+    spec, ckpt, cfg = src.spec, src.checkpoint, src.config
+    tokens = tokenize(load_tokenizer(ckpt.tokenizer_path, str(ckpt.root)), text, cfg.n_ctx, truncate)
+    ls = analysis.select(layer, cfg.n_layers, "layer")
+    hs = analysis.select(head, cfg.n_heads, "head")
+    stored = sum(info.numel for info in ckpt.tensors.values() if info.dtype.startswith(("F", "BF")))
+    dt = "float32" if dtype.value == "auto" else dtype.value
+    p = estimate.plan(cfg, stored, len(tokens), dt, len(ls), len(hs), top_k, save is not None,
+                      save_topk is not None)
+    rows = {"tokens": p.n_tokens, "weights_bytes": p.weights, "activations_bytes": p.activations,
+            "attention_chunk_bytes": p.attention_chunk, "kept_results_bytes": p.kept,
+            "peak_memory_bytes": p.peak_memory, "output_file_bytes": p.output_file}
+    if as_json:
+        _print_json({"dry_run": True, "model": spec, "dtype": dt, **rows})
+        return
+    console = _console()
+    console.print(f"[bold]Dry run[/] · {cfg.name} · {p.n_tokens} tokens · {dt} weights")
+    for label, value in (("weights", p.weights), ("activations (one block)", p.activations),
+                         ("attention scores, one query chunk", p.attention_chunk),
+                         ("results kept (top-k, one streamed layer)", p.kept), ("peak memory, about", p.peak_memory),
+                         ("output files", p.output_file)):
+        console.print(f"  {label:<42}{human_bytes(value):>14}")

@@ -1,0 +1,106 @@
+"""`attnscope params`: parameter breakdowns from a preset, a config or checkpoint headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+import os
+
+from attnscope.cli._app import Convention, Dtype, JsonOpt, ModelOpt, _console, _print_json, app
+from attnscope.errors import UsageError
+
+
+
+
+
+
+@app.command(
+    epilog="Examples:\n\n  attnscope params --config gpt3\n\n  attnscope params --config llama3-8b --context 8192\n\n"
+    "  attnscope params --model ./my-checkpoint --json\n\n  attnscope params --list",
+)
+def params(
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="A preset name, or a config.json (or a folder with one).")] = None,
+    model: ModelOpt = None,
+    convention: Annotated[
+        Optional[Convention],
+        typer.Option(help="3b1b: weight matrices only, as the video counts; full: every stored parameter, tied once."),
+    ] = None,
+    context: Annotated[Optional[int], typer.Option("--context", min=1, help="Show pattern size, KV cache and FLOPs at N tokens.")] = None,
+    dtype: Annotated[Dtype, typer.Option(help="Bytes per value for --context memory figures.")] = Dtype.float32,
+    as_json: JsonOpt = False,
+    list_presets: Annotated[bool, typer.Option("--list", help="List the presets with their shapes.")] = False,
+) -> None:
+    """Count parameters per head, per block and per model.
+
+    The gpt3 presets headline the [bold]3b1b[/] convention (the video's: weight matrices
+    only); configs and checkpoints headline [bold]full[/] (every stored parameter).
+    """
+    from attnscope import config as cfgmod
+    from attnscope import params as pm
+    from attnscope.render import params as render
+
+    if list_presets:
+        rows = []
+        for name in cfgmod.PRESETS:
+            conv = cfgmod.preset_convention(name)
+            rep = pm.report(cfgmod.preset(name), conv)
+            rows.append((name, rep.cfg, rep.total, conv))
+        from attnscope.architectures import ARCHITECTURES
+
+        families = {name: module.DESCRIPTION for name, module in sorted(ARCHITECTURES.items())}
+        if as_json:
+            _print_json({"presets": [{"name": r[0], "family": r[1].family, "total": r[2], "convention": r[3],
+                                      "shape": pm.report_dict(pm.report(r[1]))["shape"]} for r in rows],
+                         "families": families})
+        else:
+            console = _console()
+            render.preset_list(console, rows)
+            render.family_list(console, families)
+        return
+    if (config is None) == (model is None):
+        raise UsageError("give exactly one of --config or --model", hint="e.g. attnscope params --config gpt3")
+    if config is not None:
+        cfg, default_conv, source = _config_source(config)
+        rep = pm.report(cfg, (convention.value if convention else default_conv), source)
+    else:
+        rep = _checkpoint_report(model, convention.value if convention else "full")
+    ctx = pm.context_report(rep.cfg, context, dtype.value) if context else None
+    if as_json:
+        _print_json(pm.report_dict(rep, ctx))
+    else:
+        render.params_report(_console(), rep, ctx)
+
+
+def _config_source(spec: str) -> tuple[Any, str, str]:
+    from attnscope import config as cfgmod
+    from attnscope.errors import ConfigError
+
+    if spec.strip().lower() in cfgmod.PRESETS:
+        return cfgmod.preset(spec), cfgmod.preset_convention(spec), spec
+    path = Path(spec).expanduser()
+    if path.exists():
+        return cfgmod.load_config(path), "full", str(path)
+    if "/" in spec or os.sep in spec or spec.endswith(".json"):
+        raise ConfigError(f"no such file or folder: {spec}", hint="pass a config.json, a folder holding one, or a preset name")
+    return cfgmod.preset(spec), "full", spec  # raises UnknownPresetError with suggestions
+
+
+def _checkpoint_report(spec: str, convention: str) -> Any:
+    from attnscope import checkpoint as ck
+    from attnscope import config as cfgmod
+    from attnscope import params as pm
+    from attnscope.errors import ConfigError
+
+    ckpt = ck.locate(spec)
+    if ckpt.config_path is None:
+        raise ConfigError(
+            f"{ckpt.root} has no config.json, so the stored tensors cannot be broken down",
+            hint="put the model's config.json beside the weights",
+        )
+    cfg = cfgmod.load_config(ckpt.config_path)
+    cfg.name = spec  # what the user named: a hub id, not its snapshot's hash
+    stored, skipped = pm.stored_shapes(ckpt, cfg)
+    return pm.report_from_stored(cfg, stored, convention, spec, skipped)
