@@ -143,7 +143,11 @@ def hub_cache_dir() -> Path:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    """huggingface_hub's rule (`constants.HF_HUB_OFFLINE`: HF_HUB_OFFLINE, else
+    TRANSFORMERS_OFFLINE), read at call time rather than from the constant, which
+    huggingface_hub fixes when it is first imported."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def looks_like_hub_id(spec: str) -> bool:

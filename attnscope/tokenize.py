@@ -82,9 +82,6 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> T
     n = len(ids)
     if n == 0:
         raise InputError("the text produced no tokens")
-    specials = [bool(s) for s in enc.special_tokens_mask]
-    offsets = [tuple(o) for o in enc.offsets]
-    strings = list(enc.tokens)
     truncated_from = None
     if n > n_ctx:
         if not truncate:
@@ -93,13 +90,17 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> T
                 hint="shorten it or pass --truncate to keep the first tokens",
             )
         truncated_from = n
-        # Keep the first tokens and the closing specials ([SEP], </s>), as transformers does.
-        tail = 0
-        while tail < n and specials[n - 1 - tail] and tail < n_ctx // 2:
-            tail += 1
-        keep = list(range(n_ctx - tail)) + list(range(n - tail, n))
-        ids, specials = [ids[i] for i in keep], [specials[i] for i in keep]
-        offsets, strings = [offsets[i] for i in keep], [strings[i] for i in keep]
+        # tokenizers' own truncation keeps room for the specials its post-processor adds
+        # ([CLS] … [SEP], <s>), as transformers' truncation=True does.
+        tokenizer.enable_truncation(max_length=n_ctx)
+        try:
+            enc = tokenizer.encode(text)
+        finally:
+            tokenizer.no_truncation()
+        ids = list(enc.ids)
+    specials = [bool(s) for s in enc.special_tokens_mask]
+    offsets = [tuple(o) for o in enc.offsets]
+    strings = list(enc.tokens)
     unk = getattr(getattr(tokenizer, "model", None), "unk_token", None)
     labels = [
         t if (unk is not None and t == unk) else _label(text, s, e, t, sp)  # the model sees [UNK], not the text
