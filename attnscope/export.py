@@ -20,7 +20,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from attnscope.errors import ExportError
 from attnscope.units import human_bytes
@@ -100,8 +100,9 @@ class PatternWriter:
     """
 
     def __init__(self, path: Path, layers: list[int], heads: list[int], n: int, token_ids: list[int],
-                 tokens: list[str], text: str = "", force: bool = False) -> None:
+                 tokens: list[str], text: str = "", force: bool = False, extra: dict[str, int] | None = None) -> None:
         self.path = check_target(path, force)
+        self.extra = dict(extra or {})  # scalar int64 entries (generate's prompt_length)
         self.layers, self.heads, self.n = layers, heads, n
         self.token_ids, self.tokens, self.text = token_ids, tokens, text
         self.shape = (len(layers), len(heads), n, n)
@@ -143,6 +144,7 @@ class PatternWriter:
             "layers": np.asarray(self.layers, dtype=np.int64),
             "heads": np.asarray(self.heads, dtype=np.int64),
             "token_ids": np.asarray(self.token_ids, dtype=np.int64),
+            **{name: np.asarray(value, dtype=np.int64) for name, value in self.extra.items()},
         }
 
     def _start_safetensors(self) -> None:
@@ -154,7 +156,7 @@ class PatternWriter:
         }
         offset = big
         for name, arr in self._small_arrays().items():
-            header[name] = {"dtype": "I64", "shape": [int(arr.shape[0])], "data_offsets": [offset, offset + arr.nbytes]}
+            header[name] = {"dtype": "I64", "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
             offset += arr.nbytes
         blob = json.dumps(header, ensure_ascii=False).encode("utf-8")
         blob += b" " * (-len(blob) % 8)  # safetensors aligns the data to 8 bytes
@@ -217,7 +219,7 @@ def save_patterns(path: Path, attentions: Any, layers: list[int], heads: list[in
 
 
 def save_topk(path: Path, indices: Any, weights: Any, layers: list[int], heads: list[int], token_ids: list[int],
-              force: bool = False) -> Path:
+              force: bool = False, extra: dict[str, int] | None = None) -> Path:
     """Write top-k as .npz: indices int64 and weights float32 [layers, heads, n, k]."""
     import numpy as np
 
@@ -226,7 +228,8 @@ def save_topk(path: Path, indices: Any, weights: Any, layers: list[int], heads: 
         with open(tmp, "wb") as f:
             np.savez(f, indices=indices.cpu().numpy().astype(np.int64), weights=weights.cpu().float().numpy(),
                      layers=np.asarray(layers, dtype=np.int64), heads=np.asarray(heads, dtype=np.int64),
-                     token_ids=np.asarray(token_ids, dtype=np.int64))
+                     token_ids=np.asarray(token_ids, dtype=np.int64),
+                     **{name: np.asarray(value, dtype=np.int64) for name, value in (extra or {}).items()})
     return path
 
 

@@ -73,11 +73,44 @@ def _label(text: str, start: int, end: int, token: str, special: bool) -> str:
     return (SPACE if spaced and core != SPACE else "") + core
 
 
-def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> Tokens:
-    """Encode `text`; longer than `n_ctx` tokens is an error unless `truncate`."""
+def _byte_level() -> dict[str, int]:
+    """GPT-2's byte-to-character table, inverted: byte-level BPE token characters -> bytes."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTES = _byte_level()
+
+
+def token_label(tokenizer: Any, token_id: int) -> str:
+    """A readable label for one token id outside any text (a generated token): its
+    decoded text with a leading space as ␣ and line breaks and tabs made visible, the
+    token string itself for a special token, and a piece of a multi-byte character as
+    its bytes (<e2 80>) rather than a replacement character."""
+    piece = tokenizer.decode([token_id], skip_special_tokens=False)
+    raw = tokenizer.id_to_token(token_id) or ""
+    if not piece:
+        return raw or f"<{token_id}>"
+    if "\ufffd" in piece and raw and all(ch in _BYTES for ch in raw):
+        data = bytes(_BYTES[ch] for ch in raw)
+        return "<" + " ".join(f"{b:02x}" for b in data) + ">"
+    core = "".join(_INVISIBLE.get(ch, ch) for ch in piece.lstrip(" "))
+    return (SPACE if piece.startswith(" ") else "") + (core or "")
+
+
+def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False, add_special_tokens: bool = True) -> Tokens:
+    """Encode `text`; longer than `n_ctx` tokens is an error unless `truncate`.
+    `add_special_tokens=False` for a text that already carries them (a rendered chat)."""
     if not text or not text.strip():
         raise InputError("the text is empty", hint='give some text, e.g. attnscope attend "a fluffy blue creature"')
-    enc = tokenizer.encode(text)
+    enc = tokenizer.encode(text, add_special_tokens=add_special_tokens)
     ids = list(enc.ids)
     n = len(ids)
     if n == 0:
@@ -94,7 +127,7 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> T
         # ([CLS] … [SEP], <s>), as transformers' truncation=True does.
         tokenizer.enable_truncation(max_length=n_ctx)
         try:
-            enc = tokenizer.encode(text)
+            enc = tokenizer.encode(text, add_special_tokens=add_special_tokens)
         finally:
             tokenizer.no_truncation()
         ids = list(enc.ids)

@@ -46,3 +46,41 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         final_softcap=float(final) if final else None,
         post_norms=True,
     )
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's gemma2 architecture. Its converter (Gemma2Model) stores every norm weight
+# plus one, writes the soft-caps and the window as metadata, no rope base (llama.cpp's
+# default 10000 applies), and never an output tensor (the embedding is tied).
+
+GGUF_ARCHS = ("gemma2",)
+
+GGUF_WEIGHTS: dict[str, str | None] = {
+    **llama.GGUF_WEIGHTS,
+    "blk.{layer}.post_attention_norm.weight": "blocks.{layer}.post_attn_norm.weight",
+    "blk.{layer}.ffn_norm.weight": "blocks.{layer}.mlp_norm.weight",
+    "blk.{layer}.post_ffw_norm.weight": "blocks.{layer}.post_mlp_norm.weight",
+}
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    raw = llama.config_from_gguf(meta, arch, shapes)
+    raw["hidden_act"] = "gelu_pytorch_tanh"
+    for suffix, key in (("attn_logit_softcapping", "attn_logit_softcapping"),
+                        ("final_logit_softcapping", "final_logit_softcapping"),
+                        ("attention.sliding_window", "sliding_window")):
+        if f"{arch}.{suffix}" in meta:
+            raw[key] = llama.gguf_value(meta, f"{arch}.{suffix}")
+    # GGUF has no query_pre_attn_scalar: llama.cpp scales by the head size, except for the
+    # 46-layer 27B, scaled by width / heads (after gemma_pytorch's config)
+    head_dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]
+    raw["query_pre_attn_scalar"] = (raw["hidden_size"] // raw["num_attention_heads"]
+                                    if raw["num_hidden_layers"] == 46 else head_dim)
+    return raw
+
+
+def gguf_tensor(name: str, tensor: Any, cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    """The converter stores each (1 + w) norm's weight as w + 1: take the 1 back off, in float32."""
+    if name.endswith("norm.weight"):
+        tensor = tensor - 1
+    return {name: tensor}

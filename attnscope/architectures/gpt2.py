@@ -80,3 +80,56 @@ def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
         q, k, v = tensor.split(cfg.d_model, dim=0)  # (3 * d_model, ...) -> 3 x (d_model, ...)
         return {name.replace(".qkv.", f".{part}."): t for part, t in zip("qkv", (q, k, v))}
     return {name: tensor}
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's gpt2 architecture. Its converter (GPT2Model) transposes the Conv1D weights,
+# so the GGUF already holds nn.Linear's (out, in) layout and only the fused qkv is split
+# here (`split` above would transpose them back); it writes feed_forward_length as
+# 4 × width whatever the checkpoint's n_inner, so the width comes from ffn_up's shape.
+
+GGUF_ARCHS = ("gpt2",)
+
+GGUF_WEIGHTS: dict[str, str | None] = {
+    "token_embd.weight": "embed.tok.weight",
+    "position_embd.weight": "embed.pos.weight",
+    "blk.{layer}.attn_norm.weight": "blocks.{layer}.attn_norm.weight",
+    "blk.{layer}.attn_norm.bias": "blocks.{layer}.attn_norm.bias",
+    "blk.{layer}.attn_qkv.weight": "blocks.{layer}.attn.qkv.weight",
+    "blk.{layer}.attn_qkv.bias": "blocks.{layer}.attn.qkv.bias",
+    "blk.{layer}.attn_output.weight": "blocks.{layer}.attn.o.weight",
+    "blk.{layer}.attn_output.bias": "blocks.{layer}.attn.o.bias",
+    "blk.{layer}.ffn_norm.weight": "blocks.{layer}.mlp_norm.weight",
+    "blk.{layer}.ffn_norm.bias": "blocks.{layer}.mlp_norm.bias",
+    "blk.{layer}.ffn_up.weight": "blocks.{layer}.mlp.up.weight",
+    "blk.{layer}.ffn_up.bias": "blocks.{layer}.mlp.up.bias",
+    "blk.{layer}.ffn_down.weight": "blocks.{layer}.mlp.down.weight",
+    "blk.{layer}.ffn_down.bias": "blocks.{layer}.mlp.down.bias",
+    "output_norm.weight": "final_norm.weight",
+    "output_norm.bias": "final_norm.bias",
+    "output.weight": "unembed.weight",
+}
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    from attnscope.architectures.llama import gguf_value
+
+    get = lambda suffix, default=KeyError: gguf_value(meta, f"{arch}.{suffix}", default)  # noqa: E731
+    up = shapes.get("blk.0.ffn_up.weight")  # (d_mlp, d_model)
+    return {
+        "model_type": "gpt2",
+        "n_embd": get("embedding_length"),
+        "n_layer": get("block_count"),
+        "n_head": get("attention.head_count"),
+        "n_inner": up[0] if up else get("feed_forward_length"),
+        "n_positions": get("context_length"),
+        "layer_norm_epsilon": get("attention.layer_norm_epsilon", 1e-5),
+        "activation_function": "gelu_new",
+    }
+
+
+def gguf_tensor(name: str, tensor: Any, cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    if ".attn.qkv." in name:
+        q, k, v = tensor.split(cfg.d_model, dim=0)  # (3 * d_model, ...) -> 3 x (d_model, ...)
+        return {name.replace(".qkv.", f".{part}."): t for part, t in zip("qkv", (q, k, v))}
+    return {name: tensor}

@@ -26,3 +26,18 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     cfg.family = "qwen3"
     cfg.qk_norm = True
     return cfg
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's qwen3 architecture: Llama's tensor names plus the per-head q/k norms; NEOX
+# RoPE, so no q/k permutation (convert_hf_to_gguf.py's Qwen3Model is Qwen2Model's).
+
+GGUF_ARCHS = ("qwen3",)
+
+GGUF_WEIGHTS: dict[str, str | None] = {
+    **llama.GGUF_WEIGHTS,
+    "blk.{layer}.attn_q_norm.weight": "blocks.{layer}.attn.q_norm.weight",
+    "blk.{layer}.attn_k_norm.weight": "blocks.{layer}.attn.k_norm.weight",
+}
+
+config_from_gguf = llama.config_from_gguf

@@ -68,6 +68,7 @@ class AttendRequest:
     save_heads: list[int] = field(default_factory=list)
     force: bool = False
     text: str = ""
+    extra: dict[str, int] = field(default_factory=dict)  # scalars written beside the patterns
 
 
 def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis.AttendResult:
@@ -83,18 +84,18 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
     if req.save_topk is not None:
         topk_all = analysis.TopKProbe(req.save_layers, req.save_heads, n, req.top_k)
         hooks.append(topk_all)
-    last = max(req.layers + (req.save_layers if (req.save or req.save_topk) else []))
+    last = max(req.layers + (req.save_layers if (req.save or req.save_topk) else []), default=0)
     with contextlib.ExitStack() as stack:
         if req.save is not None:
             writer = stack.enter_context(export.PatternWriter(req.save, req.save_layers, req.save_heads, n, tokens.ids,
-                                                              tokens.labels, req.text, req.force))
+                                                              tokens.labels, req.text, req.force, req.extra))
             hooks.append(analysis.LayerStream(req.save_layers, req.save_heads, n,
                                               lambda _layer, probs: writer.write_layer(probs)))
         m.run(tokens.ids, analysis.Probes(*hooks), last)
     if topk_all is not None:
         assert req.save_topk is not None
         export.save_topk(req.save_topk, topk_all.indices, topk_all.weights, req.save_layers, req.save_heads,
-                         tokens.ids, req.force)
+                         tokens.ids, req.force, req.extra)
     res = analysis.AttendResult(tokens, req.layers, req.heads)
     for name, probe in probes.items():
         setattr(res, name, MEASURES[name].result(probe, tokens, req))

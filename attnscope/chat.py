@@ -1,0 +1,101 @@
+"""What a causal model needs to write: its end-of-sequence ids and its chat template.
+
+End-of-sequence ids come from generation_config.json, else config.json, else (for a
+GGUF file) its `tokenizer.ggml.eos_token_id`. A chat template (tokenizer_config.json's
+`chat_template`, or the GGUF's `tokenizer.chat_template`) is untrusted code: it is
+rendered as transformers renders it (`apply_chat_template`), in jinja2's immutable
+sandbox with trim_blocks and lstrip_blocks, `raise_exception` and a `tojson` that does
+not escape HTML, and a bounded output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnscope.errors import InputError
+
+MAX_RENDERED = 1 << 20  # characters: a template that writes more than this is refused
+
+
+@dataclass
+class ChatInfo:
+    """A model's generation settings: end-of-sequence ids, chat template, bos/eos strings."""
+
+    eos_ids: list[int] = field(default_factory=list)
+    template: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+
+
+def _ids(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return []
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _token_string(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):  # AddedToken as saved
+        return value["content"]
+    return None
+
+
+def read_chat_info(folder: Path | None, raw_config: dict[str, Any]) -> ChatInfo:
+    """From a checkpoint folder's generation_config.json, config.json and tokenizer_config.json."""
+    gen = _read_json(folder / "generation_config.json") if folder is not None else {}
+    eos = _ids(gen.get("eos_token_id")) or _ids(raw_config.get("eos_token_id"))
+    tok = _read_json(folder / "tokenizer_config.json") if folder is not None else {}
+    template = tok.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return ChatInfo(eos, template if isinstance(template, str) else None,
+                    _token_string(tok.get("bos_token")), _token_string(tok.get("eos_token")))
+
+
+def render(info: ChatInfo, prompt: str, system: str | None = None) -> str:
+    """The prompt as one user turn (after an optional system turn) in the model's chat
+    template, with the generation prompt added."""
+    if not info.template:
+        raise InputError("this model has no chat template", hint="drop --chat, or use an instruction-tuned model")
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    try:
+        out = env.from_string(info.template).render(
+            messages=messages, add_generation_prompt=True, bos_token=info.bos_token or "",
+            eos_token=info.eos_token or "")
+    except jinja2.exceptions.SecurityError as exc:
+        raise InputError(f"the chat template tried something unsafe: {exc}") from None
+    except (jinja2.exceptions.TemplateError, TypeError, ValueError, RecursionError) as exc:
+        raise InputError(f"the model's chat template failed: {str(exc)[:200]}") from None
+    if len(out) > MAX_RENDERED:
+        raise InputError(f"the chat template wrote {len(out):,} characters for one prompt")
+    return out

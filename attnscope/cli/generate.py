@@ -1,0 +1,99 @@
+"""`attnscope generate`: watch attention while the model writes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from attnscope.cli._app import (
+    Device, DeviceOpt, HeadOpt, JsonOpt, LoadDtype, LoadDtypeOpt, ModelOpt, NoColorOpt, _console, _load, _note,
+    _print_json, app,
+)
+from attnscope.errors import UsageError
+
+
+@app.command(
+    epilog='Examples:\n\n  attnscope generate "The capital of France is"\n\n'
+    '  attnscope generate "What is attention?" --chat -n 48\n\n'
+    '  attnscope generate "Once upon a time" --temperature 0.8 --top-p 0.9 --seed 1 --json',
+)
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The text to continue (or, with --chat, the question to answer).")],
+    model: ModelOpt = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="At most this many new tokens.")] = 32,
+    temperature: Annotated[float, typer.Option(help="0 for greedy (the default); higher samples more freely.")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k most likely tokens only (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sample among the most likely tokens holding this much probability.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling: the same seed gives the same text.")] = None,
+    stop: Annotated[Optional[str], typer.Option(help="Stop once the new text contains this.")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Go on past the end-of-sequence token.")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's own chat template.")] = False,
+    alternatives: Annotated[int, typer.Option("--alternatives", help="Alternatives to show per token.")] = 3,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layers whose attention to average: -1 (last), 0,2, all.")] = "-1",
+    head: HeadOpt = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Write the final sequence's patterns (.npz or .safetensors).")] = None,
+    save_topk: Annotated[Optional[Path], typer.Option("--save-topk", help="Write the final sequence's top-k (.npz).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing --save files.")] = False,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = Device.auto,
+    dtype: LoadDtypeOpt = LoadDtype.auto,
+    no_color: NoColorOpt = False,
+) -> None:
+    """Write after a prompt with our own KV cache, and show where each new token looked.
+
+    Greedy by default. For each new token: its probability, the alternatives the model
+    weighed, and the earlier tokens it attended to most, averaged over the heads of the
+    selected layers. Without --model the default model writes (see `attnscope models`).
+    """
+    from attnscope import export
+    from attnscope.generate import check_sampling, generation_dict
+
+    check_sampling(temperature, top_k, top_p, seed, max_new_tokens)
+    if alternatives < 0:
+        raise UsageError(f"--alternatives must be >= 0, got {alternatives}")
+    if save is not None:
+        export.check_target(save, force)
+    if save_topk is not None:
+        export.check_target(save_topk, force, (".npz",))
+    m = _load(model, device, dtype)
+    name = m.config.name or m.source
+    console = _console(no_color)
+    stream = None
+    if not as_json:
+        from attnscope.render.generate import Stream
+
+        stream = Stream(console, m.tokenizer, prompt)
+    g = m.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                   seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat, layers=layer, heads=head,
+                   alternatives=alternatives, on_token=stream)
+    rate = len(g.token_ids) / g.seconds if g.seconds > 0 else 0.0
+    if save is not None or save_topk is not None:
+        _save_sequence(m, g, save, save_topk, force)
+    if as_json:
+        doc = generation_dict(g, name)
+        doc["prompt_length"] = len(g.prompt_ids)
+        _print_json(doc)
+    else:
+        assert stream is not None
+        stream.close()
+        from attnscope.render.generate import steps_table
+
+        steps_table(console, g, color=not no_color and console.color_system is not None)
+    if sys.stderr.isatty() or not as_json:
+        _note(f"{len(g.token_ids)} tokens in {g.seconds:.2f} s, {rate:.1f} tokens/s")
+
+
+def _save_sequence(m, g, save: Optional[Path], save_topk: Optional[Path], force: bool) -> None:  # type: ignore[no-untyped-def]
+    """Patterns of the whole final sequence (prompt rows included), from one full pass."""
+    from attnscope.measures import AttendRequest, run_attend
+    from attnscope.tokenize import Tokens
+
+    ids = g.ids
+    tokens = Tokens("", ids, g.labels, [(0, 0)] * len(ids), [False] * len(ids))
+    every_layer, every_head = list(range(m.n_layers)), list(range(m.n_heads))
+    req = AttendRequest(every_layer, every_head, [], save=save, save_topk=save_topk, save_layers=every_layer,
+                        save_heads=every_head, force=force, text="", extra={"prompt_length": len(g.prompt_ids)})
+    run_attend(m, tokens, req)
