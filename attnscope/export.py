@@ -100,12 +100,14 @@ class PatternWriter:
     """
 
     def __init__(self, path: Path, layers: list[int], heads: list[int], n: int, token_ids: list[int],
-                 tokens: list[str], text: str = "", force: bool = False, extra: dict[str, int] | None = None) -> None:
+                 tokens: list[str], text: str = "", force: bool = False, extra: dict[str, int] | None = None,
+                 name: str = "attentions", head_axis: bool = True) -> None:
         self.path = check_target(path, force)
+        self.name = name  # attentions, norms (--measure norm), rollout (one matrix per layer: no head axis)
         self.extra = dict(extra or {})  # scalar int64 entries (generate's prompt_length)
         self.layers, self.heads, self.n = layers, heads, n
         self.token_ids, self.tokens, self.text = token_ids, tokens, text
-        self.shape = (len(layers), len(heads), n, n)
+        self.shape = (len(layers), len(heads), n, n) if head_axis else (len(layers), n, n)
         self.written = 0
         self._ctx: Any = None
         self._file: Any = None
@@ -134,7 +136,7 @@ class PatternWriter:
         import numpy as np
 
         self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._entry = self._zip.open("attentions.npy", "w", force_zip64=True)
+        self._entry = self._zip.open(f"{self.name}.npy", "w", force_zip64=True)
         np.lib.format.write_array_header_2_0(self._entry, {"descr": "<f4", "fortran_order": False, "shape": self.shape})
 
     def _small_arrays(self) -> dict[str, Any]:
@@ -148,11 +150,11 @@ class PatternWriter:
         }
 
     def _start_safetensors(self) -> None:
-        big = pattern_bytes(*self.shape[:2], self.n)
+        big = 4 * self.n * self.n * (self.shape[0] * (self.shape[1] if len(self.shape) == 4 else 1))
         header: dict[str, Any] = {
             "__metadata__": {"tokens": json.dumps(self.tokens, ensure_ascii=False), "text": self.text,
-                             "layout": "attentions[layer, head, query, key]"},
-            "attentions": {"dtype": "F32", "shape": list(self.shape), "data_offsets": [0, big]},
+                             "layout": f"{self.name}[layer, {'head, ' if len(self.shape) == 4 else ''}query, key]"},
+            self.name: {"dtype": "F32", "shape": list(self.shape), "data_offsets": [0, big]},
         }
         offset = big
         for name, arr in self._small_arrays().items():
@@ -164,6 +166,8 @@ class PatternWriter:
 
     def write_layer(self, probs: Any) -> None:
         data = probs.detach().to("cpu", dtype=__import__("torch").float32).contiguous().numpy()
+        if len(self.shape) == 3:  # one matrix per layer (rollout), handed on as a single head
+            data = data[0]
         assert data.shape == self.shape[1:], (data.shape, self.shape)  # internal invariant
         (self._entry if self._entry is not None else self._file).write(data.tobytes(order="C"))
         self.written += 1

@@ -49,6 +49,7 @@ class Generation:
     layers: list[int] = field(default_factory=list)
     heads: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    measure: str = "weight"
 
     @property
     def ids(self) -> list[int]:
@@ -118,8 +119,9 @@ def choose(logits: Tensor, temperature: float, top_k: int, top_p: float, gen: to
 def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None, stop: str | None = None, ignore_eos: bool = False,
              chat: bool = False, layers: "Selector" = -1, heads: "Selector" = None, alternatives: int = 3,
-             keys: int = 3, on_token: Callable[[Step], None] | None = None) -> Generation:
-    """Write up to `max_new_tokens` after `prompt`, recording each step (see `Step`)."""
+             keys: int = 3, on_token: Callable[[Step], None] | None = None, measure: str = "weight") -> Generation:
+    """Write up to `max_new_tokens` after `prompt`, recording each step (see `Step`);
+    `measure` (weight or norm) says what `top_keys` ranks."""
     import time
 
     from attnscope import chat as chat_mod
@@ -130,6 +132,9 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
         raise InputError(f"{cfg.name or m.source} is an encoder (or has no output head) and cannot generate text",
                          hint="use a causal language model, e.g. --model smollm2-135m-instruct")
     check_sampling(temperature, top_k, top_p, seed, max_new_tokens)
+    if measure not in ("weight", "norm"):
+        raise UsageError(f"generate ranks each step's keys by weight or norm, not {measure}",
+                         hint="for rollout, run attnscope attend --measure rollout on the generated text")
     if stop is not None and not stop:
         raise UsageError("--stop needs a non-empty text")
     text = chat_mod.render(m.chat, prompt) if chat else prompt
@@ -138,13 +143,16 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
         raise InputError(f"{len(tokens)} prompt tokens + {max_new_tokens} new ones exceed the model's "
                          f"{cfg.n_ctx} positions", hint="shorten the prompt or lower --max-new-tokens")
     ls, hs = m._sel(layers, heads)
-    out = Generation(list(tokens.ids), list(tokens.labels), layers=ls, heads=hs)
+    out = Generation(list(tokens.ids), list(tokens.labels), layers=ls, heads=hs, measure=measure)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = set(m.chat.eos_ids)
+    from attnscope.measures.transforms import wrap
+
     look = LastRow(ls, hs)
+    hooks = wrap(measure, 0, max(ls), look)
     cache = m.new_cache()
     began = time.perf_counter()
-    logits = m.step(tokens.ids, cache, look)[-1]  # (vocab,)
+    logits = m.step(tokens.ids, cache, hooks)[-1]  # (vocab,)
     for _ in range(max_new_tokens):
         probs = logits.float().softmax(-1)  # the model's own distribution
         chosen = choose(logits, temperature, top_k, top_p, gen)
@@ -170,7 +178,7 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
             break
         if len(out.token_ids) == max_new_tokens:
             break
-        logits = m.step([chosen], cache, look)[-1]
+        logits = m.step([chosen], cache, hooks)[-1]
     out.seconds = time.perf_counter() - began
     out.text = m.tokenizer.decode(out.token_ids, skip_special_tokens=True)
     return out
@@ -185,6 +193,7 @@ def generation_dict(g: Generation, model: str) -> dict[str, Any]:
         "tokens": g.tokens,
         "text": g.text,
         "stopped": g.stopped,
+        "measure": g.measure,
         "layers": g.layers,
         "heads": g.heads,
         "steps": [

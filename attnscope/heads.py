@@ -248,9 +248,16 @@ def head_scores(
     seed: int = 0,
     repeat: int = DEFAULT_REPEAT,
     truncate: bool = False,
+    measure: str = "weight",
 ) -> HeadScores:
     """Score every selected head: one forward pass on the text (if a text score is asked
-    for) and one on the induction input (if induction is)."""
+    for) and one on the induction input (if induction is). Under `measure="norm"` every
+    score reads the row-normalised norms ‖α·f(x)‖ instead of the weights α."""
+    from attnscope.measures.transforms import wrap
+
+    if measure not in ("weight", "norm"):
+        raise UsageError(f"heads scores each head; --measure {measure} is not per head",
+                         hint="use --measure weight or norm (rollout: attnscope attend --measure rollout)")
     wanted = list(SCORES) if names is None else list(dict.fromkeys(names))
     unknown = [name for name in wanted if name not in SCORES]
     if unknown:
@@ -270,14 +277,14 @@ def head_scores(
         out.tokens, out.n_tokens, out.undefined = tokens, len(tokens), undefined
         if terms:
             probe = ScoreProbe(ls, hs, terms, counts)
-            inspector.run(tokens.ids, probe, max(ls))
+            inspector.run(tokens.ids, wrap(measure, len(tokens), max(ls), probe), max(ls))
             out.scores.update(probe.result())
 
     if "induction" in wanted:
         ids, prefix, suffix, T = induction_input(inspector.tokenizer, cfg, repeat, seed)
         terms, counts = induction_terms(len(prefix), T)
         probe = ScoreProbe(ls, hs, terms, counts)
-        inspector.run(ids, probe, max(ls))
+        inspector.run(ids, wrap(measure, len(ids), max(ls), probe), max(ls))
         out.scores.update(probe.result())
         out.induction_ids, out.prefix, out.suffix, out.repeat = ids, prefix, suffix, T
 

@@ -15,7 +15,10 @@ What a site reports (H query heads, H_kv key/value heads, c query rows of a chun
               the rest of each row is exactly 0;
   * `z`       (H, c, d_head) each head's weighted sum of values;
   * `result`  (H, c, d_model) each head's share of the output projection (no bias),
-              what the head writes back to the residual stream before heads are summed.
+              what the head writes back to the residual stream before heads are summed;
+  * `fnorm`   (H, K) ‖f_h(x_j)‖₂, the size of what head h would move from key j at full
+              weight: f_h(x) = (x W_V^h + b_V^h) W_O^h (Kobayashi et al. 2020), with the
+              key/value head serving h; one vector per head.
 `q_start` is the absolute position of the first query row, `k_start` of the first key.
 """
 
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 if TYPE_CHECKING:
     from torch import Tensor
 
-WHATS = ("q", "k", "v", "scores", "pattern", "z", "result")
+WHATS = ("q", "k", "v", "scores", "pattern", "z", "result", "fnorm")
 CHUNKED = ("scores", "pattern", "z", "result")
 _SITE = re.compile(r"^blocks\.(\d+)\.attn$")
 

@@ -146,6 +146,14 @@ class LoadDtype(str, Enum):
     float16 = "float16"
 
 
+class MeasureName(str, Enum):
+    weight = "weight"
+    norm = "norm"
+    rollout = "rollout"
+
+
+MeasureOpt = Annotated[MeasureName, typer.Option(
+    "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves; rollout: flow through the layers.")]
 LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 3, -1 (last), 0,2,5, 1-3, 2: or all.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from attnscope.cli._app import (
-    Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, ModelOpt, NoColorOpt, TruncateOpt, View,
+    Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt,
+    NoColorOpt, TruncateOpt, View,
     _console, _load, _note, _print_json, app,
 )
 from attnscope.errors import UsageError
@@ -61,6 +62,7 @@ def attend(
     dtype: LoadDtypeOpt = LoadDtype.auto,
     truncate: TruncateOpt = False,
     no_color: NoColorOpt = False,
+    measure: MeasureOpt = MeasureName.weight,
 ) -> None:
     """Show who attends to whom: run a real checkpoint and show its attention.
 
@@ -100,7 +102,8 @@ def attend(
               "summary": view == View.overview, "attention": view == View.heatmap}
     req = AttendRequest(ls, hs, [name for name, on in wanted.items() if on], query=query, top_k=top_k,
                         save=save, save_topk=save_topk, save_layers=analysis.select(layer, m.n_layers, "layer"),
-                        save_heads=analysis.select(head, m.n_heads, "head"), force=force, text=text)
+                        save_heads=analysis.select(head, m.n_heads, "head"), force=force, text=text,
+                        measure=measure.value)
     if save is not None:
         size = export.pattern_bytes(len(req.save_layers), len(req.save_heads), n)
         export.check_space(save, size)
@@ -112,6 +115,7 @@ def attend(
     if as_json:
         assert res.topk is not None
         doc = export.topk_document(res.topk, name, res.focus)
+        doc["measure"] = measure.value
         if save is not None:
             doc["saved"] = str(save)
         if save_topk is not None:
@@ -121,6 +125,10 @@ def attend(
     from attnscope.render.attend import render_result
 
     console = _console(no_color)
+    if measure != MeasureName.weight:
+        from attnscope.measures.transforms import DESCRIPTIONS
+
+        console.print(f"[dim]measure: {DESCRIPTIONS[measure.value]}[/]")
     render_result(console, res, view.value, name, top_k, color=not no_color and console.color_system is not None)
     if save is not None:
         console.print(f"[dim]saved {len(save_ls)} layers × {len(save_hs)} heads × {n}² to {save}[/]")

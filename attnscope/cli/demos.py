@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from attnscope.cli._app import (
-    Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, ModelOpt, NoColorOpt, TruncateOpt,
+    Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt,
+    NoColorOpt, TruncateOpt,
     _console, _load, _print_json, app,
 )
 
@@ -95,6 +96,7 @@ def heads(
     dtype: LoadDtypeOpt = LoadDtype.auto,
     truncate: TruncateOpt = False,
     no_color: NoColorOpt = False,
+    measure: MeasureOpt = MeasureName.weight,
 ) -> None:
     """An atlas of attention heads: what every head of every layer does, as scores.
 
@@ -124,10 +126,11 @@ def heads(
 
     m = _load(model, device, dtype)
     names = [score.value] if score is not None else None
-    res = hd.head_scores(m, text if text is not None else hd.DEFAULT_TEXT, names, layer, head, seed, repeat, truncate)
+    res = hd.head_scores(m, text if text is not None else hd.DEFAULT_TEXT, names, layer, head, seed, repeat, truncate,
+                         measure.value)
     name = m.config.name or m.source
     if as_json:
-        _print_json({"model": name, **hd.scores_dict(res)})
+        _print_json({"model": name, "measure": measure.value, **hd.scores_dict(res)})
         return
     from attnscope.render.heads import head_scores as render_heads
 

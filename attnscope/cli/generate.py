@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from attnscope.cli._app import (
-    Device, DeviceOpt, HeadOpt, JsonOpt, LoadDtype, LoadDtypeOpt, ModelOpt, NoColorOpt, _console, _load, _note,
+    Device, DeviceOpt, HeadOpt, JsonOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt, NoColorOpt,
+    _console, _load, _note,
     _print_json, app,
 )
 from attnscope.errors import UsageError
@@ -41,6 +42,7 @@ def generate(
     device: DeviceOpt = Device.auto,
     dtype: LoadDtypeOpt = LoadDtype.auto,
     no_color: NoColorOpt = False,
+    measure: MeasureOpt = MeasureName.weight,
 ) -> None:
     """Write after a prompt with our own KV cache, and show where each new token looked.
 
@@ -68,7 +70,7 @@ def generate(
         stream = Stream(console, m.tokenizer, prompt)
     g = m.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat, layers=layer, heads=head,
-                   alternatives=alternatives, on_token=stream)
+                   alternatives=alternatives, on_token=stream, measure=measure.value)
     rate = len(g.token_ids) / g.seconds if g.seconds > 0 else 0.0
     if save is not None or save_topk is not None:
         _save_sequence(m, g, save, save_topk, force)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from attnscope import analysis
+from attnscope.measures import transforms
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector
@@ -69,6 +70,7 @@ class AttendRequest:
     force: bool = False
     text: str = ""
     extra: dict[str, int] = field(default_factory=dict)  # scalars written beside the patterns
+    measure: str = "weight"  # weight | norm | rollout (see measures.transforms)
 
 
 def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis.AttendResult:
@@ -78,20 +80,27 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
     n = len(tokens)
     unknown = [name for name in req.measures if name not in MEASURES]
     assert not unknown, f"unknown measures {unknown}"  # internal invariant: the CLI offers only these
+    rollout = req.measure == "rollout"
+    if rollout:  # one matrix per layer: a single "head"
+        req.heads, req.save_heads = [0], [0]
     probes = {name: MEASURES[name].probe(m, req.layers, req.heads, tokens, req) for name in req.measures}
-    hooks: list[Any] = list(probes.values())
+    views: list[Any] = list(probes.values())
+    saves: list[Any] = []
     topk_all = None
     if req.save_topk is not None:
         topk_all = analysis.TopKProbe(req.save_layers, req.save_heads, n, req.top_k)
-        hooks.append(topk_all)
+        views.append(topk_all)
     last = max(req.layers + (req.save_layers if (req.save or req.save_topk) else []), default=0)
     with contextlib.ExitStack() as stack:
         if req.save is not None:
+            name = {"weight": "attentions", "norm": "norms", "rollout": "rollout"}[req.measure]
             writer = stack.enter_context(export.PatternWriter(req.save, req.save_layers, req.save_heads, n, tokens.ids,
-                                                              tokens.labels, req.text, req.force, req.extra))
-            hooks.append(analysis.LayerStream(req.save_layers, req.save_heads, n,
+                                                              tokens.labels, req.text, req.force, req.extra,
+                                                              name=name, head_axis=not rollout))
+            saves.append(analysis.LayerStream(req.save_layers, req.save_heads, n,
                                               lambda _layer, probs: writer.write_layer(probs)))
-        m.run(tokens.ids, analysis.Probes(*hooks), last)
+        hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves))
+        m.run(tokens.ids, hooks, last)
     if topk_all is not None:
         assert req.save_topk is not None
         export.save_topk(req.save_topk, topk_all.indices, topk_all.weights, req.save_layers, req.save_heads,

@@ -190,6 +190,8 @@ class Attention(nn.Module):
             for what, value, first in (("q", q, start), ("k", k, k_start), ("v", v, k_start)):
                 if hooks.wants(site, what):
                     hooks.report(site, what, value, start, first)
+        if hooks is not None and hooks.wants(site, "fnorm"):
+            hooks.report(site, "fnorm", self.value_out_norms(v), start, k_start)
         if cfg.n_kv_heads != cfg.n_heads:  # each key/value head serves `group_size` query heads
             k = k.repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
             v = v.repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
@@ -198,6 +200,17 @@ class Attention(nn.Module):
         if hooks is not None and hooks.wants(site, "result"):
             self._report_result(z, start, k_start, hooks)
         return self.o(z.transpose(0, 1).reshape(T, cfg.n_heads * cfg.d_head))  # (T, d)
+
+    def value_out_norms(self, v: Tensor) -> Tensor:
+        """‖v_j W_O^h‖₂ for every query head h and key j, (H, K) float32, from the values
+        (H_kv, K, dh) through the Gram matrix G_h = W_O^hᵀ W_O^h (dh × dh), so memory
+        stays at one vector per head whatever the width."""
+        cfg = self.cfg
+        w = self.o.weight.view(cfg.d_model, cfg.n_heads, cfg.d_head).double()  # (d, H, dh)
+        gram = torch.einsum("mhd,mhe->hde", w, w)  # (H, dh, dh)
+        vv = v.double().repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
+        sq = torch.einsum("hkd,hde,hke->hk", vv, gram, vv)  # (H, K)
+        return sq.clamp_min(0).sqrt().float()
 
     def _report_result(self, z: Tensor, start: int, k_start: int, hooks: Any) -> None:
         """Each head's share of the output projection, in row chunks of bounded size."""

@@ -1,0 +1,103 @@
+"""What a pattern chunk becomes under each `--measure`, as hook wrappers.
+
+A wrapper sits between the model's attention sites and the probes (top-k, focus,
+summaries, full patterns, streamed saves, head scores), which all read `pattern`
+chunks: it reads the hooks it needs and hands its own values on as if they were the
+pattern, so every view, export and score works under every measure unchanged.
+
+* weight: the softmax weights α themselves (no wrapper).
+* norm (Kobayashi et al., "Attention is Not Only a Weight", EMNLP 2020): ‖α_hij f_h(x_j)‖₂
+  = α_hij ‖f_h(x_j)‖₂ with f_h(x) = (x W_V^h + b_V^h) W_O^h, read from the `pattern` and
+  `fnorm` hooks. Views get each row normalised to sum 1; saves get the raw values.
+* rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020):
+  Ā_l = 0.5 · mean_h A_l + 0.5 · I with rows renormalised, R_0 = Ā_0, R_l = Ā_l R_{l−1};
+  one n × n matrix per layer, handed on as a single "head" once the layer is complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnscope.hooks import site_layer
+
+MEASURE_NAMES = ("weight", "norm", "rollout")
+DESCRIPTIONS = {
+    "weight": "attention weight α (softmax)",
+    "norm": "‖α·f(x)‖: how much each key moves the query (Kobayashi et al. 2020), rows normalised to 1",
+    "rollout": "attention rollout (Abnar & Zuidema 2020): flow from each input token through all layers so far",
+}
+
+
+class NormMeasure:
+    """Pattern chunks -> α_hij ‖f_h(x_j)‖: normalised rows to `views`, raw ones to `raw`."""
+
+    def __init__(self, views: Any = None, raw: Any = None) -> None:
+        self.targets = [(t, normalise) for t, normalise in ((views, True), (raw, False)) if t is not None]
+        self.fnorm: dict[str, Tensor] = {}
+
+    def wants(self, site: str, what: str) -> bool:
+        return what in ("pattern", "fnorm") and any(t.wants(site, "pattern") for t, _ in self.targets)
+
+    def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
+        if what == "fnorm":
+            self.fnorm[site] = value
+            return
+        norms = value * self.fnorm[site][:, None, : value.shape[-1]].to(value.device)  # (H, c, K)
+        for target, normalise in self.targets:
+            if not target.wants(site, "pattern"):
+                continue
+            out = norms / norms.sum(-1, keepdim=True).clamp_min(1e-30) if normalise else norms
+            target.report(site, "pattern", out, q_start, k_start)
+
+
+class RolloutMeasure:
+    """Pattern chunks of every layer up to the last one wanted -> R_l, one (1, n, n)
+    matrix per layer, handed to the targets as a single head."""
+
+    def __init__(self, n: int, last_layer: int, views: Any = None, raw: Any = None) -> None:
+        self.targets = [t for t in (views, raw) if t is not None]
+        self.n = n
+        self.last = last_layer
+        self.current: Tensor | None = None  # (n, n): this layer's mean over heads
+        self.rolled: Tensor | None = None  # (n, n): R of the layer before
+
+    def wants(self, site: str, what: str) -> bool:
+        layer = site_layer(site)
+        return what == "pattern" and layer is not None and layer <= self.last
+
+    def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
+        assert k_start == 0, "rollout reads whole-text passes"  # internal invariant
+        n = self.n
+        if self.current is None:
+            self.current = torch.zeros(n, n, dtype=torch.float32, device=value.device)
+        c, K = value.shape[1], value.shape[2]
+        self.current[q_start:q_start + c, :K] = value.float().mean(0)  # (c, K)
+        self.current[q_start:q_start + c, K:] = 0.0
+        if q_start + c < n:
+            return
+        mixed = self.current.mul_(0.5)
+        mixed.diagonal().add_(0.5)
+        mixed.div_(mixed.sum(-1, keepdim=True))  # rows renormalised (they already sum to 1 up to rounding)
+        self.rolled = mixed.clone() if self.rolled is None else mixed @ self.rolled  # (n, n)
+        self.current = None
+        for target in self.targets:
+            if target.wants(site, "pattern"):
+                target.report(site, "pattern", self.rolled[None], 0, 0)  # (1, n, n)
+
+
+def wrap(measure: str, n: int, last_layer: int, views: Any = None, raw: Any = None) -> Any:
+    """The hook to run: the targets themselves under `weight`, else the measure's wrapper."""
+    if measure == "weight":
+        from attnscope.hooks import Hooks
+
+        return Hooks(views, raw)
+    if measure == "norm":
+        return NormMeasure(views, raw)
+    if measure == "rollout":
+        return RolloutMeasure(n, last_layer, views, raw)
+    raise AssertionError(f"unknown measure {measure}")  # internal invariant: the CLI offers only these
+
+
