@@ -20,6 +20,8 @@ What a site reports (H query heads, H_kv key/value heads, c query rows of a chun
               weight: f_h(x) = (x W_V^h + b_V^h) W_O^h (Kobayashi et al. 2020), with the
               key/value head serving h; one vector per head.
 `q_start` is the absolute position of the first query row, `k_start` of the first key.
+A reported tensor is never modified after the report, but it may be reused memory the
+site no longer needs: a hook that keeps one keeps a copy or what it computed from it.
 """
 
 from __future__ import annotations

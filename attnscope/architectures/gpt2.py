@@ -114,7 +114,9 @@ GGUF_WEIGHTS: dict[str, str | None] = {
 def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     from attnscope.architectures.llama import gguf_value
 
-    get = lambda suffix, default=KeyError: gguf_value(meta, f"{arch}.{suffix}", default)  # noqa: E731
+    def get(suffix: str, default: Any = KeyError) -> Any:
+        return gguf_value(meta, f"{arch}.{suffix}", default)
+
     up = shapes.get("blk.0.ffn_up.weight")  # (d_mlp, d_model)
     return {
         "model_type": "gpt2",

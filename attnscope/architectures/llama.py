@@ -142,7 +142,7 @@ def gguf_value(meta: dict[str, Any], key: str, default: Any = KeyError) -> Any:
     value = meta[key]
     if isinstance(value, list):
         if not value or any(v != value[0] for v in value):
-            raise ConfigError(f"GGUF {key} differs between layers ({value!r}); attnscope needs one value")
+            raise ConfigError(f"GGUF {key!r} differs between layers ({value!r}); attnscope needs one value")
         value = value[0]
     return value
 
@@ -150,7 +150,9 @@ def gguf_value(meta: dict[str, Any], key: str, default: Any = KeyError) -> Any:
 def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """A config.json-style dict from `{arch}.*` metadata. Mistral GGUFs are `llama`:
     llama.cpp records no sliding window for them and attends over everything, as we do."""
-    get = lambda suffix, default=KeyError: gguf_value(meta, f"{arch}.{suffix}", default)  # noqa: E731
+    def get(suffix: str, default: Any = KeyError) -> Any:
+        return gguf_value(meta, f"{arch}.{suffix}", default)
+
     heads = get("attention.head_count")
     raw: dict[str, Any] = {
         "model_type": arch,

@@ -123,8 +123,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_start: int, k_start: int, rule:
         scores = torch.matmul(qf[:, a:b], kf[:, :Kc].transpose(-2, -1))  # (H, c, Kc)
         for modify in modifiers:
             modify(scores)
-        if want["scores"]:
-            hooks.report(site, "scores", scores, qa, k_start)
+        if want["scores"]:  # a copy: the mask below fills `scores` in place
+            hooks.report(site, "scores", scores.clone(), qa, k_start)
         d0 = qa - k_start  # index of the key at the chunk's first query position
         if rule.causal and rule.window is None and d0 >= 0:
             # keys before the chunk are visible to all its rows: mask the diagonal block only

@@ -1,0 +1,207 @@
+"""A plain `tokenizers.Tokenizer` from a GGUF's `tokenizer.ggml.*` metadata.
+
+Follows transformers' GGUF tokenizer conversion (integrations/gguf/gguf_tokenizer_mapping.py),
+the reference the tests compare against: `gpt2` vocabularies become byte-level BPE with the
+file's merges; `llama` (SentencePiece) vocabularies become BPE with byte fallback and
+merges rebuilt from the scores (transformers' `generate_merges`), or Gemma's variant
+(spaces normalised to '▁', merges in file order). Control tokens (type 3) become special
+tokens and user-defined ones (type 4) added tokens, so chat markup stays whole.
+
+Where transformers leaves a choice open, llama.cpp's llama-vocab.cpp decides, as the
+format's own reader: the split regexes per `tokenizer.ggml.pre` (a file without one gets
+llama.cpp's "default" splits; an unknown one is refused, not guessed), `ignore_merges` and
+a BOS for Llama 3's pre-tokenizer, BOS by default for SentencePiece vocabularies,
+`add_space_prefix`, and an unknown token for SentencePiece pieces with no byte fallback.
+`add_bos_token` / `add_eos_token` are honoured through a TemplateProcessing post-processor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from attnscope.errors import TokenizerError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from attnscope.sources.gguf import GGUFFile
+
+CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types
+
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+           r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+          r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# tokenizer.ggml.pre -> the regexes llama.cpp splits with, in turn (llm_tokenizer_bpe)
+_SPLITS: dict[str, list[str]] = {
+    "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
+    "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, "[0-9][0-9][0-9]"],
+    **{name: [_LLAMA3] for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                                    "midm-2.0", "lfm2", "dbrx", "smaug-bpe")},
+    **{name: [r"\p{N}", _GPT2] for name in ("starcoder", "refact", "command-r", "smollm", "codeshell",
+                                           "exaone", "minerva-7b")},
+    **{name: [_GPT2] for name in ("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de",
+                                  "a.x-4.0", "mellum", "mpt", "olmo", "jais", "trillion", "granite-docling",
+                                  "exaone4")},
+    **{name: [_QWEN2] for name in ("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez", "hunyuan")},
+    "tekken": [_TEKKEN],
+    **{name: [_GPT4O] for name in ("gpt-4o", "llama4")},
+}
+# pre-tokenizers for which llama.cpp matches whole words before merging and adds a BOS
+_LLAMA3_LIKE = ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "tekken")
+_GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
+
+
+def _byte_spelling() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (bytes_to_unicode)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece vocabulary: every split of a piece into two
+    known pieces, best score first (transformers' `generate_merges`, which llama.cpp's
+    score-driven SentencePiece merging amounts to)."""
+    merges: list[tuple[str, str, float]] = []
+    for piece, score in scores.items():
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+        local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)  # stable: ties keep vocabulary order
+    return [(left, right) for left, right, _ in merges]
+
+
+def _list(meta: dict[str, Any], key: str, kind: type, n: int | None, where: str) -> list[Any] | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise TokenizerError(f"{where}: {key} must be a list of {kind.__name__}")
+    if n is not None and len(value) != n:
+        raise TokenizerError(f"{where}: {key} has {len(value)} entries for {n} tokens")
+    return value
+
+
+def _file_merges(meta: dict[str, Any], where: str) -> list[tuple[str, str]] | None:
+    merges = _list(meta, "tokenizer.ggml.merges", str, None, where)
+    if merges is None:
+        return None
+    pairs = [tuple(m.split(" ")) for m in merges]
+    if any(len(p) != 2 for p in pairs):
+        raise TokenizerError(f"{where}: tokenizer.ggml.merges holds an entry that is not two tokens")
+    return pairs  # type: ignore[return-value]
+
+
+def _byte_level(meta: dict[str, Any], tokens: list[str], pre: str, where: str) -> Any:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    spelling = _byte_spelling()
+    alphabet = set(spelling.values())
+    # a token outside the byte alphabet (some converters store added tokens as text) is
+    # spelled out from its UTF-8 bytes, as transformers does
+    vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i for i, t in enumerate(tokens)}
+    merges = _file_merges(meta, where)
+    if merges is None:
+        raise TokenizerError(f"{where}: a byte-level BPE vocabulary without tokenizer.ggml.merges")
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, fuse_unk=False, byte_fallback=False,
+                               ignore_merges=pre in _LLAMA3_LIKE))
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _SPLITS[pre]]
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    return tok, alphabet
+
+
+def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: str) -> Any:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    gemma = arch in _GEMMA_ARCHS
+    if gemma:  # Gemma stores its runs of spaces as real spaces, where its pieces use '▁'
+        tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = _file_merges(meta, where)
+    if merges is None:
+        scores = _list(meta, "tokenizer.ggml.scores", float, len(tokens), where)
+        if gemma:  # Gemma's scores do not follow its merge order; its file order does
+            by = {t: -float(i) for i, t in enumerate(tokens)}
+        elif scores is None:
+            raise TokenizerError(f"{where}: a SentencePiece vocabulary without tokenizer.ggml.scores or merges")
+        else:
+            by = dict(zip(tokens, scores))
+        merges = merges_from_scores(vocab, by)
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+    unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, fuse_unk=True, byte_fallback=True, unk_token=unk))
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if gemma:
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    else:
+        prefix = meta.get("tokenizer.ggml.add_space_prefix", True) is not False
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first" if prefix else "never",
+                                                     split=False)
+        if prefix:
+            steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tok.decoder = decoders.Sequence(steps)
+    return tok, None
+
+
+def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
+    """The tokenizer a GGUF describes (`f` from `sources.gguf.read_gguf`), with padding and
+    truncation off, as `attnscope.tokenize.load_tokenizer` returns one."""
+    from tokenizers import AddedToken, processors
+
+    meta, where = f.metadata, str(f.path)
+    model = meta.get("tokenizer.ggml.model")
+    tokens = _list(meta, "tokenizer.ggml.tokens", str, None, where)
+    if model is None or not tokens:
+        raise TokenizerError(f"{where} carries no tokenizer (tokenizer.ggml.model and tokens)",
+                             hint="use a GGUF converted with its vocabulary")
+    types = _list(meta, "tokenizer.ggml.token_type", int, len(tokens), where) or []
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if model == "gpt2":
+        if not isinstance(pre, str) or pre not in _SPLITS:
+            raise TokenizerError(f"{where}: unknown pre-tokenizer {pre!r}",
+                                 hint=f"supported: {', '.join(sorted(_SPLITS))}")
+        tok, alphabet = _byte_level(meta, tokens, pre, where)
+        add_bos_default = pre in _LLAMA3_LIKE
+    elif model == "llama":
+        tok, alphabet = _sentencepiece(meta, tokens, f.arch, where)
+        add_bos_default = True
+    else:
+        raise TokenizerError(f"{where}: tokenizer model {model!r} is not supported", hint="supported: gpt2, llama")
+    # control tokens outside a byte-level alphabet are llama.cpp mislabels; transformers skips them
+    control = [AddedToken(t, normalized=False, special=True) for t, kind in zip(tokens, types)
+               if kind == CONTROL and (alphabet is None or set(t) <= alphabet)]
+    tok.add_special_tokens(control)
+    vocab = tok.get_vocab()
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t, kind in zip(tokens, types)
+                    if kind == USER_DEFINED and t in vocab])
+    # a list of pieces, not one string, so that a token with a space stays one piece
+    single: list[str] = ["$A:0"]
+    specials: list[tuple[str, int]] = []
+    for key, default in (("bos", add_bos_default), ("eos", False)):
+        token_id = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if meta.get(f"tokenizer.ggml.add_{key}_token", default) is True and isinstance(token_id, int) \
+                and 0 <= token_id < len(tokens):
+            piece = f"{tokens[token_id]}:0"
+            single = [piece, *single] if key == "bos" else [*single, piece]
+            if (tokens[token_id], token_id) not in specials:
+                specials.append((tokens[token_id], token_id))
+    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
