@@ -350,9 +350,19 @@ def smollm2_path() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def smollm2_reference() -> Any:
+    """transformers' GGUF-loaded SmolLM2 (float32, eager), loaded once for the slow tests."""
+    from transformers import AutoModelForCausalLM
+
+    path = smollm2_path()
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+
+
 @pytest.mark.slow
-def test_smollm2_header_config_tokens_and_attention() -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_smollm2_header_config_tokens_and_attention(smollm2_reference: Any) -> None:
+    from transformers import AutoTokenizer
 
     path = smollm2_path()
     f = read_gguf(path)
@@ -366,11 +376,40 @@ def test_smollm2_header_config_tokens_and_attention() -> None:
              "<|im_start|>system\nYou are SmolLM.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"]
     for text in texts:
         assert tok.encode(text).ids == theirs(text)["input_ids"], text
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
+    model = smollm2_reference
     family = gguf_family(f)
     tensors = dict(iter_gguf_tensors(f, cfg, family))
     ref = reference_in_our_names(model, family, cfg)
     assert all(torch.equal(t, ref[name]) for name, t in tensors.items())
     ids = tok.encode(texts[-1]).ids
     assert_close(our_attention(cfg, tensors, ids), tm.reference_attention(model, ids), "smollm2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chat", [False, True])
+def test_smollm2_greedy_generation_equals_transformers(smollm2_reference: Any, chat: bool) -> None:
+    """20 greedy tokens from our KV-cache loop equal transformers' generate on the same
+    GGUF file, with and without the chat template (whose rendered ids equal
+    apply_chat_template's)."""
+    from transformers import AutoTokenizer
+
+    from attnscope.api import load
+
+    path = smollm2_path()
+    m = load("smollm2-135m-instruct", device="cpu", dtype="float32")
+    prompt = "What is the capital of France?" if chat else "The fluffy blue creature lived in a forest where"
+    g = m.generate(prompt, max_new_tokens=20, chat=chat, ignore_eos=True)
+    if chat:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        want_ids = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                           add_generation_prompt=True)
+        if not isinstance(want_ids, list):
+            want_ids = want_ids["input_ids"]
+        assert g.prompt_ids == list(want_ids)
+    x = torch.tensor([g.prompt_ids])
+    with torch.no_grad():
+        out = smollm2_reference.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=20,
+                                         min_new_tokens=20, eos_token_id=None, pad_token_id=2)
+    assert g.token_ids == out[0, x.shape[1]:].tolist()
+    if chat:
+        assert "Paris" in g.text
