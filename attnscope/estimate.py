@@ -15,6 +15,21 @@ from attnscope.params import DTYPE_BYTES
 from attnscope.parts import chunk_rows
 
 
+def runtime_bytes() -> int:
+    """This process's resident memory now, with torch and attnscope imported: the part of
+    a run's peak that is the interpreter and its libraries (Linux; 0 where unknown)."""
+    import torch  # noqa: F401  (a run imports it: count it)
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 @dataclass
 class Plan:
     n_tokens: int
@@ -23,14 +38,16 @@ class Plan:
     attention_chunk: int  # scores + probabilities of one query chunk
     kept: int  # what the probes hold (top-k, summaries, one layer for a streaming save)
     output_file: int  # bytes written by --save / --save-topk
+    runtime: int = 0  # the interpreter and libraries, measured
+    mapped: int = 0  # checkpoint file pages resident while loading (memory-mapped reads)
 
     @property
     def peak_memory(self) -> int:
-        return self.weights + self.activations + self.attention_chunk + self.kept
+        return self.runtime + self.weights + self.mapped + self.activations + self.attention_chunk + self.kept
 
 
 def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel: int, n_heads_sel: int,
-         top_k: int, save: bool, save_topk: bool) -> Plan:
+         top_k: int, save: bool, save_topk: bool, file_bytes: int = 0, runtime: int = 0) -> Plan:
     width = DTYPE_BYTES[dtype]
     H, dh = cfg.n_heads, cfg.d_head
     act = n * (4 * cfg.d_model + (H + 2 * cfg.n_kv_heads) * dh + 2 * H * dh + (3 if cfg.gated_mlp else 2) * cfg.d_mlp) * width
@@ -45,4 +62,4 @@ def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel:
         k = min(top_k, n)
         kept += n_layers_sel * n_heads_sel * n * k * 12  # int64 indices + float32 weights
         output += n_layers_sel * n_heads_sel * n * k * 12
-    return Plan(n, stored_params * width, act, attn_chunk, kept, output)
+    return Plan(n, stored_params * width, act, attn_chunk, kept, output, runtime, file_bytes)

@@ -145,14 +145,28 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
 
     src = api.open_source(model)
     spec, ckpt, cfg = src.spec, src.checkpoint, src.config
-    tokens = tokenize(load_tokenizer(ckpt.tokenizer_path, str(ckpt.root)), text, cfg.n_ctx, truncate)
+    if src.gguf is not None:
+        from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+
+        tokenizer = gguf_tokenizer(src.gguf)
+        stored = sum(t.numel for t in src.gguf.tensors.values())
+        file_bytes = src.gguf.size
+    else:
+        assert ckpt is not None  # internal invariant: not a GGUF
+        tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
+        stored = sum(info.numel for info in ckpt.tensors.values() if info.dtype.startswith(("F", "BF")))
+        # Tensors already in the run's dtype are used as read: their pages are the weights.
+        # Others are converted, and the pages read hold the file's bytes beside them.
+        run_dtype = {"auto": "F32", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype.value]
+        file_bytes = sum(info.end - info.start for info in ckpt.tensors.values() if info.dtype != run_dtype)
+    tokens = tokenize(tokenizer, text, cfg.n_ctx, truncate)
     ls = analysis.select(layer, cfg.n_layers, "layer")
     hs = analysis.select(head, cfg.n_heads, "head")
-    stored = sum(info.numel for info in ckpt.tensors.values() if info.dtype.startswith(("F", "BF")))
     dt = "float32" if dtype.value == "auto" else dtype.value
     p = estimate.plan(cfg, stored, len(tokens), dt, len(ls), len(hs), top_k, save is not None,
-                      save_topk is not None)
-    rows = {"tokens": p.n_tokens, "weights_bytes": p.weights, "activations_bytes": p.activations,
+                      save_topk is not None, file_bytes=file_bytes, runtime=estimate.runtime_bytes())
+    rows = {"tokens": p.n_tokens, "runtime_bytes": p.runtime, "weights_bytes": p.weights,
+            "mapped_file_bytes": p.mapped, "activations_bytes": p.activations,
             "attention_chunk_bytes": p.attention_chunk, "kept_results_bytes": p.kept,
             "peak_memory_bytes": p.peak_memory, "output_file_bytes": p.output_file}
     if as_json:
@@ -160,7 +174,9 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
         return
     console = _console()
     console.print(f"[bold]Dry run[/] · {cfg.name} · {p.n_tokens} tokens · {dt} weights")
-    for label, value in (("weights", p.weights), ("activations (one block)", p.activations),
+    for label, value in (("interpreter and libraries (measured)", p.runtime), ("weights", p.weights),
+                         ("checkpoint pages read through the map", p.mapped),
+                         ("activations (one block)", p.activations),
                          ("attention scores, one query chunk", p.attention_chunk),
                          ("results kept (top-k, one streamed layer)", p.kept), ("peak memory, about", p.peak_memory),
                          ("output files", p.output_file)):
