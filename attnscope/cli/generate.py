@@ -67,7 +67,7 @@ def generate(
     if not as_json:
         from attnscope.render.generate import Stream
 
-        stream = Stream(console, m.tokenizer, prompt)
+        stream = Stream(console, m.tokenizer, prompt + ("\n" if chat else ""))
     g = m.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat, layers=layer, heads=head,
                    alternatives=alternatives, on_token=stream, measure=measure.value)

@@ -84,11 +84,13 @@ class SoftCap:
     def __init__(self, cap: float) -> None:
         self.cap = cap
 
-    def __call__(self, scores: Tensor) -> None:
+    def __call__(self, scores: Tensor, q_start: int, k_start: int) -> None:
         scores.div_(self.cap).tanh_().mul_(self.cap)
 
 
-ScoreModifier = Callable[[Tensor], None]  # acts in place on (H, c, K) scores
+# Acts in place on (H, c, K) scores whose first query and key sit at absolute positions
+# q_start and k_start (what a position-dependent modifier such as ALiBi needs).
+ScoreModifier = Callable[[Tensor, int, int], None]
 
 
 def score_modifiers(cfg: ModelConfig) -> list[ScoreModifier]:
@@ -122,7 +124,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_start: int, k_start: int, rule:
         Kc = min(K, qb - k_start) if rule.causal and not want["scores"] else K
         scores = torch.matmul(qf[:, a:b], kf[:, :Kc].transpose(-2, -1))  # (H, c, Kc)
         for modify in modifiers:
-            modify(scores)
+            modify(scores, qa, k_start)
         if want["scores"]:  # a copy: the mask below fills `scores` in place
             hooks.report(site, "scores", scores.clone(), qa, k_start)
         d0 = qa - k_start  # index of the key at the chunk's first query position
