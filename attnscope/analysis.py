@@ -290,11 +290,14 @@ Probes = Hooks  # several probes fed by one forward pass
 
 
 def default_focus(tokens: "Tokens") -> int:
-    """The last non-special token: in 'a fluffy blue creature', 'creature'."""
-    for i in range(len(tokens) - 1, -1, -1):
-        if not tokens.special[i]:
+    """The last word: the last non-special token holding a letter or digit ('creature' in
+    'a fluffy blue creature', 'mat' in 'The cat sat on the mat.'); else the last
+    non-special token."""
+    plain = [i for i in range(len(tokens)) if not tokens.special[i]]
+    for i in reversed(plain):
+        if any(ch.isalnum() for ch in tokens.labels[i]):
             return i
-    return len(tokens) - 1
+    return plain[-1] if plain else len(tokens) - 1
 
 
 

@@ -289,6 +289,7 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
         return _load_gguf(src, device, dtype)
     spec, ckpt, raw, cfg = src.spec, src.checkpoint, src.raw, src.config
     assert ckpt is not None  # internal invariant: not a GGUF
+    check_declared(cfg, sum(info.numel for info in ckpt.tensors.values()), "config.json")
     tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev, cfg)
@@ -341,6 +342,17 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
 
 
+def check_declared(cfg: ModelConfig, stored: int, what: str) -> None:
+    """Refuse a config that declares more parameters than the checkpoint stores, before
+    building anything (a lying `n_layer: 10**15` would otherwise build without end)."""
+    from attnscope.parts import required_count
+
+    declared = required_count(cfg)
+    if declared > stored:
+        raise CheckpointError(f"the checkpoint lacks parameters {what} declares: it stores {stored:,} of {declared:,}",
+                              hint="the config and the weights belong to different models, or shards are missing")
+
+
 def _load_gguf(src: Source, device: str, dtype: str) -> Inspector:
     """A GGUF checkpoint: tokenizer from its metadata, tensors dequantized to float32 by
     gguf-py and assigned to our model, end-of-sequence id and chat template from the header."""
@@ -349,6 +361,7 @@ def _load_gguf(src: Source, device: str, dtype: str) -> Inspector:
     from attnscope.sources.gguf_tokenizer import gguf_tokenizer
 
     f, cfg = src.gguf, src.config
+    check_declared(cfg, sum(t.numel for t in f.tensors.values()), "the GGUF header")
     tokenizer = gguf_tokenizer(f)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev, cfg)

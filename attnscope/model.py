@@ -140,12 +140,15 @@ class Transformer(nn.Module):
                 break
             if self.block_source is None:
                 x = block(x, start, rope, cache, hooks)
-                continue
-            block.load_state_dict(self.block_source(i), strict=True, assign=True)
-            try:
-                x = block(x, start, rope, cache, hooks)
-            finally:
-                block.to_empty(device="meta")  # drop this block's weights before the next loads
+            else:
+                block.load_state_dict(self.block_source(i), strict=True, assign=True)
+                try:
+                    x = block(x, start, rope, cache, hooks)
+                finally:
+                    block.to_empty(device="meta")  # drop this block's weights before the next loads
+            if not bool(torch.isfinite(x).all()):  # one reduction a layer: never print NaN as a result
+                raise CheckpointError(f"layer {i} produced values that are not finite (NaN or infinity)",
+                                      hint="the checkpoint's weights or config.json hold numbers the model cannot compute with")
         if cache is not None and stop == cfg.n_layers - 1:
             cache.length = start + T
         return x

@@ -21,6 +21,21 @@ _SPACE_MARKS = ("Ġ", "▁")
 _INVISIBLE = {"\n": "↵", "\r": "↵", "\t": "⇥"}
 
 
+def visible(text: str) -> str:
+    """Text from a user or a file, safe to print: line breaks and tabs as ↵ and ⇥, every
+    other control character (C0, DEL, C1: ESC starts terminal escapes) as \\xNN."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _INVISIBLE:
+            out.append(_INVISIBLE[ch])
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 @dataclass
 class Tokens:
     """A tokenized text: ids with a readable label and a character span each."""
@@ -58,14 +73,14 @@ def load_tokenizer(path: Path | None, where: str = "") -> Any:
 
 def _label(text: str, start: int, end: int, token: str, special: bool) -> str:
     if special or end <= start:
-        return token
+        return visible(token)
     piece = text[start:end]
     continuation = token.startswith("##")
     # A space-marked token shows its space only where the text has one: SentencePiece
     # marks the first word too, and some tokenizers leave the space out of the offsets.
     spaced = piece[:1].isspace() or (token.startswith(_SPACE_MARKS) and start > 0 and text[start - 1].isspace())
     core = piece.strip() or piece
-    core = "".join(_INVISIBLE.get(ch, ch) for ch in core)
+    core = visible(core)
     if core.isspace():
         core = SPACE
     if continuation:
@@ -101,7 +116,7 @@ def token_label(tokenizer: Any, token_id: int) -> str:
     if "\ufffd" in piece and raw and all(ch in _BYTES for ch in raw):
         data = bytes(_BYTES[ch] for ch in raw)
         return "<" + " ".join(f"{b:02x}" for b in data) + ">"
-    core = "".join(_INVISIBLE.get(ch, ch) for ch in piece.lstrip(" "))
+    core = visible(piece.lstrip(" "))
     return (SPACE if piece.startswith(" ") else "") + (core or "")
 
 

@@ -150,6 +150,17 @@ def model_shapes(cfg: "ModelConfig") -> Shapes:
     return shapes
 
 
+def required_count(cfg: "ModelConfig") -> int:
+    """Parameters a checkpoint must hold for the model to run (embeddings, every block,
+    the final norm; not the optional heads), by arithmetic: a config declaring more than
+    a checkpoint stores is refused before anything is built."""
+    from math import prod
+
+    block = sum(prod(shape) for shape in block_shapes(cfg).values())
+    final = sum(prod(shape) for shape in norm_shapes(cfg).values()) if cfg.final_norm else 0
+    return sum(prod(shape) for shape in embedding_shapes(cfg).values()) + cfg.n_layers * block + final
+
+
 # Tensors the model can run without: the output head (attention needs no logits) and the
 # task heads it never uses. A checkpoint without them still loads; `logits` then says so.
 OPTIONAL_PREFIXES = ("unembed.", "proj_out.", "pooler.", "mlm.", "nsp.")
