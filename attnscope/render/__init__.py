@@ -36,3 +36,12 @@ def elide(n: int, fit: int) -> list[int]:
     head = (fit - 1) // 2
     tail = fit - 1 - head
     return list(range(head)) + [-1] + list(range(n - tail, n))
+
+
+def distinct(labels: list[str]) -> list[str]:
+    """Labels that tell repeated tokens apart: a label the text holds more than once
+    carries its position (three different '.' become .@5, .@9, .@14)."""
+    from collections import Counter
+
+    counts = Counter(labels)
+    return [f"{label}@{i}" if counts[label] > 1 else label for i, label in enumerate(labels)]

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attnscope.render import clip, elide, ramp_style, shade
+from attnscope.render import clip, distinct, elide, ramp_style, shade
 
 if TYPE_CHECKING:
     from attnscope.analysis import AttendResult, Attention, Focus, Summary, TopK
@@ -46,6 +46,7 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool) -> None:
     words = (~special).nonzero().flatten()
     ranked = words if words.numel() else torch.arange(len(tokens))
     show_special = bool(special.any()) and words.numel() > 0
+    names = distinct(tokens.labels)
     for li, layer in enumerate(focus.layers):
         table = Table(
             title=f"What “{tokens.labels[q]}” (token {q}) attends to · layer {layer}",
@@ -59,7 +60,7 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool) -> None:
         for hi, head in enumerate(focus.heads):
             row = focus.weights[li, hi]  # (T,)
             w, pos = row[ranked].topk(min(k, ranked.numel()))
-            cells = [weight_text(tokens.labels[int(ranked[p])], float(x), color) for x, p in zip(w.tolist(), pos.tolist())]
+            cells = [weight_text(names[int(ranked[p])], float(x), color) for x, p in zip(w.tolist(), pos.tolist())]
             if show_special:
                 cells.append(Text(f"{float(row[special].sum()):.2f}"))
             table.add_row(f"H{head}", *cells)
@@ -71,6 +72,7 @@ def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40) -
     assert tokens is not None
     n = len(tokens)
     rows = list(range(n)) if n <= max_rows else list(range(max_rows // 2)) + [-1] + list(range(n - max_rows // 2, n))
+    names = distinct(tokens.labels)
     for li, layer in enumerate(topk.layers):
         for hi, head in enumerate(topk.heads):
             table = Table(title=f"L{layer} H{head} · top {topk.indices.shape[-1]} keys per token",
@@ -86,7 +88,7 @@ def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40) -
                 for j, w in topk.rows(li, hi, i):
                     if parts:
                         parts.append("  ")
-                    parts.append_text(weight_text(tokens.labels[j], w, color))
+                    parts.append_text(weight_text(names[j], w, color))
                 table.add_row(str(i), clip(tokens.labels[i], 14), parts)
             console.print(table)
 
@@ -97,10 +99,11 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int) ->
     n = len(tokens)
     label_w = min(12, max(len(t) for t in tokens.labels) + 1)
     room = max(8, width - label_w - 6)
-    cell = 5 if n * 5 <= room else (3 if n * 3 <= room else 1)
+    # Every numeric cell starts with a space, so neighbours never touch ("0 100", not "0100").
+    cell = 5 if n * 5 <= room else (4 if n * 4 <= room else 1)
     cols = elide(n, room // cell)
     rows = elide(n, 40)
-    legend = {5: "attention weight", 3: "attention weight in %", 1: f"shade {shade(0.25)}{shade(0.5)}{shade(0.75)}{shade(1.0)} = weight"}[cell]
+    legend = {5: "attention weight", 4: "attention weight in %", 1: f"shade {shade(0.25)}{shade(0.5)}{shade(0.75)}{shade(1.0)} = weight"}[cell]
     for li, layer in enumerate(att.layers):
         for hi, head in enumerate(att.heads):
             pattern = att.probs[li, hi]  # (T, T)
@@ -121,8 +124,8 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int) ->
                         body = "·".rjust(cell)
                     elif cell == 5:
                         body = f"{w:5.2f}"
-                    elif cell == 3:
-                        body = f"{round(w * 100):3d}"
+                    elif cell == 4:
+                        body = f"{round(w * 100):4d}"
                     else:
                         body = shade(w) if shade(w) != " " else "."
                     line.append(body, style=ramp_style(w) if color and w > 0 else "")
@@ -146,6 +149,9 @@ def overview_view(console: Console, summary: "Summary", focus: "Focus | None", c
     if focus is not None and focus.tokens is not None:
         tokens = focus.tokens
         words = [i for i, sp in enumerate(tokens.special) if not sp] or list(range(len(tokens)))
+        names = distinct(tokens.labels)
+        # as wide as the terminal allows: the row label takes 5 columns, each head a space
+        fit = max(4, min(14, (console.width - 5) // max(1, len(focus.heads)) - 1))
         table = Table(title=f"The word “{tokens.labels[focus.query]}” looks at most, per head",
                       title_justify="left", show_edge=False, box=None, padding=(0, 0))
         table.add_column("", style="dim")
@@ -156,7 +162,7 @@ def overview_view(console: Console, summary: "Summary", focus: "Focus | None", c
             for hi in range(len(focus.heads)):
                 row = focus.weights[li, hi][words]  # (words,)
                 w, j = row.max(dim=-1)
-                cells.append(Text(" " + clip(tokens.labels[words[int(j)]], 5), style=ramp_style(float(w)) if color else ""))
+                cells.append(Text(" " + clip(names[words[int(j)]], fit), style=ramp_style(float(w)) if color else ""))
             table.add_row(f"L{layer} ", *cells)
         console.print(table)
 
