@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from attnscope import analysis, architectures, checkpoint
-from attnscope.sources import packaged
+from attnscope.sources import hub, packaged
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
 from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, UsageError
 from attnscope.chat import ChatInfo, read_chat_info
@@ -256,6 +256,8 @@ def open_source(model: str | os.PathLike[str] | None = None) -> Source:
     if spec in packaged.PACKAGED:
         where, name = str(packaged.resolve(spec)), packaged.PACKAGED[spec].title
     g = gguf_path(where)
+    if g is None and hub.looks_like_gguf_repo(where):
+        g = hub.hub_gguf(where)
     if g is not None:
         from attnscope.sources.gguf import gguf_config, read_gguf
 
