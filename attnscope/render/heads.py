@@ -20,16 +20,25 @@ if TYPE_CHECKING:
 
 LABEL_W = 5  # "L31 " plus a space
 
-# One line per kind: how to read a head's score, "L0H2 attends to the previous token 0.97 of the time".
+# Each score is a mean weight, so each reading says so (not "of the time").
 READINGS = {
-    "previous_token": "attends to the previous token {v:.2f} of the time",
-    "first_token": "puts {v:.2f} of its attention on the first token{first}",
-    "self": "attends to its own token {v:.2f} of the time",
-    "next_token": "attends to the next token {v:.2f} of the time",
-    "duplicate_token": "puts {v:.2f} of its attention on earlier copies of the current token",
-    "induction": "attends to what followed this token last time {v:.2f} of the time",
+    "previous_token": "attends to the previous token: {v:.2f} of its weight on average",
+    "first_token": "attends to the first token{first}: {v:.2f} of its weight on average",
+    "self": "attends to its own token: {v:.2f} of its weight on average",
+    "next_token": "attends to the next token: {v:.2f} of its weight on average",
+    "duplicate_token": "attends to earlier copies of the current token: {v:.2f} of its weight on average",
+    "induction": "attends to what followed this token last time: {v:.2f} of its weight on average",
+    "entropy": "spreads its attention broadly: entropy {v:.2f} of uniform",
+} of its weight, on average, on the previous token",
+    "first_token": "puts {v:.2f} of its weight, on average, on the first token{first}",
+    "self": "puts {v:.2f} of its weight, on average, on its own token",
+    "next_token": "puts {v:.2f} of its weight, on average, on the next token",
+    "duplicate_token": "puts {v:.2f} of its weight, on average, on earlier copies of the current token",
+    "induction": "puts {v:.2f} of its weight, on average, on what followed this token last time",
     "entropy": "spreads its attention broadly: entropy {v:.2f} of uniform",
 }
+# Below this, no head is called a head of that kind: the ranking says there is none.
+NOTABLE = 0.1
 TITLES = {
     "previous_token": "Previous-token heads",
     "first_token": "First-token heads (attention sinks)",
@@ -103,7 +112,12 @@ def ranking(console: Console, res: "HeadScores", name: str, top: int, color: boo
     first = ""
     if res.tokens is not None:
         first = f" ({res.tokens.labels[0]})"
-    for layer, head, v in res.ranked(name, top):
+    ranked = res.ranked(name, top)
+    if name != "entropy" and (not ranked or ranked[0][2] < NOTABLE):
+        best = f" (the strongest scores {ranked[0][2]:.2f})" if ranked else ""
+        console.print(Text(f"  no head here scores {NOTABLE:.2f} or more{best}", style="dim"))
+        return
+    for layer, head, v in ranked:
         reading = READINGS[name].format(v=v, first=first)
         line = Text("  ") + Text(f"L{layer}H{head}".ljust(8), style=ramp_style(v) if color else "bold")
         console.print(line + Text(reading))
