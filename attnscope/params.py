@@ -1,4 +1,5 @@
-"""Parameter accounting: pure arithmetic on a ModelConfig, and counts from stored tensors.
+"""Parameter accounting: pure arithmetic on a ModelConfig, and counts from stored tensors
+(safetensors headers, or a GGUF's tensor table with its bytes per ggml type).
 
 `param_shapes()` is the single list of every parameter our model holds, by our names;
 the model builds itself from it and the loader checks checkpoints against it, so the
@@ -15,15 +16,17 @@ Two conventions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
-from typing import TYPE_CHECKING, Iterable
+from types import ModuleType, SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterable
 
 from attnscope.config import ModelConfig
 from attnscope.parts import attention_shapes, block_shapes, embedding_shapes, head_shapes, model_shapes
 
 if TYPE_CHECKING:
     from attnscope.checkpoint import Checkpoint
+    from attnscope.sources.gguf import GGUFFile, GGUFTensor
 
 CONVENTIONS = ("3b1b", "full")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1}
@@ -106,6 +109,7 @@ class ParamReport:
     source: str = ""
     skipped: list[str] = field(default_factory=list)  # buffers in a checkpoint, not counted
     stored_only: bool = False  # counted from a checkpoint's tensors
+    quantization: dict[str, "QuantRow"] = field(default_factory=dict)  # a GGUF's bytes by ggml type
 
     @property
     def total(self) -> int:
@@ -149,29 +153,94 @@ def stored_shapes(ckpt: "Checkpoint", cfg: ModelConfig | None) -> tuple[dict[str
     from attnscope import architectures
 
     module = architectures.ARCHITECTURES.get(cfg.family) if cfg is not None else None
+    return _stored(((name, info.shape) for name, info in ckpt.tensors.items()), module)
+
+
+def gguf_stored_shapes(f: "GGUFFile", family: ModuleType) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """`stored_shapes` for a GGUF's tensor table, named through the family's `GGUF_WEIGHTS`
+    (GPT-2's fused qkv split in thirds the same way); skipped are the file's tensors that
+    are not parameters (Llama 3's RoPE divisors, read into the config)."""
+    table = SimpleNamespace(PREFIXES=(), WEIGHTS=family.GGUF_WEIGHTS)  # our_name's lookup, GGUF's table
+    return _stored(((name, t.shape) for name, t in f.tensors.items()), table)
+
+
+def _stored(items: Iterable[tuple[str, tuple[int, ...]]], module: Any) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    from attnscope import architectures
+
     stored: dict[str, tuple[int, ...]] = {}
     skipped: list[str] = []
-    for name, info in ckpt.tensors.items():
+    for name, shape in items:
         if module is None:
             if architectures.is_buffer(name):
                 skipped.append(name)
             else:
-                stored[f"other:{name}"] = info.shape
+                stored[f"other:{name}"] = shape
             continue
         try:
             ours = architectures.our_name(module, name)
         except KeyError:
-            stored[f"other:{name}"] = info.shape
+            stored[f"other:{name}"] = shape
             continue
         if ours is None:
             skipped.append(name)
         elif ".attn.qkv." in ours:  # fused q, k, v (GPT-2): three equal parts
-            numel = prod(info.shape) // 3
+            numel = prod(shape) // 3
             for part in "qkv":
                 stored[ours.replace(".qkv.", f".{part}.")] = (numel,)
         else:
-            stored[ours] = info.shape
+            stored[ours] = shape
     return stored, skipped
+
+
+@dataclass(frozen=True)
+class QuantRow:
+    """One storage type of a GGUF: how many tensors, parameters and bytes it holds."""
+
+    tensors: int
+    parameters: int
+    bytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.bytes / self.parameters if self.parameters else 0.0
+
+
+def quantization_table(tensors: Iterable["GGUFTensor"]) -> dict[str, QuantRow]:
+    """Tensors, parameters and bytes by ggml type ("Q4_1", "F32", ...), most bytes first.
+    Bytes are what the header declares each tensor to occupy: its blocks, no padding."""
+    rows: dict[str, list[int]] = {}
+    for t in tensors:
+        row = rows.setdefault(t.type_name, [0, 0, 0])
+        row[0] += 1
+        row[1] += t.numel
+        row[2] += t.nbytes
+    ordered = sorted(rows.items(), key=lambda kv: (-kv[1][2], kv[0]))
+    return {name: QuantRow(*row) for name, row in ordered}
+
+
+def gguf_header_config(f: "GGUFFile", family: ModuleType, skipped: Iterable[str] = ()) -> dict[str, Any]:
+    """`sources.gguf.gguf_config` from the header alone: the non-parameter tensors
+    (`skipped`) are left out of the table it sees, so Llama 3's `rope_freqs` is not read
+    and the config has no RoPE scaling, which no count depends on."""
+    from attnscope.sources.gguf import gguf_config
+
+    drop = set(skipped)
+    return gguf_config(replace(f, tensors={n: t for n, t in f.tensors.items() if n not in drop}))
+
+
+def report_from_gguf(f: "GGUFFile", convention: str, source: str, name: str = "") -> ParamReport:
+    """The breakdown of a GGUF's tensors and the bytes each storage type takes, from its
+    header alone (`read_gguf` reads no tensor data, and neither does this)."""
+    from attnscope.config import from_hf_config
+    from attnscope.sources.gguf import gguf_family
+
+    family = gguf_family(f)
+    stored, skipped = gguf_stored_shapes(f, family)
+    cfg = from_hf_config(gguf_header_config(f, family, skipped), name=name or source)
+    rep = report_from_stored(cfg, stored, convention, source, skipped)
+    drop = set(skipped)
+    rep.quantization = quantization_table(t for n, t in f.tensors.items() if n not in drop)
+    return rep
 
 
 def report_from_stored(
@@ -292,6 +361,12 @@ def report_dict(rep: ParamReport, ctx: ContextReport | None = None) -> dict:
         out["attention"]["per_head"] = rep.head.per_head
     if rep.stored_only:
         out["skipped_buffers"] = rep.skipped
+    if rep.quantization:
+        out["quantization"] = {
+            name: {"tensors": q.tensors, "parameters": q.parameters, "bytes": q.bytes,
+                   "bits_per_weight": q.bits_per_weight}
+            for name, q in rep.quantization.items()
+        }
     if ctx is not None:
         out["context"] = {
             "n": ctx.n,

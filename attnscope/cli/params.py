@@ -1,4 +1,5 @@
-"""`attnscope params`: parameter breakdowns from a preset, a config or checkpoint headers."""
+"""`attnscope params`: parameter breakdowns from a preset, a config or checkpoint headers
+(safetensors, or a GGUF's tensor table with its bytes per quantization type)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from attnscope.errors import UsageError
 
 @app.command(
     epilog="Examples:\n\n  attnscope params --config gpt3\n\n  attnscope params --config llama3-8b --context 8192\n\n"
-    "  attnscope params --model ./my-checkpoint --json\n\n  attnscope params --list",
+    "  attnscope params --model ./my-checkpoint --json\n\n  attnscope params --model smollm2-135m-instruct\n\n"
+    "  attnscope params --model ./model.Q4_K_M.gguf --context 4096\n\n  attnscope params --list",
 )
 def params(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="A preset name, or a config.json (or a folder with one).")] = None,
@@ -89,18 +91,30 @@ def _config_source(spec: str) -> tuple[Any, str, str]:
 
 
 def _checkpoint_report(spec: str, convention: str) -> Any:
+    """A checkpoint's stored tensors from headers only: a packaged model by name, a GGUF
+    (its tensor table, with bytes per ggml type), or safetensors with their config.json."""
     from attnscope import checkpoint as ck
     from attnscope import config as cfgmod
     from attnscope import params as pm
     from attnscope.errors import ConfigError
+    from attnscope.sources import gguf_path
+    from attnscope.sources import packaged
 
-    ckpt = ck.locate(spec)
+    where, name = spec, spec
+    if spec in packaged.PACKAGED:
+        where, name = str(packaged.resolve(spec)), packaged.PACKAGED[spec].title
+    gguf = gguf_path(where)
+    if gguf is not None:
+        from attnscope.sources.gguf import read_gguf
+
+        return pm.report_from_gguf(read_gguf(gguf), convention, str(gguf), name)
+    ckpt = ck.locate(where)
     if ckpt.config_path is None:
         raise ConfigError(
             f"{ckpt.root} has no config.json, so the stored tensors cannot be broken down",
             hint="put the model's config.json beside the weights",
         )
     cfg = cfgmod.load_config(ckpt.config_path)
-    cfg.name = spec  # what the user named: a hub id, not its snapshot's hash
+    cfg.name = name  # what the user named: a hub id, not its snapshot's hash
     stored, skipped = pm.stored_shapes(ckpt, cfg)
-    return pm.report_from_stored(cfg, stored, convention, spec, skipped)
+    return pm.report_from_stored(cfg, stored, convention, where, skipped)

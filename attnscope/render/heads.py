@@ -29,13 +29,6 @@ READINGS = {
     "duplicate_token": "attends to earlier copies of the current token: {v:.2f} of its weight on average",
     "induction": "attends to what followed this token last time: {v:.2f} of its weight on average",
     "entropy": "spreads its attention broadly: entropy {v:.2f} of uniform",
-} of its weight, on average, on the previous token",
-    "first_token": "puts {v:.2f} of its weight, on average, on the first token{first}",
-    "self": "puts {v:.2f} of its weight, on average, on its own token",
-    "next_token": "puts {v:.2f} of its weight, on average, on the next token",
-    "duplicate_token": "puts {v:.2f} of its weight, on average, on earlier copies of the current token",
-    "induction": "puts {v:.2f} of its weight, on average, on what followed this token last time",
-    "entropy": "spreads its attention broadly: entropy {v:.2f} of uniform",
 }
 # Below this, no head is called a head of that kind: the ranking says there is none.
 NOTABLE = 0.1
@@ -113,10 +106,9 @@ def ranking(console: Console, res: "HeadScores", name: str, top: int, color: boo
     if res.tokens is not None:
         first = f" ({res.tokens.labels[0]})"
     ranked = res.ranked(name, top)
-    if name != "entropy" and (not ranked or ranked[0][2] < NOTABLE):
-        best = f" (the strongest scores {ranked[0][2]:.2f})" if ranked else ""
-        console.print(Text(f"  no head here scores {NOTABLE:.2f} or more{best}", style="dim"))
-        return
+    if name != "entropy" and ranked and ranked[0][2] < NOTABLE:
+        console.print(Text(f"  no head here scores {NOTABLE:.2f} or more; the strongest:", style="dim"))
+        ranked = ranked[:1]
     for layer, head, v in ranked:
         reading = READINGS[name].format(v=v, first=first)
         line = Text("  ") + Text(f"L{layer}H{head}".ljust(8), style=ramp_style(v) if color else "bold")

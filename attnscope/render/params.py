@@ -1,4 +1,5 @@
-"""Rich tables for `params`: per head, per block, per model, and the context costs."""
+"""Rich tables for `params`: per head, per block, per model, a GGUF's storage by
+quantization type, and the context costs."""
 
 from __future__ import annotations
 
@@ -120,8 +121,27 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
     if rep.skipped:
         console.print(Text(f"skipped {len(rep.skipped)} non-parameter buffers: {', '.join(rep.skipped[:4])}"
                            + (" …" if len(rep.skipped) > 4 else ""), style="dim"))
+    if rep.quantization:
+        quantization_table(console, rep)
     if ctx is not None:
         context_table(console, cfg, ctx)
+
+
+def quantization_table(console: Console, rep: "ParamReport") -> None:
+    """A GGUF's storage: tensors, parameters and bytes per ggml type, and bits per weight."""
+    table = Table(title="Storage by quantization type", title_justify="left", show_edge=False)
+    for col, justify in (("Type", "left"), ("Tensors", "right"), ("Parameters", "right"), ("Bytes", "right"),
+                         ("Bits/weight", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, q in rep.quantization.items():
+        table.add_row(name, n(q.tensors), n(q.parameters), human_bytes(q.bytes), f"{q.bits_per_weight:.2f}")
+    tensors = sum(q.tensors for q in rep.quantization.values())
+    params = sum(q.parameters for q in rep.quantization.values())
+    size = sum(q.bytes for q in rep.quantization.values())
+    table.add_section()
+    table.add_row(Text("All", style="bold"), n(tensors), n(params), human_bytes(size),
+                  f"{8 * size / params:.2f}" if params else "")
+    console.print(table)
 
 
 def context_table(console: Console, cfg: "ModelConfig", ctx: "ContextReport") -> None:
