@@ -312,3 +312,4 @@ class AttendResult:
     focus: Focus | None = None
     summary: Summary | None = None
     attention: Attention | None = None
+    update: Any = None  # measures.update.WordUpdate under --measure norm

@@ -19,6 +19,9 @@ What a site reports (H query heads, H_kv key/value heads, c query rows of a chun
   * `fnorm`   (H, K) ‖f_h(x_j)‖₂, the size of what head h would move from key j at full
               weight: f_h(x) = (x W_V^h + b_V^h) W_O^h (Kobayashi et al. 2020), with the
               key/value head serving h; one vector per head.
+Each block's own site, `blocks.{layer}`, reports the residual stream (T, d_model) entering
+it (`resid_pre`) and leaving it (`resid_post`).
+
 `q_start` is the absolute position of the first query row, `k_start` of the first key.
 A reported tensor is never modified after the report, but it may be reused memory the
 site no longer needs: a hook that keeps one keeps a copy or what it computed from it.
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 if TYPE_CHECKING:
     from torch import Tensor
 
-WHATS = ("q", "k", "v", "scores", "pattern", "z", "result", "fnorm")
+WHATS = ("q", "k", "v", "scores", "pattern", "z", "result", "fnorm", "resid_pre", "resid_post")
 CHUNKED = ("scores", "pattern", "z", "result")
 _SITE = re.compile(r"^blocks\.(\d+)\.attn$")
 
@@ -40,6 +43,11 @@ _SITE = re.compile(r"^blocks\.(\d+)\.attn$")
 def attn_site(layer: int) -> str:
     """The name of layer `layer`'s self-attention site."""
     return f"blocks.{layer}.attn"
+
+
+def block_site(layer: int) -> str:
+    """The name of layer `layer`'s block site (the residual stream around it)."""
+    return f"blocks.{layer}"
 
 
 def site_layer(site: str) -> int | None:

@@ -116,6 +116,11 @@ def attend(
         assert res.topk is not None
         doc = export.topk_document(res.topk, name, res.focus)
         doc["measure"] = measure.value
+        if res.update is not None:
+            u = res.update
+            doc["update"] = {"layer": u.layer, "query": u.query, "moved": u.per_key.tolist(),
+                             "moved_per_head": u.per_head.tolist(), "update_norm": u.update,
+                             "embedding_norm": u.embedding}
         if save is not None:
             doc["saved"] = str(save)
         if save_topk is not None:

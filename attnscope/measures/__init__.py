@@ -100,6 +100,12 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
             saves.append(analysis.LayerStream(req.save_layers, req.save_heads, n,
                                               lambda _layer, probs: writer.write_layer(probs)))
         hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves))
+        word = None
+        if req.measure == "norm" and "focus" in req.measures:  # the lesson's view: what moved this word
+            from attnscope.measures.update import WordUpdateHook
+
+            word = WordUpdateHook(m.model, req.layers[-1], req.query)
+            hooks = analysis.Probes(hooks, word)
         m.run(tokens.ids, hooks, last)
     if topk_all is not None:
         assert req.save_topk is not None
@@ -108,4 +114,6 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
     res = analysis.AttendResult(tokens, req.layers, req.heads)
     for name, probe in probes.items():
         setattr(res, name, MEASURES[name].result(probe, tokens, req))
+    if word is not None:
+        res.update = word.result
     return res

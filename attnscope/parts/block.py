@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
+from attnscope.hooks import block_site
 from attnscope.parts import WIRING_NORMS
 from attnscope.parts.attention import Attention
 from attnscope.parts.mlp import make_mlp
@@ -29,10 +30,16 @@ class Block(nn.Module):
             setattr(self, name, make_norm(cfg))
         self.attn = Attention(cfg, layer)
         self.mlp = make_mlp(cfg)
+        self.site = block_site(layer)
         self._forward = getattr(self, f"_{self.wiring}")
 
     def forward(self, x: Tensor, start: int, rope: Any, cache: Any = None, hooks: Any = None) -> Tensor:
-        return self._forward(x, lambda h: self.attn(h, start, rope, cache, hooks))
+        if hooks is not None and hooks.wants(self.site, "resid_pre"):
+            hooks.report(self.site, "resid_pre", x, start, start)
+        out = self._forward(x, lambda h: self.attn(h, start, rope, cache, hooks))
+        if hooks is not None and hooks.wants(self.site, "resid_post"):
+            hooks.report(self.site, "resid_post", out, start, start)
+        return out
 
     def _pre(self, x: Tensor, attn: Any) -> Tensor:
         x = x + attn(self.attn_norm(x))

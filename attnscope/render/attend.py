@@ -7,7 +7,7 @@ Designed for an 80×24 terminal first: the default focus view answers "which wor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -167,6 +167,31 @@ def overview_view(console: Console, summary: "Summary", focus: "Focus | None", c
         console.print(table)
 
 
+def update_view(console: Console, u: Any, tokens: "Tokens", k: int, color: bool, rows: int = 8) -> None:
+    """What each word wrote into the chosen token's embedding in one layer (the lesson's
+    'fluffy and blue move creature'), summed over heads, with the heads that carried most."""
+    names = distinct(tokens.labels)
+    total = float(u.per_key.sum()) or 1.0
+    console.print(Text(f"What each word wrote into “{tokens.labels[u.query]}” · layer {u.layer}, all heads",
+                       style="italic"))
+    table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1))
+    table.add_column("word")
+    table.add_column("‖moved‖", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("carried by (‖·‖ per head)")
+    order = u.per_key.argsort(descending=True)[:rows].tolist()
+    for j in order:
+        share = float(u.per_key[j]) / total
+        heads = u.per_head[:, j].argsort(descending=True)[:2].tolist()
+        by = "  ".join(f"H{h} {float(u.per_head[h, j]):.2f}" for h in heads)
+        table.add_row(Text(clip(names[j], 14), style=ramp_style(share) if color else ""),
+                      f"{float(u.per_key[j]):.2f}", f"{share:.0%}", by)
+    console.print(table)
+    ratio = u.update / u.embedding if u.embedding else 0.0
+    console.print(Text(f"whole update ‖Δ‖ = {u.update:.2f}; the embedding entering the layer ‖x‖ = "
+                       f"{u.embedding:.2f} (the update is {ratio:.0%} of it)", style="dim"))
+
+
 def render_result(console: Console, res: "AttendResult", view: str, model: str, k: int, color: bool) -> None:
     note = ""
     if view == "focus" and res.focus is not None:
@@ -174,6 +199,8 @@ def render_result(console: Console, res: "AttendResult", view: str, model: str, 
     header(console, model, res.tokens, note)
     if view == "focus" and res.focus is not None:
         focus_view(console, res.focus, k, color)
+        if res.update is not None:
+            update_view(console, res.update, res.tokens, k, color)
     elif view == "topk" and res.topk is not None:
         topk_view(console, res.topk, color)
     elif view == "heatmap" and res.attention is not None:
