@@ -103,3 +103,15 @@ def test_nan_weights_stop_with_the_layer_named(build: Callable[[str], Path], tmp
         assert res.exit_code == 1, res.output
         assert "layer 1" in res.stderr and "not finite" in res.stderr
         assert "nan" not in res.stdout.lower()
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_params_list_names_whole(width: int) -> None:
+    from attnscope.config import PRESETS
+
+    res = run("params", "--list", width=width)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert max(len(line) for line in lines) <= max(width, 80)  # the compact layout needs 80
+    for name in PRESETS:
+        assert any(re.search(rf"(^|\s){re.escape(name)}(\s|$)", line) for line in lines), name

@@ -159,7 +159,29 @@ def context_table(console: Console, cfg: "ModelConfig", ctx: "ContextReport") ->
     console.print(table)
 
 
+def _short(count: int) -> str:
+    """175,181,291,520 -> 175.2B: the whole number is in `params --config NAME`."""
+    for scale, unit in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}"
+    return str(count)
+
+
 def preset_list(console: Console, rows: Sequence[tuple[str, "ModelConfig", int, str]]) -> None:
+    if console.width < 120:  # the compact layout: names whole, shapes in one column
+        table = Table(title="Presets (every number exactly: attnscope params --config NAME)",
+                      title_justify="left", show_edge=False, box=None, padding=(0, 1))
+        table.add_column("Name", no_wrap=True, min_width=max(len(row[0]) for row in rows))
+        table.add_column("Family", no_wrap=True)
+        table.add_column("Layers × heads (kv) × d_head")
+        table.add_column("Width", justify="right", no_wrap=True)
+        table.add_column("Total", justify="right", no_wrap=True)
+        for name, cfg, total, convention in rows:
+            heads = str(cfg.n_heads) if cfg.n_kv_heads == cfg.n_heads else f"{cfg.n_heads} ({cfg.n_kv_heads})"
+            table.add_row(name, cfg.family, f"{cfg.n_layers} × {heads} × {cfg.d_head}", n(cfg.d_model),
+                          f"{_short(total)} [dim]{convention}[/]")
+        console.print(table)
+        return
     table = Table(title="Presets", title_justify="left", show_edge=False)
     for col, justify in (("Name", "left"), ("Family", "left"), ("d_model", "right"), ("Layers", "right"),
                          ("Heads (kv)", "right"), ("d_head", "right"), ("MLP", "right"), ("Vocab", "right"),
