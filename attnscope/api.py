@@ -141,10 +141,12 @@ class Inspector:
     def new_cache(self) -> KVCache:
         return KVCache(self.n_layers)
 
-    def step(self, ids: Sequence[int] | torch.Tensor, cache: KVCache, hooks: Any = None) -> torch.Tensor:
-        """Feed `ids` after what `cache` holds; their float32 logits (T_new, vocab)."""
+    def step(self, ids: Sequence[int] | torch.Tensor, cache: KVCache, hooks: Any = None,
+             last_only: bool = False) -> torch.Tensor:
+        """Feed `ids` after what `cache` holds; their float32 logits (T_new, vocab), or
+        only the last one's (1, vocab) with `last_only` (a prefill needs no more)."""
         x = self.model(self._ids(ids, cache.length), hooks, cache=cache)
-        return self.model.logits(x).cpu()
+        return self.model.logits(x[-1:] if last_only else x).cpu()
 
     def _sel(self, layers: Selector, heads: Selector) -> tuple[list[int], list[int]]:
         return analysis.select(layers, self.n_layers, "layer"), analysis.select(heads, self.n_heads, "head")

@@ -152,7 +152,7 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
     hooks = wrap(measure, 0, max(ls), look)
     cache = m.new_cache()
     began = time.perf_counter()
-    logits = m.step(tokens.ids, cache, hooks)[-1]  # (vocab,)
+    logits = m.step(tokens.ids, cache, hooks, last_only=True)[-1]  # (vocab,)
     for _ in range(max_new_tokens):
         probs = logits.float().softmax(-1)  # the model's own distribution
         chosen = choose(logits, temperature, top_k, top_p, gen)
@@ -178,7 +178,7 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
             break
         if len(out.token_ids) == max_new_tokens:
             break
-        logits = m.step([chosen], cache, hooks)[-1]
+        logits = m.step([chosen], cache, hooks, last_only=True)[-1]
     out.seconds = time.perf_counter() - began
     out.text = m.tokenizer.decode(out.token_ids, skip_special_tokens=True)
     return out
@@ -193,6 +193,7 @@ def generation_dict(g: Generation, model: str) -> dict[str, Any]:
         "tokens": g.tokens,
         "text": g.text,
         "stopped": g.stopped,
+        "seconds": g.seconds,
         "measure": g.measure,
         "layers": g.layers,
         "heads": g.heads,

@@ -153,7 +153,30 @@ class _Header:
             return values
         # variable-width elements: each takes at least 8 bytes (a length or a nested header)
         self.need(count * 8, what)
+        if etype == _STRING:  # vocabularies: tens of thousands of strings, read in one tight loop
+            return self._strings(count, what)
         return [self.value(etype, what, depth + 1) for _ in range(count)]
+
+    def _strings(self, count: int, what: str) -> list[str]:
+        buf, pos, size, out = self.buf, self.pos, self.size, []
+        unpack = struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.fail(f"{what} runs past the end of the file ({size} bytes)")
+            (n,) = unpack(buf, pos)
+            pos += 8
+            if n > size - pos:
+                self.pos = pos
+                self.fail(f"{what} runs past the end of the file ({size} bytes)")
+            try:
+                out.append(buf[pos : pos + n].decode("utf-8"))
+            except UnicodeDecodeError:
+                self.pos = pos
+                self.fail(f"{what} is not valid UTF-8")
+            pos += n
+        self.pos = pos
+        return out
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
@@ -349,7 +372,9 @@ def _dequantize(f: GGUFFile, t: GGUFTensor, data: np.ndarray) -> np.ndarray:
     row = t.shape[-1]
     if t.numel == 0:
         return np.zeros(t.shape, dtype=np.float32)
-    blocks = data[t.start : t.start + t.nbytes].reshape(-1, row // block * type_size)  # (rows, bytes per row)
+    # A plain ndarray view of the map: numpy's memmap subclass costs a finalizer call per
+    # block slice inside gguf-py (0.65 -> 0.32 s for SmolLM2's 272 tensors).
+    blocks = data[t.start : t.start + t.nbytes].view(np.ndarray).reshape(-1, row // block * type_size)  # (rows, bytes/row)
     try:
         values = gguf.quants.dequantize(blocks, qtype)
     except NotImplementedError:
