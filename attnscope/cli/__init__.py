@@ -7,7 +7,7 @@ Thin Typer commands (parse, call the library, render) in one module per command 
 from __future__ import annotations
 
 from attnscope.cli._app import app
-from attnscope.cli import attend, demos, generate, models, params  # noqa: F401 - registers the commands
+from attnscope.cli import attend, demos, explore, generate, models, params  # noqa: F401 - registers the commands
 
 
 def main() -> None:

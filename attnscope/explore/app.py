@@ -1,0 +1,596 @@
+"""The `explore` app: Textual screens and keys over a `Session`.
+
+    header   model · L29H0 · measure · n tokens · ▸selected (i)
+    tokens   the text as tokens, wrapped, each shaded by the selected token's attention
+    keys     the selected token's heaviest keys, ranked
+    heatmap  (h) a window of the head's n × n pattern around the selected token
+    footer   the last message or the keys; resident memory; the last computation's time
+
+`o` opens every layer × head's entropy, `?` the keys. Passes run in a worker thread
+(`Session.ensure`), so the screen answers while a layer is computed; a redraw only
+reads what is kept. The tokens pane draws through Textual's line API, only the lines in
+view, so a keystroke costs the same at 20 tokens as at 8,000.
+
+Textual's own documentation and examples (the line API's `ScrollView`, `ModalScreen`,
+thread workers) are the model; colour follows Textual's NO_COLOR handling, and every
+pane also carries its meaning without colour (see `views`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.geometry import Region, Size
+from textual.screen import ModalScreen, Screen
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widgets import Input, Static
+from textual.worker import Worker, WorkerState
+
+from attnscope.errors import AttnscopeError
+from attnscope.explore import views
+from attnscope.explore.session import MEASURES, Session, ranked, rss_bytes
+from attnscope.tokenize import visible
+from attnscope.units import human_bytes
+
+HINTS = "←→ head ↑↓ layer Tab token ? help q quit"
+HELP = """\
+attnscope explore: one head's attention on the text, token by token
+
+  ← →    previous / next head        ↑ ↓    previous / next layer
+  Tab    next token (Shift+Tab back)  click  select a token
+  h      heatmap of the head          o      every layer × head (entropy),
+  m      weight → norm → rollout             Enter jumps to a head
+  /      find tokens (n: next)        e      export this head (.npz)
+  ?      this help                    q      quit
+
+Tokens are shaded by how much the selected token (▸) attends to each,
+relative to its heaviest key; the list on the right ranks its keys.
+weight: the softmax α. norm: ‖α·f(x)‖, what each key moves (rows sum
+to 1). rollout: attention flow through the layers, one matrix a layer.
+␣ marks a leading space, ↵ a line break.
+
+Any key closes this."""
+
+
+class TokenView(ScrollView, can_focus=False):
+    """The tokens, wrapped to the pane's width, drawn line by line (Textual's line API)."""
+
+    DEFAULT_CSS = "TokenView { scrollbar-gutter: stable; overflow-x: hidden; }"
+
+    def __init__(self, labels: list[str], special: list[bool], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.labels, self.special = labels, special
+        self.layout_ = views.TokenLayout.build(labels, 40)
+        self.intensity: list[float] | None = None
+        self.selected = 0
+        self.matches: set[int] = set()
+        self.palette = views.Palette()
+
+    def relayout(self) -> None:
+        width = max(4, self.scrollable_content_region.width)
+        if width != self.layout_.width:
+            self.layout_ = views.TokenLayout.build(self.labels, width)
+        self.virtual_size = Size(width, len(self.layout_.lines))
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.relayout()
+        self.reveal()
+
+    def show(self, intensity: list[float] | None, selected: int, matches: set[int], palette: views.Palette) -> None:
+        moved = selected != self.selected
+        self.intensity, self.selected, self.matches, self.palette = intensity, selected, matches, palette
+        self.refresh()
+        if moved:
+            self.reveal()
+
+    def reveal(self) -> None:
+        """Scroll so the selected token's line is in view."""
+        if self.selected < len(self.layout_.line_of):
+            line = self.layout_.line_of[self.selected]
+            self.scroll_to_region(Region(0, line, 1, 1), animate=False, immediate=True)
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        segments = views.token_segments(self.layout_, scroll_y + y, self.intensity, self.selected, self.special,
+                                        self.matches, self.palette)
+        width = self.scrollable_content_region.width
+        return Strip(segments).crop_extend(scroll_x, scroll_x + width, Style())  # a None style breaks NO_COLOR
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        hit = self.layout_.hit(offset.x + int(self.scroll_x), offset.y + int(self.scroll_y))
+        if hit is not None:
+            self.app.select(hit)  # type: ignore[attr-defined]
+
+
+_SIZED = "layout" in inspect.signature(Static.update).parameters  # Textual >= 1.x: skip needless layouts
+
+
+class Pane(Static):
+    """A pane whose size the CSS fixes: new content needs no layout pass where Textual
+    can skip it (a layout per keystroke costs more than drawing the panes)."""
+
+    def show(self, content: Any) -> None:
+        if _SIZED:
+            self.update(content, layout=False)
+        else:  # pragma: no cover - older Textual
+            self.update(content)
+
+
+class HeatmapPane(Pane):
+    """The heatmap; a click on a row selects that query."""
+
+    row0 = 0
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is not None and offset.y >= 1:
+            app: ExploreApp = self.app  # type: ignore[assignment]
+            i = self.row0 + offset.y - 1
+            if i < app.session.n:
+                app.select(i)
+
+
+class MainScreen(Screen[None]):
+    """Header, tokens and top keys, the optional heatmap, a prompt line and the footer."""
+
+    BINDINGS = [
+        Binding("left", "app.head(-1)", "previous head", show=False),
+        Binding("right", "app.head(1)", "next head", show=False),
+        Binding("up", "app.layer(-1)", "previous layer", show=False),
+        Binding("down", "app.layer(1)", "next layer", show=False),
+        Binding("tab", "app.token(1)", "next token", show=False, priority=True),
+        Binding("shift+tab", "app.token(-1)", "previous token", show=False, priority=True),
+        Binding("h", "app.heatmap", "heatmap", show=False),
+        Binding("o", "app.overview", "overview", show=False),
+        Binding("m", "app.measure", "measure", show=False),
+        Binding("slash", "app.prompt('search')", "find", show=False),
+        Binding("n", "app.next_match", "next match", show=False),
+        Binding("e", "app.prompt('export')", "export", show=False),
+        Binding("question_mark", "app.help", "help", show=False),
+        Binding("q", "app.quit", "quit", show=False),
+        Binding("escape", "app.cancel_prompt", "cancel", show=False),
+    ]
+
+    def compose(self) -> ComposeResult:
+        app: ExploreApp = self.app  # type: ignore[assignment]
+        tokens = app.session.tokens
+        yield Pane(id="header")
+        with Horizontal(id="body"):
+            yield TokenView(list(tokens.labels), list(tokens.special), id="tokens")
+            yield Pane(id="keys")
+        yield HeatmapPane(id="heatmap")
+        yield Input(id="prompt")
+        yield Pane(id="footer")
+
+    def on_mount(self) -> None:
+        self.query_one("#heatmap").display = False
+        self.query_one("#prompt").display = False
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.call_after_refresh(self.app.redraw)  # type: ignore[attr-defined]
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.app.submit_prompt(event.value)  # type: ignore[attr-defined]
+
+
+class OverviewScreen(Screen[tuple[int, int] | None]):
+    """Every layer × head's entropy; arrows move, Enter (or a click) jumps to the head."""
+
+    BINDINGS = [
+        Binding("left", "move(0, -1)", show=False), Binding("right", "move(0, 1)", show=False),
+        Binding("up", "move(-1, 0)", show=False), Binding("down", "move(1, 0)", show=False),
+        Binding("enter", "jump", show=False), Binding("escape,o", "close", show=False),
+        Binding("q", "app.quit", show=False), Binding("question_mark", "app.help", show=False),
+    ]
+
+    def __init__(self, cursor: tuple[int, int]) -> None:
+        super().__init__()
+        self.cursor = cursor
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="ov-title")
+        yield Static(id="ov-heads")
+        with VerticalScroll(id="ov-scroll", can_focus=False):
+            yield Static(id="grid")
+        yield Static(id="ov-footer")
+
+    def on_mount(self) -> None:
+        self.app.want_entropy()  # type: ignore[attr-defined]
+        self.redraw()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.redraw()
+
+    def redraw(self) -> None:
+        app: ExploreApp = self.app  # type: ignore[assignment]
+        s, measure = app.session, app.measure
+        entropy = s.entropy(measure)
+        values = entropy.tolist() if entropy is not None else None
+        width = self.size.width or 80
+        grid = self.query_one("#grid", Static)
+        current = (app.layer, app.head_shown())
+        heads = s.heads_of(measure)
+        self.query_one("#ov-heads", Static).update(views.overview_header(heads, width - 2, measure))
+        grid.update(views.overview_text(values, self.cursor, current, width - 2, app.palette()))
+        title = Text(no_wrap=True, overflow="ellipsis")
+        title.append(f"{s.name} · every layer × head · {measure} · entropy (0: one key, 1: uniform)", views.TITLE)
+        self.query_one("#ov-title", Static).update(title)
+        l, h = self.cursor
+        value = f" = {values[l][h]:.3f}" if values is not None else ""
+        where = f"L{l}H{h}" if measure != "rollout" else f"L{l} all heads"
+        foot = f"{where}{value} · brighter: more focused · * on show · ←→↑↓ move · Enter jump · Esc back"
+        self.query_one("#ov-footer", Static).update(Text(views.fit(foot, width), style=views.DIM))
+        scroll = self.query_one("#ov-scroll", VerticalScroll)
+        scroll.scroll_to_region(Region(0, l, 1, 1), animate=False, immediate=True)
+
+    def action_move(self, dl: int, dh: int) -> None:
+        app: ExploreApp = self.app  # type: ignore[assignment]
+        heads = app.session.heads_of(app.measure)
+        l, h = self.cursor
+        self.cursor = ((l + dl) % app.session.n_layers, (h + dh) % heads)
+        self.redraw()
+
+    def action_jump(self) -> None:
+        self.dismiss(self.cursor)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def on_click(self, event: events.Click) -> None:
+        grid = self.query_one("#grid", Static)
+        offset = event.get_content_offset(grid)
+        app: ExploreApp = self.app  # type: ignore[assignment]
+        if offset is None or offset.x < 5:
+            return
+        heads = app.session.heads_of(app.measure)
+        w = views.overview_cell_width(heads, (self.size.width or 80) - 2)
+        l, h = offset.y, (offset.x - 5) // w
+        if l < app.session.n_layers and h < heads:
+            self.cursor = (l, h)
+            self.dismiss(self.cursor)
+
+
+class HelpScreen(ModalScreen[None]):
+    """The keys; any key or click closes it."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(HELP), id="help")
+
+    def on_key(self, event: events.Key) -> None:
+        event.stop()
+        self.dismiss(None)
+
+    def on_click(self, event: events.Click) -> None:
+        self.dismiss(None)
+
+
+class ExploreApp(App[int]):
+    """State (layer, head, measure, selected token) and the actions on it."""
+
+    TITLE = "attnscope explore"
+    ENABLE_COMMAND_PALETTE = False
+    AUTO_FOCUS = None  # nothing takes the keys from the screen until a prompt asks for them
+    BINDINGS = [Binding("ctrl+c", "quit", "quit", show=False, priority=True)]  # as q (Textual 8 copies)
+    CSS = """
+    #header { height: 1; background: $panel; }
+    #body { height: 1fr; }
+    #tokens { width: 1fr; height: 1fr; }
+    #keys { width: 30; height: 1fr; padding: 0 0 0 1; border-left: vkey $panel; }
+    #heatmap { height: 45%; border-top: hkey $panel; }
+    #prompt { height: 1; border: none; padding: 0; }
+    #footer { height: 1; background: $panel; }
+    #ov-title, #ov-footer { height: 1; background: $panel; }
+    #ov-heads { height: 1; }
+    #ov-scroll { height: 1fr; }
+    HelpScreen { align: center middle; }
+    #help { width: auto; max-width: 100%; height: auto; max-height: 100%; padding: 0 1; border: round $accent;
+            background: $surface; }
+    """
+
+    def __init__(self, session: Session, layer: int | None = None, head: int = 0, measure: str = "weight",
+                 query: int | None = None, started: float | None = None) -> None:
+        # NO_COLOR: Textual's ANSI mode strips every colour (its default would turn colours
+        # to greys); the panes carry their meaning in attributes and glyphs instead.
+        super().__init__(ansi_color=True if "NO_COLOR" in os.environ else None)
+        from attnscope.analysis import default_focus
+
+        self.session = session
+        self.layer = session.n_layers - 1 if layer is None else layer
+        self.head = head
+        self.measure = measure
+        self.query = default_focus(session.tokens) if query is None else query
+        self.started = time.perf_counter() if started is None else started
+        self.ready_s: float | None = None  # from `started` to the first screen with a pattern
+        self.redraw_ms: float | None = None  # building the panes on the last change
+        self.paint_ms: float | None = None  # from that change to the screen painted with it
+        self.message: Text | None = None
+        self.search_term = ""
+        self.matches: list[int] = []
+        self.prompt_mode: str | None = None
+        self._pending: dict[Worker[Any], tuple[str, Any]] = {}  # running jobs: (kind, what)
+        self._failed: set[tuple[str, Any]] = set()
+
+    def get_default_screen(self) -> Screen[Any]:
+        return MainScreen()
+
+    # ------------------------------------------------------------------ state
+
+    def head_shown(self) -> int:
+        """The head index of the view: rollout has one matrix (index 0) per layer."""
+        return 0 if self.measure == "rollout" else self.head
+
+    def target(self) -> tuple[str, int, int]:
+        return self.measure, self.layer, self.head_shown()
+
+    def palette(self) -> views.Palette:
+        if self.no_color:
+            return views.Palette(color=False)
+        bg = self.current_theme.background or "#1e1e1e"
+        from textual.color import Color
+
+        c = Color.parse(bg)
+        return views.Palette(True, (c.r, c.g, c.b))
+
+    def say(self, message: str, error: bool = False) -> None:
+        self.message = Text(visible(message), style=Style(bold=True, color="red" if error else None))
+
+    # ------------------------------------------------------------------ drawing
+
+    def on_mount(self) -> None:
+        self.set_interval(2.0, self._tick)
+
+    def _tick(self) -> None:
+        if isinstance(self.screen, MainScreen):
+            self._footer()
+
+    def redraw(self) -> None:
+        """Rebuild every pane of the main screen from the state and what is kept."""
+        screen = self.screen
+        if not isinstance(screen, MainScreen):
+            if isinstance(screen, OverviewScreen):
+                screen.redraw()
+            return
+        start = time.perf_counter()
+        s, palette = self.session, self.palette()
+        pattern = s.pattern(*self.target())
+        if pattern is None:
+            self.request()
+        tokens = screen.query_one("#tokens", TokenView)
+        keys_pane = screen.query_one("#keys", Pane)
+        row = pattern[self.query] if pattern is not None else None
+        intensity = views.relative(row.tolist()) if row is not None else None
+        tokens.show(intensity, self.query, set(self.matches), palette)
+        width = max(10, screen.size.width or 80)
+        head = None if self.measure == "rollout" else self.head
+        screen.query_one("#header", Pane).show(views.header_text(
+            s.name, self.layer, head, self.measure, s.n, self.query, s.tokens.labels[self.query], width))
+        k = max(3, keys_pane.size.height - 2)
+        keys = ranked(row, k) if row is not None else []
+        keys_pane.show(views.top_keys_text(keys, s.tokens.labels, self.query, self.measure,
+                                             max(10, keys_pane.size.width - 1), palette, row is None))
+        heat = screen.query_one("#heatmap", HeatmapPane)
+        if heat.display:
+            hw, hh = heat.size.width or width, heat.size.height or 10
+            row0, rows, col0, cols = views.heatmap_window(s.n, self.query, hw, hh)
+            matrix = pattern[row0:row0 + rows, col0:col0 + cols].tolist() if pattern is not None else None
+            where = f"L{self.layer}H{head}" if head is not None else f"L{self.layer}"
+            heat.row0 = row0
+            heat.show(views.heatmap_text(matrix, s.tokens.labels, self.query, s.n, hw, hh, palette,
+                                           f"{where} {self.measure}", row0, col0))
+        self._footer()
+        self.redraw_ms = (time.perf_counter() - start) * 1000
+        self.call_after_refresh(self._painted, start)
+        if pattern is not None and self.ready_s is None:
+            self.call_after_refresh(self._mark_ready)
+
+    def _painted(self, start: float) -> None:
+        self.paint_ms = (time.perf_counter() - start) * 1000
+
+    def _mark_ready(self) -> None:
+        if self.ready_s is None:
+            self.ready_s = time.perf_counter() - self.started
+            if self.message is None:
+                self.say(f"ready in {self.ready_s:.2f} s · ? for help")
+                self._footer()
+
+    def _footer(self) -> None:
+        screen = self.screen
+        if not isinstance(screen, MainScreen):
+            return
+        width = max(10, screen.size.width or 80)
+        rss = rss_bytes()
+        right = f"{'RSS' if rss[1] else 'peak RSS'} {human_bytes(rss[0])}" if rss is not None else ""
+        last = self.session.last
+        if self._pending:
+            right += " · computing…"
+        elif last is not None:
+            right += f" · {last.seconds:.2f} s"
+            if self.message is None or self.message.cell_len + len(right) + len(last.what) + 4 <= width:
+                right += f" ({last.what})"
+        left = (self.message if self.message is not None else Text(HINTS, style=views.DIM)).copy()
+        left.truncate(max(0, width - len(right) - 1), overflow="ellipsis")
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append_text(left)
+        line.append(" " * max(1, width - left.cell_len - len(right)))
+        line.append(right)
+        line.truncate(width, overflow="ellipsis")
+        screen.query_one("#footer", Pane).show(line)
+
+    # ------------------------------------------------------------------ computing
+
+    def request(self) -> None:
+        """Compute the shown pattern in a worker thread unless one is already on it."""
+        target = self.target()
+        if ("pattern", target) in self._pending.values() or ("pattern", target) in self._failed:
+            return
+
+        def wanted() -> bool:  # the block this pass makes still serves what is on show
+            measure, layer, head = self.target()
+            same_head = head == target[2] or self.session.plan(measure) != "head"
+            return (measure, layer) == target[:2] and same_head
+
+        def job() -> None:
+            self.session.ensure(*target, wanted=wanted)
+
+        worker = self.run_worker(job, thread=True, group="compute", exit_on_error=False)
+        self._pending[worker] = ("pattern", target)
+
+    def want_entropy(self) -> None:
+        measure = self.measure
+        job = ("entropy", measure)
+        if self.session.entropy(measure) is not None or job in self._pending.values() or job in self._failed:
+            return
+        worker = self.run_worker(lambda: self.session.ensure_entropy(measure), thread=True, group="compute",
+                                 exit_on_error=False)
+        self._pending[worker] = ("entropy", measure)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        job = self._pending.pop(event.worker, None)
+        if event.state == WorkerState.ERROR:
+            err = event.worker.error
+            if isinstance(err, AttnscopeError):
+                text = err.message + (f" ({err.hint})" if err.hint else "")
+            else:
+                text = f"internal error: {type(err).__name__}: {err}"
+            self.say(text, error=True)
+            if job is not None and job[0] in ("pattern", "entropy"):
+                self._failed.add(job)  # not asked again, or each redraw would retry it
+        elif job is not None and job[0] == "export" and event.state == WorkerState.SUCCESS:
+            self.say(f"saved {job[1]}")
+        self.redraw()
+
+    # ------------------------------------------------------------------ actions
+
+    def select(self, i: int) -> None:
+        self.query = i % self.session.n
+        self.redraw()
+
+    def action_head(self, step: int) -> None:
+        if self.measure == "rollout":
+            self.say("rollout has one matrix per layer: no heads to step through")
+            self._footer()
+            return
+        self.head = (self.head + step) % self.session.n_heads
+        self.redraw()
+
+    def action_layer(self, step: int) -> None:
+        self.layer = (self.layer + step) % self.session.n_layers
+        self.redraw()
+
+    def action_token(self, step: int) -> None:
+        self.select(self.query + step)
+
+    def action_heatmap(self) -> None:
+        heat = self.screen.query_one("#heatmap", HeatmapPane)
+        heat.display = not heat.display
+        self.call_after_refresh(self.redraw)
+        self.redraw()
+
+    def action_measure(self) -> None:
+        from attnscope.measures.transforms import DESCRIPTIONS
+
+        self.measure = MEASURES[(MEASURES.index(self.measure) + 1) % len(MEASURES)]
+        self.say(f"measure: {DESCRIPTIONS[self.measure]}")
+        self.redraw()
+
+    def action_overview(self) -> None:
+        def jump(picked: tuple[int, int] | None) -> None:
+            if picked is not None:
+                self.layer, h = picked
+                if self.measure != "rollout":
+                    self.head = h
+            self.redraw()
+
+        self.push_screen(OverviewScreen((self.layer, self.head_shown())), jump)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        self.session.stop.set()  # a pass still running stops within a layer, so exiting never waits on it
+        self.exit(0)
+
+    def action_prompt(self, mode: str) -> None:
+        prompt = self.screen.query_one("#prompt", Input)
+        self.prompt_mode = mode
+        if mode == "search":
+            prompt.placeholder = "find tokens containing… (Enter; Esc cancels)"
+            prompt.value = self.search_term
+        else:
+            layer, head = self.layer, self.head_shown()
+            prompt.placeholder = "export to FILE.npz (Enter; Esc cancels)"
+            prompt.value = str(self.session.default_export_path(self.measure, layer, head).name)
+        prompt.display = True
+        prompt.focus()
+        prompt.cursor_position = len(prompt.value)
+
+    def action_cancel_prompt(self) -> None:
+        prompt = self.screen.query_one("#prompt", Input)
+        if prompt.display:
+            prompt.display = False
+            self.prompt_mode = None
+            self.screen.set_focus(None)
+
+    def submit_prompt(self, value: str) -> None:
+        mode = self.prompt_mode
+        self.action_cancel_prompt()
+        if mode == "search":
+            self.search(value)
+        elif mode == "export":
+            self.export(value)
+
+    def search(self, term: str) -> None:
+        self.search_term = term
+        needle = term.strip().casefold()
+        labels = self.session.tokens.labels
+        self.matches = [i for i, label in enumerate(labels) if needle and needle in label.casefold()]
+        if not needle:
+            self.message = None
+        elif not self.matches:
+            self.say(f"no token contains {term!r}", error=True)
+        else:
+            self._goto_match(1)
+            return
+        self.redraw()
+
+    def _goto_match(self, step: int) -> None:
+        after = [i for i in self.matches if (i - self.query) * step > 0]
+        i = (after[0] if step > 0 else after[-1]) if after else (self.matches[0] if step > 0 else self.matches[-1])
+        self.say(f"{self.matches.index(i) + 1}/{len(self.matches)} tokens contain {self.search_term!r} · n: next")
+        self.select(i)
+
+    def action_next_match(self) -> None:
+        if self.matches:
+            self._goto_match(1)
+
+    def export(self, name: str) -> None:
+        name = name.strip()
+        if not name:
+            return
+        path = Path(name).expanduser()
+        measure, layer, head = self.target()
+
+        def job() -> None:
+            self.session.export(path, measure, layer, head)
+
+        worker = self.run_worker(job, thread=True, group="compute", exit_on_error=False)
+        where = f"L{layer}H{head}" if measure != "rollout" else f"L{layer}"
+        self._pending[worker] = ("export", f"{path} ({where} {measure}, {self.session.n}×{self.session.n})")
+        self.say(f"writing {path}…")
+        self._footer()
