@@ -5,6 +5,13 @@ Hugging Face cache. Headers are read by hand, as safetensors' own format doc des
 them (8-byte little-endian length, then a JSON object of name -> dtype, shape,
 data_offsets): counting parameters never maps a file nor touches tensor data, and every
 malformation becomes a `CheckpointError` that names the file.
+
+Hostile input: only regular files are opened (non-blocking, checked with fstat, as
+`sources.gguf.read_gguf` does), so a FIFO named `model.safetensors` cannot hang us; every
+size and shape a header declares is checked against the file before anything is
+allocated; and a file the checkpoint names (an index's shard, a symlink in the folder)
+must resolve inside the model's folder, or inside its own `models--org--name` folder of
+the Hugging Face cache, whose snapshots link to `../../blobs/`.
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 from typing import Any, Iterator
 
-from attnscope.errors import CheckpointError, ModelNotFoundError
+from attnscope.errors import AttnscopeError, CheckpointError, ModelNotFoundError
 
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
@@ -27,6 +35,8 @@ DTYPE_SIZES = {
     "U64": 8, "I64": 8, "F64": 8, "C64": 8,
 }
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
+MAX_JSON = 100 * 1024 * 1024  # config.json, the shard index: real ones are kilobytes to a few MiB
+MAX_DIM = 2**53  # every dim below this: exact as a JSON number anywhere, far above any real tensor
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -56,39 +66,145 @@ class Checkpoint:
 
     @property
     def config_path(self) -> Path | None:
-        path = self.root / "config.json"
-        return path if path.is_file() else None
+        """config.json beside the weights; None if absent, an error if it is not a regular
+        file or leads out of the model's folder."""
+        return _member(self.root, "config.json")
 
     @property
     def tokenizer_path(self) -> Path | None:
-        path = self.root / "tokenizer.json"
-        return path if path.is_file() else None
+        return _member(self.root, "tokenizer.json")
+
+
+def _mib(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB"
+
+
+def open_regular(path: Path, error: type[AttnscopeError] = CheckpointError) -> tuple[int, int]:
+    """Open `path` for reading if it is a regular file: (fd, size). A FIFO, socket or
+    device is refused before it is opened (`os.stat`) and again after (`fstat` on a
+    non-blocking open, in case it was swapped meanwhile), so nothing can block. A missing
+    file raises FileNotFoundError, for the caller to word; other failures `error`."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        else:
+            fd = -1
+    except FileNotFoundError:
+        raise
+    except PermissionError:
+        raise error(f"{path}: permission denied", hint="check the file's permissions") from None
+    except NotADirectoryError:
+        raise FileNotFoundError(path) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise error(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if fd >= 0:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return fd, st.st_size
+        os.close(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{path} is a folder, not a file", hint="pass the file itself, or the folder that holds it")
+    raise error(f"{path} is not a regular file", hint="replace it with the real file (a FIFO or device cannot be read)")
+
+
+def read_regular(path: Path, what: str, limit: int = MAX_JSON,
+                 error: type[AttnscopeError] = CheckpointError) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (see `open_regular`)."""
+    fd, size = open_regular(path, error)
+    try:
+        if size > limit:
+            raise error(f"{path}: {what} of {size} bytes exceeds the {_mib(limit)} limit",
+                        hint=f"is this really the model's {what}?")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # it grew after fstat
+        raise error(f"{path}: {what} exceeds the {_mib(limit)} limit")
+    return data
+
+
+def _allowed_roots(root: Path) -> list[Path]:
+    """Where the files a checkpoint folder names may lie: the folder itself and, for a
+    snapshot of the Hugging Face cache, its repo folder (the snapshot's files are links
+    to `../../blobs/`)."""
+    roots = []
+    for folder in (root, root.resolve()):
+        roots.append(folder.resolve())
+        repo = folder.parent.parent
+        if folder.parent.name == "snapshots" and repo.name.startswith("models--"):
+            roots.append(repo.resolve())
+    return list(dict.fromkeys(roots))
+
+
+def _contained(root: Path, path: Path, named_by: str) -> Path:
+    """`path` if it resolves inside `root` (or its hub repo folder); else a CheckpointError."""
+    try:
+        real = path.resolve()
+        roots = _allowed_roots(root)
+    except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop
+        raise CheckpointError(f"{path}: cannot resolve the path (a symlink loop?)") from None
+    if not any(real == r or r in real.parents for r in roots):
+        raise CheckpointError(
+            f"{named_by} leads outside the model folder {root}, to {real}",
+            hint="a checkpoint's files must sit in its folder; copy them in or pass the file itself",
+        )
+    return path
+
+
+def _member(root: Path, name: str) -> Path | None:
+    """A file in the model folder: None if absent (or a dangling link), else checked to
+    be a regular file inside the folder."""
+    path = root / name
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError:
+        raise CheckpointError(f"{path}: permission denied", hint="check the folder's permissions") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file", hint=f"replace it with the model's own {name}")
+    return _contained(root, path, name)
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and validate one safetensors header without reading tensor data."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        fd, size = open_regular(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file", hint="download it again") from None
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)")
             (length,) = struct.unpack("<Q", head)
-            if length > MAX_HEADER or 8 + length > size:
+            if length > MAX_HEADER:
+                raise CheckpointError(
+                    f"{path}: header of {length} bytes exceeds the {_mib(MAX_HEADER)} limit",
+                    hint="the file is corrupt or not safetensors",
+                )
+            if 8 + length > size:
                 raise CheckpointError(
                     f"{path}: header length {length} runs past the end of the file ({size} bytes)",
                     hint="the file is truncated or not safetensors; download it again",
                 )
             blob = f.read(length)
-    except PermissionError:
-        raise CheckpointError(f"{path}: permission denied") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a folder, not a safetensors file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(blob) < length:  # it shrank after fstat
+        raise CheckpointError(f"{path}: header runs past the end of the file", hint="the file is truncated")
     try:
         header = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: also ints over 4,300 digits
         raise CheckpointError(f"{path}: safetensors header is not valid JSON", hint="the file is corrupt") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
@@ -105,30 +221,46 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     return infos
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _tensor_info(path: Path, name: str, entry: Any, data_size: int) -> TensorInfo:
+    """One header entry, checked against the data before anything is sized from it:
+    every dim an int in 0..2**53, the product compared step by step with the bytes the
+    offsets hold (so a long list of huge dims is refused without multiplying it out)."""
     bad = f"{path}: tensor {name!r}"
     if not isinstance(entry, dict):
         raise CheckpointError(f"{bad} has a malformed header entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise CheckpointError(f"{bad} has an unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise CheckpointError(f"{bad} has a malformed shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-    ):
-        raise CheckpointError(f"{bad} has malformed data_offsets {offsets!r}")
+    if not isinstance(shape, list) or not all(_is_int(s) and 0 <= s < MAX_DIM for s in shape):
+        raise CheckpointError(f"{bad} has a malformed shape {_short(shape)}",
+                              hint="every dimension must be a whole number from 0 to 2**53")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise CheckpointError(f"{bad} has malformed data_offsets {_short(offsets)}")
     start, end = offsets
     if start < 0 or end < start or end > data_size:
         raise CheckpointError(
-            f"{bad}: offsets {start}..{end} run past the data ({data_size} bytes)",
+            f"{bad}: offsets {_short(start)}..{_short(end)} run past the data ({data_size} bytes)",
             hint="the file is truncated or corrupt",
         )
-    if end - start != prod(shape) * DTYPE_SIZES[dtype]:
-        raise CheckpointError(f"{bad}: {end - start} bytes do not hold a {dtype} tensor of shape {tuple(shape)}")
+    width = DTYPE_SIZES[dtype]
+    nbytes = 0 if 0 in shape else width
+    for dim in shape:
+        nbytes *= dim
+        if nbytes > end - start:
+            break
+    if nbytes != end - start:
+        raise CheckpointError(f"{bad}: {end - start} bytes do not hold a {dtype} tensor of shape {_short(shape)}",
+                              hint="the file is corrupt")
     return TensorInfo(name, dtype, tuple(shape), start, end, path)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def hub_cache_dir() -> Path:
@@ -185,43 +317,81 @@ def locate(spec: str | os.PathLike[str]) -> Checkpoint:
     """Resolve a folder, a .safetensors file or a hub id into a Checkpoint with its headers."""
     text = str(spec)
     path = Path(text).expanduser()
-    if path.exists():
-        root = path if path.is_dir() else path.parent
-    elif looks_like_hub_id(text):
-        root = resolve_hub(text)
-        path = root
-    else:
-        raise ModelNotFoundError(f"no such file or folder: {text}", hint="pass a checkpoint folder, a .safetensors file or a hub id")
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except PermissionError:
+        raise CheckpointError(f"{path}: permission denied", hint="check its permissions") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise ModelNotFoundError(f"cannot use {text!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if st is None:
+        if os.path.lexists(path):
+            raise ModelNotFoundError(f"{path} is a link to nothing", hint="the file it pointed to was removed")
+        if not looks_like_hub_id(text):
+            raise ModelNotFoundError(f"no such file or folder: {text}",
+                                     hint="pass a checkpoint folder, a .safetensors file or a hub id")
+        path = resolve_hub(text)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise ModelNotFoundError(f"cannot use the hub snapshot {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.R_OK):
-        raise CheckpointError(f"{path}: permission denied")
-    if path.is_file():
+        raise CheckpointError(f"{path}: permission denied", hint="check its permissions")
+    if stat.S_ISREG(st.st_mode):
         if path.suffix != ".safetensors":
             raise CheckpointError(f"{path} is not a .safetensors file", hint="pass the checkpoint folder or its .safetensors file")
-        ckpt = Checkpoint(text, root, [path])
-    else:
+        ckpt = Checkpoint(text, path.parent, [path])
+    elif stat.S_ISDIR(st.st_mode):
         ckpt = _folder(text, path)
+    else:
+        raise CheckpointError(f"{path} is not a regular file or a folder",
+                              hint="pass the checkpoint folder or its .safetensors file")
     ckpt.tensors = _read_all(ckpt)
     return ckpt
 
 
 def _folder(source: str, root: Path) -> Checkpoint:
-    index = root / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            shards = list(dict.fromkeys(weight_map.values()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map)") from None
-        files = [root / str(s) for s in shards]
-        for f in files:
-            if not f.is_file():
-                raise CheckpointError(f"{index} names the shard {f.name}, which is missing", hint="download the missing shard")
-        return Checkpoint(source, root, files, index=index)
-    files = sorted(root.glob("*.safetensors"))
+    index = _member(root, "model.safetensors.index.json")
+    if index is not None:
+        return Checkpoint(source, root, _shards(root, index), index=index)
+    try:
+        with os.scandir(root) as entries:
+            names = sorted(e.name for e in entries)
+    except PermissionError:
+        raise CheckpointError(f"cannot list {root}: permission denied", hint="check the folder's permissions") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot list {root}: {exc.strerror or exc}") from None
+    files = [_contained(root, root / name, name) for name in names if name.endswith(".safetensors")]
     if not files:
-        hint = "convert the checkpoint to safetensors" if any(root.glob("*.bin")) else "pass a folder with *.safetensors"
+        bins = any(n.endswith(".bin") for n in names)
+        hint = "convert the checkpoint to safetensors" if bins else "pass a folder with *.safetensors"
         raise CheckpointError(f"{root} holds no .safetensors weights", hint=hint)
     return Checkpoint(source, root, files)
+
+
+def _shards(root: Path, index: Path) -> list[Path]:
+    """The shard files an index names, in order; each a relative path that stays in the folder."""
+    try:
+        raw = json.loads(read_regular(index, "safetensors index").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise CheckpointError(f"{index} is not valid JSON", hint="download it again") from None
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map of tensor -> file)",
+                              hint="download it again")
+    files = []
+    for shard in dict.fromkeys(weight_map.values()):
+        named = f"{index.name}'s shard {shard!r}"
+        if os.path.isabs(shard) or "\0" in shard:
+            what = "contains a NUL byte" if "\0" in shard else f"is an absolute path, outside the model folder {root}"
+            raise CheckpointError(f"{named} {what}",
+                                  hint="a shard must sit beside the index; the index is corrupt or hostile")
+        f = _contained(root, root / shard, named)
+        if not os.path.exists(f):
+            raise CheckpointError(f"{index} names the shard {shard}, which is missing", hint="download the missing shard")
+        files.append(f)
+    return files
 
 
 def _read_all(ckpt: Checkpoint) -> dict[str, TensorInfo]:

@@ -7,12 +7,18 @@ after TransformerLens, validates itself with messages that name the bad value.
 Presets are plain dicts in Hugging Face `config.json` form, looked up by exact name and
 read through the same `from_hf_config()` path as a real checkpoint's config, so there is
 one way to turn a description into a `ModelConfig`.
+
+Every number a config declares is checked against what can exist before anything is
+sized from it (rule 10): see the bounds below. Counting parameters is arithmetic on
+these sizes, so a config declaring 10**15 layers is refused at once rather than
+enumerated.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,16 +26,45 @@ from typing import Any
 from attnscope.errors import ConfigError, UnknownPresetError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope", "none")
+
+# Bounds on what a config may declare: far above any real model, low enough that nothing
+# sized from them (a list per layer, an index into a tensor) can run away.
+MAX_LAYERS = 100_000  # the deepest published models have a few hundred; per-layer lists stay small
+MAX_SIZE = 2**31  # widths, vocabulary, positions, windows: int32 indexing; real ones are below 2**18..2**24
+# n_heads <= d_model (a head has at least one dimension of the width), and n_heads * d_head,
+# the query projection's width, <= MAX_SIZE too.
+_BOUNDED = ("d_model", "d_mlp", "vocab_size", "n_ctx")
+_BOOLEANS = ("causal", "post_norm", "embed_norm", "final_norm", "gated_mlp", "qkv_bias", "out_bias", "mlp_bias",
+             "lm_head", "tied_embeddings", "pooler", "mlm_head", "nsp_head", "parallel", "shared_norm",
+             "embed_scale", "post_norms", "qk_norm", "unembed_bias")
+# config.json keys the family readers pass through bool(): the string "false" would read as True.
+_HF_BOOLEANS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_parallel_residual",
+                "do_layer_norm_before", "enable_bias", "is_decoder", "qkv_bias", "use_bias")
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+    """A finite int or float (not a bool, not NaN, not ±inf: json.loads('1e400') is inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too big for a float
+        return False
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "rope", "none")
+def _positive_int(value: Any, limit: int = MAX_SIZE) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A declared value for an error message, cut short (a 10**4000 or a 1e6-long list)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond str()'s digit limit
+        text = f"an integer of about {value.bit_length() * 3 // 10:,} digits" if isinstance(value, int) else "?"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass
@@ -85,19 +120,37 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        where = self._where()
         for attr in ("d_model", "n_layers", "n_heads", "d_mlp", "vocab_size", "n_ctx"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(
-                    f"{self._where()}{attr} must be a positive integer, got {value!r}",
+                    f"{where}{attr} must be a positive integer, got {_shown(value)}",
                     hint="check the sizes in config.json",
                 )
+        if self.n_layers > MAX_LAYERS:
+            raise ConfigError(f"{where}n_layers {_shown(self.n_layers)} exceeds the limit of {MAX_LAYERS:,} layers",
+                              hint="check the layer count in config.json")
+        for attr in _BOUNDED:
+            value = getattr(self, attr)
+            if value > MAX_SIZE:
+                raise ConfigError(f"{where}{attr} {_shown(value)} exceeds the limit of 2**31",
+                                  hint="check the sizes in config.json")
+        if self.n_heads > self.d_model:
+            raise ConfigError(f"{where}{_shown(self.n_heads)} heads exceed the width {self.d_model}",
+                              hint="check num_attention_heads in config.json")
+        for attr in _BOOLEANS:
+            if not isinstance(getattr(self, attr), bool):
+                raise ConfigError(f"{where}{attr} must be true or false, got {_shown(getattr(self, attr))}")
+        for attr in ("family", "name", "act", "norm", "positions", "dtype"):
+            if not isinstance(getattr(self, attr), str):
+                raise ConfigError(f"{where}{attr} must be a string, got {_shown(getattr(self, attr))}")
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.d_head == 0:
             if self.d_model % self.n_heads:
                 raise ConfigError(
-                    f"{self._where()}{self.n_heads} heads do not divide the width "
+                    f"{where}{self.n_heads} heads do not divide the width "
                     f"{self.d_model}",
                     hint="set head_dim in config.json or fix num_attention_heads",
                 )
@@ -105,45 +158,59 @@ class ModelConfig:
         for attr in ("n_kv_heads", "d_head"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{self._where()}{attr} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{where}{attr} must be a positive integer, got {_shown(value)}")
+        if self.n_heads * self.d_head > MAX_SIZE:
+            raise ConfigError(f"{where}{self.n_heads} heads of {_shown(self.d_head)} exceed the limit of 2**31",
+                              hint="check head_dim in config.json")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
-                f"{self._where()}{self.n_kv_heads} key/value heads do not divide "
+                f"{where}{_shown(self.n_kv_heads)} key/value heads do not divide "
                 f"{self.n_heads} query heads"
             )
         if self.act not in ACTIVATIONS:
-            raise ConfigError(f"{self._where()}unsupported activation {self.act!r}; supported: {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"{where}unsupported activation {self.act!r}; supported: {', '.join(ACTIVATIONS)}")
         if self.norm not in NORMS:
-            raise ConfigError(f"{self._where()}unsupported norm {self.norm!r}")
+            raise ConfigError(f"{where}unsupported norm {self.norm!r}")
         if self.positions not in POSITIONS:
-            raise ConfigError(f"{self._where()}unsupported positions {self.positions!r}")
+            raise ConfigError(f"{where}unsupported positions {self.positions!r}")
         if self.sliding_window is not None and not _positive_int(self.sliding_window):
-            raise ConfigError(f"{self._where()}sliding_window must be a positive integer, got {self.sliding_window!r}")
+            raise ConfigError(f"{where}sliding_window must be a positive integer up to 2**31, "
+                              f"got {_shown(self.sliding_window)}")
         for attr in ("n_types", "pos_offset", "d_embed", "rotary_dim"):
             value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{self._where()}{attr} must be a non-negative integer, got {value!r}")
-        for attr in ("rope_theta", "norm_eps"):
-            value = getattr(self, attr)
-            if not _number(value) or value < 0 or (attr == "rope_theta" and value == 0):
-                raise ConfigError(f"{self._where()}{attr} must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE:
+                raise ConfigError(f"{where}{attr} must be a non-negative integer up to 2**31, got {_shown(value)}")
+        if not _number(self.rope_theta) or self.rope_theta < 1:
+            # below 1 the "slowest" frequency would be the fastest: no RoPE model has one
+            raise ConfigError(f"{where}rope_theta must be a finite number of at least 1, got {_shown(self.rope_theta)}")
+        if not _number(self.norm_eps) or self.norm_eps < 0:
+            raise ConfigError(f"{where}norm_eps must be a finite non-negative number, got {_shown(self.norm_eps)}")
+        if not _number(self.norm_offset):
+            raise ConfigError(f"{where}norm_offset must be a finite number, got {_shown(self.norm_offset)}")
         for attr in ("attn_scale", "attn_softcap", "final_softcap"):
             value = getattr(self, attr)
             if value is not None and (not _number(value) or value <= 0):
-                raise ConfigError(f"{self._where()}{attr} must be a positive number, got {value!r}")
+                raise ConfigError(f"{where}{attr} must be a finite positive number, got {_shown(value)}")
         if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, dict):
+                raise ConfigError(f"{where}rope_scaling must be an object, got {_shown(self.rope_scaling)}")
             self._check_rope_scaling(self.rope_scaling)
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"{where}extra must be an object")
         if self.rotary_dim == 0:
             self.rotary_dim = self.d_head
         if not 0 < self.rotary_dim <= self.d_head or self.rotary_dim % 2:
-            raise ConfigError(f"{self._where()}rotary dimension {self.rotary_dim} must be even and within the head size {self.d_head}")
+            raise ConfigError(f"{where}rotary dimension {self.rotary_dim} must be even and within the head size {self.d_head}")
         if self.d_embed == 0:
             self.d_embed = self.d_model
         if self.layer_windows is not None:
+            if not isinstance(self.layer_windows, list):
+                raise ConfigError(f"{where}layer windows must be a list, got {_shown(self.layer_windows)}")
             if len(self.layer_windows) != self.n_layers:
-                raise ConfigError(f"{self._where()}{len(self.layer_windows)} layer types for {self.n_layers} layers")
+                raise ConfigError(f"{where}{len(self.layer_windows)} layer types for {self.n_layers} layers")
             if not all(w is None or _positive_int(w) for w in self.layer_windows):
-                raise ConfigError(f"{self._where()}sliding windows must be positive integers, got {self.layer_windows!r}")
+                raise ConfigError(f"{where}sliding windows must be positive integers up to 2**31, "
+                                  f"got {_shown(self.layer_windows)}")
 
     def _check_rope_scaling(self, scaling: dict[str, Any]) -> None:
         """llama3 scaling: every factor a positive number, high above low (they divide)."""
@@ -153,7 +220,7 @@ class ModelConfig:
                              ("original_max_position_embeddings", self.n_ctx)):
             value = scaling.get(key, default)
             if not _number(value) or value <= 0:
-                raise ConfigError(f"{where} {key} must be a positive number, got {value!r}")
+                raise ConfigError(f"{where} {key} must be a finite positive number, got {_shown(value)}")
             values[key] = value
         if values["high_freq_factor"] <= values["low_freq_factor"]:
             raise ConfigError(f"{where} high_freq_factor must exceed low_freq_factor")
@@ -334,38 +401,56 @@ def preset_convention(name: str) -> str:
 
 
 def read_config_json(path: Path) -> dict[str, Any]:
-    """Parse a config.json into a dict, with errors that name the file."""
+    """Parse a config.json into a dict, with errors that name the file. Only a regular
+    file of at most 100 MiB is read (a FIFO would block, a huge file fill the memory)."""
+    from attnscope.checkpoint import read_regular
+
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular(path, "config.json", error=ConfigError)
     except FileNotFoundError:
         raise ConfigError(f"no config.json at {path}", hint="pass a folder that holds config.json") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
     try:
-        raw = json.loads(text)
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", hint="is this the model's config.json?") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except (ValueError, RecursionError):  # integers over 4,300 digits; nesting past the stack
+        raise ConfigError(f"{path} holds a number or nesting deeper than any real config.json",
+                          hint="is this the model's config.json?") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a JSON object, not {type(raw).__name__}")
     return raw
+
+
+def _check_booleans(raw: dict[str, Any], name: str) -> None:
+    for key in _HF_BOOLEANS:
+        value = raw.get(key)
+        if value is not None and not isinstance(value, bool):
+            where = f"{name}: " if name else ""
+            raise ConfigError(f"{where}config.json's {key} must be true or false, got {_shown(value)}")
 
 
 def from_hf_config(raw: dict[str, Any], name: str = "") -> ModelConfig:
     """Build a ModelConfig from a Hugging Face config.json dict via its family's module."""
     from attnscope.architectures import family_for
 
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name + ': ' if name else ''}config.json must hold a JSON object, not {type(raw).__name__}")
     module = family_for(raw)
+    _check_booleans(raw, name)
     try:
         return module.config_from_hf(raw, name=name)
     except ConfigError:
         raise
     except KeyError as exc:
         raise ConfigError(
-            f"{name + ': ' if name else ''}config.json lacks the field {exc.args[0]!r}",
+            f"{name + ': ' if name else ''}config.json lacks the field {_shown(exc.args[0])}",
             hint="is this the model's own config.json?",
         ) from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name + ': ' if name else ''}config.json has a bad value: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError, AttributeError, IndexError) as exc:
+        # ArithmeticError: int(inf), 1 // 0 in a reader; the value is checked in ModelConfig after
+        raise ConfigError(f"{name + ': ' if name else ''}config.json has a bad value: {_shown(str(exc), 200)}") from None
 
 
 def load_config(path: Path) -> ModelConfig:

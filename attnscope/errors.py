@@ -66,3 +66,24 @@ class DeviceError(AttnscopeError):
 
 class ExportError(AttnscopeError):
     """An output file that cannot be written (exists, missing folder, no space)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while a command ran (the CLI's handler raises it).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it
+    and every `finally` (the exports' removal of their temporary files) still runs; the
+    CLI reports it as one line and exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"

@@ -1,8 +1,11 @@
 """Writers for attention patterns and top-k: .npz, .safetensors, JSON documents. Atomic.
 
-Every file is written to a temporary file in the destination folder and renamed over
-the target only when complete, so a failed or interrupted run leaves either the old
-file or nothing, never half a file; an existing file is replaced only with `force`.
+Every file is written to a hidden temporary file (`.NAME.….part`) in the destination
+folder and renamed over the target only when complete, so a failed or interrupted run
+(Ctrl-C, SIGTERM, SIGHUP: the CLI turns each into an exception) leaves either the old file
+or nothing, never half a file. An existing file is replaced only with `force`; without
+it the final name is claimed with O_EXCL before the rename, which fails if the name
+appeared meanwhile, so of two runs saving to one path only one can succeed.
 
 Contract (`attentions` follows the Hugging Face layout, one batch row dropped):
   .npz          attentions float32 [layers, heads, n, n] (row i: query i over keys),
@@ -51,8 +54,10 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only on success.
+def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success move it to `path`: over an
+    existing file only with `force`, else to a name that must still be free (see
+    `_publish_new`), so a file another run wrote meanwhile is never replaced.
 
     The file gets the mode a plain open() would give it (0666 less the umask), not
     mkstemp's owner-only 0600."""
@@ -65,7 +70,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
-        os.replace(tmp, path)
+        if force:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
@@ -73,6 +81,33 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    """Give `tmp` the name `path`, which must not exist: an ExportError if it does.
+
+    The name is claimed with O_CREAT | O_EXCL (atomic: of two runs, one gets it), and the
+    finished file renamed over our own empty claim; any failure in between removes the
+    claim (checked to still be ours, by inode) so no empty file is left behind. This, not
+    os.link, because a rename is what every filesystem supports (FAT and some network
+    mounts have no hard links), and so a failing rename is reported as it is with --force."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ExportError(f"{path} already exists (written by another run meanwhile)",
+                          hint="pass --force to overwrite it, or choose another name") from None
+    try:
+        claim = os.fstat(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            now = os.stat(path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (claim.st_dev, claim.st_ino):
+                os.unlink(path)
         raise
 
 
@@ -103,6 +138,7 @@ class PatternWriter:
                  tokens: list[str], text: str = "", force: bool = False, extra: dict[str, int] | None = None,
                  name: str = "attentions", head_axis: bool = True) -> None:
         self.path = check_target(path, force)
+        self.force = force
         self.name = name  # attentions, norms (--measure norm), rollout (one matrix per layer: no head axis)
         self.extra = dict(extra or {})  # scalar int64 entries (generate's prompt_length)
         self.layers, self.heads, self.n = layers, heads, n
@@ -115,7 +151,7 @@ class PatternWriter:
         self._entry: Any = None
 
     def __enter__(self) -> "PatternWriter":
-        self._ctx = atomic_path(self.path)
+        self._ctx = atomic_path(self.path, self.force)
         tmp = self._ctx.__enter__()
         try:
             self._file = open(tmp, "wb")
@@ -228,7 +264,7 @@ def save_topk(path: Path, indices: Any, weights: Any, layers: list[int], heads: 
     import numpy as np
 
     path = check_target(path, force, (".npz",))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, force) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, indices=indices.cpu().numpy().astype(np.int64), weights=weights.cpu().float().numpy(),
                      layers=np.asarray(layers, dtype=np.int64), heads=np.asarray(heads, dtype=np.int64),

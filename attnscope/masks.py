@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from attnscope import analysis
-from attnscope.errors import SelectionError, TokenizerError, UsageError
+from attnscope.errors import InputError, SelectionError, TokenizerError, UsageError
 from attnscope.parts.attention import MaskRule, mask_rule
+from attnscope.tokenize import tokenize, visible
 from attnscope.units import human_bytes, n
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ STEPS = ("scores", "masked_scores", "softmax", "masked_softmax")
 DEFAULT_TEXT = "a fluffy blue creature roamed the verdant forest"
 DEFAULT_WINDOW = 3
 PAD_COUNT = 3  # [PAD] positions appended for --kind padding
+MAX_WINDOW = 2**31  # as config windows: beyond any text, and torch's index arithmetic stays exact
 BIG_CONTEXT = 2048  # the context the size caption compares with
 # Tried in order when the tokenizer names no padding token (GPT-2 and Llama pad with EOS).
 PAD_NAMES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
@@ -99,6 +101,7 @@ class MaskDemo:
     auto_head: bool = False
     layer_map: str = ""  # where a model mixes kinds of layer (Gemma 2), which layers are which
     hidden_share: float = 0.0  # unmasked softmax weight on keys the mask hides, mean over real rows
+    truncated_from: int | None = None  # the text's full length in tokens, when --truncate cut it
 
 
 def model_kind(cfg: "ModelConfig", layer: int | None = None) -> str:
@@ -133,6 +136,9 @@ def check_kind(kind: str, window: int | None) -> int | None:
     window = DEFAULT_WINDOW if window is None else window
     if window < 1:
         raise UsageError(f"--window must be at least 1, got {window}")
+    if window > MAX_WINDOW:
+        raise UsageError(f"--window must be at most 2**31, got {window}",
+                         hint="a window longer than the text is the causal mask: use --kind causal")
     return window
 
 
@@ -331,8 +337,11 @@ def demo_for(
     head: str | int | None = None,
     kind: str = "causal",
     window: int | None = None,
+    truncate: bool = False,
 ) -> MaskDemo:
     """Run the model on `text` and build the demo for one layer and head (None: `pick_head`).
+    A text longer than the model's positions is an error unless `truncate` (as
+    `Inspector.tokenize`); with padding, room is kept for the pads where positions are learned.
 
     For padding the real tokens' queries and keys come from the text alone, because a
     batched model masks the pads in every layer, so they cannot change the real tokens;
@@ -345,13 +354,15 @@ def demo_for(
     heads = None if head is None else analysis.select(head, cfg.n_heads, "head")
     if heads is not None and len(heads) != 1:
         raise SelectionError("mask-demo shows one head: give --head a single index", hint="e.g. --head 0")
-    tokens, scores = inspector.scores(text, layers[0])  # (H, T, T): the model's own
+    tokens = _tokens_for(inspector, text, kind, truncate)
+    tokens, scores = inspector.scores(tokens, layers[0])  # (H, T, T): the model's own
     attn = inspector.model.blocks[layers[0]].attn
     n_real = len(tokens)
     n_pad = 0
     if kind == "padding":
         _, q, k, scale = inspector.qk(tokens, layers[0])
         pad_id, pad_label = pad_token(inspector.tokenizer)
+        pad_label = visible(pad_label)  # a label from the tokenizer's file
         padded, q_pad, k_pad, _ = inspector.qk(with_padding(tokens, pad_id, pad_label), layers[0])
         q = torch.cat([q, q_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
         k = torch.cat([k, k_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
@@ -365,7 +376,26 @@ def demo_for(
                              own_kind=model_kind(cfg, layers[0]), n_layers=cfg.n_layers, text=text)
     demo.auto_head = heads is None
     demo.layer_map = layer_map(cfg)
+    demo.truncated_from = tokens.truncated_from
     return demo
+
+
+def _tokens_for(inspector: "Inspector", text: str, kind: str, truncate: bool) -> "Tokens":
+    """The text's tokens; for padding on learned positions, short enough to leave room
+    for the PAD_COUNT pads (which take positions too)."""
+    cfg = inspector.config
+    tokens = inspector.tokenize(text, truncate)
+    room = cfg.n_ctx - PAD_COUNT
+    if kind != "padding" or cfg.positions != "learned" or len(tokens) <= room:
+        return tokens
+    if not truncate or room < 1:
+        raise InputError(
+            f"the text is {len(tokens)} tokens; with {PAD_COUNT} padding tokens that is more than "
+            f"the model's {cfg.n_ctx} positions",
+            hint="shorten it or pass --truncate to keep the first tokens" if room >= 1 else None,
+        )
+    cut = tokenize(inspector.tokenizer, text, room, truncate=True)
+    return replace(cut, truncated_from=tokens.truncated_from or cut.truncated_from)
 
 
 def _cell(value: float) -> float | str:
@@ -378,6 +408,7 @@ def to_dict(demo: MaskDemo, steps: list[int] | None = None) -> dict[str, Any]:
     s = demo.size
     return {
         "text": demo.text,
+        **({"truncated_from": demo.truncated_from} if demo.truncated_from else {}),
         "model": demo.model,
         "model_mask": demo.model_kind,
         "layer_map": demo.layer_map,

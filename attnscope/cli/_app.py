@@ -7,13 +7,22 @@ After Typer's docs and the `hf` CLI: options shared as `Annotated` aliases, `str
 for choices, and one place (`_Group.invoke`) that turns the project's exceptions into
 one red line on stderr with a hint; a traceback only with ATTNSCOPE_DEBUG=1. torch is
 imported only inside the commands that run a model, so `params` and `--help` stay fast.
+
+SIGTERM and SIGHUP are turned into an exception (`errors.Terminated`) while a command
+runs, as Python already does for SIGINT, so every `finally` and the exports' atomic
+cleanup run before the process exits with 128 + the signal's number. Messages echo
+paths and text from the user and from files: their control characters are printed
+visibly (`tokenize.visible`), so an error line cannot carry a terminal escape.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sys
+import threading
 from enum import Enum
 from typing import Annotated, Any, Optional
 
@@ -29,7 +38,11 @@ except ImportError:  # pragma: no cover
 _PASS_THROUGH = (typer.Exit, typer.Abort, ClickException)
 
 from attnscope import __version__
-from attnscope.errors import AttnscopeError
+from attnscope.errors import AttnscopeError, Terminated
+
+_C1 = re.compile("[\x7f-\x9f]")
+# Signals that end a run the way Ctrl-C does: cleanly, through an exception.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _Group(TyperGroup):
@@ -37,7 +50,8 @@ class _Group(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            with _stop_signals_raise():
+                return super().invoke(ctx)
         except _PASS_THROUGH:
             raise
         except AttnscopeError as exc:
@@ -48,6 +62,9 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             _print_error("interrupted", None)
             ctx.exit(130)
+        except Terminated as exc:
+            _print_error(f"terminated ({exc.name})", None)
+            ctx.exit(128 + exc.signum)
         except Exception as exc:  # a bug: say so in one line rather than a traceback
             if _debug():
                 raise
@@ -55,18 +72,52 @@ class _Group(TyperGroup):
             ctx.exit(1)
 
 
+class _stop_signals_raise:
+    """While a command runs, SIGTERM and SIGHUP raise `Terminated` in the main thread
+    (once: a second signal during the cleanup is ignored rather than cutting it short);
+    the previous handlers come back afterwards. Outside the main thread Python cannot
+    install handlers, and nothing is changed."""
+
+    def __enter__(self) -> None:
+        self.saved: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        raised = False
+
+        def handler(signum: int, frame: Any) -> None:
+            nonlocal raised
+            if raised:
+                return
+            raised = True
+            raise Terminated(signum)
+
+        for sig in _STOP_SIGNALS:
+            try:
+                self.saved[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):  # pragma: no cover - an embedding that forbids it
+                pass
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self.saved.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+
 def _debug() -> bool:
     return os.environ.get("ATTNSCOPE_DEBUG", "") not in ("", "0")
 
 
 def _print_error(message: str, hint: str | None) -> None:
+    """One red line on stderr. Control characters from paths or text a message echoes
+    are shown visibly, so the line is one line and cannot drive the terminal."""
     from rich.console import Console
     from rich.text import Text
 
+    from attnscope.tokenize import visible
+
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    line = Text("error: ", style="bold red") + Text(message, style="red")
+    line = Text("error: ", style="bold red") + Text(visible(message), style="red")
     if hint:
-        line += Text(f" ({hint})", style="dim")
+        line += Text(f" ({visible(hint)})", style="dim")
     err.print(line)
 
 
@@ -208,4 +259,7 @@ def _load(model: Optional[str], device: Device, dtype: LoadDtype, offload: Optio
 
 
 def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    """One JSON document on stdout. json.dumps escapes C0 controls in strings but leaves
+    DEL and the C1 range (U+009B is a CSI to some terminals) raw: escape those too."""
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    sys.stdout.write(_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")

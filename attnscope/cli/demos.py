@@ -12,9 +12,6 @@ from attnscope.cli._app import (
     _console, _load, _print_json, app,
 )
 
-
-
-
 from enum import Enum
 
 
@@ -41,6 +38,7 @@ def mask_demo(
     step: Annotated[Optional[int], typer.Option("--step", "-s", min=1, max=4, help="Show one step: 1 scores, 2 masked scores, 3 softmax, 4 masked softmax.")] = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
+    truncate: TruncateOpt = False,
     no_color: NoColorOpt = False,
 ) -> None:
     """Show how and why attention is masked, with one head's real numbers.
@@ -54,15 +52,22 @@ def mask_demo(
 
     masks.check_kind(kind.value, window)
     inspector = _load(model, device, LoadDtype.auto)
-    demo = masks.demo_for(inspector, text if text is not None else masks.DEFAULT_TEXT, layer, head, kind.value, window)
+    demo = masks.demo_for(inspector, text if text is not None else masks.DEFAULT_TEXT, layer, head, kind.value, window,
+                          truncate)
     steps = None if step is None else [step - 1]
     if as_json:
         _print_json(masks.to_dict(demo, steps))
         return
-    from attnscope.render.masks import mask_demo as render
+    from dataclasses import replace
 
+    from attnscope.render.masks import mask_demo as render
+    from attnscope.tokenize import visible
+
+    shown = visible(demo.text)  # the user's text, printed: no control character reaches the terminal
+    if demo.truncated_from:
+        shown += f" (cut from {demo.truncated_from} tokens by --truncate)"
     console = _console(no_color)
-    render(console, demo, steps, color=not no_color and console.color_system is not None)
+    render(console, replace(demo, text=shown), steps, color=not no_color and console.color_system is not None)
 
 
 class ScoreName(str, Enum):
