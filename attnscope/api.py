@@ -244,8 +244,11 @@ def open_source(model: str | os.PathLike[str] | None = None) -> Source:
         raw = gguf_config(f)
         return Source(spec, None, raw, from_hf_config(raw, name=name), gguf=f)
     spec = where
-    early = Path(spec).expanduser() / "config.json"
-    raw = read_config_json(early) if early.is_file() else None
+    folder = Path(spec).expanduser()
+    # A local folder's config.json is read first, through the same containment and
+    # regular-file checks as every file a checkpoint names.
+    early = checkpoint.member(folder, "config.json") if folder.is_dir() else None
+    raw = read_config_json(early) if early is not None else None
     cfg = from_hf_config(raw, name=name) if raw is not None else None
     ckpt = checkpoint.locate(spec)
     if raw is None:

@@ -68,11 +68,11 @@ class Checkpoint:
     def config_path(self) -> Path | None:
         """config.json beside the weights; None if absent, an error if it is not a regular
         file or leads out of the model's folder."""
-        return _member(self.root, "config.json")
+        return member(self.root, "config.json")
 
     @property
     def tokenizer_path(self) -> Path | None:
-        return _member(self.root, "tokenizer.json")
+        return member(self.root, "tokenizer.json")
 
 
 def _mib(n: int) -> str:
@@ -156,7 +156,7 @@ def _contained(root: Path, path: Path, named_by: str) -> Path:
     return path
 
 
-def _member(root: Path, name: str) -> Path | None:
+def member(root: Path, name: str) -> Path | None:
     """A file in the model folder: None if absent (or a dangling link), else checked to
     be a regular file inside the folder."""
     path = root / name
@@ -352,7 +352,7 @@ def locate(spec: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _folder(source: str, root: Path) -> Checkpoint:
-    index = _member(root, "model.safetensors.index.json")
+    index = member(root, "model.safetensors.index.json")
     if index is not None:
         return Checkpoint(source, root, _shards(root, index), index=index)
     try:

@@ -62,8 +62,12 @@ def load_tokenizer(path: Path | None, where: str = "") -> Any:
             f"no tokenizer.json {'in ' + where if where else 'found'}",
             hint="put the model's tokenizer.json beside config.json",
         )
+    from attnscope.checkpoint import read_regular
+
+    # A regular file of bounded size, read once: never a FIFO, never swapped after a check.
+    data = read_regular(Path(path), "tokenizer.json", error=TokenizerError)
     try:
-        tok = Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_str(data.decode("utf-8", errors="replace"))
     except Exception as exc:  # tokenizers raises plain Exception for malformed files
         raise TokenizerError(f"{path} is not a valid tokenizer.json: {str(exc).splitlines()[0][:200]}") from None
     tok.no_padding()
