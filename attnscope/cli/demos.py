@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -102,6 +102,11 @@ def heads(
     truncate: TruncateOpt = False,
     no_color: NoColorOpt = False,
     measure: MeasureOpt = MeasureName.weight,
+    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Pool every score over a corpus instead of one text: a file with one text a line, a .jsonl file (see --field), or - for stdin.", show_default=False)] = None,
+    field: Annotated[str, typer.Option("--field", help="With a .jsonl --corpus: the field that holds each text.")] = "text",
+    max_texts: Annotated[Optional[int], typer.Option("--max-texts", min=1, help="With --corpus: score only its first N texts.", show_default=False)] = None,
+    per_text: Annotated[Optional[str], typer.Option("--per-text", help="With --corpus: write each text's scores, sums and row counts to this .jsonl as it finishes.", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With --per-text: skip the texts already in that file and pool them from it.")] = False,
 ) -> None:
     """An atlas of attention heads: what every head of every layer does, as scores.
 
@@ -126,11 +131,21 @@ def heads(
     Every score lies in 0..1. With no --model, runs the embedded all-MiniLM-L6-v2
     (BERT, 6 layers × 12 heads) offline on a text with repeated words. --json
     prints {layers, heads, scores: {name: \\[layer]\\[head] floats}}.
+
+    With --corpus, each score is pooled over every row of every text (its sum over all
+    of them / their number: a long text weighs more); induction is the model's, measured
+    once. Under torchrun the texts are shared across the processes (text i to rank
+    i mod N) and rank 0 prints; --per-text then writes FILE.rankN.jsonl per process and
+    merges them into FILE at the end. No batching: texts run one at a time.
     """
     from attnscope import heads as hd
 
-    m = _load(model, device, dtype)
     names = [score.value] if score is not None else None
+    if corpus is not None or per_text is not None or resume or max_texts is not None or field != "text":
+        _heads_corpus(text, corpus, field, max_texts, per_text, resume, model, device, dtype, names, layer, head,
+                      seed, repeat, truncate, measure, as_json, top, no_color)
+        return
+    m = _load(model, device, dtype)
     res = hd.head_scores(m, text if text is not None else hd.DEFAULT_TEXT, names, layer, head, seed, repeat, truncate,
                          measure.value)
     name = m.config.name or m.source
@@ -141,3 +156,88 @@ def heads(
 
     console = _console(no_color)
     render_heads(console, res, name, m.n_layers, m.n_heads, top, color=not no_color and console.color_system is not None)
+
+
+def _heads_corpus(text: Optional[str], corpus: Optional[str], field: str, max_texts: Optional[int],
+                  per_text: Optional[str], resume: bool, model: Optional[str], device: Device, dtype: LoadDtype,
+                  names: Optional[list[str]], layer: Optional[str], head: Optional[str], seed: int, repeat: int,
+                  truncate: bool, measure: MeasureName, as_json: bool, top: int, no_color: bool) -> None:
+    """`heads --corpus`: read the whole corpus (so a bad line fails before the model
+    loads), join torchrun's process group if launched by it, pool, and print on rank 0."""
+    from attnscope import corpus as cp
+    from attnscope import distributed
+    from attnscope.errors import AttnscopeError, UsageError
+
+    if corpus is None:
+        raise UsageError("--field, --max-texts, --per-text and --resume go with --corpus",
+                         hint="add --corpus FILE (one text a line, or .jsonl)")
+    if text is not None:
+        raise UsageError("give a TEXT or --corpus, not both")
+    if resume and per_text is None:
+        raise UsageError("--resume continues a --per-text file", hint="add --per-text FILE.jsonl")
+    group = None
+    try:
+        group = distributed.start(device.value)  # before loading: it picks this rank's GPU
+        if group is not None and corpus == "-":
+            raise UsageError("under torchrun every process reads the corpus itself, and only one has stdin",
+                             hint="give --corpus a file")
+        texts = list(cp.read_corpus(corpus, field, max_texts))  # all of it: a bad line fails before the model loads
+        m = _load(model, device, dtype)
+        shown = _CorpusProgress(len(range(group.rank if group else 0, len(texts), group.world if group else 1)))
+        try:
+            res = cp.corpus_scores(m, texts, names, layer, head, truncate, per_text, resume, shown, measure.value,
+                                   seed, repeat)
+        finally:
+            shown.close()
+    except AttnscopeError as exc:
+        if group is not None and not group.main:
+            raise typer.Exit(exc.exit_code)  # every rank has it; rank 0 says it, once
+        raise
+    finally:
+        distributed.finish()
+    if res is None:  # not rank 0
+        return
+    res.source = "stdin" if corpus == "-" else corpus
+    name = m.config.name or m.source
+    if as_json:
+        _print_json({"model": name, "measure": measure.value, **cp.corpus_dict(res)})
+        return
+    from attnscope.render.heads import head_scores as render_heads
+
+    console = _console(no_color)
+    render_heads(console, res, name, m.n_layers, m.n_heads, top, color=not no_color and console.color_system is not None)
+
+
+class _CorpusProgress:
+    """Texts/s, tokens/s and the ETA on stderr: a bar on a terminal, else a plain line
+    every `total // 20` texts (so a log gets about twenty)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.every = max(1, total // 20)
+        self.bar: Any = None
+
+    def __call__(self, p: Any) -> None:
+        eta = "?" if p.eta_s is None else f"{int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
+        rates = f"{p.texts_per_s:,.1f} texts/s · {p.tokens_per_s:,.0f} tokens/s · ETA {eta}"
+        if p.resumed:
+            rates += f" · {p.resumed:,} resumed"
+        if p.world > 1:
+            rates += f" · rank 0's share of {p.world}"
+        if self.console.is_terminal:
+            if self.bar is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+                self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[rates]}"), console=self.console, transient=True)
+                self.bar.start()
+                self.bar.add_task("texts", total=p.total, rates=rates)
+            self.bar.update(self.bar.task_ids[0], completed=p.done, rates=rates)
+        elif p.done % self.every == 0 or p.done == p.total:
+            self.console.print(f"{p.done:,}/{p.total:,} texts · {rates}", markup=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

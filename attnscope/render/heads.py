@@ -55,6 +55,20 @@ def header(console: Console, model: str, res: "HeadScores", n_layers: int, n_hea
         if res.tokens.truncated_from:
             line.append(f" (cut from {res.tokens.truncated_from} by --truncate)", style="yellow")
         console.print(line, no_wrap=True, overflow="ellipsis")
+    n_texts = getattr(res, "n_texts", 0)  # attnscope.corpus.CorpusScores
+    if n_texts:
+        from attnscope.tokenize import visible
+
+        notes = [f"{res.resumed:,} from --per-text" if res.resumed else "",
+                 f"{res.truncated:,} cut by --truncate" if res.truncated else "",
+                 f"{res.world} processes" if res.world > 1 else ""]
+        extra = ", ".join(note for note in notes if note)
+        source = visible(res.source)
+        source = source if len(source) <= 40 else "…" + source[-39:]  # the file's name, at least
+        line = Text("corpus: ", style="dim") + Text(source) + Text(
+            f"  {n_texts:,} texts · {res.n_tokens:,} tokens" + (f" ({extra})" if extra else ""), style="dim")
+        console.print(line, no_wrap=True, overflow="ellipsis")
+        console.print(Text("each score pooled over every row of every text (a long text weighs more)", style="dim"))
     if res.induction_ids is not None:
         affix = f"{len(res.prefix)} special + " if res.prefix else ""
         tail = f" + {len(res.suffix)} special" if res.suffix else ""
