@@ -68,6 +68,12 @@ class ExportError(AttnscopeError):
     """An output file that cannot be written (exists, missing folder, no space)."""
 
 
+class OutputNameError(ExportError):
+    """An output name whose format cannot be told: a usage error, found before any work."""
+
+    exit_code = 2
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived while a command ran (the CLI's handler raises it).
 

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from attnscope.errors import ExportError
+from attnscope.errors import ExportError, OutputNameError
 from attnscope.units import human_bytes
 
 FORMATS = (".npz", ".safetensors")
@@ -35,7 +35,7 @@ def check_target(path: Path, force: bool, formats: tuple[str, ...] = FORMATS) ->
     """Validate an output path before any work is done."""
     path = Path(path).expanduser()
     if path.suffix not in formats:
-        raise ExportError(f"cannot tell the format of {path.name}", hint=f"use a name ending in {' or '.join(formats)}")
+        raise OutputNameError(f"cannot tell the format of {path.name}", hint=f"use a name ending in {' or '.join(formats)}")
     if path.is_dir():
         raise ExportError(f"{path} is a folder", hint="give a file name")
     if not path.parent.is_dir():

@@ -324,7 +324,8 @@ def test_cannot_create_the_temporary_file(exc: OSError, bert: Path, out: Path, m
 
 @pytest.mark.parametrize("name", ["p.txt", "p.npy", "p", "p.npz.tmp", "p.json", "p.NPZ"])
 def test_unknown_extension(name: str, bert: Path, out: Path) -> None:
-    assert_error(run("attend", TEXT, "-m", bert, "--save", out / name), 1, name)
+    # a name whose format cannot be told is a usage error (exit 2), found before any work
+    assert_error(run("attend", TEXT, "-m", bert, "--save", out / name), 2, name)
     assert listing(out) == []
 
 
@@ -332,7 +333,7 @@ def test_bad_destination_fails_before_loading(tmp_path: Path, out: Path) -> None
     """The destination is checked before the model is touched: a missing model and a
     bad --save name report the --save problem (cheap to check, and found first)."""
     result = run("attend", TEXT, "-m", tmp_path / "no-model", "--save", out / "p.txt")
-    assert_error(result, 1, "p.txt")
+    assert_error(result, 2, "p.txt")
 
 
 # ------------------------------------------------------------ a disk that fills up

@@ -6,8 +6,10 @@ Thin Typer commands (parse, call the library, render) in one module per command 
 
 from __future__ import annotations
 
-from attnscope.cli._app import app
+from attnscope.cli._app import app, unwrap_docstrings
 from attnscope.cli import attend, demos, explore, generate, models, params  # noqa: F401 - registers the commands
+
+unwrap_docstrings(app)
 
 
 def main() -> None:

@@ -34,6 +34,11 @@ try:  # typer >= 0.29 vendors its own click; older releases use click itself
 except ImportError:  # pragma: no cover
     from click import ClickException
 
+try:  # typer >= 0.29 vendors its own click; older releases use click itself
+    from typer._click.exceptions import Abort as _Abort
+except ImportError:  # pragma: no cover
+    from click.exceptions import Abort as _Abort
+
 # Typer's own signals and its usage errors pass through the handler untouched.
 _PASS_THROUGH = (typer.Exit, typer.Abort, ClickException)
 
@@ -46,7 +51,23 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if
 
 
 class _Group(TyperGroup):
-    """Runs every command under the project's single error handler."""
+    """Runs every command under the project's single error handler, the parser's own
+    errors included: every failure is one red line with a hint, never a boxed panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as exc:  # the parser: unknown command or option, bad value, missing argument
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "attnscope"
+            _print_error(exc.format_message(), f"see {where} --help")
+            sys.exit(exc.exit_code)
+        except _Abort:
+            _print_error("aborted", None)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -134,6 +155,43 @@ def _console(no_color: bool = False) -> Any:
     return Console(highlight=False, no_color=no_color or None)
 
 
+def _tidy_help() -> None:
+    """Help that reads well at 80 columns with typer >= 0.29's rich help: a flag shows no
+    `<bool>`, an option with a metavar shows it instead of a long `<a|b|c>` that would
+    break mid-word (its help lists the choices)."""
+    from typer.core import TyperArgument, TyperOption
+
+    def display(self: Any, ctx: Any, _original: Any = TyperOption.display_type_rich) -> Any:
+        if getattr(self, "is_flag", False):
+            return None
+        if self.metavar:
+            return self.metavar
+        return _original(self, ctx)
+
+    if getattr(TyperOption.display_type_rich, "__name__", "") != "display":
+        TyperOption.display_type_rich = display  # type: ignore[method-assign]
+    argument = TyperArgument.display_type_rich
+    if getattr(argument, "__name__", "") != "display_argument":
+        def display_argument(self: Any, ctx: Any, _original: Any = argument) -> Any:
+            return None if self.metavar else _original(self, ctx)  # the name column shows it already
+
+        TyperArgument.display_type_rich = display_argument  # type: ignore[method-assign]
+
+
+def unwrap_docstrings(typer_app: Any) -> None:
+    """Each command's docstring as paragraphs: rich help keeps a docstring's hard line
+    breaks, which leave single words on lines at 80 columns."""
+    import inspect
+
+    for info in typer_app.registered_commands:
+        doc = inspect.getdoc(info.callback) or ""
+        if info.help is None and doc:
+            paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+            info.help = "\n\n".join(paragraphs)
+
+
+_tidy_help()
+
 app = typer.Typer(
     cls=_Group,
     name="attnscope",
@@ -173,7 +231,7 @@ class Dtype(str, Enum):
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Checkpoint folder, .safetensors file, or hub id from the local cache."),
+    typer.Option("--model", "-m", metavar="MODEL", help="A packaged model by name (smollm2-135m-instruct, the default; all-minilm-l6-v2), a checkpoint folder, a .safetensors or .gguf file, or a hub id (REPO[:QUANT] for GGUF) from the local cache: attnscope models lists them."),
 ]
 
 
@@ -208,7 +266,7 @@ MeasureOpt = Annotated[MeasureName, typer.Option(
 LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 3, -1 (last), 0,2,5, 1-3, 2: or all.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]
-LoadDtypeOpt = Annotated[LoadDtype, typer.Option("--dtype", help="Weights' dtype (auto: float32 on CPU, the checkpoint's on GPU). Softmax is always float32.")]
+LoadDtypeOpt = Annotated[LoadDtype, typer.Option("--dtype", metavar="DTYPE", help="Weights' dtype: auto, float32, bfloat16 or float16 (auto: float32 on CPU, the checkpoint's on GPU). Softmax is always float32.")]
 NoColorOpt = Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")]
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut a text longer than the model's positions instead of failing.")]
 

@@ -29,11 +29,11 @@ class MaskKind(str, Enum):
     "  attnscope mask-demo --layer 0 --head 2 --json",
 )
 def mask_demo(
-    text: Annotated[Optional[str], typer.Argument(help="The text (default: a fluffy blue creature roamed the verdant forest).")] = None,
+    text: Annotated[Optional[str], typer.Argument(metavar="[TEXT]", help="The text (default: a fluffy blue creature roamed the verdant forest).")] = None,
     model: ModelOpt = None,
     layer: Annotated[str, typer.Option("--layer", "-l", help="One layer: an index, -1 for the last.")] = "-1",
     head: Annotated[Optional[str], typer.Option("--head", "-H", help="One head (default: the one leaning most on later keys).")] = None,
-    kind: Annotated[MaskKind, typer.Option("--kind", help="causal (GPT), padding (batches), sliding-window (Mistral) or bidirectional (BERT).")] = MaskKind.causal,
+    kind: Annotated[MaskKind, typer.Option("--kind", metavar="KIND", help="causal (GPT), padding (batches), sliding-window (Mistral) or bidirectional (BERT).")] = MaskKind.causal,
     window: Annotated[Optional[int], typer.Option("--window", "-w", help="Keys each query sees with --kind sliding-window, itself included (default 3).")] = None,
     step: Annotated[Optional[int], typer.Option("--step", "-s", min=1, max=4, help="Show one step: 1 scores, 2 masked scores, 3 softmax, 4 masked softmax.")] = None,
     as_json: JsonOpt = False,
@@ -88,7 +88,7 @@ class ScoreName(str, Enum):
     "  attnscope heads --model ./gpt2 --layer 0-3 --json",
 )
 def heads(
-    text: Annotated[Optional[str], typer.Argument(help="Text to score (default: a short text with repeated words).", show_default=False)] = None,
+    text: Annotated[Optional[str], typer.Argument(metavar="[TEXT]", help="Text to score (default: a short text with repeated words).", show_default=False)] = None,
     model: ModelOpt = None,
     score: Annotated[Optional[ScoreName], typer.Option("--score", "-s", help="Show only this score.")] = None,
     layer: LayerOpt = None,

@@ -22,7 +22,7 @@ from attnscope.errors import UsageError
     '  attnscope generate "Once upon a time" --temperature 0.8 --top-p 0.9 --seed 1 --json',
 )
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The text to continue (or, with --chat, the question to answer).")],
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The text to continue (or, with --chat, the question to answer).")],
     model: ModelOpt = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="At most this many new tokens.")] = 32,
     temperature: Annotated[float, typer.Option(help="0 for greedy (the default); higher samples more freely.")] = 0.0,

@@ -1,0 +1,167 @@
+"""`attend --plot`: a figure for a paper, with matplotlib (an optional extra).
+
+One head's pattern as a heatmap with token labels, or a grid of the selected heads
+(rows = layers, columns = heads), a colour bar, and the model, layer, head and measure
+in the title. Cells are vector where the format allows (SVG, PDF) and the figure is
+small enough to stay light (`VECTOR_CELLS`); beyond that they are one embedded image
+while labels and text stay vector. Text is kept as text (SVG `svg.fonttype: none`, PDF
+Type 42 fonts) so that a journal's editor can restyle it. Built on `matplotlib.figure.Figure`
+directly, never pyplot: no global state, no GUI backend, safe inside any process.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from attnscope.errors import ExportError, UsageError
+
+FORMATS = (".png", ".svg", ".pdf")
+INSTALL = "pip install 'attnscope[plot]'"
+VECTOR_CELLS = 65_536  # cells drawn as vector rectangles at most; above, one image per head
+MAX_INCHES = 60.0  # per side: 60 in at the 200 dpi of a PNG is 12,000 px, below Agg's 2^16 limit
+MAX_PANELS = 400
+PNG_DPI = 200
+MEASURE_LABELS = {
+    "weight": "attention weight",
+    "norm": "‖α·f(x)‖, row-normalised",
+    "rollout": "attention rollout",
+}
+
+
+def require_matplotlib() -> None:
+    """Fail early, in one line, where matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ExportError("--plot needs matplotlib, which is not installed", hint=INSTALL) from None
+
+
+def check_panels(n_layers: int, n_heads: int) -> None:
+    """Refuse a grid too big for one figure (before the run, from the selection alone)."""
+    if n_layers * n_heads > MAX_PANELS:
+        raise UsageError(f"{n_layers} layers × {n_heads} heads is {n_layers * n_heads} panels, more than one figure "
+                         f"can show ({MAX_PANELS})", hint="select fewer with --layer/--head")
+
+
+def parse_figsize(text: str) -> tuple[float, float]:
+    """'W,H' in inches, each in (0, MAX_INCHES]."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        w, h = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"cannot read --figsize {text!r}", hint="give width and height in inches, e.g. --figsize 6,5") from None
+    if not (0 < w <= MAX_INCHES and 0 < h <= MAX_INCHES) or not (math.isfinite(w) and math.isfinite(h)):
+        raise UsageError(f"--figsize {text} is out of range", hint=f"each side between 0 and {MAX_INCHES:g} inches")
+    return w, h
+
+
+def _label(text: str) -> str:
+    # Matplotlib reads $…$ as mathematics; a token is text.
+    return text.replace("$", r"\$")
+
+
+def _stride(n: int, length_in: float, min_pt: float = 6.0) -> int:
+    """Label every `stride`-th token so that labels are at least `min_pt` apart."""
+    per = length_in * 72 / max(n, 1)
+    return 1 if per >= min_pt else math.ceil(min_pt / per)
+
+
+def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], labels: list[str], model: str,
+                 measure: str = "weight", figsize: Optional[tuple[float, float]] = None, force: bool = False) -> Path:
+    """Write `values` (L, H, n, n), the patterns of `layers` × `heads`, as a figure at
+    `path` (.png, .svg or .pdf), atomically."""
+    require_matplotlib()
+    import matplotlib
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from attnscope import export
+
+    data = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float32)
+    n_l, n_h, n = data.shape[0], data.shape[1], data.shape[-1]
+    assert data.shape == (len(layers), len(heads), n, n), data.shape  # internal invariant
+    check_panels(n_l, n_h)
+    fmt = path.suffix.lower().lstrip(".")
+    vector = fmt in ("svg", "pdf") and n_l * n_h * n * n <= VECTOR_CELLS
+    single = n_l * n_h == 1
+    if figsize is None:
+        side = min(12.0, max(4.0, 2.5 + 0.16 * n))
+        figsize = (side + 1.3, side) if single else (min(MAX_INCHES, 1.6 + 2.1 * n_h), min(MAX_INCHES, 0.9 + 2.1 * n_l))
+    vmax = float(data.max()) if data.size and float(data.max()) > 0 else 1.0
+    names = [_label(t) for t in labels]
+    measure_label = MEASURE_LABELS.get(measure, measure)
+    rollout = measure == "rollout"
+
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42, "font.size": 9,
+                                "svg.hashsalt": "attnscope", "axes.titlesize": 9}):
+        fig = Figure(figsize=figsize, layout="constrained")
+        axes = fig.subplots(n_l, n_h, squeeze=False, sharex=True, sharey=True)
+        mappable = None
+        for li, layer in enumerate(layers):
+            for hi, head in enumerate(heads):
+                ax = axes[li][hi]
+                m = data[li, hi]
+                if vector:
+                    edges = np.arange(n + 1) - 0.5
+                    mappable = ax.pcolormesh(edges, edges, m, cmap="viridis", vmin=0.0, vmax=vmax, shading="flat",
+                                             edgecolors="none", antialiased=False)
+                    ax.set_xlim(-0.5, n - 0.5)
+                    ax.set_ylim(n - 0.5, -0.5)  # query 0 on top, as in the terminal heatmap
+                    ax.set_aspect("equal")
+                else:
+                    mappable = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest" if n <= 512 else "antialiased",
+                                         aspect="equal")
+                if not single:
+                    ax.set_title(f"L{layer}" if rollout else f"L{layer} H{head}", pad=2)
+                ax.tick_params(length=2, pad=1)
+        # Token labels where they fit: every panel's axes are shared, so the outer ones carry them.
+        w_in, h_in = figsize
+        panel_w = (w_in - (1.3 if single else 1.0)) / n_h
+        panel_h = (h_in - (0.8 if single else 0.6)) / n_l
+        sx, sy = _stride(n, panel_w), _stride(n, panel_h)
+        fs = max(4.0, min(9.0, 0.8 * min(panel_w, panel_h) * 72 / n)) if max(sx, sy) == 1 else 6.0
+        ax0 = axes[0][0]
+        xs, ys = list(range(0, n, sx)), list(range(0, n, sy))
+        ax0.set_xticks(xs)
+        ax0.set_yticks(ys)
+        ax0.set_xticklabels([names[i] if sx == 1 else f"{i} {names[i]}" for i in xs])
+        ax0.set_yticklabels([names[i] if sy == 1 else f"{i} {names[i]}" for i in ys])
+        for row in axes:
+            for ax in row:  # shared ticks, but each axis styles its own labels
+                ax.tick_params(axis="x", labelrotation=90, labelsize=fs)
+                ax.tick_params(axis="y", labelsize=fs)
+                ax.label_outer()
+        if single:
+            ax0.set_xlabel("key")
+            ax0.set_ylabel("query")
+            what = f"layer {layers[0]} · rollout" if rollout else f"layer {layers[0]} · head {heads[0]}"
+            fig.suptitle(f"{model} · {what}" + ("" if measure in ("weight", "rollout") else f" · {measure}"), fontsize=10)
+        else:
+            fig.supxlabel("key", fontsize=9)
+            fig.supylabel("query", fontsize=9)
+            span = f"layers {_span(layers)}" + ("" if rollout else f", heads {_span(heads)}")
+            fig.suptitle(f"{model} · {span}" + ("" if measure == "weight" else f" · {measure}"), fontsize=10)
+        bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8 if single else 0.6, pad=0.02)
+        bar.set_label(measure_label)
+        with export.atomic_path(path, force) as tmp:
+            with open(tmp, "wb") as f:
+                fig.savefig(f, format=fmt, dpi=PNG_DPI, metadata=_metadata(fmt))
+    return path
+
+
+def _span(items: list[int]) -> str:
+    """'0–5' for a run, '0, 2, 5' otherwise."""
+    if len(items) > 2 and items == list(range(items[0], items[-1] + 1)):
+        return f"{items[0]}–{items[-1]}"
+    return ", ".join(str(i) for i in items)
+
+
+def _metadata(fmt: str) -> dict[str, Any]:
+    # No creation date, so the same run writes the same SVG/PDF bytes.
+    if fmt == "svg":
+        return {"Date": None, "Creator": "attnscope"}
+    if fmt == "pdf":
+        return {"CreationDate": None, "Creator": "attnscope"}
+    return {"Software": "attnscope"}

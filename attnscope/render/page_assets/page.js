@@ -1,0 +1,683 @@
+/* attnscope page: tokens, pickers, a zoomable heatmap and a layer × head grid.
+ *
+ * Reads its data from the JSON element #attnscope-data (see attnscope/render/page.py),
+ * decodes one head at a time on demand (base64 little-endian float32), and never asks
+ * the network for anything. Heads are kept in a small cache bounded in bytes; a dense
+ * head gets a pyramid of 2 × 2 pooled levels (max or sum) so that a heatmap of 8,192
+ * tokens draws from at most 3 × 3 cells per pixel. Top-k pages draw by scattering each
+ * row's k entries. Any error is written into #attnscope-errors, so a headless browser's
+ * dumped DOM shows it.
+ */
+(function () {
+  "use strict";
+
+  var errorsEl = document.getElementById("attnscope-errors");
+  function report(message) {
+    errorsEl.textContent += String(message) + "\n";
+  }
+  window.addEventListener("error", function (e) {
+    report("error: " + (e.error && e.error.stack ? e.error.stack : e.message));
+  });
+  window.addEventListener("unhandledrejection", function (e) {
+    report("error: " + e.reason);
+  });
+
+  var VIRIDIS = ["#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e", "#26828e", "#21918c",
+    "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219", "#fde725"];
+  var MONO = '11px ui-monospace, SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", monospace';
+  var CACHE_BYTES = 640 * 1048576;
+  var LITTLE = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+  try {
+    main();
+  } catch (err) {
+    report("error: " + (err && err.stack ? err.stack : err));
+  }
+
+  function main() {
+    var t0 = performance.now(), dataEl = document.getElementById("attnscope-data");
+    var D = JSON.parse(dataEl.textContent);
+    // The parsed copy is all the page uses: let the text go (at 8,192 tokens it is 342 MiB).
+    dataEl.textContent = "";
+    var tParsed = performance.now();
+    var n = D.n, sparse = !!D.topk, K = D.k || 0;
+    var layers = D.layers, heads = D.heads, rollout = D.measure === "rollout";
+    var labels = D.tokens;
+    var LUT = buildLut();
+
+    var S = {
+      li: Math.max(0, layers.indexOf(D.initial.layer)),
+      hi: Math.max(0, heads.indexOf(D.initial.head)),
+      pinned: D.initial.token >= 0 && D.initial.token < n ? D.initial.token : null,
+      hover: null,
+      dir: "row",
+      pool: "max",
+      scale: "linear",
+      r0: 0, c0: 0, span: n
+    };
+    if (layers.indexOf(D.initial.layer) < 0) S.li = layers.length - 1;
+
+    // ------------------------------------------------------------------ decoding
+    function bytesOf(b64) {
+      if (typeof Uint8Array.fromBase64 === "function") return Uint8Array.fromBase64(b64);
+      var bin = atob(b64), out = new Uint8Array(bin.length);
+      for (var i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+      return out;
+    }
+    function words(b64, Type) {
+      var b = bytesOf(b64);
+      if (!LITTLE) {
+        for (var i = 0; i < b.length; i += 4) {
+          var t = b[i]; b[i] = b[i + 3]; b[i + 3] = t; t = b[i + 1]; b[i + 1] = b[i + 2]; b[i + 2] = t;
+        }
+      }
+      return new Type(b.buffer, b.byteOffset, b.byteLength / 4);
+    }
+
+    var cache = new Map(), cacheBytes = 0;
+    function getHead(li, hi) {
+      var key = li + "," + hi, h = cache.get(key);
+      if (h) {
+        cache.delete(key);
+        cache.set(key, h);
+        return h;
+      }
+      if (sparse) {
+        h = { key: key, idx: words(D.topk.indices[li][hi], Int32Array), w: words(D.topk.weights[li][hi], Float32Array) };
+        h.bytes = 8 * n * K;
+      } else {
+        h = { key: key, data: words(D.attention[li][hi], Float32Array), levels: {} };
+        h.bytes = 4 * n * n;
+      }
+      cache.set(key, h);
+      cacheBytes += h.bytes;
+      evict(key);
+      return h;
+    }
+    function grow(h, bytes) {
+      h.bytes += bytes;
+      cacheBytes += bytes;
+    }
+    function evict(keep) {
+      var current = S.li + "," + S.hi;
+      for (var it = cache.keys(), k = it.next(); cacheBytes > CACHE_BYTES && !k.done; k = it.next()) {
+        if (k.value === keep || k.value === current) continue;
+        cacheBytes -= cache.get(k.value).bytes;
+        cache.delete(k.value);
+      }
+    }
+
+    // ------------------------------------------------------------------ reading a head
+    function row(h, i) {
+      if (!sparse) return h.data.subarray(i * n, (i + 1) * n);
+      var out = new Float32Array(n);
+      for (var e = i * K; e < (i + 1) * K; e++) if (h.w[e] > out[h.idx[e]]) out[h.idx[e]] = h.w[e];
+      return out;
+    }
+    function col(h, j) {
+      var out = new Float32Array(n), i, e;
+      if (!sparse) {
+        for (i = 0; i < n; i++) out[i] = h.data[i * n + j];
+      } else {
+        for (i = 0; i < n; i++) for (e = i * K; e < (i + 1) * K; e++) if (h.idx[e] === j) out[i] = h.w[e];
+      }
+      return out;
+    }
+    function value(h, i, j) {
+      if (!sparse) return h.data[i * n + j];
+      for (var e = i * K; e < (i + 1) * K; e++) if (h.idx[e] === j) return h.w[e];
+      return 0;
+    }
+    // The `count` largest non-zero entries, largest first; ties keep the lower index first.
+    function top(arr, count) {
+      var best = [];
+      for (var j = 0; j < arr.length; j++) {
+        var v = arr[j];
+        if (!(v > 0) || (best.length === count && v <= best[best.length - 1][1])) continue;
+        var at = best.length;
+        while (at > 0 && best[at - 1][1] < v) at--;
+        best.splice(at, 0, [j, v]);
+        if (best.length > count) best.pop();
+      }
+      return best;
+    }
+
+    // ------------------------------------------------------------------ pooling
+    // Level l holds ceil(n / 2^l)² cells, each the max (or the sum) of its 2^l × 2^l block.
+    function levels(h, pool) {
+      if (h.levels[pool]) return h.levels[pool];
+      var arrs = [h.data], dims = [n], m = n, cur = h.data, added = 0;
+      while (m > 16) {
+        var m2 = (m + 1) >> 1, next = new Float32Array(m2 * m2);
+        for (var y = 0; y < m2; y++) {
+          var ya = 2 * y * m, yb = 2 * y + 1 < m ? ya + m : -1;
+          for (var x = 0; x < m2; x++) {
+            var xa = 2 * x, xb = xa + 1 < m, a = cur[ya + xa], v;
+            if (pool === "max") {
+              v = a;
+              if (xb && cur[ya + xa + 1] > v) v = cur[ya + xa + 1];
+              if (yb >= 0) {
+                if (cur[yb + xa] > v) v = cur[yb + xa];
+                if (xb && cur[yb + xa + 1] > v) v = cur[yb + xa + 1];
+              }
+            } else {
+              v = a + (xb ? cur[ya + xa + 1] : 0);
+              if (yb >= 0) v += cur[yb + xa] + (xb ? cur[yb + xa + 1] : 0);
+            }
+            next[y * m2 + x] = v;
+          }
+        }
+        arrs.push(next);
+        dims.push(m2);
+        added += next.byteLength;
+        cur = next;
+        m = m2;
+      }
+      h.levels[pool] = { arrs: arrs, dims: dims };
+      grow(h, added);
+      return h.levels[pool];
+    }
+
+    // Token bounds of g cells over [start, start + span): cell t covers [b[t], b[t + 1]).
+    function bounds(start, span, g) {
+      var b = new Int32Array(g + 1);
+      for (var t = 0; t <= g; t++) b[t] = start + Math.floor((t * span) / g);
+      return b;
+    }
+
+    // A g × g grid of pooled values over the view (r0, c0, span) of one head.
+    function pooled(h, r0, c0, span, g, pool) {
+      var out = new Float32Array(g * g), rb = bounds(r0, span, g), cb = bounds(c0, span, g);
+      var gy, gx, r, c, e, v;
+      if (sparse) {
+        var rowT = new Int32Array(span), colT = new Int32Array(span);
+        for (gy = 0; gy < g; gy++) for (r = rb[gy]; r < rb[gy + 1]; r++) rowT[r - r0] = gy;
+        for (gx = 0; gx < g; gx++) for (c = cb[gx]; c < cb[gx + 1]; c++) colT[c - c0] = gx;
+        for (r = r0; r < r0 + span; r++) {
+          var base = rowT[r - r0] * g;
+          for (e = r * K; e < (r + 1) * K; e++) {
+            c = h.idx[e] - c0;
+            v = h.w[e];
+            if (c < 0 || c >= span || !(v > 0)) continue;
+            if (pool === "max") { if (v > out[base + colT[c]]) out[base + colT[c]] = v; }
+            else out[base + colT[c]] += v;
+          }
+        }
+        if (pool === "mean") {
+          for (gy = 0; gy < g; gy++) for (gx = 0; gx < g; gx++) {
+            out[gy * g + gx] /= (rb[gy + 1] - rb[gy]) * (cb[gx + 1] - cb[gx]);
+          }
+        }
+        return out;
+      }
+      var per = span / g, lvl = 0, P = per >= 2 ? levels(h, pool) : { arrs: [h.data], dims: [n] };
+      while (lvl + 1 < P.arrs.length && (2 << lvl) <= per) lvl++;
+      var arr = P.arrs[lvl], m = P.dims[lvl], s = 1 << lvl;
+      var ry0 = new Int32Array(g), ry1 = new Int32Array(g), cx0 = new Int32Array(g), cx1 = new Int32Array(g);
+      var rn = new Float64Array(g), cn = new Float64Array(g);
+      for (var t = 0; t < g; t++) {
+        ry0[t] = rb[t] >> lvl; ry1[t] = ((rb[t + 1] - 1) >> lvl) + 1;
+        cx0[t] = cb[t] >> lvl; cx1[t] = ((cb[t + 1] - 1) >> lvl) + 1;
+        rn[t] = Math.min(ry1[t] * s, n) - ry0[t] * s;
+        cn[t] = Math.min(cx1[t] * s, n) - cx0[t] * s;
+      }
+      for (gy = 0; gy < g; gy++) {
+        for (gx = 0; gx < g; gx++) {
+          var acc = pool === "max" ? -Infinity : 0;
+          for (r = ry0[gy]; r < ry1[gy]; r++) {
+            var o = r * m;
+            for (c = cx0[gx]; c < cx1[gx]; c++) {
+              v = arr[o + c];
+              if (pool === "max") { if (v > acc) acc = v; } else acc += v;
+            }
+          }
+          out[gy * g + gx] = pool === "max" ? acc : acc / (rn[gy] * cn[gx]);
+        }
+      }
+      return out;
+    }
+
+    // ------------------------------------------------------------------ colour
+    function buildLut() {
+      var lut = new Uint8Array(256 * 3), stops = VIRIDIS.map(function (hex) {
+        return [parseInt(hex.slice(1, 3), 16), parseInt(hex.slice(3, 5), 16), parseInt(hex.slice(5, 7), 16)];
+      });
+      for (var i = 0; i < 256; i++) {
+        var x = (i / 255) * (stops.length - 1), a = Math.min(stops.length - 2, Math.floor(x)), f = x - a;
+        for (var ch = 0; ch < 3; ch++) lut[3 * i + ch] = Math.round(stops[a][ch] * (1 - f) + stops[a + 1][ch] * f);
+      }
+      return lut;
+    }
+    function scaled(v) {
+      if (!(v > 0)) return 0;
+      var x = S.scale === "sqrt" ? Math.sqrt(v) : S.scale === "log" ? (Math.log10(v) + 4) / 4 : v;
+      return x < 0 ? 0 : x > 1 ? 1 : x;
+    }
+    function paint(grid, g, target) {
+      target.width = g;
+      target.height = g;
+      var ctx = target.getContext("2d"), img = ctx.createImageData(g, g), px = img.data;
+      for (var p = 0; p < g * g; p++) {
+        var i = Math.round(scaled(grid[p]) * 255) * 3;
+        px[4 * p] = LUT[i]; px[4 * p + 1] = LUT[i + 1]; px[4 * p + 2] = LUT[i + 2]; px[4 * p + 3] = 255;
+      }
+      ctx.putImageData(img, 0, 0);
+    }
+
+    // ------------------------------------------------------------------ elements
+    var $ = function (id) { return document.getElementById(id); };
+    var tokEls = Array.prototype.slice.call($("tokens").querySelectorAll(".tok"));
+    var shade = new Int8Array(n).fill(-1);
+    var heat = $("heatmap"), tip = $("tip"), off = document.createElement("canvas");
+    var layerPick = $("layer-picker"), headPick = $("head-picker");
+    layers.forEach(function (l, i) { layerPick.add(new Option(String(l), String(i))); });
+    heads.forEach(function (hd, i) { headPick.add(new Option(rollout ? "rollout" : String(hd), String(i))); });
+    if (rollout) headPick.disabled = true;
+
+    function query() { return S.hover !== null ? S.hover : S.pinned; }
+    function clip(s, w) { return s.length <= w ? s : s.slice(0, w - 1) + "…"; }
+
+    // ------------------------------------------------------------------ the side panel and tokens
+    function showSelection() {
+      var q = query(), h = getHead(S.li, S.hi), sel = $("selection");
+      sel.dataset.layer = layers[S.li];
+      sel.dataset.head = rollout ? "" : heads[S.hi];
+      sel.dataset.token = q === null ? "" : q;
+      sel.dataset.pinned = S.pinned === null ? "" : S.pinned;
+      sel.textContent = "layer " + layers[S.li] + " · " + (rollout ? "rollout" : "head " + heads[S.hi]) + " · " +
+        (q === null ? "no token (hover or tap one)" : "token " + q + " " + labels[q]);
+      layerPick.value = String(S.li);
+      headPick.value = String(S.hi);
+      $("dir-row").classList.toggle("on", S.dir === "row");
+      $("dir-col").classList.toggle("on", S.dir === "col");
+      var keys = q === null ? null : row(h, q), queries = q === null ? null : col(h, q);
+      fillList($("top-keys"), keys ? top(keys, 8) : []);
+      fillList($("top-queries"), queries ? top(queries, 8) : []);
+      var shown = q === null ? null : S.dir === "row" ? keys : queries;
+      for (var j = 0; j < n; j++) {
+        var level = shown ? Math.round(scaled(shown[j]) * 20) : 0;
+        if (level !== shade[j]) {
+          shade[j] = level;
+          tokEls[j].style.backgroundColor = level ? "rgba(255, 140, 0, " + (0.08 + 0.04 * level).toFixed(2) + ")" : "";
+        }
+      }
+      tokEls.forEach(function (el, j) {
+        el.classList.toggle("focus", j === q);
+        el.classList.toggle("pinned", j === S.pinned);
+      });
+    }
+    function fillList(ol, best) {
+      ol.textContent = "";
+      best.forEach(function (jv) {
+        var li = document.createElement("li"), w = document.createElement("span");
+        li.dataset.key = jv[0];
+        li.dataset.weight = String(jv[1]);
+        li.title = labels[jv[0]] + " (token " + jv[0] + "): " + jv[1];
+        w.className = "w";
+        w.textContent = jv[1].toFixed(3);
+        li.appendChild(w);
+        li.appendChild(document.createTextNode(clip(labels[jv[0]], 12) + " " + jv[0]));
+        ol.appendChild(li);
+      });
+      if (!best.length) {
+        var none = document.createElement("li");
+        none.className = "dim";
+        none.textContent = query() === null ? "–" : "nothing stored";
+        ol.appendChild(none);
+      }
+    }
+
+    // ------------------------------------------------------------------ the heatmap
+    var geo = { w: 300, h: 280, ml: 112, mt: 92, plot: 180, dpr: 1 };
+    var lastGrid = null;
+    function layout() {
+      var main = $("main"), gridWrap = $("grid-wrap");
+      var avail = main.clientWidth - 30, gw = gridWrap.offsetWidth || 0;
+      var top = $("views").getBoundingClientRect().top;
+      var side = avail - gw - 40 >= 320 ? avail - gw - 40 : avail;  // beside the grid where it fits, else above it
+      var size = Math.max(300, Math.min(1000, side, window.innerHeight - top - 36));
+      geo.dpr = window.devicePixelRatio || 1;
+      geo.plot = Math.floor(size) - geo.ml - 8;
+      geo.w = geo.ml + geo.plot + 8;
+      geo.h = geo.mt + geo.plot + 8;
+      heat.style.width = geo.w + "px";
+      heat.style.height = geo.h + "px";
+      heat.width = Math.round(geo.w * geo.dpr);
+      heat.height = Math.round(geo.h * geo.dpr);
+    }
+    function niceStride(minimum) {
+      var s = 1;
+      while (s < minimum) s = s * (String(s)[0] === "2" ? 2.5 : 2);
+      return Math.round(s);
+    }
+    function drawHeat() {
+      var h = getHead(S.li, S.hi), ctx = heat.getContext("2d"), dpr = geo.dpr, P = geo.plot;
+      var ml = geo.ml, mt = geo.mt, span = S.span, r0 = S.r0, c0 = S.c0;
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, geo.w, geo.h);
+      var g = Math.max(1, Math.min(span, Math.round(P * dpr)));
+      var grid = pooled(h, r0, c0, span, g, S.pool);
+      lastGrid = { grid: grid, g: g };
+      paint(grid, g, off);
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(off, ml, mt, P, P);
+      var cell = P / span, stride = cell >= 9 ? 1 : niceStride(14 / cell);
+      var font = Math.max(8, Math.min(12, Math.floor(cell) - 1));
+      ctx.fillStyle = "#1d1f24";
+      ctx.font = stride === 1 ? MONO.replace("11px", font + "px") : MONO;
+      ctx.textBaseline = "middle";
+      ctx.textAlign = "right";
+      var i, text;
+      for (i = Math.ceil(r0 / stride) * stride; i < r0 + span; i += stride) {
+        text = stride === 1 ? clip(labels[i], 14) : i + " " + clip(labels[i], 8);
+        ctx.fillText(text, ml - 4, mt + (i - r0 + 0.5) * cell);
+      }
+      ctx.textAlign = "left";
+      for (i = Math.ceil(c0 / stride) * stride; i < c0 + span; i += stride) {
+        text = stride === 1 ? clip(labels[i], 12) : i + " " + clip(labels[i], 6);
+        ctx.save();
+        ctx.translate(ml + (i - c0 + 0.5) * cell, mt - 4);
+        ctx.rotate(-Math.PI / 2);
+        ctx.fillText(text, 0, 0);
+        ctx.restore();
+      }
+      ctx.fillStyle = "#6b7080";
+      ctx.font = MONO;
+      ctx.textAlign = "left";
+      ctx.fillText("key →", 4, 10);
+      ctx.fillText("query ↓", 4, 24);
+      var q = query();
+      if (q !== null) {
+        ctx.strokeStyle = "rgba(214, 51, 108, 0.9)";
+        ctx.lineWidth = 1.5;
+        var band = Math.max(cell, 2);
+        if (q >= r0 && q < r0 + span) ctx.strokeRect(ml, mt + (q - r0) * cell + (cell - band) / 2, P, band);
+        if (q >= c0 && q < c0 + span) ctx.strokeRect(ml + (q - c0) * cell + (cell - band) / 2, mt, band, P);
+      }
+      ctx.strokeStyle = "#d9dbe3";
+      ctx.lineWidth = 1;
+      ctx.strokeRect(ml - 1.5, mt - 1.5, P + 3, P + 3);  // outside the cells: the first row and column stay visible
+      $("heat-title").textContent = "layer " + layers[S.li] + " · " + (rollout ? "rollout" : "head " + heads[S.hi]) +
+        " · row = query, column = key" + (sparse ? " · top-" + K + " only" : "");
+      var per = span / g;
+      $("heat-range").textContent = "tokens " + r0 + "–" + (r0 + span - 1) + " × " + c0 + "–" + (c0 + span - 1) +
+        (per > 1 ? " · " + per.toFixed(1) + " tokens per pixel, " + S.pool + " pooled" : "");
+      drawLegend();
+    }
+    function drawLegend() {
+      var c = $("legend"), dpr = geo.dpr, w = 260, hgt = 34, ctx = c.getContext("2d");
+      c.width = w * dpr;
+      c.height = hgt * dpr;
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, w, hgt);
+      for (var x = 0; x < w - 16; x++) {
+        var i = Math.round((x / (w - 17)) * 255) * 3;
+        ctx.fillStyle = "rgb(" + LUT[i] + "," + LUT[i + 1] + "," + LUT[i + 2] + ")";
+        ctx.fillRect(8 + x, 2, 1, 14);
+      }
+      var ticks = S.scale === "log" ? [1e-4, 1e-3, 1e-2, 0.1, 1] : S.scale === "sqrt" ? [0, 0.01, 0.1, 0.25, 0.5, 1] : [0, 0.25, 0.5, 0.75, 1];
+      ctx.fillStyle = "#6b7080";
+      ctx.font = MONO;
+      ctx.textBaseline = "top";
+      ticks.forEach(function (t, k) {
+        var x = 8 + (S.scale === "log" ? (Math.log10(t) + 4) / 4 : scaled(t)) * (w - 17);
+        ctx.textAlign = k === 0 ? "left" : k === ticks.length - 1 ? "right" : "center";
+        ctx.fillRect(x, 16, 1, 3);
+        ctx.fillText(t >= 0.01 || t === 0 ? String(t) : t.toExponential(0), x, 20);
+      });
+    }
+    function cellAt(ev) {
+      var rect = heat.getBoundingClientRect(), x = ev.clientX - rect.left - geo.ml, y = ev.clientY - rect.top - geo.mt;
+      if (x < 0 || y < 0 || x >= geo.plot || y >= geo.plot) return null;
+      return { i: S.r0 + Math.floor((y / geo.plot) * S.span), j: S.c0 + Math.floor((x / geo.plot) * S.span), x: x, y: y };
+    }
+    function clampView() {
+      S.span = Math.max(Math.min(n, 4), Math.min(n, Math.round(S.span)));
+      S.r0 = Math.max(0, Math.min(n - S.span, Math.round(S.r0)));
+      S.c0 = Math.max(0, Math.min(n - S.span, Math.round(S.c0)));
+    }
+    function zoom(factor, fy, fx, ai, aj) {
+      var span = S.span;
+      if (ai === undefined) {
+        var q = query();
+        fy = fx = 0.5;
+        ai = q !== null ? q : S.r0 + span / 2;
+        aj = q !== null ? q : S.c0 + span / 2;
+      }
+      S.span = span * factor;
+      clampView();
+      S.r0 = ai - fy * S.span;
+      S.c0 = aj - fx * S.span;
+      clampView();
+      redraw();
+    }
+
+    // ------------------------------------------------------------------ the grid of heads
+    var thumbs = {}, thumbEls = [], thumbPx = Math.max(28, Math.min(56, Math.floor(380 / Math.max(heads.length, 1))));
+    function buildGrid() {
+      var grid = $("grid");
+      grid.style.gridTemplateColumns = "auto repeat(" + heads.length + ", " + (thumbPx + 4) + "px)";
+      grid.appendChild(document.createElement("span"));
+      heads.forEach(function (hd) {
+        var lab = document.createElement("span");
+        lab.className = "lab";
+        lab.textContent = rollout ? "rollout" : "H" + hd;
+        grid.appendChild(lab);
+      });
+      layers.forEach(function (l, li) {
+        var lab = document.createElement("span");
+        lab.className = "lab";
+        lab.textContent = "L" + l;
+        grid.appendChild(lab);
+        thumbEls.push([]);
+        heads.forEach(function (hd, hi) {
+          var c = document.createElement("canvas");
+          c.style.width = c.style.height = thumbPx + "px";
+          c.title = "layer " + l + (rollout ? " · rollout" : " · head " + hd);
+          c.dataset.layer = l;
+          c.dataset.head = hd;
+          c.addEventListener("click", function () { choose(li, hi); });
+          grid.appendChild(c);
+          thumbEls[li].push(c);
+        });
+      });
+    }
+    var queue = [], pumping = false;
+    function queueThumbs(all) {
+      queue = [];
+      layers.forEach(function (l, li) {
+        heads.forEach(function (hd, hi) {
+          if (all || !thumbs[li + "," + hi + "," + S.pool]) queue.push([li, hi]);
+        });
+      });
+      queue.sort(function (a, b) {
+        return (Math.abs(a[0] - S.li) + Math.abs(a[1] - S.hi)) - (Math.abs(b[0] - S.li) + Math.abs(b[1] - S.hi));
+      });
+      if (!pumping) {
+        pumping = true;
+        setTimeout(pump, 0);
+      }
+    }
+    function pump() {
+      var t0 = Date.now();
+      while (queue.length && Date.now() - t0 < 30) {
+        var next = queue.shift();
+        drawThumb(next[0], next[1]);
+      }
+      if (queue.length) setTimeout(pump, 0);
+      else pumping = false;
+    }
+    function drawThumb(li, hi) {
+      var key = li + "," + hi + "," + S.pool, g = Math.min(n, Math.round(thumbPx * geo.dpr));
+      if (!thumbs[key]) thumbs[key] = pooled(getHead(li, hi), 0, 0, n, g, S.pool);
+      paint(thumbs[key], g, thumbEls[li][hi]);
+    }
+    function markGrid() {
+      thumbEls.forEach(function (rowEls, li) {
+        rowEls.forEach(function (c, hi) { c.classList.toggle("on", li === S.li && hi === S.hi); });
+      });
+    }
+
+    // ------------------------------------------------------------------ state changes
+    var frame = 0;
+    function redraw() {
+      if (frame) return;
+      frame = requestAnimationFrame(function () {
+        frame = 0;
+        render();
+      });
+    }
+    function render() {
+      showSelection();
+      drawHeat();
+      markGrid();
+      writeHash();
+    }
+    function choose(li, hi) {
+      S.li = (li + layers.length) % layers.length;
+      S.hi = (hi + heads.length) % heads.length;
+      redraw();
+    }
+    function pin(i) {
+      S.pinned = i;
+      S.hover = null;
+      if (i !== null && tokEls[i]) tokEls[i].scrollIntoView({ block: "nearest", inline: "nearest" });
+      redraw();
+    }
+    function writeHash() {
+      var p = "layer=" + layers[S.li] + (rollout ? "" : "&head=" + heads[S.hi]) +
+        (S.pinned !== null ? "&token=" + S.pinned : "") + (S.dir === "col" ? "&dir=col" : "");
+      if (location.hash.slice(1) === p) return;
+      try {
+        history.replaceState(null, "", "#" + p);
+      } catch (e) {
+        /* some browsers refuse it for file pages: the hash is a convenience only */
+      }
+    }
+    function readHash() {
+      var p = new URLSearchParams(location.hash.slice(1));
+      var l = layers.indexOf(Number(p.get("layer"))), hd = heads.indexOf(Number(p.get("head")));
+      if (p.has("layer") && l >= 0) S.li = l;
+      if (p.has("head") && hd >= 0) S.hi = hd;
+      if (p.has("token")) {
+        var t = Number(p.get("token"));
+        if (Number.isInteger(t) && t >= 0 && t < n) S.pinned = t;
+      }
+      if (p.get("dir") === "col" || p.get("dir") === "row") S.dir = p.get("dir");
+    }
+
+    // ------------------------------------------------------------------ events
+    $("tokens").addEventListener("mouseover", function (e) {
+      var t = e.target.closest ? e.target.closest(".tok") : null;
+      if (t) { S.hover = Number(t.dataset.i); redraw(); }
+    });
+    $("tokens").addEventListener("mouseleave", function () { S.hover = null; redraw(); });
+    $("tokens").addEventListener("click", function (e) {
+      var t = e.target.closest ? e.target.closest(".tok") : null;
+      if (t) pin(Number(t.dataset.i));
+    });
+    ["top-keys", "top-queries"].forEach(function (id) {
+      $(id).addEventListener("click", function (e) {
+        var li = e.target.closest ? e.target.closest("li[data-key]") : null;
+        if (li) pin(Number(li.dataset.key));
+      });
+    });
+    layerPick.addEventListener("change", function () { choose(Number(layerPick.value), S.hi); });
+    headPick.addEventListener("change", function () { choose(S.li, Number(headPick.value)); });
+    $("pool-picker").addEventListener("change", function (e) { S.pool = e.target.value; queueThumbs(false); redraw(); });
+    $("scale-picker").addEventListener("change", function (e) { S.scale = e.target.value; queueThumbs(true); redraw(); });
+    $("dir-row").addEventListener("click", function () { S.dir = "row"; redraw(); });
+    $("dir-col").addEventListener("click", function () { S.dir = "col"; redraw(); });
+    $("zoom-in").addEventListener("click", function () { zoom(0.5); });
+    $("zoom-out").addEventListener("click", function () { zoom(2); });
+    $("zoom-reset").addEventListener("click", function () { S.span = n; S.r0 = S.c0 = 0; redraw(); });
+
+    var drag = null;
+    heat.addEventListener("pointerdown", function (e) {
+      drag = { x: e.clientX, y: e.clientY, r0: S.r0, c0: S.c0, moved: false };
+      heat.setPointerCapture(e.pointerId);
+    });
+    heat.addEventListener("pointermove", function (e) {
+      if (drag && (drag.moved || Math.abs(e.clientX - drag.x) + Math.abs(e.clientY - drag.y) > 4)) {
+        drag.moved = true;
+        S.r0 = drag.r0 - ((e.clientY - drag.y) / geo.plot) * S.span;
+        S.c0 = drag.c0 - ((e.clientX - drag.x) / geo.plot) * S.span;
+        clampView();
+        tip.hidden = true;
+        redraw();
+        return;
+      }
+      var at = cellAt(e);
+      if (!at) { tip.hidden = true; return; }
+      var h = getHead(S.li, S.hi), lines = "query " + at.i + " " + clip(labels[at.i], 16) + "\nkey   " + at.j + " " +
+        clip(labels[at.j], 16) + "\nweight " + value(h, at.i, at.j).toPrecision(4);
+      if (lastGrid && S.span > lastGrid.g) {
+        var gy = Math.min(lastGrid.g - 1, Math.floor((at.y / geo.plot) * lastGrid.g));
+        var gx = Math.min(lastGrid.g - 1, Math.floor((at.x / geo.plot) * lastGrid.g));
+        lines += "\npixel  " + S.pool + " " + lastGrid.grid[gy * lastGrid.g + gx].toPrecision(4);
+      }
+      tip.textContent = lines;
+      tip.hidden = false;
+      tip.style.left = Math.min(geo.w - 170, at.x + geo.ml + 14) + "px";
+      tip.style.top = at.y + geo.mt + 14 + "px";
+      if (S.hover !== at.i) { S.hover = at.i; redraw(); }
+    });
+    heat.addEventListener("pointerup", function (e) {
+      var click = drag && !drag.moved;
+      drag = null;
+      if (click) {
+        var at = cellAt(e);
+        if (at) pin(at.i);
+      }
+    });
+    heat.addEventListener("pointerleave", function () {
+      tip.hidden = true;
+      if (S.hover !== null) { S.hover = null; redraw(); }
+    });
+    heat.addEventListener("dblclick", function () { S.span = n; S.r0 = S.c0 = 0; redraw(); });
+    heat.addEventListener("wheel", function (e) {
+      e.preventDefault();
+      var at = cellAt(e);
+      if (!at) return;
+      var factor = Math.pow(1.0015, e.deltaY * (e.deltaMode === 1 ? 30 : 1));
+      zoom(factor, at.y / geo.plot, at.x / geo.plot, S.r0 + (at.y / geo.plot) * S.span, S.c0 + (at.x / geo.plot) * S.span);
+    }, { passive: false });
+
+    document.addEventListener("keydown", function (e) {
+      var tag = e.target && e.target.tagName;
+      if (e.ctrlKey || e.metaKey || e.altKey || tag === "SELECT" || tag === "INPUT" || tag === "TEXTAREA") return;
+      var pan = Math.max(1, Math.round(S.span / 8)), q = query(), used = true;
+      switch (e.key) {
+        case "ArrowLeft": if (e.shiftKey) { S.c0 -= pan; clampView(); redraw(); } else choose(S.li, S.hi - 1); break;
+        case "ArrowRight": if (e.shiftKey) { S.c0 += pan; clampView(); redraw(); } else choose(S.li, S.hi + 1); break;
+        case "ArrowUp": if (e.shiftKey) { S.r0 -= pan; clampView(); redraw(); } else choose(S.li - 1, S.hi); break;
+        case "ArrowDown": if (e.shiftKey) { S.r0 += pan; clampView(); redraw(); } else choose(S.li + 1, S.hi); break;
+        case "[": pin(q === null ? n - 1 : (q - 1 + n) % n); break;
+        case "]": pin(q === null ? 0 : (q + 1) % n); break;
+        case "d": S.dir = S.dir === "row" ? "col" : "row"; redraw(); break;
+        case "m": S.pool = S.pool === "max" ? "mean" : "max"; $("pool-picker").value = S.pool; queueThumbs(false); redraw(); break;
+        case "s":
+          S.scale = { linear: "sqrt", sqrt: "log", log: "linear" }[S.scale];
+          $("scale-picker").value = S.scale; queueThumbs(true); redraw(); break;
+        case "+": case "=": zoom(0.5); break;
+        case "-": case "_": zoom(2); break;
+        case "0": S.span = n; S.r0 = S.c0 = 0; redraw(); break;
+        case "Escape": S.pinned = null; S.hover = null; redraw(); break;
+        default: used = false;
+      }
+      if (used) e.preventDefault();
+    });
+    window.addEventListener("hashchange", function () { readHash(); redraw(); });
+    window.addEventListener("resize", function () { layout(); redraw(); });
+
+    // ------------------------------------------------------------------ start
+    readHash();
+    buildGrid();
+    layout();
+    render();
+    queueThumbs(true);
+    $("attnscope-status").dataset.state = "ready";
+    // Timings in ms: the page loaded (since navigation began), the data parsed, the first view drawn.
+    $("attnscope-status").dataset.ms = [t0, tParsed - t0, performance.now() - tParsed].map(Math.round).join(" ");
+  }
+})();
