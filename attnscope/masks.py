@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from attnscope import analysis
-from attnscope.errors import InputError, SelectionError, TokenizerError, UsageError
+from attnscope.errors import InputError, SelectionError, UsageError
 from attnscope.parts.attention import MaskRule, mask_rule
+from attnscope.tokenize import pad_token, with_padding
 from attnscope.tokenize import tokenize, visible
 from attnscope.units import human_bytes, n
 
@@ -44,8 +45,6 @@ DEFAULT_WINDOW = 3
 PAD_COUNT = 3  # [PAD] positions appended for --kind padding
 MAX_WINDOW = 2**31  # as config windows: beyond any text, and torch's index arithmetic stays exact
 BIG_CONTEXT = 2048  # the context the size caption compares with
-# Tried in order when the tokenizer names no padding token (GPT-2 and Llama pad with EOS).
-PAD_NAMES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 
 # Who uses each mask, for the captions.
 WHO = {
@@ -304,32 +303,6 @@ def _captions(d: MaskDemo) -> list[str]:
     return [scores, mask, softmax, masked]
 
 
-def pad_token(tokenizer: Any) -> tuple[int, str]:
-    """The tokenizer's padding token (id, string): its own, else the first of PAD_NAMES."""
-    padding = getattr(tokenizer, "padding", None)
-    if padding and padding.get("pad_token") is not None and padding.get("pad_id") is not None:
-        return int(padding["pad_id"]), str(padding["pad_token"])
-    for name in PAD_NAMES:
-        pid = tokenizer.token_to_id(name)
-        if pid is not None:
-            return int(pid), name
-    raise TokenizerError("this tokenizer has no padding token to append",
-                         hint="try another --kind (causal, sliding-window, bidirectional)")
-
-
-def with_padding(tokens: "Tokens", pad_id: int, pad_label: str, count: int = PAD_COUNT) -> "Tokens":
-    """`tokens` followed by `count` padding tokens, as a batch would pad it."""
-    end = len(tokens.text)
-    return replace(
-        tokens,
-        ids=tokens.ids + [pad_id] * count,
-        labels=tokens.labels + [pad_label] * count,
-        offsets=tokens.offsets + [(end, end)] * count,
-        special=tokens.special + [True] * count,
-        strings=tokens.strings + [pad_label] * count,
-    )
-
-
 def demo_for(
     inspector: "Inspector",
     text: str = DEFAULT_TEXT,
@@ -363,7 +336,7 @@ def demo_for(
         _, q, k, scale = inspector.qk(tokens, layers[0])
         pad_id, pad_label = pad_token(inspector.tokenizer)
         pad_label = visible(pad_label)  # a label from the tokenizer's file
-        padded, q_pad, k_pad, _ = inspector.qk(with_padding(tokens, pad_id, pad_label), layers[0])
+        padded, q_pad, k_pad, _ = inspector.qk(with_padding(tokens, pad_id, pad_label, PAD_COUNT), layers[0])
         q = torch.cat([q, q_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
         k = torch.cat([k, k_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
         scores = (q @ k.transpose(-2, -1)) * scale  # (H, T + pads, T + pads)

@@ -10,7 +10,7 @@ continuation keeps its '##'.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +159,33 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False, add_
         for (s, e), t, sp in zip(offsets, strings, specials)
     ]
     return Tokens(text, ids, labels, offsets, specials, truncated_from, strings)  # type: ignore[arg-type]
+
+
+# Tried in order when the tokenizer names no padding token (GPT-2 and Llama pad with EOS).
+PAD_NAMES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+
+
+def pad_token(tokenizer: Any) -> tuple[int, str]:
+    """The tokenizer's padding token (id, string): its own, else the first of PAD_NAMES."""
+    padding = getattr(tokenizer, "padding", None)
+    if padding and padding.get("pad_token") is not None and padding.get("pad_id") is not None:
+        return int(padding["pad_id"]), str(padding["pad_token"])
+    for name in PAD_NAMES:
+        pid = tokenizer.token_to_id(name)
+        if pid is not None:
+            return int(pid), name
+    raise TokenizerError("this tokenizer has no padding token to append",
+                         hint="try another --kind (causal, sliding-window, bidirectional)")
+
+
+def with_padding(tokens: Tokens, pad_id: int, pad_label: str, count: int) -> Tokens:
+    """`tokens` followed by `count` padding tokens, as a batch would pad it."""
+    end = len(tokens.text)
+    return replace(
+        tokens,
+        ids=tokens.ids + [pad_id] * count,
+        labels=tokens.labels + [pad_label] * count,
+        offsets=tokens.offsets + [(end, end)] * count,
+        special=tokens.special + [True] * count,
+        strings=tokens.strings + [pad_label] * count,
+    )

@@ -1,0 +1,129 @@
+"""Presets: model shapes by name, as Hugging Face config.json dicts, read through the same
+`config.from_hf_config()` path as a real checkpoint's config (gpt-fast's plain dict of
+dicts, looked up by exact name)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Presets: Hugging Face config.json dicts. GPT-3 sizes are from Table 2.1 of Brown et al.
+# (2020), "Language Models are Few-Shot Learners": d_ff = 4 * d_model, context 2,048 and
+# GPT-2's 50,257-token vocabulary. Two rows are inconsistent as printed; we read them as:
+#   * XL: "24 heads of 128" cannot make d_model 2,048; we keep d_model 2,048 (which gives
+#     the table's 1.3B) and use 16 heads of 128.
+#   * 13B: d_model 5,140 is not divisible by 40 heads; 40 heads of 128 make 5,120, which
+#     gives the table's 13B, so we read 5,120.
+def _gpt3(d_model: int, n_layers: int, n_heads: int) -> dict[str, Any]:
+    return {
+        "model_type": "gpt2",
+        "n_embd": d_model,
+        "n_layer": n_layers,
+        "n_head": n_heads,
+        "n_inner": 4 * d_model,
+        "vocab_size": 50257,
+        "n_positions": 2048,
+        "activation_function": "gelu_new",
+        "_convention": "3b1b",
+    }
+
+
+def _gpt2(d_model: int, n_layers: int, n_heads: int) -> dict[str, Any]:
+    return {
+        "model_type": "gpt2",
+        "n_embd": d_model,
+        "n_layer": n_layers,
+        "n_head": n_heads,
+        "vocab_size": 50257,
+        "n_positions": 1024,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+    }
+
+
+def _bert(d_model: int, n_layers: int, n_heads: int, d_mlp: int, vocab: int = 30522) -> dict[str, Any]:
+    return {
+        "model_type": "bert",
+        "architectures": ["BertModel"],
+        "hidden_size": d_model,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "intermediate_size": d_mlp,
+        "vocab_size": vocab,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+    }
+
+
+def _llama(model_type: str = "llama", **kw: Any) -> dict[str, Any]:
+    base = {"model_type": model_type, "hidden_act": "silu", "tie_word_embeddings": False}
+    base.update(kw)
+    return base
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt3": _gpt3(12288, 96, 96),
+    "gpt3-small": _gpt3(768, 12, 12),
+    "gpt3-medium": _gpt3(1024, 24, 16),
+    "gpt3-large": _gpt3(1536, 24, 16),
+    "gpt3-xl": _gpt3(2048, 24, 16),
+    "gpt3-2.7b": _gpt3(2560, 32, 32),
+    "gpt3-6.7b": _gpt3(4096, 32, 32),
+    "gpt3-13b": _gpt3(5120, 40, 40),
+    "gpt3-175b": _gpt3(12288, 96, 96),
+    "gpt2": _gpt2(768, 12, 12),
+    "gpt2-medium": _gpt2(1024, 24, 16),
+    "gpt2-large": _gpt2(1280, 36, 20),
+    "gpt2-xl": _gpt2(1600, 48, 25),
+    "bert-base": _bert(768, 12, 12, 3072),
+    "bert-large": _bert(1024, 24, 16, 4096),
+    "all-minilm-l6-v2": _bert(384, 6, 12, 1536),
+    "llama2-7b": _llama(
+        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+        intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    ),
+    "llama3-8b": _llama(
+        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        intermediate_size=14336, vocab_size=128256, max_position_embeddings=8192,
+        rms_norm_eps=1e-5, rope_theta=500000.0,
+    ),
+    "llama3.2-1b": _llama(
+        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=64, intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    ),
+    "mistral-7b": _llama(
+        "mistral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, intermediate_size=14336, vocab_size=32000,
+        max_position_embeddings=32768, rms_norm_eps=1e-5, sliding_window=4096,
+    ),
+    "qwen2-0.5b": _llama(
+        "qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
+        max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=True,
+    ),
+    "pythia-160m": {
+        "model_type": "gpt_neox", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25,
+        "rotary_emb_base": 10000, "use_parallel_residual": True, "tie_word_embeddings": False,
+    },
+    "opt-125m": {
+        "model_type": "opt", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "ffn_dim": 3072, "vocab_size": 50272, "max_position_embeddings": 2048, "do_layer_norm_before": True,
+        "word_embed_proj_dim": 768, "activation_function": "relu",
+    },
+    "phi-2": {
+        "model_type": "phi", "hidden_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "intermediate_size": 10240, "vocab_size": 51200, "max_position_embeddings": 2048,
+        "partial_rotary_factor": 0.4, "hidden_act": "gelu_new", "tie_word_embeddings": False,
+    },
+    "gemma-2b": {
+        "model_type": "gemma", "hidden_size": 2048, "num_hidden_layers": 18, "num_attention_heads": 8,
+        "num_key_value_heads": 1, "head_dim": 256, "intermediate_size": 16384, "vocab_size": 256000,
+        "max_position_embeddings": 8192, "hidden_act": "gelu",
+    },
+}
