@@ -22,7 +22,7 @@ import torch
 from attnscope import analysis, architectures, checkpoint
 from attnscope.sources import gguf_path, hub, packaged
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
-from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, UsageError
+from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, ModelNotFoundError, UsageError
 from attnscope.chat import ChatInfo, read_chat_info
 from attnscope.hooks import Capture
 from attnscope.model import KVCache, Transformer, block_tensors, build
@@ -230,7 +230,27 @@ def open_source(model: str | os.PathLike[str] | None = None) -> Source:
     A local folder's config is read before its weights' headers, so an unsupported
     model_type is reported ahead of anything about the weights."""
     spec = str(model) if model is not None else default_model()
-    name = spec
+    from_env = model is None and bool(os.environ.get("ATTNSCOPE_MODEL", "").strip())
+    try:
+        return _open_source(spec)
+    except ModelNotFoundError as exc:
+        if from_env:  # say where the name came from: the user did not type it here
+            raise ModelNotFoundError(f"ATTNSCOPE_MODEL names {spec!r}: {exc.message}",
+                                     hint=exc.hint or "unset ATTNSCOPE_MODEL or point it at a model") from None
+        raise
+
+
+def _display_name(spec: str) -> str:
+    """How output names a model: a folder's or file's own name, not its whole path."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        resolved = path.resolve()
+        return resolved.stem if resolved.is_file() else resolved.name or spec
+    return spec
+
+
+def _open_source(spec: str) -> Source:
+    name = _display_name(spec)
     where = spec
     if spec in packaged.PACKAGED:
         where, name = str(packaged.resolve(spec)), packaged.PACKAGED[spec].title

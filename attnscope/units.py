@@ -15,3 +15,8 @@ def human_bytes(value: float) -> str:
             return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
         value /= 1024
     return f"{value} B"
+
+
+def plural(count: int, word: str) -> str:
+    """'1 layer', '12 layers'."""
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"

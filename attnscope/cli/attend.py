@@ -78,7 +78,7 @@ def attend(
     """
     from attnscope import analysis, export
     from attnscope.measures import AttendRequest, run_attend
-    from attnscope.units import human_bytes
+    from attnscope.units import human_bytes, plural
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
@@ -108,6 +108,7 @@ def attend(
     query = _focus_index(tokens, token)
     wanted = {"topk": as_json or view == View.topk, "focus": view in (View.focus, View.overview),
               "summary": view == View.overview, "attention": view == View.heatmap}
+    # --json returns what the view shows: the heatmap's patterns too, beside every head's top-k
     save_ls, save_hs = analysis.select(layer, m.n_layers, "layer"), analysis.select(head, m.n_heads, "head")
     # The page holds what --save writes; the figure shows the heatmap view's head unless told.
     page_hs = save_hs
@@ -179,6 +180,9 @@ def attend(
             doc["update"] = {"layer": u.layer, "query": u.query, "moved": u.per_key.tolist(),
                              "moved_per_head": u.per_head.tolist(), "update_norm": u.update,
                              "embedding_norm": u.embedding}
+        if view == View.heatmap and res.attention is not None:
+            att = res.attention
+            doc["attention"] = {"layers": att.layers, "heads": att.heads, "probs": att.probs.tolist()}
         if save is not None:
             doc["saved"] = str(save)
         if save_topk is not None:
@@ -198,9 +202,10 @@ def attend(
         console.print(f"[dim]measure: {DESCRIPTIONS[measure.value]}[/]")
     render_result(console, res, view.value, name, top_k, color=not no_color and console.color_system is not None)
     if save is not None:
-        console.print(f"[dim]saved {len(save_ls)} layers × {len(save_hs)} heads × {n}² to {save}[/]")
+        console.print(f"[dim]saved {plural(len(save_ls), 'layer')} × {plural(len(save_hs), 'head')} × {n}² to {save}[/]")
     if save_topk is not None:
-        console.print(f"[dim]saved top-{top_k} of {len(save_ls)} layers × {len(save_hs)} heads to {save_topk}[/]")
+        console.print(f"[dim]saved top-{top_k} of {plural(len(save_ls), 'layer')} × {plural(len(save_hs), 'head')} "
+                      f"to {save_topk}[/]")
     for line in wrote:
         from rich.text import Text
 
