@@ -3,7 +3,8 @@
   session.py  what is shown, computed through `measures.run_attend` and kept within a
               memory budget (no Textual)
   views.py    what each pane says, as rich Text (no Textual, no torch)
-  app.py      the Textual app: screens, keys, mouse, worker threads
+  screens.py  the Textual screens and panes: layout, mouse, drawing the tokens by line
+  app.py      the Textual app: state, keys, actions, worker threads
 
 Imported only by the `explore` command, so Textual never loads for the other commands.
 """

@@ -1,0 +1,23 @@
+"""Head scores over a corpus: every score of `attnscope.heads` pooled over many texts.
+
+    reading.py   `read_corpus`: (line number, text) from a plain file (one text a line),
+                 JSON Lines (`.jsonl`/`.ndjson`, one string field of each object) or
+                 stdin (`-`); blank lines skipped
+    per_text.py  the per-text file: a header, then one JSON line per text, appended as
+                 each text finishes; read back to resume, validated against the run and
+                 the corpus; under torchrun one file per rank, merged at the end
+    pooling.py   `corpus_scores`: one forward pass a text, float64 sums and row counts
+                 pooled over the texts (and the processes); `CorpusScores`,
+                 `CorpusProgress`, `corpus_dict`
+
+No batching: attnscope's forward pass takes one text of shape (T,), so texts run one
+after another and throughput comes from more processes. Nothing here prints: progress
+goes to a callback.
+"""
+
+from attnscope.corpus.per_text import PER_TEXT_FORMAT, PER_TEXT_VERSION, rank_file
+from attnscope.corpus.pooling import CorpusProgress, CorpusScores, corpus_dict, corpus_scores
+from attnscope.corpus.reading import JSONL_SUFFIXES, read_corpus
+
+__all__ = ["JSONL_SUFFIXES", "PER_TEXT_FORMAT", "PER_TEXT_VERSION", "CorpusProgress", "CorpusScores",
+           "corpus_dict", "corpus_scores", "rank_file", "read_corpus"]

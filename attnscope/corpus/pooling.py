@@ -1,0 +1,250 @@
+"""Pooling head scores over a corpus: `corpus_scores`, its result and its progress.
+
+A pooled score is the sum of its per-row quantity over every eligible row of every
+text, divided by the number of those rows: a text weighs as many rows as it has, not
+one vote. The per-row terms and their row counts are `heads.text_terms`', summed by
+`heads.ScoreProbe` (which keeps float64 sums per layer and head), so the definitions
+live in one place; here each text's sums and counts are added to running float64
+totals. Induction is a property of the model, not of a text: it is measured once, on
+its repeated random sequence, exactly as `heads.head_scores` measures it.
+
+Distributed (under torchrun, see `attnscope.distributed`): text i goes to rank
+i % world; each rank pools its share; the sums and counts are all-reduced in float64.
+Each rank appends its per-text lines to its own file (`per_text`: no collective per
+text, so no rank waits on another and a crash loses nothing written). Only rank 0
+returns a result and reports progress.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from attnscope import heads as hd
+from attnscope.corpus import per_text as pt
+from attnscope.errors import AttnscopeError, InputError, UsageError
+
+if TYPE_CHECKING:
+    from attnscope.api import Inspector, Selector
+
+# Why a score the model defines has no row in a whole corpus.
+_NO_ROWS = {"duplicate_token": "no token of any text repeats an earlier one of its text",
+            "": "no text has a row it is defined on (every text is one token)"}
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class CorpusScores(hd.HeadScores):
+    """`HeadScores` pooled over a corpus: `scores` are float32 sums / rows, `n_tokens`
+    the tokens of every text; `tokens` is None (there is no one text to show)."""
+
+    n_texts: int = 0  # texts pooled, resumed ones included
+    resumed: int = 0  # of them, pooled from the per-text file without running
+    truncated: int = 0  # of them, cut to the model's positions by `truncate`
+    rows: dict[str, int] = field(default_factory=dict)  # eligible rows pooled, per text score
+    sums: dict[str, Tensor] = field(default_factory=dict)  # float64 (L_sel, H_sel) per text score
+    world: int = 1  # processes that shared the corpus
+    seconds: float = 0.0  # wall time of the texts' passes (this process, rank 0)
+    source: str = ""  # where the texts came from, for display (the caller's to set: here are only texts)
+
+
+@dataclass
+class CorpusProgress:
+    """Where a corpus run stands, after each text (on rank 0, of rank 0's share)."""
+
+    done: int  # texts finished, resumed ones included
+    total: int | None  # texts in this process's share, when the corpus is a sized collection
+    resumed: int  # of `done`, texts pooled from the per-text file
+    tokens: int  # tokens run (resumed texts not counted)
+    elapsed: float  # seconds since the first text
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def texts_per_s(self) -> float:
+        return (self.done - self.resumed) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far; None while unknown."""
+        rate = self.texts_per_s
+        if self.total is None or rate <= 0:
+            return None
+        return max(0, self.total - self.done) / rate
+
+
+def corpus_dict(res: CorpusScores) -> dict[str, Any]:
+    """`heads.scores_dict` plus the corpus: texts, tokens, rows pooled per score."""
+    doc = hd.scores_dict(res)
+    doc["corpus"] = {"n_texts": res.n_texts, "n_tokens": res.n_tokens, "rows": dict(res.rows),
+                     "resumed": res.resumed, "truncated": res.truncated, "processes": res.world}
+    return doc
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def corpus_scores(
+    inspector: "Inspector",
+    texts: Iterable[tuple[int, str] | str],
+    names: Iterable[str] | None = None,
+    layers: "Selector" = None,
+    heads: "Selector" = None,
+    truncate: bool = False,
+    per_text: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: Callable[[CorpusProgress], None] | None = None,
+    measure: str = "weight",
+    seed: int = 0,
+    repeat: int = hd.DEFAULT_REPEAT,
+) -> CorpusScores | None:
+    """Pool every selected head's scores over `texts` ((line number, text) pairs as
+    `read_corpus` yields them, or plain strings, numbered from 1): one forward pass a
+    text, plus one for induction. Under torchrun, texts are shared across the processes
+    and only rank 0 gets the result (the others get None)."""
+    from attnscope import distributed
+
+    group = distributed.current(inspector.device)
+    rank, world = (group.rank, group.world) if group is not None else (0, 1)
+    wanted = list(hd.SCORES) if names is None else list(dict.fromkeys(names))
+    text_names = [name for name in wanted if name in hd.TEXT_SCORES]
+    if not text_names and all(name in hd.SCORES for name in wanted):
+        raise UsageError("induction is measured once on a repeated random sequence, not on a corpus",
+                         hint="drop --corpus, or ask for a text score too")
+    # head_scores checks the measure, the score names and the selections; with no names
+    # left to compute it runs nothing.
+    checked = hd.head_scores(inspector, names=[name for name in wanted if name not in hd.SCORES],
+                             layers=layers, heads=heads, measure=measure)
+    ls, hs = checked.layers, checked.heads
+    cfg = inspector.config
+    # Scores the model itself leaves undefined (next_token on a causal model); ids [0, 0]
+    # repeat, so duplicate_token is not among them.
+    _, _, model_undefined = hd.text_terms([0, 0], cfg, text_names)
+    measured = [name for name in text_names if name not in model_undefined]
+    header = pt.make_header(inspector, measure, truncate, measured, ls, hs)
+    path = Path(per_text).expanduser() if per_text is not None else None
+
+    # Phase 1, reading only: what an earlier run left (every rank reads before any writes).
+    done: dict[int, pt.Record] = {}
+    failure: AttnscopeError | None = None
+    try:
+        if path is not None:
+            pt.check_target(path, resume)
+            if resume:
+                done = pt.read_done(path, header, lambda index: index % world == rank)
+    except AttnscopeError as exc:
+        failure = exc
+    distributed.raise_first(group, failure)
+
+    # Phase 2: this process's share of the texts.
+    shape = (len(ls), len(hs))
+    totals = {name: torch.zeros(shape, dtype=torch.float64) for name in measured}
+    rows = {name: 0 for name in measured}
+    n_texts = n_tokens = truncated = resumed = run_tokens = 0
+    total = len(range(rank, len(texts), world)) if hasattr(texts, "__len__") else None  # type: ignore[arg-type]
+    line = math.inf
+    out: IO[str] | None = None
+    started = time.perf_counter()
+    try:
+        if path is not None:
+            out = pt.open_for_append(path if group is None else pt.rank_file(path, rank), header)
+        for index, item in enumerate(texts):
+            if index % world != rank:
+                continue
+            line, text = (index + 1, item) if isinstance(item, str) else item
+            digest = pt.text_digest(text)
+            if index in done:
+                rec = done.pop(index)
+                if (rec.line, rec.digest) != (line, digest):
+                    raise InputError(f"{path} does not match this corpus: its text {index} was line {rec.line} "
+                                     f"(digest {rec.digest}), here it is line {line} (digest {digest})",
+                                     hint="resume with the corpus, --field and --max-texts of the run that wrote it")
+                sums, counts, n, cut = rec.sums, rec.counts, rec.n_tokens, rec.truncated_from
+                resumed += 1
+            else:
+                sums, counts, n, cut = _score_text(inspector, text, line, measured, ls, hs, truncate, measure)
+                run_tokens += n
+                if out is not None:
+                    pt.append_line(out, pt.text_record(index, line, digest, n, cut, sums, counts))
+            for name in measured:
+                totals[name] += sums[name]
+                rows[name] += counts[name]
+            n_texts += 1
+            n_tokens += n
+            truncated += cut is not None
+            line = math.inf
+            if progress is not None and rank == 0:
+                progress(CorpusProgress(n_texts, total, resumed, run_tokens, time.perf_counter() - started, rank, world))
+    except AttnscopeError as exc:
+        failure = exc
+    finally:
+        if out is not None:
+            out.close()
+    seconds = time.perf_counter() - started
+    distributed.raise_first(group, failure, line)
+
+    # Phase 3: pool across the processes; rank 0 finishes alone.
+    flat = torch.cat([totals[name].flatten() for name in measured]
+                     + [torch.tensor([rows[name] for name in measured] + [n_texts, n_tokens, truncated, resumed],
+                                     dtype=torch.float64)])
+    flat = distributed.sum_float64(group, flat)
+    size = shape[0] * shape[1]
+    totals = {name: flat[k * size:(k + 1) * size].reshape(shape) for k, name in enumerate(measured)}  # (L_sel, H_sel)
+    tail = [int(v) for v in flat[len(measured) * size:].tolist()]
+    rows = dict(zip(measured, tail[:len(measured)]))
+    n_texts, n_tokens, truncated, resumed = tail[len(measured):]
+    if n_texts == 0:  # every rank knows, so every rank says so
+        raise InputError("there are no texts to score", hint="give a corpus with at least one non-blank text")
+    if rank != 0:
+        return None
+    if path is not None:
+        pt.merge_rank_files(path, header)
+
+    res = CorpusScores(ls, hs, {}, n_tokens, seed=seed, n_texts=n_texts, resumed=resumed, truncated=truncated,
+                       rows=rows, sums=totals, world=world, seconds=seconds)
+    for name in measured:
+        if rows[name]:
+            res.scores[name] = (totals[name] / rows[name]).float()
+    for name in text_names:
+        if name not in res.scores:
+            res.undefined[name] = model_undefined.get(name) or _NO_ROWS.get(name, _NO_ROWS[""])
+    if "induction" in wanted:
+        ind = hd.head_scores(inspector, names=["induction"], layers=ls, heads=hs, seed=seed, repeat=repeat,
+                             measure=measure)
+        res.scores.update(ind.scores)
+        res.induction_ids, res.prefix, res.suffix, res.repeat = ind.induction_ids, ind.prefix, ind.suffix, ind.repeat
+    res.scores = {name: res.scores[name] for name in wanted if name in res.scores}  # in the order asked
+    return res
+
+
+def _score_text(inspector: "Inspector", text: str, line: int, measured: list[str], ls: list[int], hs: list[int],
+                truncate: bool, measure: str) -> tuple[dict[str, Tensor], dict[str, int], int, int | None]:
+    """One text's float64 sums (L_sel, H_sel) and row counts per score, its length, and
+    the length it was cut from (None when whole)."""
+    from attnscope.measures.transforms import wrap
+
+    try:
+        tokens = inspector.tokenize(text, truncate)
+    except InputError as exc:
+        raise type(exc)(f"line {line}: {exc.message}", exc.hint) from None
+    n = len(tokens)
+    terms, counts, _ = hd.text_terms(tokens.ids, inspector.config, measured)
+    probe = hd.ScoreProbe(ls, hs, terms, counts)
+    if terms:
+        inspector.run(tokens.ids, wrap(measure, n, max(ls), probe), max(ls))
+    zeros = torch.zeros(len(ls), len(hs), dtype=torch.float64)
+    sums = {name: probe.sums[name].cpu() if name in probe.sums else zeros for name in measured}
+    return sums, {name: counts.get(name, 0) for name in measured}, n, tokens.truncated_from
