@@ -47,7 +47,8 @@ class Plan:
 
 
 def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel: int, n_heads_sel: int,
-         top_k: int, save: bool, save_topk: bool, file_bytes: int = 0, runtime: int = 0) -> Plan:
+         top_k: int, save: bool, save_topk: bool, file_bytes: int = 0, runtime: int = 0,
+         measure: str = "weight") -> Plan:
     width = DTYPE_BYTES[dtype]
     H, dh = cfg.n_heads, cfg.d_head
     act = n * (4 * cfg.d_model + (H + 2 * cfg.n_kv_heads) * dh + 2 * H * dh + (3 if cfg.gated_mlp else 2) * cfg.d_mlp) * width
@@ -62,4 +63,8 @@ def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel:
         k = min(top_k, n)
         kept += n_layers_sel * n_heads_sel * n * k * 12  # int64 indices + float32 weights
         output += n_layers_sel * n_heads_sel * n * k * 12
+    if measure == "rollout":  # this layer's mean over heads, R of the layer before, and their product
+        kept += 3 * n * n * 4
+    elif measure == "norm":  # ‖f_h(x_j)‖ per head and key, and the focus view's f_h(x_j) vectors (float64)
+        kept += H * n * 4 + H * n * cfg.d_model * 8
     return Plan(n, stored_params * width, act, attn_chunk, kept, output, runtime, file_bytes)

@@ -51,3 +51,17 @@ def test_dry_run_peak_within_a_quarter_of_the_measured_peak(name: str, words: in
                                     capture_output=True, text=True, check=True, timeout=300).stdout)
     measured = _peak(args)
     assert abs(doc["peak_memory_bytes"] - measured) <= 0.25 * measured, (doc, measured)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("measure", ["norm", "rollout"])
+def test_dry_run_counts_the_measure(measure: str) -> None:
+    name = "smollm2-135m-instruct"
+    if packaged.find(name) is None:
+        pytest.skip(f"{name} is not installed")
+    text = " ".join(["fluffy", "blue", "creature", "sat"] * 400)
+    args = ["attend", text, "-m", name, "--truncate", "--measure", measure]
+    doc = json.loads(subprocess.run([sys.executable, "-m", "attnscope", *args, "--dry-run", "--json"],
+                                    capture_output=True, text=True, check=True, timeout=300).stdout)
+    measured = _peak(args)
+    assert abs(doc["peak_memory_bytes"] - measured) <= 0.25 * measured, (doc, measured)

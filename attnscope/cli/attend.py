@@ -95,7 +95,7 @@ def attend(
 
         raise InputError("the text is empty", hint='give some text, e.g. attnscope attend "a fluffy blue creature"')
     if dry_run:
-        _dry_run(model, text, dtype, layer, head, top_k, save, save_topk, truncate, as_json)
+        _dry_run(model, text, dtype, layer, head, top_k, save, save_topk, truncate, as_json, measure.value)
         return
     m = _load(model, device, dtype, True if offload else None)
     tokens = m.tokenize(text, truncate)
@@ -275,7 +275,8 @@ def _narrow(res: Any, layers: list[int], heads: list[int], k: Optional[int] = No
 
 
 def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[str], head: Optional[str],
-             top_k: int, save: Optional[Path], save_topk: Optional[Path], truncate: bool, as_json: bool) -> None:
+             top_k: int, save: Optional[Path], save_topk: Optional[Path], truncate: bool, as_json: bool,
+             measure: str = "weight") -> None:
     """Estimate a run from config.json, the safetensors headers and the tokenizer alone."""
     from attnscope import analysis, api, estimate
     from attnscope.tokenize import load_tokenizer, tokenize
@@ -302,7 +303,7 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
     hs = analysis.select(head, cfg.n_heads, "head")
     dt = "float32" if dtype.value == "auto" else dtype.value
     p = estimate.plan(cfg, stored, len(tokens), dt, len(ls), len(hs), top_k, save is not None,
-                      save_topk is not None, file_bytes=file_bytes, runtime=estimate.runtime_bytes())
+                      save_topk is not None, file_bytes=file_bytes, runtime=estimate.runtime_bytes(), measure=measure)
     rows = {"tokens": p.n_tokens, "runtime_bytes": p.runtime, "weights_bytes": p.weights,
             "mapped_file_bytes": p.mapped, "activations_bytes": p.activations,
             "attention_chunk_bytes": p.attention_chunk, "kept_results_bytes": p.kept,
@@ -316,6 +317,6 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
                          ("checkpoint pages read through the map", p.mapped),
                          ("activations (one block)", p.activations),
                          ("attention scores, one query chunk", p.attention_chunk),
-                         ("results kept (top-k, one streamed layer)", p.kept), ("peak memory, about", p.peak_memory),
+                         ("results kept (top-k, one streamed layer, the measure's)", p.kept), ("peak memory, about", p.peak_memory),
                          ("output files", p.output_file)):
         console.print(f"  {label:<42}{human_bytes(value):>14}")
