@@ -190,3 +190,17 @@ def test_json_document(folders: dict[str, Path]) -> None:
     assert set(step) == {"token_id", "token", "prob", "alternatives", "top_keys"}
     assert len(step["alternatives"]) == 2 and all(len(a) == 3 for a in step["alternatives"])
     assert all(0 <= k[0] < len(doc["prompt_token_ids"]) for k in step["top_keys"])
+
+
+def test_generate_html_page_holds_the_final_sequence(folders: dict[str, Path], tmp_path: Path) -> None:
+    from test_page import page_doc
+
+    page, saved = tmp_path / "gen.html", tmp_path / "gen.npz"
+    res = CliRunner().invoke(app, ["generate", PROMPT, "--model", str(folders["llama"]), "-n", "5", "--ignore-eos",
+                                   "--json", "--html", str(page), "--save", str(saved)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    data = np.load(saved)
+    got = page_doc(page)
+    assert got["token_ids"] == doc["prompt_token_ids"] + doc["token_ids"]
+    assert np.array_equal(got["attention"], data["attentions"])

@@ -37,7 +37,8 @@ def generate(
     head: HeadOpt = None,
     save: Annotated[Optional[Path], typer.Option("--save", help="Write the final sequence's patterns (.npz or .safetensors).")] = None,
     save_topk: Annotated[Optional[Path], typer.Option("--save-topk", help="Write the final sequence's top-k (.npz).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing --save files.")] = False,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write one offline page with the final sequence's attention (every layer and head) to FILE.html.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing --save/--html files.")] = False,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
     dtype: LoadDtypeOpt = LoadDtype.auto,
@@ -60,6 +61,8 @@ def generate(
         export.check_target(save, force)
     if save_topk is not None:
         export.check_target(save_topk, force, (".npz",))
+    if html is not None:
+        export.check_target(html, force, (".html", ".htm"))
     m = _load(model, device, dtype)
     name = m.config.name or m.source
     console = _console(no_color)
@@ -72,8 +75,8 @@ def generate(
                    seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat, layers=layer, heads=head,
                    alternatives=alternatives, on_token=stream, measure=measure.value)
     rate = len(g.token_ids) / g.seconds if g.seconds > 0 else 0.0
-    if save is not None or save_topk is not None:
-        _save_sequence(m, g, save, save_topk, force)
+    if save is not None or save_topk is not None or html is not None:
+        _save_sequence(m, g, save, save_topk, force, html, name)
     if as_json:
         doc = generation_dict(g, name)
         doc["prompt_length"] = len(g.prompt_ids)
@@ -88,14 +91,26 @@ def generate(
         _note(f"{len(g.token_ids)} tokens in {g.seconds:.2f} s, {rate:.1f} tokens/s")
 
 
-def _save_sequence(m, g, save: Optional[Path], save_topk: Optional[Path], force: bool) -> None:  # type: ignore[no-untyped-def]
-    """Patterns of the whole final sequence (prompt rows included), from one full pass."""
+def _save_sequence(m, g, save: Optional[Path], save_topk: Optional[Path], force: bool,  # type: ignore[no-untyped-def]
+                   html: Optional[Path] = None, name: str = "") -> None:
+    """Patterns of the whole final sequence (prompt rows included), from one full pass:
+    the --save files and the --html page read the same pass."""
     from attnscope.measures import AttendRequest, run_attend
     from attnscope.tokenize import Tokens
 
     ids = g.ids
-    tokens = Tokens("", ids, g.labels, [(0, 0)] * len(ids), [False] * len(ids))
+    tokens = Tokens(g.text, ids, g.labels, [(0, 0)] * len(ids), [False] * len(ids))
     every_layer, every_head = list(range(m.n_layers)), list(range(m.n_heads))
-    req = AttendRequest(every_layer, every_head, [], save=save, save_topk=save_topk, save_layers=every_layer,
-                        save_heads=every_head, force=force, text="", extra={"prompt_length": len(g.prompt_ids)})
-    run_attend(m, tokens, req)
+    page = None
+    if html is not None:
+        from attnscope.render.page import Page
+
+        # opens on the last layer, head 0, at the query that wrote the last token
+        page = Page(name, tokens, every_layer, every_head, "weight", None, (every_layer[-1], 0, len(ids) - 2))
+        page.check(html)
+    req = AttendRequest(every_layer, every_head, ["attention"] if page is not None else [], save=save,
+                        save_topk=save_topk, save_layers=every_layer, save_heads=every_head, force=force, text="",
+                        extra={"prompt_length": len(g.prompt_ids)})
+    res = run_attend(m, tokens, req)
+    if page is not None and html is not None:
+        page.write(html, force, attention=res.attention.probs)
