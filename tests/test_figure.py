@@ -133,3 +133,17 @@ def test_without_matplotlib_one_line_says_how_to_install(gpt2: Path, out: Path, 
     line = error_line(run("attend", TEXT, "-m", gpt2, "--plot", out / "f.png", "--save", out / "p.npz"), 1)
     assert "matplotlib" in line and "pip install 'attnscope[plot]'" in line
     assert list(out.iterdir()) == []  # refused before the run: not even --save was written
+
+
+def test_heads_atlas_figure(gpt2: Path, out: Path, mpl: None) -> None:
+    svg = out / "atlas.svg"
+    ok(run("heads", TEXT, "-m", gpt2, "--plot", svg))
+    text = svg.read_text()
+    for name in ("previous_token", "first_token", "self", "entropy", "induction"):
+        assert name in text, name
+    assert "head scores" in text
+    png = out / "atlas.png"
+    ok(run("heads", TEXT, "-m", gpt2, "--plot", png, "--score", "self", "--figsize", "4,3"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    error_line(run("heads", TEXT, "-m", gpt2, "--figsize", "4,3"), 2)
+    error_line(run("heads", TEXT, "-m", gpt2, "--plot", out / "atlas.jpg"), 2)

@@ -186,7 +186,9 @@ def unwrap_docstrings(typer_app: Any) -> None:
     for info in typer_app.registered_commands:
         doc = inspect.getdoc(info.callback) or ""
         if info.help is None and doc:
-            paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+            # prose paragraphs are joined; a table (lines of markup or indented) keeps its lines
+            paragraphs = [p if any(line.startswith(("[", " ")) for line in p.splitlines()) else " ".join(p.split())
+                          for p in doc.split("\n\n")]
             info.help = "\n\n".join(paragraphs)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from attnscope.errors import UsageError
 
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt,
@@ -29,7 +32,7 @@ class MaskKind(str, Enum):
     "  attnscope mask-demo --layer 0 --head 2 --json",
 )
 def mask_demo(
-    text: Annotated[Optional[str], typer.Argument(metavar="[TEXT]", help="The text (default: a fluffy blue creature roamed the verdant forest).")] = None,
+    text: Annotated[Optional[str], typer.Argument(metavar="TEXT", help="The text (default: a fluffy blue creature roamed the verdant forest).")] = None,
     model: ModelOpt = None,
     layer: Annotated[str, typer.Option("--layer", "-l", help="One layer: an index, -1 for the last.")] = "-1",
     head: Annotated[Optional[str], typer.Option("--head", "-H", help="One head (default: the one leaning most on later keys).")] = None,
@@ -88,7 +91,7 @@ class ScoreName(str, Enum):
     "  attnscope heads --model ./gpt2 --layer 0-3 --json",
 )
 def heads(
-    text: Annotated[Optional[str], typer.Argument(metavar="[TEXT]", help="Text to score (default: a short text with repeated words).", show_default=False)] = None,
+    text: Annotated[Optional[str], typer.Argument(metavar="TEXT", help="Text to score (default: a short text with repeated words).", show_default=False)] = None,
     model: ModelOpt = None,
     score: Annotated[Optional[ScoreName], typer.Option("--score", "-s", help="Show only this score.")] = None,
     layer: LayerOpt = None,
@@ -107,6 +110,9 @@ def heads(
     max_texts: Annotated[Optional[int], typer.Option("--max-texts", min=1, help="With --corpus: score only its first N texts.", show_default=False)] = None,
     per_text: Annotated[Optional[str], typer.Option("--per-text", help="With --corpus: write each text's scores, sums and row counts to this .jsonl as it finishes.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="With --per-text: skip the texts already in that file and pool them from it.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the atlas as a figure (.png, .svg or .pdf; needs matplotlib).")] = None,
+    figsize: Annotated[Optional[str], typer.Option("--figsize", metavar="W,H", help="Size of the --plot figure in inches.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
 ) -> None:
     """An atlas of attention heads: what every head of every layer does, as scores.
 
@@ -128,9 +134,9 @@ def heads(
     [bold]entropy[/]         mean over rows of the row's entropy / log(keys it may
                     see): 0 = one key, 1 = uniform
 
-    Every score lies in 0..1. With no --model, runs the embedded all-MiniLM-L6-v2
-    (BERT, 6 layers × 12 heads) offline on a text with repeated words. --json
-    prints {layers, heads, scores: {name: \\[layer]\\[head] floats}}.
+    Every score lies in 0..1. With no --model, runs the default model (SmolLM2-135M-Instruct, 30 layers × 9
+    heads) offline on a text with repeated words. --json prints {layers, heads, scores: {name: \\[layer]\\[head]
+    floats}}; --plot FILE draws the atlas as a figure.
 
     With --corpus, each score is pooled over every row of every text (its sum over all
     of them / their number: a long text weighs more); induction is the model's, measured
@@ -145,9 +151,24 @@ def heads(
         _heads_corpus(text, corpus, field, max_texts, per_text, resume, model, device, dtype, names, layer, head,
                       seed, repeat, truncate, measure, as_json, top, no_color)
         return
+    size = None
+    if plot is not None:
+        from attnscope import export
+        from attnscope.render.figure import parse_figsize, require_matplotlib
+
+        export.check_target(plot, force, (".png", ".svg", ".pdf"))
+        require_matplotlib()
+        size = parse_figsize(figsize) if figsize is not None else None
+    elif figsize is not None:
+        raise UsageError("--figsize needs --plot", hint="e.g. --plot atlas.pdf --figsize 8,6")
     m = _load(model, device, dtype)
     res = hd.head_scores(m, text if text is not None else hd.DEFAULT_TEXT, names, layer, head, seed, repeat, truncate,
                          measure.value)
+    if plot is not None:
+        from attnscope.render.figure import write_atlas
+
+        write_atlas(plot, {k: v.tolist() for k, v in res.scores.items()}, res.layers, res.heads,
+                    m.config.name or m.source, measure.value, size, force)
     name = m.config.name or m.source
     if as_json:
         _print_json({"model": name, "measure": measure.value, **hd.scores_dict(res)})

@@ -48,7 +48,7 @@ def _one(spec: Optional[str], count: int, what: str, default: int) -> int:
     "Keys: ←→ head, ↑↓ layer, Tab token, h heatmap, o overview, m measure, / find, e export, ? help, q quit.",
 )
 def explore(
-    text: Annotated[Optional[str], typer.Argument(metavar="[TEXT]", help=f"The text to look at (default: {DEFAULT_TEXT}).")] = None,
+    text: Annotated[Optional[str], typer.Argument(metavar="TEXT", help=f"The text to look at (default: {DEFAULT_TEXT}).")] = None,
     model: ModelOpt = None,
     layer: Annotated[Optional[str], typer.Option("--layer", "-l", help="Layer to open on (default: the last, -1).")] = None,
     head: Annotated[Optional[str], typer.Option("--head", "-H", help="Head to open on (default: 0).")] = None,

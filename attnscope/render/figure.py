@@ -151,6 +151,47 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
     return path
 
 
+def write_atlas(path: Path, scores: dict[str, Any], layers: list[int], heads: list[int], model: str,
+                measure: str = "weight", figsize: Optional[tuple[float, float]] = None, force: bool = False) -> Path:
+    """The `heads` atlas as a figure: one panel per score, a layer × head grid each, on a
+    shared 0..1 colour scale (every score is a mean weight or a normalised entropy)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from attnscope import export
+
+    fmt = path.suffix.lower().lstrip(".")
+    names = [name for name, grid in scores.items() if grid is not None]
+    cols = min(3, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    size = figsize or (3.2 * cols, 0.14 * len(layers) * rows + 1.6 * rows)
+    with plt.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, constrained_layout=True)
+        mappable = None
+        for ax, name in zip(axes.ravel(), names):
+            grid = np.asarray(scores[name], dtype=np.float32)  # (L_sel, H_sel)
+            mappable = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+            ax.set_title(name, fontsize=9)
+            ax.set_xticks(range(len(heads)), [f"H{h}" for h in heads], fontsize=6, rotation=90)
+            step = max(1, len(layers) // 16)
+            ax.set_yticks(range(0, len(layers), step), [f"L{layers[i]}" for i in range(0, len(layers), step)],
+                          fontsize=6)
+        for ax in axes.ravel()[len(names):]:
+            ax.set_axis_off()
+        fig.suptitle(f"{model} · head scores" + ("" if measure == "weight" else f" · {measure}"), fontsize=10)
+        if mappable is not None:
+            fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, pad=0.02).set_label("score (0..1)")
+        with export.atomic_path(path, force) as tmp:
+            with open(tmp, "wb") as f:
+                fig.savefig(f, format=fmt, dpi=PNG_DPI, metadata=_metadata(fmt))
+        plt.close(fig)
+    return path
+
+
 def _span(items: list[int]) -> str:
     """'0–5' for a run, '0, 2, 5' otherwise."""
     if len(items) > 2 and items == list(range(items[0], items[-1] + 1)):
