@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from math import prod
 from pathlib import Path
 from typing import Any, Iterator
 
+from attnscope.sources.hub import hub_cache_dir, looks_like_hub_id, resolve_hub  # noqa: F401  (re-exported)
 from attnscope.errors import AttnscopeError, CheckpointError, ModelNotFoundError
 
 DTYPE_SIZES = {
@@ -37,7 +37,6 @@ DTYPE_SIZES = {
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
 MAX_JSON = 100 * 1024 * 1024  # config.json, the shard index: real ones are kilobytes to a few MiB
 MAX_DIM = 2**53  # every dim below this: exact as a JSON number anywhere, far above any real tensor
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -261,56 +260,6 @@ def _tensor_info(path: Path, name: str, entry: Any, data_size: int) -> TensorInf
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, honouring HF_HUB_CACHE and HF_HOME as huggingface_hub does."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
-
-
-def _offline() -> bool:
-    """huggingface_hub's rule (`constants.HF_HUB_OFFLINE`: HF_HUB_OFFLINE, else
-    TRANSFORMERS_OFFLINE), read at call time rather than from the constant, which
-    huggingface_hub fixes when it is first imported."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def looks_like_hub_id(spec: str) -> bool:
-    return bool(_HUB_ID.match(spec)) and not spec.endswith((".json", ".safetensors")) and not spec.startswith(".")
-
-
-def resolve_hub(repo_id: str) -> Path:
-    """The snapshot folder of a hub model, from the local cache (downloading only when online)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    cache = hub_cache_dir()
-    patterns = ["*.json", "*.safetensors"]
-    try:
-        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True, allow_patterns=patterns))
-    except LocalEntryNotFoundError:
-        pass
-    except Exception as exc:  # a malformed cache entry, an invalid id
-        raise ModelNotFoundError(f"cannot use {repo_id!r} from the hub cache at {cache}: {exc}") from None
-    if _offline():
-        raise ModelNotFoundError(
-            f"{repo_id!r} is not in the Hugging Face cache at {cache} and HF_HUB_OFFLINE is set",
-            hint=f"download it where there is network (`hf download {repo_id}`) and copy the cache, or pass --model PATH",
-        )
-    try:
-        return Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=patterns))
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"{repo_id!r} is not in the Hugging Face cache at {cache} and could not be downloaded ({type(exc).__name__})",
-            hint="check the id and your network, set HF_HOME to the cache that holds it, or pass --model PATH",
-        ) from None
 
 
 def locate(spec: str | os.PathLike[str]) -> Checkpoint:

@@ -29,9 +29,9 @@ from torch import Tensor
 from attnscope import analysis
 from attnscope.errors import InputError, SelectionError, UsageError
 from attnscope.parts.attention import MaskRule, mask_rule
+from attnscope.mask_captions import _captions, _mask_title, model_note  # noqa: F401  (model_note: public)
 from attnscope.tokenize import pad_token, with_padding
 from attnscope.tokenize import tokenize, visible
-from attnscope.units import human_bytes, n
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector
@@ -46,12 +46,6 @@ PAD_COUNT = 3  # [PAD] positions appended for --kind padding
 MAX_WINDOW = 2**31  # as config windows: beyond any text, and torch's index arithmetic stays exact
 BIG_CONTEXT = 2048  # the context the size caption compares with
 
-# Who uses each mask, for the captions.
-WHO = {
-    "causal": "a causal (GPT-style) model",
-    "sliding-window": "a sliding-window (Mistral-style) model",
-    "bidirectional": "a bidirectional (BERT-style) model",
-}
 
 
 @dataclass
@@ -241,66 +235,6 @@ def build_from_scores(
         Step("masked_softmax", "Softmax with the mask", captions[3], masked_probs, True),
     ]
     return demo
-
-
-def _mask_title(kind: str, window: int | None) -> str:
-    return {
-        "causal": "Causal mask  key after query → −∞",
-        "sliding-window": f"Sliding-window mask (W = {window})  keys outside the window → −∞",
-        "padding": "Padding mask  [PAD] keys → −∞",
-        "bidirectional": "No mask (bidirectional)  nothing → −∞",
-    }[kind]
-
-
-def model_note(d: MaskDemo) -> str:
-    """What the chosen mask means for this model: its own, or one it was not trained with."""
-    if d.kind == "padding":
-        return (f"{d.model} is {WHO[d.model_kind]}; only the padding mask is shown here "
-                "(a causal model combines it with the causal mask). Its real tokens' queries and keys "
-                "come from the text alone, as a batched model's would.")
-    layers = f" {d.layer_map} Layer {d.layer} is {d.model_kind}." if d.layer_map else ""
-    if d.kind == d.model_kind:
-        return f"{d.model} is {WHO[d.model_kind]}: it uses this very mask.{layers}"
-    return (f"{d.model} is {WHO[d.model_kind]}: this demo applies the {d.kind} mask to the head's real "
-            f"scores to show what {WHO[d.kind]} would allow.{layers}")
-
-
-def _window_phrase(window: int) -> str:
-    if window == 1:
-        return "itself"
-    return f"itself and the {window - 1} previous key" + ("s" if window > 2 else "")
-
-
-def _captions(d: MaskDemo) -> list[str]:
-    w = d.window or 0
-    scores = (f"Row = query, column = key: q·k/√{d.d_head} says how well each key matches each query "
-              f"(real numbers, layer {d.layer}, head {d.head}).")
-    mask = {
-        "causal": ("Keys after their query → −∞: in training every position predicts its next token at "
-                   "once, so a later token must not influence an earlier one."),
-        "sliding-window": (f"Each query keeps only {_window_phrase(w)}, as in Mistral: causal, but each "
-                           "layer costs T×W instead of T², and stacked layers still reach further back."),
-        "padding": (f"A batch pads shorter texts to the longest ({d.n_pad} [PAD] here); the pads are filler, "
-                    "so their keys are −∞ for every query."),
-        "bidirectional": ("Nothing masked: every query sees every key, before and after it, as in BERT, "
-                          "which reads the whole text at once and never predicts the next token."),
-    }[d.kind]
-    hidden = {"causal": "later keys", "sliding-window": "keys outside the window", "padding": "the [PAD] keys"}
-    if d.kind == "bidirectional":
-        softmax = "Softmax turns each row into weights that sum to 1 (Σ): the pattern a BERT-style model uses."
-    else:
-        rows = "the real tokens" if d.kind == "padding" else "rows"
-        softmax = (f"Softmax turns each row into weights that sum to 1 (Σ); unmasked, {rows} put "
-                   f"{d.hidden_share:.0%} of their weight on {hidden[d.kind]}.")
-    s = d.size
-    size = (f"The pattern has n² entries: {n(s.tokens)}² = {n(s.entries)} here; at {n(s.context)} tokens "
-            f"{n(s.context_entries)} ({human_bytes(s.context_bytes)} in float32) per head, "
-            f"{human_bytes(s.model_bytes)} for all {s.layers} × {s.heads} heads.")
-    if d.kind == "bidirectional":
-        masked = "Nothing masked, nothing changes. " + size
-    else:
-        masked = "e^−∞ = 0: masked entries are exactly 0 (·), and rows still sum to 1. " + size
-    return [scores, mask, softmax, masked]
 
 
 def demo_for(
