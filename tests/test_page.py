@@ -97,7 +97,7 @@ def test_page_holds_the_saved_patterns_exactly(gpt2: Path, out: Path, selection:
     assert np.array_equal(doc["attention"], saved["attentions"])  # bit for bit, not to a tolerance
     assert doc["layers"] == saved["layers"].tolist() and doc["heads"] == saved["heads"].tolist()
     assert doc["tokens"] == saved["tokens"].tolist() and doc["token_ids"] == saved["token_ids"].tolist()
-    assert doc["measure"] == "weight" and doc["model"] in ("gpt2", str(gpt2)) and doc["text"] == TEXT
+    assert doc["measure"] == "weight" and doc["model"] in ("gpt2", gpt2.name) and doc["text"] == TEXT  # a name, not a path
     if not selection:  # the default is every layer and head, as --save's
         assert doc["layers"] == [0, 1] and doc["heads"] == [0, 1, 2, 3]
     assert sorted(p.name for p in out.iterdir()) == ["p.html", "p.npz"]  # no temporary file left
