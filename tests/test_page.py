@@ -357,3 +357,20 @@ def test_long_page_in_top_k_mode_renders(gpt2: Path, out: Path, tmp_path: Path) 
     keys = listed(dom, "top-keys")
     assert [key for key, _w in keys] == idx[0, 0, 2500].tolist()
     assert [np.float32(x) for _k, x in keys] == w[0, 0, 2500].tolist()
+
+
+def test_heads_page_holds_the_scores_and_the_patterns(gpt2: Path, out: Path) -> None:
+    page = out / "heads.html"
+    ok(run("heads", TEXT, "-m", gpt2, "--layer", "1", "--html", page))
+    scores = json.loads(ok(run("heads", TEXT, "-m", gpt2, "--layer", "1", "--json")).stdout)["scores"]
+    ok(run("attend", TEXT, "-m", gpt2, "--layer", "1", "--save", out / "p.npz"))
+    doc, saved = page_doc(page), np.load(out / "p.npz")
+    assert np.array_equal(doc["attention"], saved["attentions"])
+    assert doc["layers"] == [1] and doc["heads"] == [0, 1, 2, 3]
+    for name, grid in scores.items():
+        if grid is None or name not in doc["scores"]:
+            continue
+        np.testing.assert_allclose(np.array(doc["scores"][name], dtype=float), np.array(grid, dtype=float), rtol=0,
+                                   atol=1e-12)
+    text = page.read_text()
+    assert "Head scores" in text and "previous_token" in text

@@ -111,8 +111,9 @@ def heads(
     per_text: Annotated[Optional[str], typer.Option("--per-text", help="With --corpus: write each text's scores, sums and row counts to this .jsonl as it finishes.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="With --per-text: skip the texts already in that file and pool them from it.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the atlas as a figure (.png, .svg or .pdf; needs matplotlib).")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write one offline page of the text's attention (the selected layers and heads) with these scores in its side panel.")] = None,
     figsize: Annotated[Optional[str], typer.Option("--figsize", metavar="W,H", help="Size of the --plot figure in inches.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot or --html file.")] = False,
 ) -> None:
     """An atlas of attention heads: what every head of every layer does, as scores.
 
@@ -161,6 +162,10 @@ def heads(
         size = parse_figsize(figsize) if figsize is not None else None
     elif figsize is not None:
         raise UsageError("--figsize needs --plot", hint="e.g. --plot atlas.pdf --figsize 8,6")
+    if html is not None:
+        from attnscope import export
+
+        export.check_target(html, force, (".html", ".htm"))
     m = _load(model, device, dtype)
     res = hd.head_scores(m, text if text is not None else hd.DEFAULT_TEXT, names, layer, head, seed, repeat, truncate,
                          measure.value)
@@ -169,6 +174,8 @@ def heads(
 
         write_atlas(plot, {k: v.tolist() for k, v in res.scores.items()}, res.layers, res.heads,
                     m.config.name or m.source, measure.value, size, force)
+    if html is not None:
+        _heads_page(m, res, text if text is not None else hd.DEFAULT_TEXT, truncate, measure.value, html, force)
     name = m.config.name or m.source
     if as_json:
         _print_json({"model": name, "measure": measure.value, **hd.scores_dict(res)})
@@ -262,3 +269,19 @@ class _CorpusProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _heads_page(m: Any, res: Any, text: str, truncate: bool, measure: str, html: Path, force: bool) -> None:
+    """`heads --html`: the text's attention over the scored layers and heads, from one pass
+    through the library's `run_attend`, with the scores in the page's side panel and data."""
+    from attnscope.measures import AttendRequest, run_attend
+    from attnscope.render.page import Page
+
+    tokens = res.tokens if res.tokens is not None else m.tokenize(text, truncate)
+    scores = {name: [[None if v != v else float(v) for v in row] for row in grid.tolist()]
+              for name, grid in res.scores.items()}
+    page = Page(m.config.name or m.source, tokens, res.layers, res.heads, measure, None,
+                (res.layers[-1], res.heads[0], len(tokens) - 1), scores=scores)
+    page.check(html)
+    req = AttendRequest(res.layers, res.heads, ["attention"], measure=measure, text=text)
+    page.write(html, force, attention=run_attend(m, tokens, req).attention.probs)

@@ -87,6 +87,7 @@ class Page:
     measure: str = "weight"
     k: Optional[int] = None
     initial: tuple[int, int, int] = (0, 0, 0)
+    scores: Optional[dict[str, Any]] = None  # `heads --html`: {name: [layer][head]} over these layers and heads
 
     def __post_init__(self) -> None:
         from attnscope.measures.transforms import DESCRIPTIONS
@@ -116,6 +117,8 @@ class Page:
         }
         if self.k is not None:
             doc["k"] = self.k
+        if self.scores is not None:
+            doc["scores"] = self.scores
         meta = _script_json(doc)
         assert meta.endswith("}")  # internal invariant: the arrays are appended to this object
         self._meta = meta[:-1]
@@ -134,6 +137,7 @@ class Page:
                              + (f" (cut from {self.tokens.truncated_from:,} by --truncate)"
                                 if self.tokens.truncated_from else "")),
             "TOKENS": self._token_spans(),
+            "SCORES": self._score_panel(),
             "CSS": _asset("page.css"),
             "SCRIPT": _asset("page.js"),
         }
@@ -145,6 +149,20 @@ class Page:
         # A text from the command line may hold lone surrogates (undecodable bytes): U+FFFD.
         self._before = before.encode("utf-8", errors="replace")
         self._after = after.encode("utf-8", errors="replace")
+
+    def _score_panel(self) -> str:
+        """`heads --html`: each score's three strongest heads, in the side panel (the full
+        grids are in the data as `scores`)."""
+        if not self.scores:
+            return ""
+        rows = []
+        for name, grid in self.scores.items():
+            cells = [(v, self.layers[li], self.heads[hi]) for li, row in enumerate(grid)
+                     for hi, v in enumerate(row) if v is not None]
+            best = sorted(cells, reverse=True)[:3]
+            shown = "  ".join(f"L{layer}H{head} {v:.2f}" for v, layer, head in best) or "not defined here"
+            rows.append(f'<div class="score"><b>{_text(name)}</b> <span class="dim">{_text(shown)}</span></div>')
+        return '<section id="scores"><h2>Head scores</h2>' + "".join(rows) + "</section>"
 
     def _token_spans(self) -> str:
         """The tokens as spans, in the page before its script runs (so the text reads even
