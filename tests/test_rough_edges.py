@@ -115,3 +115,24 @@ def test_params_list_names_whole(width: int) -> None:
     assert max(len(line) for line in lines) <= max(width, 80)  # the compact layout needs 80
     for name in PRESETS:
         assert any(re.search(rf"(^|\s){re.escape(name)}(\s|$)", line) for line in lines), name
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+@pytest.mark.parametrize("color", [False, True])
+def test_every_command_fits_and_numbers_never_touch(build: Callable[[str], Path], width: int, color: bool) -> None:
+    gpt2 = build("gpt2")
+    commands = [
+        ["mask-demo", WORDS, "-m", gpt2, "--step", "4"],
+        ["mask-demo", WORDS, "-m", gpt2, "--kind", "padding", "--step", "4"],
+        ["heads", WORDS, "-m", gpt2],
+        ["params", "--config", "gpt3"],
+        ["params", "--config", "llama3-8b", "--context", "8192"],
+        ["generate", WORDS, "-m", gpt2, "-n", "3", "--ignore-eos"],
+        ["models"],
+    ]
+    for args in commands:
+        res = run(*args, width=width, color=color)
+        assert res.exit_code == 0, (args, res.output)
+        for line in ANSI.sub("", res.stdout).splitlines():
+            assert len(line) <= max(width, 80) if args[0] == "params" else len(line) <= width, (args, line)
+            assert not re.search(r"\d\.\d\d\d\d|\d\.\d\d\d\.", line), (args, line)
