@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from attnscope.config import ModelConfig
 from attnscope.errors import CheckpointError, InputError
 from attnscope.parts import OPTIONAL_PREFIXES, model_shapes
+from attnscope.parts.attention import Packing
 from attnscope.parts.block import Block
 from attnscope.parts.norms import make_norm
 from attnscope.parts.positions import Rotary
@@ -44,7 +45,7 @@ class Embedding(nn.Module):
         if cfg.embed_norm:
             self.norm = make_norm(cfg)
 
-    def forward(self, ids: Tensor, start: int) -> Tensor:
+    def forward(self, ids: Tensor, start: int, positions: Tensor | None = None) -> Tensor:
         cfg = self.cfg
         x = self.tok(ids)  # (T, d_embed)
         if cfg.d_embed != cfg.d_model:
@@ -52,7 +53,8 @@ class Embedding(nn.Module):
         if cfg.embed_scale:  # Gemma: sqrt(d) in the activations' dtype, as the reference rounds it
             x = x * torch.tensor(cfg.d_model**0.5, dtype=x.dtype)
         if cfg.positions == "learned":
-            positions = torch.arange(start, start + ids.shape[0], device=ids.device)
+            if positions is None:
+                positions = torch.arange(start, start + ids.shape[0], device=ids.device)
             x = x + self.pos(positions + cfg.pos_offset)
         if cfg.n_types:
             x = x + self.types(torch.zeros_like(ids))  # a single segment: type 0
@@ -123,27 +125,33 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def forward(self, ids: Tensor, hooks: Any = None, last_layer: int | None = None, start: int | None = None,
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, packing: Packing | None = None) -> Tensor:
         """Run layers 0..last_layer on token ids (T,) at positions start.. (default: the
         cache's length, else 0) and return the residual stream (T, d)."""
         cfg = self.cfg
         T = ids.shape[0]
         if start is None:
             start = cache.length if cache is not None else 0
-        if cfg.positions == "learned" and start + T > cfg.n_ctx:
-            raise InputError(f"positions up to {start + T} exceed the model's {cfg.n_ctx}")
-        x = self.embed(ids, start)
-        rope = self.rotary.tables(start, T, ids.device) if self.rotary is not None else None
+        last = int(packing.positions.max()) + 1 if packing is not None else start + T
+        if cfg.positions == "learned" and last > cfg.n_ctx:
+            raise InputError(f"positions up to {last} exceed the model's {cfg.n_ctx}")
+        if packing is not None:  # several texts in one pass: their own positions, masked apart
+            assert cache is None and start == 0, "a packed pass starts afresh"  # internal invariant
+            x = self.embed(ids, start, packing.positions)
+            rope = self.rotary.tables_at(packing.positions) if self.rotary is not None else None
+        else:
+            x = self.embed(ids, start)
+            rope = self.rotary.tables(start, T, ids.device) if self.rotary is not None else None
         stop = cfg.n_layers - 1 if last_layer is None else last_layer
         for i, block in enumerate(self.blocks):
             if i > stop:
                 break
             if self.block_source is None:
-                x = block(x, start, rope, cache, hooks)
+                x = block(x, start, rope, cache, hooks, packing)
             else:
                 block.load_state_dict(self.block_source(i), strict=True, assign=True)
                 try:
-                    x = block(x, start, rope, cache, hooks)
+                    x = block(x, start, rope, cache, hooks, packing)
                 finally:
                     block.to_empty(device="meta")  # drop this block's weights before the next loads
             if not bool(torch.isfinite(x).all()):  # one reduction a layer: never print NaN as a result

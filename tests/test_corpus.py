@@ -456,3 +456,32 @@ def test_cli_corpus(tmp_path: Path, build: Callable, inspector: Callable) -> Non
     assert view.exit_code == 0 and "corpus: " in view.stdout and f"{len(TEXTS)} texts" in view.stdout.replace(",", "")
     bad = CliRunner().invoke(app, ["heads", "--model", str(build("bert")), "--corpus", path])
     assert bad.exit_code == 2 and "line 1" in bad.output and "has no field 'text'" in bad.output
+
+
+@pytest.mark.parametrize("name, causal", MODELS)
+@pytest.mark.parametrize("batch_tokens", [40, 100000])
+def test_packed_batches_match_transformers(name: str, causal: bool, batch_tokens: int, build: Callable,
+                                           inspector: Callable) -> None:
+    """--batch-tokens packs texts into one pass, each masked to itself with its own
+    positions: the pooled scores still equal transformers' text by text, within the same
+    derived bound (a sliding-window model included)."""
+    m = inspector(name)
+    res = corpus.corpus_scores(m, plain(TEXTS), seed=1, batch_tokens=batch_tokens)
+    assert res is not None
+    expect, rows, tol = reference_pooled(build(name), TEXTS, causal)
+    assert res.rows == rows and res.n_texts == len(TEXTS)
+    for score, value in expect.items():
+        diff = float((res.scores[score].double() - value).abs().max())
+        assert diff <= tol[score], f"{name} {score} (batch {batch_tokens}): {diff:.3g} > {tol[score]:.3g}"
+
+
+def test_packing_a_sliding_window_model_changes_nothing(inspector: Callable) -> None:
+    """Mistral's window applies to each text's own positions when packed: every score
+    equals one text a pass (whose patterns tests/test_parity.py checks against
+    transformers) within float32 noise of means of weights (1e-6)."""
+    m = inspector("mistral")
+    one = corpus.corpus_scores(m, plain(TEXTS), seed=1)
+    packed = corpus.corpus_scores(m, plain(TEXTS), seed=1, batch_tokens=100000)
+    assert one is not None and packed is not None and one.rows == packed.rows
+    for score in one.scores:
+        assert torch.allclose(one.scores[score], packed.scores[score], rtol=0, atol=1e-6), score

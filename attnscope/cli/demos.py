@@ -110,6 +110,7 @@ def heads(
     max_texts: Annotated[Optional[int], typer.Option("--max-texts", min=1, help="With --corpus: score only its first N texts.", show_default=False)] = None,
     per_text: Annotated[Optional[str], typer.Option("--per-text", help="With --corpus: write each text's scores, sums and row counts to this .jsonl as it finishes.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="With --per-text: skip the texts already in that file and pool them from it.")] = False,
+    batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="With --corpus: pack consecutive texts into one pass of up to this many tokens, each masked to itself (0: one text a pass).")] = 0,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the atlas as a figure (.png, .svg or .pdf; needs matplotlib).")] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Write one offline page of the text's attention (the selected layers and heads) with these scores in its side panel.")] = None,
     figsize: Annotated[Optional[str], typer.Option("--figsize", metavar="W,H", help="Size of the --plot figure in inches.")] = None,
@@ -148,9 +149,9 @@ def heads(
     from attnscope import heads as hd
 
     names = [score.value] if score is not None else None
-    if corpus is not None or per_text is not None or resume or max_texts is not None or field != "text":
+    if corpus is not None or per_text is not None or resume or max_texts is not None or field != "text" or batch_tokens:
         _heads_corpus(text, corpus, field, max_texts, per_text, resume, model, device, dtype, names, layer, head,
-                      seed, repeat, truncate, measure, as_json, top, no_color)
+                      seed, repeat, truncate, measure, as_json, top, no_color, batch_tokens)
         return
     size = None
     if plot is not None:
@@ -189,7 +190,8 @@ def heads(
 def _heads_corpus(text: Optional[str], corpus: Optional[str], field: str, max_texts: Optional[int],
                   per_text: Optional[str], resume: bool, model: Optional[str], device: Device, dtype: LoadDtype,
                   names: Optional[list[str]], layer: Optional[str], head: Optional[str], seed: int, repeat: int,
-                  truncate: bool, measure: MeasureName, as_json: bool, top: int, no_color: bool) -> None:
+                  truncate: bool, measure: MeasureName, as_json: bool, top: int, no_color: bool,
+                  batch_tokens: int = 0) -> None:
     """`heads --corpus`: read the whole corpus (so a bad line fails before the model
     loads), join torchrun's process group if launched by it, pool, and print on rank 0."""
     from attnscope import corpus as cp
@@ -197,7 +199,7 @@ def _heads_corpus(text: Optional[str], corpus: Optional[str], field: str, max_te
     from attnscope.errors import AttnscopeError, UsageError
 
     if corpus is None:
-        raise UsageError("--field, --max-texts, --per-text and --resume go with --corpus",
+        raise UsageError("--field, --max-texts, --per-text, --resume and --batch-tokens go with --corpus",
                          hint="add --corpus FILE (one text a line, or .jsonl)")
     if text is not None:
         raise UsageError("give a TEXT or --corpus, not both")
@@ -214,7 +216,7 @@ def _heads_corpus(text: Optional[str], corpus: Optional[str], field: str, max_te
         shown = _CorpusProgress(len(range(group.rank if group else 0, len(texts), group.world if group else 1)))
         try:
             res = cp.corpus_scores(m, texts, names, layer, head, truncate, per_text, resume, shown, measure.value,
-                                   seed, repeat)
+                                   seed, repeat, batch_tokens)
         finally:
             shown.close()
     except AttnscopeError as exc:

@@ -110,6 +110,7 @@ def corpus_scores(
     measure: str = "weight",
     seed: int = 0,
     repeat: int = hd.DEFAULT_REPEAT,
+    batch_tokens: int = 0,
 ) -> CorpusScores | None:
     """Pool every selected head's scores over `texts` ((line number, text) pairs as
     `read_corpus` yields them, or plain strings, numbered from 1): one forward pass a
@@ -155,16 +156,18 @@ def corpus_scores(
     rows = {name: 0 for name in measured}
     n_texts = n_tokens = truncated = resumed = run_tokens = 0
     total = len(range(rank, len(texts), world)) if hasattr(texts, "__len__") else None  # type: ignore[arg-type]
+    if batch_tokens < 0:
+        raise UsageError(f"--batch-tokens must be >= 0 (0: one text a pass), got {batch_tokens}")
     line = math.inf
     out: IO[str] | None = None
     started = time.perf_counter()
     try:
         if path is not None:
             out = pt.open_for_append(path if group is None else pt.rank_file(path, rank), header)
-        for index, item in enumerate(texts):
-            if index % world != rank:
-                continue
-            line, text = (index + 1, item) if isinstance(item, str) else item
+        mine = [(index, *((index + 1, item) if isinstance(item, str) else item))
+                for index, item in enumerate(texts) if index % world == rank]
+        batcher = _Batcher(inspector, mine, done, measured, ls, hs, truncate, measure, batch_tokens)
+        for position, (index, line, text) in enumerate(mine):
             digest = pt.text_digest(text)
             if index in done:
                 rec = done.pop(index)
@@ -175,7 +178,7 @@ def corpus_scores(
                 sums, counts, n, cut = rec.sums, rec.counts, rec.n_tokens, rec.truncated_from
                 resumed += 1
             else:
-                sums, counts, n, cut = _score_text(inspector, text, line, measured, ls, hs, truncate, measure)
+                sums, counts, n, cut = batcher.get(position)
                 run_tokens += n
                 if out is not None:
                     pt.append_line(out, pt.text_record(index, line, digest, n, cut, sums, counts))
@@ -230,21 +233,94 @@ def corpus_scores(
     return res
 
 
-def _score_text(inspector: "Inspector", text: str, line: int, measured: list[str], ls: list[int], hs: list[int],
-                truncate: bool, measure: str) -> tuple[dict[str, Tensor], dict[str, int], int, int | None]:
-    """One text's float64 sums (L_sel, H_sel) and row counts per score, its length, and
-    the length it was cut from (None when whole)."""
-    from attnscope.measures.transforms import wrap
+class _Split:
+    """Hook: a packed pass's pattern chunks, cut into each text's own rows and keys and
+    handed to that text's probe as if it had run alone (rows from 0, keys from 0)."""
 
-    try:
-        tokens = inspector.tokenize(text, truncate)
-    except InputError as exc:
-        raise type(exc)(f"line {line}: {exc.message}", exc.hint) from None
-    n = len(tokens)
-    terms, counts, _ = hd.text_terms(tokens.ids, inspector.config, measured)
-    probe = hd.ScoreProbe(ls, hs, terms, counts)
-    if terms:
-        inspector.run(tokens.ids, wrap(measure, n, max(ls), probe), max(ls))
+    def __init__(self, probes: list[Any], bounds: list[tuple[int, int]]) -> None:
+        self.probes, self.bounds = probes, bounds
+
+    def wants(self, site: str, what: str) -> bool:
+        return what == "pattern" and any(p.wants(site, what) for p in self.probes)
+
+    def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
+        rows, keys = value.shape[1], value.shape[2]
+        for probe, (a, b) in zip(self.probes, self.bounds):
+            r0, r1 = max(q_start, a), min(q_start + rows, b)
+            if r0 < r1 and probe.wants(site, what):
+                probe.report(site, what, value[:, r0 - q_start:r1 - q_start, a:min(b, keys)], r0 - a, 0)  # (H, c, K_text)
+
+
+class _Batcher:
+    """This process's texts, scored `batch_tokens` at a time: consecutive texts still to
+    score are packed into one pass (each masked to itself, with its own positions) up to
+    that many tokens; 0 scores one text a pass."""
+
+    def __init__(self, inspector: "Inspector", mine: list[tuple[int, int, str]], done: dict[int, Any],
+                 measured: list[str], ls: list[int], hs: list[int], truncate: bool, measure: str,
+                 batch_tokens: int) -> None:
+        self.m, self.mine, self.done = inspector, mine, done
+        self.measured, self.ls, self.hs, self.truncate, self.measure = measured, ls, hs, truncate, measure
+        self.batch_tokens = batch_tokens
+        self.results: dict[int, tuple[dict[str, Tensor], dict[str, int], int, int | None]] = {}
+
+    def get(self, position: int) -> tuple[dict[str, Tensor], dict[str, int], int, int | None]:
+        if position not in self.results:
+            self._score_from(position)
+        return self.results.pop(position)
+
+    def _tokens(self, line: int, text: str) -> Any:
+        try:
+            return self.m.tokenize(text, self.truncate)
+        except InputError as exc:
+            raise type(exc)(f"line {line}: {exc.message}", exc.hint) from None
+
+    def _score_from(self, position: int) -> None:
+        batch: list[tuple[int, Any]] = []
+        total = 0
+        for j in range(position, len(self.mine)):
+            index, line, text = self.mine[j]
+            if index in self.done:
+                continue
+            tokens = self._tokens(line, text)
+            if batch and total + len(tokens) > self.batch_tokens:
+                break
+            batch.append((j, tokens))
+            total += len(tokens)
+        self.results.update(zip((j for j, _ in batch), _score_packed(self.m, [t for _, t in batch], self.measured,
+                                                                     self.ls, self.hs, self.measure)))
+
+
+def _score_packed(inspector: "Inspector", batch: list[Any], measured: list[str], ls: list[int], hs: list[int],
+                  measure: str) -> list[tuple[dict[str, Tensor], dict[str, int], int, int | None]]:
+    """Each text's float64 sums and row counts, from one pass over the texts packed
+    together (one text: a plain pass)."""
+    from attnscope.measures.transforms import wrap
+    from attnscope.parts.attention import Packing
+
+    probes, countss, bounds = [], [], []
+    start = 0
+    for tokens in batch:
+        terms, counts, _ = hd.text_terms(tokens.ids, inspector.config, measured)
+        probes.append(hd.ScoreProbe(ls, hs, terms, counts) if terms else None)
+        countss.append(counts)
+        bounds.append((start, start + len(tokens)))
+        start += len(tokens)
+    live = [(p, b) for p, b in zip(probes, bounds) if p is not None]
+    if live:
+        if len(batch) == 1:
+            inspector.run(batch[0].ids, wrap(measure, len(batch[0]), max(ls), live[0][0]), max(ls))
+        else:
+            # each text was checked against the model's positions when tokenized; packed, they keep their own
+            ids = torch.tensor(sum((list(t.ids) for t in batch), []), dtype=torch.long, device=inspector.device)
+            positions = torch.cat([torch.arange(len(t)) for t in batch]).to(ids.device)
+            segments = torch.cat([torch.full((len(t),), i) for i, t in enumerate(batch)]).to(ids.device)
+            split = _Split([p for p, _ in live], [b for _, b in live])
+            inspector.model(ids, wrap(measure, start, max(ls), split), max(ls), packing=Packing(positions, segments))
     zeros = torch.zeros(len(ls), len(hs), dtype=torch.float64)
-    sums = {name: probe.sums[name].cpu() if name in probe.sums else zeros for name in measured}
-    return sums, {name: counts.get(name, 0) for name in measured}, n, tokens.truncated_from
+    out = []
+    for tokens, probe, counts in zip(batch, probes, countss):
+        sums = {name: probe.sums[name].cpu() if probe is not None and name in probe.sums else zeros
+                for name in measured}
+        out.append((sums, {name: counts.get(name, 0) for name in measured}, len(tokens), tokens.truncated_from))
+    return out

@@ -71,6 +71,15 @@ class MaskRule:
         return torch.full_like(q_pos, n_keys) if ok is None else ok.sum(-1)
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Several texts in one pass, one after another: each token's position within its own
+    text and its text's index. A query sees only keys of its own text, under the rule."""
+
+    positions: Tensor  # (T,) int64
+    segments: Tensor  # (T,) int64
+
+
 def mask_rule(cfg: ModelConfig, layer: int | None = None) -> MaskRule:
     """The rule layer `layer` applies (None: the model's general rule, ignoring
     per-layer windows)."""
@@ -104,7 +113,8 @@ def _upper(rows: int, cols: int, device: torch.device) -> Tensor:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, *, q_start: int, k_start: int, rule: MaskRule, scale: float,
-           modifiers: list[ScoreModifier] = (), site: str = "", hooks: Any = None) -> Tensor:
+           modifiers: list[ScoreModifier] = (), site: str = "", hooks: Any = None,
+           packing: Packing | None = None) -> Tensor:
     """The kernel. q (H, T, dh), k and v (H, K, dh) with every query head's own key/value
     (already expanded for GQA); keys are the contiguous positions k_start.. and queries
     q_start..; returns z (H, T, dh), each head's weighted values."""
@@ -128,7 +138,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_start: int, k_start: int, rule:
         if want["scores"]:  # a copy: the mask below fills `scores` in place
             hooks.report(site, "scores", scores.clone(), qa, k_start)
         d0 = qa - k_start  # index of the key at the chunk's first query position
-        if rule.causal and rule.window is None and d0 >= 0:
+        if packing is not None:  # packed texts: the rule on each text's own positions, within its text
+            ok = rule.visible(packing.positions[a:b], packing.positions[:Kc])
+            same = packing.segments[a:b, None] == packing.segments[None, :Kc]  # (c, Kc)
+            scores.masked_fill_(~(same if ok is None else ok & same), float("-inf"))
+        elif rule.causal and rule.window is None and d0 >= 0:
             # keys before the chunk are visible to all its rows: mask the diagonal block only
             scores[..., d0:].masked_fill_(_upper(b - a, Kc - d0, q.device), float("-inf"))
         else:
@@ -179,7 +193,7 @@ class Attention(nn.Module):
         return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
 
     def forward(self, x: Tensor, start: int, rope: tuple[Tensor, Tensor] | None, cache: Any = None,
-                hooks: Any = None) -> Tensor:
+                hooks: Any = None, packing: Packing | None = None) -> Tensor:
         cfg, site = self.cfg, self.site
         T = x.shape[0]
         q, k, v = self.project(x)
@@ -198,7 +212,7 @@ class Attention(nn.Module):
             k = k.repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
             v = v.repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
         z = attend(q, k, v, q_start=start, k_start=k_start, rule=self.rule, scale=self.scale,
-                   modifiers=self.modifiers, site=site, hooks=hooks)  # (H, T, dh)
+                   modifiers=self.modifiers, site=site, hooks=hooks, packing=packing)  # (H, T, dh)
         if hooks is not None and hooks.wants(site, "result"):
             self._report_result(z, start, k_start, hooks)
         return self.o(z.transpose(0, 1).reshape(T, cfg.n_heads * cfg.d_head))  # (T, d)

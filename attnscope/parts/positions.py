@@ -46,9 +46,14 @@ class Rotary:
         self._inv_freq: Tensor | None = None
 
     def tables(self, start: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        return self.tables_at(torch.arange(start, start + n, device=device))
+
+    def tables_at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin (T, rotary_dim) for any absolute positions (T,), e.g. packed texts'."""
+        device = positions.device
         if self._inv_freq is None or self._inv_freq.device != device:
             self._inv_freq = rope_inv_freq(self.cfg).to(device)
-        pos = torch.arange(start, start + n, device=device, dtype=torch.float32)
+        pos = positions.to(torch.float32)
         freqs = torch.outer(pos, self._inv_freq)  # (T, rotary_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, rotary_dim): the two halves share frequencies
         return emb.cos(), emb.sin()
