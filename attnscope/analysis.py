@@ -241,10 +241,10 @@ class QKProbe(ProbeBase):
     """Keeps one layer's queries and keys (after RoPE), each key head repeated for the
     query heads it serves, and its real scores (after modifiers, before the mask)."""
 
-    WHAT = ("q", "k", "scores")
-
-    def __init__(self, layer: int, group_size: int = 1) -> None:
+    def __init__(self, layer: int, group_size: int = 1, scores: bool = True) -> None:
         super().__init__([layer], [])
+        # scores make a causal kernel score every key: asked for only where they are read
+        self.WHAT = ("q", "k", "scores") if scores else ("q", "k")
         self.group_size = group_size
         self.q: Tensor | None = None
         self.k: Tensor | None = None

@@ -187,7 +187,7 @@ class Inspector:
     def qk(self, text: str | Tokens, layer: int, truncate: bool = False) -> tuple[Tokens, torch.Tensor, torch.Tensor, float]:
         """One layer's queries and keys after RoPE, (H, T, d_head) each (key heads repeated
         for the query heads they serve), float32, and the score scale."""
-        tokens, probe = self._qk_probe(text, layer, truncate)
+        tokens, probe = self._qk_probe(text, layer, truncate, scores=False)
         assert probe.q is not None and probe.k is not None
         return tokens, probe.q, probe.k, self.model.blocks[probe.layers[0]].attn.scale
 
@@ -197,10 +197,11 @@ class Inspector:
         tokens, probe = self._qk_probe(text, layer, truncate)
         return tokens, probe.all_scores()
 
-    def _qk_probe(self, text: str | Tokens, layer: int, truncate: bool) -> tuple[Tokens, analysis.QKProbe]:
+    def _qk_probe(self, text: str | Tokens, layer: int, truncate: bool,
+                  scores: bool = True) -> tuple[Tokens, analysis.QKProbe]:
         tokens = self._tokens(text, truncate)
         (layer,) = analysis.select(layer, self.n_layers, "layer")
-        probe = analysis.QKProbe(layer, self.config.group_size)
+        probe = analysis.QKProbe(layer, self.config.group_size, scores)
         self.run(tokens.ids, probe, layer)
         return tokens, probe
 

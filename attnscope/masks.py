@@ -170,27 +170,12 @@ def pattern_size(n_tokens: int, n_layers: int, n_heads: int, context: int = BIG_
                        4 * entries * n_layers * n_heads, n_layers, n_heads)
 
 
-def build(
-    labels: list[str],
-    q: Tensor,
-    k: Tensor,
-    scale: float,
-    head: int,
-    kind: str = "causal",
-    window: int | None = None,
-    *,
-    layer: int = 0,
-    n_pad: int = 0,
-    model: str = "the model",
-    own_kind: str = "bidirectional",
-    n_layers: int = 1,
-    text: str = "",
-) -> MaskDemo:
-    """The four steps for one head. q, k: (H, T, d_head) after RoPE; `scale` = 1/√d_head;
-    the last `n_pad` positions are padding (only for kind "padding")."""
+def build(labels: list[str], q: Tensor, k: Tensor, scale: float, head: int, kind: str = "causal",
+          window: int | None = None, **options: Any) -> MaskDemo:
+    """The four steps for one head from q, k: (H, T, d_head) after RoPE and `scale` =
+    1/√d_head; `options` as for `build_from_scores` (layer, n_pad, model, ...)."""
     scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (H, T, T)
-    return build_from_scores(labels, scores, head, kind, window, d_head=q.shape[-1], scale=scale, layer=layer,
-                             n_pad=n_pad, model=model, own_kind=own_kind, n_layers=n_layers, text=text)
+    return build_from_scores(labels, scores, head, kind, window, d_head=q.shape[-1], scale=scale, **options)
 
 
 def build_from_scores(

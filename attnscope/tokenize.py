@@ -21,13 +21,16 @@ _SPACE_MARKS = ("Ġ", "▁")
 _INVISIBLE = {"\n": "↵", "\r": "↵", "\t": "⇥"}
 
 
-def visible(text: str) -> str:
-    """Text from a user or a file, safe to print: line breaks and tabs as ↵ and ⇥, every
-    other control character (C0, DEL, C1: ESC starts terminal escapes) as \\xNN."""
+def visible(text: str, keep: str = "") -> str:
+    """Text from a user or a file, safe to print: line breaks and tabs as ↵ and ⇥ (unless
+    in `keep`), every other control character (C0, DEL, C1: ESC starts terminal escapes)
+    as \\xNN."""
     out = []
     for ch in text:
         code = ord(ch)
-        if ch in _INVISIBLE:
+        if ch in keep:
+            out.append(ch)
+        elif ch in _INVISIBLE:
             out.append(_INVISIBLE[ch])
         elif code < 0x20 or 0x7F <= code < 0xA0:
             out.append(f"\\x{code:02x}")
@@ -92,20 +95,20 @@ def _label(text: str, start: int, end: int, token: str, special: bool) -> str:
     return (SPACE if spaced and core != SPACE else "") + core
 
 
-def _byte_level() -> dict[str, int]:
-    """GPT-2's byte-to-character table, inverted: byte-level BPE token characters -> bytes."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
+def byte_chars() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (`bytes_to_unicode`), which
+    byte-level BPE vocabularies are spelled in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
     for b in range(256):
-        if b in keep:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
+        if b not in table:
+            table[b] = chr(256 + extra)
             extra += 1
-    return chars
+    return table
 
 
-_BYTES = _byte_level()
+_BYTES = {ch: b for b, ch in byte_chars().items()}  # character -> byte
 
 
 def token_label(tokenizer: Any, token_id: int) -> str:

@@ -29,13 +29,13 @@ def clip(label: str, width: int) -> str:
     return label if len(label) <= width else label[: max(1, width - 1)] + "…"
 
 
-def elide(n: int, fit: int) -> list[int]:
-    """Indices to show when n do not fit: the first and last, with -1 for the gap."""
-    if n <= fit:
-        return list(range(n))
+def elide(total: int, fit: int) -> list[int]:
+    """Indices to show when `total` do not fit: the first and last, with -1 for the gap."""
+    if total <= fit:
+        return list(range(total))
     head = (fit - 1) // 2
     tail = fit - 1 - head
-    return list(range(head)) + [-1] + list(range(n - tail, n))
+    return list(range(head)) + [-1] + list(range(total - tail, total))
 
 
 def distinct(labels: list[str]) -> list[str]:

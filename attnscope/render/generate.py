@@ -14,15 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from attnscope.render import clip
+from attnscope.tokenize import visible
 
 if TYPE_CHECKING:
     from attnscope.generate import Generation, Step
 
 
 def _visible(text: str) -> str:
-    """Control characters made visible (a token can carry ESC or other C0/C1 bytes)."""
-    return "".join(ch if ch in "\n\t" or (ord(ch) >= 32 and not 0x7F <= ord(ch) < 0xA0) else f"\\x{ord(ch):02x}"
-                   for ch in text)
+    """Control characters made visible (a token can carry ESC); the stream keeps its lines."""
+    return visible(text, keep="\n\t")
 
 
 class Stream:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from attnscope.errors import TokenizerError
+from attnscope.tokenize import byte_chars
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -60,18 +61,6 @@ _LLAMA3_LIKE = ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixt
 _GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
 
 
-def _byte_spelling() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (bytes_to_unicode)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
     """BPE merges implied by a SentencePiece vocabulary: every split of a piece into two
     known pieces, best score first (transformers' `generate_merges`, which llama.cpp's
@@ -109,7 +98,7 @@ def _file_merges(meta: dict[str, Any], where: str) -> list[tuple[str, str]] | No
 def _byte_level(meta: dict[str, Any], tokens: list[str], pre: str, where: str) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    spelling = _byte_spelling()
+    spelling = byte_chars()
     alphabet = set(spelling.values())
     # a token outside the byte alphabet (some converters store added tokens as text) is
     # spelled out from its UTF-8 bytes, as transformers does
