@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from attnscope.sources.hub import hub_cache_dir, looks_like_hub_id, resolve_hub  # noqa: F401  (re-exported)
-from attnscope.errors import AttnscopeError, CheckpointError, ModelNotFoundError
+from attnscope.errors import AttnscopeError, CheckpointError, ModelNotFoundError  # noqa: F401
+from attnscope.safe_io import MAX_JSON, _mib, open_regular, read_regular  # noqa: F401  (re-exported)
 
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
@@ -35,7 +36,6 @@ DTYPE_SIZES = {
     "U64": 8, "I64": 8, "F64": 8, "C64": 8,
 }
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
-MAX_JSON = 100 * 1024 * 1024  # config.json, the shard index: real ones are kilobytes to a few MiB
 MAX_DIM = 2**53  # every dim below this: exact as a JSON number anywhere, far above any real tensor
 
 
@@ -72,59 +72,6 @@ class Checkpoint:
     @property
     def tokenizer_path(self) -> Path | None:
         return member(self.root, "tokenizer.json")
-
-
-def _mib(n: int) -> str:
-    return f"{n // (1024 * 1024)} MiB"
-
-
-def open_regular(path: Path, error: type[AttnscopeError] = CheckpointError) -> tuple[int, int]:
-    """Open `path` for reading if it is a regular file: (fd, size). A FIFO, socket or
-    device is refused before it is opened (`os.stat`) and again after (`fstat` on a
-    non-blocking open, in case it was swapped meanwhile), so nothing can block. A missing
-    file raises FileNotFoundError, for the caller to word; other failures `error`."""
-    try:
-        st = os.stat(path)
-        if stat.S_ISREG(st.st_mode):
-            # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        else:
-            fd = -1
-    except FileNotFoundError:
-        raise
-    except PermissionError:
-        raise error(f"{path}: permission denied", hint="check the file's permissions") from None
-    except NotADirectoryError:
-        raise FileNotFoundError(path) from None
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
-        raise error(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    if fd >= 0:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode):
-            return fd, st.st_size
-        os.close(fd)
-    if stat.S_ISDIR(st.st_mode):
-        raise error(f"{path} is a folder, not a file", hint="pass the file itself, or the folder that holds it")
-    raise error(f"{path} is not a regular file", hint="replace it with the real file (a FIFO or device cannot be read)")
-
-
-def read_regular(path: Path, what: str, limit: int = MAX_JSON,
-                 error: type[AttnscopeError] = CheckpointError) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (see `open_regular`)."""
-    fd, size = open_regular(path, error)
-    try:
-        if size > limit:
-            raise error(f"{path}: {what} of {size} bytes exceeds the {_mib(limit)} limit",
-                        hint=f"is this really the model's {what}?")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:  # it grew after fstat
-        raise error(f"{path}: {what} exceeds the {_mib(limit)} limit")
-    return data
 
 
 def _allowed_roots(root: Path) -> list[Path]:
