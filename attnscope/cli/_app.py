@@ -43,6 +43,9 @@ except ImportError:  # pragma: no cover
 _PASS_THROUGH = (typer.Exit, typer.Abort, ClickException)
 
 from attnscope import __version__
+from attnscope.cli import _coerce
+
+_coerce.install()  # plain option values without pydantic: see _coerce's docstring
 from attnscope.errors import AttnscopeError, Terminated
 
 _C1 = re.compile("[\x7f-\x9f]")
