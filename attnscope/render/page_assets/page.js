@@ -111,7 +111,8 @@
     function row(h, i) {
       if (!sparse) return h.data.subarray(i * n, (i + 1) * n);
       var out = new Float32Array(n);
-      for (var e = i * K; e < (i + 1) * K; e++) if (h.w[e] > out[h.idx[e]]) out[h.idx[e]] = h.w[e];
+      // an index of -1 ends a row whose query sees fewer than k keys
+      for (var e = i * K; e < (i + 1) * K; e++) if (h.idx[e] >= 0 && h.w[e] > out[h.idx[e]]) out[h.idx[e]] = h.w[e];
       return out;
     }
     function col(h, j) {
@@ -361,6 +362,7 @@
       paint(grid, g, off);
       ctx.imageSmoothingEnabled = false;
       ctx.drawImage(off, ml, mt, P, P);
+      if (!sparse) hatchMasked(grid, g, ctx, ml, mt, P);
       var cell = P / span, stride = cell >= 9 ? 1 : niceStride(14 / cell);
       var font = Math.max(8, Math.min(12, Math.floor(cell) - 1));
       ctx.fillStyle = "#1d1f24";
@@ -404,6 +406,30 @@
         (per > 1 ? " · " + per.toFixed(1) + " tokens per pixel, " + S.pool + " pooled" : "");
       drawLegend();
     }
+    // Cells of exactly 0 are keys the mask hides (softmax of -inf): hatch them, so that they
+    // read apart from weights merely near 0, which share the scale's darkest colour.
+    var maskCanvas = document.createElement("canvas"), hatchCanvas = document.createElement("canvas");
+    function hatchMasked(grid, g, ctx, x, y, P) {
+      var dpr = geo.dpr, any = false, p;
+      for (p = 0; p < g * g && !any; p++) any = grid[p] === 0;
+      if (!any) return;
+      maskCanvas.width = maskCanvas.height = g;
+      var mctx = maskCanvas.getContext("2d"), img = mctx.createImageData(g, g), px = img.data;
+      for (p = 0; p < g * g; p++) px[4 * p + 3] = grid[p] === 0 ? 255 : 0;
+      mctx.putImageData(img, 0, 0);
+      var side = Math.round(P * dpr);
+      hatchCanvas.width = hatchCanvas.height = side;
+      var hctx = hatchCanvas.getContext("2d");
+      hctx.strokeStyle = "rgba(255, 255, 255, 0.45)";
+      hctx.lineWidth = Math.max(1, dpr);
+      hctx.beginPath();
+      for (var d = -side; d < side; d += 6 * dpr) { hctx.moveTo(d, side); hctx.lineTo(d + side, 0); }
+      hctx.stroke();
+      hctx.globalCompositeOperation = "destination-in";
+      hctx.imageSmoothingEnabled = false;
+      hctx.drawImage(maskCanvas, 0, 0, side, side);
+      ctx.drawImage(hatchCanvas, x, y, P, P);
+    }
     function drawLegend() {
       var c = $("legend"), dpr = geo.dpr, w = 260, hgt = 34, ctx = c.getContext("2d");
       c.width = w * dpr;
@@ -425,6 +451,12 @@
         ctx.fillRect(x, 16, 1, 3);
         ctx.fillText(t >= 0.01 || t === 0 ? String(t) : t.toExponential(0), x, 20);
       });
+      $("legend-note").textContent = sparse
+        ? "only each token's top " + K + " keys are stored: every other cell reads 0"
+        : "hatched: exactly 0, a key the mask hides; darkest: a weight near 0";
+    }
+    function weightText(v) {
+      return v === 0 ? (sparse ? "0 (not stored)" : "0 (masked)") : v.toPrecision(4);
     }
     function cellAt(ev) {
       var rect = heat.getBoundingClientRect(), x = ev.clientX - rect.left - geo.ml, y = ev.clientY - rect.top - geo.mt;
@@ -610,7 +642,7 @@
       var at = cellAt(e);
       if (!at) { tip.hidden = true; return; }
       var h = getHead(S.li, S.hi), lines = "query " + at.i + " " + clip(labels[at.i], 16) + "\nkey   " + at.j + " " +
-        clip(labels[at.j], 16) + "\nweight " + value(h, at.i, at.j).toPrecision(4);
+        clip(labels[at.j], 16) + "\nweight " + weightText(value(h, at.i, at.j));
       if (lastGrid && S.span > lastGrid.g) {
         var gy = Math.min(lastGrid.g - 1, Math.floor((at.y / geo.plot) * lastGrid.g));
         var gx = Math.min(lastGrid.g - 1, Math.floor((at.x / geo.plot) * lastGrid.g));
