@@ -74,10 +74,17 @@ class _Group(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            with _stop_signals_raise():
+            with _stop_signals_raise(), _guarded_stdout():
                 return super().invoke(ctx)
         except _PASS_THROUGH:
             raise
+        except BrokenPipeError:  # the reader left (`| head`): stop quietly, as other tools do
+            _drop_stdout()
+            ctx.exit(141)
+        except _StdoutFailed as exc:
+            _drop_stdout()
+            _print_error(f"cannot write to standard output: {exc.strerror}", None)
+            ctx.exit(1)
         except AttnscopeError as exc:
             if _debug():
                 raise
@@ -94,6 +101,66 @@ class _Group(TyperGroup):
                 raise
             _print_error(f"internal error: {type(exc).__name__}: {exc}", "set ATTNSCOPE_DEBUG=1 for the traceback and report it")
             ctx.exit(1)
+
+
+class _StdoutFailed(Exception):
+    """Writing standard output failed (a full disk, /dev/full, an I/O error)."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+        self.strerror = exc.strerror or str(exc)
+
+
+class _Stdout:
+    """sys.stdout while a command runs: a failing write or flush becomes `_StdoutFailed`
+    (a broken pipe stays `BrokenPipeError`), so the handler can tell it from a bug."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def write(self, text: str) -> int:
+        try:
+            return self._real.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._real.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class _guarded_stdout:
+    """Route sys.stdout through `_Stdout` while a command runs, and flush it before the
+    handler returns, so a failure surfaces here, not at the interpreter's exit."""
+
+    def __enter__(self) -> None:
+        self.real = sys.stdout
+        sys.stdout = _Stdout(self.real)  # type: ignore[assignment]
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        guarded, sys.stdout = sys.stdout, self.real
+        if exc_type is None and guarded is not None:
+            guarded.flush()
+
+
+def _drop_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's last flush of what is
+    still buffered cannot fail again (Python's advice for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (a test's captured stdout)
+        pass
 
 
 class _stop_signals_raise:
