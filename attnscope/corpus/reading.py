@@ -3,29 +3,43 @@
 A plain file holds one text a line; JSON Lines (`.jsonl`/`.ndjson`) one object a line,
 whose string `field` is the text; `-` is stdin. Blank lines are skipped, and every bad
 line is an InputError naming its number. Nothing here needs torch.
+
+Bounded like every file a command reads (`attnscope.safe_io`): a named corpus must be
+a regular file (a FIFO or a device is refused before a byte is read, so nothing
+hangs); only stdin, which the user names as a pipe with `-`, is streamed. Either way
+lines are read at most `MAX_LINE` bytes at a time, and a JSON line is parsed only
+after its nesting is checked and with its integers capped (no RecursionError, no
+5,000-digit number).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from attnscope.errors import InputError, UsageError
+from attnscope.safe_io import MAX_DEPTH, json_depth_ok, open_regular
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+MAX_LINE = 16 * 1024 * 1024  # bytes of one line: a whole book is a few MiB
+
 
 def read_corpus(path: str, field: str = "text", max_texts: int | None = None,
                 jsonl: bool | None = None) -> Iterator[tuple[int, str]]:
     """(line number, text) for each text of a corpus, in order, at most `max_texts`.
 
-    `path` is a file, or `-` for stdin. `jsonl` (default: a `.jsonl`/`.ndjson` name)
-    reads one JSON object a line and takes its `field`; otherwise each line is a text.
-    Blank lines (and, in JSON Lines, blank fields) are skipped. Bad input is an
-    InputError naming the line: invalid UTF-8 or JSON, a line that is not an object, a
-    missing or non-string field, a corpus with no text. The file is opened now (a
-    missing file fails here); lines are read as the iterator is consumed."""
+    `path` is a regular file, or `-` for stdin. `jsonl` (default: a `.jsonl`/`.ndjson`
+    name) reads one JSON object a line and takes its `field`; otherwise each line is a
+    text. Blank lines (and, in JSON Lines, blank fields) are skipped. Bad input is an
+    InputError naming the line: invalid UTF-8 or JSON, JSON nested past
+    `safe_io.MAX_DEPTH` or holding a 4,300-digit integer, a line over `MAX_LINE` bytes,
+    a line that is not an object, a missing or non-string field, a text holding a lone
+    surrogate (a `\\ud800` escape: not text, as invalid UTF-8 is not), a corpus with no
+    text. The file is opened now (a missing file, a FIFO, a closed stdin fail here);
+    lines are read as the iterator is consumed."""
     if max_texts is not None and max_texts < 1:
         raise UsageError(f"--max-texts must be at least 1, got {max_texts}")
     if not field:
@@ -33,23 +47,48 @@ def read_corpus(path: str, field: str = "text", max_texts: int | None = None,
     name = "stdin" if path == "-" else path
     as_jsonl = jsonl if jsonl is not None else path.lower().endswith(JSONL_SUFFIXES)
     if path == "-":
-        return _texts(sys.stdin.buffer, name, field, max_texts, as_jsonl, close=False)
+        # `<&-` leaves sys.stdin None; a replaced stdin may have no byte buffer
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise InputError("stdin is closed, so --corpus - has no text to read",
+                             hint="pipe the corpus in (… | attnscope heads --corpus -), or give --corpus a file")
+        return _texts(stdin, name, field, max_texts, as_jsonl, close=False)
     if Path(path).is_dir():
         raise InputError(f"the corpus {path} is a folder", hint="give a file with one text a line, or a .jsonl file")
     try:
-        stream = open(path, "rb")  # bytes: a line that is not UTF-8 is reported by its number
+        fd, _ = open_regular(Path(path), InputError)  # a FIFO or /dev/zero is refused, not read
     except FileNotFoundError:
         raise InputError(f"the corpus {path} does not exist", hint="check the path (or use - for stdin)") from None
-    except OSError as exc:
-        raise InputError(f"cannot read the corpus {path}: {exc.strerror or exc}") from None
+    stream = os.fdopen(fd, "rb")  # bytes: a line that is not UTF-8 is reported by its number
     return _texts(stream, name, field, max_texts, as_jsonl, close=True)
+
+
+def _lines(stream: IO[bytes], name: str) -> Iterator[tuple[int, bytes]]:
+    """(number, line without its newline), each read at most MAX_LINE + 1 bytes at a time."""
+    number = 0
+    while True:
+        try:
+            raw = stream.readline(MAX_LINE + 1)
+        except OSError as exc:
+            raise InputError(f"cannot read the corpus {name}: {exc.strerror or exc}") from None
+        except ValueError:  # a stream closed under us
+            raise InputError(f"cannot read the corpus {name}: the stream is closed") from None
+        if not raw:
+            return
+        number += 1
+        if raw.endswith(b"\n"):
+            raw = raw[:-1]
+        elif len(raw) > MAX_LINE:
+            raise InputError(f"line {number} of {name} is longer than the {MAX_LINE // (1024 * 1024)} MiB limit "
+                             "on one text", hint="split the text over several lines, or shorten it")
+        yield number, raw
 
 
 def _texts(stream: IO[bytes], name: str, field: str, max_texts: int | None, as_jsonl: bool,
            close: bool) -> Iterator[tuple[int, str]]:
     count = 0
     try:
-        for number, raw in enumerate(stream, 1):
+        for number, raw in _lines(stream, name):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -77,23 +116,42 @@ def _texts(stream: IO[bytes], name: str, field: str, max_texts: int | None, as_j
 
 
 def _field(line: str, number: int, name: str, field: str) -> str:
+    where = f"line {number} of {name}"
+    # counting brackets is C-fast; the character walk runs only where the nesting could be deep
+    if line.count("[") + line.count("{") > MAX_DEPTH and not json_depth_ok(line):
+        raise InputError(f"{where} nests deeper than {MAX_DEPTH} levels",
+                         hint="each line of a JSON Lines corpus is one flat JSON object") from None
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise InputError(f"line {number} of {name} is not valid JSON: {exc.msg} at column {exc.colno}",
+        raise InputError(f"{where} is not valid JSON: {exc.msg} at column {exc.colno}",
                          hint="each line of a JSON Lines corpus is one JSON object") from None
+    except (ValueError, RecursionError):  # an integer of 4,300+ digits
+        raise InputError(f"{where} holds a number of more than 4,300 digits",
+                         hint="no real value is that long; fix or drop the line") from None
     if not isinstance(obj, dict):
-        raise InputError(f"line {number} of {name} is a JSON {_json_kind(obj)}, not an object",
+        raise InputError(f"{where} is a JSON {_json_kind(obj)}, not an object",
                          hint=f'each line of a JSON Lines corpus is one object, e.g. {{"{field}": "..."}}')
     if field not in obj:
-        keys = ", ".join(list(obj)[:8]) + (", …" if len(obj) > 8 else "")
-        raise InputError(f"line {number} of {name} has no field {field!r}" + (f" (its fields: {keys})" if obj else ""),
+        keys = ", ".join(_printable(key) for key in list(obj)[:8]) + (", …" if len(obj) > 8 else "")
+        raise InputError(f"{where} has no field {field!r}" + (f" (its fields: {keys})" if obj else ""),
                          hint="name the text's field with --field")
     value = obj[field]
     if not isinstance(value, str):
-        raise InputError(f"line {number} of {name}: field {field!r} is a JSON {_json_kind(value)}, not a string",
+        raise InputError(f"{where}: field {field!r} is a JSON {_json_kind(value)}, not a string",
                          hint="name the text's field with --field")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a \ud800 escape decodes to a lone surrogate: not a character
+        raise InputError(f"{where}: field {field!r} holds a lone surrogate (\\u{ord(value[exc.start]):04x} at "
+                         f"character {exc.start + 1}), which is not text",
+                         hint="fix that \\u escape (a surrogate pair needs both halves), or drop the line") from None
     return value
+
+
+def _printable(key: str) -> str:
+    """A JSON key, safe to print: lone surrogates as \\udXXX escapes."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _json_kind(value: Any) -> str:
