@@ -235,10 +235,11 @@ def open_source(model: str | os.PathLike[str] | None = None) -> Source:
     try:
         return _open_source(spec)
     except ModelNotFoundError as exc:
+        exc = packaged.with_suggestion(spec, exc)
         if from_env:  # say where the name came from: the user did not type it here
             raise ModelNotFoundError(f"ATTNSCOPE_MODEL names {spec!r}: {exc.message}",
                                      hint=exc.hint or "unset ATTNSCOPE_MODEL or point it at a model") from None
-        raise
+        raise exc from None
 
 
 def _display_name(spec: str) -> str:
@@ -278,6 +279,7 @@ def _open_source(spec: str) -> Source:
         raw = read_config_json(ckpt.config_path)
         cfg = from_hf_config(raw, name=name)
     assert cfg is not None  # internal invariant: set on both paths
+    checkpoint.check_weight_dtypes(ckpt, architectures.family_for(raw))
     return Source(spec, ckpt, raw, cfg)
 
 

@@ -94,3 +94,23 @@ def test_page_tells_masked_cells_from_near_zero(build: Callable[[str], Path], tm
     text = page.read_text()
     assert 'id="legend-note"' in text and "a key the mask hides" in text
     assert "hatchMasked(grid" in text and '"0 (masked)"' in text
+
+
+# ---------------------------------------------------------------- a packaged name with a typo
+
+
+@pytest.mark.parametrize("typo, meant", [("smollm2-135m", "smollm2-135m-instruct"), ("all-minilm", "all-minilm-l6-v2"),
+                                         ("SmolLM2-135M-Instruct", "smollm2-135m-instruct"),
+                                         ("all-minilm-l6v2", "all-minilm-l6-v2")])
+@pytest.mark.parametrize("command", [("params",), ("attend", "x"), ("generate", "x")])
+def test_a_mistyped_packaged_name_suggests_the_nearest(typo: str, meant: str, command: tuple[str, ...]) -> None:
+    res = run(*command, "-m", typo)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert f"did you mean {meant}?" in res.output, res.output
+
+
+def test_unrelated_names_get_no_suggestion() -> None:
+    from attnscope.sources import packaged
+
+    assert packaged.nearest("gpt2") == [] and packaged.nearest("org/all-minilm") == []
+    assert packaged.nearest(packaged.DEFAULT) == []

@@ -68,7 +68,13 @@ def params(
         cfg, default_conv, source = _config_source(config)
         rep = pm.report(cfg, (convention.value if convention else default_conv), source)
     else:
-        rep = _checkpoint_report(model, convention.value if convention else "full")
+        from attnscope.errors import ModelNotFoundError
+        from attnscope.sources import packaged
+
+        try:
+            rep = _checkpoint_report(model, convention.value if convention else "full")
+        except ModelNotFoundError as exc:
+            raise packaged.with_suggestion(model, exc) from None
     ctx = pm.context_report(rep.cfg, context, dtype.value) if context else None
     if as_json:
         _print_json(pm.report_dict(rep, ctx))
@@ -116,5 +122,10 @@ def _checkpoint_report(spec: str, convention: str) -> Any:
         )
     cfg = cfgmod.load_config(ckpt.config_path)
     cfg.name = name  # what the user named: a hub id, not its snapshot's hash
+    from attnscope.architectures import ARCHITECTURES
+
+    family = ARCHITECTURES.get(cfg.family)
+    if family is not None:  # a weight that is not a float: the same line as loading gives
+        ck.check_weight_dtypes(ckpt, family)
     stored, skipped = pm.stored_shapes(ckpt, cfg)
     return pm.report_from_stored(cfg, stored, convention, where, skipped)

