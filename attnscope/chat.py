@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnscope.errors import InputError
+from attnscope.errors import CheckpointError, InputError
 
 MAX_RENDERED = 1 << 20  # characters: a template that writes more than this is refused
 
@@ -40,12 +40,24 @@ def _ids(value: Any) -> list[int]:
     return []
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def _read_json(folder: Path, name: str) -> dict[str, Any]:
+    """`folder/name` as a JSON object; {} when the folder has no such file. Anything else
+    that is not a small regular file inside the folder holding a JSON object (a FIFO, a
+    link to /dev/zero or out of the folder, JSON nested 100,000 deep) is a one-line
+    CheckpointError naming the file: it is read through `safe_io`, as config.json is."""
+    from attnscope.safe_io import MAX_JSON, MAX_SMALL_JSON, member, read_json
+
+    path = member(folder, name)
+    if path is None:
         return {}
-    return data if isinstance(data, dict) else {}
+    try:  # a tokenizer_config.json lists every added token: megabytes for some vocabularies
+        data = read_json(path, name, limit=MAX_JSON if name == "tokenizer_config.json" else MAX_SMALL_JSON)
+    except FileNotFoundError:  # removed since member() looked
+        return {}
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}",
+                              hint=f"replace it with the model's own {name}")
+    return data
 
 
 def _token_string(value: Any) -> str | None:
@@ -58,9 +70,9 @@ def _token_string(value: Any) -> str | None:
 
 def read_chat_info(folder: Path | None, raw_config: dict[str, Any]) -> ChatInfo:
     """From a checkpoint folder's generation_config.json, config.json and tokenizer_config.json."""
-    gen = _read_json(folder / "generation_config.json") if folder is not None else {}
+    gen = _read_json(folder, "generation_config.json") if folder is not None else {}
     eos = _ids(gen.get("eos_token_id")) or _ids(raw_config.get("eos_token_id"))
-    tok = _read_json(folder / "tokenizer_config.json") if folder is not None else {}
+    tok = _read_json(folder, "tokenizer_config.json") if folder is not None else {}
     template = tok.get("chat_template")
     if isinstance(template, list):  # named templates: the default one
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}

@@ -35,6 +35,10 @@ DTYPE_SIZES = {
     "U32": 4, "I32": 4, "F32": 4,
     "U64": 8, "I64": 8, "F64": 8, "C64": 8,
 }
+# The dtypes a weight may have: each is converted to the model's dtype exactly as torch
+# casts it (FP8 and E8M0 widen exactly; F64 rounds to the dtype asked for). The others
+# (BOOL, the integers, C64) hold no real weight: a quantized or corrupt checkpoint.
+FLOAT_DTYPES = ("F8_E4M3", "F8_E5M2", "F8_E8M0", "F16", "BF16", "F32", "F64")
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
 MAX_DIM = 2**53  # every dim below this: exact as a JSON number anywhere, far above any real tensor
 
@@ -51,6 +55,37 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return prod(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+
+def refuse_non_float(file: Path | str, name: str, dtype: str) -> None:
+    """The one line for a weight stored in a type that is not a float (safetensors or GGUF)."""
+    raise CheckpointError(
+        f"{file}: tensor {name!r} is stored as {dtype}, but a weight must be a float type",
+        hint="attnscope reads F16, BF16, F32, F64 and FP8 weights (GGUF: also its quantized blocks); "
+             "this checkpoint is quantized in a format it cannot read, or corrupt",
+    )
+
+
+def check_weight_dtypes(ckpt: "Checkpoint", family: Any) -> None:
+    """Refuse, before anything is built, a checkpoint whose weights are not floats (see
+    FLOAT_DTYPES). Weights are the tensors the family's table maps to a parameter; buffers
+    (BERT's I64 `position_ids`, GPT-2's causal mask) and tensors the model does not use
+    are not read, whatever their dtype."""
+    from attnscope.architectures import our_name
+
+    for name, info in ckpt.tensors.items():
+        if info.is_float:
+            continue
+        try:
+            weight = our_name(family, name) is not None
+        except KeyError:  # not one of the family's tensors: never loaded
+            weight = False
+        if weight:
+            refuse_non_float(info.file, name, info.dtype)
 
 
 @dataclass
@@ -301,7 +336,8 @@ def _read_all(ckpt: Checkpoint) -> dict[str, TensorInfo]:
 
 
 def iter_tensors(ckpt: Checkpoint, names: list[str], device: str = "cpu") -> Iterator[tuple[str, Any]]:
-    """Yield (name, tensor) for `names`, opening each shard once, memory-mapped."""
+    """Yield (name, tensor) for `names`, opening each shard once, memory-mapped. Tensors
+    come in their stored dtype; a loader checks its weights first (`check_weight_dtypes`)."""
     from safetensors import safe_open
 
     by_file: dict[Path, list[str]] = {}

@@ -17,7 +17,6 @@ enumerated.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -280,22 +279,15 @@ def preset_convention(name: str) -> str:
 
 def read_config_json(path: Path) -> dict[str, Any]:
     """Parse a config.json into a dict, with errors that name the file. Only a regular
-    file of at most 100 MiB is read (a FIFO would block, a huge file fill the memory)."""
-    from attnscope.checkpoint import read_regular
+    file of at most 100 MiB is read (a FIFO would block, a huge file fill the memory), and
+    parsed as depth-checked JSON (`safe_io.loads_json`)."""
+    from attnscope.safe_io import MAX_JSON, loads_json, read_regular
 
     try:
-        data = read_regular(path, "config.json", error=ConfigError)
+        data = read_regular(path, "config.json", MAX_JSON, ConfigError)
     except FileNotFoundError:
         raise ConfigError(f"no config.json at {path}", hint="pass a folder that holds config.json") from None
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text", hint="is this the model's config.json?") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    except (ValueError, RecursionError):  # integers over 4,300 digits; nesting past the stack
-        raise ConfigError(f"{path} holds a number or nesting deeper than any real config.json",
-                          hint="is this the model's config.json?") from None
+    raw = loads_json(data, str(path), ConfigError)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a JSON object, not {type(raw).__name__}")
     return raw

@@ -7,8 +7,13 @@ safetensors checkpoint per snapshot, and each `.gguf` file in it as its own entr
 entry is probed from headers only, as `params` counts (the safetensors JSON header, the
 GGUF header and tensor table; no tensor data is read): family, parameters, bytes on disk,
 and whether attnscope can open it, with the reason when not. A bad entry (corrupt
-config.json, truncated file, unknown architecture) becomes an unsupported entry with its
-reason: it never stops the listing.
+config.json, truncated file, unknown architecture, a link leading out of the cache)
+becomes an unsupported entry with its reason: it never stops the listing.
+
+The cache is walked as `sources.hub` reads it (`safe_io`'s bounded listings: iterative,
+a fixed depth, never through a link to a folder, at most `safe_io.MAX_ENTRIES` entries a
+listing), and a repository folder, snapshot or GGUF file that resolves outside its place
+in the cache is listed as unsupported, never read.
 
 `gguf_path(spec)` says whether a `--model` value names a GGUF, without importing torch
 (the same rule as `api.gguf_path`).
@@ -24,12 +29,14 @@ from math import prod
 from pathlib import Path
 from typing import Any, Iterator
 
-from attnscope.errors import AttnscopeError
+from attnscope.errors import AttnscopeError, ModelNotFoundError
 from attnscope.params import param_shapes
+from attnscope.safe_io import contained, list_dir, member, walk_files
 from attnscope.sources import packaged
+from attnscope.sources.hub import GGUF_DEPTH, read_ref
 
 FORMATS = ("gguf", "safetensors")
-MAX_DEPTH = 3  # how deep GGUF files are looked for inside a snapshot (repos keep them in subfolders)
+SIZE_DEPTH = 16  # how deep a folder's bytes are counted: real repositories nest two or three levels
 # A quantization in a GGUF file name: Q4_K_M, IQ4_XS, Q8_0, TQ1_0, BF16, F16, F32, MXFP4.
 _QUANT_NAME = re.compile(r"(?<![A-Za-z0-9])(I?Q[1-8](?:_[A-Z0-9]{1,3})*|TQ[12]_0|BF16|F16|F32|MXFP4)(?![A-Za-z0-9])",
                          re.IGNORECASE)
@@ -87,36 +94,65 @@ def hub_entries(cache: Path) -> list[ModelEntry]:
     """Every model snapshot in a hub cache; datasets and spaces are left out."""
     out: list[ModelEntry] = []
     try:
-        repos = sorted(p for p in cache.iterdir() if p.name.startswith("models--"))
-    except OSError:  # no cache yet, or not readable: nothing in it to list
+        names = list_dir(cache, ModelNotFoundError)
+    except FileNotFoundError:  # no cache yet: nothing in it to list
         return out
-    for repo in repos:
+    except ModelNotFoundError:
+        if not os.access(cache, os.R_OK | os.X_OK):  # not readable: nothing we may list
+            return out
+        raise  # more entries than any cache holds: one line, not a listing that never ends
+    for repo in (cache / name for name in names if name.startswith("models--")):
         repo_id = repo.name[len("models--"):].replace("--", "/")
         try:
-            snapshots = sorted(p for p in (repo / "snapshots").iterdir() if p.is_dir())
-        except OSError:
+            contained(cache, repo, repo.name, ModelNotFoundError, within=f"the hub cache {cache}")
+            snapshots = [repo / "snapshots" / n for n in list_dir(repo / "snapshots", ModelNotFoundError)]
+            snapshots = [p for p in snapshots if p.is_dir()]
+        except FileNotFoundError:
             snapshots = []
+        except ModelNotFoundError as exc:
+            out.append(ModelEntry(repo_id, "hub-cache", str(repo), "safetensors", None, None, None, False,
+                                  _strip(exc.message, repo)))
+            continue
         if not snapshots:
             out.append(ModelEntry(repo_id, "hub-cache", str(repo), "safetensors", None, None, _size([repo]), False,
                                   "no snapshot in the cache (an interrupted download?)"))
             continue
-        main = _read_ref(repo / "refs" / "main")
+        try:
+            main = read_ref(repo)
+        except ModelNotFoundError:  # a damaged ref: every snapshot is listed by its hash
+            main = None
         for snap in snapshots:
             label = repo_id if len(snapshots) == 1 or snap.name == main else f"{repo_id}@{snap.name[:8]}"
-            ggufs = sorted(_ggufs(snap))
-            if not ggufs or (snap / "config.json").exists() or any(snap.glob("*.safetensors")):
+            try:
+                contained(repo, snap, f"snapshot {snap.name}", ModelNotFoundError,
+                          within=f"its repository's folder {repo}")
+                ggufs = sorted(_ggufs(snap))
+                plain = list_dir(snap, ModelNotFoundError)
+            except (FileNotFoundError, ModelNotFoundError) as exc:
+                reason = exc.message if isinstance(exc, ModelNotFoundError) else "removed while listing"
+                out.append(ModelEntry(label, "hub-cache", str(snap), "safetensors", None, None, None, False, reason))
+                continue
+            if not ggufs or "config.json" in plain or any(n.endswith(".safetensors") for n in plain):
                 out.append(safetensors_entry(snap, label, "hub-cache"))
             for g in ggufs:
-                out.append(gguf_entry(g, f"{label}/{g.relative_to(snap).as_posix()}", "hub-cache"))
+                out.append(gguf_entry(g, f"{label}/{g.relative_to(snap).as_posix()}", "hub-cache", root=snap))
                 out[-1].repo = label
     return out
 
 
-def gguf_entry(path: Path, name: str, source: str) -> ModelEntry:
-    """A GGUF file, probed from its header."""
+def gguf_entry(path: Path, name: str, source: str, root: Path | None = None) -> ModelEntry:
+    """A GGUF file, probed from its header; if `root` is given, only once it is known to
+    resolve inside it (a snapshot's files link to its repository's `blobs/`)."""
     entry = ModelEntry(name, source, str(path), "gguf", None, None, _size([path]), False, None,
                        quantization=quant_from_name(path.name))
-    _probe(entry, path, lambda: _probe_gguf(entry, path))
+
+    def probe() -> str | None:
+        if root is not None:
+            contained(root, path, path.relative_to(root).as_posix(), ModelNotFoundError,
+                      within=f"the cache folder {root.parent.parent}")
+        return _probe_gguf(entry, path)
+
+    _probe(entry, path, probe)
     return entry
 
 
@@ -191,9 +227,10 @@ def _probe_safetensors(entry: ModelEntry, folder: Path) -> str | None:
             continue  # a dangling link: reported by the reader that needs the file
     raw: dict[str, Any] | None = None
     bad: ConfigError | None = None
-    if (folder / "config.json").is_file():
+    config = member(folder, "config.json")  # a regular file inside the folder, or None
+    if config is not None:
         try:
-            raw = read_config_json(folder / "config.json")
+            raw = read_config_json(config)
             if raw.get("model_type") is not None:
                 entry.family = str(raw["model_type"])
         except ConfigError as exc:  # said after the headers are counted: they may still be fine
@@ -274,38 +311,33 @@ def _strip(message: str, where: Path) -> str:
     return message
 
 
-def _read_ref(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
-
-
 def _files(folder: Path) -> list[Path]:
+    """The entries of a folder that are not folders (bounded: `safe_io.list_dir`)."""
     try:
-        return [p for p in folder.iterdir() if not p.is_dir()]
-    except OSError:
+        return [p for p in (folder / n for n in list_dir(folder)) if not p.is_dir()]
+    except (FileNotFoundError, AttnscopeError):
         return []
 
 
 def _ggufs(snapshot: Path) -> Iterator[Path]:
-    """GGUF files in a snapshot and its subfolders, not following links to folders."""
-    base = len(snapshot.parts)
-    for root, dirs, files in os.walk(snapshot, followlinks=False):
-        if len(Path(root).parts) - base >= MAX_DEPTH:
-            dirs.clear()
-        for name in files:
-            if name.lower().endswith(".gguf"):
-                yield Path(root) / name
+    """Every .gguf entry in a snapshot and its subfolders (`GGUF_DEPTH` deep), whatever it
+    is (the probe says why a FIFO cannot be read), not following links to folders."""
+    for path in walk_files(snapshot, GGUF_DEPTH, ModelNotFoundError):
+        if path.name.lower().endswith(".gguf"):
+            yield path
 
 
-def _size(paths: list[Path]) -> int:
+def _size(paths: list[Path]) -> int | None:
     """Bytes on disk, following the cache's links to its blobs, each blob once; folders
-    are walked without following links to other folders."""
+    are walked (`SIZE_DEPTH` deep) without following links to other folders. None where
+    a folder holds more entries than `safe_io.walk_files` visits."""
     files: list[Path] = []
     for p in paths:
         if p.is_dir() and not p.is_symlink():
-            files.extend(Path(root) / name for root, _dirs, names in os.walk(p) for name in names)
+            try:
+                files.extend(walk_files(p, SIZE_DEPTH))
+            except AttnscopeError:
+                return None
         else:
             files.append(p)
     seen: set[tuple[int, int]] = set()

@@ -9,29 +9,51 @@ torch: `models` and `params` use it.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
-from attnscope.errors import UsageError
+from attnscope.errors import CheckpointError, UsageError
+from attnscope.safe_io import contained, list_dir, open_regular
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def gguf_path(spec: str) -> Path | None:
     """The GGUF file `spec` names: a .gguf file, an extension-less file starting with the
     GGUF magic (as ollama keeps its blobs), or a folder holding exactly one .gguf and no
-    safetensors checkpoint; None for anything else."""
+    safetensors checkpoint; None for anything else. A folder is listed with a bound on
+    its entries (`safe_io.list_dir`), and the GGUF found in it must resolve inside it."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / "config.json").is_file() or any(path.glob("*.safetensors")):
+        try:
+            names = list_dir(path)
+        except FileNotFoundError:
             return None
-        found = sorted(p for p in path.glob("*.gguf") if p.is_file())
+        names = [n for n in names if not n.startswith(".")]  # as glob("*") lists them
+        if ("config.json" in names and _is_regular(path / "config.json")) or any(
+                n.endswith(".safetensors") for n in names):
+            return None
+        found = [path / n for n in names if n.endswith(".gguf") and _is_regular(path / n)]
         if len(found) > 1:
             raise UsageError(f"{path} holds {len(found)} GGUF files", hint=f"pass one of them, e.g. --model {found[0]}")
-        return found[0] if found else None
+        return contained(path, found[0], found[0].name) if found else None
     if path.suffix.lower() == ".gguf":
         return path
-    if path.is_file() and path.suffix == "":
+    if path.suffix == "" and _is_regular(path):
         try:
-            with open(path, "rb") as fh:  # a regular file: is_file() follows no FIFO
-                return path if fh.read(4) == b"GGUF" else None
+            fd, _size = open_regular(path)  # non-blocking, checked again once open
+        except (OSError, CheckpointError):
+            return None
+        try:
+            return path if os.read(fd, 4) == b"GGUF" else None
         except OSError:
             return None
+        finally:
+            os.close(fd)
     return None
