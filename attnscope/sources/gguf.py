@@ -62,6 +62,10 @@ _STRING, _ARRAY = 8, 9
 # entry is a name length (8), one dimension (4 + 8), a type (4) and an offset (8).
 _MIN_KV, _MIN_TENSOR = 8 + 1 + 4 + 1, 8 + 4 + 8 + 4 + 8
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
+# ggml's integer types hold no weight (llama.cpp writes them for nothing a model here
+# reads): refused when the header is read. F64 is widened by hand (gguf-py has no
+# dequantizer for it); every other type is a float or a quantized block format.
+_INTEGER_TYPES = ("I8", "I16", "I32", "I64")
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,10 @@ def _tensor(r: _Header, name: str, dims: tuple[int, ...], type_id: int, offset: 
     if qtype is None:
         r.fail(f"tensor {name!r} has an unknown ggml type id {type_id}",
                hint="the file is corrupt, or newer than the installed gguf package (pip install -U gguf)")
+    if qtype.name in _INTEGER_TYPES:
+        from attnscope.checkpoint import refuse_non_float
+
+        refuse_non_float(r.path, name, qtype.name)
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     numel = prod(dims)
     if numel >= 1 << 62:
@@ -375,21 +383,44 @@ def _dequantize(f: GGUFFile, t: GGUFTensor, data: np.ndarray) -> np.ndarray:
     # A plain ndarray view of the map: numpy's memmap subclass costs a finalizer call per
     # block slice inside gguf-py (0.65 -> 0.32 s for SmolLM2's 272 tensors).
     blocks = data[t.start : t.start + t.nbytes].view(np.ndarray).reshape(-1, row // block * type_size)  # (rows, bytes/row)
-    try:
-        values = gguf.quants.dequantize(blocks, qtype)
-    except NotImplementedError:
-        raise CheckpointError(f"{f.path}: tensor {t.name!r} is stored as {t.type_name}, which the installed "
-                              "gguf package cannot dequantize", hint="pip install -U gguf, or use another quantization") from None
+    if qtype == gguf.GGMLQuantizationType.F64:
+        values = blocks.view("<f8")
+    else:
+        try:
+            values = gguf.quants.dequantize(blocks, qtype)
+        except NotImplementedError:
+            _cannot_dequantize(f, t)
     values = np.asarray(values, dtype=np.float32).reshape(t.shape)
     return values if values.flags.writeable else values.copy()  # F32 comes back as a view of the map
 
 
+def _cannot_dequantize(f: GGUFFile, t: GGUFTensor) -> NoReturn:
+    raise CheckpointError(f"{f.path}: tensor {t.name!r} is stored as {t.type_name}, which the installed "
+                          "gguf package cannot dequantize", hint="pip install -U gguf, or use another quantization")
+
+
+def check_types(f: GGUFFile) -> None:
+    """Every tensor's type can be turned into floats (integer types were refused with the
+    header); a type gguf-py has no dequantizer for (Q8_K, ...) is one line naming the
+    tensor, before any tensor is read."""
+    gguf = _gguf_py()
+    traits = getattr(gguf.quants, "_type_traits", None)
+    if traits is None:  # another gguf-py: its dequantize says so per tensor
+        return
+    own = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F64}
+    for t in f.tensors.values():
+        qtype = gguf.GGMLQuantizationType(t.ggml_type)
+        if qtype not in own and qtype not in traits:
+            _cannot_dequantize(f, t)
+
+
 def iter_gguf_tensors(f: GGUFFile, cfg: ModelConfig, family: ModuleType) -> Iterator[tuple[str, Tensor]]:
     """(our name, float32 tensor) for every tensor of the file, in file order. Every name
-    is checked before the first tensor is dequantized."""
+    and type is checked before the first tensor is dequantized."""
     import torch
 
     plan = [(t, _our_name(f, family.GGUF_WEIGHTS, t.name, cfg.n_layers)) for t in f.tensors.values()]
+    check_types(f)
     adjust = getattr(family, "gguf_tensor", None)
     data = _open_data(f)
     for t, name in plan:
