@@ -16,7 +16,6 @@ the Hugging Face cache, whose snapshots link to `../../blobs/`.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import struct
@@ -27,7 +26,8 @@ from typing import Any, Iterator
 
 from attnscope.sources.hub import hub_cache_dir, looks_like_hub_id, resolve_hub  # noqa: F401  (re-exported)
 from attnscope.errors import AttnscopeError, CheckpointError, ModelNotFoundError  # noqa: F401
-from attnscope.safe_io import MAX_JSON, _mib, open_regular, read_regular  # noqa: F401  (re-exported)
+from attnscope.safe_io import MAX_JSON, _mib, loads_json, open_regular, read_regular  # noqa: F401  (re-exported)
+from attnscope.safe_io import allowed_roots as _allowed_roots, contained as _contained, list_dir, member  # noqa: F401
 
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
@@ -109,51 +109,6 @@ class Checkpoint:
         return member(self.root, "tokenizer.json")
 
 
-def _allowed_roots(root: Path) -> list[Path]:
-    """Where the files a checkpoint folder names may lie: the folder itself and, for a
-    snapshot of the Hugging Face cache, its repo folder (the snapshot's files are links
-    to `../../blobs/`)."""
-    roots = []
-    for folder in (root, root.resolve()):
-        roots.append(folder.resolve())
-        repo = folder.parent.parent
-        if folder.parent.name == "snapshots" and repo.name.startswith("models--"):
-            roots.append(repo.resolve())
-    return list(dict.fromkeys(roots))
-
-
-def _contained(root: Path, path: Path, named_by: str) -> Path:
-    """`path` if it resolves inside `root` (or its hub repo folder); else a CheckpointError."""
-    try:
-        real = path.resolve()
-        roots = _allowed_roots(root)
-    except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop
-        raise CheckpointError(f"{path}: cannot resolve the path (a symlink loop?)") from None
-    if not any(real == r or r in real.parents for r in roots):
-        raise CheckpointError(
-            f"{named_by} leads outside the model folder {root}, to {real}",
-            hint="a checkpoint's files must sit in its folder; copy them in or pass the file itself",
-        )
-    return path
-
-
-def member(root: Path, name: str) -> Path | None:
-    """A file in the model folder: None if absent (or a dangling link), else checked to
-    be a regular file inside the folder."""
-    path = root / name
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except PermissionError:
-        raise CheckpointError(f"{path}: permission denied", hint="check the folder's permissions") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{path} is not a regular file", hint=f"replace it with the model's own {name}")
-    return _contained(root, path, name)
-
-
 def read_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and validate one safetensors header without reading tensor data."""
     try:
@@ -183,10 +138,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         os.close(fd)
     if len(blob) < length:  # it shrank after fstat
         raise CheckpointError(f"{path}: header runs past the end of the file", hint="the file is truncated")
-    try:
-        header = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: also ints over 4,300 digits
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON", hint="the file is corrupt") from None
+    header = loads_json(blob, f"{path}: safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
     data_size = size - 8 - length
@@ -287,12 +239,9 @@ def _folder(source: str, root: Path) -> Checkpoint:
     if index is not None:
         return Checkpoint(source, root, _shards(root, index), index=index)
     try:
-        with os.scandir(root) as entries:
-            names = sorted(e.name for e in entries)
-    except PermissionError:
-        raise CheckpointError(f"cannot list {root}: permission denied", hint="check the folder's permissions") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot list {root}: {exc.strerror or exc}") from None
+        names = list_dir(root)
+    except FileNotFoundError:
+        raise CheckpointError(f"cannot list {root}: it was removed meanwhile") from None
     files = [_contained(root, root / name, name) for name in names if name.endswith(".safetensors")]
     if not files:
         bins = any(n.endswith(".bin") for n in names)
@@ -303,10 +252,7 @@ def _folder(source: str, root: Path) -> Checkpoint:
 
 def _shards(root: Path, index: Path) -> list[Path]:
     """The shard files an index names, in order; each a relative path that stays in the folder."""
-    try:
-        raw = json.loads(read_regular(index, "safetensors index").decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CheckpointError(f"{index} is not valid JSON", hint="download it again") from None
+    raw = loads_json(read_regular(index, "safetensors index"), str(index))
     weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
         raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map of tensor -> file)",
