@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from attnscope.errors import TokenizerError
-from attnscope.tokenize import byte_chars
+from attnscope.tokenize import byte_chars, visible
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -95,6 +95,17 @@ def _file_merges(meta: dict[str, Any], where: str) -> list[tuple[str, str]] | No
     return pairs  # type: ignore[return-value]
 
 
+def _check_merges(merges: list[tuple[str, str]], vocab: dict[str, int], where: str) -> None:
+    """Each merge joins two tokens of the vocabulary into a third (tokenizers' BPE builder
+    panics, or errs, on any other)."""
+    for left, right in merges:
+        for token in (left, right, left + right):
+            if token not in vocab:
+                raise TokenizerError(f"{where}: tokenizer.ggml.merges names {visible(token)!r} "
+                                     f"(in the merge {visible(left + ' ' + right)!r}), which is not in the vocabulary",
+                                     hint="the file's vocabulary and merges do not belong together")
+
+
 def _byte_level(meta: dict[str, Any], tokens: list[str], pre: str, where: str) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
@@ -106,6 +117,7 @@ def _byte_level(meta: dict[str, Any], tokens: list[str], pre: str, where: str) -
     merges = _file_merges(meta, where)
     if merges is None:
         raise TokenizerError(f"{where}: a byte-level BPE vocabulary without tokenizer.ggml.merges")
+    _check_merges(merges, vocab, where)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, fuse_unk=False, byte_fallback=False,
                                ignore_merges=pre in _LLAMA3_LIKE))
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _SPLITS[pre]]
@@ -131,6 +143,8 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: st
         else:
             by = dict(zip(tokens, scores))
         merges = merges_from_scores(vocab, by)
+    else:
+        _check_merges(merges, vocab, where)
     unk_id = meta.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, fuse_unk=True, byte_fallback=True, unk_token=unk))
@@ -150,8 +164,11 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: st
 
 def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
     """The tokenizer a GGUF describes (`f` from `sources.gguf.read_gguf`), with padding and
-    truncation off, as `attnscope.tokenize.load_tokenizer` returns one."""
-    from tokenizers import AddedToken, processors
+    truncation off, as `attnscope.tokenize.load_tokenizer` returns one. Its regexes and
+    normalizer are this module's own, so it runs in-process; what the file supplies (the
+    vocabulary, merges, scores) is checked here, and a build that still fails is one
+    TokenizerError naming the file."""
+    from attnscope.bounded import is_failure, quiet_stderr
 
     meta, where = f.metadata, str(f.path)
     model = meta.get("tokenizer.ggml.model")
@@ -163,15 +180,31 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
     pre = meta.get("tokenizer.ggml.pre", "default")
     if model == "gpt2":
         if not isinstance(pre, str) or pre not in _SPLITS:
-            raise TokenizerError(f"{where}: unknown pre-tokenizer {pre!r}",
+            raise TokenizerError(f"{where}: unknown pre-tokenizer {visible(repr(pre))[:100]}",
                                  hint=f"supported: {', '.join(sorted(_SPLITS))}")
-        tok, alphabet = _byte_level(meta, tokens, pre, where)
         add_bos_default = pre in _LLAMA3_LIKE
     elif model == "llama":
-        tok, alphabet = _sentencepiece(meta, tokens, f.arch, where)
         add_bos_default = True
     else:
-        raise TokenizerError(f"{where}: tokenizer model {model!r} is not supported", hint="supported: gpt2, llama")
+        raise TokenizerError(f"{where}: tokenizer model {visible(repr(model))[:100]} is not supported",
+                             hint="supported: gpt2, llama")
+    try:
+        with quiet_stderr():  # a Rust panic prints its backtrace before it is raised
+            tok, alphabet = (_byte_level(meta, tokens, pre, where) if model == "gpt2"
+                             else _sentencepiece(meta, tokens, f.arch, where))
+            return _finish(tok, alphabet, meta, tokens, types, add_bos_default)
+    except BaseException as exc:
+        if isinstance(exc, TokenizerError) or not is_failure(exc):
+            raise
+        raise TokenizerError(f"{where}: its tokenizer cannot be built: {(str(exc).splitlines() or [''])[0][:200]}",
+                             hint="the file's tokenizer metadata is damaged") from None
+
+
+def _finish(tok: Any, alphabet: set[str] | None, meta: dict[str, Any], tokens: list[str], types: list[int],
+            add_bos_default: bool) -> Tokenizer:
+    """Special and added tokens, and the post-processor that adds BOS/EOS."""
+    from tokenizers import AddedToken, processors
+
     # control tokens outside a byte-level alphabet are llama.cpp mislabels; transformers skips them
     control = [AddedToken(t, normalized=False, special=True) for t, kind in zip(tokens, types)
                if kind == CONTROL and (alphabet is None or set(t) <= alphabet)]
