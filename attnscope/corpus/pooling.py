@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -33,6 +33,10 @@ from attnscope.errors import AttnscopeError, InputError, UsageError
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector, Selector
+
+_CHARS_PER_TOKEN = 8  # a first prefix for a long text: real text runs ~4 characters a token
+_MARGIN = 64  # tokens a prefix must yield past the model's positions, so that its cut cannot reach them
+MAX_WINDOW = 2 * 1024 * 1024  # characters tokenized at once: ~300 MB of tokenizer memory
 
 # Why a score the model defines has no row in a whole corpus.
 _NO_ROWS = {"duplicate_token": "no token of any text repeats an earlier one of its text",
@@ -136,68 +140,79 @@ def corpus_scores(
     _, _, model_undefined = hd.text_terms([0, 0], cfg, text_names)
     measured = [name for name in text_names if name not in model_undefined]
     header = pt.make_header(inspector, measure, truncate, measured, ls, hs)
+    if batch_tokens < 0:
+        raise UsageError(f"--batch-tokens must be >= 0 (0: one text a pass), got {batch_tokens}")
     path = Path(per_text).expanduser() if per_text is not None else None
 
     # Phase 1, reading only: what an earlier run left (every rank reads before any writes).
+    # This process's per-text file is opened and locked first, and stays locked to the end.
     done: dict[int, pt.Record] = {}
     failure: AttnscopeError | None = None
+    out: pt.PerTextFile | None = None
+    failed = True
     try:
         if path is not None:
-            pt.check_target(path, resume)
-            if resume:
-                done = pt.read_done(path, header, lambda index: index % world == rank)
-    except AttnscopeError as exc:
-        failure = exc
-    distributed.raise_first(group, failure)
+            try:
+                pt.check_target(path, resume)
+            except AttnscopeError as exc:
+                failure = exc
+            distributed.raise_first(group, failure)  # every rank checks before any creates its file
+            try:
+                out = pt.PerTextFile(path if group is None else pt.rank_file(path, rank), resume)
+                if resume:
+                    done = pt.read_done(path, header, lambda index: index % world == rank, cfg.n_ctx)
+            except AttnscopeError as exc:
+                failure = exc
+            distributed.raise_first(group, failure)
 
-    # Phase 2: this process's share of the texts.
-    shape = (len(ls), len(hs))
-    totals = {name: torch.zeros(shape, dtype=torch.float64) for name in measured}
-    rows = {name: 0 for name in measured}
-    n_texts = n_tokens = truncated = resumed = run_tokens = 0
-    total = len(range(rank, len(texts), world)) if hasattr(texts, "__len__") else None  # type: ignore[arg-type]
-    if batch_tokens < 0:
-        raise UsageError(f"--batch-tokens must be >= 0 (0: one text a pass), got {batch_tokens}")
-    line = math.inf
-    out: IO[str] | None = None
-    started = time.perf_counter()
-    try:
-        if path is not None:
-            out = pt.open_for_append(path if group is None else pt.rank_file(path, rank), header)
-        mine = [(index, *((index + 1, item) if isinstance(item, str) else item))
-                for index, item in enumerate(texts) if index % world == rank]
-        batcher = _Batcher(inspector, mine, done, measured, ls, hs, truncate, measure, batch_tokens)
-        for position, (index, line, text) in enumerate(mine):
-            digest = pt.text_digest(text)
-            if index in done:
-                rec = done.pop(index)
-                if (rec.line, rec.digest) != (line, digest):
-                    raise InputError(f"{path} does not match this corpus: its text {index} was line {rec.line} "
-                                     f"(digest {rec.digest}), here it is line {line} (digest {digest})",
-                                     hint="resume with the corpus, --field and --max-texts of the run that wrote it")
-                sums, counts, n, cut = rec.sums, rec.counts, rec.n_tokens, rec.truncated_from
-                resumed += 1
-            else:
-                sums, counts, n, cut = batcher.get(position)
-                run_tokens += n
-                if out is not None:
-                    pt.append_line(out, pt.text_record(index, line, digest, n, cut, sums, counts))
-            for name in measured:
-                totals[name] += sums[name]
-                rows[name] += counts[name]
-            n_texts += 1
-            n_tokens += n
-            truncated += cut is not None
-            line = math.inf
-            if progress is not None and rank == 0:
-                progress(CorpusProgress(n_texts, total, resumed, run_tokens, time.perf_counter() - started, rank, world))
-    except AttnscopeError as exc:
-        failure = exc
+        # Phase 2: this process's share of the texts.
+        shape = (len(ls), len(hs))
+        totals = {name: torch.zeros(shape, dtype=torch.float64) for name in measured}
+        rows = {name: 0 for name in measured}
+        n_texts = n_tokens = truncated = resumed = run_tokens = 0
+        total = len(range(rank, len(texts), world)) if hasattr(texts, "__len__") else None  # type: ignore[arg-type]
+        line = math.inf
+        started = time.perf_counter()
+        try:
+            if out is not None:
+                out.start(header)
+            mine = [(index, *((index + 1, item) if isinstance(item, str) else item))
+                    for index, item in enumerate(texts) if index % world == rank]
+            batcher = _Batcher(inspector, mine, done, measured, ls, hs, truncate, measure, batch_tokens)
+            for position, (index, line, text) in enumerate(mine):
+                digest = pt.text_digest(text)
+                if index in done:
+                    rec = done.pop(index)
+                    if (rec.line, rec.digest) != (line, digest):
+                        raise InputError(f"{path} does not match this corpus: its text {index} was line "
+                                         f"{rec.line} (digest {rec.digest}), here it is line {line} (digest {digest})",
+                                         hint="resume with the corpus, --field and --max-texts of the run that "
+                                              "wrote it")
+                    sums, counts, n, cut = rec.sums, rec.counts, rec.n_tokens, rec.truncated_from
+                    resumed += 1
+                else:
+                    sums, counts, n, cut = batcher.get(position)
+                    run_tokens += n
+                    if out is not None:
+                        out.append(pt.text_record(index, line, digest, n, cut, sums, counts))
+                for name in measured:
+                    totals[name] += sums[name]
+                    rows[name] += counts[name]
+                n_texts += 1
+                n_tokens += n
+                truncated += cut is not None
+                line = math.inf
+                if progress is not None and rank == 0:
+                    progress(CorpusProgress(n_texts, total, resumed, run_tokens, time.perf_counter() - started, rank,
+                                            world))
+        except AttnscopeError as exc:
+            failure = exc
+        seconds = time.perf_counter() - started
+        distributed.raise_first(group, failure, line)
+        failed = False
     finally:
         if out is not None:
-            out.close()
-    seconds = time.perf_counter() - started
-    distributed.raise_first(group, failure, line)
+            out.close(failed)  # a file this run created and never wrote a text to goes
 
     # Phase 3: pool across the processes; rank 0 finishes alone.
     flat = torch.cat([totals[name].flatten() for name in measured]
@@ -233,6 +248,35 @@ def corpus_scores(
     return res
 
 
+def bounded_tokens(inspector: "Inspector", text: str, truncate: bool) -> Any:
+    """`inspector.tokenize(text, truncate)`, tokenizing no more of a long text than the
+    model's positions can use (a tokenizer takes ~150 bytes a character: a 10 MB line
+    whole would take gigabytes).
+
+    A text of more than `_CHARS_PER_TOKEN` characters a position is tokenized by a
+    prefix, cut at a space and grown fourfold until it yields `_MARGIN` tokens past the
+    positions: a cut changes only the tokens next to it, so the first ones are those of
+    the whole text. With `truncate` they are kept (`truncated_from` then counts the
+    prefix's tokens: the text has at least that many); without, the text is too long,
+    as it would be whole. A text whose first `MAX_WINDOW` characters yield fewer tokens
+    than that is refused: it could only be cut by tokenizing it whole."""
+    n_ctx = inspector.config.n_ctx
+    size = min(_CHARS_PER_TOKEN * (n_ctx + _MARGIN), MAX_WINDOW)
+    while len(text) > size:
+        space = text.rfind(" ", size // 2, size)
+        tokens = inspector.tokenize(text[:space if space > 0 else size], truncate=True)
+        if tokens.truncated_from is not None and tokens.truncated_from >= n_ctx + _MARGIN:
+            if not truncate:
+                raise InputError(f"the text is more than {tokens.truncated_from} tokens, longer than the model's "
+                                 f"{n_ctx} positions", hint="shorten it or pass --truncate to keep the first tokens")
+            return tokens
+        if size >= MAX_WINDOW:
+            raise InputError(f"the text's first {MAX_WINDOW:,} characters make only {len(tokens)} tokens, and it "
+                             f"is {len(text):,} characters long", hint="split it into shorter texts")
+        size = min(4 * size, MAX_WINDOW)
+    return inspector.tokenize(text, truncate)
+
+
 class _Split:
     """Hook: a packed pass's pattern chunks, cut into each text's own rows and keys and
     handed to that text's probe as if it had run alone (rows from 0, keys from 0)."""
@@ -263,15 +307,19 @@ class _Batcher:
         self.measured, self.ls, self.hs, self.truncate, self.measure = measured, ls, hs, truncate, measure
         self.batch_tokens = batch_tokens
         self.results: dict[int, tuple[dict[str, Tensor], dict[str, int], int, int | None]] = {}
+        self.ahead: dict[int, Any] = {}  # tokens of a text read past the end of a pass
 
     def get(self, position: int) -> tuple[dict[str, Tensor], dict[str, int], int, int | None]:
         if position not in self.results:
             self._score_from(position)
         return self.results.pop(position)
 
-    def _tokens(self, line: int, text: str) -> Any:
+    def _tokens(self, j: int) -> Any:
+        _, line, text = self.mine[j]
+        if j in self.ahead:
+            return self.ahead.pop(j)
         try:
-            return self.m.tokenize(text, self.truncate)
+            return bounded_tokens(self.m, text, self.truncate)
         except InputError as exc:
             raise type(exc)(f"line {line}: {exc.message}", exc.hint) from None
 
@@ -279,11 +327,13 @@ class _Batcher:
         batch: list[tuple[int, Any]] = []
         total = 0
         for j in range(position, len(self.mine)):
-            index, line, text = self.mine[j]
-            if index in self.done:
+            if self.mine[j][0] in self.done:
                 continue
-            tokens = self._tokens(line, text)
+            if batch and self.batch_tokens == 0:
+                break  # one text a pass: the next is tokenized when its turn comes
+            tokens = self._tokens(j)
             if batch and total + len(tokens) > self.batch_tokens:
+                self.ahead[j] = tokens  # the next pass's first text, tokenized once
                 break
             batch.append((j, tokens))
             total += len(tokens)
