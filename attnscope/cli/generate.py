@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from attnscope.cli._app import (
-    Device, DeviceOpt, HeadOpt, JsonOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt, NoColorOpt,
+    Device, DeviceOpt, HeadOpt, JsonOpt, LoadDtype, LoadDtypeOpt, ModelOpt, NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt,
     _console, _load, _note,
     _print_json, app,
 )
 from attnscope.errors import UsageError
+from attnscope.sources import packaged as _packaged
 
 
 @app.command(
@@ -43,16 +43,18 @@ def generate(
     device: DeviceOpt = Device.auto,
     dtype: LoadDtypeOpt = LoadDtype.auto,
     no_color: NoColorOpt = False,
-    measure: MeasureOpt = MeasureName.weight,
+    measure: PerHeadMeasureOpt = PerHeadMeasure.weight,
 ) -> None:
     """Write after a prompt with our own KV cache, and show where each new token looked.
 
     Greedy by default. For each new token: its probability, the alternatives the model
     weighed, and the earlier tokens it attended to most, averaged over the heads of the
-    selected layers. Without --model the default model writes (see `attnscope models`).
+    selected layers. Without --model the default model, {default_model}, writes (see
+    `attnscope models`). Tokens/s go to stderr.
     """
-    from attnscope import export
-    from attnscope.generate import check_sampling, generation_dict
+    from attnscope import api, export
+    from attnscope.generate import check_request, check_sampling, generation_dict
+    from attnscope.units import plural
 
     check_sampling(temperature, top_k, top_p, seed, max_new_tokens)
     if alternatives < 0:
@@ -63,40 +65,74 @@ def generate(
         export.check_target(save_topk, force, (".npz",))
     if html is not None:
         export.check_target(html, force, (".html", ".htm"))
+    if save is not None and save_topk is not None and save.expanduser().resolve() == save_topk.expanduser().resolve():
+        raise UsageError("--save and --save-topk name the same file", hint="give them different names")
+    # What the config can judge is judged before any weight is read (an encoder, rollout,
+    # a layer or head the model lacks), and nothing reaches stdout before the first token.
+    src = api.open_source(model)
+    check_request(src.config, src.config.name or src.spec, measure=measure.value, stop=stop, layers=layer, heads=head)
     m = _load(model, device, dtype)
     name = m.config.name or m.source
     console = _console(no_color)
-    stream = None
-    if not as_json:
-        from attnscope.render.generate import Stream
-
-        stream = Stream(console, m.tokenizer, prompt + ("\n" if chat else ""))
+    stream = _LazyStream(console, m.tokenizer, prompt + ("\n" if chat else "")) if not as_json else None
     g = m.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat, layers=layer, heads=head,
                    alternatives=alternatives, on_token=stream, measure=measure.value)
     rate = len(g.token_ids) / g.seconds if g.seconds > 0 else 0.0
+    wrote: list[str] = []
     if save is not None or save_topk is not None or html is not None:
-        _save_sequence(m, g, save, save_topk, force, html, name)
+        wrote = _save_sequence(m, g, save, save_topk, force, html, name)
     if as_json:
         doc = generation_dict(g, name)
         doc["prompt_length"] = len(g.prompt_ids)
+        for key, path in (("saved", save), ("saved_topk", save_topk), ("saved_html", html)):
+            if path is not None:
+                doc[key] = str(path)
         _print_json(doc)
     else:
         assert stream is not None
         stream.close()
+        from rich.text import Text
+
         from attnscope.render.generate import steps_table
 
         steps_table(console, g, color=not no_color and console.color_system is not None)
-    if sys.stderr.isatty() or not as_json:
-        _note(f"{len(g.token_ids)} tokens in {g.seconds:.2f} s, {rate:.1f} tokens/s")
+        for line in wrote:
+            console.print(Text(line, style="dim"))  # a Text: a path's brackets are not markup
+    _note(f"{plural(len(g.token_ids), 'token')} in {g.seconds:.2f} s, {rate:.1f} tokens/s")
+
+
+generate.__doc__ = _packaged.fill_default(generate.__doc__)
+
+
+class _LazyStream:
+    """The stream, opened at the first new token: a generation refused after the model
+    loaded (a prompt too long for its positions, say) leaves stdout empty."""
+
+    def __init__(self, console, tokenizer, prompt: str) -> None:  # type: ignore[no-untyped-def]
+        self.args = (console, tokenizer, prompt)
+        self.stream = None
+
+    def __call__(self, step) -> None:  # type: ignore[no-untyped-def]
+        if self.stream is None:
+            from attnscope.render.generate import Stream
+
+            self.stream = Stream(*self.args)
+        self.stream(step)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
 
 
 def _save_sequence(m, g, save: Optional[Path], save_topk: Optional[Path], force: bool,  # type: ignore[no-untyped-def]
-                   html: Optional[Path] = None, name: str = "") -> None:
+                   html: Optional[Path] = None, name: str = "") -> list[str]:
     """Patterns of the whole final sequence (prompt rows included), from one full pass:
-    the --save files and the --html page read the same pass."""
+    the --save files and the --html page read the same pass. Returns what it wrote, a
+    line each."""
     from attnscope.measures import AttendRequest, run_attend
     from attnscope.tokenize import Tokens
+    from attnscope.units import human_bytes, plural
 
     ids = g.ids
     tokens = Tokens(g.text, ids, g.labels, [(0, 0)] * len(ids), [False] * len(ids))
@@ -112,5 +148,13 @@ def _save_sequence(m, g, save: Optional[Path], save_topk: Optional[Path], force:
                         save_topk=save_topk, save_layers=every_layer, save_heads=every_head, force=force, text="",
                         extra={"prompt_length": len(g.prompt_ids)})
     res = run_attend(m, tokens, req)
+    shape = f"{plural(len(every_layer), 'layer')} × {plural(len(every_head), 'head')}"
+    wrote = []
+    if save is not None:
+        wrote.append(f"saved {shape} × {len(ids)}² to {save}")
+    if save_topk is not None:
+        wrote.append(f"saved top-{req.top_k} of {shape} to {save_topk}")
     if page is not None and html is not None:
-        page.write(html, force, attention=res.attention.probs)
+        written = page.write(html, force, attention=res.attention.probs)
+        wrote.append(f"wrote a {human_bytes(written)} page ({shape}) to {html}")
+    return wrote

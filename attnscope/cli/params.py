@@ -10,8 +10,13 @@ import typer
 
 import os
 
-from attnscope.cli._app import Convention, Dtype, JsonOpt, ModelOpt, _console, _print_json, app
+from attnscope.cli._app import Convention, Dtype, JsonOpt, _console, _print_json, app
 from attnscope.errors import UsageError
+from attnscope.sources.packaged import names_for_help
+
+# params reads headers only and has no default model: one of --config or --model is needed.
+_MODEL_HELP = (f"Count a checkpoint's stored tensors: a packaged model by name ({names_for_help(mark_default=False)}), "
+               "a checkpoint folder, a .safetensors or .gguf file, or a hub id from the local cache.")
 
 
 
@@ -25,7 +30,7 @@ from attnscope.errors import UsageError
 )
 def params(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="A preset name, or a config.json (or a folder with one).")] = None,
-    model: ModelOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=_MODEL_HELP)] = None,
     convention: Annotated[
         Optional[Convention],
         typer.Option(help="3b1b: weight matrices only, as the video counts; full: every stored parameter, tied once."),

@@ -45,9 +45,21 @@ def default_entry() -> Packaged:
     return PACKAGED[DEFAULT]
 
 
-def names_for_help() -> str:
+def describe_default() -> str:
+    """The default model as help text names it: 'SmolLM2-135M-Instruct (causal …)'."""
+    entry = default_entry()
+    return f"{entry.title} ({entry.about})"
+
+
+def fill_default(doc: str | None) -> str | None:
+    """A command's docstring with `{default_model}` replaced by `describe_default()`, so
+    that help names the model the command really runs."""
+    return doc.replace("{default_model}", describe_default()) if doc else doc
+
+
+def names_for_help(mark_default: bool = True) -> str:
     """The packaged names for help text, the default marked: 'a, the default; b'."""
-    return "; ".join(f"{name}, the default" if name == DEFAULT else name for name in PACKAGED)
+    return "; ".join(f"{name}, the default" if name == DEFAULT and mark_default else name for name in PACKAGED)
 
 
 def nearest(spec: str) -> list[str]:
