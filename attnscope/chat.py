@@ -11,6 +11,7 @@ not escape HTML, and a bounded output.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,58 @@ def read_chat_info(folder: Path | None, raw_config: dict[str, Any]) -> ChatInfo:
                     _token_string(tok.get("bos_token")), _token_string(tok.get("eos_token")))
 
 
-def render(info: ChatInfo, prompt: str, system: str | None = None) -> str:
-    """The prompt as one user turn (after an optional system turn) in the model's chat
-    template, with the generation prompt added."""
-    if not info.template:
-        raise InputError("this model has no chat template", hint="drop --chat, or use an instruction-tuned model")
+# the widths and precisions of %-formats and of str.format's {…:spec} fields
+_WIDTHS = (re.compile(r"%[-+ #0]*(\d*)(?:\.(\d*))?"), re.compile(r"\{[^{}]*:[^{}\d]*(\d*)(?:\.(\d*))?"))
+
+
+def _checked_size(n: Any, what: str) -> None:
+    if isinstance(n, int) and not isinstance(n, bool) and abs(n) > MAX_RENDERED:
+        raise InputError(f"the chat template asks for {what} of {n:,}, past the {MAX_RENDERED:,}-character limit")
+
+
+def _checked_spec(spec: Any) -> None:
+    """Widths and precisions in a %-format or str.format string, before Python pads to them."""
+    if isinstance(spec, str):
+        for pattern in _WIDTHS:
+            for match in pattern.finditer(spec):
+                for digits in match.groups():
+                    if digits and len(digits) > 7:  # 10 million or more: past MAX_RENDERED
+                        _checked_size(int(digits[:20]), "a format width")
+
+
+def _sandbox() -> Any:
+    """jinja2's immutable sandbox, as transformers renders chat templates, with sizes
+    checked where Python would allocate them at once: `*` and `**` on large operands,
+    %-formatting and str.format widths, integer arguments of any call (`ljust`, `center`,
+    `zfill`), and without `lipsum`. Time, memory and the output's length are bounded by
+    `render`, which runs this in a forked child."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "%"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                        _checked_size(len(seq) * n, "a repetition")
+            elif operator == "**" and isinstance(right, int) and isinstance(left, (int, float)) \
+                    and abs(left) > 1 and abs(right) > 4096:
+                raise InputError(f"the chat template raises a number to the power {right:,}")
+            elif operator == "%" and isinstance(left, str):
+                _checked_spec(left)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            for value in (*args, *kwargs.values()):
+                _checked_size(value, "a size")
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def wrap_str_format(self, value: Any) -> Any:  # str.format and format_map, when looked up
+            if getattr(value, "__name__", None) in ("format", "format_map"):
+                _checked_spec(getattr(value, "__self__", None))
+            return super().wrap_str_format(value)
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -96,21 +142,61 @@ def render(info: ChatInfo, prompt: str, system: str | None = None) -> str:
                sort_keys: bool = False) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    format_filter = jinja2.filters.do_format
+
+    def do_format(value: Any, *args: Any, **kwargs: Any) -> str:
+        _checked_spec(value)
+        return format_filter(value, *args, **kwargs)
+
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = tojson
+    env.filters["format"] = do_format
     env.globals["raise_exception"] = raise_exception
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    env.globals.pop("lipsum", None)
+    return env
+
+
+def _render(template: str, variables: dict[str, Any]) -> str:
+    """The template rendered in `_sandbox()`, streamed so that its output stops at
+    MAX_RENDERED characters; every failure an InputError."""
+    import jinja2
+
     try:
-        out = env.from_string(info.template).render(
-            messages=messages, add_generation_prompt=True, bos_token=info.bos_token or "",
-            eos_token=info.eos_token or "")
+        parts, size = [], 0
+        for piece in _sandbox().from_string(template).generate(**variables):
+            parts.append(piece)
+            size += len(piece)
+            if size > MAX_RENDERED:
+                raise InputError(f"the chat template wrote more than {MAX_RENDERED:,} characters for one prompt")
+        return "".join(parts)
+    except InputError:
+        raise
     except jinja2.exceptions.SecurityError as exc:
-        raise InputError(f"the chat template tried something unsafe: {exc}") from None
-    except (jinja2.exceptions.TemplateError, TypeError, ValueError, RecursionError) as exc:
-        raise InputError(f"the model's chat template failed: {str(exc)[:200]}") from None
-    if len(out) > MAX_RENDERED:
-        raise InputError(f"the chat template wrote {len(out):,} characters for one prompt")
-    return out
+        raise InputError(f"the chat template tried something unsafe: {str(exc)[:200]}") from None
+    except MemoryError:
+        raise InputError("the chat template ran out of memory") from None
+    except RecursionError:
+        raise InputError("the chat template recursed too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - the template is untrusted code: any failure is its own
+        kind = "" if isinstance(exc, jinja2.exceptions.TemplateError) else f"{type(exc).__name__}: "
+        raise InputError(f"the model's chat template failed: {kind}{str(exc)[:200]}") from None
+
+
+def render(info: ChatInfo, prompt: str, system: str | None = None) -> str:
+    """The prompt as one user turn (after an optional system turn) in the model's chat
+    template, with the generation prompt added. The template is untrusted code: it runs in
+    a forked child within `bounded`'s budget of time and memory."""
+    if not info.template:
+        raise InputError("this model has no chat template", hint="drop --chat, or use an instruction-tuned model")
+    from attnscope import bounded
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    variables = {"messages": messages, "add_generation_prompt": True, "bos_token": info.bos_token or "",
+                 "eos_token": info.eos_token or ""}
+    try:
+        return str(bounded.run(_render, info.template, variables))
+    except bounded.Exceeded as exc:
+        raise InputError(f"the model's chat template {exc} for one prompt") from None
 
 
 def chat_info_from_gguf(meta: dict[str, Any]) -> ChatInfo:
