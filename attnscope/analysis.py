@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 _SLICE = re.compile(r"^(-?\d+)?:(-?\d+)?$")
+_LONG = re.compile(r"\d{19}")  # a number past 64 bits: out of range of any model (and int() stops at 4,300 digits)
 
 
 def select(spec: str | int | list[int] | None, count: int, what: str = "layer") -> list[int]:
@@ -53,6 +54,10 @@ def select(spec: str | int | list[int] | None, count: int, what: str = "layer") 
             continue
         if not item:
             raise SelectionError(f"empty item in the --{what} selector {spec!r}")
+        if _LONG.search(item):
+            shown = item if len(item) <= 24 else f"{item[:20]}… ({len(item)} characters)"
+            raise SelectionError(f"--{what} {shown} is out of range: the model has {count} {what}s "
+                                 f"(0..{count - 1}, or -1 for the last)")
         if m := _RANGE.match(item):
             a, b = int(m.group(1)), int(m.group(2))
             if a > b:

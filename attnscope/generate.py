@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from attnscope.config import ModelConfig
 
 MAX_SEED = 2**63 - 1
+# Below this, logits / T leaves the float range (5e-324: inf, then a NaN distribution).
+MIN_TEMPERATURE = 1e-6
+MAX_NEW_TOKENS = 100_000
 
 
 @dataclass
@@ -86,16 +89,16 @@ class LastRow:
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, seed: int | None, max_new_tokens: int) -> None:
-    if not temperature >= 0 or temperature != temperature or temperature == float("inf"):
-        raise UsageError(f"--temperature must be a finite number >= 0, got {temperature}")
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf")):
+        raise UsageError(f"--temperature must be 0 (greedy) or a finite number from {MIN_TEMPERATURE:g}, got {temperature}")
     if top_k < 0:
         raise UsageError(f"--top-k must be >= 0 (0: no limit), got {top_k}")
     if not 0 < top_p <= 1:
         raise UsageError(f"--top-p must lie in (0, 1], got {top_p}")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must lie in 0..{MAX_SEED}, got {seed}")
-    if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise UsageError(f"--max-new-tokens must lie in 1..{MAX_NEW_TOKENS:,}, got {max_new_tokens}")
 
 
 # The measures a step's keys are ranked by: rollout mixes a layer's heads and every

@@ -21,10 +21,16 @@ _SPACE_MARKS = ("Ġ", "▁")
 _INVISIBLE = {"\n": "↵", "\r": "↵", "\t": "⇥"}
 
 
+# Bidirectional formatting characters: an override or isolate reorders the rest of the
+# line on screen (U+202E shows "txt.exe" as "exe.txt"), marks are invisible. Lone
+# surrogates cannot be printed at all. Each is shown as \\uNNNN, as controls are as \\xNN.
+_BIDI = frozenset([0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
 def visible(text: str, keep: str = "") -> str:
     """Text from a user or a file, safe to print: line breaks and tabs as ↵ and ⇥ (unless
     in `keep`), every other control character (C0, DEL, C1: ESC starts terminal escapes)
-    as \\xNN."""
+    as \\xNN, bidirectional overrides, isolates and marks and lone surrogates as \\uNNNN."""
     out = []
     for ch in text:
         code = ord(ch)
@@ -34,6 +40,8 @@ def visible(text: str, keep: str = "") -> str:
             out.append(_INVISIBLE[ch])
         elif code < 0x20 or 0x7F <= code < 0xA0:
             out.append(f"\\x{code:02x}")
+        elif code in _BIDI or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
         else:
             out.append(ch)
     return "".join(out)

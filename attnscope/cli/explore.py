@@ -25,7 +25,8 @@ DEFAULT_TEXT = "a fluffy blue creature roamed the verdant forest"  # mask-demo's
 
 
 def _needs_terminal() -> None:
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    # a closed stdin or stdout (<&-, >&-) is None in Python: no terminal either
+    if not (sys.stdin is not None and sys.stdin.isatty() and sys.stdout is not None and sys.stdout.isatty()):
         raise UsageError("explore needs a terminal",
                          hint='use attnscope attend "TEXT" without a terminal: in a pipe, a file or CI')
 

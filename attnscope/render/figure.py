@@ -20,6 +20,7 @@ from attnscope.errors import ExportError, UsageError
 FORMATS = (".png", ".svg", ".pdf")
 INSTALL = "pip install 'attnscope[plot]'"
 VECTOR_CELLS = 65_536  # cells drawn as vector rectangles at most; above, one image per head
+MIN_INCHES = 2.0  # per side: below it the panels and labels leave no room (0.5 in: a division by zero)
 MAX_INCHES = 60.0  # per side: 60 in at the 200 dpi of a PNG is 12,000 px, below Agg's 2^16 limit
 MAX_PANELS = 400
 PNG_DPI = 200
@@ -46,14 +47,14 @@ def check_panels(n_layers: int, n_heads: int) -> None:
 
 
 def parse_figsize(text: str) -> tuple[float, float]:
-    """'W,H' in inches, each in (0, MAX_INCHES]."""
+    """'W,H' in inches, each in [MIN_INCHES, MAX_INCHES]."""
     parts = text.replace("x", ",").split(",")
     try:
         w, h = (float(p) for p in parts)
     except ValueError:
         raise UsageError(f"cannot read --figsize {text!r}", hint="give width and height in inches, e.g. --figsize 6,5") from None
-    if not (0 < w <= MAX_INCHES and 0 < h <= MAX_INCHES) or not (math.isfinite(w) and math.isfinite(h)):
-        raise UsageError(f"--figsize {text} is out of range", hint=f"each side between 0 and {MAX_INCHES:g} inches")
+    if not (MIN_INCHES <= w <= MAX_INCHES and MIN_INCHES <= h <= MAX_INCHES):  # NaN fails too
+        raise UsageError(f"--figsize {text} is out of range", hint=f"each side from {MIN_INCHES:g} to {MAX_INCHES:g} inches")
     return w, h
 
 
