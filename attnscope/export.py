@@ -53,6 +53,18 @@ def check_target(path: Path, force: bool, formats: tuple[str, ...] = FORMATS) ->
     path = Path(path).expanduser()
     if path.suffix not in formats:
         raise OutputNameError(f"cannot tell the format of {path.name}", hint=f"use a name ending in {' or '.join(formats)}")
+    try:
+        _check_place(path, force)
+    except OSError as exc:  # a folder name past NAME_MAX, a path past PATH_MAX, a loop of links
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}", hint="choose a shorter name") from None
+    return path
+
+
+def _check_place(path: Path, force: bool) -> None:
+    limit = _name_max(path.parent) if path.parent.is_dir() else 255
+    if len(os.fsencode(path.name)) > limit:
+        raise ExportError(f"the name {path.name[:40]}… is {len(os.fsencode(path.name))} bytes long, more than the "
+                          f"{limit} a file name may have in {path.parent}", hint="choose a shorter name")
     if path.is_symlink():
         dangling = "" if path.exists() else ", pointing nowhere"
         raise ExportError(f"{path} is a symbolic link{dangling}; attnscope does not write through links",
@@ -63,13 +75,8 @@ def check_target(path: Path, force: bool, formats: tuple[str, ...] = FORMATS) ->
         raise ExportError(f"the folder {path.parent} does not exist", hint="create it first")
     if not os.access(path.parent, os.W_OK):
         raise ExportError(f"cannot write in {path.parent}: permission denied")
-    limit = _name_max(path.parent)
-    if len(os.fsencode(path.name)) > limit:
-        raise ExportError(f"the name {path.name[:40]}… is {len(os.fsencode(path.name))} bytes long, more than the "
-                          f"{limit} a file name may have in {path.parent}", hint="choose a shorter name")
     if path.exists() and not force:
         raise ExportError(f"{path} already exists", hint="pass --force to overwrite it")
-    return path
 
 
 def _name_max(folder: Path) -> int:

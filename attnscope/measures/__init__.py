@@ -5,7 +5,11 @@ attention sites of its layers), builds the probe that keeps only what it needs, 
 turns that probe into a result. `run_attend()` is the one library call behind `attend`'s
 views, `--json`, `--save` and `--save-topk`: it takes the text and what to measure, runs
 one pass with every probe attached (the streaming `--save` writer included) and returns
-an `AttendResult`. The CLI only parses, calls and renders.
+an `AttendResult`. The CLI only parses, calls and renders (through `attnscope.outputs`,
+which unions what its outputs need into one request).
+
+`KINDS` says what each `--measure` (weight, norm, rollout) yields per layer: one matrix a
+head, or (rollout) one a layer, so the heads a selection may name come from here alone.
 """
 
 from __future__ import annotations
@@ -53,6 +57,27 @@ MEASURES: dict[str, Measure] = {
 }
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What a `--measure` yields per layer, and the name its arrays take in a --save file."""
+
+    name: str
+    saved_as: str
+    per_head: bool  # False: one matrix per layer (rollout), handed on as a single head 0
+
+    def heads(self, spec: str | int | list[int] | None, n_heads: int) -> list[int]:
+        """The heads a selection names under this measure: rollout has none to pick, so
+        one row per layer, index 0, whatever --head said."""
+        return analysis.select(spec, n_heads, "head") if self.per_head else [0]
+
+
+KINDS: dict[str, Kind] = {
+    "weight": Kind("weight", "attentions", True),
+    "norm": Kind("norm", "norms", True),
+    "rollout": Kind("rollout", "rollout", False),
+}
+
+
 @dataclass
 class AttendRequest:
     """What to compute in one pass. `layers`/`heads` select what the measures show;
@@ -71,6 +96,29 @@ class AttendRequest:
     text: str = ""
     extra: dict[str, int] = field(default_factory=dict)  # scalars written beside the patterns
     measure: str = "weight"  # weight | norm | rollout (see measures.transforms)
+    # A measure's own (layers, heads), where it differs from `layers`/`heads`: one pass
+    # serves outputs that each want their own selection of each measure.
+    selections: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    # More raw-value probes to attach (streamed file writers): each is called with the
+    # pass's ExitStack, enters what it must close there, and returns its probe.
+    streams: list[Callable[[contextlib.ExitStack], Any]] = field(default_factory=list)
+
+    def selection(self, measure: str) -> tuple[list[int], list[int]]:
+        return self.selections.get(measure, (self.layers, self.heads))
+
+
+def pattern_stream(stack: contextlib.ExitStack, path: Path, layers: list[int], heads: list[int], tokens: "Tokens",
+                   measure: str, text: str = "", force: bool = False,
+                   extra: dict[str, int] | None = None) -> analysis.LayerStream:
+    """A probe streaming each complete layer's raw values into a `--save` file, whose
+    writer is closed (and the file published) with `stack`."""
+    from attnscope import export
+
+    kind = KINDS[measure]
+    writer = stack.enter_context(export.PatternWriter(path, layers, heads, len(tokens), tokens.ids, tokens.labels,
+                                                      text, force, extra, name=kind.saved_as,
+                                                      head_axis=kind.per_head))
+    return analysis.LayerStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs))
 
 
 def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis.AttendResult:
@@ -80,31 +128,28 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
     n = len(tokens)
     unknown = [name for name in req.measures if name not in MEASURES]
     assert not unknown, f"unknown measures {unknown}"  # internal invariant: the CLI offers only these
-    rollout = req.measure == "rollout"
-    if rollout:  # one matrix per layer: a single "head"
+    if not KINDS[req.measure].per_head:  # one matrix per layer: a single "head"
         req.heads, req.save_heads = [0], [0]
-    probes = {name: MEASURES[name].probe(m, req.layers, req.heads, tokens, req) for name in req.measures}
+        req.selections = {name: (ls, [0]) for name, (ls, _hs) in req.selections.items()}
+    probes = {name: MEASURES[name].probe(m, *req.selection(name), tokens, req) for name in req.measures}
     views: list[Any] = list(probes.values())
-    saves: list[Any] = []
     topk_all = None
     if req.save_topk is not None:
         topk_all = analysis.TopKProbe(req.save_layers, req.save_heads, n, req.top_k)
         views.append(topk_all)
-    last = max(req.layers + (req.save_layers if (req.save or req.save_topk) else []), default=0)
     with contextlib.ExitStack() as stack:
+        saves: list[Any] = [stream(stack) for stream in req.streams]
         if req.save is not None:
-            name = {"weight": "attentions", "norm": "norms", "rollout": "rollout"}[req.measure]
-            writer = stack.enter_context(export.PatternWriter(req.save, req.save_layers, req.save_heads, n, tokens.ids,
-                                                              tokens.labels, req.text, req.force, req.extra,
-                                                              name=name, head_axis=not rollout))
-            saves.append(analysis.LayerStream(req.save_layers, req.save_heads, n,
-                                              lambda _layer, probs: writer.write_layer(probs)))
+            saves.append(pattern_stream(stack, req.save, req.save_layers, req.save_heads, tokens, req.measure,
+                                        req.text, req.force, req.extra))
+        wanted = [layer for probe in views + saves for layer in probe.layers]
+        last = max(wanted + req.layers, default=0)
         hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves))
         word = None
         if req.measure == "norm" and "focus" in req.measures:  # the lesson's view: what moved this word
             from attnscope.measures.update import WordUpdateHook
 
-            word = WordUpdateHook(m.model, req.layers[-1], req.query)
+            word = WordUpdateHook(m.model, max(req.selection("focus")[0]), req.query)
             hooks = analysis.Probes(hooks, word)
         m.run(tokens.ids, hooks, last)
     if topk_all is not None:

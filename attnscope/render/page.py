@@ -192,8 +192,9 @@ class Page:
             data += len(',"topk":{}') - 1  # indices, the first in it, has no comma before it
         return len(self._before) + len(self._meta) + data + 1 + len(self._after)
 
-    def check(self, path: Path) -> int:
-        """Refuse a page no browser can hold, or one the disk cannot take; the size."""
+    def check(self, path: Path, space: bool = True) -> int:
+        """Refuse a page no browser can hold, or (unless `space` is False: the caller
+        checks it with its other outputs) one the disk cannot take; the size."""
         from attnscope import export
 
         size = self.size()
@@ -203,7 +204,8 @@ class Page:
                 f"the page would be {human_bytes(size)} ({len(self.layers)} layers × {len(self.heads)} heads of {per}), "
                 f"more than a browser can hold ({human_bytes(MAX_PAGE_BYTES)})",
                 hint="select fewer with --layer/--head, or keep each token's top keys with --html-topk K")
-        export.check_space(path, size)
+        if space:
+            export.check_space(path, size)
         return size
 
     def write(self, path: Path, force: bool = False, attention: Any = None, topk: Any = None) -> int:
