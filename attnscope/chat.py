@@ -76,7 +76,8 @@ def read_chat_info(folder: Path | None, raw_config: dict[str, Any]) -> ChatInfo:
     tok = _read_json(folder, "tokenizer_config.json") if folder is not None else {}
     template = tok.get("chat_template")
     if isinstance(template, list):  # named templates: the default one
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        named = {t.get("name"): t.get("template") for t in template
+                 if isinstance(t, dict) and isinstance(t.get("name"), str)}
         template = named.get("default")
     return ChatInfo(eos, template if isinstance(template, str) else None,
                     _token_string(tok.get("bos_token")), _token_string(tok.get("eos_token")))
