@@ -226,3 +226,66 @@ def test_api_docstrings_name_no_stale_default() -> None:
     for doc in (api.__doc__, api.load.__doc__, api.default_model.__doc__):
         assert "MiniLM" not in doc and "SmolLM2" not in doc
     assert "packaged.DEFAULT" in api.load.__doc__
+
+
+# ---------------------------------------------------------------- the terminal views
+
+
+def _focus_result(labels: list[str], special: list[bool], heads: list[int]) -> Any:
+    import torch
+
+    from attnscope.analysis import AttendResult, Focus
+    from attnscope.tokenize import Tokens
+
+    n = len(labels)
+    tokens = Tokens(" ".join(labels), list(range(n)), labels, [(0, 0)] * n, special)
+    weights = torch.softmax(torch.arange(n, dtype=torch.float32).repeat(1, len(heads), 1), -1)  # (1, H, n)
+    focus = Focus(n - 1, weights, [2], heads, tokens)
+    return AttendResult(tokens, [2], heads, focus=focus)
+
+
+def _render(res: Any, view: str = "focus", width: int = 80, **kw: Any) -> str:
+    from rich.console import Console
+
+    from attnscope.render.attend import render_result
+
+    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
+    render_result(console, res, view, "tiny", 3, False, **kw)
+    return console.export_text()
+
+
+def test_focus_labels_keep_their_position_suffix_whole() -> None:
+    labels = [f"␣w{i}" for i in range(400)] + ["␣wonderland", "␣and", "␣wonderland", "␣wonderland", "."]
+    text = _render(_focus_result(labels, [False] * len(labels), [0, 1]))
+    suffixes = re.findall(r"wonderland@(\d+)|wond\w*…@(\d+)", text)
+    assert suffixes, text
+    assert not re.search(r"@\d*…", text), text
+    for a, b in suffixes:
+        assert int(a or b) in (400, 402, 403)
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_rollout_focus_says_what_the_row_is(width: int) -> None:
+    labels = ["<s>", "␣a", "␣fluffy", "␣blue", "␣creature"]
+    text = _render(_focus_result(labels, [True, False, False, False, False], [0]), width=width, measure="rollout")
+    assert "Top words per head" not in text and "rollout" in text
+    assert not re.search(r"^\s*H0\b", text, re.M), text
+    assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_specials_line_only_with_a_specials_column() -> None:
+    plain = _render(_focus_result(["␣a", "␣fluffy", "␣blue"], [False] * 3, [0]))
+    assert "specials" not in plain
+    marked = _render(_focus_result(["[CLS]", "a", "blue", "[SEP]"], [True, False, False, True], [0]))
+    assert "specials: weight on [CLS]-like tokens" in marked and re.search(r"specials\s*$", marked, re.M)
+
+
+def test_long_heatmap_legend_explains_every_glyph(build: Callable[[str], Path]) -> None:
+    text = " ".join(["cat dog sun tree car bird fish moon"] * 12)
+    out = ok(run("attend", text, "-m", build("gpt2"), "--view", "heatmap", "--layer", "0", "--truncate")).stdout
+    body = [line for line in out.splitlines() if re.match(r"^\s*\d+ ", line)]
+    glyphs = set("".join(line.split(maxsplit=2)[-1] for line in body)) - set(" ")
+    legend = " ".join(line for line in out.splitlines() if not re.match(r"^\s*\d+ ", line))
+    for glyph in glyphs:
+        assert glyph in legend.split("cells:")[-1], (glyph, legend)
+    assert "last digit" in legend

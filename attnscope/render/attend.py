@@ -20,9 +20,28 @@ if TYPE_CHECKING:
     from attnscope.tokenize import Tokens
 
 
+def clip_label(label: str, width: int) -> str:
+    """`clip`, keeping a repeated token's position suffix whole: '␣wint…@412', never
+    '␣winter@4…', which names another position."""
+    word, at, pos = label.rpartition("@")
+    if not at or not word or not pos.isdigit() or len(label) <= width:
+        return clip(label, width)
+    return clip(word, max(2, width - len(pos) - 1)) + "@" + pos
+
+
 def weight_text(label: str, weight: float, color: bool, width: int = 10) -> Text:
-    body = f"{clip(label, width)} {weight:.2f}"
+    body = f"{clip_label(label, width)} {weight:.2f}"
     return Text(body, style=ramp_style(weight) if color else "")
+
+
+def head_name(head: int, measure: str) -> str:
+    """A row or column of heads: 'H3'; under rollout the one matrix is the layer's rollout."""
+    return "rollout" if measure == "rollout" else f"H{head}"
+
+
+def _has_specials(tokens: "Tokens") -> bool:
+    """Whether the focus view shows a specials column: the text has both kinds of token."""
+    return any(tokens.special) and not all(tokens.special)
 
 
 def header(console: Console, model: str, tokens: "Tokens", note: str = "") -> None:
@@ -34,7 +53,7 @@ def header(console: Console, model: str, tokens: "Tokens", note: str = "") -> No
         console.print(Text(note, style="dim"))
 
 
-def focus_view(console: Console, focus: "Focus", k: int, color: bool) -> None:
+def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: str = "weight") -> None:
     """Rank the text's own tokens; the weight on special tokens ([CLS], <s>, ...), often
     a resting place rather than meaning, gets its own column."""
     import torch
@@ -45,29 +64,34 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool) -> None:
     special = torch.tensor(tokens.special, dtype=torch.bool)
     words = (~special).nonzero().flatten()
     ranked = words if words.numel() else torch.arange(len(tokens))
-    show_special = bool(special.any()) and words.numel() > 0
+    show_special = _has_specials(tokens)
     names = distinct(tokens.labels)
+    shown = min(k, ranked.numel())
+    # a label as wide as the terminal allows: each cell is the label and " 0.00", the head
+    # column and the specials column take their own
+    room = console.width - 8 - (10 if show_special else 0)
+    width = max(8, min(24, room // max(1, shown) - 6))
+    of = " (its rollout)" if measure == "rollout" else ""
     for li, layer in enumerate(focus.layers):
-        table = Table(
-            title=f"What “{tokens.labels[q]}” (token {q}) attends to · layer {layer}",
-            title_justify="left", show_edge=False, pad_edge=False, box=None, padding=(0, 1),
-        )
-        table.add_column("head", justify="right", style="dim")
-        for r in range(min(k, ranked.numel())):
+        title = f"What “{tokens.labels[q]}” (token {q}) attends to · layer {layer}{of}"
+        table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, box=None, padding=(0, 1),
+                      min_width=min(console.width, len(title)))  # the title on one line where it fits
+        table.add_column("rollout" if measure == "rollout" else "head", justify="right", style="dim")
+        for r in range(shown):
             table.add_column(f"#{r + 1}")
         if show_special:
             table.add_column("specials", justify="right", style="dim")
         for hi, head in enumerate(focus.heads):
             row = focus.weights[li, hi]  # (T,)
-            w, pos = row[ranked].topk(min(k, ranked.numel()))
-            cells = [weight_text(names[int(ranked[p])], float(x), color) for x, p in zip(w.tolist(), pos.tolist())]
+            w, pos = row[ranked].topk(shown)
+            cells = [weight_text(names[int(ranked[p])], float(x), color, width) for x, p in zip(w.tolist(), pos.tolist())]
             if show_special:
                 cells.append(Text(f"{float(row[special].sum()):.2f}"))
-            table.add_row(f"H{head}", *cells)
+            table.add_row("all heads" if measure == "rollout" else f"H{head}", *cells)
         console.print(table)
 
 
-def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40) -> None:
+def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40, measure: str = "weight") -> None:
     tokens = topk.tokens
     assert tokens is not None
     n = len(tokens)
@@ -75,7 +99,8 @@ def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40) -
     names = distinct(tokens.labels)
     for li, layer in enumerate(topk.layers):
         for hi, head in enumerate(topk.heads):
-            table = Table(title=f"L{layer} H{head} · top {topk.indices.shape[-1]} keys per token",
+            table = Table(title=f"L{layer} {head_name(head, measure)} · top {topk.indices.shape[-1]} keys per token "
+                                f"(those it can see)",
                           title_justify="left", show_edge=False, box=None, padding=(0, 1))
             table.add_column("#", justify="right", style="dim")
             table.add_column("token")
@@ -93,7 +118,7 @@ def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40) -
             console.print(table)
 
 
-def heatmap_view(console: Console, att: "Attention", color: bool, width: int) -> None:
+def heatmap_view(console: Console, att: "Attention", color: bool, width: int, measure: str = "weight") -> None:
     tokens = att.tokens
     assert tokens is not None
     n = len(tokens)
@@ -103,11 +128,16 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int) ->
     cell = 5 if n * 5 <= room else (4 if n * 4 <= room else 1)
     cols = elide(n, room // cell)
     rows = elide(n, 40)
-    legend = {5: "attention weight", 4: "attention weight in %", 1: f"shade {shade(0.25)}{shade(0.5)}{shade(0.75)}{shade(1.0)} = weight"}[cell]
+    legend = {5: "attention weight", 4: "attention weight in %",
+              1: f"shade {shade(0.25)} {shade(0.5)} {shade(0.75)} {shade(1.0)} = weight about 0.25 0.5 0.75 1, "
+                 ". = above 0 but under 1/8"}[cell]
+    digits = "; the header shows each key index's last digit" if cell == 1 else ""
+    elided = "; … = rows or columns left out" if len(cols) < n or len(rows) < n else ""
     for li, layer in enumerate(att.layers):
         for hi, head in enumerate(att.heads):
             pattern = att.probs[li, hi]  # (T, T)
-            console.print(Text(f"Layer {layer} · head {head}: row = query token, column = key token", style="bold"))
+            what = "rollout" if measure == "rollout" else f"head {head}"
+            console.print(Text(f"Layer {layer} · {what}: row = query token, column = key token", style="bold"))
             idx_line = Text(" " * (label_w + 4))
             for j in cols:
                 idx_line.append(("…" if j < 0 else str(j if cell > 1 else j % 10)).rjust(cell))
@@ -130,7 +160,7 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int) ->
                         body = shade(w) if shade(w) != " " else "."
                     line.append(body, style=ramp_style(w) if color and w > 0 else "")
                 console.print(line, no_wrap=True, overflow="ellipsis")
-            console.print(Text(f"cells: {legend}; · = exactly 0 (masked)", style="dim"))
+            console.print(Text(f"cells: {legend}; · = exactly 0 (masked){elided}{digits}", style="dim"))
 
 
 def overview_view(console: Console, summary: "Summary", focus: "Focus | None", color: bool) -> None:
@@ -192,18 +222,25 @@ def update_view(console: Console, u: Any, tokens: "Tokens", k: int, color: bool,
                        f"{u.embedding:.2f} (the update is {ratio:.0%} of it)", style="dim"))
 
 
-def render_result(console: Console, res: "AttendResult", view: str, model: str, k: int, color: bool) -> None:
+def render_result(console: Console, res: "AttendResult", view: str, model: str, k: int, color: bool,
+                  measure: str = "weight") -> None:
+    """`measure` names what the numbers are: under rollout the one matrix a layer has is
+    its rollout (every head and every earlier layer), not a head."""
     note = ""
     if view == "focus" and res.focus is not None:
-        note = "Top words per head; specials: weight on [CLS]-like tokens. More: --help"
+        note = ("Top words in each layer's rollout (flow through all its heads and the layers below)"
+                if measure == "rollout" else "Top words per head")
+        if _has_specials(res.tokens):
+            note += "; specials: weight on [CLS]-like tokens"
+        note += ". More: --help"
     header(console, model, res.tokens, note)
     if view == "focus" and res.focus is not None:
-        focus_view(console, res.focus, k, color)
+        focus_view(console, res.focus, k, color, measure)
         if res.update is not None:
             update_view(console, res.update, res.tokens, k, color)
     elif view == "topk" and res.topk is not None:
-        topk_view(console, res.topk, color)
+        topk_view(console, res.topk, color, measure=measure)
     elif view == "heatmap" and res.attention is not None:
-        heatmap_view(console, res.attention, color, console.width)
+        heatmap_view(console, res.attention, color, console.width, measure)
     elif view == "overview" and res.summary is not None:
         overview_view(console, res.summary, res.focus, color)
