@@ -130,31 +130,15 @@ def _save_sequence(m, g, save: Optional[Path], save_topk: Optional[Path], force:
     """Patterns of the whole final sequence (prompt rows included), from one full pass:
     the --save files and the --html page read the same pass. Returns what it wrote, a
     line each."""
-    from attnscope.measures import AttendRequest, run_attend
+    from attnscope import outputs
+    from attnscope.outputs.files import PageOutput, PatternSave, TopKSave
     from attnscope.tokenize import Tokens
-    from attnscope.units import human_bytes, plural
 
     ids = g.ids
     tokens = Tokens(g.text, ids, g.labels, [(0, 0)] * len(ids), [False] * len(ids))
-    every_layer, every_head = list(range(m.n_layers)), list(range(m.n_heads))
-    page = None
-    if html is not None:
-        from attnscope.render.page import Page
-
-        # opens on the last layer, head 0, at the query that wrote the last token
-        page = Page(name, tokens, every_layer, every_head, "weight", None, (every_layer[-1], 0, len(ids) - 2))
-        page.check(html)
-    req = AttendRequest(every_layer, every_head, ["attention"] if page is not None else [], save=save,
-                        save_topk=save_topk, save_layers=every_layer, save_heads=every_head, force=force, text="",
-                        extra={"prompt_length": len(g.prompt_ids)})
-    res = run_attend(m, tokens, req)
-    shape = f"{plural(len(every_layer), 'layer')} × {plural(len(every_head), 'head')}"
-    wrote = []
-    if save is not None:
-        wrote.append(f"saved {shape} × {len(ids)}² to {save}")
-    if save_topk is not None:
-        wrote.append(f"saved top-{req.top_k} of {shape} to {save_topk}")
-    if page is not None and html is not None:
-        written = page.write(html, force, attention=res.attention.probs)
-        wrote.append(f"wrote a {human_bytes(written)} page ({shape}) to {html}")
-    return wrote
+    extra = {"prompt_length": len(g.prompt_ids)}
+    # the page opens on the last layer, head 0, at the query that wrote the last token
+    files = [PatternSave(save, force=force, extra=extra) if save is not None else None,
+             TopKSave(save_topk, force=force, extra=extra) if save_topk is not None else None,
+             PageOutput(html, force=force, focus=(m.n_layers - 1, 0, len(ids) - 2)) if html is not None else None]
+    return [e.line for e in outputs.run(m, tokens, [f for f in files if f is not None]).emitted]

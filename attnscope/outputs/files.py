@@ -122,6 +122,7 @@ class PageOutput(Output):
     head: Optional[str] = None
     k: Optional[int] = None
     force: bool = False
+    focus: Optional[tuple[int, int, int]] = None  # (layer, head, query) it opens on; default: the view's
     option = "--html"
 
     def __post_init__(self) -> None:
@@ -145,7 +146,7 @@ class PageOutput(Output):
         from attnscope.units import human_bytes
 
         ls, hs = run.shape.layers(self.layer), run.shape.heads(self.head)
-        focus = run.focus if run.focus is not None else (ls[-1], hs[0], len(run.tokens) - 1)
+        focus = self.focus or run.focus or (ls[-1], hs[0], len(run.tokens) - 1)
         self._page = Page(run.model, run.tokens, ls, hs, run.shape.measure, self.k, focus)
         size = self._page.check(self.path, space=False)  # checked with the run's other outputs
         if size >= NOTE_PAGE_BYTES:
@@ -164,8 +165,8 @@ class PageOutput(Output):
             assert part.attention is not None
             written = page.write(self.path, self.force, attention=part.attention.probs)
         held = f"top-{page.k} keys, " if page.k is not None else ""
-        return Emitted("saved_html", self.path, f"wrote a {human_bytes(written)} page ({held}{len(page.layers)} "
-                                                f"layers × {len(page.heads)} heads) to {self.path}")
+        return Emitted("saved_html", self.path, f"wrote a {human_bytes(written)} page ({held}"
+                                                f"{_selection(run.shape, len(page.layers), len(page.heads))}) to {self.path}")
 
 
 @dataclass
