@@ -116,8 +116,10 @@ class Child:
     `Exceeded` when the child runs over or dies (the child is then gone: ask again and a
     new one is forked), and re-raises what `serve` raised."""
 
-    def __init__(self, serve: Callable[[Any], Any], seconds: float = SECONDS, memory: int = MEMORY) -> None:
-        self.serve, self.seconds, self.memory = serve, seconds, memory
+    def __init__(self, serve: Callable[[Any], Any], seconds: float | None = None, memory: int | None = None) -> None:
+        self.serve = serve
+        self.seconds = SECONDS if seconds is None else seconds
+        self.memory = MEMORY if memory is None else memory
         self.pid = -1
         self._to = self._from = -1
 
@@ -227,13 +229,13 @@ def _death(status: int, memory: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGKILL):
-            # Rust aborts when an allocation fails; under RLIMIT_AS that is the budget
-            return f"ran out of its {memory >> 20} MiB of memory (killed by {signal.Signals(sig).name})"
+            # Rust aborts when an allocation fails: under RLIMIT_AS, most likely the budget
+            return f"crashed ({signal.Signals(sig).name}), most likely out of its {memory >> 20} MiB of memory"
         return f"was killed by {signal.Signals(sig).name}"
     return f"ended without an answer (exit status {os.WEXITSTATUS(status)})"
 
 
-def run(fn: Callable[..., Any], *args: Any, seconds: float = SECONDS, memory: int = MEMORY) -> Any:
+def run(fn: Callable[..., Any], *args: Any, seconds: float | None = None, memory: int | None = None) -> Any:
     """`fn(*args)` in a forked child within `seconds` and `memory` (see `Child`); in-process
     where fork is unavailable."""
     if not CAN_FORK:

@@ -119,8 +119,8 @@ def _sandbox() -> Any:
                 for seq, n in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
                         _checked_size(len(seq) * n, "a repetition")
-            elif operator == "**" and isinstance(right, int) and isinstance(left, (int, float)) \
-                    and abs(left) > 1 and abs(right) > 4096:
+            elif operator == "**" and isinstance(left, int) and isinstance(right, int) \
+                    and abs(left) > 1 and right * abs(left).bit_length() > MAX_RENDERED * 4:
                 raise InputError(f"the chat template raises a number to the power {right:,}")
             elif operator == "%" and isinstance(left, str):
                 _checked_spec(left)
