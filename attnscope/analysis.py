@@ -85,7 +85,10 @@ def select(spec: str | int | list[int] | None, count: int, what: str = "layer") 
 def _index(i: int, count: int, what: str) -> int:
     if -count <= i < count:
         return i % count
-    raise SelectionError(f"--{what} {i} is out of range: the model has {count} {what}s (0..{count - 1}, or -1 for the last)")
+    from attnscope.units import plural
+
+    raise SelectionError(f"--{what} {i} is out of range: the model has {plural(count, what)} (0..{count - 1}, or -1 "
+                         "for the last)")
 
 
 class ProbeBase:

@@ -153,6 +153,7 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
 
     from attnscope import chat as chat_mod
     from attnscope.tokenize import token_label
+    from attnscope.units import plural
 
     cfg = m.config
     ls, hs = check_request(cfg, cfg.name or m.source, measure=measure, stop=stop, layers=layers, heads=heads)
@@ -163,7 +164,7 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
     text = chat_mod.render(m.chat, prompt) if chat else prompt
     tokens = m.tokenize(text, add_special_tokens=not chat)
     if cfg.positions == "learned" and len(tokens) + max_new_tokens > cfg.n_ctx:
-        raise InputError(f"{len(tokens)} prompt tokens + {max_new_tokens} new ones exceed the model's "
+        raise InputError(f"{plural(len(tokens), 'prompt token')} + {max_new_tokens:,} new ones exceed the model's "
                          f"{cfg.n_ctx} positions", hint="shorten the prompt or lower --max-new-tokens")
     out = Generation(list(tokens.ids), list(tokens.labels), layers=ls, heads=hs, measure=measure)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None

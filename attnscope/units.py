@@ -18,5 +18,10 @@ def human_bytes(value: float) -> str:
 
 
 def plural(count: int, word: str) -> str:
-    """'1 layer', '12 layers'."""
-    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+    """'1 layer', '12 layers': every count a message shows goes through here."""
+    return f"{count:,} {noun(count, word)}"
+
+
+def noun(count: int, word: str) -> str:
+    """The word alone, plural unless `count` is 1: 'layer 3' but 'layers 0–5'."""
+    return word if count == 1 else f"{word}s"

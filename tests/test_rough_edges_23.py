@@ -289,3 +289,63 @@ def test_long_heatmap_legend_explains_every_glyph(build: Callable[[str], Path]) 
     for glyph in glyphs:
         assert glyph in legend.split("cells:")[-1], (glyph, legend)
     assert "last digit" in legend
+
+
+# ---------------------------------------------------------------- the figure's layout
+
+
+def test_one_layers_heads_plot_as_a_near_square_grid(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from attnscope.render.figure import PNG_DPI, grid_shape, write_figure
+
+    assert grid_shape(1, 12) == (3, 4) and grid_shape(1, 9) == (3, 3) and grid_shape(6, 1) == (2, 3)
+    assert grid_shape(3, 4) == (3, 4) and grid_shape(1, 1) == (1, 1)
+    n = 6
+    values = np.random.default_rng(0).random((1, 12, n, n), dtype=np.float32)
+    path = write_figure(tmp_path / "grid.png", values, [3], list(range(12)), [f"t{i}" for i in range(n)], "tiny")
+    import struct
+
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])
+    assert width <= 12 * PNG_DPI and 0.5 <= width / height <= 2.0, (width, height)
+
+
+# ---------------------------------------------------------------- counts are plural only when plural
+
+
+def test_counts_of_one_read_singular(build: Callable[[str], Path], tmp_path: Path) -> None:
+    from attnscope.analysis import select
+    from attnscope.errors import SelectionError
+
+    with pytest.raises(SelectionError, match="the model has 1 layer "):
+        select("3", 1, "layer")
+    cfg = json.loads((build("gpt2") / "config.json").read_text())
+    cfg.update(n_layer=1, n_head=1)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    out = " ".join(ok(run("params", "--config", tmp_path / "config.json", "--context", "1", width=120)).stdout.split())
+    assert "1 layer × 1 head of" in out and "context of 1 token " in out and "KV cache at 1 token " in out
+    assert "(1 head)" in out and "(1 block)" in out
+    assert not re.search(r"\b1 (tokens|layers|heads|blocks|texts)\b", out), out
+    out = ok(run("attend", "a", "-m", build("gpt2"))).stdout
+    assert re.search(r"\b1 token\b", out) and not re.search(r"\b1 tokens\b", out)
+
+
+def test_figure_title_names_one_layer_singular(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from attnscope.render.figure import write_figure
+
+    values = np.full((1, 3, 2, 2), 0.5, dtype=np.float32)
+    path = write_figure(tmp_path / "f.svg", values, [3], [0, 1, 2], ["a", "b"], "tiny")
+    text = path.read_text()
+    assert "layer 3, heads 0–2" in text and "layers 3" not in text
+
+
+@pytest.mark.parametrize("convention", ["full", "3b1b"])
+@pytest.mark.parametrize("source", ["model", "config"])
+def test_params_shares_sum_to_the_headline_total(build: Callable[[str], Path], convention: str, source: str) -> None:
+    """Each row the headline total counts has a share, and those shares sum to 100%."""
+    folder = build("gpt2")  # tied embeddings: the unembedding is counted again in 3b1b only
+    where = ("--model", folder) if source == "model" else ("--config", folder / "config.json")
+    out = ok(run("params", *where, "--convention", convention, width=120)).stdout
+    table = out.split("Whole model")[1].split("All attention weights")[0]
+    shares = [float(x) for x in re.findall(r"│\s*([\d.]+)%\s*$", table, re.M)]
+    assert shares and abs(sum(shares) - 100) <= 0.05 * len(shares) + 0.01, (shares, table)

@@ -9,6 +9,7 @@ import typer
 
 from attnscope.errors import UsageError
 from attnscope.sources import packaged
+from attnscope.units import plural
 
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, ModelOpt,
@@ -70,7 +71,7 @@ def mask_demo(
 
     shown = visible(demo.text)  # the user's text, printed: no control character reaches the terminal
     if demo.truncated_from:
-        shown += f" (cut from {demo.truncated_from} tokens by --truncate)"
+        shown += f" (cut from {plural(demo.truncated_from, 'token')} by --truncate)"
     console = _console(no_color)
     render(console, replace(demo, text=shown), steps, color=not no_color and console.color_system is not None)
 
@@ -220,6 +221,8 @@ def _heads_corpus(text: Optional[str], corpus: Optional[str], field: str, max_te
         if group is not None and corpus == "-":
             raise UsageError("under torchrun every process reads the corpus itself, and only one has stdin",
                              hint="give --corpus a file")
+        if per_text is not None:  # a link, a FIFO or an existing file without --resume: refused before any work
+            cp.per_text.check_target(Path(per_text).expanduser(), resume)
         texts = list(cp.read_corpus(corpus, field, max_texts))  # all of it: a bad line fails before the model loads
         m = _load(model, device, dtype)
         shown = _CorpusProgress(len(range(group.rank if group else 0, len(texts), group.world if group else 1)))

@@ -19,6 +19,7 @@ from rich.style import Style
 from rich.text import Text
 
 from attnscope.tokenize import visible
+from attnscope.units import plural
 
 RGB = tuple[int, int, int]
 ACCENT: RGB = (255, 150, 40)  # an amber that reads on dark and light backgrounds
@@ -161,7 +162,7 @@ def header_text(model: str, layer: int, head: int | None, measure: str, n: int, 
     text.append(fit(model, max(8, width // 3)), TITLE)
     text.append(" · ")
     text.append(where, Style(bold=True, reverse=True))
-    text.append(f" · {measure} · {n} tokens · ")
+    text.append(f" · {measure} · {plural(n, 'token')} · ")
     text.append(f"{SELECT_MARK}{fit(visible(label), 20)} ({query})", Style(bold=True))
     text.truncate(width, overflow="ellipsis")
     return text

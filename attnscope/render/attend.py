@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attnscope.render import clip, distinct, elide, ramp_style, shade
+from attnscope.units import plural
 
 if TYPE_CHECKING:
     from attnscope.analysis import AttendResult, Attention, Focus, Summary, TopK
@@ -45,7 +46,7 @@ def _has_specials(tokens: "Tokens") -> bool:
 
 
 def header(console: Console, model: str, tokens: "Tokens", note: str = "") -> None:
-    line = Text.assemble((f"{model}", "bold"), (f"  {len(tokens)} tokens", "dim"))
+    line = Text.assemble((f"{model}", "bold"), (f"  {plural(len(tokens), 'token')}", "dim"))
     if tokens.truncated_from:
         line.append(f" (cut from {tokens.truncated_from} by --truncate)", style="yellow")
     console.print(line)

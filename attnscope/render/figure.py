@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from attnscope.errors import ExportError, UsageError
+from attnscope.units import noun, plural
 
 FORMATS = (".png", ".svg", ".pdf")
 INSTALL = "pip install 'attnscope[plot]'"
@@ -42,7 +43,7 @@ def require_matplotlib() -> None:
 def check_panels(n_layers: int, n_heads: int) -> None:
     """Refuse a grid too big for one figure (before the run, from the selection alone)."""
     if n_layers * n_heads > MAX_PANELS:
-        raise UsageError(f"{n_layers} layers × {n_heads} heads is {n_layers * n_heads} panels, more than one figure "
+        raise UsageError(f"{plural(n_layers, 'layer')} × {plural(n_heads, 'head')} is {n_layers * n_heads} panels, more than one figure "
                          f"can show ({MAX_PANELS})", hint="select fewer with --layer/--head")
 
 
@@ -56,6 +57,16 @@ def parse_figsize(text: str) -> tuple[float, float]:
     if not (MIN_INCHES <= w <= MAX_INCHES and MIN_INCHES <= h <= MAX_INCHES):  # NaN fails too
         raise UsageError(f"--figsize {text} is out of range", hint=f"each side from {MIN_INCHES:g} to {MAX_INCHES:g} inches")
     return w, h
+
+
+def grid_shape(n_layers: int, n_heads: int) -> tuple[int, int]:
+    """Rows and columns of panels: layers × heads where both vary; one layer's heads (or
+    one head's layers) wrap into a near-square grid rather than a strip of 4,000 pixels."""
+    if n_layers > 1 and n_heads > 1:
+        return n_layers, n_heads
+    panels = n_layers * n_heads
+    cols = math.ceil(math.sqrt(panels))
+    return math.ceil(panels / cols), cols
 
 
 def _label(text: str) -> str:
@@ -87,9 +98,10 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
     fmt = path.suffix.lower().lstrip(".")
     vector = fmt in ("svg", "pdf") and n_l * n_h * n * n <= VECTOR_CELLS
     single = n_l * n_h == 1
+    rows, cols = grid_shape(n_l, n_h)
     if figsize is None:
         side = min(12.0, max(4.0, 2.5 + 0.16 * n))
-        figsize = (side + 1.3, side) if single else (min(MAX_INCHES, 1.6 + 2.1 * n_h), min(MAX_INCHES, 0.9 + 2.1 * n_l))
+        figsize = (side + 1.3, side) if single else (min(MAX_INCHES, 1.6 + 2.1 * cols), min(MAX_INCHES, 0.9 + 2.1 * rows))
     vmax = float(data.max()) if data.size and float(data.max()) > 0 else 1.0
     names = [_label(t) for t in labels]
     measure_label = MEASURE_LABELS.get(measure, measure)
@@ -98,7 +110,10 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
     with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42, "font.size": 9,
                                 "svg.hashsalt": "attnscope", "axes.titlesize": 9}):
         fig = Figure(figsize=figsize, layout="constrained")
-        axes = fig.subplots(n_l, n_h, squeeze=False, sharex=True, sharey=True)
+        grid = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+        for ax in grid.ravel()[n_l * n_h:]:  # the last row of a wrapped grid may be short
+            ax.set_visible(False)
+        axes = grid.ravel()[: n_l * n_h].reshape(n_l, n_h)  # (L, H): each panel in layer, head order
         mappable = None
         for li, layer in enumerate(layers):
             for hi, head in enumerate(heads):
@@ -119,8 +134,8 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
                 ax.tick_params(length=2, pad=1)
         # Token labels where they fit: every panel's axes are shared, so the outer ones carry them.
         w_in, h_in = figsize
-        panel_w = (w_in - (1.3 if single else 1.0)) / n_h
-        panel_h = (h_in - (0.8 if single else 0.6)) / n_l
+        panel_w = (w_in - (1.3 if single else 1.0)) / cols
+        panel_h = (h_in - (0.8 if single else 0.6)) / rows
         sx, sy = _stride(n, panel_w), _stride(n, panel_h)
         fs = max(4.0, min(9.0, 0.8 * min(panel_w, panel_h) * 72 / n)) if max(sx, sy) == 1 else 6.0
         ax0 = axes[0][0]
@@ -134,6 +149,8 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
                 ax.tick_params(axis="x", labelrotation=90, labelsize=fs)
                 ax.tick_params(axis="y", labelsize=fs)
                 ax.label_outer()
+        for p in range(max(0, n_l * n_h - cols), (rows - 1) * cols):  # above an empty cell: the lowest in its column
+            grid.ravel()[p].xaxis.set_tick_params(labelbottom=True)
         if single:
             ax0.set_xlabel("key")
             ax0.set_ylabel("query")
@@ -142,7 +159,7 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
         else:
             fig.supxlabel("key", fontsize=9)
             fig.supylabel("query", fontsize=9)
-            span = f"layers {_span(layers)}" + ("" if rollout else f", heads {_span(heads)}")
+            span = f"{noun(len(layers), 'layer')} {_span(layers)}" + ("" if rollout else f", {noun(len(heads), 'head')} {_span(heads)}")
             fig.suptitle(f"{model} · {span}" + ("" if measure == "weight" else f" · {measure}"), fontsize=10)
         bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8 if single else 0.6, pad=0.02)
         bar.set_label(measure_label)

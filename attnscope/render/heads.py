@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from attnscope.render import RAMP, ramp_style
+from attnscope.units import plural
 
 if TYPE_CHECKING:
     from attnscope.heads import HeadScores
@@ -48,10 +49,10 @@ def _clip(text: str, width: int) -> str:
 
 
 def header(console: Console, model: str, res: "HeadScores", n_layers: int, n_heads: int) -> None:
-    console.print(Text.assemble((model, "bold"), (f"  {n_layers} layers × {n_heads} heads", "dim")))
+    console.print(Text.assemble((model, "bold"), (f"  {plural(n_layers, 'layer')} × {plural(n_heads, 'head')}", "dim")))
     if res.tokens is not None:
         shown = _clip(" ".join(res.tokens.labels), max(20, console.width - 24))
-        line = Text(f"text: {res.n_tokens} tokens  ", style="dim") + Text(shown)
+        line = Text(f"text: {plural(res.n_tokens, 'token')}  ", style="dim") + Text(shown)
         if res.tokens.truncated_from:
             line.append(f" (cut from {res.tokens.truncated_from} by --truncate)", style="yellow")
         console.print(line, no_wrap=True, overflow="ellipsis")
@@ -66,13 +67,13 @@ def header(console: Console, model: str, res: "HeadScores", n_layers: int, n_hea
         source = visible(res.source)
         source = source if len(source) <= 40 else "…" + source[-39:]  # the file's name, at least
         line = Text("corpus: ", style="dim") + Text(source) + Text(
-            f"  {n_texts:,} texts · {res.n_tokens:,} tokens" + (f" ({extra})" if extra else ""), style="dim")
+            f"  {plural(n_texts, 'text')} · {plural(res.n_tokens, 'token')}" + (f" ({extra})" if extra else ""), style="dim")
         console.print(line, no_wrap=True, overflow="ellipsis")
         console.print(Text("each score pooled over every row of every text (a long text weighs more)", style="dim"))
     if res.induction_ids is not None:
         affix = f"{len(res.prefix)} special + " if res.prefix else ""
         tail = f" + {len(res.suffix)} special" if res.suffix else ""
-        console.print(Text(f"induction: {affix}{res.repeat} random tokens × 2{tail} (seed {res.seed})", style="dim"))
+        console.print(Text(f"induction: {affix}{plural(res.repeat, 'random token')} × 2{tail} (seed {res.seed})", style="dim"))
 
 
 def legend(console: Console, color: bool) -> None:

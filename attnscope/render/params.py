@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attnscope.units import human_bytes, n
+from attnscope.units import human_bytes, n, plural
 
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig
@@ -36,9 +36,9 @@ ROW_LABELS = {
 
 
 def shape_line(cfg: "ModelConfig") -> str:
-    kv = "" if cfg.n_kv_heads == cfg.n_heads else f" ({cfg.n_kv_heads} key/value heads, {cfg.attention_kind})"
+    kv = "" if cfg.n_kv_heads == cfg.n_heads else f" ({plural(cfg.n_kv_heads, 'key/value head')}, {cfg.attention_kind})"
     return (
-        f"d_model {n(cfg.d_model)} · {cfg.n_layers} layers × {cfg.n_heads} heads of {cfg.d_head}{kv}\n"
+        f"d_model {n(cfg.d_model)} · {plural(cfg.n_layers, 'layer')} × {plural(cfg.n_heads, 'head')} of {cfg.d_head}{kv}\n"
         f"MLP {n(cfg.d_mlp)}{' (gated)' if cfg.gated_mlp else ''} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
     )
 
@@ -84,26 +84,33 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
     block.add_row(Text("Block total", style="bold"), Text(n(rep.block["total"]), style="bold"))
     console.print(block)
 
-    model = Table(title=f"Whole model ({cfg.n_layers} blocks)", title_justify="left", show_edge=False)
+    model = Table(title=f"Whole model ({plural(cfg.n_layers, 'block')})", title_justify="left", show_edge=False)
     model.add_column("Row")
     model.add_column("Parameters", justify="right")
     model.add_column("Share", justify="right")
     total = rep.total
+    full = rep.convention == "full"
+
+    def share(value: int, counted: bool) -> str:
+        # a share of the headline total, for exactly the rows that total counts: they sum to 100%
+        return f"{100 * value / total:.1f}%" if counted and total else ""
+
     for row in ROWS_3B1B:
         value = rep.rows[row]
-        note = ""
+        note, again = "", False
         if row == "unembedding" and value == 0 and cfg.lm_head and cfg.tied_embeddings:
-            value, note = rep.rows["embedding"], " (tied: counted again in 3b1b only)"
+            value, again = rep.rows["embedding"], True
+            note = " (tied: counted again in 3b1b only)" if full else " (tied: counted again, as 3b1b does)"
         if value == 0 and row in ("gate", "unembedding"):
             continue
-        model.add_row(ROW_LABELS[row] + note, n(value), f"{100 * value / total:.1f}%" if total else "")
+        model.add_row(ROW_LABELS[row] + note, n(value), share(value, not (full and again)))
     model.add_section()
     for row in ROWS_OTHER:
         if rep.rows[row]:
             model.add_row(
-                Text(ROW_LABELS[row] + ("" if rep.convention == "full" else " (not in 3b1b)"), style="dim"),
+                Text(ROW_LABELS[row] + ("" if full else " (not in 3b1b)"), style="dim"),
                 n(rep.rows[row]),
-                "",
+                share(rep.rows[row], full),
             )
     model.add_section()
     model.add_row(Text("All attention weights", style="bold"), n(rep.attention_total), f"{100 * rep.attention_total / total:.1f}%")
@@ -145,16 +152,16 @@ def quantization_table(console: Console, rep: "ParamReport") -> None:
 
 
 def context_table(console: Console, cfg: "ModelConfig", ctx: "ContextReport") -> None:
-    table = Table(title=f"At a context of {n(ctx.n)} tokens ({ctx.dtype})", title_justify="left", show_edge=False)
+    table = Table(title=f"At a context of {plural(ctx.n, 'token')} ({ctx.dtype})", title_justify="left", show_edge=False)
     table.add_column("What")
     table.add_column("Values", justify="right")
     table.add_column("Memory", justify="right")
     b = ctx.bytes_per_value
     table.add_row(f"Attention pattern per head ({n(ctx.n)}²)", n(ctx.pattern_per_head), human_bytes(ctx.pattern_per_head * b))
-    table.add_row(f"Patterns per block ({cfg.n_heads} heads)", n(ctx.pattern_per_block), human_bytes(ctx.pattern_per_block * b))
-    table.add_row(f"Patterns, whole model ({cfg.n_layers} blocks)", n(ctx.pattern_total), human_bytes(ctx.pattern_bytes))
+    table.add_row(f"Patterns per block ({plural(cfg.n_heads, 'head')})", n(ctx.pattern_per_block), human_bytes(ctx.pattern_per_block * b))
+    table.add_row(f"Patterns, whole model ({plural(cfg.n_layers, 'block')})", n(ctx.pattern_total), human_bytes(ctx.pattern_bytes))
     table.add_row("KV cache per token", n(ctx.kv_cache_per_token), human_bytes(ctx.kv_cache_per_token * b))
-    table.add_row(f"KV cache at {n(ctx.n)} tokens", n(ctx.kv_cache_total), human_bytes(ctx.kv_cache_bytes))
+    table.add_row(f"KV cache at {plural(ctx.n, 'token')}", n(ctx.kv_cache_total), human_bytes(ctx.kv_cache_bytes))
     table.add_row("Forward FLOPs per token", n(ctx.flops_per_token), "")
     console.print(table)
 
