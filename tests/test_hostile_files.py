@@ -292,22 +292,43 @@ def test_gguf_repo_with_fifo_ref(gguf_file: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- 3. folders
 
 
-def deep_tree(root: Path, depth: int) -> Path:
-    """`depth` nested folders under `root`, made relative to stay under PATH_MAX."""
+@pytest.fixture()
+def deep_tree() -> Any:
+    """`make(root, depth)`: `depth` nested folders `d/` under `root` with a file at the
+    bottom, made and removed relative to stay under PATH_MAX (shutil.rmtree, which
+    pytest's clean-up uses, recurses and would fail on them)."""
+    made: list[tuple[Path, int]] = []
+
+    def make(root: Path, depth: int) -> Path:
+        cwd = os.getcwd()
+        root.mkdir(parents=True, exist_ok=True)
+        os.chdir(root)
+        try:
+            for _ in range(depth):
+                os.mkdir("d")
+                os.chdir("d")
+            Path("deep.gguf").write_bytes(b"GGUF")
+        finally:
+            os.chdir(cwd)
+        made.append((root, depth))
+        return root
+
+    yield make
     cwd = os.getcwd()
-    root.mkdir(parents=True, exist_ok=True)
-    os.chdir(root)
     try:
-        for _ in range(depth):
-            os.mkdir("d")
-            os.chdir("d")
-        Path("deep.gguf").write_bytes(b"GGUF")
+        for root, depth in made:
+            os.chdir(root)
+            for _ in range(depth):
+                os.chdir("d")
+            os.unlink("deep.gguf")
+            for _ in range(depth):
+                os.chdir("..")
+                os.rmdir("d")
     finally:
         os.chdir(cwd)
-    return root
 
 
-def test_models_over_a_1100_deep_tree(cache: Path, tmp_path: Path) -> None:
+def test_models_over_a_1100_deep_tree(cache: Path, tmp_path: Path, deep_tree: Any) -> None:
     snapshot = cache / "models--org--model" / "snapshots" / COMMIT
     deep_tree(snapshot / "nested", 1100)
     deep_tree(cache / "models--org--interrupted", 1100)  # no snapshot: its size is walked
@@ -321,7 +342,7 @@ def test_models_over_a_1100_deep_tree(cache: Path, tmp_path: Path) -> None:
     assert "no snapshot" in models["org/interrupted"]["reason"]
 
 
-def test_hub_gguf_over_a_deep_tree(gguf_file: Path, tmp_path: Path) -> None:
+def test_hub_gguf_over_a_deep_tree(gguf_file: Path, tmp_path: Path, deep_tree: Any) -> None:
     cache = tmp_path / "hub"
     snapshot = gguf_cache(cache, gguf_file)
     deep_tree(snapshot / "nested", 1100)
@@ -329,7 +350,7 @@ def test_hub_gguf_over_a_deep_tree(gguf_file: Path, tmp_path: Path) -> None:
     assert hub.snapshot_ggufs(snapshot) == [snapshot / gguf_file.name]
 
 
-def test_walk_is_bounded(tmp_path: Path) -> None:
+def test_walk_is_bounded(tmp_path: Path, deep_tree: Any) -> None:
     for i in range(30):
         (tmp_path / f"f{i}").write_text("")
     with pytest.raises(ModelNotFoundError, match="more than 20 entries"):
