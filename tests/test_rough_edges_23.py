@@ -349,3 +349,50 @@ def test_params_shares_sum_to_the_headline_total(build: Callable[[str], Path], c
     table = out.split("Whole model")[1].split("All attention weights")[0]
     shares = [float(x) for x in re.findall(r"│\s*([\d.]+)%\s*$", table, re.M)]
     assert shares and abs(sum(shares) - 100) <= 0.05 * len(shares) + 0.01, (shares, table)
+
+
+# ---------------------------------------------------------------- explore
+
+
+def test_explore_export_field_has_a_label_and_the_overview_fits_80(inspector: Callable[..., Any], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("textual")
+    import asyncio
+
+    from textual.geometry import Region
+
+    from attnscope.explore.app import ExploreApp
+    from attnscope.explore.session import Session
+
+    monkeypatch.chdir(tmp_path)
+    model = inspector("llama")
+    model.config.name = "SmolLM2-135M-Instruct"  # a real name's length
+    app = ExploreApp(Session(model, model.tokenize(TEXT)))
+
+    def lines(selector: str) -> list[str]:
+        widget = app.screen.query_one(selector)
+        return [strip.text.rstrip() for strip in widget.render_lines(Region(0, 0, *widget.outer_size))]
+
+    async def script() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            for _ in range(100):
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+            await pilot.press("e")
+            await pilot.pause()
+            label, prompt = app.screen.query_one("#prompt-label"), app.screen.query_one("#prompt")
+            assert lines("#prompt-label")[0] == "export to:" and label.region.width == len("export to: ")
+            assert prompt.value.endswith(".npz") and prompt.region.x == label.region.right, (prompt.region, label.region)
+            assert "Enter writes" in lines("#footer")[0]
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not app.screen.query_one("#prompt-row").display
+            await pilot.press("o")
+            for _ in range(50):
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+            title, foot = lines("#ov-title")[0], lines("#ov-footer")[0]
+            assert "1: uniform" in title and not title.endswith("…"), title
+            assert foot.endswith("Esc back") and len(foot) <= 80, foot
+
+    asyncio.run(script())

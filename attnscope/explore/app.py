@@ -22,7 +22,7 @@ from rich.text import Text
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Input
+from textual.widgets import Input, Static
 from textual.worker import Worker, WorkerState
 
 from attnscope.errors import AttnscopeError
@@ -48,7 +48,9 @@ class ExploreApp(App[int]):
     #tokens { width: 1fr; height: 1fr; }
     #keys { width: 30; height: 1fr; padding: 0 0 0 1; border-left: vkey $panel; }
     #heatmap { height: 45%; border-top: hkey $panel; }
-    #prompt { height: 1; border: none; padding: 0; }
+    #prompt-row { height: 1; }
+    #prompt-label { width: auto; height: 1; padding: 0 1 0 0; text-style: bold; }
+    #prompt { width: 1fr; height: 1; border: none; padding: 0; }
     #footer { height: 1; background: $panel; }
     #ov-title, #ov-footer { height: 1; background: $panel; }
     #ov-heads { height: 1; }
@@ -287,20 +289,25 @@ class ExploreApp(App[int]):
         prompt = self.screen.query_one("#prompt", Input)
         self.prompt_mode = mode
         if mode == "search":
-            prompt.placeholder = "find tokens containing… (Enter; Esc cancels)"
+            label = "find:"
+            prompt.placeholder = "tokens containing… (Enter; Esc cancels)"
             prompt.value = self.search_term
         else:
             layer, head = self.layer, self.head_shown()
-            prompt.placeholder = "export to FILE.npz (Enter; Esc cancels)"
+            label = "export to:"
+            prompt.placeholder = "FILE.npz (Enter; Esc cancels)"
             prompt.value = str(self.session.default_export_path(self.measure, layer, head).name)
-        prompt.display = True
+            self.say("Enter writes the .npz (as attend --save) · Esc cancels")
+            self._footer()
+        self.screen.query_one("#prompt-label", Static).update(Text(label))
+        self.screen.query_one("#prompt-row").display = True
         prompt.focus()
         prompt.cursor_position = len(prompt.value)
 
     def action_cancel_prompt(self) -> None:
-        prompt = self.screen.query_one("#prompt", Input)
-        if prompt.display:
-            prompt.display = False
+        row = self.screen.query_one("#prompt-row")
+        if row.display:
+            row.display = False
             self.prompt_mode = None
             self.screen.set_focus(None)
 

@@ -164,12 +164,14 @@ class MainScreen(Screen[None]):
             yield TokenView(list(tokens.labels), list(tokens.special), id="tokens")
             yield Pane(id="keys")
         yield HeatmapPane(id="heatmap")
-        yield Input(id="prompt")
+        with Horizontal(id="prompt-row"):  # the prompt and its label, shown while one is asked for
+            yield Static(id="prompt-label")
+            yield Input(id="prompt")
         yield Pane(id="footer")
 
     def on_mount(self) -> None:
         self.query_one("#heatmap").display = False
-        self.query_one("#prompt").display = False
+        self.query_one("#prompt-row").display = False
 
     def on_resize(self, event: events.Resize) -> None:
         self.call_after_refresh(self.app.redraw)  # type: ignore[attr-defined]
@@ -218,12 +220,14 @@ class OverviewScreen(Screen[tuple[int, int] | None]):
         self.query_one("#ov-heads", Static).update(views.overview_header(heads, width - 2, measure))
         grid.update(views.overview_text(values, self.cursor, current, width - 2, app.palette()))
         title = Text(no_wrap=True, overflow="ellipsis")
-        title.append(f"{s.name} · every layer × head · {measure} · entropy (0: one key, 1: uniform)", views.TITLE)
+        # at 80 columns the whole line shows beside a model name of 20 characters or so
+        title.append(views.fit(f"{s.name} · layers × heads · {measure} entropy · 0: one key, 1: uniform", width),
+                     views.TITLE)
         self.query_one("#ov-title", Static).update(title)
         l, h = self.cursor
         value = f" = {values[l][h]:.3f}" if values is not None else ""
         where = f"L{l}H{h}" if measure != "rollout" else f"L{l} all heads"
-        foot = f"{where}{value} · brighter: more focused · * on show · ←→↑↓ move · Enter jump · Esc back"
+        foot = f"{where}{value} · bright: focused · * on show · ←→↑↓ Enter jump · Esc back"
         self.query_one("#ov-footer", Static).update(Text(views.fit(foot, width), style=views.DIM))
         scroll = self.query_one("#ov-scroll", VerticalScroll)
         scroll.scroll_to_region(Region(0, l, 1, 1), animate=False, immediate=True)
