@@ -45,7 +45,7 @@ from test_hostile import assert_error, assert_process_error, cli_process, one_er
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TEXT = "a blue cat sat on the mat"
 DEEP = "[" * 100_000 + "]" * 100_000
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])
 
 
