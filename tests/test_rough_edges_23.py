@@ -396,3 +396,34 @@ def test_explore_export_field_has_a_label_and_the_overview_fits_80(inspector: Ca
             assert foot.endswith("Esc back") and len(foot) <= 80, foot
 
     asyncio.run(script())
+
+
+# ---------------------------------------------------------------- a GGUF path never breaks mid-word
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_models_listing_breaks_gguf_names_at_separators(width: int) -> None:
+    from rich.console import Console
+
+    from attnscope.models import ModelEntry
+    from attnscope.render.models import models_listing
+
+    long = "unsloth/Qwen2.5-Coder-32B-Instruct-128K-GGUF"
+    entries = [
+        ModelEntry("smollm2-135m-instruct", "package", "/x", "gguf", "llama", 134_500_000, 80_000_000, True, None, "Q4_1"),
+        ModelEntry(f"{long}/Qwen2.5-Coder-32B-Instruct-128K-UD-Q4_K_XL.gguf", "hub-cache", "/x", "gguf", "qwen2",
+                   32_500_000_000, 80_000_000_000, False, "not supported", "Q4_K_XL", repo=long),
+    ]
+    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
+    models_listing(console, entries, Path("/cache"))
+    out = console.export_text()
+    cells = [line.split("│")[0].rstrip() for line in out.splitlines() if "│" in line]
+    start = next(i for i, cell in enumerate(cells) if cell.startswith("unsloth/"))
+    name_lines = [cell.strip() for cell in cells[start:] if cell.strip()]
+    assert "".join(name_lines) == "unsloth/Qwen2.5-Coder-32B-Instruct-128K-GGUFQwen2.5-Coder-32B-Instruct-128K-UD-Q4_K_XL.gguf"
+    for line, after in zip(name_lines, name_lines[1:]):
+        assert line[-1] in "-_./" or after.startswith("Qwen"), (line, after)  # a break at a separator only
+    note = out[out.index("(1) "):out.index(".gguf")]
+    for line in note.splitlines()[:-1]:
+        assert line.rstrip()[-1] in "-_./", note
+    assert max(len(line) for line in out.splitlines()) <= width

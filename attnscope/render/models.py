@@ -39,14 +39,14 @@ def models_listing(console: Console, entries: Sequence["ModelEntry"], cache: Pat
     notes: list[tuple[int, "ModelEntry"]] = []
     packaged = [e for e in entries if e.source == "package"]
     hub = [e for e in entries if e.source == "hub-cache"]
-    width = max(16, console.width - NON_NAME_WIDTH)  # what the name column gets
-    console.print(_table("Packaged models (pip)", packaged, notes, width))
+    console.print(_table("Packaged models (pip)", packaged, notes, console.width))
     if hub:
-        console.print(_table(f"Hugging Face cache: {visible(str(cache))}", hub, notes, width))
+        console.print(_table(f"Hugging Face cache: {visible(str(cache))}", hub, notes, console.width))
     else:
         console.print(Text(f"Hugging Face cache: no models in {visible(str(cache))}", style="dim"))
     for number, entry in notes:
-        line = Text(f"({number}) ", style="bold") + Text(visible(entry.name), style="bold") + Text(": ")
+        name = wrap_name(visible(entry.name), console.width - 4, "    ")  # a GGUF's path: broken at separators
+        line = Text(f"({number}) ", style="bold") + Text(name, style="bold") + Text(": ")
         line += Text(visible(entry.reason or ""), style="red" if entry.install is None else "yellow")
         console.print(line)
         if entry.install:  # on a line of its own, to copy whole
@@ -56,23 +56,32 @@ def models_listing(console: Console, entries: Sequence["ModelEntry"], cache: Pat
                        "(--json)", style="dim"))
 
 
+def wrap_name(name: str, width: int, indent: str = "") -> str:
+    """`name` in lines of at most `width` cells, broken only after a '/', '-', '_' or '.'
+    (a hub id or a GGUF file name never breaks mid-word where such a break exists),
+    each line after the first indented by `indent`."""
+    import re
+
+    lines = [""]
+    for part in re.split(r"(?<=[-_./])", name):
+        if lines[-1] and len(indent) * (len(lines) > 1) + len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return ("\n" + indent).join(lines)
+
+
 def _name(entry: "ModelEntry", width: int) -> Text:
-    """The name cell: a cached GGUF as its repository, then the file indented below it; a
-    repository id too long for the column broken after its organisation's '/', not
-    mid-word."""
+    """The name cell: a cached GGUF as its repository, then the file indented below it;
+    both broken at separators where the column is too narrow (`wrap_name`)."""
     repo = entry.repo if entry.repo and entry.name.startswith(entry.repo + "/") else entry.name
-    shown = visible(repo)
-    if len(shown) > width and "/" in shown:
-        org, rest = shown.split("/", 1)
-        shown = f"{org}/\n{rest}"
-    text = Text(shown)
+    text = Text(wrap_name(visible(repo), width))
     if repo != entry.name:
-        text += Text("\n  " + visible(entry.name[len(repo) + 1:]), style="cyan")
+        text += Text("\n  " + wrap_name(visible(entry.name[len(repo) + 1:]), width - 2, "  "), style="cyan")
     return text
 
 
 def _table(title: str, entries: Sequence["ModelEntry"], notes: list[tuple[int, "ModelEntry"]],
-           width: int) -> Table:
+           console_width: int) -> Table:
     table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("Model", overflow="fold", ratio=1)
     table.add_column("Format", no_wrap=True)
@@ -80,6 +89,7 @@ def _table(title: str, entries: Sequence["ModelEntry"], notes: list[tuple[int, "
     table.add_column("Params", justify="right", no_wrap=True)
     table.add_column("Size", justify="right", no_wrap=True)
     table.add_column("OK", no_wrap=True)
+    rows = []
     for entry in entries:
         fmt = "GGUF" if entry.format == "gguf" else "safetensors"
         if entry.quantization and entry.format == "gguf":
@@ -89,12 +99,12 @@ def _table(title: str, entries: Sequence["ModelEntry"], notes: list[tuple[int, "
         else:
             notes.append((len(notes) + 1, entry))
             status = Text(f"no ({len(notes)})", style="red" if entry.install is None else "yellow")
-        table.add_row(
-            _name(entry, width),
-            Text(fmt),
-            Text(visible(entry.family or "?")),
-            short_count(entry.parameters),
-            human_bytes(entry.bytes) if entry.bytes is not None else "",
-            status,
-        )
+        rows.append((entry, [Text(fmt), Text(visible(entry.family or "?")), Text(short_count(entry.parameters)),
+                             Text(human_bytes(entry.bytes) if entry.bytes is not None else ""), status]))
+    # The name column gets what the other columns, as filled, leave of the line.
+    heads = ("Format", "Family", "Params", "Size", "OK")
+    others = sum(max([len(h)] + [cells[i].cell_len for _, cells in rows]) for i, h in enumerate(heads))
+    width = max(16, console_width - min(others, NON_NAME_WIDTH - 5 * 3) - 5 * 3 - 1)
+    for entry, cells in rows:
+        table.add_row(_name(entry, width), *cells)
     return table
