@@ -47,6 +47,13 @@ def _address_space() -> int:
         return 0
 
 
+def _max_fd() -> int:
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return 1024
+
+
 def _die_with_parent() -> None:
     """PR_SET_PDEATHSIG: a child busy in a runaway loop is killed when its parent ends."""
     try:
@@ -146,8 +153,13 @@ class Child:
                     signal.signal(sig, signal.SIG_DFL)
                 _die_with_parent()
                 null = os.open(os.devnull, os.O_RDWR)
-                os.dup2(null, 1)
-                os.dup2(null, 2)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                # nothing else of the parent's stays open here: a lock, an output file, a pipe
+                # that a reader waits on to close
+                low, high = sorted((down_r, up_w))
+                for start, end in ((3, low), (low + 1, high), (high + 1, _max_fd())):
+                    os.closerange(start, end)
                 import resource
 
                 if limit > self.memory:

@@ -226,6 +226,13 @@ class BoundedTokenizer:
         self._max_length = None
 
 
+def _builds(text: str) -> None:
+    """Build a tokenizer and drop it: run in a bounded child before building in-process."""
+    from tokenizers import Tokenizer
+
+    Tokenizer.from_str(text)
+
+
 def _failure(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
@@ -250,7 +257,7 @@ def load_tokenizer(path: Path | None, where: str = "") -> Any:
     norm, trusted = check_spec(loads_json(text, str(path), TokenizerError), str(path))
     try:
         if not trusted and bounded.CAN_FORK:  # its regexes compile within the budget first
-            bounded.run(lambda: Tokenizer.from_str(text) and None)
+            bounded.run(_builds, text)
         with bounded.quiet_stderr():  # a panic's message and backtrace: we say it in one line
             tok = Tokenizer.from_str(text)
     except bounded.Exceeded as exc:
