@@ -38,7 +38,7 @@ def mask_demo(
     model: ModelOpt = None,
     layer: Annotated[str, typer.Option("--layer", "-l", help="One layer: an index, -1 for the last.")] = "-1",
     head: Annotated[Optional[str], typer.Option("--head", "-H", help="One head (default: the one leaning most on later keys).")] = None,
-    kind: Annotated[MaskKind, typer.Option("--kind", metavar="KIND", help="causal (GPT), padding (batches), sliding-window (Mistral) or bidirectional (BERT).")] = MaskKind.causal,
+    kind: Annotated[Optional[MaskKind], typer.Option("--kind", metavar="KIND", help="Apply another mask: causal (GPT), padding (batches), sliding-window (Mistral) or bidirectional (BERT). Default: the layer's own (causal on an encoder).", show_default=False)] = None,
     window: Annotated[Optional[int], typer.Option("--window", "-w", help="Keys each query sees with --kind sliding-window, itself included (default 3).")] = None,
     step: Annotated[Optional[int], typer.Option("--step", "-s", min=1, max=4, help="Show one step: 1 scores, 2 masked scores, 3 softmax, 4 masked softmax.")] = None,
     as_json: JsonOpt = False,
@@ -50,15 +50,19 @@ def mask_demo(
 
     Walks through the scores q·k/√d_head, the mask (hidden entries set to −∞) and
     softmax without and with it. With no --model it runs the default model,
-    {default_model}; the demo applies the chosen mask to the model's real scores,
-    whatever mask the model itself was trained with. In --json
+    {default_model}. By default the demo applies the layer's own mask (causal, or a
+    sliding window on a model's local layers), so its last step is the layer's
+    attention, and names the layer's kind (local, window W / global / bidirectional
+    encoder); on an encoder, which masks nothing, it applies the causal mask. --kind
+    applies another mask to the same real scores. In --json
     output a masked score (−∞) is the string "-inf"; a masked probability is 0.
     """
     from attnscope import masks
 
-    masks.check_kind(kind.value, window)
+    chosen = None if kind is None else kind.value
+    masks.check_kind(chosen, window)
     inspector = _load(model, device, LoadDtype.auto)
-    demo = masks.demo_for(inspector, text if text is not None else masks.DEFAULT_TEXT, layer, head, kind.value, window,
+    demo = masks.demo_for(inspector, text if text is not None else masks.DEFAULT_TEXT, layer, head, chosen, window,
                           truncate)
     steps = None if step is None else [step - 1]
     if as_json:
