@@ -74,7 +74,7 @@ def _known_regexes() -> frozenset[str]:
 
 
 MAX_GROWTH = 1000  # a normalizer or decoder may lengthen text at most this many times
-MAX_NORMALIZED = 2_000_000  # characters a text may become before tokenizing: ~200 bytes each
+MAX_NORMALIZED = 2 * 1024 * 1024  # characters a text may become: ~200 bytes each (= corpus MAX_WINDOW)
 MAX_WORD_CHARS = 1000  # WordPiece's max_input_chars_per_word: real ones say 100 or 200
 # Longest expansion of one character: NFKD/NFKC (U+FDFA: 18), NFD/NFC, case folding,
 # BERT's spaces around CJK characters with its lower-casing and accent stripping.
