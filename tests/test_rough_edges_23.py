@@ -427,3 +427,33 @@ def test_models_listing_breaks_gguf_names_at_separators(width: int) -> None:
     for line in note.splitlines()[:-1]:
         assert line.rstrip()[-1] in "-_./", note
     assert max(len(line) for line in out.splitlines()) <= width
+
+
+def test_rollout_focus_from_the_command_line(build: Callable[[str], Path]) -> None:
+    out = ok(run("attend", TEXT, "-m", build("gpt2"), "--measure", "rollout")).stdout
+    assert "Top words per head" not in out and "rollout" in out
+    assert not re.search(r"^\s*H0\b", out, re.M), out
+
+
+# ---------------------------------------------------------------- help and parser lines
+
+
+@pytest.mark.parametrize("command", ["attend", "generate", "heads", "mask-demo", "params", "explore", "models"])
+def test_usage_and_options_show_our_metavars(command: str) -> None:
+    text = ANSI.sub("", ok(run(command, "--help", width=100)).stdout)
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+    assert "<str>" not in text
+
+
+def test_an_invalid_measure_reads_as_one_plain_sentence() -> None:
+    res = run("attend", "x", "--measure", "alti")
+    assert res.exit_code == 2 and "Value error" not in res.output
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1 and "'alti' is not one of 'weight', 'norm', 'rollout'" in line, line
+
+
+def test_readme_plot_extra_installs_from_a_clone() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    flat = " ".join(readme.split())
+    assert "pip install '.[plot]'" in flat and "install 'attnscope[plot]'`): one head" not in flat

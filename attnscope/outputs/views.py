@@ -82,7 +82,7 @@ class TerminalView(Output):
 
             console.print(f"[dim]measure: {DESCRIPTIONS[run.shape.measure]}[/]")
         render_result(console, part, self.view, run.model, self.k,
-                      color=not self.no_color and console.color_system is not None)
+                      color=not self.no_color and console.color_system is not None, measure=run.shape.measure)
         for emitted in run.emitted:
             console.print(Text(emitted.line, style="dim"))  # a Text: a path's brackets are not markup
 
