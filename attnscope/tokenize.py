@@ -6,6 +6,13 @@ stored in tokenizer.json are switched off (all-MiniLM-L6-v2's would pad to and c
 caller asks. Labels come from offsets into the text, after the tokenizers docs: a
 byte-level BPE token's leading space (GPT-2's 'Ġ') shows as '␣', a WordPiece
 continuation keeps its '##'.
+
+A tokenizer.json is code as well as data: its regexes, normalizers and model run on
+every text. `check_spec` refuses, before building, what can be judged from the file
+(a normalizer or decoder that grows text absurdly, an unknown token missing from a
+WordLevel or WordPiece vocabulary); a file whose regexes are not the well-known ones
+encodes in one forked child for the run (`BoundedTokenizer`, `attnscope.bounded`), and
+a Rust panic anywhere is caught by name and reported in one line.
 """
 
 from __future__ import annotations
