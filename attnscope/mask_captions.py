@@ -10,6 +10,7 @@ from attnscope.units import human_bytes, n
 
 if TYPE_CHECKING:
     from attnscope.masks import MaskDemo
+    from attnscope.parts.attention import MaskRule
 
 # Who uses each mask, for the captions.
 WHO = {
@@ -17,6 +18,15 @@ WHO = {
     "sliding-window": "a sliding-window (Mistral-style) model",
     "bidirectional": "a bidirectional (BERT-style) model",
 }
+
+
+def layer_kind_words(rule: "MaskRule") -> str:
+    """A layer's kind, named from the rule its forward pass applies: "local, window 4096"
+    (causal within a window), "global" (causal over every earlier key) or "bidirectional
+    encoder" (every key; "…, window W" where it also has one)."""
+    if not rule.causal:
+        return "bidirectional encoder" + (f", window {rule.window}" if rule.window is not None else "")
+    return "global" if rule.window is None else f"local, window {rule.window}"
 
 
 def _mask_title(kind: str, window: int | None) -> str:
@@ -35,10 +45,15 @@ def model_note(d: "MaskDemo") -> str:
                 "(a causal model combines it with the causal mask). Its real tokens' queries and keys "
                 "come from the text alone, as a batched model's would.")
     layers = f" {d.layer_map} Layer {d.layer} is {d.model_kind}." if d.layer_map else ""
-    if d.kind == d.model_kind:
+    if d.own_mask:
         return f"{d.model} is {WHO[d.model_kind]}: it uses this very mask.{layers}"
+    if d.kind == d.model_kind:  # sliding-window, another window than the layer's own
+        return (f"{d.model} is {WHO[d.model_kind]}, with a window of {d.own_window} here: this demo applies "
+                f"a window of {d.window} to the head's real scores to show what that would allow.{layers}")
+    own = "" if d.kind_given or d.model_kind != "bidirectional" else (
+        " Its own pattern, which masks nothing, is step 3 (--kind bidirectional shows it as the last step).")
     return (f"{d.model} is {WHO[d.model_kind]}: this demo applies the {d.kind} mask to the head's real "
-            f"scores to show what {WHO[d.kind]} would allow.{layers}")
+            f"scores to show what {WHO[d.kind]} would allow.{layers}{own}")
 
 
 def _window_phrase(window: int) -> str:

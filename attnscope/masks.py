@@ -4,7 +4,9 @@ Computation for `attnscope mask-demo`, in four steps on one head of a real model
 scores q·k/√d_head, the masked scores (hidden entries set to −∞), softmax without the
 mask and softmax with it. The masks are the model's own rule (`MaskRule`, the one
 the forward pass uses) for causal, sliding-window and bidirectional attention, plus a
-key mask for padding. Every step carries a caption that says why, so the CLI, `--json`
+key mask for padding. With no kind given, a decoder's layer gets its own rule (causal,
+or causal within its window on a model's local layers), so the last step is that layer's
+attention; an encoder, which masks nothing, gets the causal mask to show what one hides. Every step carries a caption that says why, so the CLI, `--json`
 and the renderer all tell the same story. Nothing here prints.
 
 `build_from_scores()` is pure: tokens and scores in, a `MaskDemo` out (`build()` takes q,
@@ -29,7 +31,7 @@ from torch import Tensor
 from attnscope import analysis
 from attnscope.errors import InputError, SelectionError, UsageError
 from attnscope.parts.attention import MaskRule, mask_rule
-from attnscope.mask_captions import _captions, _mask_title, model_note  # noqa: F401  (model_note: public)
+from attnscope.mask_captions import _captions, _mask_title, layer_kind_words, model_note  # noqa: F401  (model_note: public)
 from attnscope.tokenize import pad_token, with_padding
 from attnscope.tokenize import tokenize, visible
 
@@ -93,8 +95,17 @@ class MaskDemo:
     text: str = ""
     auto_head: bool = False
     layer_map: str = ""  # where a model mixes kinds of layer (Gemma 2), which layers are which
+    layer_kind: str = ""  # the layer's own kind in words: "local, window 4096", "global", "bidirectional encoder"
+    own_window: int | None = None  # the layer's own window (None: it sees every allowed key)
+    kind_given: bool = True  # False: no --kind, so the demo chose the mask (`default_kind`)
     hidden_share: float = 0.0  # unmasked softmax weight on keys the mask hides, mean over real rows
     truncated_from: int | None = None  # the text's full length in tokens, when --truncate cut it
+
+
+    @property
+    def own_mask(self) -> bool:
+        """Is the mask applied the layer's own, so the last step is its attention?"""
+        return self.kind == self.model_kind and self.window == self.own_window
 
 
 def model_kind(cfg: "ModelConfig", layer: int | None = None) -> str:
@@ -117,8 +128,31 @@ def layer_map(cfg: "ModelConfig") -> str:
     return "Its layers differ: " + "; ".join(parts) + "."
 
 
-def check_kind(kind: str, window: int | None) -> int | None:
-    """Validate --kind/--window; the window to use (DEFAULT_WINDOW for sliding-window)."""
+def layer_kind(cfg: "ModelConfig", layer: int) -> str:
+    """Layer `layer`'s kind in words, from the rule its forward pass applies."""
+    return layer_kind_words(mask_rule(cfg, layer))
+
+
+def default_kind(cfg: "ModelConfig", layer: int) -> tuple[str, int | None]:
+    """The mask and window the demo applies when no kind is given: a decoder layer's own
+    rule (causal, or causal within its window), so the last step is the layer's attention.
+    An encoder masks nothing, which would leave steps 2 and 4 copies of 1 and 3, so it
+    gets the causal mask, to show what one hides; its own pattern is step 3 (and
+    --kind bidirectional shows it as the last step)."""
+    rule = mask_rule(cfg, layer)
+    if not rule.causal:
+        return "causal", None
+    return rule.kind, rule.window
+
+
+def check_kind(kind: str | None, window: int | None) -> int | None:
+    """Validate --kind/--window; the window to use (DEFAULT_WINDOW for sliding-window).
+    `kind` None (no --kind: the layer's own rule) takes no window."""
+    if kind is None:
+        if window is not None:
+            raise UsageError("--window applies only to --kind sliding-window",
+                             hint=f"e.g. attnscope mask-demo --kind sliding-window --window {DEFAULT_WINDOW}")
+        return None
     if kind not in KINDS:
         raise UsageError(f"unknown mask kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     if kind != "sliding-window":
@@ -191,6 +225,7 @@ def build_from_scores(
     n_pad: int = 0,
     model: str = "the model",
     own_kind: str = "bidirectional",
+    own_window: int | None = None,
     n_layers: int = 1,
     text: str = "",
 ) -> MaskDemo:
@@ -211,7 +246,7 @@ def build_from_scores(
     hidden_share = float((probs[:n_real] * ~ok[:n_real]).sum(-1).mean()) if n_real else 0.0
     size = pattern_size(n_tokens, n_layers, n_heads)
     demo = MaskDemo(labels, kind, layer, head, model, own_kind, d_head, scale, window, n_pad, ok, [], size,
-                    text=text, hidden_share=hidden_share)
+                    text=text, hidden_share=hidden_share, own_window=own_window)
     captions = _captions(demo)
     demo.steps = [
         Step("scores", f"Scores  q·k / √{d_head}", captions[0], scores, False),
@@ -227,11 +262,12 @@ def demo_for(
     text: str = DEFAULT_TEXT,
     layer: str | int = -1,
     head: str | int | None = None,
-    kind: str = "causal",
+    kind: str | None = None,
     window: int | None = None,
     truncate: bool = False,
 ) -> MaskDemo:
-    """Run the model on `text` and build the demo for one layer and head (None: `pick_head`).
+    """Run the model on `text` and build the demo for one layer and head (None: `pick_head`),
+    applying the mask `kind` (None: `default_kind`, the layer's own on a decoder).
     A text longer than the model's positions is an error unless `truncate` (as
     `Inspector.tokenize`); with padding, room is kept for the pads where positions are learned.
 
@@ -246,6 +282,9 @@ def demo_for(
     heads = None if head is None else analysis.select(head, cfg.n_heads, "head")
     if heads is not None and len(heads) != 1:
         raise SelectionError("mask-demo shows one head: give --head a single index", hint="e.g. --head 0")
+    kind_given = kind is not None
+    if kind is None:
+        kind, window = default_kind(cfg, layers[0])
     tokens = _tokens_for(inspector, text, kind, truncate)
     tokens, scores = inspector.scores(tokens, layers[0])  # (H, T, T): the model's own
     attn = inspector.model.blocks[layers[0]].attn
@@ -265,8 +304,11 @@ def demo_for(
     chosen = heads[0] if heads is not None else pick_head(scores, n_real)
     demo = build_from_scores(tokens.labels, scores, chosen, kind, window, d_head=cfg.d_head, scale=attn.scale,
                              layer=layers[0], n_pad=n_pad, model=cfg.name or inspector.source,
-                             own_kind=model_kind(cfg, layers[0]), n_layers=cfg.n_layers, text=text)
+                             own_kind=model_kind(cfg, layers[0]), own_window=cfg.window(layers[0]),
+                             n_layers=cfg.n_layers, text=text)
     demo.auto_head = heads is None
+    demo.kind_given = kind_given
+    demo.layer_kind = layer_kind(cfg, layers[0])
     demo.layer_map = layer_map(cfg)
     demo.truncated_from = tokens.truncated_from
     return demo
@@ -305,6 +347,9 @@ def to_dict(demo: MaskDemo, steps: list[int] | None = None) -> dict[str, Any]:
         "model_mask": demo.model_kind,
         "layer_map": demo.layer_map,
         "kind": demo.kind,
+        "kind_given": demo.kind_given,
+        "layer_kind": demo.layer_kind,
+        "own_mask": demo.own_mask,
         "layer": demo.layer,
         "head": demo.head,
         "head_picked_automatically": demo.auto_head,

@@ -134,6 +134,9 @@ def title(console: Console, demo: "MaskDemo", color: bool) -> None:
     ))
     if demo.text:
         console.print(Text(f"text: {demo.text}", style=dim))
+    if demo.layer_kind:
+        shown = "its own mask is shown" if demo.own_mask else f"the {demo.kind} mask shown is not its own"
+        console.print(Text(f"layer {demo.layer}: {demo.layer_kind} · {shown}", style=dim))
     if demo.auto_head:
         console.print(Text(f"head {demo.head}: the one leaning most on later keys (pick another with --head)", style=dim))
     console.print(Text(model_note(demo), style=dim))
