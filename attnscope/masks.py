@@ -6,8 +6,9 @@ mask and softmax with it. The masks are the model's own rule (`MaskRule`, the on
 the forward pass uses) for causal, sliding-window and bidirectional attention, plus a
 key mask for padding. With no kind given, a decoder's layer gets its own rule (causal,
 or causal within its window on a model's local layers), so the last step is that layer's
-attention; an encoder, which masks nothing, gets the causal mask to show what one hides. Every step carries a caption that says why, so the CLI, `--json`
-and the renderer all tell the same story. Nothing here prints.
+attention; an encoder, which masks nothing, gets the causal mask to show what one hides.
+Every step carries a caption that says why, so the CLI, `--json` and the renderer all
+tell the same story. Nothing here prints.
 
 `build_from_scores()` is pure: tokens and scores in, a `MaskDemo` out (`build()` takes q,
 k and a scale instead). `demo_for()` is the one place that runs a model (through an
@@ -31,7 +32,8 @@ from torch import Tensor
 from attnscope import analysis
 from attnscope.errors import InputError, SelectionError, UsageError
 from attnscope.parts.attention import MaskRule, mask_rule
-from attnscope.mask_captions import _captions, _mask_title, layer_kind_words, model_note  # noqa: F401  (model_note: public)
+from attnscope.mask_captions import _captions, _mask_title, layer_kind_words
+from attnscope.mask_captions import model_note  # noqa: F401  (public: the note for a demo)
 from attnscope.tokenize import pad_token, with_padding
 from attnscope.tokenize import tokenize, visible
 
