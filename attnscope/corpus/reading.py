@@ -25,6 +25,7 @@ from attnscope.safe_io import MAX_DEPTH, json_depth_ok, open_regular
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 MAX_LINE = 16 * 1024 * 1024  # bytes of one line: a whole book is a few MiB
+_CHUNK = 1024 * 1024  # bytes read at a time
 
 
 def read_corpus(path: str, field: str = "text", max_texts: int | None = None,
@@ -64,24 +65,48 @@ def read_corpus(path: str, field: str = "text", max_texts: int | None = None,
 
 
 def _lines(stream: IO[bytes], name: str) -> Iterator[tuple[int, bytes]]:
-    """(number, line without its newline), each read at most MAX_LINE + 1 bytes at a time."""
-    number = 0
+    """(number, line without its newline): read in `_CHUNK`s and split (as fast as
+    iterating the file), a line spanning chunks held in pieces up to MAX_LINE bytes."""
+    number = held = 0
+    pieces: list[bytes] = []  # the start of a line that spans chunks
+    read = getattr(stream, "read1", stream.read)  # read1: a pipe gives what it has, without waiting for more
+    size = min(_CHUNK, MAX_LINE)
     while True:
         try:
-            raw = stream.readline(MAX_LINE + 1)
+            chunk = read(size)
         except OSError as exc:
             raise InputError(f"cannot read the corpus {name}: {exc.strerror or exc}") from None
         except ValueError:  # a stream closed under us
             raise InputError(f"cannot read the corpus {name}: the stream is closed") from None
-        if not raw:
-            return
-        number += 1
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        elif len(raw) > MAX_LINE:
-            raise InputError(f"line {number} of {name} is longer than the {MAX_LINE // (1024 * 1024)} MiB limit "
-                             "on one text", hint="split the text over several lines, or shorten it")
-        yield number, raw
+        if not chunk:
+            break
+        start = 0
+        if pieces:
+            k = chunk.find(b"\n")
+            held += len(chunk) if k < 0 else k
+            if held > MAX_LINE:
+                raise _too_long(number + 1, name)
+            if k < 0:
+                pieces.append(chunk)
+                continue
+            pieces.append(chunk[:k])
+            number += 1
+            yield number, b"".join(pieces)
+            pieces, held, start = [], 0, k + 1
+        lines = chunk[start:].split(b"\n")  # each shorter than a chunk: within MAX_LINE
+        last = lines.pop()
+        for line in lines:
+            number += 1
+            yield number, line
+        if last:
+            pieces, held = [last], len(last)
+    if pieces:
+        yield number + 1, b"".join(pieces)
+
+
+def _too_long(number: int, name: str) -> InputError:
+    return InputError(f"line {number} of {name} is longer than the {MAX_LINE // (1024 * 1024)} MiB limit on one text",
+                      hint="split the text over several lines, or shorten it")
 
 
 def _texts(stream: IO[bytes], name: str, field: str, max_texts: int | None, as_jsonl: bool,
@@ -116,35 +141,35 @@ def _texts(stream: IO[bytes], name: str, field: str, max_texts: int | None, as_j
 
 
 def _field(line: str, number: int, name: str, field: str) -> str:
-    where = f"line {number} of {name}"
     # counting brackets is C-fast; the character walk runs only where the nesting could be deep
     if line.count("[") + line.count("{") > MAX_DEPTH and not json_depth_ok(line):
-        raise InputError(f"{where} nests deeper than {MAX_DEPTH} levels",
+        raise InputError(f"line {number} of {name} nests deeper than {MAX_DEPTH} levels",
                          hint="each line of a JSON Lines corpus is one flat JSON object") from None
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{where} is not valid JSON: {exc.msg} at column {exc.colno}",
+        raise InputError(f"line {number} of {name} is not valid JSON: {exc.msg} at column {exc.colno}",
                          hint="each line of a JSON Lines corpus is one JSON object") from None
     except (ValueError, RecursionError):  # an integer of 4,300+ digits
-        raise InputError(f"{where} holds a number of more than 4,300 digits",
+        raise InputError(f"line {number} of {name} holds a number of more than 4,300 digits",
                          hint="no real value is that long; fix or drop the line") from None
     if not isinstance(obj, dict):
-        raise InputError(f"{where} is a JSON {_json_kind(obj)}, not an object",
+        raise InputError(f"line {number} of {name} is a JSON {_json_kind(obj)}, not an object",
                          hint=f'each line of a JSON Lines corpus is one object, e.g. {{"{field}": "..."}}')
     if field not in obj:
         keys = ", ".join(_printable(key) for key in list(obj)[:8]) + (", …" if len(obj) > 8 else "")
-        raise InputError(f"{where} has no field {field!r}" + (f" (its fields: {keys})" if obj else ""),
+        raise InputError(f"line {number} of {name} has no field {field!r}" + (f" (its fields: {keys})" if obj else ""),
                          hint="name the text's field with --field")
     value = obj[field]
     if not isinstance(value, str):
-        raise InputError(f"{where}: field {field!r} is a JSON {_json_kind(value)}, not a string",
+        raise InputError(f"line {number} of {name}: field {field!r} is a JSON {_json_kind(value)}, not a string",
                          hint="name the text's field with --field")
     try:
-        value.encode("utf-8")
+        if "\\u" in line:  # only a \u escape can make a lone surrogate
+            value.encode("utf-8")
     except UnicodeEncodeError as exc:  # a \ud800 escape decodes to a lone surrogate: not a character
-        raise InputError(f"{where}: field {field!r} holds a lone surrogate (\\u{ord(value[exc.start]):04x} at "
-                         f"character {exc.start + 1}), which is not text",
+        raise InputError(f"line {number} of {name}: field {field!r} holds a lone surrogate "
+                         f"(\\u{ord(value[exc.start]):04x} at character {exc.start + 1}), which is not text",
                          hint="fix that \\u escape (a surrogate pair needs both halves), or drop the line") from None
     return value
 
