@@ -2,10 +2,12 @@
 
     reading.py   `read_corpus`: (line number, text) from a plain file (one text a line),
                  JSON Lines (`.jsonl`/`.ndjson`, one string field of each object) or
-                 stdin (`-`); blank lines skipped
+                 stdin (`-`); blank lines skipped; a named corpus must be a regular
+                 file, lines are read in bounded chunks and JSON depth-checked
     per_text.py  the per-text file: a header, then one JSON line per text, appended as
                  each text finishes; read back to resume, validated against the run and
-                 the corpus; under torchrun one file per rank, merged at the end
+                 the corpus; under torchrun one file per rank, merged at the end;
+                 locked for the whole run, every resumed record checked like input
     pooling.py   `corpus_scores`: one forward pass a text, float64 sums and row counts
                  pooled over the texts (and the processes); `CorpusScores`,
                  `CorpusProgress`, `corpus_dict`

@@ -309,7 +309,9 @@ def _grid(value: Any, shape: tuple[int, int], name: str, count: int) -> Tensor:
 def text_record(index: int, line: int, digest: str, n: int, cut: int | None, sums: dict[str, Tensor],
                 counts: dict[str, int]) -> dict[str, Any]:
     """One text's line: values to float32's precision for reading, sums in full float64
-    for pooling (JSON floats round-trip exactly)."""
+    for pooling (JSON floats round-trip exactly). `truncated_from` is the text's tokens,
+    or, for a text too long to tokenize whole, its bounded prefix's (a lower bound; see
+    `pooling.bounded_tokens`)."""
     rec: dict[str, Any] = {"index": index, "line": line, "sha1": digest, "n_tokens": n}
     if cut is not None:
         rec["truncated_from"] = cut
