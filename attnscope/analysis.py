@@ -165,17 +165,14 @@ class LayerStream(ProbeBase):
             self.emit(layer, self.buffer)
 
 
-# Where a query sees fewer than k keys, its last entries hold this index and weight 0.
-NO_KEY = -1
-
-
 @dataclass
 class TopK:
     """indices[l, h, i] are the k keys query i attends to most, weights descending.
 
-    Only keys the query can see are listed: a key the mask hides (a causal query's
-    future, a window's past, padding) weighs exactly 0 after the kernel's softmax, and a
-    row with fewer than k keys of weight above 0 ends in `NO_KEY` entries of weight 0."""
+    A key the mask hides (a causal query's future, a window's past, padding) weighs
+    exactly 0 after the kernel's softmax: where a query sees fewer than k keys, its last
+    entries weigh 0 and name no key it can see. `rows` lists only keys of weight above 0,
+    and a saved top-k is read the same way (an entry of weight 0 is no key)."""
 
     indices: Tensor  # (L_sel, H_sel, T, k) int64
     weights: Tensor  # (L_sel, H_sel, T, k) float32
@@ -187,7 +184,7 @@ class TopK:
         """The query's listed keys (key index, weight), heaviest first: at most k."""
         idx = self.indices[layer_pos, head_pos, query].tolist()
         w = self.weights[layer_pos, head_pos, query].tolist()
-        return [(j, x) for j, x in zip(idx, w) if j != NO_KEY]
+        return [(j, x) for j, x in zip(idx, w) if x > 0.0]
 
 
 class TopKProbe(ProbeBase):
@@ -203,9 +200,6 @@ class TopKProbe(ProbeBase):
         if chunk.shape[2] < self.k:  # fewer keys than k in this chunk: the rest weigh 0
             chunk = torch.nn.functional.pad(chunk, (0, self.k - chunk.shape[2]))
         w, i = torch.topk(chunk, self.k, dim=-1, sorted=True)  # (H_sel, c, k)
-        # Masked keys weigh exactly 0 (softmax of -inf; a causal chunk leaves them out):
-        # never list them, nor a key whose weight underflowed to 0, as a top key.
-        i = i.masked_fill(w <= 0, NO_KEY)
         pos, stop = self._layer_pos[layer], start + chunk.shape[1]
         self.weights[pos, :, start:stop] = w.cpu()
         self.indices[pos, :, start:stop] = i.cpu()

@@ -166,7 +166,8 @@ class Inspector:
 
     def topk(self, text: str | Tokens, k: int = 3, layers: Selector = None, heads: Selector = None,
              truncate: bool = False) -> analysis.TopK:
-        """For every token, the k keys it attends to most, per selected layer and head."""
+        """For every token, the k keys it attends to most, per selected layer and head
+        (`TopK.rows` lists only the keys it can see: masked ones weigh 0)."""
         if k < 1:
             raise UsageError(f"top-k must be at least 1, got {k}")
         tokens = self._tokens(text, truncate)

@@ -49,32 +49,33 @@ def test_topk_view_lists_only_visible_keys(build: Callable[[str], Path]) -> None
     assert "0.00" not in first and len(re.findall(r"\d\.\d\d", first)) == 1, first
 
 
-def test_topk_probe_marks_missing_keys_and_saves_them(build: Callable[[str], Path], tmp_path: Path) -> None:
-    from attnscope.analysis import NO_KEY
-
+def test_saved_topk_marks_masked_entries_by_weight_zero(build: Callable[[str], Path], tmp_path: Path) -> None:
+    """--save-topk keeps k columns; a query that sees fewer keys has entries of weight 0
+    past them, and every entry of positive weight is a key it can see."""
     save = tmp_path / "top.npz"
     ok(run("attend", TEXT, "-m", build("gpt2"), "--save-topk", save, "--top-k", "3"))
     data = np.load(save)
     idx, w = data["indices"], data["weights"]
-    n = idx.shape[2]
-    for i in range(n):
-        row = idx[:, :, i]
-        assert (row[..., : i + 1] != NO_KEY).all() and (row[..., i + 1 :] == NO_KEY).all()
-        assert (w[:, :, i, i + 1 :] == 0).all()
-        listed = row[..., : min(3, i + 1)]
-        assert (listed <= i).all()
+    for i in range(idx.shape[2]):
+        assert (w[:, :, i, : min(3, i + 1)] > 0).all() and (w[:, :, i, i + 1 :] == 0).all()
+        assert (np.where(w[:, :, i] > 0, idx[:, :, i], 0) <= i).all()
 
 
 def test_window_and_bidirectional_models_list_only_visible_keys(inspector: Callable[..., Any]) -> None:
-    """The bidirectional encoder lists k keys everywhere; the API's top-k goes through the
-    same probe (and lists only keys of positive weight)."""
-    m = inspector("bert")
-    res = m.topk(TEXT, k=3, layers="all")
-    assert (res.indices >= 0).all()
-    g = inspector("gpt2")
-    res = g.topk(TEXT, k=4, layers="all")
+    """The bidirectional encoder lists k keys everywhere; the API's top-k lists fewer near
+    a causal text's start, and a sliding window lists only keys inside it."""
+    res = inspector("bert").topk(TEXT, k=3, layers="all")
+    assert all(len(res.rows(0, 0, i)) == 3 for i in range(res.indices.shape[2]))
+    res = inspector("gpt2").topk(TEXT, k=4, layers="all")
     for i in range(res.indices.shape[2]):
         assert len(res.rows(0, 0, i)) == min(4, i + 1)
+    m = inspector("mistral")
+    window = m.config.sliding_window
+    res = m.topk("the cat sat on the mat and the dog sat on the log " * 3, k=window + 3, layers="all", truncate=True)
+    for li in range(len(res.layers)):
+        for i in range(res.indices.shape[2]):
+            keys = [j for j, _w in res.rows(li, 0, i)]
+            assert keys and all(i - window < j <= i for j in keys), (i, keys, window)
 
 
 def test_page_with_topk_keeps_fewer_keys(build: Callable[[str], Path], tmp_path: Path) -> None:
@@ -83,8 +84,9 @@ def test_page_with_topk_keeps_fewer_keys(build: Callable[[str], Path], tmp_path:
     page = tmp_path / "p.html"
     ok(run("attend", TEXT, "-m", build("gpt2"), "--html", page, "--html-topk", "3"))
     doc = read_page_data(page)
-    idx = doc["topk"]["indices"]
-    assert idx[0, 0, 0, 0] == 0 and (idx[:, :, 0, 1:] == -1).all()
+    idx, w = doc["topk"]["indices"], doc["topk"]["weights"]
+    assert idx[0, 0, 0, 0] == 0 and (w[:, :, 0, 1:] == 0).all()
+    assert "h.w[e] > out[h.idx[e]]" in page.read_text()  # entries of weight 0 are never drawn or listed
 
 
 def test_page_tells_masked_cells_from_near_zero(build: Callable[[str], Path], tmp_path: Path) -> None:

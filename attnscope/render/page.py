@@ -253,8 +253,7 @@ def _write_b64(f: BinaryIO, values: Any, dtype: str) -> None:
         values = values.detach().cpu().numpy()
     arr = np.ascontiguousarray(values)
     if dtype == "<i4":
-        # internal invariant: indices, -1 where a query sees fewer than k keys (analysis.NO_KEY)
-        assert arr.size == 0 or (int(arr.min()) >= -1 and int(arr.max()) < 2**31)
+        assert arr.size == 0 or (int(arr.min()) >= 0 and int(arr.max()) < 2**31)  # internal invariant: indices
     arr = np.ascontiguousarray(arr.astype(dtype, copy=False))
     raw = memoryview(arr).cast("B")
     f.write(b'"')

@@ -111,8 +111,8 @@
     function row(h, i) {
       if (!sparse) return h.data.subarray(i * n, (i + 1) * n);
       var out = new Float32Array(n);
-      // an index of -1 ends a row whose query sees fewer than k keys
-      for (var e = i * K; e < (i + 1) * K; e++) if (h.idx[e] >= 0 && h.w[e] > out[h.idx[e]]) out[h.idx[e]] = h.w[e];
+      // an entry of weight 0 is a key the query cannot see (masked): never drawn or listed
+      for (var e = i * K; e < (i + 1) * K; e++) if (h.w[e] > out[h.idx[e]]) out[h.idx[e]] = h.w[e];
       return out;
     }
     function col(h, j) {
