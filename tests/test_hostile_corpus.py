@@ -110,6 +110,22 @@ def test_stdin_is_streamed(build: Callable) -> None:
     assert json.loads(result.stdout)["corpus"]["n_texts"] == len(TEXTS)
 
 
+def test_an_endless_stdin_stops_at_the_memory_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Endless:  # `yes the cat sat | attnscope heads --corpus -`
+        def read1(self, size: int) -> bytes:
+            return b"the cat sat\n" * (size // 12)
+
+    class Stdin:
+        buffer = Endless()
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    monkeypatch.setattr(reading, "MAX_HELD", 2 * 1024**2)
+    with pytest.raises(InputError, match=r"^the corpus stdin holds more than 2 MiB of text \(at line \d+\)") as info:
+        list(corpus.read_corpus("-"))
+    assert "--max-texts" in (info.value.hint or "")
+    assert len(list(corpus.read_corpus("-", max_texts=1000))) == 1000  # --max-texts stops it first
+
+
 # --------------------------------------------------------------- lines of any length
 
 

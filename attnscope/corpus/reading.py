@@ -26,6 +26,8 @@ from attnscope.safe_io import MAX_DEPTH, json_depth_ok, open_regular
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 MAX_LINE = 16 * 1024 * 1024  # bytes of one line: a whole book is a few MiB
 _CHUNK = 1024 * 1024  # bytes read at a time
+MAX_HELD = 512 * 1024**2  # bytes of texts a corpus may hold in memory (heads --corpus holds all of it)
+_PER_TEXT = 100  # bytes Python spends on a text besides its string: the tuple, the number, a list slot
 
 
 def read_corpus(path: str, field: str = "text", max_texts: int | None = None,
@@ -37,6 +39,7 @@ def read_corpus(path: str, field: str = "text", max_texts: int | None = None,
     text. Blank lines (and, in JSON Lines, blank fields) are skipped. Bad input is an
     InputError naming the line: invalid UTF-8 or JSON, JSON nested past
     `safe_io.MAX_DEPTH` or holding a 4,300-digit integer, a line over `MAX_LINE` bytes,
+    texts past `MAX_HELD` bytes in all (an endless stdin),
     a line that is not an object, a missing or non-string field, a text holding a lone
     surrogate (a `\\ud800` escape: not text, as invalid UTF-8 is not), a corpus with no
     text. The file is opened now (a missing file, a FIFO, a closed stdin fail here);
@@ -69,7 +72,7 @@ def _lines(stream: IO[bytes], name: str) -> Iterator[tuple[int, bytes]]:
     iterating the file), a line spanning chunks held in pieces up to MAX_LINE bytes."""
     number = held = 0
     pieces: list[bytes] = []  # the start of a line that spans chunks
-    read = getattr(stream, "read1", stream.read)  # read1: a pipe gives what it has, without waiting for more
+    read = getattr(stream, "read1", None) or stream.read  # read1: a pipe gives what it has, without waiting for more
     size = min(_CHUNK, MAX_LINE)
     while True:
         try:
@@ -111,7 +114,7 @@ def _too_long(number: int, name: str) -> InputError:
 
 def _texts(stream: IO[bytes], name: str, field: str, max_texts: int | None, as_jsonl: bool,
            close: bool) -> Iterator[tuple[int, str]]:
-    count = 0
+    count = held = 0
     try:
         for number, raw in _lines(stream, name):
             try:
@@ -127,6 +130,11 @@ def _texts(stream: IO[bytes], name: str, field: str, max_texts: int | None, as_j
             text = _field(line, number, name, field) if as_jsonl else line
             if not text.strip():
                 continue
+            held += sys.getsizeof(text) + _PER_TEXT
+            if held > MAX_HELD:  # an endless stdin (`yes | …`) or a corpus past what one process should hold
+                raise InputError(f"the corpus {name} holds more than {MAX_HELD // 1024**2:,} MiB of text "
+                                 f"(at line {number}), more than attnscope keeps in memory",
+                                 hint="score part of it with --max-texts, or split it into several runs")
             yield number, text
             count += 1
             if max_texts is not None and count >= max_texts:
