@@ -203,7 +203,7 @@ def test_help_names_the_real_default_model(command: str) -> None:
     assert "{default_model}" not in text
 
 
-@pytest.mark.parametrize("command", ["heads", "mask-demo", "generate"])
+@pytest.mark.parametrize("command", ["attend", "heads", "mask-demo", "generate"])
 def test_docstrings_describe_the_default_from_its_entry(command: str) -> None:
     from attnscope.sources import packaged
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from attnscope.sources import packaged
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt,
     NoColorOpt, TruncateOpt, View,
@@ -59,7 +60,7 @@ def attend(
 ) -> None:
     """Show who attends to whom: run a real checkpoint and show its attention.
 
-    With no --model, runs the default model, SmolLM2-135M-Instruct (a 4-bit GGUF, 30 layers × 9 heads), offline;
+    With no --model, runs the default model, {default_model}, offline;
     ATTNSCOPE_MODEL overrides that default. The default view shows, for the last word, the tokens each head of
     the last layer draws on most.
     """
@@ -75,6 +76,9 @@ def attend(
     m = _load(model, device, dtype, True if offload else None)
     outputs.run(m, m.tokenize(text, truncate), wanted, measure.value, text)
 
+
+
+attend.__doc__ = packaged.fill_default(attend.__doc__)
 
 def _outputs(view: str, layer: Optional[str], head: Optional[str], top_k: int, token: Optional[str],
              save: Optional[Path], save_topk: Optional[Path], html: Optional[Path], html_topk: Optional[int],
