@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from attnscope.errors import ConfigError, UnknownPresetError
+from attnscope.kinds import ATTENTION_KINDS, MLP_KINDS, QK_NORMS, WIRINGS, AttnSpec, LayerSpec, MlpSpec, RopeSpec, Stack, freeze
 from attnscope.presets import PRESETS  # noqa: F401  (re-exported: config.PRESETS)
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -116,8 +117,16 @@ class ModelConfig:
     qk_norm: bool = False  # Qwen3: per-head RMSNorm on queries and keys before RoPE
     unembed_bias: bool = False  # Phi's lm_head has a bias
     final_softcap: float | None = None  # Gemma 2: cap * tanh(logits / cap) on the output logits
+    embed_multiplier: float | None = None  # embeddings times this (Granite), rounded to the activations' dtype
+    logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling)
     dtype: str = "float32"  # the dtype the checkpoint was saved in
     extra: dict[str, Any] = field(default_factory=dict)
+    # The layers, each of a declared kind (attnscope.kinds). A family whose layers differ
+    # (Gemma 3's local and global RoPE bases, SmolLM3's layers without RoPE) passes them;
+    # otherwise they are derived from the fields above, one kind per distinct window.
+    # Either way `self.stack` holds them (set in __post_init__, so `replace()` re-derives).
+    kinds: Stack | None = None
+    stack: Stack = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = self._where()
@@ -203,6 +212,10 @@ class ModelConfig:
             raise ConfigError(f"{where}rotary dimension {self.rotary_dim} must be even and within the head size {self.d_head}")
         if self.d_embed == 0:
             self.d_embed = self.d_model
+        for attr in ("embed_multiplier", "logits_divisor"):
+            value = getattr(self, attr)
+            if value is not None and (not _number(value) or value <= 0):
+                raise ConfigError(f"{where}{attr} must be a finite positive number, got {_shown(value)}")
         if self.layer_windows is not None:
             if not isinstance(self.layer_windows, list):
                 raise ConfigError(f"{where}layer windows must be a list, got {_shown(self.layer_windows)}")
@@ -211,6 +224,56 @@ class ModelConfig:
             if not all(w is None or _positive_int(w) for w in self.layer_windows):
                 raise ConfigError(f"{where}sliding windows must be positive integers up to 2**31, "
                                   f"got {_shown(self.layer_windows)}")
+
+        if self.kinds is None:
+            self.stack = self._derived_stack()
+        else:
+            self.stack = self.kinds
+            self._check_stack()
+
+    def _derived_stack(self) -> Stack:
+        """The layers the flat fields describe: one kind per distinct window."""
+        rope = (RopeSpec(float(self.rope_theta), self.rotary_dim, freeze(self.rope_scaling) if self.rope_scaling else None)
+                if self.positions == "rope" else None)
+        mlp = MlpSpec("gated" if self.gated_mlp else "dense", self.d_mlp, self.act, self.mlp_bias)
+        base = LayerSpec(AttnSpec(self.n_heads, self.n_kv_heads, self.d_head, self.causal, self.sliding_window, rope,
+                                  self.attn_scale, self.attn_softcap, "head" if self.qk_norm else None,
+                                  self.qkv_bias, self.out_bias), mlp, self.wiring)
+        if self.layer_windows is None:
+            return Stack(((base, self.n_layers),))
+        specs = {w: base.with_attn(window=w) for w in set(self.layer_windows)}
+        return Stack.of(specs[w] for w in self.layer_windows)
+
+    def _check_stack(self) -> None:
+        """A family's own layer kinds: every number bounded, every name known, and the
+        sizes every consumer still reads model-wide (heads, head size) shared by all."""
+        where = self._where()
+        if not isinstance(self.stack, Stack) or len(self.stack) != self.n_layers:
+            raise ConfigError(f"{where}the layer kinds do not cover the {self.n_layers} layers")
+        for spec, _ in self.stack.kinds():
+            a, m = spec.attn, spec.mlp
+            if a.kind not in ATTENTION_KINDS or m.kind not in MLP_KINDS or spec.wiring not in WIRINGS:
+                raise ConfigError(f"{where}unsupported layer kind {a.kind}/{m.kind}/{spec.wiring}")
+            if (a.n_heads, a.n_kv_heads, a.d_head) != (self.n_heads, self.n_kv_heads, self.d_head):
+                raise ConfigError(f"{where}layers with different head counts or sizes are not supported yet")
+            if not _positive_int(m.d_mlp) or m.act not in ACTIVATIONS:
+                raise ConfigError(f"{where}a layer's MLP has a bad size or activation: {_shown(m)}")
+            if a.window is not None and not _positive_int(a.window):
+                raise ConfigError(f"{where}sliding windows must be positive integers up to 2**31, got {_shown(a.window)}")
+            if a.qk_norm is not None and a.qk_norm not in QK_NORMS:
+                raise ConfigError(f"{where}unknown q/k norm {a.qk_norm!r}")
+            for name, value in (("scale", a.scale), ("softcap", a.softcap), ("residual scale", spec.residual_scale)):
+                if value is not None and (not _number(value) or value <= 0):
+                    raise ConfigError(f"{where}a layer's {name} must be a finite positive number, got {_shown(value)}")
+            if a.rope is not None:
+                if not _number(a.rope.theta) or a.rope.theta < 1:
+                    raise ConfigError(f"{where}rope_theta must be a finite number of at least 1, got {_shown(a.rope.theta)}")
+                if not isinstance(a.rope.rotary_dim, int) or not 0 < a.rope.rotary_dim <= a.d_head or a.rope.rotary_dim % 2:
+                    raise ConfigError(f"{where}rotary dimension {_shown(a.rope.rotary_dim)} must be even and within the head size {a.d_head}")
+
+    def layer(self, i: int) -> LayerSpec:
+        """Layer i's kind."""
+        return self.stack.layer(i)
 
     def _check_rope_scaling(self, scaling: dict[str, Any]) -> None:
         """llama3 scaling: every factor a positive number, high above low (they divide)."""
@@ -227,9 +290,7 @@ class ModelConfig:
 
     def window(self, layer: int) -> int | None:
         """The sliding window of one layer (None: the layer sees every allowed key)."""
-        if self.layer_windows is not None:
-            return self.layer_windows[layer]
-        return self.sliding_window
+        return self.layer(layer).attn.window
 
     def _where(self) -> str:
         return f"{self.name}: " if self.name else ""
@@ -257,7 +318,10 @@ class ModelConfig:
         return "grouped-query"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields a config was built from (the derived `stack` left out)."""
+        out = asdict(self)
+        out.pop("stack", None)
+        return out
 
 
 def preset(name: str) -> ModelConfig:

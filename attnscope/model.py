@@ -52,6 +52,8 @@ class Embedding(nn.Module):
             x = self.proj_in(x)  # (T, d)
         if cfg.embed_scale:  # Gemma: sqrt(d) in the activations' dtype, as the reference rounds it
             x = x * torch.tensor(cfg.d_model**0.5, dtype=x.dtype)
+        if cfg.embed_multiplier is not None:  # Granite: a declared multiplier, rounded the same way
+            x = x * torch.tensor(cfg.embed_multiplier, dtype=x.dtype)
         if cfg.positions == "learned":
             if positions is None:
                 positions = torch.arange(start, start + ids.shape[0], device=ids.device)
@@ -117,7 +119,9 @@ class Transformer(nn.Module):
             self.proj_out = nn.Linear(cfg.d_model, cfg.d_embed, bias=False)
         if cfg.lm_head and (not cfg.tied_embeddings or cfg.unembed_bias):
             self.unembed = Unembed(cfg)
-        self.rotary = Rotary(cfg) if cfg.positions == "rope" else None
+        # One rotary table per distinct RoPE kind among the layers (none without RoPE).
+        ropes = dict.fromkeys(spec.attn.rope for spec, _ in cfg.stack.kinds() if spec.attn.rope is not None)
+        self.rotaries = {rope: Rotary(rope, cfg.n_ctx) for rope in ropes}
         # Offloading: blocks stay on the meta device and `block_source(i)` supplies one
         # block's weights (our names, relative to the block) just before it runs.
         self.block_source: Callable[[int], dict[str, Tensor]] | None = None
@@ -138,10 +142,12 @@ class Transformer(nn.Module):
         if packing is not None:  # several texts in one pass: their own positions, masked apart
             assert cache is None and start == 0, "a packed pass starts afresh"  # internal invariant
             x = self.embed(ids, start, packing.positions)
-            rope = self.rotary.tables_at(packing.positions) if self.rotary is not None else None
+            positions = packing.positions
         else:
             x = self.embed(ids, start)
-            rope = self.rotary.tables(start, T, ids.device) if self.rotary is not None else None
+            positions = torch.arange(start, start + T, device=ids.device)
+        # The per-pass state: each RoPE kind's (cos, sin) at this pass's positions, built once.
+        rope = {spec: rotary.tables_at(positions) for spec, rotary in self.rotaries.items()}
         stop = cfg.n_layers - 1 if last_layer is None else last_layer
         for i, block in enumerate(self.blocks):
             if i > stop:
@@ -178,6 +184,8 @@ class Transformer(nn.Module):
         if cfg.unembed_bias:
             out = out + unembed.bias
         out = out.float() if out.dtype != torch.float64 else out
+        if cfg.logits_divisor is not None:  # Granite's logits_scaling
+            out = out / cfg.logits_divisor
         if cfg.final_softcap is not None:
             out = torch.tanh(out / cfg.final_softcap) * cfg.final_softcap
         return out

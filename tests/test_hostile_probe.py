@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from procs import run_measured
 
 LIMIT_S = 60.0  # a hang is unbounded; a loaded 2-core CI box takes a few seconds per process
 LIMIT_RSS = 2 * 1024**3
@@ -27,38 +28,16 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-# A wrapper runs the command and reports that one child's peak RSS (RUSAGE_CHILDREN of a
-# process whose only child it is), then exits with the child's code (-N for a signal).
-WRAP = """
-import resource, subprocess, sys
-code = subprocess.run(sys.argv[2:]).returncode
-open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
-sys.exit(code if code >= 0 else 128 - code)
-"""
-
-
 def run(args: list[Any], cwd: Path, stdin: Any = subprocess.DEVNULL, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `python -m attnscope ARGS` and return its exit code, outputs, seconds and peak RSS."""
-    import signal
-
     full_env = {**os.environ, "COLUMNS": "100", **(env or {})}
     full_env.pop("ATTNSCOPE_DEBUG", None)
-    rss_file = cwd / f".rss-{time.monotonic_ns()}"
-    start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", WRAP, str(rss_file), sys.executable, "-m", "attnscope",
-                             *map(os.fsencode, map(str, args))], cwd=cwd, start_new_session=True,
-                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
-    try:
-        out, err = proc.communicate(timeout=LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+    res = run_measured([sys.executable, "-m", "attnscope", *map(os.fsencode, map(str, args))], LIMIT_S,
+                       cwd=cwd, env=full_env, stdin=stdin)
+    if res.timed_out:
         pytest.fail(f"hang: {args} ran past {LIMIT_S} s")
-    rss = int(rss_file.read_text()) if rss_file.exists() else 0
-    rss_file.unlink(missing_ok=True)
-    rc = proc.returncode if proc.returncode < 128 else -(proc.returncode - 128)
-    return {"rc": rc, "out": out.decode("utf-8", "replace"), "err": err.decode("utf-8", "replace"),
-            "s": time.monotonic() - start, "rss": rss}
+    return {"rc": res.returncode, "out": res.stdout.decode("utf-8", "replace"),
+            "err": res.stderr.decode("utf-8", "replace"), "s": res.seconds, "rss": res.peak_rss}
 
 
 def one_line_failure(res: dict[str, Any], *needles: str, stdout_empty: bool = True) -> str:

@@ -5,6 +5,7 @@ where `use_sliding_window` and `layer_types` say so.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from attnscope.architectures import llama
@@ -22,10 +23,7 @@ WEIGHTS: dict[str, str | None] = {
 
 
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
-    cfg = llama.config_from_hf(raw, name)
-    cfg.family = "qwen3"
-    cfg.qk_norm = True
-    return cfg
+    return replace(llama.config_from_hf(raw, name), family="qwen3", qk_norm=True)
 
 
 # --------------------------------------------------------------------------- GGUF

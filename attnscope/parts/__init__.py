@@ -7,9 +7,9 @@ parameters declared here under the same relative names, and `model.build` checks
 invariant on every build. `model_shapes(cfg)` is the one list the model, the loading
 checks, `params` and `--dry-run` all read.
 
-Shapes are nn.Linear's (out, in). Blocks are declared once (`block_shapes`, names relative
-to the block) and repeated `n_layers` times, so counting a model of any depth is
-arithmetic and never enumerates its layers.
+Shapes are nn.Linear's (out, in). Blocks are declared once per layer kind (`block_shapes`,
+names relative to the block; `kind_counts`) and counted kind × its number of layers, so
+counting a model of any depth is arithmetic and never enumerates its layers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig
+    from attnscope.kinds import AttnSpec, LayerSpec, MlpSpec
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -42,61 +43,79 @@ def _prefixed(prefix: str, shapes: Shapes) -> Shapes:
     return {f"{prefix}.{name}": shape for name, shape in shapes.items()}
 
 
-def attention_shapes(cfg: "ModelConfig") -> Shapes:
-    """Projections q, k, v (to per-head vectors) and o (heads back to the residual)."""
-    d, dh = cfg.d_model, cfg.d_head
-    q_out, kv_out = cfg.n_heads * dh, cfg.n_kv_heads * dh
+def attention_shapes(cfg: "ModelConfig", spec: "AttnSpec | None" = None) -> Shapes:
+    """Projections q, k, v (to per-head vectors) and o (heads back to the residual), and
+    the q/k norms a kind may hold: per head (Qwen3, Gemma 3) or over the whole projection
+    (OLMo 2). `spec`: the layer's attention (default: layer 0's)."""
+    a = spec or cfg.layer(0).attn
+    d, dh = cfg.d_model, a.d_head
+    q_out, kv_out = a.n_heads * dh, a.n_kv_heads * dh
     shapes: Shapes = {}
     for part, out in (("q", q_out), ("k", kv_out), ("v", kv_out)):
         shapes[f"{part}.weight"] = (out, d)
-        if cfg.qkv_bias:
+        if a.qkv_bias:
             shapes[f"{part}.bias"] = (out,)
-    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's dimensions
+    if a.qk_norm == "head":  # RMSNorm over each head's dimensions
         shapes.update(_prefixed("q_norm", norm_shapes(cfg, dh)))
         shapes.update(_prefixed("k_norm", norm_shapes(cfg, dh)))
+    elif a.qk_norm == "projection":  # RMSNorm over all heads' dimensions at once
+        shapes.update(_prefixed("q_norm", norm_shapes(cfg, q_out)))
+        shapes.update(_prefixed("k_norm", norm_shapes(cfg, kv_out)))
     shapes["o.weight"] = (d, q_out)
-    if cfg.out_bias:
+    if a.out_bias:
         shapes["o.bias"] = (d,)
     return shapes
 
 
-def mlp_shapes(cfg: "ModelConfig") -> Shapes:
-    """Dense (up, down) or gated (gate, up, down)."""
+def mlp_shapes(cfg: "ModelConfig", spec: "MlpSpec | None" = None) -> Shapes:
+    """Dense (up, down) or gated (gate, up, down). `spec`: the layer's MLP (default: layer 0's)."""
+    m = spec or cfg.layer(0).mlp
     d = cfg.d_model
     shapes: Shapes = {}
-    for part in ("gate", "up") if cfg.gated_mlp else ("up",):
-        shapes[f"{part}.weight"] = (cfg.d_mlp, d)
-        if cfg.mlp_bias:
-            shapes[f"{part}.bias"] = (cfg.d_mlp,)
-    shapes["down.weight"] = (d, cfg.d_mlp)
-    if cfg.mlp_bias:
+    for part in ("gate", "up") if m.kind == "gated" else ("up",):
+        shapes[f"{part}.weight"] = (m.d_mlp, d)
+        if m.bias:
+            shapes[f"{part}.bias"] = (m.d_mlp,)
+    shapes["down.weight"] = (d, m.d_mlp)
+    if m.bias:
         shapes["down.bias"] = (d,)
     return shapes
 
 
-# The norms each wiring holds, in order (see parts.block for the wirings themselves).
-WIRING_NORMS = {
-    "pre": ("attn_norm", "mlp_norm"),
-    "post": ("attn_norm", "mlp_norm"),
-    "parallel": ("attn_norm", "mlp_norm"),
-    "parallel_shared": ("attn_norm",),
-    "sandwich": ("attn_norm", "post_attn_norm", "mlp_norm", "post_mlp_norm"),
+# What each wiring holds, in order: its norms around "attn" and "mlp" (see parts.block).
+WIRING_ORDER = {
+    "pre": ("attn_norm", "attn", "mlp_norm", "mlp"),
+    "post": ("attn_norm", "attn", "mlp_norm", "mlp"),
+    "parallel": ("attn_norm", "attn", "mlp_norm", "mlp"),
+    "parallel_shared": ("attn_norm", "attn", "mlp"),
+    "sandwich": ("attn_norm", "attn", "post_attn_norm", "mlp_norm", "mlp", "post_mlp_norm"),
+    "post_sublayer": ("attn", "post_attn_norm", "mlp", "post_mlp_norm"),
 }
+WIRING_NORMS = {wiring: tuple(p for p in parts if p.endswith("norm")) for wiring, parts in WIRING_ORDER.items()}
 
 
-def block_shapes(cfg: "ModelConfig") -> Shapes:
-    """One block, names relative to it: its wiring's norms, attention and MLP."""
-    norms = WIRING_NORMS[cfg.wiring]
+def block_shapes(cfg: "ModelConfig", spec: "LayerSpec | None" = None) -> Shapes:
+    """One block of kind `spec` (default: layer 0's), names relative to it: its wiring's
+    norms, attention and MLP."""
+    spec = spec or cfg.layer(0)
     shapes: Shapes = {}
-    shapes.update(_prefixed(norms[0], norm_shapes(cfg)))
-    shapes.update(_prefixed("attn", attention_shapes(cfg)))
-    for name in norms[1:]:
-        if name == "post_mlp_norm":
-            shapes.update(_prefixed("mlp", mlp_shapes(cfg)))
-        shapes.update(_prefixed(name, norm_shapes(cfg)))
-    if "post_mlp_norm" not in norms:
-        shapes.update(_prefixed("mlp", mlp_shapes(cfg)))
+    for part in WIRING_ORDER[spec.wiring]:
+        if part == "attn":
+            shapes.update(_prefixed("attn", attention_shapes(cfg, spec.attn)))
+        elif part == "mlp":
+            shapes.update(_prefixed("mlp", mlp_shapes(cfg, spec.mlp)))
+        else:
+            shapes.update(_prefixed(part, norm_shapes(cfg)))
     return shapes
+
+
+def kind_counts(cfg: "ModelConfig") -> list[tuple["LayerSpec", int, int]]:
+    """Each distinct layer kind, how many layers are of it, and one such block's
+    parameters: counting a model sums count × numel, never enumerating its layers."""
+    from math import prod
+
+    return [(spec, count, sum(prod(shape) for shape in block_shapes(cfg, spec).values()))
+            for spec, count in cfg.stack.kinds()]
 
 
 def embedding_shapes(cfg: "ModelConfig") -> Shapes:
@@ -143,9 +162,12 @@ def head_shapes(cfg: "ModelConfig") -> Shapes:
 def model_shapes(cfg: "ModelConfig") -> Shapes:
     """Every parameter of the model by our name, in load order. Tied unembeddings are absent."""
     shapes = embedding_shapes(cfg)
-    block = block_shapes(cfg)
-    for i in range(cfg.n_layers):
-        shapes.update(_prefixed(f"blocks.{i}", block))
+    layer = 0
+    for spec, count in cfg.stack.runs:
+        block = block_shapes(cfg, spec)
+        for i in range(layer, layer + count):
+            shapes.update(_prefixed(f"blocks.{i}", block))
+        layer += count
     shapes.update(head_shapes(cfg))
     return shapes
 
@@ -156,9 +178,9 @@ def required_count(cfg: "ModelConfig") -> int:
     a checkpoint stores is refused before anything is built."""
     from math import prod
 
-    block = sum(prod(shape) for shape in block_shapes(cfg).values())
+    blocks = sum(count * numel for _, count, numel in kind_counts(cfg))
     final = sum(prod(shape) for shape in norm_shapes(cfg).values()) if cfg.final_norm else 0
-    return sum(prod(shape) for shape in embedding_shapes(cfg).values()) + cfg.n_layers * block + final
+    return sum(prod(shape) for shape in embedding_shapes(cfg).values()) + blocks + final
 
 
 # Tensors the model can run without: the output head (attention needs no logits) and the

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
 from attnscope.hooks import attn_site
+from attnscope.kinds import AttnSpec
 from attnscope.parts import chunk_rows
 from attnscope.parts.norms import make_norm
 from attnscope.parts.positions import apply_rope
@@ -81,10 +82,12 @@ class Packing:
 
 
 def mask_rule(cfg: ModelConfig, layer: int | None = None) -> MaskRule:
-    """The rule layer `layer` applies (None: the model's general rule, ignoring
-    per-layer windows)."""
-    window = cfg.window(layer) if layer is not None else cfg.sliding_window
-    return MaskRule(cfg.causal, window)
+    """The rule layer `layer` applies, from its kind (None: the model's general rule,
+    ignoring per-layer windows)."""
+    if layer is None:
+        return MaskRule(cfg.causal, cfg.sliding_window)
+    spec = cfg.layer(layer).attn
+    return MaskRule(spec.causal, spec.window)
 
 
 class SoftCap:
@@ -102,8 +105,9 @@ class SoftCap:
 ScoreModifier = Callable[[Tensor, int, int], None]
 
 
-def score_modifiers(cfg: ModelConfig) -> list[ScoreModifier]:
-    return [SoftCap(cfg.attn_softcap)] if cfg.attn_softcap is not None else []
+def score_modifiers(spec: AttnSpec) -> list[ScoreModifier]:
+    """The modifiers a kind of attention applies to its scores, in order."""
+    return [SoftCap(spec.softcap)] if spec.softcap is not None else []
 
 
 def _upper(rows: int, cols: int, device: torch.device) -> Tensor:
@@ -162,41 +166,52 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_start: int, k_start: int, rule:
 
 
 class Attention(nn.Module):
-    """Self-attention of one layer, reporting at the site `blocks.{layer}.attn`."""
+    """Self-attention of one layer, of the layer's own kind (`ModelConfig.layer(i).attn`),
+    reporting at the site `blocks.{layer}.attn`."""
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.cfg = cfg
+        self.spec = spec = cfg.layer(layer).attn
         self.layer = layer
         self.site = attn_site(layer)
-        self.rule = mask_rule(cfg, layer)
-        self.modifiers = score_modifiers(cfg)
-        self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.d_head)
-        q_out, kv_out = cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
-        self.q = nn.Linear(cfg.d_model, q_out, bias=cfg.qkv_bias)
-        self.k = nn.Linear(cfg.d_model, kv_out, bias=cfg.qkv_bias)
-        self.v = nn.Linear(cfg.d_model, kv_out, bias=cfg.qkv_bias)
-        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's dimensions, before RoPE
-            self.q_norm = make_norm(cfg, cfg.d_head)
-            self.k_norm = make_norm(cfg, cfg.d_head)
-        self.o = nn.Linear(q_out, cfg.d_model, bias=cfg.out_bias)
+        self.rule = MaskRule(spec.causal, spec.window)
+        self.modifiers = score_modifiers(spec)
+        self.scale = spec.score_scale
+        self.H, self.Hkv, self.dh = spec.n_heads, spec.n_kv_heads, spec.d_head
+        q_out, kv_out = self.H * self.dh, self.Hkv * self.dh
+        self.q = nn.Linear(cfg.d_model, q_out, bias=spec.qkv_bias)
+        self.k = nn.Linear(cfg.d_model, kv_out, bias=spec.qkv_bias)
+        self.v = nn.Linear(cfg.d_model, kv_out, bias=spec.qkv_bias)
+        if spec.qk_norm == "head":  # Qwen3, Gemma 3: RMSNorm over each head's dimensions, before RoPE
+            self.q_norm = make_norm(cfg, self.dh)
+            self.k_norm = make_norm(cfg, self.dh)
+        elif spec.qk_norm == "projection":  # OLMo 2: RMSNorm over the whole projection, before RoPE
+            self.q_norm = make_norm(cfg, q_out)
+            self.k_norm = make_norm(cfg, kv_out)
+        self.o = nn.Linear(q_out, cfg.d_model, bias=spec.out_bias)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Residual (T, d) -> q (H, T, dh), k and v (H_kv, T, dh), before positions."""
-        cfg = self.cfg
         T = x.shape[0]
-        q = self.q(x).view(T, cfg.n_heads, cfg.d_head)  # (T, H, dh)
-        k = self.k(x).view(T, cfg.n_kv_heads, cfg.d_head)  # (T, Hkv, dh)
-        if cfg.qk_norm:
+        q, k = self.q(x), self.k(x)  # (T, H*dh), (T, Hkv*dh)
+        if self.spec.qk_norm == "projection":
             q, k = self.q_norm(q), self.k_norm(k)
-        v = self.v(x).view(T, cfg.n_kv_heads, cfg.d_head)  # (T, Hkv, dh)
+        q = q.view(T, self.H, self.dh)  # (T, H, dh)
+        k = k.view(T, self.Hkv, self.dh)  # (T, Hkv, dh)
+        if self.spec.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        v = self.v(x).view(T, self.Hkv, self.dh)  # (T, Hkv, dh)
         return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
 
-    def forward(self, x: Tensor, start: int, rope: tuple[Tensor, Tensor] | None, cache: Any = None,
+    def forward(self, x: Tensor, start: int, ropes: dict[Any, tuple[Tensor, Tensor]] | None, cache: Any = None,
                 hooks: Any = None, packing: Packing | None = None) -> Tensor:
-        cfg, site = self.cfg, self.site
+        """`ropes`: this pass's (cos, sin) tables per RopeSpec; the layer takes its own
+        kind's, or none for a layer without RoPE."""
+        site = self.site
         T = x.shape[0]
         q, k, v = self.project(x)
+        rope = ropes.get(self.spec.rope) if ropes and self.spec.rope is not None else None
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         k_start = start
@@ -208,31 +223,29 @@ class Attention(nn.Module):
                     hooks.report(site, what, value, start, first)
         if hooks is not None and hooks.wants(site, "fnorm"):
             hooks.report(site, "fnorm", self.value_out_norms(v), start, k_start)
-        if cfg.n_kv_heads != cfg.n_heads:  # each key/value head serves `group_size` query heads
-            k = k.repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
-            v = v.repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
+        if self.Hkv != self.H:  # each key/value head serves `group_size` query heads
+            k = k.repeat_interleave(self.spec.group_size, dim=0)  # (H, K, dh)
+            v = v.repeat_interleave(self.spec.group_size, dim=0)  # (H, K, dh)
         z = attend(q, k, v, q_start=start, k_start=k_start, rule=self.rule, scale=self.scale,
                    modifiers=self.modifiers, site=site, hooks=hooks, packing=packing)  # (H, T, dh)
         if hooks is not None and hooks.wants(site, "result"):
             self._report_result(z, start, k_start, hooks)
-        return self.o(z.transpose(0, 1).reshape(T, cfg.n_heads * cfg.d_head))  # (T, d)
+        return self.o(z.transpose(0, 1).reshape(T, self.H * self.dh))  # (T, d)
 
     def value_out_norms(self, v: Tensor) -> Tensor:
         """‖v_j W_O^h‖₂ for every query head h and key j, (H, K) float32, from the values
         (H_kv, K, dh) through the Gram matrix G_h = W_O^hᵀ W_O^h (dh × dh), so memory
         stays at one vector per head whatever the width."""
-        cfg = self.cfg
-        w = self.o.weight.view(cfg.d_model, cfg.n_heads, cfg.d_head).double()  # (d, H, dh)
+        w = self.o.weight.view(self.cfg.d_model, self.H, self.dh).double()  # (d, H, dh)
         gram = torch.einsum("mhd,mhe->hde", w, w)  # (H, dh, dh)
-        vv = v.double().repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
+        vv = v.double().repeat_interleave(self.spec.group_size, dim=0)  # (H, K, dh)
         sq = torch.einsum("hkd,hde,hke->hk", vv, gram, vv)  # (H, K)
         return sq.clamp_min(0).sqrt().float()
 
     def _report_result(self, z: Tensor, start: int, k_start: int, hooks: Any) -> None:
         """Each head's share of the output projection, in row chunks of bounded size."""
-        cfg = self.cfg
-        w = self.o.weight.view(cfg.d_model, cfg.n_heads, cfg.d_head)  # (d, H, dh)
-        rows = max(1, chunk_rows(cfg.n_heads, cfg.d_model) // 4)
+        w = self.o.weight.view(self.cfg.d_model, self.H, self.dh)  # (d, H, dh)
+        rows = max(1, chunk_rows(self.H, self.cfg.d_model) // 4)
         for a in range(0, z.shape[1], rows):
             part = torch.einsum("hcd,mhd->hcm", z[:, a:a + rows], w)  # (H, c, d)
             hooks.report(self.site, "result", part, start + a, k_start)

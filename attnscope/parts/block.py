@@ -1,11 +1,16 @@
 """A block: attention and an MLP slot joined to the residual stream by a declared wiring.
 
-Wirings (`ModelConfig.wiring`; the norms each holds are declared in `parts.WIRING_NORMS`):
+Wirings (`LayerSpec.wiring`; what each holds, in order, is declared in `parts.WIRING_ORDER`):
   * pre       x += attn(norm(x)); x += mlp(norm(x))                 GPT-2, Llama
   * post      x = norm(x + attn(x)); x = norm(x + mlp(x))           BERT, OPT-350m
   * parallel  x += attn(norm1(x)) + mlp(norm2(x))                   GPT-NeoX
   * parallel_shared  h = norm(x); x += attn(h) + mlp(h)             Phi
-  * sandwich  x += norm(attn(norm(x))); x += norm(mlp(norm(x)))     Gemma 2
+  * sandwich  x += norm(attn(norm(x))); x += norm(mlp(norm(x)))     Gemma 2, Gemma 3
+  * post_sublayer  x += norm(attn(x)); x += norm(mlp(x))            OLMo 2, OLMo 3
+
+Each layer is built from its own kind (`ModelConfig.layer(i)`, an `attnscope.kinds.LayerSpec`):
+its wiring, its attention and its MLP, and a scale on what each adds to the residual
+stream (Granite's residual_multiplier; 1 elsewhere, and then no multiplication at all).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from attnscope.parts.norms import make_norm
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
-        self.wiring = cfg.wiring
+        spec = cfg.layer(layer)
+        self.wiring = spec.wiring
+        self.scale = spec.residual_scale
         for name in WIRING_NORMS[self.wiring]:
             setattr(self, name, make_norm(cfg))
         self.attn = Attention(cfg, layer)
-        self.mlp = make_mlp(cfg)
+        self.mlp = make_mlp(cfg, spec.mlp)
         self.site = block_site(layer)
         self._forward = getattr(self, f"_{self.wiring}")
 
@@ -43,6 +50,9 @@ class Block(nn.Module):
         return out
 
     def _pre(self, x: Tensor, attn: Any) -> Tensor:
+        if self.scale != 1.0:  # Granite: residual + update * residual_multiplier
+            x = x + attn(self.attn_norm(x)) * self.scale
+            return x + self.mlp(self.mlp_norm(x)) * self.scale
         x = x + attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))
 
@@ -60,3 +70,7 @@ class Block(nn.Module):
     def _sandwich(self, x: Tensor, attn: Any) -> Tensor:
         x = x + self.post_attn_norm(attn(self.attn_norm(x)))
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+
+    def _post_sublayer(self, x: Tensor, attn: Any) -> Tensor:
+        x = x + self.post_attn_norm(attn(x))
+        return x + self.post_mlp_norm(self.mlp(x))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
+from attnscope.kinds import MlpSpec
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
@@ -19,11 +20,11 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 class DenseMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, spec: MlpSpec) -> None:
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
-        self.down = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
-        self.act = ACTIVATIONS[cfg.act]
+        self.up = nn.Linear(cfg.d_model, spec.d_mlp, bias=spec.bias)
+        self.down = nn.Linear(spec.d_mlp, cfg.d_model, bias=spec.bias)
+        self.act = ACTIVATIONS[spec.act]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.up(x)))
@@ -32,16 +33,17 @@ class DenseMLP(nn.Module):
 class GatedMLP(nn.Module):
     """SwiGLU / GeGLU."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, spec: MlpSpec) -> None:
         super().__init__()
-        self.gate = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
-        self.up = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
-        self.down = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
-        self.act = ACTIVATIONS[cfg.act]
+        self.gate = nn.Linear(cfg.d_model, spec.d_mlp, bias=spec.bias)
+        self.up = nn.Linear(cfg.d_model, spec.d_mlp, bias=spec.bias)
+        self.down = nn.Linear(spec.d_mlp, cfg.d_model, bias=spec.bias)
+        self.act = ACTIVATIONS[spec.act]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.gate(x)) * self.up(x))
 
 
-def make_mlp(cfg: ModelConfig) -> nn.Module:
-    return GatedMLP(cfg) if cfg.gated_mlp else DenseMLP(cfg)
+def make_mlp(cfg: ModelConfig, spec: MlpSpec) -> nn.Module:
+    """The MLP of a layer of kind `spec` (its shapes: `parts.mlp_shapes`)."""
+    return GatedMLP(cfg, spec) if spec.kind == "gated" else DenseMLP(cfg, spec)

@@ -14,17 +14,23 @@ import torch
 from torch import Tensor
 
 from attnscope.config import ModelConfig
+from attnscope.kinds import RopeSpec
 
 
-def rope_inv_freq(cfg: ModelConfig) -> Tensor:
-    """RoPE inverse frequencies (rotary_dim/2,), with Llama 3's frequency-dependent scaling."""
-    dh = cfg.rotary_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
-    scaling = cfg.rope_scaling
-    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None) -> Tensor:
+    """RoPE inverse frequencies (rotary_dim/2,) of one kind of layer, with Llama 3's
+    frequency-dependent scaling. Given a ModelConfig: its first layer's RoPE."""
+    if isinstance(rope, ModelConfig):
+        cfg = rope
+        rope, n_ctx = cfg.layer(0).attn.rope, cfg.n_ctx
+        assert rope is not None  # internal invariant: asked of a RoPE model
+    dh = rope.rotary_dim
+    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
+    scaling = rope.scaling_dict
+    if scaling and rope.scaling_type == "llama3":
         factor = float(scaling["factor"])
         low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
-        old_ctx = float(scaling.get("original_max_position_embeddings", cfg.n_ctx))
+        old_ctx = float(scaling.get("original_max_position_embeddings", n_ctx))
         low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
         wavelen = 2 * math.pi / inv_freq
         # Long wavelengths are slowed by `factor`, short ones kept, the middle blended.
@@ -39,10 +45,12 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
 class Rotary:
     """Rotates queries and keys by their absolute positions (Hugging Face's `rotate_half`
     layout, which its Llama checkpoints are permuted for); with partial rotary (NeoX,
-    Phi) only the first `rotary_dim` dimensions of each head turn."""
+    Phi) only the first `rotary_dim` dimensions of each head turn. One per distinct
+    `RopeSpec` of a model (Gemma 3's local and global layers have two)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, rope: "RopeSpec", n_ctx: int) -> None:
+        self.rope = rope
+        self.n_ctx = n_ctx
         self._inv_freq: Tensor | None = None
 
     def tables(self, start: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -52,7 +60,7 @@ class Rotary:
         """cos and sin (T, rotary_dim) for any absolute positions (T,), e.g. packed texts'."""
         device = positions.device
         if self._inv_freq is None or self._inv_freq.device != device:
-            self._inv_freq = rope_inv_freq(self.cfg).to(device)
+            self._inv_freq = rope_inv_freq(self.rope, self.n_ctx).to(device)
         pos = positions.to(torch.float32)
         freqs = torch.outer(pos, self._inv_freq)  # (T, rotary_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, rotary_dim): the two halves share frequencies
