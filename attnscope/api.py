@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
+from attnscope.units import plural
 from attnscope import analysis, architectures, checkpoint
 from attnscope.sources import gguf_path, hub, packaged
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
@@ -110,7 +111,7 @@ class Inspector:
         if ids_t.ndim != 1 or ids_t.numel() == 0:
             raise InputError("token ids must be a non-empty 1-D sequence")
         if start + ids_t.numel() > self.config.n_ctx and self.config.positions == "learned":
-            raise InputError(f"{start + ids_t.numel()} tokens exceed the model's {self.config.n_ctx} positions")
+            raise InputError(f"{plural(start + ids_t.numel(), 'token')} exceed the model's {self.config.n_ctx} positions")
         if int(ids_t.max()) >= self.config.vocab_size or int(ids_t.min()) < 0:
             raise InputError(f"token ids must lie in 0..{self.config.vocab_size - 1}")
         return ids_t

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from attnscope.units import plural
 from attnscope.errors import AttnscopeError, InputError, TokenizerError
 
 SPACE = "␣"
@@ -374,7 +375,7 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False, add_
     if n > n_ctx:
         if not truncate:
             raise InputError(
-                f"the text is {n} tokens, longer than the model's {n_ctx} positions",
+                f"the text is {plural(n, 'token')}, longer than the model's {n_ctx} positions",
                 hint="shorten it or pass --truncate to keep the first tokens",
             )
         truncated_from = n

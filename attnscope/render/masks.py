@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 from rich.console import Console
 from rich.text import Text
 
+from attnscope.units import plural
 from attnscope.render import clip, elide, ramp_style
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def title(console: Console, demo: "MaskDemo", color: bool) -> None:
     dim = "dim" if color else ""
     console.print(Text.assemble(
         (demo.model, "bold" if color else ""),
-        f" · layer {demo.layer}, head {demo.head} · {demo.kind} mask{window} · {len(demo.labels)} tokens",
+        f" · layer {demo.layer}, head {demo.head} · {demo.kind} mask{window} · {plural(len(demo.labels), 'token')}",
     ))
     if demo.text:
         console.print(Text(f"text: {demo.text}", style=dim))

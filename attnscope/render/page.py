@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
+from attnscope.units import plural
 from attnscope.errors import ExportError
 from attnscope.units import human_bytes
 
@@ -133,7 +134,7 @@ class Page:
             "MEASURE": _text(DESCRIPTIONS.get(self.measure, self.measure)),
             "MODE": _text(mode),
             "MODE_CLASS": "topk" if self.k is not None else "full",
-            "SUMMARY": _text(f"{n:,} tokens · {len(self.layers)} layers × {what}"
+            "SUMMARY": _text(f"{plural(n, 'token')} · {plural(len(self.layers), 'layer')} × {what}"
                              + (f" (cut from {self.tokens.truncated_from:,} by --truncate)"
                                 if self.tokens.truncated_from else "")),
             "TOKENS": self._token_spans(),
@@ -201,7 +202,7 @@ class Page:
         if size > MAX_PAGE_BYTES:
             per = "top-k keys" if self.k is not None else f"{self.n:,}² weights"
             raise ExportError(
-                f"the page would be {human_bytes(size)} ({len(self.layers)} layers × {len(self.heads)} heads of {per}), "
+                f"the page would be {human_bytes(size)} ({plural(len(self.layers), 'layer')} × {plural(len(self.heads), 'head')} of {per}), "
                 f"more than a browser can hold ({human_bytes(MAX_PAGE_BYTES)})",
                 hint="select fewer with --layer/--head, or keep each token's top keys with --html-topk K")
         if space:
