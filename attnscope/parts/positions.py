@@ -27,6 +27,10 @@ def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None) -> T
     dh = rope.rotary_dim
     inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
     scaling = rope.scaling_dict
+    if scaling and rope.scaling_type == "linear":
+        # positions slowed by `factor` (transformers' _compute_linear_scaling_rope_parameters;
+        # Gemma 3 4B/12B global layers: 8)
+        return inv_freq / float(scaling["factor"])
     if scaling and rope.scaling_type == "llama3":
         factor = float(scaling["factor"])
         low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
