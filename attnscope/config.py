@@ -276,8 +276,12 @@ class ModelConfig:
         return self.stack.layer(i)
 
     def _check_rope_scaling(self, scaling: dict[str, Any]) -> None:
-        """llama3 scaling: every factor a positive number, high above low (they divide)."""
+        """llama3 scaling: every factor a positive number, high above low (they divide);
+        longrope (Phi-3): see `_check_longrope`."""
         where = f"{self._where()}rope_scaling"
+        if scaling.get("rope_type", scaling.get("type")) == "longrope":
+            self._check_longrope(scaling, where)
+            return
         values = {}
         for key, default in (("factor", None), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0),
                              ("original_max_position_embeddings", self.n_ctx)):
@@ -287,6 +291,27 @@ class ModelConfig:
             values[key] = value
         if values["high_freq_factor"] <= values["low_freq_factor"]:
             raise ConfigError(f"{where} high_freq_factor must exceed low_freq_factor")
+
+    def _check_longrope(self, scaling: dict[str, Any], where: str) -> None:
+        """longrope (Phi-3): one short and one long factor per rotated frequency, each a
+        finite positive number (they divide the frequencies); a positive original context
+        (the switch between the sets); factor and attention_factor, if given, positive."""
+        rotary = self.rotary_dim or self.d_head
+        for key in ("short_factor", "long_factor"):
+            value = scaling.get(key)
+            if not isinstance(value, (list, tuple)) or len(value) != rotary // 2:
+                raise ConfigError(f"{where} {key} must list {rotary // 2} numbers (one per rotated frequency), "
+                                  f"got {_shown(value)}")
+            if not all(_number(v) and v > 0 for v in value):
+                raise ConfigError(f"{where} {key} must hold finite positive numbers, got {_shown(value)}")
+        value = scaling.get("original_max_position_embeddings")
+        if not _positive_int(value):
+            raise ConfigError(f"{where} original_max_position_embeddings must be a positive integer up to 2**31, "
+                              f"got {_shown(value)}")
+        for key in ("factor", "attention_factor"):
+            value = scaling.get(key)
+            if value is not None and (not _number(value) or value <= 0):
+                raise ConfigError(f"{where} {key} must be a finite positive number, got {_shown(value)}")
 
     def window(self, layer: int) -> int | None:
         """The sliding window of one layer (None: the layer sees every allowed key)."""

@@ -17,9 +17,10 @@ from attnscope.config import ModelConfig
 from attnscope.kinds import RopeSpec
 
 
-def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None) -> Tensor:
+def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None, long: bool = False) -> Tensor:
     """RoPE inverse frequencies (rotary_dim/2,) of one kind of layer, with Llama 3's
-    frequency-dependent scaling. Given a ModelConfig: its first layer's RoPE."""
+    frequency-dependent scaling, or longrope's short factors (`long`: its long ones).
+    Given a ModelConfig: its first layer's RoPE."""
     if isinstance(rope, ModelConfig):
         cfg = rope
         rope, n_ctx = cfg.layer(0).attn.rope, cfg.n_ctx
@@ -27,6 +28,11 @@ def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None) -> T
     dh = rope.rotary_dim
     inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
     scaling = rope.scaling_dict
+    if scaling and rope.scaling_type == "longrope":
+        # Phi-3: each frequency divided by its own factor, from one of two sets (as
+        # transformers' _compute_longrope_parameters, in the same float32 order)
+        ext = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32)
+        return 1.0 / (ext * rope.theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
     if scaling and rope.scaling_type == "linear":
         # positions slowed by `factor` (transformers' _compute_linear_scaling_rope_parameters;
         # Gemma 3 4B/12B global layers: 8)
@@ -46,16 +52,39 @@ def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None) -> T
     return inv_freq
 
 
+def rope_attention_factor(rope: "RopeSpec", n_ctx: int) -> float:
+    """What longrope multiplies cos and sin by (1 for every other RoPE): the config's
+    `attention_factor`, else sqrt(1 + ln f / ln original) with f = `factor` or
+    n_ctx / original (1 when f <= 1). It scales only the rotated dimensions, at every
+    length (Phi-4-mini: f = 32, 1.19024)."""
+    scaling = rope.scaling_dict
+    if not scaling or rope.scaling_type != "longrope":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    original = scaling["original_max_position_embeddings"]
+    factor = scaling.get("factor") or n_ctx / original
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
 class Rotary:
     """Rotates queries and keys by their absolute positions (Hugging Face's `rotate_half`
     layout, which its Llama checkpoints are permuted for); with partial rotary (NeoX,
     Phi) only the first `rotary_dim` dimensions of each head turn. One per distinct
-    `RopeSpec` of a model (Gemma 3's local and global layers have two)."""
+    `RopeSpec` of a model (Gemma 3's local and global layers have two).
+
+    longrope (Phi-3) picks one factor set for the whole pass, as transformers does: the
+    long one when the pass's last position + 1 exceeds the original context, else the
+    short one; so keys cached below that length keep the short set's rotation."""
 
     def __init__(self, rope: "RopeSpec", n_ctx: int) -> None:
         self.rope = rope
         self.n_ctx = n_ctx
-        self._inv_freq: Tensor | None = None
+        self._inv_freq: dict[bool, Tensor] = {}  # by `long`: longrope's factor set
+        self._factor = rope_attention_factor(rope, n_ctx)
+        scaling = rope.scaling_dict
+        self._switch = (int(scaling["original_max_position_embeddings"])
+                        if scaling and rope.scaling_type == "longrope" else None)
 
     def tables(self, start: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
         return self.tables_at(torch.arange(start, start + n, device=device))
@@ -63,11 +92,15 @@ class Rotary:
     def tables_at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin (T, rotary_dim) for any absolute positions (T,), e.g. packed texts'."""
         device = positions.device
-        if self._inv_freq is None or self._inv_freq.device != device:
-            self._inv_freq = rope_inv_freq(self.rope, self.n_ctx).to(device)
+        long = self._switch is not None and positions.numel() > 0 and int(positions.max()) + 1 > self._switch
+        inv_freq = self._inv_freq.get(long)
+        if inv_freq is None or inv_freq.device != device:
+            inv_freq = self._inv_freq[long] = rope_inv_freq(self.rope, self.n_ctx, long).to(device)
         pos = positions.to(torch.float32)
-        freqs = torch.outer(pos, self._inv_freq)  # (T, rotary_dim/2)
+        freqs = torch.outer(pos, inv_freq)  # (T, rotary_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, rotary_dim): the two halves share frequencies
+        if self._factor != 1.0:  # longrope's attention factor, on the rotated dimensions only
+            return emb.cos() * self._factor, emb.sin() * self._factor
         return emb.cos(), emb.sin()
 
 

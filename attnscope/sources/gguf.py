@@ -315,6 +315,9 @@ def gguf_config(f: GGUFFile) -> dict[str, Any]:
         raise CheckpointError(f"{f.path}: the GGUF metadata lacks {exc.args[0]!r}",
                               hint="the file is incomplete; convert it again with llama.cpp") from None
     _check_sizes(f, raw)
+    finish = getattr(family, "gguf_config_tensors", None)
+    if finish is not None:  # settings the converter stored as tensors (Phi-3's longrope factors)
+        raw = finish(raw, lambda name: _config_tensor(f, name))
     embed = f.tensors.get("token_embd.weight")
     vocab = f.metadata.get(f"{f.arch}.vocab_size")
     if vocab is None:  # older files: the embedding's rows, else the tokenizer's length
@@ -335,6 +338,17 @@ def gguf_config(f: GGUFFile) -> dict[str, Any]:
             raise CheckpointError(f"{f.path}: its rope_freqs are not Llama 3's RoPE scaling",
                                   hint="attnscope supports the llama3 frequency scaling only")
     return raw
+
+
+def _config_tensor(f: GGUFFile, name: str) -> list[float] | None:
+    """A small tensor read as numbers for the config (None when absent); a config tensor
+    holds one number per rotary frequency, so more than 2**16 is refused unread."""
+    t = f.tensors.get(name)
+    if t is None:
+        return None
+    if t.numel > 2**16:
+        raise CheckpointError(f"{f.path}: {name!r} holds {t.numel:,} values, far more than a setting needs")
+    return _dequantize(f, t, _open_data(f)).flatten().tolist()
 
 
 def _check_sizes(f: GGUFFile, raw: dict[str, Any]) -> None:
