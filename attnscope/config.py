@@ -268,6 +268,8 @@ class ModelConfig:
             if a.rope is not None:
                 if not _number(a.rope.theta) or a.rope.theta < 1:
                     raise ConfigError(f"{where}rope_theta must be a finite number of at least 1, got {_shown(a.rope.theta)}")
+                if a.rope.scaling_type == "yarn":  # a layer kind's own YaRN (OLMo 3's full layers)
+                    self._check_yarn(a.rope.scaling_dict or {}, f"{where}rope_scaling", a.rope.theta)
                 if not isinstance(a.rope.rotary_dim, int) or not 0 < a.rope.rotary_dim <= a.d_head or a.rope.rotary_dim % 2:
                     raise ConfigError(f"{where}rotary dimension {_shown(a.rope.rotary_dim)} must be even and within the head size {a.d_head}")
 
@@ -282,6 +284,9 @@ class ModelConfig:
         if scaling.get("rope_type", scaling.get("type")) == "longrope":
             self._check_longrope(scaling, where)
             return
+        if scaling.get("rope_type", scaling.get("type")) == "yarn":
+            self._check_yarn(scaling, where, self.rope_theta)
+            return
         values = {}
         for key, default in (("factor", None), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0),
                              ("original_max_position_embeddings", self.n_ctx)):
@@ -291,6 +296,21 @@ class ModelConfig:
             values[key] = value
         if values["high_freq_factor"] <= values["low_freq_factor"]:
             raise ConfigError(f"{where} high_freq_factor must exceed low_freq_factor")
+
+    def _check_yarn(self, scaling: dict[str, Any], where: str, theta: float) -> None:
+        """YaRN (OLMo 3): a positive original context, the optional numbers positive, and a
+        base above 1 (its ramp divides by ln base)."""
+        if not _positive_int(scaling.get("original_max_position_embeddings")):
+            raise ConfigError(f"{where} original_max_position_embeddings must be a positive integer up to 2**31, "
+                              f"got {_shown(scaling.get('original_max_position_embeddings'))}")
+        for key in ("factor", "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+            value = scaling.get(key)
+            if value is not None and (not _number(value) or value <= 0):
+                raise ConfigError(f"{where} {key} must be a finite positive number, got {_shown(value)}")
+        if not isinstance(scaling.get("truncate", True), bool):
+            raise ConfigError(f"{where} truncate must be true or false, got {_shown(scaling.get('truncate'))}")
+        if theta <= 1:
+            raise ConfigError(f"{where}: YaRN needs a rope_theta above 1, got {_shown(theta)}")
 
     def _check_longrope(self, scaling: dict[str, Any], where: str) -> None:
         """longrope (Phi-3): one short and one long factor per rotated frequency, each a

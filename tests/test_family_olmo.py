@@ -48,18 +48,18 @@ ATOL = 1e-5  # attention probabilities in float32, as every parity test
 ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
 REAL = Path(__file__).parent / "data" / "real_configs"
 
-# OLMo-3-7B's shapes (from memory of the Hub's config.json; the count is checked against
-# transformers' own, not against a published figure). Its file also names YaRN on the
-# full layers, which attnscope refuses (test below), so it is left out here.
+YARN = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192, "beta_fast": 32.0,
+        "beta_slow": 1.0, "attention_factor": 1.2079441541679836}
+# OLMo-3-7B (from memory of the Hub's config.json and quoted copies of it; the count is
+# checked against transformers' own, not against a published figure), YaRN on full layers.
 OLMO3_7B = {
     "model_type": "olmo3", "architectures": ["Olmo3ForCausalLM"], "hidden_size": 4096, "intermediate_size": 11008,
     "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 100278,
     "max_position_embeddings": 65536, "rms_norm_eps": 1e-6, "rope_theta": 500000, "sliding_window": 4096,
     "tie_word_embeddings": False, "attention_bias": False, "hidden_act": "silu",
     "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"] * 8,
+    "rope_scaling": YARN,
 }
-YARN = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192, "beta_fast": 32.0,
-        "beta_slow": 1.0, "attention_factor": 1.2079441541679836}
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -247,7 +247,7 @@ def _our_rope(raw: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-SMALL_OLMO3 = {**OLMO3_7B, "num_hidden_layers": 4, "layer_types": None, "hidden_size": 64, "intermediate_size": 96,
+SMALL_OLMO3 = {**OLMO3_7B, "num_hidden_layers": 4, "layer_types": None, "rope_scaling": None, "hidden_size": 64, "intermediate_size": 96,
                "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 128, "max_position_embeddings": 256}
 ROPE_SPELLINGS = {
     "legacy_theta": {"rope_theta": 1000.0},
@@ -301,19 +301,135 @@ def test_olmo3_legacy_config_keeps_parity(folder: Callable, tmp_path: Path) -> N
                            "olmo3 legacy rope_theta")
 
 
+# YaRN as the released OLMo-3-7B file has it (`attention_factor` given), and the ways
+# transformers infers what a file leaves out.
+YARN_SPELLINGS = {
+    "olmo3_7b": YARN,
+    "inferred_attention_factor": {k: v for k, v in YARN.items() if k != "attention_factor"},
+    "mscales": {**{k: v for k, v in YARN.items() if k != "attention_factor"}, "mscale": 0.8, "mscale_all_dim": 0.5},
+    "factor_from_context": {"rope_type": "yarn", "factor": None, "original_max_position_embeddings": 4096},
+    "short_original": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                       "beta_fast": 16.0, "beta_slow": 2.0},
+}
+
+
+@pytest.mark.parametrize("scaling", YARN_SPELLINGS.values(), ids=list(YARN_SPELLINGS))
+@pytest.mark.parametrize("head_dim", [128, 8])
+def test_yarn_tables_equal_transformers(scaling: dict[str, Any], head_dim: int) -> None:
+    """Our YaRN frequencies and cos/sin factor for the full layers equal transformers'
+    `_compute_yarn_parameters` on the same OLMo 3 config (bit for bit: the same float32
+    order), and the sliding layers keep plain RoPE."""
+    from transformers import Olmo3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from attnscope.config import from_hf_config
+    from attnscope.parts.positions import rope_attention_factor, rope_inv_freq
+
+    raw = {**OLMO3_7B, "head_dim": head_dim, "num_attention_heads": 4096 // head_dim,
+           "num_key_value_heads": 4096 // head_dim, "rope_scaling": scaling}
+    hf = Olmo3Config.from_dict(copy.deepcopy(raw))
+    want_freq, want_factor = ROPE_INIT_FUNCTIONS["yarn"](hf, "cpu", layer_type="full_attention")
+    cfg = from_hf_config(copy.deepcopy(raw))
+    full, sliding = cfg.layer(3).attn.rope, cfg.layer(0).attn.rope
+    assert full is not None and sliding is not None and full.scaling_type == "yarn" and sliding.scaling is None
+    assert torch.equal(rope_inv_freq(full, cfg.n_ctx), want_freq)
+    assert rope_attention_factor(full, cfg.n_ctx) == pytest.approx(want_factor, rel=1e-12)
+    assert rope_attention_factor(sliding, cfg.n_ctx) == 1.0
+    assert not torch.equal(want_freq, rope_inv_freq(replace_scaling(full, None), cfg.n_ctx))
+
+
+def replace_scaling(rope: Any, scaling: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(rope, scaling=scaling)
+
+
+@pytest.fixture(scope="module")
+def olmo3_yarn(folder: Callable, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny OLMo 3 with its config.json written as OLMo-3-7B's is: `rope_theta` and a
+    YaRN `rope_scaling` at the top level (transformers: YaRN with base 5000 on the full
+    layer, plain RoPE with base 500000 on the sliding ones); original context 32 of 256."""
+    copy_ = tmp_path_factory.mktemp("olmo3_yarn") / "olmo3_yarn"
+    shutil.copytree(folder("olmo3"), copy_)
+
+    def yarn(raw: dict[str, Any]) -> None:
+        raw.pop("rope_parameters")
+        raw["rope_theta"] = tk.OLMO_THETA
+        raw["rope_scaling"] = YARN_SPELLINGS["short_original"]
+
+    tm.rewrite_config(copy_, yarn)
+    return copy_
+
+
+def test_olmo3_yarn_checkpoint_attention_logits_and_cache(olmo3_yarn: Path, tmp_path: Path) -> None:
+    from attnscope.api import load
+
+    ref = tm.load_reference(olmo3_yarn)
+    assert ref.config.rope_parameters["full_attention"]["rope_type"] == "yarn"
+    assert ref.config.rope_parameters["sliding_attention"] == {"rope_type": "default", "rope_theta": 500000.0}
+    ids = text_ids(olmo3_yarn)
+    expected = tm.reference_attention(ref, ids)
+    # YaRN shows: without it (legacy base only) the full layer's attention differs
+    plain = tmp_path / "olmo3_plain"
+    shutil.copytree(olmo3_yarn, plain)
+    tm.rewrite_config(plain, lambda raw: raw.pop("rope_scaling"))
+    layer = ref.config.layer_types.index("full_attention")
+    assert float((tm.reference_attention(tm.load_reference(plain), ids)[layer] - expected[layer]).abs().max()) > 1e-2
+    ours_ = load(str(olmo3_yarn), device="cpu", dtype="float32")
+    assert_attention_close(ours_.attention_ids(ids).probs, expected, "olmo3 YaRN")
+    ref64_ = copy.deepcopy(ref).double().eval()
+    logits, _ = reference_run(ref64_, ids)
+    assert_logits_close(ours_.logits(ids), logits, LOGITS_RTOL, "olmo3 YaRN")
+    check_against_full_pass("olmo3 YaRN", ours_, ref64_, ids, [[i] for i in ids])
+
+
+BAD_YARN = {
+    "no_original": {"original_max_position_embeddings": None},
+    "zero_original": {"original_max_position_embeddings": 0},
+    "negative_factor": {"factor": -2.0},
+    "inf_beta": {"beta_fast": float("inf")},
+    "string_factor": {"attention_factor": "big"},
+}
+
+
+@pytest.mark.parametrize("change", BAD_YARN.values(), ids=list(BAD_YARN))
 @pytest.mark.parametrize("model_type", ["olmo2", "olmo3"])
-def test_yarn_is_refused_in_one_line(model_type: str, tmp_path: Path) -> None:
+def test_bad_yarn_is_one_line(change: dict[str, Any], model_type: str, tmp_path: Path) -> None:
     from attnscope.cli import app
 
-    raw = {**SMALL_OLMO3, "model_type": model_type, "rope_scaling": YARN}
-    raw = {k: v for k, v in raw.items() if v is not None}
+    scaling = {k: v for k, v in {**YARN, **change}.items() if v is not None}
+    raw = {k: v for k, v in {**SMALL_OLMO3, "model_type": model_type, "rope_scaling": scaling}.items()
+           if v is not None}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(raw))
     result = CliRunner().invoke(app, ["params", "--config", str(path)], env=ENV)
     assert result.exit_code != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "yarn" in result.stderr and "Traceback" not in result.stderr, result.stderr
-    assert len(lines) <= 2, result.stderr  # the error, and perhaps its hint
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    assert "rope_scaling" in result.stderr, result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) <= 2, result.stderr
+
+
+def test_yarn_truncate() -> None:
+    """OLMo 2 honours a `truncate` that is not a boolean by refusing it; OLMo 3 drops it,
+    as transformers (which reads it where OLMo 3's nested parameters never put it) does."""
+    from attnscope.config import from_hf_config
+    from attnscope.errors import ConfigError
+
+    scaling = {**YARN, "truncate": "no"}
+    raw = {k: v for k, v in {**SMALL_OLMO3, "rope_scaling": scaling}.items() if v is not None}
+    with pytest.raises(ConfigError, match="truncate"):
+        from_hf_config({**raw, "model_type": "olmo2"})
+    rope = from_hf_config(raw).layer(3).attn.rope
+    assert rope is not None and "truncate" not in (rope.scaling_dict or {})
+
+
+def test_yarn_theta_one_is_refused() -> None:
+    from attnscope.config import from_hf_config
+    from attnscope.errors import ConfigError
+
+    raw = {k: v for k, v in {**SMALL_OLMO3, "rope_theta": 1.0, "rope_scaling": YARN}.items() if v is not None}
+    with pytest.raises(ConfigError, match="above 1"):
+        from_hf_config(raw)
 
 
 @pytest.mark.parametrize("change", [

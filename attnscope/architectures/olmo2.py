@@ -11,7 +11,8 @@
   own RoPE spec. transformers' `Olmo3Config.convert_rope_params_to_dict` gives a legacy
   top-level `rope_theta` and `rope_scaling` to the full layers only; sliding layers then
   rotate with 500000 unless `rope_parameters.sliding_attention` names a base. We reproduce
-  that, not "fix" it.
+  that, not "fix" it. OLMo-3-7B's YaRN (factor 8 over 8,192 positions) thus turns only
+  the full layers (`parts.positions`).
 
 After transformers' models/olmo2 and models/olmo3 (configuration and modeling files) and
 llama.cpp's `Olmo2Model` converter (one GGUF arch, `olmo2`, for both).
@@ -24,7 +25,7 @@ from typing import Any
 
 from attnscope.architectures import llama
 from attnscope.architectures._common import checkpoint_dtype, layer_windows, rope_settings
-from attnscope.config import MAX_LAYERS, ModelConfig
+from attnscope.config import MAX_LAYERS, ModelConfig, _shown
 from attnscope.errors import ConfigError
 from attnscope.kinds import RopeSpec, Stack, freeze
 
@@ -61,30 +62,48 @@ DEFAULT_WINDOW = 4096  # Olmo3Config.sliding_window
 _LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
+def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """RoPE base and scaling of a config (or of one layer type's dict): YaRN, which
+    transformers' OLMo rotary takes and OLMo 3 ships, else what `rope_settings` reads."""
+    params = raw.get("rope_parameters") or {}
+    scaling = raw.get("rope_scaling") or None
+    if scaling is None and isinstance(params, dict) and params.get("rope_type", "default") != "default":
+        scaling = params
+    if not (isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "yarn"):
+        return rope_settings(raw)
+    theta, _ = rope_settings({**raw, "rope_scaling": None,
+                              "rope_parameters": {k: v for k, v in params.items() if k == "rope_theta"}
+                              if isinstance(params, dict) else params})
+    return theta, {k: v for k, v in scaling.items() if k not in ("rope_theta", "partial_rotary_factor")}
+
+
 def _olmo3_rope(raw: dict[str, Any]) -> dict[str, tuple[float, dict[str, Any] | None]]:
     """Each layer type's RoPE base and scaling, as `Olmo3Config.convert_rope_params_to_dict`
     settles them: a legacy top-level `rope_theta` / `rope_scaling` reaches the full layers
     only; any type not named gets the default base 500000."""
     params = raw.get("rope_parameters") or {}
     if not isinstance(params, dict):
-        raise ConfigError(f"rope_parameters must be an object, got {params!r}")
+        raise ConfigError(f"rope_parameters must be an object, got {_shown(params)}")
     legacy_scaling = raw.get("rope_scaling") or None
     out: dict[str, tuple[float, dict[str, Any] | None]] = {}
     for kind in _LAYER_TYPES:
         entry = params.get(kind) or {}
         if not isinstance(entry, dict):
-            raise ConfigError(f"rope_parameters.{kind} must be an object, got {entry!r}")
+            raise ConfigError(f"rope_parameters.{kind} must be an object, got {_shown(entry)}")
         entry = dict(entry)
         if kind == "full_attention":
             if legacy_scaling is not None:
                 if not isinstance(legacy_scaling, dict):
-                    raise ConfigError(f"rope_scaling must be an object, got {legacy_scaling!r}")
+                    raise ConfigError(f"rope_scaling must be an object, got {_shown(legacy_scaling)}")
                 entry.update(legacy_scaling)
             entry.setdefault("rope_theta", raw.get("rope_theta", DEFAULT_THETA))
         else:
             entry.setdefault("rope_theta", DEFAULT_THETA)
+        # transformers reads YaRN's `truncate` from the top level of rope_parameters, which
+        # OLMo 3's nested form never has: always the default (true)
+        entry.pop("truncate", None)
         # one layer type's dict read as a whole config's (base, then scaling checks)
-        out[kind] = rope_settings({"rope_parameters": entry})
+        out[kind] = _rope({"rope_parameters": entry})
     return out
 
 
@@ -102,8 +121,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         default = ["sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(depth)]
         windows = layer_windows(raw, n_layers, window, default) if depth else None
     else:
-        theta, scaling = rope_settings(raw)
-        ropes = {"full_attention": (theta, scaling)}
+        ropes = {"full_attention": _rope(raw)}
         window, windows = None, None
     theta, scaling = ropes["full_attention"]
     bias = bool(raw.get("attention_bias", False))

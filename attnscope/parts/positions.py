@@ -19,7 +19,7 @@ from attnscope.kinds import RopeSpec
 
 def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None, long: bool = False) -> Tensor:
     """RoPE inverse frequencies (rotary_dim/2,) of one kind of layer, with Llama 3's
-    frequency-dependent scaling, or longrope's short factors (`long`: its long ones).
+    frequency-dependent scaling, YaRN's ramp, or longrope's short factors (`long`: its long ones).
     Given a ModelConfig: its first layer's RoPE."""
     if isinstance(rope, ModelConfig):
         cfg = rope
@@ -37,6 +37,8 @@ def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None, long
         # positions slowed by `factor` (transformers' _compute_linear_scaling_rope_parameters;
         # Gemma 3 4B/12B global layers: 8)
         return inv_freq / float(scaling["factor"])
+    if scaling and rope.scaling_type == "yarn":
+        return _yarn_inv_freq(rope.theta, dh, scaling, n_ctx)
     if scaling and rope.scaling_type == "llama3":
         factor = float(scaling["factor"])
         low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
@@ -52,12 +54,55 @@ def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None, long
     return inv_freq
 
 
+def _yarn_factor(scaling: dict, n_ctx: int | None) -> float:
+    """YaRN's stretch: `factor`, else the context over the original one."""
+    factor = scaling.get("factor")
+    return float(factor) if factor is not None else n_ctx / scaling["original_max_position_embeddings"]
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _yarn_inv_freq(theta: float, dim: int, scaling: dict, n_ctx: int | None) -> Tensor:
+    """YaRN (OLMo 3's full layers): frequencies that turn fewer than `beta_slow` times over
+    the original context are slowed by `factor`, those turning more than `beta_fast` times
+    kept, and a linear ramp over the dimensions between (transformers'
+    _compute_yarn_parameters, in its float32 order; the ramp's ends rounded outwards
+    unless `truncate` is false)."""
+    factor = _yarn_factor(scaling, n_ctx)
+    original = scaling["original_max_position_embeddings"]
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:  # the dimension that turns `rotations` times
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: no zero-width ramp
+    pos_freqs = theta ** (torch.arange(0, dim, 2).to(dtype=torch.float) / dim)  # (dim/2,)
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # (dim/2,): 1 = extrapolate (unchanged), 0 = interpolate (slowed)
+    return (1.0 / (factor * pos_freqs)) * (1 - keep) + (1.0 / pos_freqs) * keep
+
+
 def rope_attention_factor(rope: "RopeSpec", n_ctx: int) -> float:
-    """What longrope multiplies cos and sin by (1 for every other RoPE): the config's
+    """What longrope and YaRN multiply cos and sin by (1 for every other RoPE). longrope: the config's
     `attention_factor`, else sqrt(1 + ln f / ln original) with f = `factor` or
     n_ctx / original (1 when f <= 1). It scales only the rotated dimensions, at every
     length (Phi-4-mini: f = 32, 1.19024)."""
     scaling = rope.scaling_dict
+    if scaling and rope.scaling_type == "yarn":  # given, else 0.1·ln(factor) + 1 (with DeepSeek's mscales)
+        if scaling.get("attention_factor") is not None:
+            return float(scaling["attention_factor"])
+        factor = _yarn_factor(scaling, n_ctx)
+        mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        if mscale and mscale_all:
+            return _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+        return _yarn_mscale(factor)
     if not scaling or rope.scaling_type != "longrope":
         return 1.0
     if scaling.get("attention_factor") is not None:
