@@ -74,8 +74,6 @@ def _layer_types(text: dict[str, Any], n_layers: int) -> list[str]:
 
 def _rope(params: Any, kind: str, d_head: int) -> RopeSpec:
     """One kind's RopeSpec from its rope_parameters entry: default, or linear scaling."""
-    if not isinstance(params, dict):
-        raise ConfigError(f"gemma3 rope_parameters[{kind!r}] must be an object, got {_shown(params)}")
     theta = params.get("rope_theta")
     if not _number(theta):
         raise ConfigError(f"gemma3 {kind} rope_theta must be a finite number, got {_shown(theta)}")
@@ -98,6 +96,9 @@ def _ropes(text: dict[str, Any], d_head: int) -> dict[str, RopeSpec]:
     if not isinstance(params, dict) or (params and not set(params) & set(_KINDS)):
         raise ConfigError(f"gemma3 rope_parameters must be an object per layer kind ({', '.join(_KINDS)}), "
                           f"got {_shown(params)}")
+    for kind in _KINDS:
+        if params.get(kind) is not None and not isinstance(params[kind], dict):
+            raise ConfigError(f"gemma3 rope_parameters[{kind!r}] must be an object, got {_shown(params[kind])}")
     full = dict(params.get("full_attention") or {"rope_type": "default"})
     scaling = text.get("rope_scaling")
     if scaling is not None:
