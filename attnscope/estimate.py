@@ -50,10 +50,16 @@ def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel:
          top_k: int, save: bool, save_topk: bool, file_bytes: int = 0, runtime: int = 0,
          measure: str = "weight") -> Plan:
     width = DTYPE_BYTES[dtype]
-    H, dh = cfg.n_heads, cfg.d_head
-    act = n * (4 * cfg.d_model + (H + 2 * cfg.n_kv_heads) * dh + 2 * H * dh + (3 if cfg.gated_mlp else 2) * cfg.d_mlp) * width
-    rows = min(n, chunk_rows(H, n))
-    attn_chunk = 3 * H * rows * n * 4  # scores, mask fill, probabilities
+    # One block runs at a time: the largest kind's working set and query chunk is the peak.
+    act = attn_chunk = 0
+    for spec, _ in cfg.stack.kinds():
+        a, m = spec.attn, spec.mlp
+        H, dh = a.n_heads, a.d_head
+        act = max(act, n * (4 * cfg.d_model + (H + 2 * a.n_kv_heads) * dh + 2 * H * dh
+                            + (3 if m.kind == "gated" else 2) * m.d_mlp) * width)
+        rows = min(n, chunk_rows(H, n))
+        attn_chunk = max(attn_chunk, 3 * H * rows * n * 4)  # scores, mask fill, probabilities
+    H = cfg.n_heads
     kept = 0
     output = 0
     if save:

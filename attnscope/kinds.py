@@ -149,27 +149,40 @@ class Stack:
 
     runs: tuple[tuple[LayerSpec, int], ...]
     _starts: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    _kinds: tuple[tuple[LayerSpec, int], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         starts, at = [], 0
-        for _, count in self.runs:
+        # Kinds found once, by object first: a spec's hash is not cached and costs ~10 µs,
+        # and a run list may repeat one object 10^5 times; equal objects merge after.
+        by_object: dict[int, list[Any]] = {}
+        for spec, count in self.runs:
             starts.append(at)
             at += count
+            entry = by_object.get(id(spec))
+            if entry is None:
+                by_object[id(spec)] = [spec, count]
+            else:
+                entry[1] += count
+        totals: dict[LayerSpec, int] = {}
+        for spec, count in by_object.values():
+            totals[spec] = totals.get(spec, 0) + count
         object.__setattr__(self, "_starts", tuple(starts))
+        object.__setattr__(self, "_kinds", tuple(totals.items()))
 
     @classmethod
     def of(cls, layers: Iterable[LayerSpec]) -> "Stack":
         """The run-length form of a per-layer list."""
         runs: list[list[Any]] = []
         for spec in layers:
-            if runs and runs[-1][0] == spec:
+            if runs and (runs[-1][0] is spec or runs[-1][0] == spec):
                 runs[-1][1] += 1
             else:
                 runs.append([spec, 1])
         return cls(tuple((spec, count) for spec, count in runs))
 
     def __len__(self) -> int:
-        return sum(count for _, count in self.runs)
+        return sum(count for _, count in self._kinds)
 
     def layer(self, i: int) -> LayerSpec:
         """Layer i's spec, by bisecting the runs (never expanding them)."""
@@ -177,10 +190,7 @@ class Stack:
 
     def kinds(self) -> list[tuple[LayerSpec, int]]:
         """Each distinct spec with its total layer count, in first-seen order."""
-        totals: dict[LayerSpec, int] = {}
-        for spec, count in self.runs:
-            totals[spec] = totals.get(spec, 0) + count
-        return list(totals.items())
+        return list(self._kinds)
 
     def __iter__(self) -> Iterator[LayerSpec]:
         for spec, count in self.runs:

@@ -22,6 +22,7 @@ from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterable
 
 from attnscope.config import ModelConfig
+from attnscope.kinds import LayerSpec
 from attnscope.parts import attention_shapes, block_shapes, embedding_shapes, head_shapes, model_shapes
 
 if TYPE_CHECKING:
@@ -39,11 +40,104 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def declared_counts(cfg: ModelConfig) -> dict[str, int]:
-    """Counts by category of every declared parameter, by arithmetic: one block's
-    declaration times the number of layers, so no depth is ever enumerated."""
+    """Counts by category of every declared parameter, by arithmetic: each layer kind's
+    block times the layers of that kind, so no depth is ever enumerated."""
     counts = count_by_category(list(embedding_shapes(cfg).items()) + list(head_shapes(cfg).items()))
-    block = count_by_category((f"blocks.0.{name}", shape) for name, shape in block_shapes(cfg).items())
-    return {row: counts[row] + cfg.n_layers * block[row] for row in counts}
+    for spec, count in cfg.stack.kinds():
+        block = _block_rows(cfg, spec)
+        for row in counts:
+            counts[row] += count * block[row]
+    return counts
+
+
+def _block_rows(cfg: ModelConfig, spec: LayerSpec) -> dict[str, int]:
+    """One block of kind `spec`, counted by category."""
+    return count_by_category((f"blocks.0.{name}", shape) for name, shape in block_shapes(cfg, spec).items())
+
+
+_last_ranges: list[Any] = [None, None]  # (stack, ranges): report and context_report read one stack twice
+
+
+def layer_ranges(cfg: ModelConfig) -> dict[LayerSpec, list[list[int]]]:
+    """Each kind's layers as [first, last] ranges, adjacent runs merged, in order; read off
+    the run-length list (each run's kind found by object first: a spec's hash is not cached),
+    never enumerating layers."""
+    if _last_ranges[0] is cfg.stack:
+        return _last_ranges[1]
+    kinds = [spec for spec, _ in cfg.stack.kinds()]
+    ranges: list[list[list[int]]] = [[] for _ in kinds]
+    kind_of: dict[int, int] = {}  # a run's spec object -> its kind's index
+    at = 0
+    for run, count in cfg.stack.runs:
+        index = kind_of.get(id(run))
+        if index is None:
+            index = kind_of[id(run)] = next(i for i, k in enumerate(kinds) if k is run or k == run)
+        rows = ranges[index]
+        if rows and rows[-1][1] == at - 1:
+            rows[-1][1] = at + count - 1
+        else:
+            rows.append([at, at + count - 1])
+        at += count
+    out = dict(zip(kinds, ranges))
+    _last_ranges[:] = [cfg.stack, out]
+    return out
+
+
+def ranges_text(ranges: list[list[int]], most: int = 3) -> str:
+    """'0-4, 6-10, 12-16 …': the first `most` ranges, an ellipsis for the rest."""
+    shown = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:most]]
+    return ", ".join(shown) + (" …" if len(ranges) > most else "")
+
+
+def kind_labels(cfg: ModelConfig) -> dict[LayerSpec, str]:
+    """Each kind in words (`AttnSpec.words`), with what else sets it apart where the words
+    alone would not (a RoPE base, an MLP width), so no two kinds read alike."""
+    kinds = [spec for spec, _ in cfg.stack.kinds()]
+    rope_model = any(spec.attn.rope is not None for spec in kinds)
+    thetas = {spec.attn.rope.theta for spec in kinds if spec.attn.rope is not None}
+    widths = {spec.mlp.d_mlp for spec in kinds}
+    labels: dict[LayerSpec, str] = {}
+    for spec in kinds:
+        words = [spec.attn.words(rope_model)]
+        if len(thetas) > 1 and spec.attn.rope is not None:
+            theta = spec.attn.rope.theta
+            words.append(f"RoPE base {int(theta):,}" if theta == int(theta) else f"RoPE base {theta:g}")
+        if len(widths) > 1:
+            words.append(f"MLP {spec.mlp.d_mlp:,}")
+        label = ", ".join(words)
+        if label in labels.values():
+            label = f"{label} (kind {len(labels) + 1})"
+        labels[spec] = label
+    return labels
+
+
+@dataclass
+class KindRow:
+    """One layer kind of a model: which layers, in words, and one such block's counts."""
+
+    spec: LayerSpec
+    label: str  # "local, window 512"
+    n_layers: int
+    ranges: list[list[int]]  # [first, last] layer ranges
+    block: dict[str, int]  # attention, mlp, biases, norms, total (as ParamReport.block)
+
+    @property
+    def total(self) -> int:
+        return self.n_layers * self.block["total"]
+
+
+def kind_rows(cfg: ModelConfig) -> list[KindRow]:
+    """Every distinct layer kind with its layers and its block's breakdown."""
+    labels, ranges = kind_labels(cfg), layer_ranges(cfg)
+    return [KindRow(spec, labels[spec], count, ranges[spec], _block_summary(_block_rows(cfg, spec)))
+            for spec, count in cfg.stack.kinds()]
+
+
+def _block_summary(per_block: dict[str, int]) -> dict[str, int]:
+    attn = sum(per_block[r] for r in ("query", "key", "value", "output"))
+    mlp = sum(per_block[r] for r in ("gate", "up", "down"))
+    biases, norms = per_block["biases"], per_block["norms"]
+    return {"attention": attn, "mlp": mlp, "biases": biases, "norms": norms, "total": attn + mlp + biases + norms}
 
 
 # The video's rows, then what its counting leaves out. Order is display order.
@@ -102,10 +196,12 @@ class ParamReport:
     total_3b1b: int
     total_full: int
     head: HeadCount
-    block: dict[str, int]  # attention, mlp, norms, biases, total (weights + biases + norms)
-    attention_per_block: int  # weights only (Q, K, V, O), as the video counts
-    attention_total: int
-    mlp_per_block: int
+    block: dict[str, int]  # layer 0's kind: attention, mlp, norms, biases, total (weights + biases + norms)
+    attention_per_block: int  # weights only (Q, K, V, O), as the video counts; layer 0's kind
+    attention_total: int  # summed over the kinds × their layers
+    mlp_per_block: int  # layer 0's kind
+    mlp_total: int = 0  # summed over the kinds × their layers
+    kinds: list[KindRow] = field(default_factory=list)  # each distinct layer kind, in first-seen order
     source: str = ""
     skipped: list[str] = field(default_factory=list)  # buffers in a checkpoint, not counted
     stored_only: bool = False  # counted from a checkpoint's tensors
@@ -255,31 +351,37 @@ def report_from_stored(
 
 def _report(cfg: ModelConfig, convention: str, rows: dict[str, int], source: str) -> ParamReport:
     total_3b1b, total_full = _totals(rows, cfg)
-    head = head_count(cfg)
-    per_block = count_by_category((f"blocks.0.{name}", shape) for name, shape in block_shapes(cfg).items())
-    attn_block = sum(per_block[r] for r in ("query", "key", "value", "output"))
-    mlp_block = sum(per_block[r] for r in ("gate", "up", "down"))
-    biases, n_norm = per_block["biases"], per_block["norms"]
-    block = {
-        "attention": attn_block,
-        "mlp": mlp_block,
-        "biases": biases,
-        "norms": n_norm,
-        "total": attn_block + mlp_block + biases + n_norm,
-    }
+    kinds = kind_rows(cfg)
+    first = next(k for k in kinds if k.spec == cfg.layer(0))
     return ParamReport(
         cfg=cfg,
         convention=convention,
         rows=rows,
         total_3b1b=total_3b1b,
         total_full=total_full,
-        head=head,
-        block=block,
-        attention_per_block=attn_block,
-        attention_total=attn_block * cfg.n_layers,
-        mlp_per_block=mlp_block,
+        head=head_count(cfg),
+        block=dict(first.block),
+        attention_per_block=first.block["attention"],
+        attention_total=sum(k.n_layers * k.block["attention"] for k in kinds),
+        mlp_per_block=first.block["mlp"],
+        mlp_total=sum(k.n_layers * k.block["mlp"] for k in kinds),
+        kinds=kinds,
         source=source,
     )
+
+
+@dataclass(frozen=True)
+class KindCache:
+    """One layer kind's KV cache at a context: each layer keeps `tokens` positions
+    (`AttnSpec.cache_tokens`: a window caps it) of `bytes_per_token` each."""
+
+    label: str
+    ranges: list[list[int]]
+    n_layers: int
+    tokens: int  # positions one layer of this kind keeps
+    values_per_token: int  # K and V values one position costs, all layers of this kind
+    values: int  # all layers of this kind, at their cached positions
+    bytes: int
 
 
 @dataclass
@@ -292,36 +394,50 @@ class ContextReport:
     pattern_per_head: int  # n² entries
     pattern_per_block: int
     pattern_total: int
-    kv_cache_per_token: int  # values (K and V, every layer and kv head)
-    kv_cache_total: int
+    kv_cache_per_token: int  # values (K and V, every layer and kv head) one position costs where it is kept
+    kv_cache_total: int  # values held at n tokens: each kind's layers keep at most their window
     kv_cache_bytes: int
     pattern_bytes: int
     flops_per_token: int  # forward FLOPs per token at context n (2 per multiply-add)
+    kv_kinds: list[KindCache] = field(default_factory=list)  # the cache per layer kind, summing to the totals
 
 
 def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextReport:
     width = DTYPE_BYTES[dtype]
     per_head = n * n
-    per_block = per_head * cfg.n_heads
-    kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head
+    per_block = per_head * cfg.layer(0).attn.n_heads
+    pattern_total = 0
+    labels, ranges = kind_labels(cfg), layer_ranges(cfg)
+    caches = []
+    attn_flops = 0
+    for spec, count in cfg.stack.kinds():
+        a = spec.attn
+        tokens = a.cache_tokens(n)
+        per_token = count * a.bytes_per_token(1)  # values: bytes at one byte a value
+        caches.append(KindCache(labels[spec], ranges[spec], count, tokens, per_token,
+                                per_token * tokens, per_token * tokens * width))
+        # QK^T and pattern·V for the token at position n: 2 * 2 * keys * d_head per head,
+        # over the keys its layer sees (a window caps them).
+        attn_flops += count * a.n_heads * 4 * tokens * a.d_head
+        pattern_total += count * a.n_heads * per_head  # the kernel scores every key, then masks
     weights = declared_counts(cfg)
     matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "gate", "up", "down"))
     if cfg.lm_head:
         matmul_params += weights["embedding"]  # the unembedding matmul, tied or not
-    # 2 FLOPs per weight per token, plus QK^T and pattern·V: 2 * 2 * n * d_head per head.
-    attn_flops = cfg.n_layers * cfg.n_heads * 4 * n * cfg.d_head
+    kv_values = sum(c.values for c in caches)
     return ContextReport(
         n=n,
         dtype=dtype,
         bytes_per_value=width,
         pattern_per_head=per_head,
         pattern_per_block=per_block,
-        pattern_total=per_block * cfg.n_layers,
-        kv_cache_per_token=kv_per_token,
-        kv_cache_total=kv_per_token * n,
-        kv_cache_bytes=kv_per_token * n * width,
-        pattern_bytes=per_block * cfg.n_layers * width,
-        flops_per_token=2 * matmul_params + attn_flops,
+        pattern_total=pattern_total,
+        kv_cache_per_token=sum(c.values_per_token for c in caches),
+        kv_cache_total=kv_values,
+        kv_cache_bytes=kv_values * width,
+        pattern_bytes=pattern_total * width,
+        flops_per_token=2 * matmul_params + attn_flops,  # 2 FLOPs per weight, plus attention's
+        kv_kinds=caches,
     )
 
 
@@ -353,8 +469,10 @@ def report_dict(rep: ParamReport, ctx: ContextReport | None = None) -> dict:
             "per_block": rep.attention_per_block,
             "total": rep.attention_total,
         },
-        "mlp": {"per_block": rep.mlp_per_block, "total": rep.mlp_per_block * cfg.n_layers},
+        "mlp": {"per_block": rep.mlp_per_block, "total": rep.mlp_total},
         "block": rep.block,
+        "kinds": [{"kind": k.label, "layers": k.ranges, "n_layers": k.n_layers,
+                   "block": k.block, "total": k.total} for k in rep.kinds],
         "rows": rep.rows,
     }
     if rep.head.per_head is not None:
@@ -373,7 +491,10 @@ def report_dict(rep: ParamReport, ctx: ContextReport | None = None) -> dict:
             "dtype": ctx.dtype,
             "pattern_entries": {"per_head": ctx.pattern_per_head, "per_block": ctx.pattern_per_block, "total": ctx.pattern_total},
             "pattern_bytes": ctx.pattern_bytes,
-            "kv_cache": {"values_per_token": ctx.kv_cache_per_token, "values": ctx.kv_cache_total, "bytes": ctx.kv_cache_bytes},
+            "kv_cache": {"values_per_token": ctx.kv_cache_per_token, "values": ctx.kv_cache_total, "bytes": ctx.kv_cache_bytes,
+                         "kinds": [{"kind": c.label, "layers": c.ranges, "n_layers": c.n_layers,
+                                    "tokens": c.tokens, "values_per_token": c.values_per_token, "values": c.values,
+                                    "bytes": c.bytes} for c in ctx.kv_kinds]},
             "flops_per_token": ctx.flops_per_token,
         }
     return out

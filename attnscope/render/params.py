@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attnscope.units import human_bytes, n, plural
+from attnscope.units import human_bytes, n, noun, plural
 
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig
@@ -39,7 +39,7 @@ def shape_line(cfg: "ModelConfig") -> str:
     kv = "" if cfg.n_kv_heads == cfg.n_heads else f" ({plural(cfg.n_kv_heads, 'key/value head')}, {cfg.attention_kind})"
     return (
         f"d_model {n(cfg.d_model)} · {plural(cfg.n_layers, 'layer')} × {plural(cfg.n_heads, 'head')} of {cfg.d_head}{kv}\n"
-        f"MLP {n(cfg.d_mlp)}{' (gated)' if cfg.gated_mlp else ''} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
+        f"MLP {n(cfg.d_mlp)}{' (gated)' if cfg.layer(0).mlp.kind == 'gated' else ''} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
     )
 
 
@@ -74,15 +74,7 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
         )
     console.print(head)
 
-    block = Table(title="Per block", title_justify="left", show_edge=False)
-    block.add_column("Part")
-    block.add_column("Parameters", justify="right")
-    block.add_row(f"Attention weights ({cfg.n_heads} × Q, O; {cfg.n_kv_heads} × K, V)", n(rep.block["attention"]))
-    block.add_row("MLP weights" + (" (gate, up, down)" if cfg.gated_mlp else " (up, down)"), n(rep.block["mlp"]))
-    block.add_row("Biases", n(rep.block["biases"]))
-    block.add_row("Norms", n(rep.block["norms"]))
-    block.add_row(Text("Block total", style="bold"), Text(n(rep.block["total"]), style="bold"))
-    console.print(block)
+    block_table(console, rep)
 
     model = Table(title=f"Whole model ({plural(cfg.n_layers, 'block')})", title_justify="left", show_edge=False)
     model.add_column("Row")
@@ -134,6 +126,32 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
         context_table(console, cfg, ctx)
 
 
+def block_table(console: Console, rep: "ParamReport") -> None:
+    """One block's breakdown; where the layers are of several kinds, one section per kind,
+    headed by its layers and its kind in words ("layers 0-4, 6-10 …: local, window 512")."""
+    from attnscope.params import ranges_text
+
+    several = len(rep.kinds) > 1
+    block = Table(title="Per block, by layer kind" if several else "Per block", title_justify="left", show_edge=False)
+    block.add_column("Part")
+    block.add_column("Parameters", justify="right")
+    for i, kind in enumerate(rep.kinds):
+        a, m = kind.spec.attn, kind.spec.mlp
+        if several:
+            if i:
+                block.add_section()
+            layers = f"{noun(kind.n_layers, 'layer')} {ranges_text(kind.ranges)} ({kind.n_layers:,})"
+            block.add_row(Text(f"{layers}: {kind.label}", style="bold cyan"), "")
+        block.add_row(f"Attention weights ({a.n_heads} × Q, O; {a.n_kv_heads} × K, V)", n(kind.block["attention"]))
+        block.add_row("MLP weights" + (" (gate, up, down)" if m.kind == "gated" else " (up, down)"), n(kind.block["mlp"]))
+        block.add_row("Biases", n(kind.block["biases"]))
+        block.add_row("Norms", n(kind.block["norms"]))
+        block.add_row(Text("Block total", style="bold"), Text(n(kind.block["total"]), style="bold"))
+        if several:
+            block.add_row(Text(f"× {plural(kind.n_layers, 'layer')}", style="dim"), Text(n(kind.total), style="dim"))
+    console.print(block)
+
+
 def quantization_table(console: Console, rep: "ParamReport") -> None:
     """A GGUF's storage: tensors, parameters and bytes per ggml type, and bits per weight."""
     table = Table(title="Storage by quantization type", title_justify="left", show_edge=False)
@@ -161,6 +179,10 @@ def context_table(console: Console, cfg: "ModelConfig", ctx: "ContextReport") ->
     table.add_row(f"Patterns per block ({plural(cfg.n_heads, 'head')})", n(ctx.pattern_per_block), human_bytes(ctx.pattern_per_block * b))
     table.add_row(f"Patterns, whole model ({plural(cfg.n_layers, 'block')})", n(ctx.pattern_total), human_bytes(ctx.pattern_bytes))
     table.add_row("KV cache per token", n(ctx.kv_cache_per_token), human_bytes(ctx.kv_cache_per_token * b))
+    if len(ctx.kv_kinds) > 1:  # each kind's layers keep their own positions (a window caps them)
+        for kind in ctx.kv_kinds:
+            table.add_row(Text(f"  {plural(kind.n_layers, 'layer')}, {kind.label}: {n(kind.tokens)} kept", style="dim"),
+                          n(kind.values), human_bytes(kind.bytes))
     table.add_row(f"KV cache at {plural(ctx.n, 'token')}", n(ctx.kv_cache_total), human_bytes(ctx.kv_cache_bytes))
     table.add_row("Forward FLOPs per token", n(ctx.flops_per_token), "")
     console.print(table)
