@@ -25,8 +25,11 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from attnscope.architectures.granite import MULTIPLIERS
 from attnscope.kinds import Stack
 
 import tiny_gguf as tg
@@ -404,3 +407,34 @@ def test_granite_gguf_without_scale_keys_means_what_llama_cpp_reads() -> None:
     cfg = from_hf_config({**raw, "vocab_size": 100})
     assert cfg.layer(0).attn.score_scale == pytest.approx(16 ** -0.5)
     assert cfg.embed_multiplier is None and cfg.logits_divisor is None and cfg.layer(0).residual_scale == 1.0
+
+
+# ------------------------------------------------------------------------ hostile values
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**20) | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=10) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=20,
+)
+_SMOLLM3_KEYS = ("no_rope_layers", "no_rope_layer_interval", "use_sliding_window", "sliding_window", "layer_types")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_SMOLLM3_KEYS + MULTIPLIERS), _JSONISH | st.lists(st.integers(0, 1), max_size=6),
+                       max_size=4),
+       st.sampled_from(NAMES))
+def test_any_value_of_these_keys_is_a_config_or_one_config_error(edit: dict[str, Any], name: str) -> None:
+    """Whatever config.json says in the keys these readers add, reading it gives a config
+    whose layer kinds pass ModelConfig's checks, or a ConfigError: never another exception."""
+    from attnscope.config import from_hf_config
+    from attnscope.errors import ConfigError
+
+    raw = {"model_type": name, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+           "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, **edit}
+    try:
+        cfg = from_hf_config(raw)
+    except ConfigError:
+        return
+    assert len(cfg.stack) == 4
+    for spec, _ in cfg.stack.kinds():
+        assert spec.attn.score_scale > 0 and spec.residual_scale > 0
