@@ -236,6 +236,9 @@ def test_bad_configs_are_one_config_error(edit: dict[str, Any], words: str) -> N
 def test_bad_text_config_is_one_config_error() -> None:
     with pytest.raises(ConfigError, match="text_config must be an object"):
         from_hf_config({"model_type": "gemma3", "text_config": [1]})
+    # a boolean spelt as a string would read as True: checked inside text_config too
+    with pytest.raises(ConfigError, match="tie_word_embeddings must be true or false"):
+        from_hf_config({"model_type": "gemma3", "text_config": {"tie_word_embeddings": "false"}})
 
 
 # ---------------------------------------------------------------------- parity

@@ -24,7 +24,7 @@ from typing import Any
 from attnscope.architectures import gemma2, qwen3
 from attnscope.architectures._common import layer_windows
 from attnscope.architectures.gemma import gemma_config
-from attnscope.config import ModelConfig, _number, _positive_int, _shown
+from attnscope.config import ModelConfig, _check_booleans, _number, _positive_int, _shown
 from attnscope.errors import ConfigError
 from attnscope.kinds import RopeSpec, Stack, freeze
 
@@ -57,6 +57,7 @@ def text_config(raw: dict[str, Any]) -> dict[str, Any]:
     text = raw.get("text_config") or {}
     if not isinstance(text, dict):
         raise ConfigError(f"gemma3 text_config must be an object, got {_shown(text)}")
+    _check_booleans(text, "gemma3 text_config")  # from_hf_config checked the top level only
     dtype = {k: raw[k] for k in ("dtype", "torch_dtype") if k in raw}
     tie = {"tie_word_embeddings": raw["tie_word_embeddings"]} if "tie_word_embeddings" in raw else {}
     return {**TEXT_DEFAULTS, **dtype, **tie, **text, "model_type": "gemma3_text"}
