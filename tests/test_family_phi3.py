@@ -299,14 +299,14 @@ def _real(name: str) -> tuple[dict[str, Any], int]:
 
 @pytest.mark.parametrize("name, published", [("phi-3-mini-4k", 3_821_079_552), ("phi-4-mini", 3_836_021_760)])
 def test_real_config_counts(name: str, published: int) -> None:
+    from attnscope.cli import app
     from attnscope.params import report
 
     raw, expected = _real(name)
     assert expected == published
     cfg = from_hf_config(raw, name=name)
     assert report(cfg).total_full == expected
-    result = CliRunner().invoke(__import__("attnscope.cli", fromlist=["app"]).app,
-                                ["params", "--config", str(REAL / f"{name}.json"), "--json"], env=ENV)
+    result = CliRunner().invoke(app, ["params", "--config", str(REAL / f"{name}.json"), "--json"], env=ENV)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["totals"]["full"] == expected
 
@@ -536,3 +536,21 @@ def test_safetensors_split_matches_transformers_rows(folder: Callable, reference
     parts = to_ours(phi3, "model.layers.1.mlp.gate_up_proj.weight", gate_up, cfg)
     assert torch.equal(parts["blocks.1.mlp.gate.weight"], gate_up[:96])
     assert torch.equal(parts["blocks.1.mlp.up.weight"], gate_up[96:])
+
+
+@pytest.mark.parametrize("n, error, words", [
+    (2**16 + 2, "CheckpointError", "far more than a setting needs"),  # refused before it is read
+    (4, "ConfigError", "must list 6 numbers"),  # 12 rotary dimensions: 6 frequencies
+])
+def test_gguf_bad_factor_tensors_are_one_error(n: int, error: str, words: str, tmp_path: Path) -> None:
+    import attnscope.errors as errors
+
+    vocab = tg.sentencepiece_vocab([("<unk>", tg.UNKNOWN), ("<s>", tg.CONTROL), ("</s>", tg.CONTROL)],
+                                   "<s>", "</s>", "<unk>")
+    vocab.ids["pad"] = 0
+    model = _gguf_model("phi4_mini", tg._padded(len(vocab.tokens)))
+    extra = (("rope_factors_long.weight", torch.ones(n)), ("rope_factors_short.weight", torch.ones(n)))
+    path = tg.write(tmp_path / "bad.gguf", "phi3", model, vocab.pad(model.config.vocab_size),
+                    _phi3_meta(model.config), extra)
+    with pytest.raises(getattr(errors, error), match=words):
+        from_hf_config(gguf_config(read_gguf(path)))
