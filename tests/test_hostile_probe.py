@@ -78,11 +78,13 @@ def files_under(folder: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json"])
 def test_fifo_beside_the_model(name: str, model: Path, tmp_path: Path) -> None:
+    (model / name).unlink(missing_ok=True)
     os.mkfifo(model / name)
     one_line_failure(run(["generate", "hello there", "-m", model, "-n", "2", "--chat"], tmp_path), name)
 
 
 def test_generation_config_linked_to_dev_zero(model: Path, tmp_path: Path) -> None:
+    (model / "generation_config.json").unlink(missing_ok=True)
     (model / "generation_config.json").symlink_to("/dev/zero")
     one_line_failure(run(["generate", "hello there", "-m", model, "-n", "2"], tmp_path))
 
@@ -90,11 +92,13 @@ def test_generation_config_linked_to_dev_zero(model: Path, tmp_path: Path) -> No
 def test_chat_template_from_outside_the_folder(model: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere.json"
     elsewhere.write_text(json.dumps({"chat_template": CHATML}))
+    (model / "tokenizer_config.json").unlink(missing_ok=True)
     (model / "tokenizer_config.json").symlink_to(elsewhere)
     one_line_failure(run(["generate", "hello", "-m", model, "-n", "2", "--chat"], tmp_path), "outside")
 
 
 def test_deeply_nested_generation_config(model: Path, tmp_path: Path) -> None:
+    (model / "generation_config.json").unlink(missing_ok=True)
     (model / "generation_config.json").write_text("[" * 100_000 + "]" * 100_000)
     one_line_failure(run(["generate", "hello there", "-m", model, "-n", "2"], tmp_path))
 
@@ -104,9 +108,9 @@ def test_models_over_a_very_deep_tree(tmp_path: Path) -> None:
     deep = cache / "models--org--deep" / "snapshots"
     deep.mkdir(parents=True)
     here = deep
-    for _ in range(1_100):
+    for _ in range(1_100):  # one level at a time: os.makedirs recurses
         here = here / "d"
-    os.makedirs(here)
+        here.mkdir()
     try:
         res = run(["models"], tmp_path, env={"HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf")})
     finally:  # pytest's own clean-up recurses (shutil.rmtree): remove the tree bottom-up here

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 from attnscope.errors import CheckpointError, UsageError
-from attnscope.safe_io import contained, list_dir, open_regular
+from attnscope.safe_io import list_dir, open_regular
 
 
 def _is_regular(path: Path) -> bool:
@@ -28,7 +28,9 @@ def gguf_path(spec: str) -> Path | None:
     """The GGUF file `spec` names: a .gguf file, an extension-less file starting with the
     GGUF magic (as ollama keeps its blobs), or a folder holding exactly one .gguf and no
     safetensors checkpoint; None for anything else. A folder is listed with a bound on
-    its entries (`safe_io.list_dir`), and the GGUF found in it must resolve inside it."""
+    its entries (`safe_io.list_dir`); the GGUF found in it must be a regular file, and may
+    be a link: it is the whole model in one file (weights, tokenizer, template), so a link
+    the user put in the folder names it as surely as its own path would."""
     path = Path(spec).expanduser()
     if path.is_dir():
         try:
@@ -42,7 +44,7 @@ def gguf_path(spec: str) -> Path | None:
         found = [path / n for n in names if n.endswith(".gguf") and _is_regular(path / n)]
         if len(found) > 1:
             raise UsageError(f"{path} holds {len(found)} GGUF files", hint=f"pass one of them, e.g. --model {found[0]}")
-        return contained(path, found[0], found[0].name) if found else None
+        return found[0] if found else None
     if path.suffix.lower() == ".gguf":
         return path
     if path.suffix == "" and _is_regular(path):
