@@ -14,6 +14,9 @@ sliding with a window of 8, on `KINDS_TEXT`, 90+ tokens):
   `Olmo3Config` settles on (a legacy top-level `rope_theta` reaches only the full layers),
   and on a checkpoint whose config.json is rewritten that way the attention still equals
   transformers' (its sliding layers then rotate with 500000, not the file's 5000);
+* YaRN (OLMo-3-7B's file: factor 8 over 8,192 positions, on the full layers only): our
+  frequencies and cos/sin factor equal transformers' `_compute_yarn_parameters` bit for
+  bit, and a tiny OLMo 3 written that way matches in attention, logits and cache;
 * counting: OLMo-2-7B's published config counts to its `_num_parameters` through the path
   `params --config` takes, and OLMo 3 shapes count to transformers' meta-device count;
 * GGUF (llama.cpp arch `olmo2`, which transformers cannot load): a tiny F32 GGUF written with
@@ -164,8 +167,9 @@ def test_attention_matches_transformers(name: str, ours: Callable, reference: Ca
 
 
 def test_olmo_quirks_change_the_reference(folder: Callable, reference: Callable) -> None:
-    """The checks above mean something: moving OLMo 2's post-norms before the sublayers,
-    or the q/k norm to per head, changes transformers' own attention by far more than 1e-5."""
+    """The checks above mean something: the tiny checkpoint's q norm weights are far from
+    1, so a reader that dropped or misplaced them would move transformers' own attention
+    by far more than 1e-5."""
     model = reference("olmo2")
     ids = text_ids(folder("olmo2"))
     base = tm.reference_attention(model, ids)
@@ -247,8 +251,10 @@ def _our_rope(raw: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-SMALL_OLMO3 = {**OLMO3_7B, "num_hidden_layers": 4, "layer_types": None, "rope_scaling": None, "hidden_size": 64, "intermediate_size": 96,
-               "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 128, "max_position_embeddings": 256}
+# OLMo 3 in small, without YaRN (None values are dropped before use).
+SMALL_OLMO3 = {**OLMO3_7B, "num_hidden_layers": 4, "layer_types": None, "rope_scaling": None, "hidden_size": 64,
+               "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 128,
+               "max_position_embeddings": 256}
 ROPE_SPELLINGS = {
     "legacy_theta": {"rope_theta": 1000.0},
     "nothing": {"rope_theta": None},
