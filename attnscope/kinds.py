@@ -110,13 +110,18 @@ class AttnSpec:
     def words(self, rope_model: bool = False) -> str:
         """The kind in words, as mask-demo and params name it (`rope_model`: the model
         rotates positions elsewhere, so a layer without RoPE is worth naming)."""
-        if not self.causal:
-            base = "bidirectional encoder"
-            return base if self.window is None else f"{base}, window {self.window:,}"
-        parts = [f"local, window {self.window:,}" if self.window is not None else "global"]
-        if self.rope is None and rope_model:
-            parts.append("no RoPE")
-        return ", ".join(parts)
+        return kind_words(self.causal, self.window, no_rope=self.rope is None and rope_model)
+
+
+def kind_words(causal: bool, window: int | None, no_rope: bool = False) -> str:
+    """A layer's kind in words: "local, window 4096" (causal within a window), "global"
+    (causal over every earlier key) or "bidirectional encoder" ("…, window W" where it
+    also has one), and ", no RoPE" for a layer that does not rotate."""
+    if not causal:
+        words = "bidirectional encoder" + (f", window {window}" if window is not None else "")
+    else:
+        words = "global" if window is None else f"local, window {window}"
+    return words + (", no RoPE" if no_rope else "")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from attnscope.kinds import kind_words
 from attnscope.units import human_bytes, n
 
 if TYPE_CHECKING:
@@ -24,9 +25,7 @@ def layer_kind_words(rule: "MaskRule") -> str:
     """A layer's kind, named from the rule its forward pass applies: "local, window 4096"
     (causal within a window), "global" (causal over every earlier key) or "bidirectional
     encoder" (every key; "…, window W" where it also has one)."""
-    if not rule.causal:
-        return "bidirectional encoder" + (f", window {rule.window}" if rule.window is not None else "")
-    return "global" if rule.window is None else f"local, window {rule.window}"
+    return kind_words(rule.causal, rule.window)
 
 
 def _mask_title(kind: str, window: int | None) -> str:

@@ -32,7 +32,7 @@ from torch import Tensor
 from attnscope import analysis
 from attnscope.errors import InputError, SelectionError, UsageError
 from attnscope.parts.attention import MaskRule, mask_rule
-from attnscope.mask_captions import _captions, _mask_title, layer_kind_words
+from attnscope.mask_captions import _captions, _mask_title, layer_kind_words  # noqa: F401  (re-exported)
 from attnscope.mask_captions import model_note  # noqa: F401  (public: the note for a demo)
 from attnscope.tokenize import pad_token, with_padding
 from attnscope.tokenize import tokenize, visible
@@ -131,8 +131,9 @@ def layer_map(cfg: "ModelConfig") -> str:
 
 
 def layer_kind(cfg: "ModelConfig", layer: int) -> str:
-    """Layer `layer`'s kind in words, from the rule its forward pass applies."""
-    return layer_kind_words(mask_rule(cfg, layer))
+    """Layer `layer`'s kind in words, from its declared kind: its mask rule, and "no RoPE"
+    where a RoPE model's layer does not rotate (SmolLM3)."""
+    return cfg.layer(layer).attn.words(rope_model=cfg.positions == "rope")
 
 
 def default_kind(cfg: "ModelConfig", layer: int) -> tuple[str, int | None]:
