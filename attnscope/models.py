@@ -184,7 +184,7 @@ def _probe(entry: ModelEntry, where: Path, probe: Any) -> None:
 
 def _probe_gguf(entry: ModelEntry, path: Path) -> str | None:
     from attnscope.config import from_hf_config
-    from attnscope.params import gguf_header_config, gguf_stored_shapes
+    from attnscope.params import gguf_header_config, gguf_stored_shapes, split_fused
     from attnscope.sources.gguf import gguf_family, read_gguf
 
     f = read_gguf(path)
@@ -198,6 +198,7 @@ def _probe_gguf(entry: ModelEntry, path: Path) -> str | None:
     stored, skipped = gguf_stored_shapes(f, family)
     entry.parameters = sum(prod(s) for s in stored.values())
     cfg = from_hf_config(gguf_header_config(f, family, skipped), name=entry.name)
+    stored = split_fused(stored, family, cfg)
     entry.family = cfg.family
     unknown = [n[len("other:"):] for n in stored if n.startswith("other:")]
     if unknown:

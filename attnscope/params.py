@@ -249,7 +249,21 @@ def stored_shapes(ckpt: "Checkpoint", cfg: ModelConfig | None) -> tuple[dict[str
     from attnscope import architectures
 
     module = architectures.ARCHITECTURES.get(cfg.family) if cfg is not None else None
-    return _stored(((name, info.shape) for name, info in ckpt.tensors.items()), module)
+    stored, skipped = _stored(((name, info.shape) for name, info in ckpt.tensors.items()), module)
+    return split_fused(stored, module, cfg), skipped
+
+
+def split_fused(stored: dict[str, tuple[int, ...]], module: Any, cfg: ModelConfig | None) -> dict[str, tuple[int, ...]]:
+    """Fused tensors a family stores (Phi-3's qkv_proj and gate_up_proj) cut into our
+    parameters by the family's own `stored_parts`, which its loader's `split` also uses,
+    so that each part is counted where it belongs; unchanged for other families."""
+    parts = getattr(module, "stored_parts", None)
+    if parts is None or cfg is None:
+        return stored
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in stored.items():
+        out.update(parts(name, shape, cfg))
+    return out
 
 
 def gguf_stored_shapes(f: "GGUFFile", family: ModuleType) -> tuple[dict[str, tuple[int, ...]], list[str]]:
@@ -333,6 +347,7 @@ def report_from_gguf(f: "GGUFFile", convention: str, source: str, name: str = ""
     family = gguf_family(f)
     stored, skipped = gguf_stored_shapes(f, family)
     cfg = from_hf_config(gguf_header_config(f, family, skipped), name=name or source)
+    stored = split_fused(stored, family, cfg)
     rep = report_from_stored(cfg, stored, convention, source, skipped)
     drop = set(skipped)
     rep.quantization = quantization_table(t for n, t in f.tensors.items() if n not in drop)

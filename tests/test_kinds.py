@@ -145,3 +145,42 @@ def test_mask_demo_names_an_unrotated_layer(tmp_path_factory: pytest.TempPathFac
     rotates = raw.get("no_rope_layers")
     assert rotates is not None
     assert [w.endswith("no RoPE") for w in words] == [not r for r in rotates[:len(words)]]
+
+
+def test_fused_phi3_tensors_count_where_they_belong(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Phi-3's qkv_proj and gate_up_proj are cut by the family's own stored_parts, so
+    `params --model` files them under attention and MLP, none under 'other'."""
+    import tiny_models_kinds as kinds_models
+
+    folder = kinds_models.phi4_mini(tmp_path_factory.mktemp("phi4"))
+    res = CliRunner().invoke(app, ["params", "--model", str(folder), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    raw = json.loads((folder / "config.json").read_text())
+    L, D, H = raw["num_hidden_layers"], raw["hidden_size"], raw["num_attention_heads"]
+    dh = raw.get("head_dim") or D // H
+    kv, F = raw["num_key_value_heads"], raw["intermediate_size"]
+    rows = doc["rows"]
+    assert rows["other"] == 0
+    assert (rows["query"], rows["key"], rows["value"]) == (L * H * dh * D, L * kv * dh * D, L * kv * dh * D)
+    assert rows["gate"] == rows["up"] == L * F * D
+    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch
+
+    with torch.device("meta"):
+        ref = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    assert doc["total"] == ref.num_parameters()
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "smollm3"])
+def test_a_deep_config_of_a_kinds_family_reads_at_once(model_type: str) -> None:
+    from attnscope.config import from_hf_config
+
+    raw = {"model_type": model_type, "hidden_size": 64, "num_hidden_layers": 100_000, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 64, "vocab_size": 100,
+           "max_position_embeddings": 128}
+    start = time.perf_counter()
+    cfg = from_hf_config(raw)
+    required_count(cfg)
+    assert time.perf_counter() - start < 3
+    assert len(cfg.stack.runs) > 1

@@ -138,7 +138,16 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     ropes = _ropes(text, cfg.d_head)
     cfg = replace(cfg, rope_theta=ropes["full_attention"].theta)
     # flat fields: what every layer shares; each layer's RoPE comes from its kind
-    return replace(cfg, kinds=Stack.of(cfg.layer(i).with_attn(rope=ropes[t]) for i, t in enumerate(types)))
+    made: dict[tuple[int, str], Any] = {}  # one spec per (kind, layer type), not one per layer: 10^5 layers stay fast
+
+    def kind(i: int, t: str) -> Any:
+        layer = cfg.layer(i)
+        key = (id(layer), t)
+        if key not in made:
+            made[key] = layer.with_attn(rope=ropes[t])
+        return made[key]
+
+    return replace(cfg, kinds=Stack.of(kind(i, t) for i, t in enumerate(types)))
 
 
 # --------------------------------------------------------------------------- GGUF

@@ -62,8 +62,15 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     base = cfg.layer(0).attn.rope
     if all(rotates):
         return cfg
-    specs = (cfg.layer(i).with_attn(rope=base if r else None) for i, r in enumerate(rotates))
-    return replace(cfg, kinds=Stack.of(specs))
+    made: dict[tuple[int, bool], Any] = {}  # one spec per (kind, rotates), not one per layer
+
+    def kind(i: int, r: bool) -> Any:
+        layer = cfg.layer(i)
+        if (id(layer), r) not in made:
+            made[id(layer), r] = layer.with_attn(rope=base if r else None)
+        return made[id(layer), r]
+
+    return replace(cfg, kinds=Stack.of(kind(i, bool(r)) for i, r in enumerate(rotates)))
 
 
 # --------------------------------------------------------------------------- GGUF
