@@ -34,8 +34,12 @@ def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """`build(name) -> Path`: the folder of the tiny checkpoint `tiny_models.BUILDERS[name]`."""
-    return _cached(lambda name: tiny_models.BUILDERS[name](tmp_path_factory.mktemp(name)))
+    """`build(name) -> Path`: the folder of the tiny checkpoint `tiny_models.BUILDERS[name]`,
+    or of `tiny_models_kinds.KIND_BUILDERS[name]` (the families whose layers differ)."""
+    import tiny_models_kinds
+
+    builders = {**tiny_models.BUILDERS, **tiny_models_kinds.KIND_BUILDERS}
+    return _cached(lambda name: builders[name](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="session")

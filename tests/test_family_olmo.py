@@ -69,42 +69,15 @@ OLMO3_7B = {
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = tk.KIND_BUILDERS[name](tmp_path_factory.mktemp(name))
-        return made[name]
-
-    return get
+def folder(build: Callable[[str], Path]) -> Callable[[str], Path]:
+    """The tiny checkpoints of tests/tiny_models_kinds.py, built once a session (conftest)."""
+    return build
 
 
 @pytest.fixture(scope="module")
-def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
-    from attnscope.api import load
-
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = load(str(folder(name)), device="cpu", dtype="float32")
-        return made[name]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
-    """transformers' model on the folder: eager, float32, every tensor used."""
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = tm.load_reference(folder(name))
-        return made[name]
-
-    return get
+def ours(inspector: Callable[..., Any]) -> Callable[..., Any]:
+    """attnscope on those checkpoints, float32 (conftest's `inspector`)."""
+    return inspector
 
 
 @pytest.fixture(scope="module")

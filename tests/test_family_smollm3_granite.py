@@ -57,14 +57,15 @@ def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return _cached(lambda name: kinds.KIND_BUILDERS[name](tmp_path_factory.mktemp(name)))
+def folder(build: Callable[[str], Path]) -> Callable[[str], Path]:
+    """The tiny checkpoints of tests/tiny_models_kinds.py, built once a session (conftest)."""
+    return build
 
 
 @pytest.fixture(scope="module")
-def ref(folder: Callable[[str], Path]) -> Callable[[str], Any]:
-    """transformers on the folder, eager, float32 (asserts nothing missing or unused)."""
-    return _cached(lambda name: tm.load_reference(folder(name)))
+def ref(reference: Callable[[str], Any]) -> Callable[[str], Any]:
+    """transformers on the folder, eager, float32 (conftest's `reference`)."""
+    return reference
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,9 @@ def ref64(ref: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 @pytest.fixture(scope="module")
-def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
-    from attnscope.api import load
-
-    return _cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
+def ours(inspector: Callable[..., Any]) -> Callable[..., Any]:
+    """attnscope on those checkpoints, float32 (conftest's `inspector`)."""
+    return inspector
 
 
 @pytest.fixture(scope="module")
