@@ -16,9 +16,10 @@ enumerated.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,13 @@ MAX_SIZE = 2**31  # widths, vocabulary, positions, windows: int32 indexing; real
 # n_heads <= d_model (a head has at least one dimension of the width), and n_heads * d_head,
 # the query projection's width, <= MAX_SIZE too.
 _BOUNDED = ("d_model", "d_mlp", "vocab_size", "n_ctx")
-_BOOLEANS = ("causal", "post_norm", "embed_norm", "final_norm", "gated_mlp", "qkv_bias", "out_bias", "mlp_bias",
-             "lm_head", "tied_embeddings", "pooler", "mlm_head", "nsp_head", "parallel", "shared_norm",
-             "embed_scale", "post_norms", "qk_norm", "unembed_bias")
+# The only booleans a ModelConfig has: model-wide and generic (tests/test_config_fields.py
+# holds each one's reason). A family's quirk is its layer kind (`layer_template`), not a flag.
+_BOOLEANS = ("causal", "embed_norm", "final_norm", "lm_head", "tied_embeddings", "unembed_bias")
+TASK_HEADS = ("pooler", "mlm", "nsp")  # BertModel's pooler, BertForMaskedLM's MLM head, the NSP classifier
+# A layer kind with nothing of its own: pre-norm, dense MLP, no biases, no q/k norm. Sizes are
+# placeholders (0), filled from the flat fields by `ModelConfig._derived_stack`.
+PLAIN_LAYER = LayerSpec(AttnSpec(0, 0, 0), MlpSpec("dense", 0, ""))
 # config.json keys the family readers pass through bool(): the string "false" would read as True.
 _HF_BOOLEANS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_parallel_residual",
                 "do_layer_norm_before", "enable_bias", "is_decoder", "qkv_bias", "use_bias")
@@ -82,24 +87,17 @@ class ModelConfig:
     name: str = ""
     n_kv_heads: int = 0  # 0: one key/value head per query head
     d_head: int = 0  # 0: d_model // n_heads
-    causal: bool = True
+    causal: bool = True  # a decoder (each token sees earlier ones) or an encoder (all see all)
     positions: str = "learned"  # learned | rope | none
     n_types: int = 0  # BERT's token-type table
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
-    post_norm: bool = False  # BERT: normalise after the residual add, not before
-    embed_norm: bool = False  # BERT: a LayerNorm on the summed embeddings
-    final_norm: bool = True
+    embed_norm: bool = False  # a norm on the summed embeddings (BERT)
+    final_norm: bool = True  # a norm after the last block
     act: str = "gelu"
-    gated_mlp: bool = False  # SwiGLU/GeGLU: a gate projection beside the up-projection
-    qkv_bias: bool = False
-    out_bias: bool = False
-    mlp_bias: bool = False
     lm_head: bool = True  # has an unembedding
-    tied_embeddings: bool = True
-    pooler: bool = False  # BertModel's pooler
-    mlm_head: bool = False  # BertForMaskedLM's transform + decoder bias
-    nsp_head: bool = False  # BertForPreTraining's next-sentence classifier
+    tied_embeddings: bool = True  # the unembedding is the token embedding
+    heads: tuple[str, ...] = ()  # task heads after the blocks (TASK_HEADS: BERT's pooler, mlm, nsp)
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     rotary_dim: int = 0  # 0: rotate the whole head; less for partial rotary (NeoX, Phi)
@@ -107,24 +105,24 @@ class ModelConfig:
     layer_windows: list[int | None] | None = None  # per-layer windows (Gemma 2); None: sliding_window everywhere
     pos_offset: int = 0  # OPT's learned positions start at 2
     d_embed: int = 0  # OPT's word_embed_proj_dim: embeddings narrower than the width, projected in
-    parallel: bool = False  # attention and MLP read the same input (NeoX, Phi)
-    shared_norm: bool = False  # parallel blocks with one norm for both (Phi)
     norm_offset: float = 0.0  # Gemma's RMSNorm scales by (offset + weight)
-    embed_scale: bool = False  # Gemma: embeddings times sqrt(d_model)
     attn_scale: float | None = None  # score scale; None: 1/sqrt(d_head)
     attn_softcap: float | None = None  # Gemma 2: cap * tanh(scores / cap)
-    post_norms: bool = False  # Gemma 2: norms after attention and after the MLP too
-    qk_norm: bool = False  # Qwen3: per-head RMSNorm on queries and keys before RoPE
-    unembed_bias: bool = False  # Phi's lm_head has a bias
+    unembed_bias: bool = False  # the unembedding has a bias (Phi)
     final_softcap: float | None = None  # Gemma 2: cap * tanh(logits / cap) on the output logits
-    embed_multiplier: float | None = None  # embeddings times this (Granite), rounded to the activations' dtype
+    embed_multiplier: float | None = None  # embeddings times this (Gemma's √d, Granite's), rounded to the activations' dtype
     logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling)
     dtype: str = "float32"  # the dtype the checkpoint was saved in
     extra: dict[str, Any] = field(default_factory=dict)
+    # The family's layer kind as a template: its wiring, MLP kind, biases and q/k norm
+    # (`architectures._common.layer_kind`). Its sizes are placeholders: the stack takes
+    # heads, widths, mask, positions and scale from the flat fields above.
+    layer_template: LayerSpec = PLAIN_LAYER
     # The layers, each of a declared kind (attnscope.kinds). A family whose layers differ
     # (Gemma 3's local and global RoPE bases, SmolLM3's layers without RoPE) passes them;
-    # otherwise they are derived from the fields above, one kind per distinct window.
-    # Either way `self.stack` holds them (set in __post_init__, so `replace()` re-derives).
+    # otherwise they are derived from the template and the fields above, one kind per
+    # distinct window. Either way `self.stack` holds them (set in __post_init__, so
+    # `replace()` re-derives).
     kinds: Stack | None = None
     stack: Stack = field(init=False, repr=False, compare=False)
 
@@ -151,6 +149,11 @@ class ModelConfig:
         for attr in _BOOLEANS:
             if not isinstance(getattr(self, attr), bool):
                 raise ConfigError(f"{where}{attr} must be true or false, got {_shown(getattr(self, attr))}")
+        if isinstance(self.heads, list):
+            self.heads = tuple(self.heads)
+        if not isinstance(self.heads, tuple) or any(h not in TASK_HEADS for h in self.heads):
+            raise ConfigError(f"{where}heads must list task heads among {', '.join(TASK_HEADS)}, got {_shown(self.heads)}")
+        self._check_template()
         for attr in ("family", "name", "act", "norm", "positions", "dtype"):
             if not isinstance(getattr(self, attr), str):
                 raise ConfigError(f"{where}{attr} must be a string, got {_shown(getattr(self, attr))}")
@@ -231,14 +234,32 @@ class ModelConfig:
             self.stack = self.kinds
             self._check_stack()
 
+    def _check_template(self) -> None:
+        """The family's layer kind: a LayerSpec of known kinds, wiring and q/k norm, its
+        flags true or false (a template's sizes are placeholders, checked once filled)."""
+        where, t = self._where(), self.layer_template
+        if not isinstance(t, LayerSpec) or not isinstance(t.attn, AttnSpec) or not isinstance(t.mlp, MlpSpec):
+            raise ConfigError(f"{where}layer_template must be a LayerSpec, got {_shown(t)}")
+        if t.attn.kind not in ATTENTION_KINDS or t.mlp.kind not in MLP_KINDS or t.wiring not in WIRINGS:
+            raise ConfigError(f"{where}unsupported layer kind {t.attn.kind}/{t.mlp.kind}/{t.wiring}")
+        if t.attn.qk_norm is not None and t.attn.qk_norm not in QK_NORMS:
+            raise ConfigError(f"{where}unknown q/k norm {t.attn.qk_norm!r}")
+        for name, value in (("qkv_bias", t.attn.qkv_bias), ("out_bias", t.attn.out_bias), ("mlp bias", t.mlp.bias)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}the layer's {name} must be true or false, got {_shown(value)}")
+        if not _number(t.residual_scale) or t.residual_scale <= 0:
+            raise ConfigError(f"{where}a layer's residual scale must be a finite positive number, got {_shown(t.residual_scale)}")
+
     def _derived_stack(self) -> Stack:
-        """The layers the flat fields describe: one kind per distinct window."""
+        """The layers the flat fields describe, of the family's kind (`layer_template`):
+        one kind per distinct window."""
         rope = (RopeSpec(float(self.rope_theta), self.rotary_dim, freeze(self.rope_scaling) if self.rope_scaling else None)
                 if self.positions == "rope" else None)
-        mlp = MlpSpec("gated" if self.gated_mlp else "dense", self.d_mlp, self.act, self.mlp_bias)
-        base = LayerSpec(AttnSpec(self.n_heads, self.n_kv_heads, self.d_head, self.causal, self.sliding_window, rope,
-                                  self.attn_scale, self.attn_softcap, "head" if self.qk_norm else None,
-                                  self.qkv_bias, self.out_bias), mlp, self.wiring)
+        t = self.layer_template
+        base = replace(t, mlp=replace(t.mlp, d_mlp=self.d_mlp, act=self.act),
+                       attn=replace(t.attn, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, d_head=self.d_head,
+                                    causal=self.causal, window=self.sliding_window, rope=rope,
+                                    scale=self.attn_scale, softcap=self.attn_softcap))
         if self.layer_windows is None:
             return Stack(((base, self.n_layers),))
         specs = {w: base.with_attn(window=w) for w in set(self.layer_windows)}
@@ -340,14 +361,69 @@ class ModelConfig:
     def _where(self) -> str:
         return f"{self.name}: " if self.name else ""
 
+    # Compatibility: read-only names for what used to be model-wide booleans, derived from
+    # the layer kinds (each family states its quirks there). New code reads `layer(i)`.
+
+    def _any_kind(self, test: Any) -> bool:
+        return any(bool(test(spec)) for spec, _ in self.stack.kinds())
+
     @property
     def wiring(self) -> str:
-        """How a block joins attention and MLP to the residual stream (see parts.block)."""
-        if self.post_norm:
-            return "post"
-        if self.parallel:
-            return "parallel_shared" if self.shared_norm else "parallel"
-        return "sandwich" if self.post_norms else "pre"
+        """How layer 0 joins attention and MLP to the residual stream (see parts.block)."""
+        return self.layer(0).wiring
+
+    @property
+    def post_norm(self) -> bool:
+        return self._any_kind(lambda s: s.wiring == "post")
+
+    @property
+    def parallel(self) -> bool:
+        return self._any_kind(lambda s: s.wiring in ("parallel", "parallel_shared"))
+
+    @property
+    def shared_norm(self) -> bool:
+        return self._any_kind(lambda s: s.wiring == "parallel_shared")
+
+    @property
+    def post_norms(self) -> bool:
+        return self._any_kind(lambda s: s.wiring == "sandwich")
+
+    @property
+    def qk_norm(self) -> bool:
+        return self._any_kind(lambda s: s.attn.qk_norm is not None)
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self._any_kind(lambda s: s.mlp.kind == "gated")
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self._any_kind(lambda s: s.attn.qkv_bias)
+
+    @property
+    def out_bias(self) -> bool:
+        return self._any_kind(lambda s: s.attn.out_bias)
+
+    @property
+    def mlp_bias(self) -> bool:
+        return self._any_kind(lambda s: s.mlp.bias)
+
+    @property
+    def embed_scale(self) -> bool:
+        """Gemma's embeddings times √d_model (now `embed_multiplier`)."""
+        return self.embed_multiplier == self.d_model ** 0.5
+
+    @property
+    def pooler(self) -> bool:
+        return "pooler" in self.heads
+
+    @property
+    def mlm_head(self) -> bool:
+        return "mlm" in self.heads
+
+    @property
+    def nsp_head(self) -> bool:
+        return "nsp" in self.heads
 
     @property
     def group_size(self) -> int:
@@ -364,8 +440,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields a config was built from (the derived `stack` left out)."""
-        out = asdict(self)
-        out.pop("stack", None)
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "stack"}
         return out
 
 

@@ -50,9 +50,7 @@ class Embedding(nn.Module):
         x = self.tok(ids)  # (T, d_embed)
         if cfg.d_embed != cfg.d_model:
             x = self.proj_in(x)  # (T, d)
-        if cfg.embed_scale:  # Gemma: sqrt(d) in the activations' dtype, as the reference rounds it
-            x = x * torch.tensor(cfg.d_model**0.5, dtype=x.dtype)
-        if cfg.embed_multiplier is not None:  # Granite: a declared multiplier, rounded the same way
+        if cfg.embed_multiplier is not None:  # Gemma's √d, Granite's: in the activations' dtype, as the references round it
             x = x * torch.tensor(cfg.embed_multiplier, dtype=x.dtype)
         if cfg.positions == "learned":
             if positions is None:

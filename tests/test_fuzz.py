@@ -30,6 +30,7 @@ from attnscope import parts
 from attnscope.hooks import site_layer
 from attnscope.parts.attention import MaskRule
 from attnscope.parts.positions import rope_inv_freq
+from attnscope.architectures._common import layer_kind
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
 from attnscope.errors import AttnscopeError, CheckpointError, ConfigError, SelectionError
 
@@ -508,7 +509,7 @@ def tiny_model(window: int | None, causal: bool, seed: int, dtype: torch.dtype =
     from attnscope.params import param_shapes
 
     cfg = ModelConfig(family="llama", d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=32, vocab_size=50,
-                      n_ctx=64, causal=causal, positions="rope", norm="rmsnorm", act="silu", gated_mlp=True,
+                      n_ctx=64, causal=causal, positions="rope", norm="rmsnorm", act="silu", layer_template=layer_kind(mlp="gated"),
                       tied_embeddings=False, sliding_window=window)
     gen = torch.Generator().manual_seed(seed)
     tensors = ((name, torch.randn(shape, generator=gen) * 0.5) for name, shape in param_shapes(cfg).items())

@@ -35,6 +35,7 @@ import tiny_models as tm
 from attnscope import heads as hd
 from attnscope import parts as model_mod
 from attnscope.api import Inspector
+from attnscope.architectures._common import layer_kind
 from attnscope.config import ModelConfig
 from attnscope.errors import InputError, UsageError
 from attnscope.model import build
@@ -77,7 +78,7 @@ def one_hot_embeddings(t: dict[str, torch.Tensor]) -> None:
 
 def hand_config(causal: bool, n_layers: int) -> ModelConfig:
     return ModelConfig(family="gpt2", d_model=D_MODEL, n_layers=n_layers, n_heads=N_HEADS, d_mlp=4,
-                       vocab_size=N_POS, n_ctx=N_POS, causal=causal, qkv_bias=True, name="hand-built")
+                       vocab_size=N_POS, n_ctx=N_POS, causal=causal, layer_template=layer_kind(qkv_bias=True), name="hand-built")
 
 
 def inspector_for(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Inspector:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from attnscope.cli import app
+from attnscope.architectures._common import layer_kind
 from attnscope.config import ModelConfig, preset
 from attnscope.errors import ConfigError
 from attnscope.kinds import AttnSpec, LayerSpec, MlpSpec, RopeSpec, Stack, freeze, kind_words, thaw
@@ -53,7 +54,7 @@ def test_freeze_and_thaw() -> None:
 
 def test_derived_kinds_follow_the_flat_fields() -> None:
     cfg = ModelConfig(family="llama", d_model=64, n_layers=5, n_heads=4, n_kv_heads=2, d_mlp=96, vocab_size=50,
-                      n_ctx=128, positions="rope", norm="rmsnorm", gated_mlp=True, act="silu",
+                      n_ctx=128, positions="rope", norm="rmsnorm", layer_template=layer_kind(mlp="gated"), act="silu",
                       rope_theta=5e5, sliding_window=8, layer_windows=[8, None, 8, 8, None])
     assert [cfg.layer(i).attn.window for i in range(5)] == [8, None, 8, 8, None]
     assert len(cfg.stack.kinds()) == 2 and len(cfg.stack.runs) == 4
@@ -71,7 +72,7 @@ def test_counting_sums_kinds() -> None:
     normed = LayerSpec(replace(base.attn, qk_norm="projection"), MLP, "post_sublayer")
     layers = [base, normed, normed, base, normed]
     cfg = ModelConfig(family="llama", d_model=64, n_layers=5, n_heads=4, n_kv_heads=2, d_mlp=64, vocab_size=50,
-                      n_ctx=128, positions="rope", norm="rmsnorm", gated_mlp=True, act="silu",
+                      n_ctx=128, positions="rope", norm="rmsnorm", layer_template=layer_kind(mlp="gated"), act="silu",
                       kinds=Stack.of(layers))
     from math import prod
 
@@ -88,7 +89,7 @@ def test_a_deep_stack_counts_by_arithmetic() -> None:
     layers = [spec(8), spec(None)] * 50_000
     start = time.perf_counter()
     cfg = ModelConfig(family="llama", d_model=64, n_layers=100_000, n_heads=4, n_kv_heads=2, d_mlp=64,
-                      vocab_size=50, n_ctx=128, positions="rope", norm="rmsnorm", gated_mlp=True, act="silu",
+                      vocab_size=50, n_ctx=128, positions="rope", norm="rmsnorm", layer_template=layer_kind(mlp="gated"), act="silu",
                       kinds=Stack.of(layers))
     total = required_count(cfg)
     assert time.perf_counter() - start < 5  # 10^5 runs: each looked up once, never per parameter
@@ -110,7 +111,7 @@ def test_a_deep_stack_counts_by_arithmetic() -> None:
 def test_a_familys_kinds_are_checked(bad: Callable[[LayerSpec], LayerSpec], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         ModelConfig(family="llama", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=64, vocab_size=50,
-                    n_ctx=128, positions="rope", norm="rmsnorm", gated_mlp=True, act="silu",
+                    n_ctx=128, positions="rope", norm="rmsnorm", layer_template=layer_kind(mlp="gated"), act="silu",
                     kinds=Stack.of([spec(), bad(spec())]))
 
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from attnscope import config as cfgmod
 from attnscope import estimate
 from attnscope import params as pm
+from attnscope.architectures._common import layer_kind
 from attnscope.config import ModelConfig
 from attnscope.kinds import Stack
 
@@ -60,7 +61,7 @@ def mixed() -> ModelConfig:
     """12 layers in three kinds: local (window 8), local (window 32) with a wider MLP, global.
     Layers: 0-3 w8, 4 global, 5-7 w32-wide, 8-10 w8, 11 global."""
     base = ModelConfig(family="llama", d_model=D, n_layers=12, n_heads=H, n_kv_heads=KV, d_mlp=F, vocab_size=V,
-                       n_ctx=4096, positions="rope", norm="rmsnorm", gated_mlp=True, act="silu",
+                       n_ctx=4096, positions="rope", norm="rmsnorm", layer_template=layer_kind(mlp="gated"), act="silu",
                        tied_embeddings=False, name="mixed")
     g = base.layer(0)
     w8 = g.with_attn(window=8)
@@ -156,7 +157,7 @@ def test_ranges_text_elides_after_three():
 
 def deep(alternating: bool) -> ModelConfig:
     base = ModelConfig(family="llama", d_model=D, n_layers=100_000, n_heads=H, n_kv_heads=KV, d_mlp=F,
-                       vocab_size=V, n_ctx=4096, positions="rope", norm="rmsnorm", gated_mlp=True, act="silu")
+                       vocab_size=V, n_ctx=4096, positions="rope", norm="rmsnorm", layer_template=layer_kind(mlp="gated"), act="silu")
     g = base.layer(0)
     local = replace(g.with_attn(window=16), mlp=replace(g.mlp, d_mlp=F_WIDE))
     runs = ((local, 1), (g, 1)) * 50_000 if alternating else ((local, 60_000), (g, 40_000))

@@ -5,9 +5,23 @@ the older keys most published checkpoints carry (`rope_theta`, `rope_scaling`,
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from attnscope.config import PLAIN_LAYER
 from attnscope.errors import ConfigError
+from attnscope.kinds import LayerSpec
+
+
+def layer_kind(wiring: str = "pre", *, mlp: str = "dense", mlp_bias: bool = False, qkv_bias: bool = False,
+               out_bias: bool = False, qk_norm: str | None = None) -> LayerSpec:
+    """A family's layer kind, as `ModelConfig(layer_template=…)` takes it: how the block
+    is wired (`kinds.WIRINGS`), the MLP's kind and bias, the attention's biases and q/k
+    norm. Sizes, mask, positions and scale stay flat in ModelConfig, which fills them in
+    (so `replace()` on a size re-derives every layer); a family whose layers differ
+    passes `kinds=` built from `cfg.layer(i)`."""
+    return replace(PLAIN_LAYER, wiring=wiring, mlp=replace(PLAIN_LAYER.mlp, kind=mlp, bias=mlp_bias),
+                   attn=replace(PLAIN_LAYER.attn, qkv_bias=qkv_bias, out_bias=out_bias, qk_norm=qk_norm))
 
 
 def rope_settings(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:

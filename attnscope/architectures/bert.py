@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnscope.architectures._common import checkpoint_dtype
+from attnscope.architectures._common import checkpoint_dtype, layer_kind
 from attnscope.config import ModelConfig
 from attnscope.errors import ConfigError
 
@@ -78,17 +78,13 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         n_types=raw.get("type_vocab_size", 2),
         norm="layernorm",
         norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-        post_norm=True,
         embed_norm=True,
         final_norm=False,
         act=_ACTIVATIONS[act],
-        qkv_bias=True,
-        out_bias=True,
-        mlp_bias=True,
+        layer_template=layer_kind("post", qkv_bias=True, out_bias=True, mlp_bias=True),
         lm_head=mlm,
         tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
-        pooler=pooler,
-        mlm_head=mlm,
-        nsp_head=any("PreTraining" in a for a in archs),
+        heads=(("pooler",) if pooler else ()) + (("mlm",) if mlm else ())
+        + (("nsp",) if any("PreTraining" in a for a in archs) else ()),
         dtype=checkpoint_dtype(raw),
     )

@@ -37,7 +37,8 @@ def gemma_config(raw: dict[str, Any], name: str, family: str) -> ModelConfig:
         "tie_word_embeddings": raw.get("tie_word_embeddings", True),
     }
     cfg = llama.config_from_hf(as_llama, name)
-    return replace(cfg, family=family, act=ACTIVATIONS[act], norm_offset=1.0, embed_scale=True)
+    return replace(cfg, family=family, act=ACTIVATIONS[act], norm_offset=1.0,
+                   embed_multiplier=cfg.d_model ** 0.5)
 
 
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:

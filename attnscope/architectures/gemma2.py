@@ -44,7 +44,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         attn_scale=float(scalar) ** -0.5 if scalar else None,
         attn_softcap=float(cap) if cap else None,
         final_softcap=float(final) if final else None,
-        post_norms=True,
+        layer_template=replace(cfg.layer_template, wiring="sandwich"),  # norms after attention and MLP too
     )
 
 

@@ -132,8 +132,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         attn_scale=float(scalar) ** -0.5,
         attn_softcap=float(cap) if cap else None,
         final_softcap=float(final) if final else None,
-        post_norms=True,
-        qk_norm=True,
+        layer_template=replace(cfg.layer_template, wiring="sandwich").with_attn(qk_norm="head"),
     )
     ropes = _ropes(text, cfg.d_head)
     cfg = replace(cfg, rope_theta=ropes["full_attention"].theta)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnscope.architectures._common import checkpoint_dtype
+from attnscope.architectures._common import checkpoint_dtype, layer_kind
 from attnscope.config import ModelConfig
 from attnscope.errors import ConfigError
 
@@ -65,9 +65,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         norm="layernorm",
         norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
         act=_ACTIVATIONS[act],
-        qkv_bias=True,
-        out_bias=True,
-        mlp_bias=True,
+        layer_template=layer_kind(qkv_bias=True, out_bias=True, mlp_bias=True),
         tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
         dtype=checkpoint_dtype(raw),
     )

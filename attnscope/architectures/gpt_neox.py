@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnscope.architectures._common import checkpoint_dtype, rope_settings, rotary_dim
+from attnscope.architectures._common import checkpoint_dtype, layer_kind, rope_settings, rotary_dim
 from attnscope.config import ModelConfig
 from attnscope.errors import ConfigError
 
@@ -68,11 +68,10 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         rotary_dim=rotary_dim(raw, d_head, default=0.25) if d_head else 0,
         norm="layernorm",
         norm_eps=float(raw.get("layer_norm_eps", 1e-5)),
-        parallel=bool(raw.get("use_parallel_residual", True)),
         act=_ACTIVATIONS[act],
-        qkv_bias=bias,
-        out_bias=bias,
-        mlp_bias=True,
+        # attention and MLP read the same input, unless use_parallel_residual is false
+        layer_template=layer_kind("parallel" if raw.get("use_parallel_residual", True) else "pre",
+                                  qkv_bias=bias, out_bias=bias, mlp_bias=True),
         tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
         dtype=checkpoint_dtype(raw),
     )

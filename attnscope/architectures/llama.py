@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnscope.architectures._common import checkpoint_dtype, layer_windows, rope_settings
+from attnscope.architectures._common import checkpoint_dtype, layer_kind, layer_windows, rope_settings
 from attnscope.config import ModelConfig
 from attnscope.errors import ConfigError
 
@@ -86,10 +86,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         norm="rmsnorm",
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         act=_ACTIVATIONS[act],
-        gated_mlp=True,
-        qkv_bias=qkv_bias,
-        out_bias=out_bias,
-        mlp_bias=mlp_bias,
+        layer_template=layer_kind(mlp="gated", qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias),
         tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
         rope_theta=theta,
         rope_scaling=scaling,

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from attnscope.architectures import llama
-from attnscope.architectures._common import checkpoint_dtype, layer_windows, rope_settings
+from attnscope.architectures._common import checkpoint_dtype, layer_kind, layer_windows, rope_settings
 from attnscope.config import MAX_LAYERS, ModelConfig, _shown
 from attnscope.errors import ConfigError
 from attnscope.kinds import RopeSpec, Stack, freeze
@@ -140,9 +140,8 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         norm="rmsnorm",
         norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
         act=llama._ACTIVATIONS[act],
-        gated_mlp=True,
-        qkv_bias=bias,
-        out_bias=bias,
+        # every layer: OLMo's norms after the sublayers and q/k norms over the whole projection
+        layer_template=layer_kind("post_sublayer", mlp="gated", qkv_bias=bias, out_bias=bias, qk_norm="projection"),
         tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
         rope_theta=theta,
         rope_scaling=scaling,
@@ -150,14 +149,14 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         layer_windows=windows,
         dtype=checkpoint_dtype(raw),
     )
-    # Every layer: OLMo's wiring and projection-wide q/k norms; each window with its own RoPE.
-    base = replace(cfg.layer(0), wiring="post_sublayer")
+    # Each window with its own RoPE.
+    base = cfg.layer(0)
     rotary = cfg.d_head
 
     def spec(w: int | None) -> Any:
         theta, scaling = ropes["sliding_attention" if w is not None else "full_attention"]
         rope = RopeSpec(float(theta), rotary, freeze(scaling) if scaling else None)
-        return base.with_attn(window=w, rope=rope, qk_norm="projection")
+        return base.with_attn(window=w, rope=rope)
 
     specs = {w: spec(w) for w in set(windows or [None])}
     return replace(cfg, kinds=Stack.of(specs[w] for w in (windows or [None] * n_layers)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnscope.architectures._common import checkpoint_dtype
+from attnscope.architectures._common import checkpoint_dtype, layer_kind
 from attnscope.config import ModelConfig
 from attnscope.errors import ConfigError
 
@@ -69,12 +69,9 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         d_embed=raw.get("word_embed_proj_dim") or d_model,
         norm="layernorm",
         norm_eps=1e-5,
-        post_norm=not pre,
         final_norm=pre and not raw.get("_remove_final_layer_norm", False),
         act=_ACTIVATIONS[act],
-        qkv_bias=bias,
-        out_bias=bias,
-        mlp_bias=bias,
+        layer_template=layer_kind("pre" if pre else "post", qkv_bias=bias, out_bias=bias, mlp_bias=bias),
         tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
         dtype=checkpoint_dtype(raw),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnscope.architectures._common import checkpoint_dtype, rope_settings, rotary_dim
+from attnscope.architectures._common import checkpoint_dtype, layer_kind, rope_settings, rotary_dim
 from attnscope.config import ModelConfig
 from attnscope.errors import ConfigError
 
@@ -67,12 +67,9 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         rotary_dim=rotary_dim(raw, d_head, default=0.5) if d_head else 0,
         norm="layernorm",
         norm_eps=float(raw.get("layer_norm_eps", 1e-5)),
-        parallel=True,
-        shared_norm=True,
         act=_ACTIVATIONS[act],
-        qkv_bias=True,
-        out_bias=True,
-        mlp_bias=True,
+        # attention and MLP read one shared norm's output, side by side
+        layer_template=layer_kind("parallel_shared", qkv_bias=True, out_bias=True, mlp_bias=True),
         tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
         unembed_bias=True,
         dtype=checkpoint_dtype(raw),

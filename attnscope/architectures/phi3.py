@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from attnscope.architectures._common import checkpoint_dtype
+from attnscope.architectures._common import checkpoint_dtype, layer_kind
 from attnscope.config import ModelConfig
 from attnscope.errors import CheckpointError, ConfigError
 
@@ -102,7 +102,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         norm="rmsnorm",
         norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
         act=_ACTIVATIONS[act],
-        gated_mlp=True,
+        layer_template=layer_kind(mlp="gated"),
         tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
         rope_theta=theta,
         rope_scaling=scaling,

@@ -23,7 +23,9 @@ WEIGHTS: dict[str, str | None] = {
 
 
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
-    return replace(llama.config_from_hf(raw, name), family="qwen3", qk_norm=True)
+    llama_cfg = llama.config_from_hf(raw, name)
+    return replace(llama_cfg, family="qwen3",
+                   layer_template=llama_cfg.layer_template.with_attn(qk_norm="head"))
 
 
 # --------------------------------------------------------------------------- GGUF

@@ -141,15 +141,15 @@ def head_shapes(cfg: "ModelConfig") -> Shapes:
         shapes.update(_prefixed("final_norm", norm_shapes(cfg)))
     if cfg.d_embed != d:
         shapes["proj_out.weight"] = (cfg.d_embed, d)
-    if cfg.pooler:
+    if "pooler" in cfg.heads:
         shapes["pooler.weight"] = (d, d)
         shapes["pooler.bias"] = (d,)
-    if cfg.mlm_head:
+    if "mlm" in cfg.heads:
         shapes["mlm.dense.weight"] = (d, d)
         shapes["mlm.dense.bias"] = (d,)
         shapes.update(_prefixed("mlm.norm", norm_shapes(cfg)))
         shapes["mlm.bias"] = (v,)
-    if cfg.nsp_head:
+    if "nsp" in cfg.heads:
         shapes["nsp.weight"] = (2, d)
         shapes["nsp.bias"] = (2,)
     if cfg.lm_head and not cfg.tied_embeddings:
