@@ -10,7 +10,7 @@ can keep as little as it likes.
 What a site reports (H query heads, H_kv key/value heads, c query rows of a chunk, K keys):
   * `q`       (H, T, d_head) queries after positions (RoPE), before the score scale;
   * `k`, `v`  (H_kv, K, d_head) keys (after RoPE) and values, the cache's included;
-  * `scores`  (H, c, K) float32, after score modifiers (soft-capping), before the mask;
+  * `scores`  (H, c, K) float32, after score modifiers (soft-capping) and any bias, before the mask;
   * `pattern` (H, c, K) float32 softmax; a causal chunk stops at its last query's key,
               the rest of each row is exactly 0;
   * `z`       (H, c, d_head) each head's weighted sum of values;

@@ -75,7 +75,7 @@ class RopeSpec:
 class AttnSpec:
     """One layer's attention: heads, sizes, the mask rule (causal, window), positions
     (a RopeSpec, or None for a layer without RoPE), the score scale (None: 1/√d_head),
-    soft-capping, q/k norms ("head" or "projection") and biases."""
+    soft-capping, q/k norms ("head" or "projection"), biases and attention sinks."""
 
     n_heads: int
     n_kv_heads: int
@@ -89,6 +89,7 @@ class AttnSpec:
     qkv_bias: bool = False
     out_bias: bool = False
     kind: str = "softmax"
+    sinks: bool = False  # gpt-oss: a learned sink logit per head, an extra softmax column
 
     @property
     def group_size(self) -> int:

@@ -301,8 +301,9 @@ def demo_for(
         q = torch.cat([q, q_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
         k = torch.cat([k, k_pad[:, n_real:]], dim=1)  # (H, T + pads, d_head)
         scores = (q @ k.transpose(-2, -1)) * scale  # (H, T + pads, T + pads)
+        pos = torch.arange(scores.shape[-1])  # the padded text's positions, queries and keys alike
         for modify in attn.modifiers:  # the layer's own score modifiers, as its kernel applies them
-            modify(scores, 0, 0)
+            modify(scores, pos, pos)
         tokens, n_pad = padded, PAD_COUNT
     chosen = heads[0] if heads is not None else pick_head(scores, n_real)
     demo = build_from_scores(tokens.labels, scores, chosen, kind, window, d_head=cfg.d_head, scale=attn.scale,

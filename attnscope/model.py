@@ -14,6 +14,7 @@ nothing and prints nothing.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -91,6 +92,19 @@ class KVCache:
         return k, v, first
 
 
+@dataclass(frozen=True)
+class PassState:
+    """What one forward pass shares with every layer, built once per pass: the first
+    query's position (the cache's length; hooks' coordinates), each token's absolute
+    position (T,) int64, each token's text (T,) on a packed pass (else None; positions then
+    count within a text), and each RoPE kind's (cos, sin) tables at those positions."""
+
+    start: int
+    positions: Tensor
+    segments: Tensor | None
+    ropes: dict[Any, tuple[Tensor, Tensor]]
+
+
 class Unembed(nn.Module):
     """The unembedding's own parameters: a weight unless tied to the token table, and a bias (Phi)."""
 
@@ -140,22 +154,23 @@ class Transformer(nn.Module):
         if packing is not None:  # several texts in one pass: their own positions, masked apart
             assert cache is None and start == 0, "a packed pass starts afresh"  # internal invariant
             x = self.embed(ids, start, packing.positions)
-            positions = packing.positions
+            positions, segments = packing.positions, packing.segments
         else:
             x = self.embed(ids, start)
-            positions = torch.arange(start, start + T, device=ids.device)
-        # The per-pass state: each RoPE kind's (cos, sin) at this pass's positions, built once.
-        rope = {spec: rotary.tables_at(positions) for spec, rotary in self.rotaries.items()}
+            positions, segments = torch.arange(start, start + T, device=ids.device), None
+        # The per-pass state: positions, texts, each RoPE kind's (cos, sin) at those positions.
+        ropes = {spec: rotary.tables_at(positions) for spec, rotary in self.rotaries.items()}
+        state = PassState(start, positions, segments, ropes)
         stop = cfg.n_layers - 1 if last_layer is None else last_layer
         for i, block in enumerate(self.blocks):
             if i > stop:
                 break
             if self.block_source is None:
-                x = block(x, start, rope, cache, hooks, packing)
+                x = block(x, state, cache, hooks)
             else:
                 block.load_state_dict(self.block_source(i), strict=True, assign=True)
                 try:
-                    x = block(x, start, rope, cache, hooks, packing)
+                    x = block(x, state, cache, hooks)
                 finally:
                     block.to_empty(device="meta")  # drop this block's weights before the next loads
             if not bool(torch.isfinite(x).all()):  # one reduction a layer: never print NaN as a result

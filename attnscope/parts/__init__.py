@@ -64,6 +64,8 @@ def attention_shapes(cfg: "ModelConfig", spec: "AttnSpec | None" = None) -> Shap
     shapes["o.weight"] = (d, q_out)
     if a.out_bias:
         shapes["o.bias"] = (d,)
+    if a.sinks:  # gpt-oss: one sink logit per query head
+        shapes["sinks"] = (a.n_heads,)
     return shapes
 
 

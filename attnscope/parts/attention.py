@@ -4,11 +4,14 @@
   and the heads' outputs back into it (o). Grouped- and multi-query attention share
   each key/value head among `group_size` query heads.
 * Positions act on q and k (`parts.positions.Rotary`) with absolute positions.
-* Score modifiers (Gemma 2's soft-capping; later sinks, ALiBi) act on scores, in one place.
-* The mask is built from absolute query and key positions (`MaskRule`), so a cache
-  offset, a sliding window and padding are one rule.
-* One kernel (`attend`) runs scores → modifiers → mask → softmax (float32, or float64 for
-  float64 weights) → weighted values, in query chunks (`parts.chunk_rows`), reporting to
+* Score modifiers (Gemma 2's soft-capping; later ALiBi) act on scores, in one place, given
+  the query and key positions as tensors; an optional additive bias (a learned relative
+  bias) and per-head sink logits (gpt-oss) are the kernel's optional arguments.
+* The mask is built from absolute query and key positions (`MaskRule`) and, on a packed
+  pass, each token's text, so a cache offset, a sliding window, padding and packed texts
+  are one rule.
+* One kernel (`attend`) runs scores → modifiers → bias → mask → softmax (float32, or
+  float64 for float64 weights; with the sink column where the kind has one) → weighted values, in query chunks (`parts.chunk_rows`), reporting to
   hooks at the attention's named site (see `attnscope.hooks`). Nothing else in attnscope
   computes attention.
 
@@ -96,13 +99,16 @@ class SoftCap:
     def __init__(self, cap: float) -> None:
         self.cap = cap
 
-    def __call__(self, scores: Tensor, q_start: int, k_start: int) -> None:
+    def __call__(self, scores: Tensor, q_pos: Tensor, k_pos: Tensor) -> None:
         scores.div_(self.cap).tanh_().mul_(self.cap)
 
 
-# Acts in place on (H, c, K) scores whose first query and key sit at absolute positions
-# q_start and k_start (what a position-dependent modifier such as ALiBi needs).
-ScoreModifier = Callable[[Tensor, int, int], None]
+# Acts in place on (H, c, K) scores, given the chunk's query positions (c,) and its keys'
+# (K,), int64, each within its own text on a packed pass (what ALiBi or T5's buckets need).
+ScoreModifier = Callable[[Tensor, Tensor, Tensor], None]
+# An additive score bias: a tensor (H, T, K) (or broadcastable), or a callable giving the
+# chunk's (H, c, K) from its query and key positions, as a learned relative bias does.
+ScoreBias = Tensor | Callable[[Tensor, Tensor], Tensor]
 
 
 def score_modifiers(spec: AttnSpec) -> list[ScoreModifier]:
@@ -116,52 +122,72 @@ def _upper(rows: int, cols: int, device: torch.device) -> Tensor:
     return torch.ones(rows, cols, dtype=torch.bool, device=device).triu_(1)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, *, q_start: int, k_start: int, rule: MaskRule, scale: float,
-           modifiers: list[ScoreModifier] = (), site: str = "", hooks: Any = None,
-           packing: Packing | None = None) -> Tensor:
+def attend(q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, rule: MaskRule, scale: float,
+           modifiers: list[ScoreModifier] = (), bias: ScoreBias | None = None, sinks: Tensor | None = None,
+           site: str = "", hooks: Any = None, segments: Tensor | None = None) -> Tensor:
     """The kernel. q (H, T, dh), k and v (H, K, dh) with every query head's own key/value
-    (already expanded for GQA); keys are the contiguous positions k_start.. and queries
-    q_start..; returns z (H, T, dh), each head's weighted values."""
+    (already expanded for GQA); returns z (H, T, dh), each head's weighted values.
+
+    `q_pos` (T,) and `k_pos` (K,) are absolute positions, int64, increasing along the
+    sequence within each text; `segments` (K,), on a packed pass, is each key's text, and
+    positions then count within a text. Queries and keys are one sequence: query i is key
+    K − T + i (self-attention, a cache's keys first), so a causal chunk can skip the keys
+    after its last query. `bias` is added to the scores after the modifiers, before the
+    mask; `sinks` (H,) are per-head logits of one extra softmax column that takes
+    probability mass and is dropped (gpt-oss), so a row then sums to less than 1.
+    Hooks receive (value, q_start, k_start): the rows' and keys' first indices in the
+    pass's coordinates (the first query's position plus the row offset)."""
     H, T, _ = q.shape
     K = k.shape[1]
+    own = K - T  # index of the first query's own key
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax never below float32
     qf = q.to(compute) * scale  # once per layer rather than on every chunk of scores
     kf = k.to(compute)
     want = {what: hooks is not None and hooks.wants(site, what) for what in ("scores", "pattern", "z")}
+    q0 = k0 = 0
+    if hooks is not None and any(want.values()):  # hooks' integer coordinates (one read each)
+        q0, k0 = int(q_pos[0]), int(k_pos[0])
+    sink = sinks.to(compute)[:, None, None] if sinks is not None else None  # (H, 1, 1)
     out = torch.empty(H, T, v.shape[-1], dtype=v.dtype, device=v.device)  # (H, T, dh)
     rows = chunk_rows(H, K)
     for a in range(0, T, rows):
         b = min(T, a + rows)
-        qa, qb = q_start + a, q_start + b  # absolute positions of the chunk's queries
+        qp = q_pos[a:b]  # (c,) the chunk's query positions
         # A causal chunk never sees keys after its last query: leave them out (Kc <= K),
         # which halves the work; the pattern hook is told the rest of each row is 0.
-        Kc = min(K, qb - k_start) if rule.causal and not want["scores"] else K
+        Kc = min(K, own + b) if rule.causal and not want["scores"] else K
+        kp = k_pos[:Kc]  # (Kc,)
         scores = torch.matmul(qf[:, a:b], kf[:, :Kc].transpose(-2, -1))  # (H, c, Kc)
         for modify in modifiers:
-            modify(scores, qa, k_start)
+            modify(scores, qp, kp)
+        if bias is not None:
+            scores += bias(qp, kp) if callable(bias) else bias[..., a:b, :Kc]
         if want["scores"]:  # a copy: the mask below fills `scores` in place
-            hooks.report(site, "scores", scores.clone(), qa, k_start)
-        d0 = qa - k_start  # index of the key at the chunk's first query position
-        if packing is not None:  # packed texts: the rule on each text's own positions, within its text
-            ok = rule.visible(packing.positions[a:b], packing.positions[:Kc])
-            same = packing.segments[a:b, None] == packing.segments[None, :Kc]  # (c, Kc)
+            hooks.report(site, "scores", scores.clone(), q0 + a, k0)
+        d0 = own + a  # index of the key at the chunk's first query
+        if segments is not None:  # packed texts: the rule on each text's own positions, within its text
+            ok = rule.visible(qp, kp)
+            same = segments[own + a:own + b, None] == segments[None, :Kc]  # (c, Kc)
             scores.masked_fill_(~(same if ok is None else ok & same), float("-inf"))
         elif rule.causal and rule.window is None and d0 >= 0:
             # keys before the chunk are visible to all its rows: mask the diagonal block only
             scores[..., d0:].masked_fill_(_upper(b - a, Kc - d0, q.device), float("-inf"))
         else:
-            q_pos = torch.arange(qa, qb, device=q.device)
-            ok = rule.visible(q_pos, torch.arange(k_start, k_start + Kc, device=q.device))
+            ok = rule.visible(qp, kp)
             if ok is not None:
                 scores.masked_fill_(~ok, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)  # (H, c, Kc)
+        if sink is None:
+            probs = torch.softmax(scores, dim=-1)  # (H, c, Kc)
+        else:  # the sink column joins the normaliser only: exp(s − log(Σ exp s + exp sink))
+            norm = torch.logaddexp(torch.logsumexp(scores, dim=-1, keepdim=True), sink)  # (H, c, 1)
+            probs = scores.sub_(norm).exp_()  # (H, c, Kc), in place
         del scores
         if want["pattern"]:
-            hooks.report(site, "pattern", probs, qa, k_start)
+            hooks.report(site, "pattern", probs, q0 + a, k0)
         z = torch.matmul(probs.to(v.dtype), v[:, :Kc])  # (H, c, dh)
         out[:, a:b] = z
         if want["z"]:
-            hooks.report(site, "z", z, qa, k_start)
+            hooks.report(site, "z", z, q0 + a, k0)
     return out
 
 
@@ -190,6 +216,8 @@ class Attention(nn.Module):
             self.q_norm = make_norm(cfg, q_out)
             self.k_norm = make_norm(cfg, kv_out)
         self.o = nn.Linear(q_out, cfg.d_model, bias=spec.out_bias)
+        if spec.sinks:  # gpt-oss: one learned sink logit per head, an extra softmax column
+            self.sinks = nn.Parameter(torch.empty(self.H))
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Residual (T, d) -> q (H, T, dh), k and v (H_kv, T, dh), before positions."""
@@ -204,19 +232,21 @@ class Attention(nn.Module):
         v = self.v(x).view(T, self.Hkv, self.dh)  # (T, Hkv, dh)
         return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
 
-    def forward(self, x: Tensor, start: int, ropes: dict[Any, tuple[Tensor, Tensor]] | None, cache: Any = None,
-                hooks: Any = None, packing: Packing | None = None) -> Tensor:
-        """`ropes`: this pass's (cos, sin) tables per RopeSpec; the layer takes its own
-        kind's, or none for a layer without RoPE."""
+    def forward(self, x: Tensor, state: Any, cache: Any = None, hooks: Any = None) -> Tensor:
+        """`state`: the pass's `model.PassState` (its first position, positions, texts, and
+        (cos, sin) tables per RopeSpec; the layer takes its own kind's, or none without RoPE)."""
         site = self.site
         T = x.shape[0]
+        start = state.start
         q, k, v = self.project(x)
-        rope = ropes.get(self.spec.rope) if ropes and self.spec.rope is not None else None
+        rope = state.ropes.get(self.spec.rope) if self.spec.rope is not None else None
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        k_start = start
+        k_start, k_pos = start, state.positions
         if cache is not None:  # earlier keys and values join the new ones
             k, v, k_start = cache.update(self.layer, k, v, start, self.rule.window)
+            if k_start != start:
+                k_pos = torch.arange(k_start, start + T, device=x.device)  # (K,)
         if hooks is not None:
             for what, value, first in (("q", q, start), ("k", k, k_start), ("v", v, k_start)):
                 if hooks.wants(site, what):
@@ -226,8 +256,9 @@ class Attention(nn.Module):
         if self.Hkv != self.H:  # each key/value head serves `group_size` query heads
             k = k.repeat_interleave(self.spec.group_size, dim=0)  # (H, K, dh)
             v = v.repeat_interleave(self.spec.group_size, dim=0)  # (H, K, dh)
-        z = attend(q, k, v, q_start=start, k_start=k_start, rule=self.rule, scale=self.scale,
-                   modifiers=self.modifiers, site=site, hooks=hooks, packing=packing)  # (H, T, dh)
+        z = attend(q, k, v, q_pos=state.positions, k_pos=k_pos, rule=self.rule, scale=self.scale,
+                   modifiers=self.modifiers, sinks=getattr(self, "sinks", None), site=site, hooks=hooks,
+                   segments=state.segments)  # (H, T, dh)
         if hooks is not None and hooks.wants(site, "result"):
             self._report_result(z, start, k_start, hooks)
         return self.o(z.transpose(0, 1).reshape(T, self.H * self.dh))  # (T, d)

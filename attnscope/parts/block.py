@@ -40,11 +40,12 @@ class Block(nn.Module):
         self.site = block_site(layer)
         self._forward = getattr(self, f"_{self.wiring}")
 
-    def forward(self, x: Tensor, start: int, rope: Any, cache: Any = None, hooks: Any = None,
-                packing: Any = None) -> Tensor:
+    def forward(self, x: Tensor, state: Any, cache: Any = None, hooks: Any = None) -> Tensor:
+        """`state`: the pass's `model.PassState`, built once per forward pass."""
+        start = state.start
         if hooks is not None and hooks.wants(self.site, "resid_pre"):
             hooks.report(self.site, "resid_pre", x, start, start)
-        out = self._forward(x, lambda h: self.attn(h, start, rope, cache, hooks, packing))
+        out = self._forward(x, lambda h: self.attn(h, state, cache, hooks))
         if hooks is not None and hooks.wants(self.site, "resid_post"):
             hooks.report(self.site, "resid_post", out, start, start)
         return out
