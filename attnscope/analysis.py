@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from attnscope.errors import SelectionError
-from attnscope.hooks import Hooks, attn_site
+from attnscope.hooks import Hooks, SiteInfo, attn_site
 from attnscope.parts.attention import mask_rule
 
 if TYPE_CHECKING:
@@ -28,11 +28,12 @@ _SLICE = re.compile(r"^(-?\d+)?:(-?\d+)?$")
 _LONG = re.compile(r"\d{19}")  # a number past 64 bits: out of range of any model (and int() stops at 4,300 digits)
 
 
-def select(spec: str | int | list[int] | None, count: int, what: str = "layer") -> list[int]:
+def select(spec: str | int | list[int] | None, count: int, what: str = "layer", owner: str = "the model") -> list[int]:
     """Parse a selector into sorted unique indices in [0, count).
 
     Accepts an int, a list, 'all', comma-separated items each an index (negative counts
-    from the end), an inclusive range 'a-b', or a Python slice 'a:b'.
+    from the end), an inclusive range 'a-b', or a Python slice 'a:b'. An out-of-range
+    index names `owner` ("the model has 8 heads", "layer 3 has 8 heads").
     """
     if spec is None:
         return list(range(count))
@@ -50,19 +51,19 @@ def select(spec: str | int | list[int] | None, count: int, what: str = "layer") 
     out: set[int] = set()
     for item in items:
         if isinstance(item, int):
-            out.add(_index(item, count, what))
+            out.add(_index(item, count, what, owner))
             continue
         if not item:
             raise SelectionError(f"empty item in the --{what} selector {spec!r}")
         if _LONG.search(item):
             shown = item if len(item) <= 24 else f"{item[:20]}… ({len(item)} characters)"
-            raise SelectionError(f"--{what} {shown} is out of range: the model has {count} {what}s "
+            raise SelectionError(f"--{what} {shown} is out of range: {owner} has {count} {what}s "
                                  f"(0..{count - 1}, or -1 for the last)")
         if m := _RANGE.match(item):
             a, b = int(m.group(1)), int(m.group(2))
             if a > b:
                 raise SelectionError(f"--{what} range {item!r} runs backwards")
-            out.update(_index(i, count, what) for i in (a, b))
+            out.update(_index(i, count, what, owner) for i in (a, b))
             out.update(range(a, b + 1))
         elif m := _SLICE.match(item):
             a = int(m.group(1)) if m.group(1) else None
@@ -73,7 +74,7 @@ def select(spec: str | int | list[int] | None, count: int, what: str = "layer") 
             out.update(picked)
         else:
             try:
-                out.add(_index(int(item), count, what))
+                out.add(_index(int(item), count, what, owner))
             except ValueError:
                 raise SelectionError(
                     f"cannot read --{what} {item!r}",
@@ -82,13 +83,36 @@ def select(spec: str | int | list[int] | None, count: int, what: str = "layer") 
     return sorted(out)
 
 
-def _index(i: int, count: int, what: str) -> int:
+def _index(i: int, count: int, what: str, owner: str = "the model") -> int:
     if -count <= i < count:
         return i % count
     from attnscope.units import plural
 
-    raise SelectionError(f"--{what} {i} is out of range: the model has {plural(count, what)} (0..{count - 1}, or -1 "
+    raise SelectionError(f"--{what} {i} is out of range: {owner} has {plural(count, what)} (0..{count - 1}, or -1 "
                          "for the last)")
+
+
+def select_heads(spec: str | int | list[int] | None, sites: Sequence[SiteInfo], layers: Iterable[int]) -> list[int]:
+    """The heads a --head selector names in the selected layers, each layer checked
+    against its own head count (`hooks.sites`). Where every selected layer has the same
+    count this is `select(spec, count, "head")`; where counts differ, an index past a
+    layer's heads names that layer ("layer 3 has 8 heads"), and a selector meaning
+    different heads in different layers ("all", "-1") is refused: results keep one head
+    list for every layer."""
+    first: dict[int, int] = {}  # head count -> the first selected layer that has it
+    for layer in layers:
+        first.setdefault(sites[layer].n_heads, layer)
+    assert first, "a layer selection is never empty"  # internal invariant (select refuses one)
+    if len(first) == 1:
+        return select(spec, next(iter(first)), "head")
+    picks = {count: select(spec, count, "head", owner=f"layer {layer}") for count, layer in first.items()}
+    chosen = next(iter(picks.values()))
+    if any(p != chosen for p in picks.values()):
+        counts = ", ".join(f"layer {layer} has {count}" for count, layer in sorted(first.items()))
+        raise SelectionError(f"--head {spec if spec is not None else 'all'} means different heads in layers with "
+                             f"different head counts ({counts})",
+                             hint="name heads by index, below the smallest count, or select layers of one head count")
+    return chosen
 
 
 class ProbeBase:

@@ -25,7 +25,7 @@ from attnscope.sources import gguf_path, hub, packaged
 from attnscope.config import ModelConfig, from_hf_config, read_config_json
 from attnscope.errors import CheckpointError, ConfigError, DeviceError, InputError, ModelNotFoundError, UsageError
 from attnscope.chat import ChatInfo, read_chat_info
-from attnscope.hooks import Capture
+from attnscope.hooks import Capture, SiteInfo, sites
 from attnscope.model import KVCache, Transformer, block_tensors, build
 from attnscope.params import param_shapes
 from attnscope.tokenize import Tokens, load_tokenizer, tokenize
@@ -94,6 +94,11 @@ class Inspector:
     def n_heads(self) -> int:
         return self.config.n_heads
 
+    @property
+    def sites(self) -> list[SiteInfo]:
+        """The model's attention sites, one per layer, each with its kind and own head count."""
+        return sites(self.config)
+
     def tokenize(self, text: str, truncate: bool = False, add_special_tokens: bool = True) -> Tokens:
         return tokenize(self.tokenizer, text, self.config.n_ctx, truncate, add_special_tokens)
 
@@ -149,7 +154,8 @@ class Inspector:
         return self.model.logits(x[-1:] if last_only else x).cpu()
 
     def _sel(self, layers: Selector, heads: Selector) -> tuple[list[int], list[int]]:
-        return analysis.select(layers, self.n_layers, "layer"), analysis.select(heads, self.n_heads, "head")
+        ls = analysis.select(layers, self.n_layers, "layer")
+        return ls, analysis.select_heads(heads, self.sites, ls)
 
     def attention_ids(self, ids: Sequence[int], layers: Selector = None, heads: Selector = None) -> analysis.Attention:
         ls, hs = self._sel(layers, heads)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from attnscope.analysis import ProbeBase, normalised_entropy, select, visible_counts
+from attnscope.analysis import ProbeBase, normalised_entropy, select, select_heads, visible_counts
 from attnscope.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ def head_scores(
         raise UsageError(f"unknown score {unknown[0]!r}", hint=f"choose from {', '.join(SCORES)}")
     cfg = inspector.config
     ls = select(layers, cfg.n_layers, "layer")
-    hs = select(heads, cfg.n_heads, "head")
+    hs = select_heads(heads, inspector.sites, ls)
     out = HeadScores(ls, hs, {}, 0, seed=seed)
 
     text_names = [name for name in wanted if name in TEXT_SCORES]

@@ -30,10 +30,13 @@ site no longer needs: a hook that keeps one keeps a copy or what it computed fro
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from attnscope.config import ModelConfig
 
 WHATS = ("q", "k", "v", "scores", "pattern", "z", "result", "fnorm", "resid_pre", "resid_post")
 CHUNKED = ("scores", "pattern", "z", "result")
@@ -54,6 +57,31 @@ def site_layer(site: str) -> int | None:
     """The layer of a `blocks.N.attn` site; None for any other site."""
     m = _SITE.match(site)
     return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """One attention site as selections, results and saves read it: its name, layer,
+    kind in words ("global", "local, window 4096"), its own query heads, and whether each
+    pattern row is a distribution (softmax sums to 1; sinks take a share, so less)."""
+
+    name: str
+    layer: int
+    kind: str
+    n_heads: int
+    stochastic: bool
+
+
+def sites(cfg: "ModelConfig") -> list[SiteInfo]:
+    """The model's attention sites, one per layer, read from its layer kinds (each kind's
+    fields found once, so a long run of one kind costs a name per layer)."""
+    rope_model = cfg.positions == "rope"
+    out: list[SiteInfo] = []
+    for spec, count in cfg.stack.runs:
+        a = spec.attn
+        kind, stochastic = a.words(rope_model), a.kind == "softmax" and not a.sinks
+        out.extend(SiteInfo(attn_site(i), i, kind, a.n_heads, stochastic) for i in range(len(out), len(out) + count))
+    return out
 
 
 class Hook(Protocol):

@@ -154,7 +154,9 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
         file_bytes = sum(info.end - info.start for info in ckpt.tensors.values() if info.dtype != run_dtype)
     tokens = tokenize(tokenizer, text, cfg.n_ctx, truncate)
     ls = analysis.select(layer, cfg.n_layers, "layer")
-    hs = analysis.select(head, cfg.n_heads, "head")
+    from attnscope.hooks import sites
+
+    hs = analysis.select_heads(head, sites(cfg), ls)
     dt = "float32" if dtype.value == "auto" else dtype.value
     p = estimate.plan(cfg, stored, len(tokens), dt, len(ls), len(hs), top_k, save is not None,
                       save_topk is not None, file_bytes=file_bytes, runtime=estimate.runtime_bytes(), measure=measure)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from attnscope import analysis
 from attnscope.measures import transforms
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector
+    from attnscope.hooks import SiteInfo
     from attnscope.tokenize import Tokens
 
 
@@ -65,10 +66,16 @@ class Kind:
     saved_as: str
     per_head: bool  # False: one matrix per layer (rollout), handed on as a single head 0
 
-    def heads(self, spec: str | int | list[int] | None, n_heads: int) -> list[int]:
+    def heads(self, spec: str | int | list[int] | None, n_heads: int, sites: Sequence["SiteInfo"] = (),
+              layers: Iterable[int] | None = None) -> list[int]:
         """The heads a selection names under this measure: rollout has none to pick, so
-        one row per layer, index 0, whatever --head said."""
-        return analysis.select(spec, n_heads, "head") if self.per_head else [0]
+        one row per layer, index 0, whatever --head said. Given the model's `sites`, each
+        selected layer (default: all) is checked against its own head count."""
+        if not self.per_head:
+            return [0]
+        if not sites:
+            return analysis.select(spec, n_heads, "head")
+        return analysis.select_heads(spec, sites, range(len(sites)) if layers is None else layers)
 
 
 KINDS: dict[str, Kind] = {

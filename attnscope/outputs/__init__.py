@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from attnscope.analysis import AttendResult
     from attnscope.api import Inspector
+    from attnscope.hooks import SiteInfo
     from attnscope.tokenize import Tokens
 
 ORDER = ("topk", "focus", "summary", "attention")  # the measures an output may need
@@ -47,16 +48,18 @@ class Shape:
     n_layers: int
     n_heads: int
     measure: str = "weight"
+    sites: tuple["SiteInfo", ...] = ()  # the model's (`hooks.sites`): heads checked per layer
 
     def layers(self, spec: Optional[str], default: str = "all") -> list[int]:
         from attnscope.analysis import select
 
         return select(spec if spec is not None else default, self.n_layers, "layer")
 
-    def heads(self, spec: Optional[str], default: str = "all") -> list[int]:
+    def heads(self, spec: Optional[str], default: str = "all", layers: Optional[list[int]] = None) -> list[int]:
+        """The heads `spec` names in `layers` (default: every layer)."""
         from attnscope.measures import KINDS
 
-        return KINDS[self.measure].heads(spec if spec is not None else default, self.n_heads)
+        return KINDS[self.measure].heads(spec if spec is not None else default, self.n_heads, self.sites, layers)
 
     @property
     def per_head(self) -> bool:
@@ -142,7 +145,7 @@ def run(m: "Inspector", tokens: "Tokens", outputs: list[Output], measure: str = 
     from attnscope import export
     from attnscope.measures import AttendRequest, run_attend
 
-    shape = Shape(m.n_layers, m.n_heads, measure)
+    shape = Shape(m.n_layers, m.n_heads, measure, tuple(m.sites))
     info = Run(m.config.name or m.source, tokens, shape, text)
     needs = [out.needs(shape, tokens) for out in outputs]
     info.focus = next((n.focus for n in needs if n.focus is not None), None)

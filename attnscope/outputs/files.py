@@ -52,7 +52,8 @@ class PatternSave(Output):
         export.check_target(self.path, self.force)
 
     def _layers_heads(self, shape: Shape) -> tuple[list[int], list[int]]:
-        return shape.layers(self.layer), shape.heads(self.head)
+        ls = shape.layers(self.layer)
+        return ls, shape.heads(self.head, layers=ls)
 
     def size(self, run: Run) -> int:
         from attnscope import export
@@ -95,10 +96,12 @@ class TopKSave(Output):
         export.check_target(self.path, self.force, (".npz",))
 
     def needs(self, shape: Shape, tokens: "Tokens") -> Needs:
-        return Needs(("topk",), tuple(shape.layers(self.layer)), tuple(shape.heads(self.head)), self.k)
+        ls = shape.layers(self.layer)
+        return Needs(("topk",), tuple(ls), tuple(shape.heads(self.head, layers=ls)), self.k)
 
     def size(self, run: Run) -> int:
-        ls, hs = run.shape.layers(self.layer), run.shape.heads(self.head)
+        ls = run.shape.layers(self.layer)
+        hs = run.shape.heads(self.head, layers=ls)
         n = len(run.tokens)
         return len(ls) * len(hs) * n * min(self.k, n) * (8 + 4) + 8 * (len(ls) + len(hs) + n) + 4096
 
@@ -139,13 +142,15 @@ class PageOutput(Output):
 
     def needs(self, shape: Shape, tokens: "Tokens") -> Needs:
         what = "attention" if self.k is None else "topk"
-        return Needs((what,), tuple(shape.layers(self.layer)), tuple(shape.heads(self.head)), self.k or 0)
+        ls = shape.layers(self.layer)
+        return Needs((what,), tuple(ls), tuple(shape.heads(self.head, layers=ls)), self.k or 0)
 
     def size(self, run: Run) -> int:
         from attnscope.render.page import NOTE_PAGE_BYTES, Page
         from attnscope.units import human_bytes
 
-        ls, hs = run.shape.layers(self.layer), run.shape.heads(self.head)
+        ls = run.shape.layers(self.layer)
+        hs = run.shape.heads(self.head, layers=ls)
         focus = self.focus or run.focus or (ls[-1], hs[0], len(run.tokens) - 1)
         self._page = Page(run.model, run.tokens, ls, hs, run.shape.measure, self.k, focus)
         size = self._page.check(self.path, space=False)  # checked with the run's other outputs
@@ -195,7 +200,8 @@ class FigureOutput(Output):
     def needs(self, shape: Shape, tokens: "Tokens") -> Needs:
         from attnscope.render.figure import check_panels
 
-        ls, hs = shape.layers(self.layer, "-1"), shape.heads(self.head, "0")
+        ls = shape.layers(self.layer, "-1")
+        hs = shape.heads(self.head, "0", ls)
         check_panels(len(ls), len(hs))
         return Needs(("attention",), tuple(ls), tuple(hs))
 

@@ -65,7 +65,7 @@ class TerminalView(Output):
 
     def needs(self, shape: Shape, tokens: "Tokens") -> Needs:
         ls = shape.layers(self.layer, "all" if self.view == "overview" else "-1")
-        hs = shape.heads(self.head, "0" if self.view == "heatmap" else "all")
+        hs = shape.heads(self.head, "0" if self.view == "heatmap" else "all", ls)
         query = focus_index(tokens, self.token)
         return Needs(self.measures(), tuple(ls), tuple(hs), self.k, (ls[-1], hs[0], query))
 
