@@ -34,27 +34,14 @@ PREFIXES = ("model.",)
 DESCRIPTION = ("OLMo 2, OLMo 3: norms after attention and MLP (none before), q/k RMSNorm over the whole "
                "projection; OLMo 3 sliding layers")
 
+# Llama's names, without the norm before attention (OLMo 2 has none), with the q/k norms
+# over the whole projection and the norms after attention and after the MLP.
 WEIGHTS: dict[str, str | None] = {
-    "embed_tokens.weight": "embed.tok.weight",
-    "layers.{layer}.self_attn.q_proj.weight": "blocks.{layer}.attn.q.weight",
-    "layers.{layer}.self_attn.q_proj.bias": "blocks.{layer}.attn.q.bias",
-    "layers.{layer}.self_attn.k_proj.weight": "blocks.{layer}.attn.k.weight",
-    "layers.{layer}.self_attn.k_proj.bias": "blocks.{layer}.attn.k.bias",
-    "layers.{layer}.self_attn.v_proj.weight": "blocks.{layer}.attn.v.weight",
-    "layers.{layer}.self_attn.v_proj.bias": "blocks.{layer}.attn.v.bias",
-    "layers.{layer}.self_attn.o_proj.weight": "blocks.{layer}.attn.o.weight",
-    "layers.{layer}.self_attn.o_proj.bias": "blocks.{layer}.attn.o.bias",
+    **{hf: ours for hf, ours in llama.WEIGHTS.items() if hf != "layers.{layer}.input_layernorm.weight"},
     "layers.{layer}.self_attn.q_norm.weight": "blocks.{layer}.attn.q_norm.weight",
     "layers.{layer}.self_attn.k_norm.weight": "blocks.{layer}.attn.k_norm.weight",
-    "layers.{layer}.self_attn.rotary_emb.inv_freq": None,
     "layers.{layer}.post_attention_layernorm.weight": "blocks.{layer}.post_attn_norm.weight",
     "layers.{layer}.post_feedforward_layernorm.weight": "blocks.{layer}.post_mlp_norm.weight",
-    "layers.{layer}.mlp.gate_proj.weight": "blocks.{layer}.mlp.gate.weight",
-    "layers.{layer}.mlp.up_proj.weight": "blocks.{layer}.mlp.up.weight",
-    "layers.{layer}.mlp.down_proj.weight": "blocks.{layer}.mlp.down.weight",
-    "norm.weight": "final_norm.weight",
-    "lm_head.weight": "unembed.weight",
-    "rotary_emb.inv_freq": None,
 }
 
 DEFAULT_THETA = 500000.0  # Olmo3Config.default_theta
