@@ -18,6 +18,7 @@ from torch import Tensor
 
 from attnscope.errors import InputError, UsageError
 from attnscope.hooks import attn_site
+from attnscope.measures import KINDS
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector, Selector
@@ -103,7 +104,7 @@ def check_sampling(temperature: float, top_k: int, top_p: float, seed: int | Non
 
 # The measures a step's keys are ranked by: rollout mixes a layer's heads and every
 # earlier layer, so it has no per-step row of its own here.
-STEP_MEASURES = ("weight", "norm")
+STEP_MEASURES = tuple(name for name, kind in KINDS.items() if kind.per_head)
 
 
 def check_request(cfg: "ModelConfig", name: str, *, measure: str = "weight", stop: str | None = None,

@@ -253,9 +253,10 @@ def head_scores(
     """Score every selected head: one forward pass on the text (if a text score is asked
     for) and one on the induction input (if induction is). Under `measure="norm"` every
     score reads the row-normalised norms ‖α·f(x)‖ instead of the weights α."""
+    from attnscope.measures import KINDS
     from attnscope.measures.transforms import wrap
 
-    if measure not in ("weight", "norm"):
+    if measure not in KINDS or not KINDS[measure].per_head:
         raise UsageError(f"heads scores each head; --measure {measure} is not per head",
                          hint="use --measure weight or norm (rollout: attnscope attend --measure rollout)")
     wanted = list(SCORES) if names is None else list(dict.fromkeys(names))

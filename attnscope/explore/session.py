@@ -29,15 +29,16 @@ import torch
 from torch import Tensor
 
 from attnscope.errors import UsageError
+from attnscope.measures import KINDS
 from attnscope.tokenize import visible
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector
     from attnscope.tokenize import Tokens
 
-MEASURES = ("weight", "norm", "rollout")
+MEASURES = tuple(KINDS)  # weight, norm, rollout
 BUDGET = 1 << 30  # bytes of float32 patterns kept at once
-SAVE_NAME = {"weight": "attentions", "norm": "norms", "rollout": "rollout"}  # as `attend --save` names them
+SAVE_NAME = {name: kind.saved_as for name, kind in KINDS.items()}  # as `attend --save` names them
 
 BlockKey = tuple[str, tuple[int, ...], tuple[int, ...]]  # (measure, layers, heads)
 
@@ -110,7 +111,7 @@ class Session:
 
     def heads_of(self, measure: str) -> int:
         """Heads a measure has per layer: rollout mixes them into one matrix."""
-        return 1 if measure == "rollout" else self.n_heads
+        return self.n_heads if KINDS[measure].per_head else 1
 
     def _bytes(self, layers: int, heads: int) -> int:
         return layers * heads * self.n * self.n * 4
@@ -236,7 +237,7 @@ class Session:
         """attnscope-L29H0.npz (-norm, L29-rollout) in `folder` (the cwd), numbered
         -1, -2, … rather than overwriting a file already there."""
         folder = Path.cwd() if folder is None else folder
-        stem = f"attnscope-L{layer}" + (f"H{head}" if measure != "rollout" else "")
+        stem = f"attnscope-L{layer}" + (f"H{head}" if KINDS[measure].per_head else "")
         stem += "" if measure == "weight" else f"-{measure}"
         path, i = folder / f"{stem}.npz", 0
         while path.exists() or path.is_symlink():
@@ -267,7 +268,7 @@ class Session:
             raise Cancelled
         with export.PatternWriter(path, [layer], heads, self.n, self.tokens.ids, self.tokens.labels,
                                   self.tokens.text, False, name=SAVE_NAME[measure],
-                                  head_axis=measure != "rollout") as writer:
+                                  head_axis=KINDS[measure].per_head) as writer:
             writer.write_layer(probs[None])  # (1, n, n): one head, or rollout's single matrix
         return path
 
