@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from attnscope.architectures import llama
 from attnscope.architectures._common import checkpoint_dtype, layer_kind
 from attnscope.config import ModelConfig
 from attnscope.errors import CheckpointError, ConfigError
@@ -31,21 +32,15 @@ MODEL_TYPES = ("phi3",)
 PREFIXES = ("model.",)
 DESCRIPTION = "Phi-3, Phi-3.5, Phi-4-mini: fused qkv and gate/up, partial rotary, longrope, sliding window"
 
+# Llama's names, without its biases (Phi-3 has none) and with q/k/v and gate/up fused.
+_FUSED = (".q_proj.", ".k_proj.", ".v_proj.", ".gate_proj.", ".up_proj.")
 WEIGHTS: dict[str, str | None] = {
-    "embed_tokens.weight": "embed.tok.weight",
-    "layers.{layer}.input_layernorm.weight": "blocks.{layer}.attn_norm.weight",
+    **{hf: ours for hf, ours in llama.WEIGHTS.items()
+       if not hf.endswith(".bias") and not any(part in hf for part in _FUSED)},
     "layers.{layer}.self_attn.qkv_proj.weight": "blocks.{layer}.attn.qkv_proj.weight",
-    "layers.{layer}.self_attn.o_proj.weight": "blocks.{layer}.attn.o.weight",
-    "layers.{layer}.self_attn.rotary_emb.inv_freq": None,
-    "layers.{layer}.post_attention_layernorm.weight": "blocks.{layer}.mlp_norm.weight",
     "layers.{layer}.mlp.gate_up_proj.weight": "blocks.{layer}.mlp.gate_up.weight",
-    "layers.{layer}.mlp.down_proj.weight": "blocks.{layer}.mlp.down.weight",
-    "norm.weight": "final_norm.weight",
-    "lm_head.weight": "unembed.weight",
-    "rotary_emb.inv_freq": None,
 }
 
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}
 _LONGROPE_NAMES = ("longrope", "su", "yarn")  # Phi3Config renames the older two to longrope
 _ORIGINAL_CONTEXT = 4096  # Phi3Config's default original_max_position_embeddings
 
@@ -81,7 +76,7 @@ def _rope(raw: dict[str, Any]) -> tuple[float, float, dict[str, Any] | None]:
 
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     act = raw.get("hidden_act", "silu")
-    if act not in _ACTIVATIONS:
+    if act not in llama._ACTIVATIONS:
         raise ConfigError(f"unsupported phi3 hidden_act {act!r}")
     n_heads = raw["num_attention_heads"]
     d_head = raw.get("head_dim") or raw["hidden_size"] // n_heads
@@ -101,7 +96,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         positions="rope",
         norm="rmsnorm",
         norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-        act=_ACTIVATIONS[act],
+        act=llama._ACTIVATIONS[act],
         layer_template=layer_kind(mlp="gated"),
         tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
         rope_theta=theta,
@@ -168,10 +163,9 @@ GGUF_CONFIG_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight")
 def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """A config.json-style dict from `phi3.*` metadata (the factor sets are added by
     `gguf_config_tensors`, from the tensors)."""
-    from attnscope.architectures.llama import gguf_value
 
     def get(suffix: str, default: Any = KeyError) -> Any:
-        return gguf_value(meta, f"{arch}.{suffix}", default)
+        return llama.gguf_value(meta, f"{arch}.{suffix}", default)
 
     hidden, heads = get("embedding_length"), get("attention.head_count")
     raw: dict[str, Any] = {
