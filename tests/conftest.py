@@ -54,6 +54,24 @@ def inspector(build: Callable[[str], Path]) -> Callable[..., Any]:
     return _cached(make)
 
 
+@pytest.fixture()
+def bert(build: Callable[[str], Path]) -> Path:
+    """The tiny BertModel checkpoint (`bert_bare`: 2 layers, 4 heads, 64 positions)."""
+    return build("bert_bare")
+
+
+@pytest.fixture(scope="session")
+def folder(build: Callable[[str], Path]) -> Callable[[str], Path]:
+    """`folder(name) -> Path`: `build` under the name the family tests use."""
+    return build
+
+
+@pytest.fixture(scope="session")
+def ours(inspector: Callable[..., Any]) -> Callable[..., Any]:
+    """`ours(name, device="cpu") -> Inspector`: `inspector` under the name the family tests use."""
+    return inspector
+
+
 @pytest.fixture(scope="session")
 def reference(build: Callable[[str], Path]) -> Callable[[str], Any]:
     """`reference(name) -> transformers model`: the class named in config.json's

@@ -17,46 +17,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from attnscope import export
-from attnscope.cli import app
 from attnscope.errors import ExportError
 
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "COLUMNS": "80",
-    "NO_COLOR": "1",
-    "ATTNSCOPE_DEBUG": None,
-    "ATTNSCOPE_MODEL": None,
-}
+from cli_runs import ENV, one_error, run
+
 TEXT = "a blue cat sat on the mat"
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
-
-
-def run(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV, terminal_width=80)
-
-
-def one_error(result: Any, code: int, *needles: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout[-1000:], result.stderr, result.exception)
-    assert result.stdout == "" and "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "internal error" not in lines[0], result.stderr
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), (needle, lines[0])
-    return lines[0]
-
-
-@pytest.fixture()
-def bert(build: Callable[[str], Path]) -> Path:
-    return build("bert_bare")
 
 
 @pytest.fixture()

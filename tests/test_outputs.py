@@ -17,50 +17,23 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
-from typer.testing import CliRunner
 
 import attnscope
 from attnscope import measures, outputs
-from attnscope.cli import app
 from attnscope.outputs import Needs, Output, Run, Shape
 from attnscope.outputs.views import TerminalView
 
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "COLUMNS": "80",
-    "NO_COLOR": "1",
-    "ATTNSCOPE_DEBUG": None,
-    "ATTNSCOPE_MODEL": None,
-}
+from cli_runs import ENV, one_error, run
+
 TEXT = "a fluffy blue creature"
-
-
-def run(*args: Any, input: Optional[bytes | str] = None) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV, terminal_width=80, input=input)
 
 
 def ok(result: Any) -> Any:
     assert result.exit_code == 0, (result.exit_code, result.stdout[-2000:], result.stderr, result.exception)
     return result
-
-
-def one_error(result: Any, code: int, *needles: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout[-1000:], result.stderr, result.exception)
-    assert result.stdout == "" and "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "internal error" not in lines[0], result.stderr
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), (needle, lines[0])
-    return lines[0]
-
-
-@pytest.fixture()
-def bert(build: Callable[[str], Path]) -> Path:
-    return build("bert_bare")
 
 
 # ------------------------------------------------------------------ the command's shape
