@@ -9,14 +9,24 @@ accepted spellings, the same checks (min/max/clamp, the path flags through typer
 `coerce_cli_path`), and `BadParameter` errors, worded as one plain sentence (pydantic
 would prefix "Value error, "). Anything else (lists, tuples, datetimes, a custom
 parser, or a typer without these internals) goes to typer's own builder unchanged.
+
+Bounds, for every int and float option whichever builder coerced it (`bound_number`,
+wired into each command's parameters by `_group._Group.resolve_command`): a float must
+be finite and an int must fit in 64 bits, within the range the option declares.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+try:  # typer >= 0.29 vendors its own click; older releases use click itself
+    from typer._click.exceptions import BadParameter
+except ImportError:  # pragma: no cover
+    from click import BadParameter
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off", ""}
@@ -43,7 +53,6 @@ def install() -> None:
     """Route typer's coercion of plain leaves here (a no-op on a typer without it)."""
     try:
         import typer.core as core
-        from typer._click.exceptions import BadParameter
         from typer._coercion import RuntimeParam, build_runtime_param
         from typer._param_types import coerce_cli_choice, coerce_cli_path
     except ImportError:  # pragma: no cover - another typer: its own coercion serves
@@ -118,3 +127,49 @@ def install() -> None:
 
 def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+# Every number an option takes is bounded where it is read: a float must be finite and an
+# int must fit in 64 bits, within the narrower range an option declares (`min=`/`max=`,
+# which the coercion itself enforces). A value outside is one line naming the range.
+INT_LIMIT = 2**63 - 1
+# Options whose command checks a narrower range itself, before any use, in words of its
+# own: mask-demo's --window (masks.check_kind: "at most 2**31").
+OWN_RANGE = {("mask-demo", "window")}
+
+
+def bound_number(param: Any) -> None:
+    """Check `param`'s values after coercion, if it takes ints or floats (once per
+    parameter object: the commands are built once, and CliRunner reuses them)."""
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if kind not in (int, float) or getattr(param, "_attnscope_bounded", False):
+        return
+    process = param.process_value
+
+    def process_value(ctx: Any, value: Any) -> Any:
+        value = process(ctx, value)
+        if (ctx.info_name, param.name) in OWN_RANGE:
+            return value
+        for number in value if isinstance(value, (list, tuple)) else (value,):
+            problem = out_of_bounds(number, kind, getattr(param, "min", None), getattr(param, "max", None))
+            if problem:
+                raise BadParameter(problem, ctx=ctx, param=param)
+        return value
+
+    param.process_value = process_value
+    param._attnscope_bounded = True
+
+
+def out_of_bounds(number: Any, kind: type, lo: Any, hi: Any) -> str | None:
+    """What is wrong with `number` for an option of `kind` declared `lo` to `hi`, or None."""
+    if number is None or isinstance(number, bool):
+        return None
+    if kind is float:
+        return None if math.isfinite(number) else f"{number} is not a finite number"
+    lo = -INT_LIMIT if lo is None else lo
+    hi = INT_LIMIT if hi is None else hi
+    if lo <= number <= hi:
+        return None
+    text = str(number)
+    shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} digits)"
+    return f"{shown} is not in the range {lo} to {hi}"

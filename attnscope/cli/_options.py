@@ -1,0 +1,82 @@
+"""The options and choices the commands share, defined once (after Typer's docs and the
+`hf` CLI): `str` Enums for choices and `Annotated` aliases (`ModelOpt`, `LayerOpt`, …)
+that each command names in its signature. Names only: importing this reads no model and
+no torch, so `params` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from attnscope.sources import packaged as _packaged  # names only: no torch, no model read
+
+
+class Convention(str, Enum):
+    b3b1 = "3b1b"
+    full = "full"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", metavar="MODEL", help=f"A packaged model by name ({_packaged.names_for_help()}), a checkpoint folder, a .safetensors or .gguf file, or a hub id (REPO[:QUANT] for GGUF) from the local cache: attnscope models lists them."),
+]
+
+
+class View(str, Enum):
+    focus = "focus"
+    topk = "topk"
+    heatmap = "heatmap"
+    overview = "overview"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LoadDtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class MeasureName(str, Enum):
+    weight = "weight"
+    norm = "norm"
+    rollout = "rollout"
+
+
+MeasureOpt = Annotated[MeasureName, typer.Option(
+    "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves; rollout: flow through the layers.")]
+
+
+class PerHeadMeasure(str, Enum):
+    """The measures that keep each head apart (rollout mixes a layer's heads into one
+    matrix): what `heads` and `generate` offer."""
+
+    weight = "weight"
+    norm = "norm"
+
+
+PerHeadMeasureOpt = Annotated[PerHeadMeasure, typer.Option(
+    "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves. (Rollout has no heads: attnscope attend --measure rollout.)")]
+LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 3, -1 (last), 0,2,5, 1-3, 2: or all.")]
+HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]
+LoadDtypeOpt = Annotated[LoadDtype, typer.Option("--dtype", metavar="DTYPE", help="Weights' dtype: auto, float32, bfloat16 or float16 (auto: float32 on CPU, the checkpoint's on GPU). Softmax is always float32.")]
+NoColorOpt = Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")]
+TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut a text longer than the model's positions instead of failing.")]
+
+
