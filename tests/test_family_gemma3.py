@@ -65,18 +65,6 @@ class TextView:
 
 
 @pytest.fixture(scope="module")
-def folder(build: Callable[[str], Path]) -> Callable[[str], Path]:
-    """The tiny checkpoints of tests/tiny_models_kinds.py, built once a session (conftest)."""
-    return build
-
-
-@pytest.fixture(scope="module")
-def ours(inspector: Callable[..., Any]) -> Callable[..., Any]:
-    """attnscope on those checkpoints, float32 (conftest's `inspector`)."""
-    return inspector
-
-
-@pytest.fixture(scope="module")
 def ref64(reference: Callable[[str], Any]) -> Callable[[str], Any]:
     made: dict[str, Any] = {}
 
@@ -420,10 +408,7 @@ def write_gemma3_gguf(path: Path) -> Path:
     import tiny_gguf as tg
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    specials = [("<pad>", tg.CONTROL), ("<eos>", tg.CONTROL), ("<bos>", tg.CONTROL), ("<unk>", tg.UNKNOWN),
-                ("<start_of_turn>", tg.CONTROL), ("<end_of_turn>", tg.CONTROL)]
-    vocab = tg.sentencepiece_vocab(specials, "<bos>", "<eos>", "<unk>")
-    vocab.ids["pad"] = 0
+    vocab = tg.gemma_vocab()
     cfg = Gemma3TextConfig(vocab_size=tg._padded(len(vocab.tokens)), hidden_size=64, intermediate_size=96,
                            num_hidden_layers=GGUF_LAYERS, num_attention_heads=2, num_key_value_heads=1,
                            head_dim=GGUF_HEAD, max_position_embeddings=128, rms_norm_eps=1e-6,
@@ -438,15 +423,7 @@ def write_gemma3_gguf(path: Path) -> Path:
                 param.add_(1.0)
 
     def meta(w: Any) -> None:  # Gemma3Model.set_gguf_parameters
-        w.add_context_length(cfg.max_position_embeddings)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_block_count(cfg.num_hidden_layers)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_head_count(cfg.num_attention_heads)
-        w.add_head_count_kv(cfg.num_key_value_heads)
-        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-        w.add_key_length(cfg.head_dim)
-        w.add_value_length(cfg.head_dim)
+        tg.gemma_meta(w, cfg)
         w.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"])
         w.add_sliding_window(cfg.sliding_window)
         w.add_add_space_prefix(False)

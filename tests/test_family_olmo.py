@@ -69,18 +69,6 @@ OLMO3_7B = {
 
 
 @pytest.fixture(scope="module")
-def folder(build: Callable[[str], Path]) -> Callable[[str], Path]:
-    """The tiny checkpoints of tests/tiny_models_kinds.py, built once a session (conftest)."""
-    return build
-
-
-@pytest.fixture(scope="module")
-def ours(inspector: Callable[..., Any]) -> Callable[..., Any]:
-    """attnscope on those checkpoints, float32 (conftest's `inspector`)."""
-    return inspector
-
-
-@pytest.fixture(scope="module")
 def ref64(reference: Callable[[str], Any]) -> Callable[[str], Any]:
     made: dict[str, Any] = {}
 

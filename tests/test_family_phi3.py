@@ -45,18 +45,6 @@ ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBU
 
 
 @pytest.fixture(scope="module")
-def folder(build: Callable[[str], Path]) -> Callable[[str], Path]:
-    """The tiny checkpoints of tests/tiny_models_kinds.py, built once a session (conftest)."""
-    return build
-
-
-@pytest.fixture(scope="module")
-def ours(inspector: Callable[..., Any]) -> Callable[..., Any]:
-    """attnscope on those checkpoints, float32 (conftest's `inspector`)."""
-    return inspector
-
-
-@pytest.fixture(scope="module")
 def reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
     """transformers' Phi3ForCausalLM in float32 (`name`) and float64 (`name`, True)."""
     made: dict[tuple[str, bool], Any] = {}

@@ -35,6 +35,7 @@ from attnscope.kinds import Stack
 import tiny_gguf as tg
 import tiny_models as tm
 import tiny_models_kinds as kinds
+from conftest import _cached
 from test_families import assert_attention_close
 from test_logits_cache import LOGITS_RTOL, assert_logits_close, check_against_full_pass, reference_run
 
@@ -43,23 +44,6 @@ ATOL = 1e-5  # attention probabilities, float32 against transformers' float32 or
 REAL_CONFIGS = Path(__file__).parent / "data" / "real_configs"
 PRESETS = {"smollm3": "smollm3-3b", "granite": "granite-3.3-2b"}
 ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
-
-
-def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
-    made: dict[Any, Any] = {}
-
-    def get(*key: Any) -> Any:
-        if key not in made:
-            made[key] = make(*key)
-        return made[key]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def folder(build: Callable[[str], Path]) -> Callable[[str], Path]:
-    """The tiny checkpoints of tests/tiny_models_kinds.py, built once a session (conftest)."""
-    return build
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +55,6 @@ def ref(reference: Callable[[str], Any]) -> Callable[[str], Any]:
 @pytest.fixture(scope="module")
 def ref64(ref: Callable[[str], Any]) -> Callable[[str], Any]:
     return _cached(lambda name: copy.deepcopy(ref(name)).double().eval())
-
-
-@pytest.fixture(scope="module")
-def ours(inspector: Callable[..., Any]) -> Callable[..., Any]:
-    """attnscope on those checkpoints, float32 (conftest's `inspector`)."""
-    return inspector
 
 
 @pytest.fixture(scope="module")

@@ -265,30 +265,41 @@ def qwen3(path: Path) -> Path:
     return write(path, "qwen3", _model(cfg, Qwen3ForCausalLM), vocab.pad(cfg.vocab_size), _llama_meta(cfg, 128))
 
 
+def gemma_vocab() -> Vocab:
+    """Gemma's SentencePiece vocabulary: pad, eos, bos, unk and the two turn markers."""
+    specials = [("<pad>", CONTROL), ("<eos>", CONTROL), ("<bos>", CONTROL), ("<unk>", UNKNOWN),
+                ("<start_of_turn>", CONTROL), ("<end_of_turn>", CONTROL)]
+    vocab = sentencepiece_vocab(specials, "<bos>", "<eos>", "<unk>")
+    vocab.ids["pad"] = 0
+    return vocab
+
+
+def gemma_meta(w: Any, cfg: Any) -> None:
+    """The sizes Gemma2Model.set_gguf_parameters (and Gemma3Model's) write first."""
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+
+
 def gemma2(path: Path) -> Path:
     """Gemma 2: norms stored + 1, window 4 on even layers, soft-caps, head size 256 (the
     query_pre_attn_scalar llama.cpp and transformers' GGUF reader then agree on)."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    specials = [("<pad>", CONTROL), ("<eos>", CONTROL), ("<bos>", CONTROL), ("<unk>", UNKNOWN),
-                ("<start_of_turn>", CONTROL), ("<end_of_turn>", CONTROL)]
-    vocab = sentencepiece_vocab(specials, "<bos>", "<eos>", "<unk>")
-    vocab.ids["pad"] = 0
+    vocab = gemma_vocab()
     cfg = Gemma2Config(vocab_size=_padded(len(vocab.tokens)), hidden_size=64, intermediate_size=96,
                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=256,
                        max_position_embeddings=128, rms_norm_eps=1e-6, sliding_window=4,
                        query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
 
     def meta(w: Any) -> None:  # Gemma2Model.set_gguf_parameters
-        w.add_context_length(cfg.max_position_embeddings)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_block_count(cfg.num_hidden_layers)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_head_count(cfg.num_attention_heads)
-        w.add_head_count_kv(cfg.num_key_value_heads)
-        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-        w.add_key_length(cfg.head_dim)
-        w.add_value_length(cfg.head_dim)
+        gemma_meta(w, cfg)
         w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
         w.add_final_logit_softcapping(cfg.final_logit_softcapping)
         w.add_sliding_window(cfg.sliding_window)
