@@ -89,8 +89,6 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
     import numpy as np
     from matplotlib.figure import Figure
 
-    from attnscope import export
-
     data = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float32)
     n_l, n_h, n = data.shape[0], data.shape[1], data.shape[-1]
     assert data.shape == (len(layers), len(heads), n, n), data.shape  # internal invariant
@@ -163,9 +161,7 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
             fig.suptitle(f"{model} · {span}" + ("" if measure == "weight" else f" · {measure}"), fontsize=10)
         bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8 if single else 0.6, pad=0.02)
         bar.set_label(measure_label)
-        with export.atomic_path(path, force) as tmp:
-            with open(tmp, "wb") as f:
-                fig.savefig(f, format=fmt, dpi=PNG_DPI, metadata=_metadata(fmt))
+        _save(fig, path, fmt, force)
     return path
 
 
@@ -179,8 +175,6 @@ def write_atlas(path: Path, scores: dict[str, Any], layers: list[int], heads: li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from attnscope import export
 
     fmt = path.suffix.lower().lstrip(".")
     names = [name for name, grid in scores.items() if grid is not None]
@@ -203,9 +197,7 @@ def write_atlas(path: Path, scores: dict[str, Any], layers: list[int], heads: li
         fig.suptitle(f"{model} · head scores" + ("" if measure == "weight" else f" · {measure}"), fontsize=10)
         if mappable is not None:
             fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, pad=0.02).set_label("score (0..1)")
-        with export.atomic_path(path, force) as tmp:
-            with open(tmp, "wb") as f:
-                fig.savefig(f, format=fmt, dpi=PNG_DPI, metadata=_metadata(fmt))
+        _save(fig, path, fmt, force)
         plt.close(fig)
     return path
 
@@ -215,6 +207,15 @@ def _span(items: list[int]) -> str:
     if len(items) > 2 and items == list(range(items[0], items[-1] + 1)):
         return f"{items[0]}–{items[-1]}"
     return ", ".join(str(i) for i in items)
+
+
+def _save(fig: Any, path: Path, fmt: str, force: bool) -> None:
+    """Write `fig` to `path` atomically (`export.atomic_path`), its metadata dateless."""
+    from attnscope import export
+
+    with export.atomic_path(path, force) as tmp:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=PNG_DPI, metadata=_metadata(fmt))
 
 
 def _metadata(fmt: str) -> dict[str, Any]:
