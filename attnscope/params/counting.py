@@ -1,33 +1,26 @@
-"""Parameter accounting: pure arithmetic on a ModelConfig, and counts from stored tensors
-(safetensors headers, or a GGUF's tensor table with its bytes per ggml type).
+"""Parameter counts from a ModelConfig's declared shapes, by arithmetic alone: rows by
+category, each layer kind's block times its layers (never enumerating depth), one head's
+share, the `ParamReport` and the `--json` document (`report_dict`).
 
 `param_shapes()` is the single list of every parameter our model holds, by our names;
 the model builds itself from it and the loader checks checkpoints against it, so the
 count and the model cannot drift apart. Per-head shapes follow TransformerLens
 ((n_heads, d_model, d_head)), which makes per-head counts fall out of a product.
-
-Two conventions:
-  * `3b1b`: weight matrices only, as in 3Blue1Brown's "Attention in transformers"
-    (embedding, key, query, value, output, up, down, unembedding; the unembedding is
-    counted even when it is tied to the embedding);
-  * `full`: every parameter the model stores, tied weights once (transformers'
-    `num_parameters()`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from math import prod
-from types import ModuleType, SimpleNamespace
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from attnscope.config import ModelConfig
 from attnscope.kinds import LayerSpec
 from attnscope.parts import attention_shapes, block_shapes, embedding_shapes, head_shapes, model_shapes
 
 if TYPE_CHECKING:
-    from attnscope.checkpoint import Checkpoint
-    from attnscope.sources.gguf import GGUFFile, GGUFTensor
+    from attnscope.params.context import ContextReport
+    from attnscope.params.stored import QuantRow
 
 CONVENTIONS = ("3b1b", "full")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1}
@@ -55,15 +48,10 @@ def _block_rows(cfg: ModelConfig, spec: LayerSpec) -> dict[str, int]:
     return count_by_category((f"blocks.0.{name}", shape) for name, shape in block_shapes(cfg, spec).items())
 
 
-_last_ranges: list[Any] = [None, None]  # (stack, ranges): report and context_report read one stack twice
-
-
 def layer_ranges(cfg: ModelConfig) -> dict[LayerSpec, list[list[int]]]:
     """Each kind's layers as [first, last] ranges, adjacent runs merged, in order; read off
     the run-length list (each run's kind found by object first: a spec's hash is not cached),
     never enumerating layers."""
-    if _last_ranges[0] is cfg.stack:
-        return _last_ranges[1]
     kinds = [spec for spec, _ in cfg.stack.kinds()]
     ranges: list[list[list[int]]] = [[] for _ in kinds]
     kind_of: dict[int, int] = {}  # a run's spec object -> its kind's index
@@ -78,9 +66,7 @@ def layer_ranges(cfg: ModelConfig) -> dict[LayerSpec, list[list[int]]]:
         else:
             rows.append([at, at + count - 1])
         at += count
-    out = dict(zip(kinds, ranges))
-    _last_ranges[:] = [cfg.stack, out]
-    return out
+    return dict(zip(kinds, ranges))
 
 
 def ranges_text(ranges: list[list[int]], most: int = 3) -> str:
@@ -243,131 +229,10 @@ def report(cfg: ModelConfig, convention: str = "full", source: str = "") -> Para
     return _report(cfg, convention, declared_counts(cfg), source)
 
 
-def stored_shapes(ckpt: "Checkpoint", cfg: ModelConfig | None) -> tuple[dict[str, tuple[int, ...]], list[str]]:
-    """The parameters a checkpoint stores, by our names where its family is known, from
-    the headers alone; non-parameter buffers are returned separately as skipped."""
-    from attnscope import architectures
-
-    module = architectures.ARCHITECTURES.get(cfg.family) if cfg is not None else None
-    stored, skipped = _stored(((name, info.shape) for name, info in ckpt.tensors.items()), module)
-    return split_fused(stored, module, cfg), skipped
-
-
-def split_fused(stored: dict[str, tuple[int, ...]], module: Any, cfg: ModelConfig | None) -> dict[str, tuple[int, ...]]:
-    """Fused tensors a family stores (Phi-3's qkv_proj and gate_up_proj) cut into our
-    parameters by the family's own `stored_parts`, which its loader's `split` also uses,
-    so that each part is counted where it belongs; unchanged for other families."""
-    parts = getattr(module, "stored_parts", None)
-    if parts is None or cfg is None:
-        return stored
-    out: dict[str, tuple[int, ...]] = {}
-    for name, shape in stored.items():
-        out.update(parts(name, shape, cfg))
-    return out
-
-
-def gguf_stored_shapes(f: "GGUFFile", family: ModuleType) -> tuple[dict[str, tuple[int, ...]], list[str]]:
-    """`stored_shapes` for a GGUF's tensor table, named through the family's `GGUF_WEIGHTS`
-    (GPT-2's fused qkv split in thirds the same way); skipped are the file's tensors that
-    are not parameters (Llama 3's RoPE divisors, read into the config)."""
-    table = SimpleNamespace(PREFIXES=(), WEIGHTS=family.GGUF_WEIGHTS)  # our_name's lookup, GGUF's table
-    return _stored(((name, t.shape) for name, t in f.tensors.items()), table)
-
-
-def _stored(items: Iterable[tuple[str, tuple[int, ...]]], module: Any) -> tuple[dict[str, tuple[int, ...]], list[str]]:
-    from attnscope import architectures
-
-    stored: dict[str, tuple[int, ...]] = {}
-    skipped: list[str] = []
-    for name, shape in items:
-        if module is None:
-            if architectures.is_buffer(name):
-                skipped.append(name)
-            else:
-                stored[f"other:{name}"] = shape
-            continue
-        try:
-            ours = architectures.our_name(module, name)
-        except KeyError:
-            stored[f"other:{name}"] = shape
-            continue
-        if ours is None:
-            skipped.append(name)
-        elif ".attn.qkv." in ours:  # fused q, k, v (GPT-2): three equal parts
-            numel = prod(shape) // 3
-            for part in "qkv":
-                stored[ours.replace(".qkv.", f".{part}.")] = (numel,)
-        else:
-            stored[ours] = shape
-    return stored, skipped
-
-
-@dataclass(frozen=True)
-class QuantRow:
-    """One storage type of a GGUF: how many tensors, parameters and bytes it holds."""
-
-    tensors: int
-    parameters: int
-    bytes: int
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.bytes / self.parameters if self.parameters else 0.0
-
-
-def quantization_table(tensors: Iterable["GGUFTensor"]) -> dict[str, QuantRow]:
-    """Tensors, parameters and bytes by ggml type ("Q4_1", "F32", ...), most bytes first.
-    Bytes are what the header declares each tensor to occupy: its blocks, no padding."""
-    rows: dict[str, list[int]] = {}
-    for t in tensors:
-        row = rows.setdefault(t.type_name, [0, 0, 0])
-        row[0] += 1
-        row[1] += t.numel
-        row[2] += t.nbytes
-    ordered = sorted(rows.items(), key=lambda kv: (-kv[1][2], kv[0]))
-    return {name: QuantRow(*row) for name, row in ordered}
-
-
-def gguf_header_config(f: "GGUFFile", family: ModuleType, skipped: Iterable[str] = ()) -> dict[str, Any]:
-    """`sources.gguf.gguf_config` from the header alone: the non-parameter tensors
-    (`skipped`) are left out of the table it sees, so Llama 3's `rope_freqs` is not read
-    and the config has no RoPE scaling, which no count depends on."""
-    from attnscope.sources.gguf import gguf_config
-
-    drop = set(skipped)
-    return gguf_config(replace(f, tensors={n: t for n, t in f.tensors.items() if n not in drop}))
-
-
-def report_from_gguf(f: "GGUFFile", convention: str, source: str, name: str = "") -> ParamReport:
-    """The breakdown of a GGUF's tensors and the bytes each storage type takes, from its
-    header alone (`read_gguf` reads no tensor data, and neither does this)."""
-    from attnscope.config import from_hf_config
-    from attnscope.sources.gguf import gguf_family
-
-    family = gguf_family(f)
-    stored, skipped = gguf_stored_shapes(f, family)
-    cfg = from_hf_config(gguf_header_config(f, family, skipped), name=name or source)
-    stored = split_fused(stored, family, cfg)
-    rep = report_from_stored(cfg, stored, convention, source, skipped)
-    drop = set(skipped)
-    rep.quantization = quantization_table(t for n, t in f.tensors.items() if n not in drop)
-    return rep
-
-
-def report_from_stored(
-    cfg: ModelConfig, stored: dict[str, tuple[int, ...]], convention: str, source: str, skipped: list[str]
-) -> ParamReport:
-    """The breakdown of the tensors a checkpoint actually stores (already in our names)."""
-    rep = _report(cfg, convention, count_by_category(stored.items()), source)
-    rep.skipped = skipped
-    rep.stored_only = True
-    return rep
-
-
 def _report(cfg: ModelConfig, convention: str, rows: dict[str, int], source: str) -> ParamReport:
     total_3b1b, total_full = _totals(rows, cfg)
     kinds = kind_rows(cfg)
-    first = next(k for k in kinds if k.spec == cfg.layer(0))
+    first = kinds[0]  # first-seen order: layer 0's kind leads
     return ParamReport(
         cfg=cfg,
         convention=convention,
@@ -382,77 +247,6 @@ def _report(cfg: ModelConfig, convention: str, rows: dict[str, int], source: str
         mlp_total=sum(k.n_layers * k.block["mlp"] for k in kinds),
         kinds=kinds,
         source=source,
-    )
-
-
-@dataclass(frozen=True)
-class KindCache:
-    """One layer kind's KV cache at a context: each layer keeps `tokens` positions
-    (`AttnSpec.cache_tokens`: a window caps it) of `bytes_per_token` each."""
-
-    label: str
-    ranges: list[list[int]]
-    n_layers: int
-    tokens: int  # positions one layer of this kind keeps
-    values_per_token: int  # K and V values one position costs, all layers of this kind
-    values: int  # all layers of this kind, at their cached positions
-    bytes: int
-
-
-@dataclass
-class ContextReport:
-    """What a context of n tokens costs: pattern entries, KV cache, forward FLOPs."""
-
-    n: int
-    dtype: str
-    bytes_per_value: int
-    pattern_per_head: int  # n² entries
-    pattern_per_block: int
-    pattern_total: int
-    kv_cache_per_token: int  # values (K and V, every layer and kv head) one position costs where it is kept
-    kv_cache_total: int  # values held at n tokens: each kind's layers keep at most their window
-    kv_cache_bytes: int
-    pattern_bytes: int
-    flops_per_token: int  # forward FLOPs per token at context n (2 per multiply-add)
-    kv_kinds: list[KindCache] = field(default_factory=list)  # the cache per layer kind, summing to the totals
-
-
-def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextReport:
-    width = DTYPE_BYTES[dtype]
-    per_head = n * n
-    per_block = per_head * cfg.layer(0).attn.n_heads
-    pattern_total = 0
-    labels, ranges = kind_labels(cfg), layer_ranges(cfg)
-    caches = []
-    attn_flops = 0
-    for spec, count in cfg.stack.kinds():
-        a = spec.attn
-        tokens = a.cache_tokens(n)
-        per_token = count * a.bytes_per_token(1)  # values: bytes at one byte a value
-        caches.append(KindCache(labels[spec], ranges[spec], count, tokens, per_token,
-                                per_token * tokens, per_token * tokens * width))
-        # QK^T and pattern·V for the token at position n: 2 * 2 * keys * d_head per head,
-        # over the keys its layer sees (a window caps them).
-        attn_flops += count * a.n_heads * 4 * tokens * a.d_head
-        pattern_total += count * a.n_heads * per_head  # the kernel scores every key, then masks
-    weights = declared_counts(cfg)
-    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "gate", "up", "down"))
-    if cfg.lm_head:
-        matmul_params += weights["embedding"]  # the unembedding matmul, tied or not
-    kv_values = sum(c.values for c in caches)
-    return ContextReport(
-        n=n,
-        dtype=dtype,
-        bytes_per_value=width,
-        pattern_per_head=per_head,
-        pattern_per_block=per_block,
-        pattern_total=pattern_total,
-        kv_cache_per_token=sum(c.values_per_token for c in caches),
-        kv_cache_total=kv_values,
-        kv_cache_bytes=kv_values * width,
-        pattern_bytes=pattern_total * width,
-        flops_per_token=2 * matmul_params + attn_flops,  # 2 FLOPs per weight, plus attention's
-        kv_kinds=caches,
     )
 
 

@@ -1,0 +1,82 @@
+"""What a context of n tokens costs, per layer kind: attention-pattern entries, the KV
+cache (a window caps what a kind's layers keep; `AttnSpec.cache_tokens`,
+`bytes_per_token`, after vLLM's per-layer KV-cache specs) and forward FLOPs per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attnscope.config import ModelConfig
+from attnscope.params.counting import DTYPE_BYTES, declared_counts, kind_labels, layer_ranges
+
+
+@dataclass(frozen=True)
+class KindCache:
+    """One layer kind's KV cache at a context: each layer keeps `tokens` positions
+    (`AttnSpec.cache_tokens`: a window caps it) of `bytes_per_token` each."""
+
+    label: str
+    ranges: list[list[int]]
+    n_layers: int
+    tokens: int  # positions one layer of this kind keeps
+    values_per_token: int  # K and V values one position costs, all layers of this kind
+    values: int  # all layers of this kind, at their cached positions
+    bytes: int
+
+
+@dataclass
+class ContextReport:
+    """What a context of n tokens costs: pattern entries, KV cache, forward FLOPs."""
+
+    n: int
+    dtype: str
+    bytes_per_value: int
+    pattern_per_head: int  # n² entries
+    pattern_per_block: int
+    pattern_total: int
+    kv_cache_per_token: int  # values (K and V, every layer and kv head) one position costs where it is kept
+    kv_cache_total: int  # values held at n tokens: each kind's layers keep at most their window
+    kv_cache_bytes: int
+    pattern_bytes: int
+    flops_per_token: int  # forward FLOPs per token at context n (2 per multiply-add)
+    kv_kinds: list[KindCache] = field(default_factory=list)  # the cache per layer kind, summing to the totals
+
+
+def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextReport:
+    width = DTYPE_BYTES[dtype]
+    per_head = n * n
+    per_block = per_head * cfg.layer(0).attn.n_heads
+    pattern_total = 0
+    labels, ranges = kind_labels(cfg), layer_ranges(cfg)
+    caches = []
+    attn_flops = 0
+    for spec, count in cfg.stack.kinds():
+        a = spec.attn
+        tokens = a.cache_tokens(n)
+        per_token = count * a.bytes_per_token(1)  # values: bytes at one byte a value
+        caches.append(KindCache(labels[spec], ranges[spec], count, tokens, per_token,
+                                per_token * tokens, per_token * tokens * width))
+        # QK^T and pattern·V for the token at position n: 2 * 2 * keys * d_head per head,
+        # over the keys its layer sees (a window caps them).
+        attn_flops += count * a.n_heads * 4 * tokens * a.d_head
+        pattern_total += count * a.n_heads * per_head  # the kernel scores every key, then masks
+    weights = declared_counts(cfg)
+    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "gate", "up", "down"))
+    if cfg.lm_head:
+        matmul_params += weights["embedding"]  # the unembedding matmul, tied or not
+    kv_values = sum(c.values for c in caches)
+    return ContextReport(
+        n=n,
+        dtype=dtype,
+        bytes_per_value=width,
+        pattern_per_head=per_head,
+        pattern_per_block=per_block,
+        pattern_total=pattern_total,
+        kv_cache_per_token=sum(c.values_per_token for c in caches),
+        kv_cache_total=kv_values,
+        kv_cache_bytes=kv_values * width,
+        pattern_bytes=pattern_total * width,
+        flops_per_token=2 * matmul_params + attn_flops,  # 2 FLOPs per weight, plus attention's
+        kv_kinds=caches,
+    )
