@@ -1,0 +1,165 @@
+"""The checks `config.ModelConfig` runs on what a config declares: bounds, number helpers,
+the family's layer kinds, and the RoPE scalings (llama3, longrope, YaRN).
+
+After TransformerLens's config validation: each message names the bad value, cut short
+(`_shown`), so a user can find it in config.json. Every number is checked against what
+can exist before anything is sized from it (rule 10). Free of torch, like `kinds`, so
+`params` and `--help` read it without importing torch. The family readers in
+`architectures/` use the same number helpers (re-exported by `attnscope.config`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from attnscope.errors import ConfigError
+from attnscope.kinds import ATTENTION_KINDS, MLP_KINDS, QK_NORMS, WIRINGS, AttnSpec, LayerSpec, MlpSpec, Stack
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+
+# Bounds on what a config may declare: far above any real model, low enough that nothing
+# sized from them (a list per layer, an index into a tensor) can run away.
+MAX_LAYERS = 100_000  # the deepest published models have a few hundred; per-layer lists stay small
+MAX_SIZE = 2**31  # widths, vocabulary, positions, windows: int32 indexing; real ones are below 2**18..2**24
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool, not NaN, not ±inf: json.loads('1e400') is inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too big for a float
+        return False
+
+
+def _positive_number(value: Any) -> bool:
+    """A finite number above 0: what a scale, a soft-cap or a factor that divides must be."""
+    return _number(value) and value > 0
+
+
+def _positive_int(value: Any, limit: int = MAX_SIZE) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A declared value for an error message, cut short (a 10**4000 or a 1e6-long list)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond str()'s digit limit
+        text = f"an integer of about {value.bit_length() * 3 // 10:,} digits" if isinstance(value, int) else "?"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_optional_positive(pairs: Iterable[tuple[str, Any]], prefix: str) -> None:
+    """Each (name, value) either None or a finite positive number; the error reads
+    "<prefix><name> must be …"."""
+    for name, value in pairs:
+        if value is not None and not _positive_number(value):
+            raise ConfigError(f"{prefix}{name} must be a finite positive number, got {_shown(value)}")
+
+
+def _check_names(spec: LayerSpec, where: str) -> None:
+    """A layer kind's names: attention and MLP kind, wiring and q/k norm all known."""
+    a = spec.attn
+    if a.kind not in ATTENTION_KINDS or spec.mlp.kind not in MLP_KINDS or spec.wiring not in WIRINGS:
+        raise ConfigError(f"{where}unsupported layer kind {a.kind}/{spec.mlp.kind}/{spec.wiring}")
+    if a.qk_norm is not None and a.qk_norm not in QK_NORMS:
+        raise ConfigError(f"{where}unknown q/k norm {a.qk_norm!r}")
+
+
+def check_template(t: Any, where: str) -> None:
+    """The family's layer kind: a LayerSpec of known kinds, wiring and q/k norm, its
+    flags true or false (a template's sizes are placeholders, checked once filled)."""
+    if not isinstance(t, LayerSpec) or not isinstance(t.attn, AttnSpec) or not isinstance(t.mlp, MlpSpec):
+        raise ConfigError(f"{where}layer_template must be a LayerSpec, got {_shown(t)}")
+    _check_names(t, where)
+    for name, value in (("qkv_bias", t.attn.qkv_bias), ("out_bias", t.attn.out_bias), ("mlp bias", t.mlp.bias)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}the layer's {name} must be true or false, got {_shown(value)}")
+    if not _positive_number(t.residual_scale):
+        raise ConfigError(f"{where}a layer's residual scale must be a finite positive number, got {_shown(t.residual_scale)}")
+
+
+def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: str) -> None:
+    """A family's own layer kinds: every number bounded, every name known, and the
+    sizes every consumer still reads model-wide (`heads`: query heads, key/value heads,
+    head size) shared by all."""
+    if not isinstance(stack, Stack) or len(stack) != n_layers:
+        raise ConfigError(f"{where}the layer kinds do not cover the {n_layers} layers")
+    for spec, _ in stack.kinds():
+        a, m = spec.attn, spec.mlp
+        _check_names(spec, where)
+        if (a.n_heads, a.n_kv_heads, a.d_head) != heads:
+            raise ConfigError(f"{where}layers with different head counts or sizes are not supported yet")
+        if not _positive_int(m.d_mlp) or m.act not in ACTIVATIONS:
+            raise ConfigError(f"{where}a layer's MLP has a bad size or activation: {_shown(m)}")
+        if a.window is not None and not _positive_int(a.window):
+            raise ConfigError(f"{where}sliding windows must be positive integers up to 2**31, got {_shown(a.window)}")
+        _check_optional_positive((("scale", a.scale), ("softcap", a.softcap), ("residual scale", spec.residual_scale)),
+                                 f"{where}a layer's ")
+        if a.rope is not None:
+            if not _number(a.rope.theta) or a.rope.theta < 1:
+                raise ConfigError(f"{where}rope_theta must be a finite number of at least 1, got {_shown(a.rope.theta)}")
+            if a.rope.scaling_type == "yarn":  # a layer kind's own YaRN (OLMo 3's full layers)
+                check_yarn(a.rope.scaling_dict or {}, f"{where}rope_scaling", a.rope.theta)
+            if not isinstance(a.rope.rotary_dim, int) or not 0 < a.rope.rotary_dim <= a.d_head or a.rope.rotary_dim % 2:
+                raise ConfigError(f"{where}rotary dimension {_shown(a.rope.rotary_dim)} must be even and within the head size {a.d_head}")
+
+
+def check_rope_scaling(scaling: dict[str, Any], where: str, theta: float, n_ctx: int, rotary: int) -> None:
+    """The model-wide rope_scaling (`where` ends in "rope_scaling"): llama3's factors each
+    a positive number, high above low (they divide); longrope (Phi-3) and YaRN (OLMo 3)
+    see their own checks. `rotary`: the dimensions each head turns."""
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type == "longrope":
+        check_longrope(scaling, where, rotary)
+        return
+    if rope_type == "yarn":
+        check_yarn(scaling, where, theta)
+        return
+    values = {}
+    for key, default in (("factor", None), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0),
+                         ("original_max_position_embeddings", n_ctx)):
+        value = scaling.get(key, default)
+        if not _positive_number(value):
+            raise ConfigError(f"{where} {key} must be a finite positive number, got {_shown(value)}")
+        values[key] = value
+    if values["high_freq_factor"] <= values["low_freq_factor"]:
+        raise ConfigError(f"{where} high_freq_factor must exceed low_freq_factor")
+
+
+def _check_original_context(scaling: dict[str, Any], where: str) -> None:
+    value = scaling.get("original_max_position_embeddings")
+    if not _positive_int(value):
+        raise ConfigError(f"{where} original_max_position_embeddings must be a positive integer up to 2**31, "
+                          f"got {_shown(value)}")
+
+
+def check_yarn(scaling: dict[str, Any], where: str, theta: float) -> None:
+    """YaRN (OLMo 3): a positive original context, the optional numbers positive, and a
+    base above 1 (its ramp divides by ln base)."""
+    _check_original_context(scaling, where)
+    keys = ("factor", "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+    _check_optional_positive(((k, scaling.get(k)) for k in keys), f"{where} ")
+    if not isinstance(scaling.get("truncate", True), bool):
+        raise ConfigError(f"{where} truncate must be true or false, got {_shown(scaling.get('truncate'))}")
+    if theta <= 1:
+        raise ConfigError(f"{where}: YaRN needs a rope_theta above 1, got {_shown(theta)}")
+
+
+def check_longrope(scaling: dict[str, Any], where: str, rotary: int) -> None:
+    """longrope (Phi-3): one short and one long factor per rotated frequency (`rotary`
+    dimensions turn), each a finite positive number (they divide the frequencies); a
+    positive original context (the switch between the sets); factor and
+    attention_factor, if given, positive."""
+    for key in ("short_factor", "long_factor"):
+        value = scaling.get(key)
+        if not isinstance(value, (list, tuple)) or len(value) != rotary // 2:
+            raise ConfigError(f"{where} {key} must list {rotary // 2} numbers (one per rotated frequency), "
+                              f"got {_shown(value)}")
+        if not all(_positive_number(v) for v in value):
+            raise ConfigError(f"{where} {key} must hold finite positive numbers, got {_shown(value)}")
+    _check_original_context(scaling, where)
+    _check_optional_positive(((k, scaling.get(k)) for k in ("factor", "attention_factor")), f"{where} ")
