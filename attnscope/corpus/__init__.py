@@ -7,7 +7,9 @@
     per_text.py  the per-text file: a header, then one JSON line per text, appended as
                  each text finishes; read back to resume, validated against the run and
                  the corpus; under torchrun one file per rank, merged at the end;
-                 locked for the whole run, every resumed record checked like input
+                 locked for the whole run
+    records.py   what one per-text line holds (header, record) and the checks every
+                 resumed record passes, like any input
     pooling.py   `corpus_scores`: one forward pass a text, float64 sums and row counts
                  pooled over the texts (and the processes); `CorpusScores`,
                  `CorpusProgress`, `corpus_dict`
