@@ -139,11 +139,11 @@ def category(name: str) -> str:
         return "embedding"
     if name == "unembed.weight":
         return "unembedding"
-    if name in ("embed.pos.weight", "embed.types.weight"):
+    if name in ("embed.pos.weight", "embed.types.weight", "relative.weight"):
         return "positions"
     if name.startswith("pooler."):
         return "pooler"
-    if name.startswith(("mlm.", "nsp.")):
+    if name.startswith(("mlm.", "nsp.", "classifier.")):
         return "heads"
     if name in ("embed.proj_in.weight", "proj_out.weight"):
         return "projections"

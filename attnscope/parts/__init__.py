@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig
-    from attnscope.kinds import AttnSpec, LayerSpec, MlpSpec
+    from attnscope.kinds import AttnSpec, LayerSpec, MlpSpec, RelativeSpec
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -35,7 +35,7 @@ def chunk_rows(n_heads: int, n_keys: int) -> int:
 
 def norm_shapes(cfg: "ModelConfig", d: int | None = None) -> Shapes:
     width = d or cfg.d_model
-    names = ("weight", "bias") if cfg.norm == "layernorm" else ("weight",)
+    names = ("weight", "bias") if cfg.norm == "layernorm" else ("weight",)  # layernorm_no_bias, rmsnorm: a scale only
     return {name: (width,) for name in names}
 
 
@@ -48,6 +48,8 @@ def attention_shapes(cfg: "ModelConfig", spec: "AttnSpec | None" = None) -> Shap
     the q/k norms a kind may hold: per head (Qwen3, Gemma 3) or over the whole projection
     (OLMo 2). `spec`: the layer's attention (default: layer 0's)."""
     a = spec or cfg.layer(0).attn
+    if a.kind == "latent":
+        return latent_shapes(cfg, a)
     d, dh = cfg.d_model, a.d_head
     q_out, kv_out = a.n_heads * dh, a.n_kv_heads * dh
     shapes: Shapes = {}
@@ -69,9 +71,41 @@ def attention_shapes(cfg: "ModelConfig", spec: "AttnSpec | None" = None) -> Shap
     return shapes
 
 
+def latent_shapes(cfg: "ModelConfig", a: "AttnSpec") -> Shapes:
+    """Multi-head latent attention (`kinds.LatentSpec`, `parts.latent`): queries plain
+    (`q`) or low-rank (`q_a` → `q_a_norm` → `q_b`); one joint `kv_a` to the latent and the
+    shared rotated key, `kv_a_norm` on the latent, `kv_b` expanding it to each head's key
+    part and value; `o` from the heads' values. Biases (`qkv_bias`, `out_bias`) only where
+    transformers has them: on `q_a`, `kv_a` and `o`."""
+    m = a.latent
+    assert m is not None  # internal invariant: kind "latent" carries its LatentSpec
+    d, H = cfg.d_model, a.n_heads
+    shapes: Shapes = {}
+    if m.q_rank is None:
+        shapes["q.weight"] = (H * a.d_head, d)
+    else:
+        shapes["q_a.weight"] = (m.q_rank, d)
+        if a.qkv_bias:
+            shapes["q_a.bias"] = (m.q_rank,)
+        shapes["q_a_norm.weight"] = (m.q_rank,)
+        shapes["q_b.weight"] = (H * a.d_head, m.q_rank)
+    shapes["kv_a.weight"] = (m.kv_rank + m.rope_dim, d)
+    if a.qkv_bias:
+        shapes["kv_a.bias"] = (m.kv_rank + m.rope_dim,)
+    shapes["kv_a_norm.weight"] = (m.kv_rank,)
+    shapes["kv_b.weight"] = (H * (m.nope_dim + m.v_dim), m.kv_rank)
+    shapes["o.weight"] = (d, H * m.v_dim)
+    if a.out_bias:
+        shapes["o.bias"] = (d,)
+    return shapes
+
+
 def mlp_shapes(cfg: "ModelConfig", spec: "MlpSpec | None" = None) -> Shapes:
-    """Dense (up, down) or gated (gate, up, down). `spec`: the layer's MLP (default: layer 0's)."""
+    """Dense (up, down), gated (gate, up, down) or experts (`expert_shapes`). `spec`: the
+    layer's MLP (default: layer 0's)."""
     m = spec or cfg.layer(0).mlp
+    if m.kind == "experts":
+        return expert_shapes(cfg, m)
     d = cfg.d_model
     shapes: Shapes = {}
     for part in ("gate", "up") if m.kind == "gated" else ("up",):
@@ -84,6 +118,29 @@ def mlp_shapes(cfg: "ModelConfig", spec: "MlpSpec | None" = None) -> Shapes:
     return shapes
 
 
+def expert_shapes(cfg: "ModelConfig", m: "MlpSpec") -> Shapes:
+    """A mixture of experts (`kinds.ExpertSpec`, `parts.experts`): the router (one logit
+    per expert), the routed experts as 3-D [experts, out, in] tensors (gate, up of width
+    `d_mlp`, down back to d), with gpt-oss's biases [experts, out]; the shared expert(s)
+    as one gated MLP `shared.*` of width `d_shared`, and Qwen2-MoE's `shared_gate` [1, d]."""
+    e = m.experts
+    assert e is not None  # internal invariant: kind "experts" carries its ExpertSpec
+    d, E, w = cfg.d_model, e.n_experts, m.d_mlp
+    shapes: Shapes = {"router.weight": (E, d)}
+    if e.router_bias:
+        shapes["router.bias"] = (E,)
+    for part, out, inp in (("gate", w, d), ("up", w, d), ("down", d, w)):
+        shapes[f"experts.{part}.weight"] = (E, out, inp)
+        if e.expert_bias:
+            shapes[f"experts.{part}.bias"] = (E, out)
+    if e.d_shared:
+        for part, out, inp in (("gate", e.d_shared, d), ("up", e.d_shared, d), ("down", d, e.d_shared)):
+            shapes[f"shared.{part}.weight"] = (out, inp)
+    if e.shared_gate:
+        shapes["shared_gate.weight"] = (1, d)
+    return shapes
+
+
 # What each wiring holds, in order: its norms around "attn" and "mlp" (see parts.block).
 WIRING_ORDER = {
     "pre": ("attn_norm", "attn", "mlp_norm", "mlp"),
@@ -92,6 +149,7 @@ WIRING_ORDER = {
     "parallel_shared": ("attn_norm", "attn", "mlp"),
     "sandwich": ("attn_norm", "attn", "post_attn_norm", "mlp_norm", "mlp", "post_mlp_norm"),
     "post_sublayer": ("attn", "post_attn_norm", "mlp", "post_mlp_norm"),
+    "pre_no_attn_norm": ("attn", "mlp_norm", "mlp"),  # ModernBERT's layer 0: the embedding norm precedes it
 }
 WIRING_NORMS = {wiring: tuple(p for p in parts if p.endswith("norm")) for wiring, parts in WIRING_ORDER.items()}
 
@@ -131,12 +189,25 @@ def embedding_shapes(cfg: "ModelConfig") -> Shapes:
         shapes["embed.types.weight"] = (cfg.n_types, d)
     if cfg.embed_norm:
         shapes.update(_prefixed("embed.norm", norm_shapes(cfg)))
+    relative = stack_relative(cfg)
+    if relative is not None:  # the stack's one relative position table (T5, MPNet), shared by its layers
+        shapes["relative.weight"] = (relative.table_rows, cfg.n_heads)
     return shapes
+
+
+def stack_relative(cfg: "ModelConfig") -> "RelativeSpec | None":
+    """The relative position bias the stack owns (`kinds.RelativeSpec`, parts.relative), or
+    None: the layers that take one all name the same (config_checks holds them to it)."""
+    for spec, _ in cfg.stack.kinds():
+        if spec.attn.relative is not None:
+            return spec.attn.relative
+    return None
 
 
 def head_shapes(cfg: "ModelConfig") -> Shapes:
     """After the blocks: final norm, OPT's project_out, the task heads a checkpoint may
-    carry (BERT's pooler, MLM and NSP heads) and the unembedding (absent when tied)."""
+    carry (BERT's pooler, MLM and NSP heads, a sequence classifier) and the unembedding
+    (absent when tied)."""
     d, v = cfg.d_model, cfg.vocab_size
     shapes: Shapes = {}
     if cfg.final_norm:
@@ -146,14 +217,20 @@ def head_shapes(cfg: "ModelConfig") -> Shapes:
     if "pooler" in cfg.heads:
         shapes["pooler.weight"] = (d, d)
         shapes["pooler.bias"] = (d,)
-    if "mlm" in cfg.heads:
+    if "mlm" in cfg.heads or "mlm_no_dense_bias" in cfg.heads:
         shapes["mlm.dense.weight"] = (d, d)
-        shapes["mlm.dense.bias"] = (d,)
+        if "mlm" in cfg.heads:
+            shapes["mlm.dense.bias"] = (d,)
         shapes.update(_prefixed("mlm.norm", norm_shapes(cfg)))
         shapes["mlm.bias"] = (v,)
     if "nsp" in cfg.heads:
         shapes["nsp.weight"] = (2, d)
         shapes["nsp.bias"] = (2,)
+    if "classifier" in cfg.heads:  # RoBERTa's classifier.dense/out_proj, DistilBERT's pre_classifier/classifier
+        shapes["classifier.dense.weight"] = (d, d)
+        shapes["classifier.dense.bias"] = (d,)
+        shapes["classifier.out.weight"] = (cfg.n_labels, d)
+        shapes["classifier.out.bias"] = (cfg.n_labels,)
     if cfg.lm_head and not cfg.tied_embeddings:
         shapes["unembed.weight"] = (v, cfg.d_embed)
     if cfg.lm_head and cfg.unembed_bias:
@@ -187,4 +264,4 @@ def required_count(cfg: "ModelConfig") -> int:
 
 # Tensors the model can run without: the output head (attention needs no logits) and the
 # task heads it never uses. A checkpoint without them still loads; `logits` then says so.
-OPTIONAL_PREFIXES = ("unembed.", "proj_out.", "pooler.", "mlm.", "nsp.")
+OPTIONAL_PREFIXES = ("unembed.", "proj_out.", "pooler.", "mlm.", "nsp.", "classifier.")
