@@ -28,10 +28,12 @@ from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator
 
-ATTENTION_KINDS = ("softmax",)
-MLP_KINDS = ("dense", "gated")
+ATTENTION_KINDS = ("softmax", "latent")
+MLP_KINDS = ("dense", "gated", "experts")
+# How a mixture of experts picks a token's experts and weighs them (see ExpertSpec.router).
+ROUTERS = ("softmax_topk", "topk_softmax")
 # How a block joins attention and MLP to the residual stream (see parts.block).
-WIRINGS = ("pre", "post", "parallel", "parallel_shared", "sandwich", "post_sublayer")
+WIRINGS = ("pre", "post", "parallel", "parallel_shared", "sandwich", "post_sublayer", "pre_no_attn_norm")
 QK_NORMS = ("head", "projection")  # over each head's dims (Qwen3, Gemma 3) or the whole projection (OLMo 2)
 
 
@@ -72,6 +74,52 @@ class RopeSpec:
 
 
 @dataclass(frozen=True)
+class LatentSpec:
+    """Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2; `AttnSpec(kind="latent")`):
+    queries plain or through a low rank (`q_rank`: d → q_rank → norm → heads), keys and
+    values from one shared latent of `kv_rank` (normed, then expanded per head into a
+    `nope_dim` key part and a `v_dim` value), plus a `rope_dim` rotated key part that all
+    heads share. A head's query and key are `nope_dim + rope_dim` wide (`AttnSpec.d_head`),
+    its value `v_dim`. `rope_interleave`: the rotated dimensions come in adjacent pairs
+    (DeepSeek's checkpoints), turned into rotate-half order before rotating."""
+
+    kv_rank: int
+    nope_dim: int
+    rope_dim: int
+    v_dim: int
+    q_rank: int | None = None
+    rope_interleave: bool = False
+    norm_eps: float = 1e-6  # the latents' own RMSNorms (transformers' default, not the config's)
+
+    @property
+    def cached(self) -> int:
+        """Values one position keeps in the design's cache: the latent and the shared rotated key."""
+        return self.kv_rank + self.rope_dim
+
+
+@dataclass(frozen=True)
+class RelativeSpec:
+    """A learned relative position bias (T5, MPNet): the key's distance from its query
+    falls into one of `buckets` buckets (one per distance below half of them, then
+    log-spaced up to `max_distance`, beyond which all share the last; `bidirectional`:
+    keys before and after the query get separate halves, else only keys at or before it
+    count, as a causal stack sees them), and a table of `rows` × heads learned scores,
+    one per bucket, is added to every head's scores. The stack owns the one table and hands
+    it to every layer whose `AttnSpec.relative` names it (parts.relative). `rows`: the
+    table's size where it differs from the buckets used (None: `buckets`; MPNet buckets
+    into 32 whatever its table holds)."""
+
+    buckets: int
+    max_distance: int
+    bidirectional: bool
+    rows: int | None = None
+
+    @property
+    def table_rows(self) -> int:
+        return self.buckets if self.rows is None else self.rows
+
+
+@dataclass(frozen=True)
 class AttnSpec:
     """One layer's attention: heads, sizes, the mask rule (causal, window), positions
     (a RopeSpec, or None for a layer without RoPE), the score scale (None: 1/√d_head),
@@ -90,11 +138,18 @@ class AttnSpec:
     out_bias: bool = False
     kind: str = "softmax"
     sinks: bool = False  # gpt-oss: a learned sink logit per head, an extra softmax column
+    relative: RelativeSpec | None = None  # the stack's relative position bias, added to this layer's scores
+    latent: LatentSpec | None = None  # kind "latent": the low-rank projections (MLA)
 
     @property
     def group_size(self) -> int:
         """Query heads sharing one key/value head."""
         return self.n_heads // self.n_kv_heads
+
+    @property
+    def d_value(self) -> int:
+        """Each head's value (and output) width: `d_head`, but latent attention's own."""
+        return self.latent.v_dim if self.latent is not None else self.d_head
 
     @property
     def score_scale(self) -> float:
@@ -105,7 +160,10 @@ class AttnSpec:
         return context if self.window is None else min(self.window, context)
 
     def bytes_per_token(self, bytes_per_value: int) -> int:
-        """Bytes one cached position costs: a key and a value per key/value head."""
+        """Bytes one cached position costs: a key and a value per key/value head; for
+        latent attention the shared latent and rotated key (`LatentSpec.cached`)."""
+        if self.latent is not None:
+            return self.latent.cached * bytes_per_value
         return 2 * self.n_kv_heads * self.d_head * bytes_per_value
 
     def words(self, rope_model: bool = False) -> str:
@@ -116,23 +174,56 @@ class AttnSpec:
 
 def kind_words(causal: bool, window: int | None, no_rope: bool = False) -> str:
     """A layer's kind in words: "local, window 4096" (causal within a window), "global"
-    (causal over every earlier key) or "bidirectional encoder" ("…, window W" where it
-    also has one), and ", no RoPE" for a layer that does not rotate."""
+    (causal over every earlier key), "bidirectional encoder" (every key) or "local, ±64
+    tokens" (bidirectional within a window: a rule window W keeps keys less than W away,
+    so W − 1 on each side, as ModernBERT's `local_attention` 128 does), and ", no RoPE"
+    for a layer that does not rotate."""
     if not causal:
-        words = "bidirectional encoder" + (f", window {window}" if window is not None else "")
+        words = "bidirectional encoder" if window is None else f"local, ±{window - 1} tokens"
     else:
         words = "global" if window is None else f"local, window {window}"
     return words + (", no RoPE" if no_rope else "")
 
 
 @dataclass(frozen=True)
+class ExpertSpec:
+    """A mixture of experts in the MLP slot (`MlpSpec(kind="experts", d_mlp=<each routed
+    expert's width>, act=…, experts=ExpertSpec(…))`): a router scores `n_experts` gated
+    experts per token and the token visits its `top_k` best, weighted.
+
+    `router`: "softmax_topk" = softmax over all experts, then the top k (Mixtral, Qwen2-MoE,
+    Qwen3-MoE), renormalised to sum 1 where `norm_topk_prob` (Mixtral always);
+    "topk_softmax" = the top k logits, then a softmax over those k (gpt-oss).
+    `d_shared`: the width of the shared expert(s) every token also visits, as one gated
+    MLP (0: none); `n_shared` how many experts that width holds (DeepSeek's
+    n_shared_experts × moe_intermediate_size; Qwen2-MoE: one); `shared_gate`: Qwen2-MoE's
+    sigmoid(x · w) scaling the shared output. `router_bias`, `expert_bias`: biases on the
+    router's logits and on each expert's projections (gpt-oss).
+    The module (parts.experts) and its parameter names: see parts/experts.py.
+    Families that need more (gpt-oss's clamped SwiGLU, DeepSeek's grouped sigmoid
+    routing with its score-correction bias and routed scaling) add fields with defaults."""
+
+    n_experts: int
+    top_k: int
+    router: str = "softmax_topk"
+    norm_topk_prob: bool = True
+    d_shared: int = 0
+    n_shared: int = 0
+    shared_gate: bool = False
+    router_bias: bool = False
+    expert_bias: bool = False
+
+
+@dataclass(frozen=True)
 class MlpSpec:
-    """One layer's MLP slot: dense (up, down) or gated (gate, up, down)."""
+    """One layer's MLP slot: dense (up, down), gated (gate, up, down), or a mixture of
+    experts (`experts`, each routed expert a gated MLP of width `d_mlp`)."""
 
     kind: str
     d_mlp: int
     act: str
     bias: bool = False
+    experts: ExpertSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Wirings (`LayerSpec.wiring`; what each holds, in order, is declared in `parts.WI
   * parallel_shared  h = norm(x); x += attn(h) + mlp(h)             Phi
   * sandwich  x += norm(attn(norm(x))); x += norm(mlp(norm(x)))     Gemma 2, Gemma 3
   * post_sublayer  x += norm(attn(x)); x += norm(mlp(x))            OLMo 2, OLMo 3
+  * pre_no_attn_norm  x += attn(x); x += mlp(norm(x))               ModernBERT's layer 0
 
 Each layer is built from its own kind (`ModelConfig.layer(i)`, an `attnscope.kinds.LayerSpec`):
 its wiring, its attention and its MLP, and a scale on what each adds to the residual
@@ -23,6 +24,7 @@ from attnscope.config import ModelConfig
 from attnscope.hooks import block_site
 from attnscope.parts import WIRING_NORMS
 from attnscope.parts.attention import Attention
+from attnscope.parts.latent import LatentAttention
 from attnscope.parts.mlp import make_mlp
 from attnscope.parts.norms import make_norm
 
@@ -35,7 +37,7 @@ class Block(nn.Module):
         self.scale = spec.residual_scale
         for name in WIRING_NORMS[self.wiring]:
             setattr(self, name, make_norm(cfg))
-        self.attn = Attention(cfg, layer)
+        self.attn = LatentAttention(cfg, layer) if spec.attn.kind == "latent" else Attention(cfg, layer)
         self.mlp = make_mlp(cfg, spec.mlp)
         self.site = block_site(layer)
         self._forward = getattr(self, f"_{self.wiring}")
@@ -75,3 +77,7 @@ class Block(nn.Module):
     def _post_sublayer(self, x: Tensor, attn: Any) -> Tensor:
         x = x + self.post_attn_norm(attn(x))
         return x + self.post_mlp_norm(self.mlp(x))
+
+    def _pre_no_attn_norm(self, x: Tensor, attn: Any) -> Tensor:
+        x = x + attn(x)  # the embedding norm just normalised x: ModernBERT's first layer adds none
+        return x + self.mlp(self.mlp_norm(x))
