@@ -14,7 +14,10 @@ import math
 from typing import Any, Iterable
 
 from attnscope.errors import ConfigError
-from attnscope.kinds import ATTENTION_KINDS, MLP_KINDS, QK_NORMS, WIRINGS, AttnSpec, LayerSpec, MlpSpec, Stack
+from attnscope.kinds import (
+    ATTENTION_KINDS, MLP_KINDS, QK_NORMS, ROUTERS, WIRINGS, AttnSpec, ExpertSpec, LayerSpec, MlpSpec, RelativeSpec,
+    Stack,
+)
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
@@ -69,17 +72,70 @@ def _check_names(spec: LayerSpec, where: str) -> None:
         raise ConfigError(f"{where}unknown q/k norm {a.qk_norm!r}")
 
 
+def check_relative(r: Any, where: str) -> None:
+    """A relative position bias (`kinds.RelativeSpec`), where a layer takes one: at least
+    one exact bucket per side (4 buckets bidirectional, 2 causal), a `max_distance` beyond
+    the exact ones (the log-spaced buckets divide by its log), a table holding every
+    bucket, all bounded."""
+    if r is None:
+        return
+    if not isinstance(r, RelativeSpec) or not isinstance(r.bidirectional, bool):
+        raise ConfigError(f"{where}a relative position bias must be a RelativeSpec, got {_shown(r)}")
+    least = 4 if r.bidirectional else 2
+    if not _positive_int(r.buckets) or r.buckets < least:
+        raise ConfigError(f"{where}relative_attention_num_buckets must be an integer of at least {least} "
+                          f"up to 2**31, got {_shown(r.buckets)}")
+    exact = (r.buckets // 2 if r.bidirectional else r.buckets) // 2
+    if not _positive_int(r.max_distance) or r.max_distance <= exact:
+        raise ConfigError(f"{where}relative_attention_max_distance must be an integer above {exact} (the exact "
+                          f"buckets) up to 2**31, got {_shown(r.max_distance)}")
+    if r.rows is not None and (not _positive_int(r.rows) or r.rows < r.buckets):
+        raise ConfigError(f"{where}the relative position table needs at least {r.buckets} rows, got {_shown(r.rows)}")
+
+
 def check_template(t: Any, where: str) -> None:
     """The family's layer kind: a LayerSpec of known kinds, wiring and q/k norm, its
     flags true or false (a template's sizes are placeholders, checked once filled)."""
     if not isinstance(t, LayerSpec) or not isinstance(t.attn, AttnSpec) or not isinstance(t.mlp, MlpSpec):
         raise ConfigError(f"{where}layer_template must be a LayerSpec, got {_shown(t)}")
     _check_names(t, where)
+    check_relative(t.attn.relative, where)
     for name, value in (("qkv_bias", t.attn.qkv_bias), ("out_bias", t.attn.out_bias), ("mlp bias", t.mlp.bias)):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}the layer's {name} must be true or false, got {_shown(value)}")
     if not _positive_number(t.residual_scale):
         raise ConfigError(f"{where}a layer's residual scale must be a finite positive number, got {_shown(t.residual_scale)}")
+
+
+MAX_EXPERTS = 2**16  # real models route among 8 to 384 experts
+
+
+def check_experts(m: MlpSpec, where: str) -> None:
+    """An MLP of kind "experts" carries a sound ExpertSpec (and no other kind carries one):
+    a bounded expert count, 1 ≤ top_k ≤ experts, a known router, a bounded shared width."""
+    e = m.experts
+    if m.kind != "experts":
+        if e is not None:
+            raise ConfigError(f"{where}a {m.kind} MLP cannot carry experts")
+        return
+    if not isinstance(e, ExpertSpec):
+        raise ConfigError(f"{where}an experts MLP needs its ExpertSpec, got {_shown(e)}")
+    if not _positive_int(e.n_experts, MAX_EXPERTS):
+        raise ConfigError(f"{where}the number of experts must be a positive integer up to {MAX_EXPERTS:,}, "
+                          f"got {_shown(e.n_experts)}")
+    if not _positive_int(e.top_k, e.n_experts):
+        raise ConfigError(f"{where}experts per token must be from 1 to the {e.n_experts} experts, got {_shown(e.top_k)}")
+    if e.router not in ROUTERS:
+        raise ConfigError(f"{where}unsupported router {_shown(e.router)}", hint=f"supported: {', '.join(ROUTERS)}")
+    for name, value in (("shared expert width", e.d_shared), ("shared expert count", e.n_shared)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE:
+            raise ConfigError(f"{where}the {name} must be a non-negative integer up to 2**31, got {_shown(value)}")
+    for name, flag in (("norm_topk_prob", e.norm_topk_prob), ("shared_gate", e.shared_gate),
+                       ("router_bias", e.router_bias), ("expert_bias", e.expert_bias)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{where}the experts' {name} must be true or false, got {_shown(flag)}")
+    if e.shared_gate and not e.d_shared:
+        raise ConfigError(f"{where}a shared-expert gate needs a shared expert")
 
 
 def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: str) -> None:
@@ -91,10 +147,14 @@ def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: s
     for spec, _ in stack.kinds():
         a, m = spec.attn, spec.mlp
         _check_names(spec, where)
+        check_relative(a.relative, where)
+        if a.relative is not None and len({s.attn.relative for s, _ in stack.kinds()} - {None}) > 1:
+            raise ConfigError(f"{where}a stack owns one relative position table: its layers name different ones")
         if (a.n_heads, a.n_kv_heads, a.d_head) != heads:
             raise ConfigError(f"{where}layers with different head counts or sizes are not supported yet")
         if not _positive_int(m.d_mlp) or m.act not in ACTIVATIONS:
             raise ConfigError(f"{where}a layer's MLP has a bad size or activation: {_shown(m)}")
+        check_experts(m, where)
         if a.window is not None and not _positive_int(a.window):
             raise ConfigError(f"{where}sliding windows must be positive integers up to 2**31, got {_shown(a.window)}")
         _check_optional_positive((("scale", a.scale), ("softcap", a.softcap), ("residual scale", spec.residual_scale)),

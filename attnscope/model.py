@@ -14,6 +14,7 @@ nothing and prints nothing.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -22,11 +23,12 @@ from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
 from attnscope.errors import CheckpointError, InputError
-from attnscope.parts import OPTIONAL_PREFIXES, model_shapes
+from attnscope.parts import OPTIONAL_PREFIXES, model_shapes, stack_relative
 from attnscope.parts.attention import Packing
 from attnscope.parts.block import Block
 from attnscope.parts.norms import make_norm
 from attnscope.parts.positions import Rotary
+from attnscope.parts.relative import RelativeBias
 
 
 class Embedding(nn.Module):
@@ -97,12 +99,15 @@ class PassState:
     """What one forward pass shares with every layer, built once per pass: the first
     query's position (the cache's length; hooks' coordinates), each token's absolute
     position (T,) int64, each token's text (T,) on a packed pass (else None; positions then
-    count within a text), and each RoPE kind's (cos, sin) tables at those positions."""
+    count within a text), each RoPE kind's (cos, sin) tables at those positions, and the
+    stack's score bias (a relative position bias, `parts.relative`: a callable of query
+    and key positions) for the layers whose kind takes it, else None."""
 
     start: int
     positions: Tensor
     segments: Tensor | None
     ropes: dict[Any, tuple[Tensor, Tensor]]
+    bias: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 class Unembed(nn.Module):
@@ -134,6 +139,10 @@ class Transformer(nn.Module):
         # One rotary table per distinct RoPE kind among the layers (none without RoPE).
         ropes = dict.fromkeys(spec.attn.rope for spec, _ in cfg.stack.kinds() if spec.attn.rope is not None)
         self.rotaries = {rope: Rotary(rope, cfg.n_ctx) for rope in ropes}
+        # The stack's relative position table (T5, MPNet): one, handed to every layer that takes it.
+        relative = stack_relative(cfg)
+        if relative is not None:
+            self.relative = RelativeBias(relative, cfg.n_heads)
         # Offloading: blocks stay on the meta device and `block_source(i)` supplies one
         # block's weights (our names, relative to the block) just before it runs.
         self.block_source: Callable[[int], dict[str, Tensor]] | None = None
@@ -160,7 +169,8 @@ class Transformer(nn.Module):
             positions, segments = torch.arange(start, start + T, device=ids.device), None
         # The per-pass state: positions, texts, each RoPE kind's (cos, sin) at those positions.
         ropes = {spec: rotary.tables_at(positions) for spec, rotary in self.rotaries.items()}
-        state = PassState(start, positions, segments, ropes)
+        bias = self.relative.for_pass(last) if hasattr(self, "relative") else None  # positions lie in 0..last-1
+        state = PassState(start, positions, segments, ropes, bias)
         stop = cfg.n_layers - 1 if last_layer is None else last_layer
         for i, block in enumerate(self.blocks):
             if i > stop:
@@ -273,8 +283,13 @@ def _collect(cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]], need: Iter
     order = list(need)  # load order, for the message
     need = set(order)
     state: dict[str, Tensor] = {}
+    stacks: dict[str, tuple[Tensor, set[int]]] = {}  # per-expert pieces, stacked as they come
     for name, tensor in tensors:
         want = shapes.get(name)
+        piece = _EXPERT_PIECE.fullmatch(name) if want is None else None
+        if piece is not None and piece.group(1) in need:
+            _stack_piece(stacks, shapes[piece.group(1)], piece.group(1), int(piece.group(2)), tensor, device, dtype)
+            continue
         if want is not None and tuple(tensor.shape) != want:
             raise CheckpointError(
                 f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {want}",
@@ -282,6 +297,9 @@ def _collect(cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]], need: Iter
             )
         if name in need:
             state[name] = tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device)
+    for name, (stacked, filled) in stacks.items():
+        if len(filled) == stacked.shape[0]:
+            state[name] = stacked
     skip = set(optional)
     missing = [name for name in order if name not in state and name not in skip]
     if missing:
@@ -289,3 +307,24 @@ def _collect(cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]], need: Iter
         raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors {what} needs: {shown}",
                               hint="is this checkpoint complete, and does config.json match it?")
     return state
+
+
+# One expert's 2-D tensor as a family's table names it (`…experts.gate.weight.{expert}`):
+# checkpoints that store experts one by one, stacked into our 3-D parameter here.
+_EXPERT_PIECE = re.compile(r"(.+\.experts\.\w+\.(?:weight|bias))\.(\d+)")
+
+
+def _stack_piece(stacks: dict[str, tuple[Tensor, set[int]]], want: tuple[int, ...], name: str, expert: int,
+                 tensor: Tensor, device: str | torch.device, dtype: torch.dtype) -> None:
+    """Put expert `expert`'s tensor into row `expert` of `name`'s stacked parameter."""
+    if expert >= want[0] or tuple(tensor.shape) != want[1:]:
+        raise CheckpointError(
+            f"expert {expert}'s tensor for {name} has shape {tuple(tensor.shape)} but config.json implies "
+            f"{want[0]} experts of {want[1:]}",
+            hint="the weights and config.json belong to different models",
+        )
+    if name not in stacks:
+        stacks[name] = (torch.empty(want, device=device, dtype=dtype), set())
+    stacked, filled = stacks[name]
+    stacked[expert] = tensor.to(device=device, dtype=dtype)
+    filled.add(expert)

@@ -5,7 +5,8 @@ Each family module (one file per family, found automatically) provides, after gp
   * `MODEL_TYPES`: the `model_type` values it serves;
   * `PREFIXES`: wrapper prefixes a checkpoint may carry (`bert.`, `model.`, ...);
   * `WEIGHTS`: one dict mapping each Hugging Face weight name (with `{layer}` for the
-    layer index) to our name, or to `None` for a non-parameter buffer we skip;
+    layer index, and `{expert}` for a per-expert tensor's index) to our name, or to
+    `None` for a non-parameter buffer we skip;
   * `config_from_hf(raw, name) -> ModelConfig`;
   * optionally `split(our_name, tensor, cfg) -> dict[str, tensor]` for quirks such as
     GPT-2's fused, transposed QKV (fused q/k/v are counted in equal thirds by
@@ -78,6 +79,13 @@ def our_name(module: ModuleType, hf_name: str) -> str | None:
             if pattern in module.WEIGHTS:
                 target = module.WEIGHTS[pattern]
                 return None if target is None else target.format(layer=int(match.group(1)))
+            inner = _LAYER.search(pattern, match.start() + len(".{layer}"))  # a per-expert tensor
+            if inner:
+                pattern = pattern[: inner.start()] + ".{expert}." + pattern[inner.end():]
+                if pattern in module.WEIGHTS:
+                    target = module.WEIGHTS[pattern]
+                    return None if target is None else target.format(layer=int(match.group(1)),
+                                                                     expert=int(inner.group(1)))
         if name in module.WEIGHTS:
             return module.WEIGHTS[name]
     if is_buffer(hf_name):

@@ -1,5 +1,5 @@
-"""The MLP slot of a block: dense (up, act, down) or gated (act(gate) * up, down).
-Later: a mixture of experts fills the same slot (gpt-fast's `mixtral-moe` shape)."""
+"""The MLP slot of a block: dense (up, act, down), gated (act(gate) * up, down), or a
+mixture of experts (`parts.experts`, gpt-fast's `mixtral-moe` shape)."""
 
 from __future__ import annotations
 
@@ -46,4 +46,8 @@ class GatedMLP(nn.Module):
 
 def make_mlp(cfg: ModelConfig, spec: MlpSpec) -> nn.Module:
     """The MLP of a layer of kind `spec` (its shapes: `parts.mlp_shapes`)."""
+    if spec.kind == "experts":
+        from attnscope.parts.experts import Experts  # it builds on this module's GatedMLP
+
+        return Experts(cfg, spec)
     return GatedMLP(cfg, spec) if spec.kind == "gated" else DenseMLP(cfg, spec)

@@ -1,0 +1,131 @@
+"""A mixture of experts in the MLP slot (`kinds.ExpertSpec`; shapes in `parts.expert_shapes`).
+
+Each token's router logits pick its `top_k` experts and their weights (`Router`); the
+token's output is the weighted sum of those experts' gated MLPs, plus the shared
+expert(s) every token visits (Qwen2-MoE scales theirs by a sigmoid gate). Only the
+experts tokens chose run: the (token, expert) pairs are sorted by expert and each used
+expert multiplies its own rows at once, as gpt-fast's `mixtral-moe` does, never a dense
+loop over every expert for every token.
+
+Parameter names (relative to the block's `mlp.`), E = n_experts, w = the routed experts'
+width (`MlpSpec.d_mlp`), d = the model's width:
+  router.weight          [E, d]       one logit per expert (router.bias [E] where router_bias)
+  experts.gate.weight    [E, w, d]    each expert's gate, up and down, stacked: expert e's
+  experts.up.weight      [E, w, d]    is nn.Linear's (out, in) weight at [e]
+  experts.down.weight    [E, d, w]    (experts.*.bias [E, out] where expert_bias)
+  shared.gate/up/down.weight          the shared expert(s), one gated MLP of width d_shared
+  shared_gate.weight     [1, d]       Qwen2-MoE: sigmoid(x · w) times the shared output
+
+Checkpoints store routed experts either fused 3-D (transformers 5.x: gate_up_proj,
+down_proj) or one 2-D tensor per expert (experts.{e}.w1, gate_proj, …). A family's
+table maps a per-expert tensor to `…experts.gate.weight.{e}` (`architectures.our_name`
+reads the second index); `model._collect` stacks the E pieces into the 3-D parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnscope.config import ModelConfig
+from attnscope.kinds import ExpertSpec, MlpSpec
+from attnscope.parts.mlp import ACTIVATIONS, GatedMLP
+
+
+class Router(nn.Module):
+    """Router logits → each token's chosen experts and their weights."""
+
+    def __init__(self, d: int, spec: ExpertSpec) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(spec.n_experts, d))
+        if spec.router_bias:
+            self.bias = nn.Parameter(torch.empty(spec.n_experts))
+        else:
+            self.bias = None
+        self.spec = spec
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (N, d) → weights (N, k) in float32 (float64 for float64 weights) and experts (N, k) int64."""
+        logits = F.linear(x, self.weight, self.bias)  # (N, E)
+        wide = logits.double() if logits.dtype == torch.float64 else logits.float()
+        spec = self.spec
+        if spec.router == "topk_softmax":  # gpt-oss: the k best logits, softmax over them
+            top, chosen = torch.topk(wide, spec.top_k, dim=-1)
+            return torch.softmax(top, dim=-1), chosen
+        probs = torch.softmax(wide, dim=-1)  # Mixtral, Qwen: softmax over all experts, then top k
+        top, chosen = torch.topk(probs, spec.top_k, dim=-1)
+        if spec.norm_topk_prob:
+            top = top / top.sum(dim=-1, keepdim=True)
+        return top, chosen
+
+
+class ExpertWeights(nn.Module):
+    """One projection of every expert: weight [E, out, in] (and bias [E, out])."""
+
+    def __init__(self, n_experts: int, d_out: int, d_in: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_experts, d_out, d_in))
+        self.bias = nn.Parameter(torch.empty(n_experts, d_out)) if bias else None
+
+    def run(self, e: int, x: Tensor) -> Tensor:
+        """Expert e's projection of x (rows, in) → (rows, out)."""
+        return F.linear(x, self.weight[e], None if self.bias is None else self.bias[e])
+
+
+class RoutedExperts(nn.Module):
+    def __init__(self, d: int, width: int, spec: ExpertSpec) -> None:
+        super().__init__()
+        E, bias = spec.n_experts, spec.expert_bias
+        self.gate = ExpertWeights(E, width, d, bias)
+        self.up = ExpertWeights(E, width, d, bias)
+        self.down = ExpertWeights(E, d, width, bias)
+
+
+class Experts(nn.Module):
+    def __init__(self, cfg: ModelConfig, spec: MlpSpec) -> None:
+        super().__init__()
+        e = spec.experts
+        assert e is not None  # internal invariant: kind "experts" carries its ExpertSpec
+        d = cfg.d_model
+        self.spec = e
+        self.router = Router(d, e)
+        self.experts = RoutedExperts(d, spec.d_mlp, e)
+        self.act = ACTIVATIONS[spec.act]
+        if e.d_shared:
+            self.shared = GatedMLP(cfg, MlpSpec("gated", e.d_shared, spec.act))
+        if e.shared_gate:
+            self.shared_gate = nn.Linear(d, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])  # (N, d)
+        weights, chosen = self.router(flat)  # (N, k) each
+        out = self.routed(flat, weights, chosen)
+        if self.spec.d_shared:
+            shared = self.shared(flat)
+            if self.spec.shared_gate:  # Qwen2-MoE
+                shared = torch.sigmoid(self.shared_gate(flat)) * shared
+            out = out + shared
+        return out.reshape(shape)
+
+    def routed(self, flat: Tensor, weights: Tensor, chosen: Tensor) -> Tensor:
+        """Σ over each token's chosen experts of weight × expert(token), running each used
+        expert once on all of its tokens (token-expert pairs grouped by expert)."""
+        k = chosen.shape[-1]
+        pairs = chosen.reshape(-1)  # (N·k,): pair p is token p // k's choice p % k
+        order = torch.argsort(pairs, stable=True)  # pairs grouped by expert
+        token = order // k
+        counts = torch.bincount(pairs, minlength=self.spec.n_experts).tolist()
+        rows = flat[token]  # (N·k, d), in expert order
+        ex, outs, at = self.experts, [], 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            h = rows[at:at + n]
+            outs.append(ex.down.run(e, self.act(ex.gate.run(e, h)) * ex.up.run(e, h)))
+            at += n
+        if not outs:  # no tokens
+            return torch.zeros_like(flat)
+        y = torch.cat(outs) * weights.reshape(-1)[order, None].to(flat.dtype)  # (N·k, d)
+        return torch.zeros_like(flat).index_add_(0, token, y)
