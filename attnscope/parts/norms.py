@@ -1,4 +1,5 @@
-"""Normalisation parts: LayerNorm, and RMSNorm in Llama's and Gemma's variants."""
+"""Normalisation parts: LayerNorm (with or without its bias: ModernBERT has none), and RMSNorm
+in Llama's and Gemma's variants."""
 
 from __future__ import annotations
 
@@ -29,4 +30,4 @@ class RMSNorm(nn.Module):
 def make_norm(cfg: ModelConfig, d: int | None = None) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return RMSNorm(d or cfg.d_model, cfg.norm_eps, cfg.norm_offset)
-    return nn.LayerNorm(d or cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(d or cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm != "layernorm_no_bias")
