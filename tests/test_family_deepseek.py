@@ -1,0 +1,229 @@
+"""DeepSeek-V3 / Kimi-K2 (`deepseek_v3`, `kimi_k2`; attnscope/architectures/deepseek_v3.py,
+parts/latent.py) against transformers' DeepseekV3ForCausalLM.
+
+Tiny random checkpoints from tests/tiny_models_deepseek.py: latent attention with a
+query rank (`deepseek_dense`), without one and with biases and rotate-half RoPE
+(`deepseek_plain_q`), with YaRN and both mscales (`deepseek_yarn`), all dense; and
+`deepseek_moe` with grouped sigmoid routing. `DEEPSEEK_TEXT` is 109 tokens.
+
+Every expected number comes from transformers (eager attention, `output_attentions`):
+attention in float32 to 1e-5 on every layer and head, logits against a float64 reference
+to 1e-4 relative, token by token through our cache equal to one full pass, the mask
+demo's last step, and the real configs' counts from transformers on the meta device.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import tiny_models as tm
+import tiny_models_deepseek as td
+from attnscope.config import from_hf_config
+from attnscope.errors import ConfigError
+
+DENSE = ["deepseek_dense", "deepseek_plain_q", "deepseek_yarn"]
+ATOL = 1e-5  # attention probabilities, float32 against float32
+LOGITS_RTOL = 1e-4  # logits, relative to each entry and to the logits' scale
+STEP_RTOL = 1e-5  # token by token against one full pass, both ours in float32
+REAL = Path(__file__).parent / "data" / "real_configs"
+ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
+
+
+def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
+    made: dict[Any, Any] = {}
+
+    def get(*key: Any) -> Any:
+        if key not in made:
+            made[key] = make(*key)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    return _cached(lambda name: td.DEEPSEEK_BUILDERS[name](tmp_path_factory.mktemp(name)))
+
+
+@pytest.fixture(scope="module")
+def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
+    from attnscope.api import load
+
+    return _cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
+
+
+@pytest.fixture(scope="module")
+def reference(folder: Callable[[str], Path]) -> Callable[..., Any]:
+    """transformers' model in float32 (`name`) and float64 (`name`, True)."""
+
+    def make(name: str, double: bool = False) -> Any:
+        model = tm.load_reference(folder(name))  # every tensor used, none missing
+        return copy.deepcopy(model).double().eval() if double else model
+
+    return _cached(make)
+
+
+def ids_of(folder: Path) -> list[int]:
+    return tm.plain_tokenizer(folder).encode(td.DEEPSEEK_TEXT).ids
+
+
+def assert_close(ours_: torch.Tensor, ref: torch.Tensor, atol: float, what: str) -> float:
+    assert ours_.shape == ref.shape, f"{what}: shape {tuple(ours_.shape)} != {tuple(ref.shape)}"
+    diff = (ours_.double() - ref.double()).abs()
+    worst = float(diff.max())
+    if worst > atol:
+        where = tuple(int(x) for x in torch.unravel_index(diff.argmax(), diff.shape))
+        pytest.fail(f"{what}: differs by {worst:.3g} > {atol:g} at {where}")
+    return worst
+
+
+def assert_logits_close(ours_: torch.Tensor, ref: torch.Tensor, rtol: float, what: str) -> None:
+    scale = float(ref.abs().max())
+    torch.testing.assert_close(ours_.double(), ref.double(), rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}")
+
+
+@torch.no_grad()
+def reference_run(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(torch.tensor([ids]), output_attentions=True)
+    return out.logits[0], torch.stack([a[0] for a in out.attentions])
+
+
+class Patterns:
+    """A hook putting the pattern chunks of cached steps back into (L, H, T, T) rows."""
+
+    def __init__(self, n_layers: int, n_heads: int, n: int) -> None:
+        self.full = torch.zeros(n_layers, n_heads, n, n)
+
+    def wants(self, site: str, what: str) -> bool:
+        return what == "pattern" and site.startswith("blocks.") and site.endswith(".attn")
+
+    def report(self, site: str, what: str, value: torch.Tensor, q_start: int, k_start: int) -> None:
+        layer = int(site.split(".")[1])
+        _, rows, keys = value.shape
+        self.full[layer, :, q_start:q_start + rows, k_start:k_start + keys] = value
+
+
+def stepped(insp: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    cache, hook = insp.new_cache(), Patterns(insp.n_layers, insp.n_heads, len(ids))
+    rows = [insp.step([i], cache, hook) for i in ids]
+    return torch.cat(rows), hook.full, cache
+
+
+def full_pass(insp: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    hook = Patterns(insp.n_layers, insp.n_heads, len(ids))
+    insp.run(ids, hook)
+    return insp.logits(ids), hook.full
+
+
+# ------------------------------------------------------------------ the checkpoints
+
+
+def test_checkpoints_carry_the_quirks(folder: Callable, reference: Callable) -> None:
+    """What the parity tests rest on: v width ≠ q/k width, interleaved RoPE, YaRN's two
+    mscales away from 1 (on cos/sin and on the score scale), 90+ tokens."""
+    ref = reference("deepseek_yarn")
+    attn = ref.model.layers[0].self_attn
+    assert (attn.qk_head_dim, attn.v_head_dim, attn.kv_lora_rank) == (12, 6, 10)
+    assert ref.config.rope_interleave is True and reference("deepseek_plain_q").config.rope_interleave is False
+    assert attn.scaling != pytest.approx(12 ** -0.5, rel=1e-3)
+    assert ref.model.rotary_emb.attention_scaling != pytest.approx(1.0, rel=1e-3)
+    assert reference("deepseek_plain_q").model.layers[0].self_attn.q_proj is not None
+    assert len(ids_of(folder("deepseek_dense"))) >= 90
+
+
+def test_config_reads_the_latent_attention(ours: Callable) -> None:
+    cfg = ours("deepseek_dense").config
+    a = cfg.layer(0).attn
+    assert a.kind == "latent" and a.latent is not None
+    m = a.latent
+    assert (m.q_rank, m.kv_rank, m.nope_dim, m.rope_dim, m.v_dim, m.rope_interleave) == (12, 10, 8, 4, 6, True)
+    assert (a.n_heads, a.n_kv_heads, a.d_head, a.d_value, a.rope.rotary_dim) == (4, 4, 12, 6, 4)
+    assert a.rope.theta == td.THETA and a.rope.scaling is None and a.score_scale == pytest.approx(12 ** -0.5)
+    assert a.bytes_per_token(2) == (10 + 4) * 2  # the latent and the shared rotated key
+    assert all(cfg.layer(i).mlp.kind == "gated" for i in range(cfg.n_layers))
+    m = ours("deepseek_plain_q").config.layer(0).attn
+    assert m.latent.q_rank is None and m.latent.rope_interleave is False and m.qkv_bias and m.out_bias
+
+
+def test_yarn_scale_and_factor_as_transformers(ours: Callable, reference: Callable) -> None:
+    from attnscope.parts.positions import rope_attention_factor
+
+    cfg = ours("deepseek_yarn").config
+    a, ref = cfg.layer(0).attn, reference("deepseek_yarn")
+    assert a.score_scale == pytest.approx(ref.model.layers[0].self_attn.scaling, rel=1e-12)
+    m_all = 0.1 * 1.3 * math.log(4) + 1
+    assert a.score_scale == pytest.approx(12 ** -0.5 * m_all ** 2, rel=1e-12)
+    factor = rope_attention_factor(a.rope, cfg.n_ctx)
+    assert factor == pytest.approx(ref.model.rotary_emb.attention_scaling, rel=1e-12)
+    assert factor == pytest.approx((0.1 * 0.7 * math.log(4) + 1) / m_all, rel=1e-12)
+
+
+# ------------------------------------------------------------------ attention, logits
+
+
+@pytest.mark.parametrize("name", DENSE)
+def test_attention_matches_transformers(name: str, folder: Callable, ours: Callable, reference: Callable) -> None:
+    """Every layer and head, 109 tokens."""
+    ids = ids_of(folder(name))
+    att = ours(name).attention(td.DEEPSEEK_TEXT)
+    assert att.tokens.ids == ids
+    ref = tm.reference_attention(reference(name), ids)
+    assert att.probs.dtype == torch.float32
+    assert_close(att.probs, ref, ATOL, f"{name} attention")
+
+
+def test_interleave_and_mscale_are_seen_by_the_check(folder: Callable, ours: Callable, reference: Callable) -> None:
+    """The parity check can fail: our model with the pairs read in rotate-half order, or
+    without YaRN's mscale on the score scale, differs from transformers by far more than
+    the tolerance."""
+    from attnscope.api import Inspector
+    from attnscope.model import build
+
+    insp = ours("deepseek_yarn")
+    ids = ids_of(folder("deepseek_yarn"))
+    ref = tm.reference_attention(reference("deepseek_yarn"), ids)
+    state = insp.model.state_dict()
+    base = insp.config.layer(0)
+    for wrong in (base.with_attn(latent=replace(base.attn.latent, rope_interleave=False)),
+                  base.with_attn(scale=12 ** -0.5)):
+        from attnscope.kinds import Stack
+
+        cfg = replace(insp.config, kinds=Stack(((wrong, insp.config.n_layers),)))
+        model = build(cfg, state.items())
+        other = Inspector(cfg, model, insp.tokenizer, insp.source, insp.device, insp.dtype)
+        got = other.attention_ids(ids).probs
+        assert float((got.double() - ref.double()).abs().max()) > 100 * ATOL
+
+
+@pytest.mark.parametrize("name", DENSE)
+def test_logits_match_transformers(name: str, folder: Callable, ours: Callable, reference: Callable) -> None:
+    ids = ids_of(folder(name))
+    ref_logits, _ = reference_run(reference(name, True), ids)
+    got = ours(name).logits(ids)
+    assert got.dtype == torch.float32
+    assert_logits_close(got, ref_logits, LOGITS_RTOL, f"{name} logits")
+
+
+@pytest.mark.parametrize("name", DENSE)
+def test_token_by_token_equals_full_pass(name: str, folder: Callable, ours: Callable, reference: Callable) -> None:
+    """Token by token through our KVCache, which keeps each layer's latent (1, K, kv_rank)
+    and shared rotated key (1, K, rope), gives one full pass's logits and patterns."""
+    insp, ids = ours(name), ids_of(folder(name))
+    logits, patterns, cache = stepped(insp, ids)
+    m = insp.config.layer(0).attn.latent
+    assert tuple(cache.k[0].shape) == (1, len(ids), m.kv_rank) and tuple(cache.v[0].shape) == (1, len(ids), m.rope_dim)
+    full_logits, full_patterns = full_pass(insp, ids)
+    assert_logits_close(logits, full_logits, STEP_RTOL, f"{name} stepped vs full logits")
+    assert_close(patterns, full_patterns, ATOL, f"{name} stepped vs full patterns")
+    ref_logits, ref_attn = reference_run(reference(name, True), ids)
+    assert_logits_close(logits, ref_logits, LOGITS_RTOL, f"{name} stepped logits vs transformers")
+    assert_close(patterns, ref_attn, ATOL, f"{name} stepped patterns vs transformers")
