@@ -79,6 +79,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bert-base": _bert(768, 12, 12, 3072),
     "bert-large": _bert(1024, 24, 16, 4096),
     "all-minilm-l6-v2": _bert(384, 6, 12, 1536),
+    # RoBERTa's table keeps padding_idx + 1 = 2 rows ahead of position 0: 514 rows, 512 positions.
+    "roberta-base": {
+        "model_type": "roberta", "architectures": ["RobertaForMaskedLM"], "hidden_size": 768,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 50265,
+        "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+    },
+    "xlm-roberta-base": {
+        "model_type": "xlm-roberta", "architectures": ["XLMRobertaForMaskedLM"], "hidden_size": 768,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 250002,
+        "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5, "position_embedding_type": "absolute",
+    },
+    "distilbert-base-uncased": {
+        "model_type": "distilbert", "architectures": ["DistilBertForMaskedLM"], "dim": 768, "n_layers": 6,
+        "n_heads": 12, "hidden_dim": 3072, "vocab_size": 30522, "max_position_embeddings": 512,
+        "activation": "gelu", "sinusoidal_pos_embds": False, "pad_token_id": 0,
+    },
     "llama2-7b": _llama(
         hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
         intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,

@@ -225,8 +225,8 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False, add_
         # ([CLS] … [SEP], <s>), as transformers' truncation=True does.
         enc = encode(tokenizer, text, add_special_tokens, max_length=n_ctx)
         ids = list(enc.ids)
-    specials = [bool(s) for s in enc.special_tokens_mask]
     offsets = [tuple(o) for o in enc.offsets]
+    specials = special_flags(tokenizer, text, ids, offsets, enc.special_tokens_mask)
     strings = list(enc.tokens)
     unk = getattr(getattr(tokenizer, "model", None), "unk_token", None)
     labels = [
@@ -234,6 +234,20 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False, add_
         for (s, e), t, sp in zip(offsets, strings, specials)
     ]
     return Tokens(text, ids, labels, offsets, specials, truncated_from, strings)  # type: ignore[arg-type]
+
+
+def special_flags(tokenizer: Any, text: str, ids: list[int], offsets: list[tuple[int, int]],
+                  added: list[int]) -> list[bool]:
+    """Which tokens are special: what the post-processor added (`added`, the encoding's
+    special-tokens mask), and any of the tokenizer's own special tokens (`<s>`, `</s>`,
+    `<pad>`, `[CLS]`, `[SEP]`, a GGUF's control tokens) that the text itself spells out,
+    which the mask leaves unmarked. A property of the tokenizer's special tokens, not of
+    their names; the unknown token standing for text it cannot spell (its span is not
+    the token) stays a text token."""
+    table = getattr(tokenizer, "get_added_tokens_decoder", None)
+    special = {i: t.content for i, t in table().items() if t.special} if table is not None else {}
+    return [bool(a) or (i in special and (e <= s or text[s:e].strip() == special[i].strip()))
+            for i, (s, e), a in zip(ids, offsets, added)]
 
 
 # Tried in order when the tokenizer names no padding token (GPT-2 and Llama pad with EOS).
