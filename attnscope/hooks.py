@@ -11,8 +11,13 @@ What a site reports (H query heads, H_kv key/value heads, c query rows of a chun
   * `q`       (H, T, d_head) queries after positions (RoPE), before the score scale;
   * `k`, `v`  (H_kv, K, d_head) keys (after RoPE) and values, the cache's included;
   * `scores`  (H, c, K) float32, after score modifiers (soft-capping) and any bias, before the mask;
+  * `bias`    (H, c, K) float32, only where the layer takes the stack's relative position
+              bias (T5, MPNet): what was added to `scores`, read by mask-demo as a step;
   * `pattern` (H, c, K) float32 softmax; a causal chunk stops at its last query's key,
               the rest of each row is exactly 0;
+  * `sink`    (H, c) float32, only where the kind has sinks (gpt-oss): the weight of each
+              row's sink column, from the same softmax, so a row of `pattern` sums to
+              1 − sink;
   * `z`       (H, c, d_head) each head's weighted sum of values;
   * `result`  (H, c, d_model) each head's share of the output projection (no bias),
               what the head writes back to the residual stream before heads are summed;
@@ -30,7 +35,7 @@ site no longer needs: a hook that keeps one keeps a copy or what it computed fro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 if TYPE_CHECKING:
@@ -38,8 +43,8 @@ if TYPE_CHECKING:
 
     from attnscope.config import ModelConfig
 
-WHATS = ("q", "k", "v", "scores", "pattern", "z", "result", "fnorm", "resid_pre", "resid_post")
-CHUNKED = ("scores", "pattern", "z", "result")
+WHATS = ("q", "k", "v", "scores", "pattern", "sink", "z", "result", "fnorm", "resid_pre", "resid_post", "bias")
+CHUNKED = ("scores", "pattern", "sink", "z", "result", "bias")
 _SITE = re.compile(r"^blocks\.(\d+)\.attn$")
 
 
@@ -62,14 +67,16 @@ def site_layer(site: str) -> int | None:
 @dataclass(frozen=True)
 class SiteInfo:
     """One attention site as selections, results and saves read it: its name, layer,
-    kind in words ("global", "local, window 4096"), its own query heads, and whether each
-    pattern row is a distribution (softmax sums to 1; sinks take a share, so less)."""
+    kind in words ("global", "local, window 4096"), its own query heads, whether each
+    pattern row is a distribution (softmax sums to 1; sinks take a share, so less), and
+    whether it has sinks (it then reports `sink`)."""
 
     name: str
     layer: int
     kind: str
     n_heads: int
     stochastic: bool
+    sinks: bool = field(default=False, compare=False)  # from the same kind as `stochastic`
 
 
 def sites(cfg: "ModelConfig") -> list[SiteInfo]:
@@ -80,7 +87,8 @@ def sites(cfg: "ModelConfig") -> list[SiteInfo]:
     for spec, count in cfg.stack.runs:
         a = spec.attn
         kind, stochastic = a.words(rope_model), a.kind == "softmax" and not a.sinks
-        out.extend(SiteInfo(attn_site(i), i, kind, a.n_heads, stochastic) for i in range(len(out), len(out) + count))
+        out.extend(SiteInfo(attn_site(i), i, kind, a.n_heads, stochastic, a.sinks)
+                   for i in range(len(out), len(out) + count))
     return out
 
 
@@ -134,7 +142,7 @@ class Capture:
             raise KeyError(f"nothing captured for {what} at {site}")
         if what not in CHUNKED:
             return parts[-1][2]
-        if what in ("z", "result"):
+        if what in ("sink", "z", "result"):
             return torch.cat([p[2] for p in parts], dim=1)
         width = max(p[2].shape[-1] for p in parts)
         fill = float("-inf") if what == "scores" else 0.0

@@ -46,8 +46,8 @@ class MaskRule:
 
     @property
     def kind(self) -> str:
-        if self.window is not None:
-            return "sliding-window"
+        if self.window is not None:  # "local": both sides of the window (ModernBERT's local layers)
+            return "sliding-window" if self.causal else "local"
         return "causal" if self.causal else "bidirectional"
 
     def visible(self, q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None = None) -> Tensor | None:
@@ -133,8 +133,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, rul
     positions then count within a text. Queries and keys are one sequence: query i is key
     K − T + i (self-attention, a cache's keys first), so a causal chunk can skip the keys
     after its last query. `bias` is added to the scores after the modifiers, before the
-    mask; `sinks` (H,) are per-head logits of one extra softmax column that takes
-    probability mass and is dropped (gpt-oss), so a row then sums to less than 1.
+    mask (and reported as `bias` where a hook asks); `sinks` (H,) are per-head logits of
+    one extra softmax column that takes probability mass and is dropped (gpt-oss), so a
+    row then sums to less than 1; the column's weight is reported as `sink` (H, c).
     Hooks receive (value, q_start, k_start): the rows' and keys' first indices in the
     pass's coordinates (the first query's position plus the row offset)."""
     H, T, _ = q.shape
@@ -143,7 +144,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, rul
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax never below float32
     qf = q.to(compute) * scale  # once per layer rather than on every chunk of scores
     kf = k.to(compute)
-    want = {what: hooks is not None and hooks.wants(site, what) for what in ("scores", "pattern", "z")}
+    want = {what: hooks is not None and hooks.wants(site, what) for what in ("scores", "pattern", "sink", "z", "bias")}
     q0 = k0 = 0
     if hooks is not None and any(want.values()):  # hooks' integer coordinates (one read each)
         q0, k0 = int(q_pos[0]), int(k_pos[0])
@@ -155,13 +156,16 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, rul
         qp = q_pos[a:b]  # (c,) the chunk's query positions
         # A causal chunk never sees keys after its last query: leave them out (Kc <= K),
         # which halves the work; the pattern hook is told the rest of each row is 0.
-        Kc = min(K, own + b) if rule.causal and not want["scores"] else K
+        Kc = min(K, own + b) if rule.causal and not (want["scores"] or want["bias"]) else K
         kp = k_pos[:Kc]  # (Kc,)
         scores = torch.matmul(qf[:, a:b], kf[:, :Kc].transpose(-2, -1))  # (H, c, Kc)
         for modify in modifiers:
             modify(scores, qp, kp)
         if bias is not None:
-            scores += bias(qp, kp) if callable(bias) else bias[..., a:b, :Kc]
+            added = bias(qp, kp) if callable(bias) else bias[..., a:b, :Kc]  # (H, c, Kc) or broadcastable
+            scores += added
+            if want["bias"]:  # the bias itself, as the scores received it
+                hooks.report(site, "bias", added.to(scores.dtype).expand_as(scores), q0 + a, k0)
         if want["scores"]:  # a copy: the mask below fills `scores` in place
             hooks.report(site, "scores", scores.clone(), q0 + a, k0)
         d0 = own + a  # index of the key at the chunk's first query
@@ -181,6 +185,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, rul
         else:  # the sink column joins the normaliser only: exp(s − log(Σ exp s + exp sink))
             norm = torch.logaddexp(torch.logsumexp(scores, dim=-1, keepdim=True), sink)  # (H, c, 1)
             probs = scores.sub_(norm).exp_()  # (H, c, Kc), in place
+            if want["sink"]:  # the sink column's own weight, from the same normaliser
+                hooks.report(site, "sink", (sink - norm).exp_()[..., 0], q0 + a, k0)  # (H, c)
         del scores
         if want["pattern"]:
             hooks.report(site, "pattern", probs, q0 + a, k0)
@@ -256,8 +262,9 @@ class Attention(nn.Module):
         if self.Hkv != self.H:  # each key/value head serves `group_size` query heads
             k = k.repeat_interleave(self.spec.group_size, dim=0)  # (H, K, dh)
             v = v.repeat_interleave(self.spec.group_size, dim=0)  # (H, K, dh)
+        bias = state.bias if self.spec.relative is not None else None  # the stack's relative bias (T5, MPNet)
         z = attend(q, k, v, q_pos=state.positions, k_pos=k_pos, rule=self.rule, scale=self.scale,
-                   modifiers=self.modifiers, sinks=getattr(self, "sinks", None), site=site, hooks=hooks,
+                   modifiers=self.modifiers, bias=bias, sinks=getattr(self, "sinks", None), site=site, hooks=hooks,
                    segments=state.segments)  # (H, T, dh)
         if hooks is not None and hooks.wants(site, "result"):
             self._report_result(z, start, k_start, hooks)
