@@ -224,4 +224,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000000.0, "tie_word_embeddings": True,
         "vocab_size": 49159,
     },
+    "nomic-embed-text-v1.5": {
+        "activation_function": "swiglu", "architectures": ["NomicBertModel"], "causal": False,
+        "layer_norm_epsilon": 1e-12, "max_position_embeddings": 2048, "max_trained_positions": 2048,
+        "mlp_fc1_bias": False, "mlp_fc2_bias": False, "model_type": "nomic_bert", "n_embd": 768, "n_head": 12,
+        "n_inner": 3072, "n_layer": 12, "n_positions": 8192, "prenorm": False, "qkv_proj_bias": False,
+        "rope_parameters": {"rope_theta": 1000.0, "rope_type": "default"}, "rotary_emb_base": 1000,
+        "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": False, "rotary_emb_scale_base": None,
+        "rotary_scaling_factor": None, "type_vocab_size": 2, "vocab_size": 30528,
+    },
 }
