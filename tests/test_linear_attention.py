@@ -131,3 +131,75 @@ def test_rows_are_not_distributions() -> None:
     m = full_matrix(q, k, log_g, beta, rows=32)
     assert float(m.min()) < 0
     assert float((m.sum(-1) - 1).abs().max()) > 0.1
+
+
+# ------------------------------------------------------------ the whole Gated DeltaNet layer
+
+def _reference_layer(seed: int = 0):
+    from transformers import Qwen3_5TextConfig
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
+
+    cfg = Qwen3_5TextConfig(hidden_size=48, linear_num_key_heads=HK, linear_num_value_heads=HV,
+                            linear_key_head_dim=DK, linear_value_head_dim=DV, linear_conv_kernel_dim=4,
+                            num_hidden_layers=1, layer_types=["linear_attention"], rms_norm_eps=1e-6,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, intermediate_size=64,
+                            vocab_size=64)
+    torch.manual_seed(seed)
+    layer = Qwen3_5GatedDeltaNet(cfg, 0).eval()
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name == "A_log":
+                p.copy_(torch.rand_like(p) * 2 - 1)  # decays exp(A_log)·softplus(·) of order 1
+            elif name == "norm.weight":
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.3)
+    return cfg, layer
+
+
+def _ours_from(cfg, layer):
+    from attnscope.parts.deltanet import GatedDeltaNet
+
+    ours = GatedDeltaNet(cfg.hidden_size, HK, HV, DK, DV, 4, cfg.rms_norm_eps)
+    names = {"in_proj_qkv.weight": "qkv.weight", "in_proj_z.weight": "z.weight", "in_proj_b.weight": "b.weight",
+             "in_proj_a.weight": "a.weight", "dt_bias": "dt_bias", "A_log": "a_log", "norm.weight": "norm.weight",
+             "out_proj.weight": "o.weight"}
+    state = {names[k]: v for k, v in layer.state_dict().items() if k in names}
+    state["conv.weight"] = layer.conv1d.weight[:, 0, :]
+    ours.load_state_dict(state)
+    return ours.eval()
+
+
+@torch.no_grad()
+def test_layer_equals_transformers_and_steps_exactly() -> None:
+    """Our Gated DeltaNet layer equals transformers' Qwen3_5GatedDeltaNet on a 96-token
+    input (float32; sums in another order: 1e-5 relative), token by token through its
+    state equals the full pass, and Σ_j M[t, j] v_j is the kernel output."""
+    cfg, layer = _reference_layer()
+    ours = _ours_from(cfg, layer)
+    x = torch.randn(T, cfg.hidden_size, generator=torch.Generator().manual_seed(5))
+    want = layer(x[None])[0]
+    got, _ = ours(x)
+    assert float((got - want).norm() / want.norm()) < 1e-5
+
+    rows_seen: dict[int, torch.Tensor] = {}
+    stepped, state = [], None
+    for t in range(T):
+        out, state = ours(x[t:t + 1], state, keep_keys=True,
+                          on_rows=lambda first, block, t=t: rows_seen.__setitem__(t, block))
+        stepped.append(out)
+    stepped_out = torch.cat(stepped)
+    assert float((stepped_out - got).norm() / got.norm()) < 1e-5
+    assert state.recurrent.shape == (HV, DK, DV) and state.conv.shape == (3, 2 * HK * DK + HV * DV)
+
+    # the hidden attention, whole and stepped, reproduces the kernel's output
+    whole: list[torch.Tensor] = []
+    got2, _ = ours(x, on_rows=lambda first, block: whole.append(block))
+    m = torch.cat(whole, dim=1)  # (HV, T, T)
+    q, k, v, log_g, beta, _ = ours.inputs(x, None)
+    o, _ = delta_rule(q, k, v, log_g, beta)
+    assert float(((m @ v) - o).norm() / o.norm()) < 1e-5
+    last = torch.zeros_like(m)
+    for t in range(T):  # each step's own row, over the keys so far
+        last[:, t, : t + 1] = rows_seen[t][:, 0]
+    assert float((torch.tril(m) - last).norm() / m.norm()) < 1e-5
