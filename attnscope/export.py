@@ -34,6 +34,8 @@ def pattern_bytes(n_layers: int, n_heads: int, n: int) -> int:
 class PatternWriter:
     """Streams `attentions` to .npz or .safetensors one layer at a time, so a save is
     bounded by disk, not RAM; the file appears (atomically) only when `close()` succeeds.
+    With `sinks` (a model whose attention has sinks, gpt-oss), it also writes `sinks`
+    float32 [layer, head, query]: each row's sink weight, given by `write_sinks`.
 
         with PatternWriter(path, layers, heads, n, token_ids, tokens, text) as w:
             w.write_layer(probs)   # (H_sel, n, n) float32, once per selected layer, in order
@@ -41,7 +43,7 @@ class PatternWriter:
 
     def __init__(self, path: Path, layers: list[int], heads: list[int], n: int, token_ids: list[int],
                  tokens: list[str], text: str = "", force: bool = False, extra: dict[str, int] | None = None,
-                 name: str = "attentions", head_axis: bool = True) -> None:
+                 name: str = "attentions", head_axis: bool = True, sinks: bool = False, also: str = "") -> None:
         self.path = check_target(path, force)
         self.force = force
         self.name = name  # attentions, norms (--measure norm), rollout (one matrix per layer: no head axis)
@@ -50,6 +52,17 @@ class PatternWriter:
         self.token_ids, self.tokens, self.text = token_ids, tokens, text
         self.shape = (len(layers), len(heads), n, n) if head_axis else (len(layers), n, n)
         self.written = 0
+        self.sinks: Any = None  # (L_sel, H_sel, n) float32, filled by write_sinks
+        if sinks:
+            import numpy as np
+
+            self.sinks = np.zeros((len(layers), len(heads), n), dtype=np.float32)
+        # `also`: a second array of the same shape (alti_layer beside alti), filled by write_also
+        self.also, self.also_data = also, None
+        if also:
+            import numpy as np
+
+            self.also_data = np.zeros(self.shape, dtype=np.float32)
         self._ctx: Any = None
         self._file: Any = None
         self._zip: Any = None
@@ -98,6 +111,14 @@ class PatternWriter:
             self.name: {"dtype": "F32", "shape": list(self.shape), "data_offsets": [0, big]},
         }
         offset = big
+        if self.sinks is not None:
+            header["sinks"] = {"dtype": "F32", "shape": list(self.sinks.shape),
+                               "data_offsets": [offset, offset + self.sinks.nbytes]}
+            offset += self.sinks.nbytes
+        if self.also_data is not None:
+            header[self.also] = {"dtype": "F32", "shape": list(self.shape),
+                                 "data_offsets": [offset, offset + self.also_data.nbytes]}
+            offset += self.also_data.nbytes
         for name, arr in self._small_arrays().items():
             header[name] = {"dtype": "I64", "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
             offset += arr.nbytes
@@ -113,12 +134,28 @@ class PatternWriter:
         (self._entry if self._entry is not None else self._file).write(data.tobytes(order="C"))
         self.written += 1
 
+    def write_sinks(self, layer_pos: int, start: int, weights: Any) -> None:
+        """Rows start.. of the sink weights of the `layer_pos`-th selected layer, (H_sel, c)."""
+        data = weights.detach().to("cpu").float().numpy()
+        self.sinks[layer_pos, :, start:start + data.shape[1]] = data
+
+    def write_also(self, layer_pos: int, data: Any) -> None:
+        """The `layer_pos`-th selected layer of the `also` array, (1, n, n) or (H_sel, n, n)."""
+        arr = data.detach().to("cpu").float().numpy()
+        self.also_data[layer_pos] = arr[0] if len(self.shape) == 3 else arr
+
     def close(self) -> None:
         import numpy as np
 
         assert self.written == self.shape[0], "every selected layer must be written"  # internal invariant
         if self._zip is not None:
             self._entry.close()
+            if self.sinks is not None:
+                with self._zip.open("sinks.npy", "w") as entry:
+                    np.lib.format.write_array(entry, self.sinks)
+            if self.also_data is not None:
+                with self._zip.open(f"{self.also}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, self.also_data)
             for name, arr in self._small_arrays().items():
                 with self._zip.open(f"{name}.npy", "w") as entry:
                     np.lib.format.write_array(entry, arr)
@@ -126,6 +163,10 @@ class PatternWriter:
                 np.lib.format.write_array(entry, np.asarray(self.tokens, dtype=str))
             self._zip.close()
         else:
+            if self.sinks is not None:
+                self._file.write(self.sinks.tobytes(order="C"))
+            if self.also_data is not None:
+                self._file.write(self.also_data.tobytes(order="C"))
             for arr in self._small_arrays().values():
                 self._file.write(arr.tobytes())
         self._file.flush()
@@ -213,4 +254,7 @@ def topk_document(topk: Any, model: str, focus: Any = None) -> dict[str, Any]:
         doc["truncated_from"] = tokens.truncated_from
     if focus is not None:
         doc["focus"] = {"query": focus.query, "token": tokens.labels[focus.query]}
+        if getattr(focus, "sink", None) is not None:  # the query's sink weight [layer][head] (gpt-oss)
+            doc["focus"]["sink"] = [[round(float(w), 6) for w in row] for row in focus.sink]
+            doc["focus"]["layers"], doc["focus"]["heads"] = focus.layers, focus.heads
     return doc

@@ -56,10 +56,14 @@ class MeasureName(str, Enum):
     weight = "weight"
     norm = "norm"
     rollout = "rollout"
+    alti = "alti"
+    value_zeroing = "value-zeroing"
 
 
 MeasureOpt = Annotated[MeasureName, typer.Option(
-    "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves; rollout: flow through the layers.")]
+    "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves; rollout: flow through the layers; "
+    "alti: each token's share of the layer's output (Ferrando et al. 2022), rolled out; value-zeroing: how far zeroing a "
+    "token's values moves each output (Mohebbi et al. 2023).")]
 
 
 class PerHeadMeasure(str, Enum):

@@ -8,8 +8,9 @@ one pass with every probe attached (the streaming `--save` writer included) and 
 an `AttendResult`. The CLI only parses, calls and renders (through `attnscope.outputs`,
 which unions what its outputs need into one request).
 
-`KINDS` says what each `--measure` (weight, norm, rollout) yields per layer: one matrix a
-head, or (rollout) one a layer, so the heads a selection may name come from here alone.
+`KINDS` says what each `--measure` (weight, norm, rollout, alti, value-zeroing) yields per
+layer: one matrix a head, or (rollout and the mixing measures) one a layer, so the heads a
+selection may name come from here alone.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ MEASURES: dict[str, Measure] = {
     "focus": Measure(
         "focus", "pattern",
         lambda m, ls, hs, t, r: analysis.FocusProbe(ls, hs, len(t), r.query),
-        lambda p, t, r: analysis.Focus(r.query, p.rows, p.layers, p.heads, t)),
+        lambda p, t, r: analysis.Focus(r.query, p.rows, p.layers, p.heads, t, p.sinks)),
     "summary": Measure(
         "summary", "pattern",
         lambda m, ls, hs, t, r: analysis.SummaryProbe(ls, hs, m.config, len(t)),
@@ -82,6 +83,8 @@ KINDS: dict[str, Kind] = {
     "weight": Kind("weight", "attentions", True),
     "norm": Kind("norm", "norms", True),
     "rollout": Kind("rollout", "rollout", False),
+    "alti": Kind("alti", "alti", False),  # --save adds `alti_layer`, each layer alone (measures.mixing)
+    "value-zeroing": Kind("value-zeroing", "value_zeroing", False),
 }
 
 
@@ -102,7 +105,7 @@ class AttendRequest:
     force: bool = False
     text: str = ""
     extra: dict[str, int] = field(default_factory=dict)  # scalars written beside the patterns
-    measure: str = "weight"  # weight | norm | rollout (see measures.transforms)
+    measure: str = "weight"  # weight | norm | rollout | alti | value-zeroing (see measures.transforms)
     # A measure's own (layers, heads), where it differs from `layers`/`heads`: one pass
     # serves outputs that each want their own selection of each measure.
     selections: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
@@ -116,16 +119,26 @@ class AttendRequest:
 
 def pattern_stream(stack: contextlib.ExitStack, path: Path, layers: list[int], heads: list[int], tokens: "Tokens",
                    measure: str, text: str = "", force: bool = False,
-                   extra: dict[str, int] | None = None) -> analysis.LayerStream:
+                   extra: dict[str, int] | None = None, sinks: bool = False) -> analysis.LayerStream:
     """A probe streaming each complete layer's raw values into a `--save` file, whose
-    writer is closed (and the file published) with `stack`."""
+    writer is closed (and the file published) with `stack`. `sinks` (the model's
+    attention has them): under `weight`, each row's sink weight is saved as `sinks`
+    (the sink has no value vector, so norm and rollout have no sink column)."""
     from attnscope import export
 
     kind = KINDS[measure]
+    sinks = sinks and measure == "weight"
     writer = stack.enter_context(export.PatternWriter(path, layers, heads, len(tokens), tokens.ids, tokens.labels,
                                                       text, force, extra, name=kind.saved_as,
-                                                      head_axis=kind.per_head))
-    return analysis.LayerStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs))
+                                                      head_axis=kind.per_head, sinks=sinks,
+                                                      also="alti_layer" if measure == "alti" else ""))
+    if measure == "alti":  # each layer's own C_l beside the rolled-out matrices
+        from attnscope.measures.mixing import AltiStream
+
+        return AltiStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
+                          writer.write_also)
+    return analysis.LayerStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
+                                writer.write_sinks if sinks else None)
 
 
 def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis.AttendResult:
@@ -135,6 +148,10 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
     n = len(tokens)
     unknown = [name for name in req.measures if name not in MEASURES]
     assert not unknown, f"unknown measures {unknown}"  # internal invariant: the CLI offers only these
+    if req.measure in ("alti", "value-zeroing"):  # refused before the pass, in one line
+        from attnscope.measures import mixing
+
+        mixing.check(m, req.measure, n, m.n_layers if req.save is not None or req.streams else 0)
     if not KINDS[req.measure].per_head:  # one matrix per layer: a single "head"
         req.heads, req.save_heads = [0], [0]
         req.selections = {name: (ls, [0]) for name, (ls, _hs) in req.selections.items()}
@@ -148,10 +165,11 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
         saves: list[Any] = [stream(stack) for stream in req.streams]
         if req.save is not None:
             saves.append(pattern_stream(stack, req.save, req.save_layers, req.save_heads, tokens, req.measure,
-                                        req.text, req.force, req.extra))
+                                        req.text, req.force, req.extra,
+                                        any(m.sites[layer].sinks for layer in req.save_layers)))
         wanted = [layer for probe in views + saves for layer in probe.layers]
         last = max(wanted + req.layers, default=0)
-        hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves))
+        hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves), m.model)
         word = None
         if req.measure == "norm" and "focus" in req.measures:  # the lesson's view: what moved this word
             from attnscope.measures.update import WordUpdateHook

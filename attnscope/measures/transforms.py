@@ -12,6 +12,11 @@ pattern, so every view, export and score works under every measure unchanged.
 * rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020):
   Ā_l = 0.5 · mean_h A_l + 0.5 · I with rows renormalised, R_0 = Ā_0, R_l = Ā_l R_{l−1};
   one n × n matrix per layer, handed on as a single "head" once the layer is complete.
+* alti, value-zeroing (the context-mixing measures: the whole layer read, residual,
+  norms and MLP included): `measures.mixing`, one matrix a layer as rollout's.
+
+A sink column (gpt-oss) is a weight with no value vector: only `weight` hands the
+`sink` quantity on; under norm it moves nothing and rollout has no heads.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from torch import Tensor
 
 from attnscope.hooks import site_layer
 
-MEASURE_NAMES = ("weight", "norm", "rollout")
+MEASURE_NAMES = ("weight", "norm", "rollout", "alti", "value-zeroing")
 DESCRIPTIONS = {
     "weight": "attention weight α (softmax)",
     "norm": "‖α·f(x)‖: how much each key moves the query (Kobayashi et al. 2020), rows normalised to 1",
     "rollout": "attention rollout (Abnar & Zuidema 2020): flow from each input token through all layers so far",
+    "alti": "ALTI (Ferrando et al. 2022): each token's share of the layer's output, residual and norm counted, "
+            "rolled out through the layers so far",
+    "value-zeroing": "Value Zeroing (Mohebbi et al. 2023): how far zeroing each token's values moves the layer's "
+                     "output (cosine distance), rows normalised to 1",
 }
 
 
@@ -88,7 +97,7 @@ class RolloutMeasure:
                 target.report(site, "pattern", self.rolled[None], 0, 0)  # (1, n, n)
 
 
-def wrap(measure: str, n: int, last_layer: int, views: Any = None, raw: Any = None) -> Any:
+def wrap(measure: str, n: int, last_layer: int, views: Any = None, raw: Any = None, model: Any = None) -> Any:
     """The hook to run: the targets themselves under `weight`, else the measure's wrapper."""
     if measure == "weight":
         from attnscope.hooks import Hooks
@@ -98,6 +107,10 @@ def wrap(measure: str, n: int, last_layer: int, views: Any = None, raw: Any = No
         return NormMeasure(views, raw)
     if measure == "rollout":
         return RolloutMeasure(n, last_layer, views, raw)
+    if measure in ("alti", "value-zeroing"):  # the whole layer read: measures.mixing
+        from attnscope.measures import mixing
+
+        return mixing.wrap(measure, model, n, last_layer, views, raw)
     raise AssertionError(f"unknown measure {measure}")  # internal invariant: the CLI offers only these
 
 

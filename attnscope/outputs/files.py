@@ -61,6 +61,8 @@ class PatternSave(Output):
 
         ls, hs = self._layers_heads(run.shape)
         size = export.pattern_bytes(len(ls), len(hs), len(run.tokens))
+        if run.shape.measure == "alti":  # alti (rolled out) and alti_layer (each layer alone)
+            size *= 2
         if size >= NOTE_SAVE_BYTES:
             _note(f"will write {human_bytes(size)} of patterns to {self.path}")
         return size
@@ -70,7 +72,7 @@ class PatternSave(Output):
 
         ls, hs = self._layers_heads(run.shape)
         return pattern_stream(stack, self.path, ls, hs, run.tokens, run.shape.measure, run.text, self.force,
-                              self.extra)
+                              self.extra, any(run.shape.sites[layer].sinks for layer in ls))
 
     def emit(self, part: Optional["AttendResult"], run: Run) -> Emitted:
         ls, hs = self._layers_heads(run.shape)
