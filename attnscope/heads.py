@@ -13,6 +13,9 @@ of a head's n x n pattern A on a tokenized text (special tokens included):
   induction        on [prefix] + R + R [+ suffix], R a run of T random token ids, the mean
                    over the rows i of the second copy after its first token of A[i, i-T+1]
   entropy          mean over rows of H(A[i]) / log(keys row i may see): 0 one key, 1 uniform
+  sink             mean over all i of row i's sink weight, 1 − Σ_j A[i, j]: the share of
+                   a learned sink (gpt-oss's extra softmax column, read from the kernel's
+                   own softmax); only on models with sinks, where it joins the default
 
 The probe below receives one query chunk of one layer at a time from `model.Transformer`
 and keeps only per-(layer, head) sums, so every score of every head costs one forward
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
     from attnscope.tokenize import Tokens
 
 SCORES = ("previous_token", "first_token", "self", "next_token", "duplicate_token", "induction", "entropy")
-TEXT_SCORES = tuple(name for name in SCORES if name != "induction")
+ALL_SCORES = SCORES + ("sink",)  # sink: only a model whose attention has sinks has one (`default_scores`)
+TEXT_SCORES = tuple(name for name in ALL_SCORES if name != "induction")
 
 DEFINITIONS = {
     "previous_token": "mean over i ≥ 1 of A[i, i−1]",
@@ -48,6 +52,7 @@ DEFINITIONS = {
     "duplicate_token": "over rows i whose token occurred earlier, the mean of the attention A[i, ·] puts on those earlier occurrences",
     "induction": "on prefix + R + R (R: T random tokens), mean over rows i of the second copy after its first token of A[i, i−T+1]",
     "entropy": "mean over rows of the row's entropy / log(visible keys): 0 = one key, 1 = uniform",
+    "sink": "mean over all i of row i's sink weight 1 − Σ_j A[i, j]: the learned sink column's share (gpt-oss)",
 }
 
 # Repeated words, so that duplicate_token has rows to average over on any tokenizer.
@@ -74,6 +79,9 @@ class HeadScores:
     prefix: list[int] = field(default_factory=list)  # special ids before R R
     suffix: list[int] = field(default_factory=list)  # special ids after R R
     undefined: dict[str, str] = field(default_factory=dict)  # score -> why it has no value here
+    # Each selected layer's kind in words ("local, ±64 tokens"), where the model's layers
+    # differ in kind (ModernBERT, Gemma 2); empty where every layer is of one kind.
+    layer_kinds: dict[int, str] = field(default_factory=dict)
 
     def ranked(self, name: str, top: int) -> list[tuple[int, int, float]]:
         """The `top` heads with the highest `name` score: (layer, head, value), best first.
@@ -120,6 +128,12 @@ def _earlier_copies(ids: Tensor, probs: Tensor, start: int, layer: int = 0) -> T
     return probs.reshape(probs.shape[0], c * n) @ same.reshape(c * n).to(probs.dtype)  # (H, c*T) @ (c*T,) -> (H,)
 
 
+def _sink_rows(weights: Tensor, start: int, layer: int = 0) -> Tensor:
+    """Sum over the chunk's rows of each row's sink weight, (H, c) -> (H,): a term of
+    the kernel's `sink` quantity, not of the pattern."""
+    return weights.sum(-1)
+
+
 def _entropy(counts: Callable[[int], Tensor], probs: Tensor, start: int, layer: int = 0) -> Tensor:
     rows = counts(layer)[start : start + probs.shape[1]].to(probs.device)
     return normalised_entropy(probs, rows).sum(-1)  # (H, c) -> (H,)
@@ -128,29 +142,44 @@ def _entropy(counts: Callable[[int], Tensor], probs: Tensor, start: int, layer: 
 class ScoreProbe(ProbeBase):
     """Accumulates, per selected layer and head, a sum for each term over all query rows.
 
-    `terms` maps a score name to a function of one chunk; `counts` maps it to the number of
-    rows it averages over, so `result()` is sums / counts."""
+    `terms` maps a score name to a function of one chunk (of the pattern, or for
+    `_sink_rows` of the sink weights); `counts` maps it to the number of rows it averages
+    over, so `result()` is sums / counts."""
 
     def __init__(self, layers: list[int], heads: list[int], terms: dict[str, Term], counts: dict[str, int]) -> None:
         super().__init__(layers, heads)
         self.terms = terms
         self.counts = counts
         self.sums: dict[str, Tensor] = {}
+        self.sink_terms = {name for name, term in terms.items() if term is _sink_rows}
+        if self.sink_terms:
+            self.WHAT = ("pattern", "sink")
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
-        chunk = self._pick(probs).float()  # (H_sel, c, T)
+        self._add(layer, start, probs, False)
+
+    def sink(self, layer: int, start: int, weights: Tensor) -> None:
+        self._add(layer, start, weights, True)
+
+    def _add(self, layer: int, start: int, values: Tensor, sink: bool) -> None:
+        chunk = self._pick(values).float()  # (H_sel, c, T), or the sink weights (H_sel, c)
         pos = self._layer_pos[layer]
         for name, term in self.terms.items():
+            if (name in self.sink_terms) != sink:
+                continue
             if name not in self.sums:  # on the probabilities' device, so a GPU run never syncs per chunk
                 self.sums[name] = torch.zeros(len(self.layers), len(self.heads), dtype=torch.float64, device=chunk.device)
             self.sums[name][pos] += term(chunk, start, layer).double()
 
     def result(self) -> dict[str, Tensor]:
-        return {name: (self.sums[name] / self.counts[name]).float().cpu() for name in self.terms}
+        zeros = torch.zeros(len(self.layers), len(self.heads), dtype=torch.float64)  # selected layers without sinks
+        return {name: (self.sums.get(name, zeros) / self.counts[name]).float().cpu() for name in self.terms}
 
 
-def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str]) -> tuple[dict[str, Term], dict[str, int], dict[str, str]]:
-    """Terms and row counts for the text scores in `names`, and why any has no value."""
+def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str],
+               measure: str = "weight") -> tuple[dict[str, Term], dict[str, int], dict[str, str]]:
+    """Terms and row counts for the text scores in `names`, and why any has no value
+    (under `measure`: the sink has no value vector, so only `weight` has a sink score)."""
     n = len(ids)
     ids_t = torch.as_tensor(list(ids), dtype=torch.long)
     earlier = _rows_with_earlier_copies(ids_t.tolist())
@@ -161,15 +190,30 @@ def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str]) -> 
         "next_token": (partial(_stripe, 1, 0, n - 1), n - 1),
         "duplicate_token": (partial(_earlier_copies, ids_t), earlier),
         "entropy": (partial(_entropy, partial(visible_counts, cfg, n)), n),
+        "sink": (_sink_rows, n),
     }
     undefined: dict[str, str] = {}
     if cfg.causal:
         undefined["next_token"] = "the model is causal: no token sees the one after it"
     if earlier == 0:
         undefined["duplicate_token"] = "no token of the text repeats an earlier one"
+    if not has_sinks(cfg):
+        undefined["sink"] = "the model's attention has no sinks: every row sums to 1"
+    elif measure != "weight":
+        undefined["sink"] = f"--measure {measure}: the sink has no value vector, so it moves nothing"
     terms = {name: available[name][0] for name in names if name not in undefined}
     counts = {name: available[name][1] for name in terms}
     return terms, counts, {name: why for name, why in undefined.items() if name in names}
+
+
+def has_sinks(cfg: "ModelConfig") -> bool:
+    """Whether any layer's attention has learned sinks (gpt-oss)."""
+    return any(spec.attn.sinks for spec, _ in cfg.stack.kinds())
+
+
+def default_scores(cfg: "ModelConfig") -> list[str]:
+    """The scores a run computes when none is named: every model's, and `sink` where it has sinks."""
+    return list(ALL_SCORES if has_sinks(cfg) else SCORES)
 
 
 def _rows_with_earlier_copies(ids: Sequence[int]) -> int:
@@ -259,14 +303,16 @@ def head_scores(
     if measure not in KINDS or not KINDS[measure].per_head:
         raise UsageError(f"heads scores each head; --measure {measure} is not per head",
                          hint="use --measure weight or norm (rollout: attnscope attend --measure rollout)")
-    wanted = list(SCORES) if names is None else list(dict.fromkeys(names))
-    unknown = [name for name in wanted if name not in SCORES]
+    wanted = default_scores(inspector.config) if names is None else list(dict.fromkeys(names))
+    unknown = [name for name in wanted if name not in ALL_SCORES]
     if unknown:
-        raise UsageError(f"unknown score {unknown[0]!r}", hint=f"choose from {', '.join(SCORES)}")
+        raise UsageError(f"unknown score {unknown[0]!r}", hint=f"choose from {', '.join(ALL_SCORES)}")
     cfg = inspector.config
     ls = select(layers, cfg.n_layers, "layer")
     hs = select_heads(heads, inspector.sites, ls)
     out = HeadScores(ls, hs, {}, 0, seed=seed)
+    if len({site.kind for site in inspector.sites}) > 1:
+        out.layer_kinds = {i: inspector.sites[i].kind for i in ls}
 
     text_names = [name for name in wanted if name in TEXT_SCORES]
     if text_names:
@@ -274,7 +320,7 @@ def head_scores(
         if len(tokens) < 2:
             raise InputError(f"the text is {len(tokens)} token; the scores compare each token with its neighbours",
                              hint="give a text of at least two tokens")
-        terms, counts, undefined = text_terms(tokens.ids, cfg, text_names)
+        terms, counts, undefined = text_terms(tokens.ids, cfg, text_names, measure)
         out.tokens, out.n_tokens, out.undefined = tokens, len(tokens), undefined
         if terms:
             probe = ScoreProbe(ls, hs, terms, counts)
@@ -296,7 +342,7 @@ def head_scores(
 def scores_dict(result: HeadScores) -> dict[str, Any]:
     """The `--json` document: scores as [layer][head] lists, null where undefined."""
     names = list(result.scores) + [name for name in result.undefined if name not in result.scores]
-    order = [name for name in SCORES if name in names]
+    order = [name for name in ALL_SCORES if name in names]
     doc: dict[str, Any] = {
         "layers": result.layers,
         "heads": result.heads,
@@ -305,6 +351,8 @@ def scores_dict(result: HeadScores) -> dict[str, Any]:
     }
     if result.undefined:
         doc["undefined"] = dict(result.undefined)
+    if result.layer_kinds:  # one per entry of "layers", where the layers differ in kind
+        doc["layer_kinds"] = [result.layer_kinds[layer] for layer in result.layers]
     if result.tokens is not None:
         doc["text"] = {"n_tokens": result.n_tokens, "ids": result.tokens.ids, "tokens": result.tokens.labels}
     if result.induction_ids is not None:

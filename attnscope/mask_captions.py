@@ -10,6 +10,9 @@ from attnscope.kinds import kind_words
 from attnscope.units import human_bytes, n
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
+    from attnscope.kinds import RelativeSpec
     from attnscope.masks import MaskDemo
     from attnscope.parts.attention import MaskRule
 
@@ -18,6 +21,7 @@ WHO = {
     "causal": "a causal (GPT-style) model",
     "sliding-window": "a sliding-window (Mistral-style) model",
     "bidirectional": "a bidirectional (BERT-style) model",
+    "local": "a model with local bidirectional layers (ModernBERT-style)",
 }
 
 
@@ -34,6 +38,7 @@ def _mask_title(kind: str, window: int | None) -> str:
         "sliding-window": f"Sliding-window mask (W = {window})  keys outside the window → −∞",
         "padding": "Padding mask  [PAD] keys → −∞",
         "bidirectional": "No mask (bidirectional)  nothing → −∞",
+        "local": f"Local mask (±{(window or 1) - 1})  keys more than {(window or 1) - 1} away → −∞",
     }[kind]
 
 
@@ -74,8 +79,11 @@ def _captions(d: "MaskDemo") -> list[str]:
                     "so their keys are −∞ for every query."),
         "bidirectional": ("Nothing masked: every query sees every key, before and after it, as in BERT, "
                           "which reads the whole text at once and never predicts the next token."),
+        "local": (f"Each query keeps itself and the {max(w - 1, 0)} keys on either side, as ModernBERT's local "
+                  "layers do: each costs T×W instead of T², and its global layers still see the whole text."),
     }[d.kind]
-    hidden = {"causal": "later keys", "sliding-window": "keys outside the window", "padding": "the [PAD] keys"}
+    hidden = {"causal": "later keys", "sliding-window": "keys outside the window", "padding": "the [PAD] keys",
+              "local": "keys outside the window"}
     if d.kind == "bidirectional":
         softmax = "Softmax turns each row into weights that sum to 1 (Σ): the pattern a BERT-style model uses."
     else:
@@ -90,4 +98,26 @@ def _captions(d: "MaskDemo") -> list[str]:
         masked = "Nothing masked, nothing changes. " + size
     else:
         masked = "e^−∞ = 0: masked entries are exactly 0 (·), and rows still sum to 1. " + size
+    if d.sink is not None:  # gpt-oss: a learned logit per head, one more column that is no key
+        scores += f" The sink column is the head's learned logit ({d.sink:.2f}), the same in every row."
+        mask += " The sink is never masked."
+        softmax += " The sink takes its share (Σ counts it): the keys' weights sum to 1 − sink, and it adds no value."
     return [scores, mask, softmax, masked]
+
+
+def bias_title(relative: "RelativeSpec") -> str:
+    """The bias step's title: what the stack adds to every score, by distance."""
+    return f"Relative position bias  + b(key − query), {relative.buckets} learned buckets"
+
+
+def bias_caption(d: "MaskDemo", bias: "Tensor") -> str:
+    """Why the bias step matters: what the table holds, and its reach on this head (`bias`
+    (T, T), the head's bias as the layer's hook reported it)."""
+    r = d.relative
+    half = r.buckets // 2 if r.bidirectional else r.buckets
+    sides = ("keys before and after the query get their own half" if r.bidirectional
+             else "keys after the query share distance 0")
+    return (f"Every head adds a learned score for the key's distance from its query: {r.buckets} buckets, one per "
+            f"distance below {half // 2}, then log-spaced out to {r.max_distance} ({sides}); one table serves every "
+            f"layer. Here it runs from {float(bias.min()):.1f} to {float(bias.max()):.1f}, part of why this head "
+            "attends where it does. The mask and softmax act on step 1 + step 2, the layer's real scores.")

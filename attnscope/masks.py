@@ -18,6 +18,15 @@ own pattern whenever the demo's mask is the model's.
 
 In `to_dict()` a masked score (−∞) is written as the string "-inf", which `float()` and
 `numpy.asarray(..., dtype=float)` read back as −∞; a masked probability is the number 0.
+
+A head with a learned sink (gpt-oss) gets the sink as one more column of every step
+(`Step.sink`): its logit beside the scores, never masked, and its weight beside the
+softmax, which normalises over the keys and the sink together, so the keys' weights sum
+to 1 − sink, as the model's own pattern does.
+
+A layer that adds the stack's relative position bias (MPNet, T5) gets five steps
+(`BIAS_STEPS`): q·k/√d_head, the bias (read from the layer's `bias` hook, never
+recomputed), then the mask and softmax on their sum, the layer's real scores.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from attnscope.errors import InputError, SelectionError, UsageError
 from attnscope.parts.attention import MaskRule, mask_rule
 from attnscope.mask_captions import _captions, _mask_title, layer_kind_words  # noqa: F401  (re-exported)
 from attnscope.mask_captions import model_note  # noqa: F401  (public: the note for a demo)
+from attnscope.mask_captions import bias_caption, bias_title
+from attnscope.hooks import attn_site
 from attnscope.tokenize import pad_token, with_padding
 from attnscope.tokenize import tokenize, visible
 
@@ -42,8 +53,10 @@ if TYPE_CHECKING:
     from attnscope.config import ModelConfig
     from attnscope.tokenize import Tokens
 
-KINDS = ("causal", "padding", "sliding-window", "bidirectional")
+KINDS = ("causal", "padding", "sliding-window", "bidirectional", "local")  # local: both sides of a window (ModernBERT)
 STEPS = ("scores", "masked_scores", "softmax", "masked_softmax")
+# A layer that adds the stack's relative position bias (MPNet, T5) shows it as a step of its own.
+BIAS_STEPS = ("scores", "bias", "masked_scores", "softmax", "masked_softmax")
 DEFAULT_TEXT = "a fluffy blue creature roamed the verdant forest"
 DEFAULT_WINDOW = 3
 PAD_COUNT = 3  # [PAD] positions appended for --kind padding
@@ -61,6 +74,7 @@ class Step:
     caption: str
     matrix: Tensor
     probabilities: bool  # softmax output (rows sum to 1) rather than scores
+    sink: Tensor | None = None  # (T,): the sink column (its logit, or its weight), for a head with a sink
 
 
 @dataclass
@@ -102,6 +116,8 @@ class MaskDemo:
     kind_given: bool = True  # False: no --kind, so the demo chose the mask (`default_kind`)
     hidden_share: float = 0.0  # unmasked softmax weight on keys the mask hides, mean over real rows
     truncated_from: int | None = None  # the text's full length in tokens, when --truncate cut it
+    sink: float | None = None  # the head's learned sink logit (gpt-oss), an extra softmax column
+    relative: Any = None  # the layer's relative position bias (kinds.RelativeSpec), shown as a step; else None
 
 
     @property
@@ -126,6 +142,8 @@ def layer_map(cfg: "ModelConfig") -> str:
         layers = [str(i) for i, k in enumerate(kinds) if k == kind]
         shown = ", ".join(layers[:6]) + (", …" if len(layers) > 6 else "")
         label = f"sliding-window (W = {cfg.sliding_window})" if kind == "sliding-window" else f"full {kind}"
+        if kind == "local":  # bidirectional within a window: named by its reach, as kinds.kind_words names it
+            label = f"local (±{cfg.window(int(layers[0])) - 1} tokens)"
         parts.append(f"{label} on layer{'s' if len(layers) > 1 else ''} {shown}")
     return "Its layers differ: " + "; ".join(parts) + "."
 
@@ -138,29 +156,31 @@ def layer_kind(cfg: "ModelConfig", layer: int) -> str:
 
 def default_kind(cfg: "ModelConfig", layer: int) -> tuple[str, int | None]:
     """The mask and window the demo applies when no kind is given: a decoder layer's own
-    rule (causal, or causal within its window), so the last step is the layer's attention.
-    An encoder masks nothing, which would leave steps 2 and 4 copies of 1 and 3, so it
+    rule (causal, or causal within its window), so the last step is the layer's attention;
+    so does an encoder's local layer (ModernBERT: "local", both sides of its window).
+    An encoder's global layer masks nothing, which would leave steps 2 and 4 copies of 1 and 3, so it
     gets the causal mask, to show what one hides; its own pattern is step 3 (and
     --kind bidirectional shows it as the last step)."""
     rule = mask_rule(cfg, layer)
-    if not rule.causal:
+    if not rule.causal and rule.window is None:
         return "causal", None
     return rule.kind, rule.window
 
 
 def check_kind(kind: str | None, window: int | None) -> int | None:
-    """Validate --kind/--window; the window to use (DEFAULT_WINDOW for sliding-window).
+    """Validate --kind/--window; the window to use (DEFAULT_WINDOW for sliding-window and
+    local: the rule's W, keys less than W away, so W − 1 on each side of a local query).
     `kind` None (no --kind: the layer's own rule) takes no window."""
     if kind is None:
         if window is not None:
-            raise UsageError("--window applies only to --kind sliding-window",
+            raise UsageError("--window applies only to --kind sliding-window or local",
                              hint=f"e.g. attnscope mask-demo --kind sliding-window --window {DEFAULT_WINDOW}")
         return None
     if kind not in KINDS:
         raise UsageError(f"unknown mask kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
-    if kind != "sliding-window":
+    if kind not in ("sliding-window", "local"):
         if window is not None:
-            raise UsageError("--window applies only to --kind sliding-window",
+            raise UsageError("--window applies only to --kind sliding-window or local",
                              hint=f"e.g. attnscope mask-demo --kind sliding-window --window {DEFAULT_WINDOW}")
         return None
     window = DEFAULT_WINDOW if window is None else window
@@ -179,7 +199,7 @@ def visible_mask(kind: str, n_tokens: int, window: int | None = None, n_pad: int
     key_valid = None
     if kind == "padding":
         key_valid = positions < n_tokens - n_pad
-    rule = MaskRule(kind in ("causal", "sliding-window"), window if kind == "sliding-window" else None)
+    rule = MaskRule(kind in ("causal", "sliding-window"), window if kind in ("sliding-window", "local") else None)
     ok = rule.visible(positions, positions, key_valid)
     if ok is None:  # bidirectional: every key visible
         return torch.ones(n_tokens, n_tokens, dtype=torch.bool)
@@ -231,8 +251,16 @@ def build_from_scores(
     own_window: int | None = None,
     n_layers: int = 1,
     text: str = "",
+    sink: float | None = None,
+    bias: Tensor | None = None,
+    relative: Any = None,
 ) -> MaskDemo:
-    """The four steps for one head from a layer's real scores (H, T, T), before any mask."""
+    """The four steps for one head from a layer's real scores (H, T, T), before any mask;
+    `sink`: the head's learned sink logit, one more column of the softmax (gpt-oss).
+    `bias` (H, T, T): the relative position bias those scores include (the hook's `bias`,
+    of the stack's `relative`, a kinds.RelativeSpec): then step 1 is q·k/√d_head alone
+    (the scores less the bias) and the bias is step 2, before the mask and softmax, which
+    act on the scores as the model's kernel does (`BIAS_STEPS`)."""
     window = check_kind(kind, window)
     n_heads, n_tokens, _ = all_scores.shape
     if not 0 <= head < n_heads:
@@ -243,21 +271,36 @@ def build_from_scores(
     ok = visible_mask(kind, n_tokens, window, n_pad)  # (T, T)
     scores = all_scores[head].float()  # (T, T)
     masked = scores.masked_fill(~ok, float("-inf"))  # (T, T)
-    probs = scores.softmax(-1)  # (T, T)
-    masked_probs = masked.softmax(-1)  # (T, T): exp(−∞) = 0 exactly
+    logits = torch.full((n_tokens,), float(sink)) if sink is not None else None  # (T,): never masked
+    probs, sink_probs = _softmax(scores, logits)  # (T, T), (T,) or None
+    masked_probs, masked_sink = _softmax(masked, logits)  # exp(−∞) = 0 exactly
     n_real = n_tokens - n_pad
     hidden_share = float((probs[:n_real] * ~ok[:n_real]).sum(-1).mean()) if n_real else 0.0
     size = pattern_size(n_tokens, n_layers, n_heads)
     demo = MaskDemo(labels, kind, layer, head, model, own_kind, d_head, scale, window, n_pad, ok, [], size,
-                    text=text, hidden_share=hidden_share, own_window=own_window)
+                    text=text, hidden_share=hidden_share, own_window=own_window, sink=sink)
     captions = _captions(demo)
     demo.steps = [
-        Step("scores", f"Scores  q·k / √{d_head}", captions[0], scores, False),
-        Step("masked_scores", _mask_title(kind, window), captions[1], masked, False),
-        Step("softmax", "Softmax without the mask", captions[2], probs, True),
-        Step("masked_softmax", "Softmax with the mask", captions[3], masked_probs, True),
+        Step("scores", f"Scores  q·k / √{d_head}", captions[0], scores, False, logits),
+        Step("masked_scores", _mask_title(kind, window), captions[1], masked, False, logits),
+        Step("softmax", "Softmax without the mask", captions[2], probs, True, sink_probs),
+        Step("masked_softmax", "Softmax with the mask", captions[3], masked_probs, True, masked_sink),
     ]
+    if bias is not None:
+        b = bias[head].float()  # (T, T)
+        demo.relative = relative
+        demo.steps[0] = replace(demo.steps[0], matrix=scores - b)  # q·k/√d_head: the scores less the bias
+        demo.steps.insert(1, Step("bias", bias_title(relative), bias_caption(demo, b), b, False))
     return demo
+
+
+def _softmax(scores: Tensor, sink: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Each row's softmax (T, T), over its keys and, given `sink` logits (T,), the sink
+    column too, whose weights (T,) come back apart: the keys then sum to 1 − sink."""
+    if sink is None:
+        return scores.softmax(-1), None
+    full = torch.cat([scores, sink[:, None]], -1).softmax(-1)  # (T, T + 1)
+    return full[:, :-1], full[:, -1]
 
 
 def demo_for(
@@ -289,7 +332,14 @@ def demo_for(
     if kind is None:
         kind, window = default_kind(cfg, layers[0])
     tokens = _tokens_for(inspector, text, kind, truncate)
-    tokens, scores = inspector.scores(tokens, layers[0])  # (H, T, T): the model's own
+    site = attn_site(layers[0])
+    relative = cfg.layer(layers[0]).attn.relative
+    bias = None
+    if relative is None:
+        tokens, scores = inspector.scores(tokens, layers[0])  # (H, T, T): the model's own
+    else:  # the scores and the stack's bias they include, both from the layer's own hooks in one pass
+        cap = inspector.capture(tokens, {site: ["scores", "bias"]})
+        scores, bias = cap.get(site, "scores").float(), cap.get(site, "bias").float()  # (H, T, T) each
     attn = inspector.model.blocks[layers[0]].attn
     n_real = len(tokens)
     n_pad = 0
@@ -304,12 +354,17 @@ def demo_for(
         pos = torch.arange(scores.shape[-1])  # the padded text's positions, queries and keys alike
         for modify in attn.modifiers:  # the layer's own score modifiers, as its kernel applies them
             modify(scores, pos, pos)
+        if relative is not None:  # then its bias, at the padded text's positions, from its hook
+            bias = inspector.capture(padded, {site: ["bias"]}).get(site, "bias").float()
+            scores += bias
         tokens, n_pad = padded, PAD_COUNT
     chosen = heads[0] if heads is not None else pick_head(scores, n_real)
+    sinks = getattr(attn, "sinks", None)  # (H,): the layer's learned sink logits (gpt-oss)
     demo = build_from_scores(tokens.labels, scores, chosen, kind, window, d_head=cfg.d_head, scale=attn.scale,
                              layer=layers[0], n_pad=n_pad, model=cfg.name or inspector.source,
                              own_kind=model_kind(cfg, layers[0]), own_window=cfg.window(layers[0]),
-                             n_layers=cfg.n_layers, text=text)
+                             n_layers=cfg.n_layers, text=text,
+                             sink=float(sinks[chosen]) if sinks is not None else None, bias=bias, relative=relative)
     demo.auto_head = heads is None
     demo.kind_given = kind_given
     demo.layer_kind = layer_kind(cfg, layers[0])
@@ -364,6 +419,9 @@ def to_dict(demo: MaskDemo, steps: list[int] | None = None) -> dict[str, Any]:
         "tokens": list(demo.labels),
         "note": model_note(demo),
         "masked_value": "-inf",
+        **({"sink": demo.sink} if demo.sink is not None else {}),
+        **({"relative_bias": {"buckets": demo.relative.buckets, "max_distance": demo.relative.max_distance,
+                              "bidirectional": demo.relative.bidirectional}} if demo.relative is not None else {}),
         "size": {"tokens": s.tokens, "entries": s.entries, "context": s.context,
                  "context_entries": s.context_entries, "context_bytes_per_head_float32": s.context_bytes,
                  "context_bytes_all_heads_float32": s.model_bytes},
@@ -374,6 +432,7 @@ def to_dict(demo: MaskDemo, steps: list[int] | None = None) -> dict[str, Any]:
                 "title": demo.steps[i].title,
                 "caption": demo.steps[i].caption,
                 "matrix": [[_cell(v) for v in row] for row in demo.steps[i].matrix.tolist()],
+                **({"sink": demo.steps[i].sink.tolist()} if demo.steps[i].sink is not None else {}),
             }
             for i in chosen
         ],

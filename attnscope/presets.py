@@ -92,6 +92,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1, "hidden_act": "gelu",
         "layer_norm_eps": 1e-5, "position_embedding_type": "absolute",
     },
+    # answerdotai/ModernBERT-base (tests/data/real_configs/modernbert-base.json), less the keys no reader uses.
+    "modernbert-base": {
+        "model_type": "modernbert", "architectures": ["ModernBertForMaskedLM"], "hidden_size": 768,
+        "num_hidden_layers": 22, "num_attention_heads": 12, "intermediate_size": 1152, "vocab_size": 50368,
+        "max_position_embeddings": 8192, "hidden_activation": "gelu", "norm_eps": 1e-05, "norm_bias": False,
+        "attention_bias": False, "mlp_bias": False, "decoder_bias": True, "classifier_bias": False,
+        "global_attn_every_n_layers": 3, "local_attention": 128, "global_rope_theta": 160000.0,
+        "local_rope_theta": 10000.0, "tie_word_embeddings": True, "torch_dtype": "float32",
+    },
     "distilbert-base-uncased": {
         "model_type": "distilbert", "architectures": ["DistilBertForMaskedLM"], "dim": 768, "n_layers": 6,
         "n_heads": 12, "hidden_dim": 3072, "vocab_size": 30522, "max_position_embeddings": 512,

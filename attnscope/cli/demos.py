@@ -25,6 +25,7 @@ class MaskKind(str, Enum):
     padding = "padding"
     sliding_window = "sliding-window"
     bidirectional = "bidirectional"
+    local = "local"
 
 
 @app.command(
@@ -38,9 +39,9 @@ def mask_demo(
     model: ModelOpt = None,
     layer: Annotated[str, typer.Option("--layer", "-l", help="One layer: an index, -1 for the last.")] = "-1",
     head: Annotated[Optional[str], typer.Option("--head", "-H", help="One head (default: the one leaning most on later keys).")] = None,
-    kind: Annotated[Optional[MaskKind], typer.Option("--kind", metavar="KIND", help="Apply another mask: causal (GPT), padding (batches), sliding-window (Mistral) or bidirectional (BERT). Default: the layer's own (causal on an encoder).", show_default=False)] = None,
-    window: Annotated[Optional[int], typer.Option("--window", "-w", help="Keys each query sees with --kind sliding-window, itself included (default 3).")] = None,
-    step: Annotated[Optional[int], typer.Option("--step", "-s", min=1, max=4, help="Show one step: 1 scores, 2 masked scores, 3 softmax, 4 masked softmax.")] = None,
+    kind: Annotated[Optional[MaskKind], typer.Option("--kind", metavar="KIND", help="Apply another mask: causal (GPT), padding (batches), sliding-window (Mistral), bidirectional (BERT) or local (both sides of a window: ModernBERT). Default: the layer's own (causal on an encoder's global layer).", show_default=False)] = None,
+    window: Annotated[Optional[int], typer.Option("--window", "-w", help="Keys each query sees with --kind sliding-window, itself included (default 3); with --kind local, W − 1 on each side.")] = None,
+    step: Annotated[Optional[int], typer.Option("--step", "-s", min=1, max=5, help="Show one step: 1 scores, 2 masked scores, 3 softmax, 4 masked softmax (where a layer adds a relative position bias, MPNet's: 2 is the bias, then 3 to 5).")] = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
     truncate: TruncateOpt = False,
@@ -54,7 +55,9 @@ def mask_demo(
     sliding window on a model's local layers), so its last step is the layer's
     attention, and names the layer's kind (local, window W / global / bidirectional
     encoder); on an encoder, which masks nothing, it applies the causal mask. --kind
-    applies another mask to the same real scores. In --json
+    applies another mask to the same real scores. Where a layer adds a learned relative
+    position bias (MPNet), the bias is a step of its own, between the scores and the
+    mask. In --json
     output a masked score (−∞) is the string "-inf"; a masked probability is 0.
     """
     from attnscope import masks
@@ -64,6 +67,8 @@ def mask_demo(
     inspector = _load(model, device, LoadDtype.auto)
     demo = masks.demo_for(inspector, text if text is not None else masks.DEFAULT_TEXT, layer, head, chosen, window,
                           truncate)
+    if step is not None and step > len(demo.steps):
+        raise UsageError(f"--step {step} is out of range: this demo has {len(demo.steps)} steps")
     steps = None if step is None else [step - 1]
     if as_json:
         _print_json(masks.to_dict(demo, steps))
@@ -81,7 +86,7 @@ def mask_demo(
 
 
 class ScoreName(str, Enum):
-    """The scores of `heads`, in attnscope.heads.SCORES order."""
+    """The scores of `heads`, in attnscope.heads.ALL_SCORES order."""
 
     previous_token = "previous_token"
     first_token = "first_token"
@@ -90,6 +95,7 @@ class ScoreName(str, Enum):
     duplicate_token = "duplicate_token"
     induction = "induction"
     entropy = "entropy"
+    sink = "sink"
 
 
 mask_demo.__doc__ = packaged.fill_default(mask_demo.__doc__)
@@ -145,6 +151,9 @@ def heads(
                     A\\[i, i−T+1], the token that followed this token last time
     [bold]entropy[/]         mean over rows of the row's entropy / log(keys it may
                     see): 0 = one key, 1 = uniform
+    [bold]sink[/]            mean over all i of row i's sink weight 1 − Σ_j A\[i, j]:
+                    the share of a learned sink (gpt-oss's extra softmax
+                    column); only on models with sinks
 
     Every score lies in 0..1. With no --model, runs the default model, {default_model},
     offline on a text with repeated words. --json prints {layers, heads, scores: {name: \\[layer]\\[head]

@@ -10,13 +10,16 @@ count and the model cannot drift apart. Per-head shapes follow TransformerLens
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from math import prod
 from typing import TYPE_CHECKING, Iterable
 
 from attnscope.config import ModelConfig
 from attnscope.kinds import LayerSpec
-from attnscope.parts import attention_shapes, block_shapes, embedding_shapes, head_shapes, model_shapes
+from attnscope.parts import (
+    NOT_COUNTED, attention_shapes, block_shapes, embedding_shapes, head_shapes, mlp_shapes, model_shapes,
+)
 
 if TYPE_CHECKING:
     from attnscope.params.context import ContextReport
@@ -82,6 +85,7 @@ def kind_labels(cfg: ModelConfig) -> dict[LayerSpec, str]:
     rope_model = any(spec.attn.rope is not None for spec in kinds)
     thetas = {spec.attn.rope.theta for spec in kinds if spec.attn.rope is not None}
     widths = {spec.mlp.d_mlp for spec in kinds}
+    wirings = {spec.wiring for spec in kinds}
     labels: dict[LayerSpec, str] = {}
     for spec in kinds:
         words = [spec.attn.words(rope_model)]
@@ -90,6 +94,8 @@ def kind_labels(cfg: ModelConfig) -> dict[LayerSpec, str]:
             words.append(f"RoPE base {int(theta):,}" if theta == int(theta) else f"RoPE base {theta:g}")
         if len(widths) > 1:
             words.append(f"MLP {spec.mlp.d_mlp:,}")
+        if len(wirings) > 1 and spec.wiring == "pre_no_attn_norm":  # ModernBERT's layer 0
+            words.append("no norm before attention")
         label = ", ".join(words)
         if label in labels.values():
             label = f"{label} (kind {len(labels) + 1})"
@@ -115,26 +121,63 @@ class KindRow:
 def kind_rows(cfg: ModelConfig) -> list[KindRow]:
     """Every distinct layer kind with its layers and its block's breakdown."""
     labels, ranges = kind_labels(cfg), layer_ranges(cfg)
-    return [KindRow(spec, labels[spec], count, ranges[spec], _block_summary(_block_rows(cfg, spec)))
+    return [KindRow(spec, labels[spec], count, ranges[spec], _block_summary(_block_rows(cfg, spec), cfg, spec))
             for spec, count in cfg.stack.kinds()]
 
 
-def _block_summary(per_block: dict[str, int]) -> dict[str, int]:
+def _block_summary(per_block: dict[str, int], cfg: ModelConfig | None = None,
+                   spec: LayerSpec | None = None) -> dict[str, int]:
+    """One block's parts; a block with experts adds its router, its routed experts (all,
+    and one), its shared experts and what one token uses of it (`active`)."""
     attn = sum(per_block[r] for r in ("query", "key", "value", "output"))
     mlp = sum(per_block[r] for r in ("gate", "up", "down"))
-    biases, norms = per_block["biases"], per_block["norms"]
-    return {"attention": attn, "mlp": mlp, "biases": biases, "norms": norms, "total": attn + mlp + biases + norms}
+    biases, norms, router = per_block["biases"], per_block["norms"], per_block["router"]
+    out = {"attention": attn, "mlp": mlp, "biases": biases, "norms": norms,
+           "total": attn + mlp + biases + norms + router}
+    if cfg is not None and spec is not None and spec.mlp.kind == "experts":
+        e = spec.mlp.experts
+        assert e is not None  # internal invariant: kind "experts" carries its ExpertSpec
+        shapes = mlp_shapes(cfg, spec.mlp)
+        routed = sum(prod(shape) for name, shape in shapes.items() if name.startswith("experts."))
+        one = routed // e.n_experts
+        out.update({
+            "router": router,
+            "experts": routed,
+            "expert": one,
+            "shared": sum(prod(shape) for name, shape in shapes.items() if name.startswith("shared.")),
+            "active": out["total"] - (e.n_experts - e.top_k) * one,
+        })
+    return out
+
+
+def inactive(cfg: ModelConfig) -> tuple[int, int]:
+    """Parameters one token does not use, as (3b1b, full): in every layer with experts,
+    the routed experts it does not visit (n_experts − top_k of them); 3b1b counts their
+    weights, full their weights and biases. (0, 0) for a model without experts."""
+    weights = every = 0
+    for spec, count in cfg.stack.kinds():
+        e = spec.mlp.experts
+        if spec.mlp.kind != "experts" or e is None:
+            continue
+        shapes = mlp_shapes(cfg, spec.mlp)
+        unused = count * (e.n_experts - e.top_k)
+        weights += unused * sum(prod(s[1:]) for n, s in shapes.items() if n.startswith("experts.") and n.endswith(".weight"))
+        every += unused * sum(prod(s[1:]) for n, s in shapes.items() if n.startswith("experts."))
+    return weights, every
 
 
 # The video's rows, then what its counting leaves out. Order is display order.
 ROWS_3B1B = ("embedding", "key", "query", "value", "output", "gate", "up", "down", "unembedding")
-ROWS_OTHER = ("positions", "projections", "biases", "norms", "pooler", "heads", "other")
+ROWS_OTHER = ("positions", "projections", "biases", "norms", "router", "pooler", "heads", "other")
 
 
 def category(name: str) -> str:
     """The breakdown row one of our parameter names belongs to."""
     if name.startswith("other:"):
         return "other"
+    piece = _EXPERT_PIECE.fullmatch(name)
+    if piece is not None:  # one expert's tensor of a checkpoint that stores them one by one
+        name = piece.group(1)
     if name == "embed.tok.weight":
         return "embedding"
     if name == "unembed.weight":
@@ -152,12 +195,20 @@ def category(name: str) -> str:
     if name.endswith(".bias"):
         return "biases"
     part = name.split(".")[-2]
+    if part in ("router", "shared_gate"):  # experts' router, Qwen2-MoE's shared-expert gate
+        return "router"
     return {"q": "query", "k": "key", "v": "value", "o": "output", "gate": "gate", "up": "up", "down": "down"}.get(part, "other")
+
+
+# One expert's tensor as the family tables name it (see parts.experts): counted as its row.
+_EXPERT_PIECE = re.compile(r"(.+\.experts\.\w+\.(?:weight|bias))\.\d+")
 
 
 def count_by_category(shapes: Iterable[tuple[str, tuple[int, ...]]]) -> dict[str, int]:
     counts = {row: 0 for row in ROWS_3B1B + ROWS_OTHER}
     for name, shape in shapes:
+        if name.endswith(NOT_COUNTED):  # loaded like a parameter, a buffer in transformers: not counted
+            continue
         counts[category(name)] += prod(shape)
     return counts
 
@@ -192,10 +243,18 @@ class ParamReport:
     skipped: list[str] = field(default_factory=list)  # buffers in a checkpoint, not counted
     stored_only: bool = False  # counted from a checkpoint's tensors
     quantization: dict[str, "QuantRow"] = field(default_factory=dict)  # a GGUF's bytes by ggml type
+    # What one token uses: the totals less the routed experts it does not visit (equal to
+    # the totals for a model without experts).
+    active_3b1b: int = 0
+    active_full: int = 0
 
     @property
     def total(self) -> int:
         return self.total_3b1b if self.convention == "3b1b" else self.total_full
+
+    @property
+    def active(self) -> int:
+        return self.active_3b1b if self.convention == "3b1b" else self.active_full
 
     @property
     def other_total(self) -> tuple[str, int]:
@@ -231,6 +290,7 @@ def report(cfg: ModelConfig, convention: str = "full", source: str = "") -> Para
 
 def _report(cfg: ModelConfig, convention: str, rows: dict[str, int], source: str) -> ParamReport:
     total_3b1b, total_full = _totals(rows, cfg)
+    unused_3b1b, unused_full = inactive(cfg)
     kinds = kind_rows(cfg)
     first = kinds[0]  # first-seen order: layer 0's kind leads
     return ParamReport(
@@ -247,6 +307,8 @@ def _report(cfg: ModelConfig, convention: str, rows: dict[str, int], source: str
         mlp_total=sum(k.n_layers * k.block["mlp"] for k in kinds),
         kinds=kinds,
         source=source,
+        active_3b1b=total_3b1b - unused_3b1b,
+        active_full=total_full - unused_full,
     )
 
 
@@ -260,6 +322,8 @@ def report_dict(rep: ParamReport, ctx: ContextReport | None = None) -> dict:
         "convention": rep.convention,
         "total": rep.total,
         "totals": {"3b1b": rep.total_3b1b, "full": rep.total_full},
+        "active": rep.active,  # what one token uses: the total less the routed experts it skips
+        "active_totals": {"3b1b": rep.active_3b1b, "full": rep.active_full},
         "shape": {
             "d_model": cfg.d_model,
             "n_layers": cfg.n_layers,

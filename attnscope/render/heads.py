@@ -30,6 +30,7 @@ READINGS = {
     "duplicate_token": "attends to earlier copies of the current token: {v:.2f} of its weight on average",
     "induction": "attends to what followed this token last time: {v:.2f} of its weight on average",
     "entropy": "spreads its attention broadly: entropy {v:.2f} of uniform",
+    "sink": "gives its learned sink {v:.2f} of its weight on average",
 }
 # Below this, no head is called a head of that kind: the ranking says there is none.
 NOTABLE = 0.1
@@ -41,6 +42,7 @@ TITLES = {
     "duplicate_token": "Duplicate-token heads",
     "induction": "Induction heads",
     "entropy": "Entropy",
+    "sink": "Sink heads (learned sinks)",
 }
 
 
@@ -56,6 +58,14 @@ def header(console: Console, model: str, res: "HeadScores", n_layers: int, n_hea
         if res.tokens.truncated_from:
             line.append(f" (cut from {res.tokens.truncated_from} by --truncate)", style="yellow")
         console.print(line, no_wrap=True, overflow="ellipsis")
+    kinds = getattr(res, "layer_kinds", None)
+    if kinds:  # the model's layers differ in kind: which selected layers are which
+        by_kind: dict[str, list[int]] = {}
+        for layer, words in kinds.items():
+            by_kind.setdefault(words, []).append(layer)
+        shown = " · ".join(f"{words}: layer{'s' if len(ls) > 1 else ''} " + ", ".join(map(str, ls[:8]))
+                           + (", …" if len(ls) > 8 else "") for words, ls in by_kind.items())
+        console.print(Text(f"layer kinds: {shown}", style="dim"), no_wrap=True, overflow="ellipsis")
     n_texts = getattr(res, "n_texts", 0)  # attnscope.corpus.CorpusScores
     if n_texts:
         from attnscope.tokenize import visible
@@ -133,11 +143,11 @@ def ranking(console: Console, res: "HeadScores", name: str, top: int, color: boo
 def head_scores(console: Console, res: "HeadScores", model: str, n_layers: int, n_heads: int,
                 top: int = 3, color: bool = True) -> None:
     """The whole view: header, then per score its definition, grid and strongest heads."""
-    from attnscope.heads import DEFINITIONS, SCORES
+    from attnscope.heads import ALL_SCORES, DEFINITIONS
 
     header(console, model, res, n_layers, n_heads)
     legend(console, color)
-    for name in SCORES:
+    for name in ALL_SCORES:
         if name in res.undefined:
             console.print()
             console.print(Text.assemble((TITLES[name], "bold"), (f"  {name}", "dim")))

@@ -5,7 +5,8 @@ terminal whole; longer texts keep their first and last tokens around a visible '
 and column (the diagonal stays in view) instead of wrapping. Column labels alternate
 between two header lines, so each may run over its right-hand neighbour's cell.
 Without colour the marks alone carry the meaning: `−∞` is a masked score, `·` an exact
-zero, and Σ each row's sum. All steps share one layout, so they line up on screen.
+zero, and Σ each row's sum. All steps share one layout, so they line up on screen. A
+head with a learned sink (gpt-oss) gets a `sink` column before Σ, which counts it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ LABEL_MAX = 10
 LABEL_MIN = 5
 MAX_SHOWN = 20  # tokens per side before eliding, however wide the terminal
 SUM_HEADER = "Σ"
+SINK_HEADER = "sink"
 
 
 @dataclass
@@ -48,12 +50,15 @@ def cell(value: float, probabilities: bool) -> str:
 def layout(demo: "MaskDemo", width: int) -> Layout:
     """One layout for every step: the widest cell, the longest label that fits, and
     as many tokens as fit (all of them if possible)."""
-    cell_w = max(4, *(len(cell(v, s.probabilities)) for s in demo.steps for v in s.matrix.flatten().tolist()))
+    cell_w = max(4, *(len(cell(v, s.probabilities)) for s in demo.steps
+                      for v in s.matrix.flatten().tolist() + (s.sink.tolist() if s.sink is not None else [])))
     n_tokens = len(demo.labels)
     slot = len(GAP) + cell_w
 
+    extra = slot * (2 if demo.sink is not None else 1)  # the Σ column, and the sink's
+
     def total(label_w: int, columns: int) -> int:
-        return label_w + columns * slot + slot  # + the Σ column
+        return label_w + columns * slot + extra
 
     natural = min(LABEL_MAX, max(LABEL_MIN, *(len(t) for t in demo.labels)))
     # Shorter row labels are worth it only if every token then fits; when some must be
@@ -90,10 +95,11 @@ def _header(demo: "MaskDemo", lay: Layout, sums: bool, color: bool) -> list[Text
         label = "…" if j < 0 else clip(demo.labels[j], room)
         padded = j >= 0 and j >= len(demo.labels) - demo.n_pad
         line.append(label, style=("dim" if padded else "bold") if color else "")
-    if sums:
-        start = lay.label_w + len(lay.shown) * slot + len(GAP)
-        line = lines[len(lay.shown) % 2]
-        line.append(" " * (start - len(line)) + SUM_HEADER.rjust(lay.cell_w), style="dim" if color else "")
+    extra = ([SINK_HEADER] if demo.sink is not None else []) + ([SUM_HEADER] if sums else [])
+    for k, name in enumerate(extra):
+        start = lay.label_w + (len(lay.shown) + k) * slot + len(GAP)
+        line = lines[(len(lay.shown) + k) % 2]
+        line.append(" " * (start - len(line)) + name.rjust(lay.cell_w), style="dim" if color else "")
     return lines
 
 
@@ -101,6 +107,8 @@ def matrix_lines(demo: "MaskDemo", step: "Step", lay: Layout, color: bool) -> li
     lines = _header(demo, lay, step.probabilities, color)
     m = step.matrix  # (T, T)
     sums = m.sum(-1) if step.probabilities else None  # (T,)
+    if sums is not None and step.sink is not None:
+        sums = sums + step.sink  # the sink column takes its share of each row's 1
     n_real = len(demo.labels) - demo.n_pad
     for i in lay.shown:
         if i < 0:
@@ -118,6 +126,10 @@ def matrix_lines(demo: "MaskDemo", step: "Step", lay: Layout, color: bool) -> li
             v = float(m[i, j])
             line.append(GAP)
             line.append(cell(v, step.probabilities).rjust(lay.cell_w), style=_style(v, step.probabilities, color))
+        if step.sink is not None:
+            v = float(step.sink[i])
+            line.append(GAP + cell(v, step.probabilities).rjust(lay.cell_w),
+                        style=(_style(v, True, color) if step.probabilities else "dim") if color else "")
         if sums is not None:
             line.append(GAP + f"{float(sums[i]):.2f}".rjust(lay.cell_w), style="green" if color else "")
         lines.append(line)
@@ -128,6 +140,8 @@ def title(console: Console, demo: "MaskDemo", color: bool) -> None:
     from attnscope.masks import model_note
 
     window = f" (W = {demo.window})" if demo.window else ""
+    if demo.kind == "local" and demo.window:  # both sides: named by its reach, as the layer's kind is
+        window = f" (±{demo.window - 1})"
     dim = "dim" if color else ""
     console.print(Text.assemble(
         (demo.model, "bold" if color else ""),
