@@ -142,6 +142,9 @@ class ProbeBase:
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
         pass
 
+    def sink(self, layer: int, start: int, weights: Tensor) -> None:
+        """The chunk's sink weights (H, c), where the layer's kind has sinks and `WHAT` names them."""
+
     def _pick(self, probs: Tensor) -> Tensor:
         if len(self.heads) == probs.shape[0]:
             return probs
@@ -172,12 +175,16 @@ class FullPatterns(ProbeBase):
 
 class LayerStream(ProbeBase):
     """Holds one layer's selected heads (H_sel, T, T) at a time and hands each complete
-    layer to `emit` (e.g. a streaming file writer), so memory holds one layer, not all."""
+    layer to `emit` (e.g. a streaming file writer), so memory holds one layer, not all;
+    given `emit_sinks`, each chunk's sink weights (H_sel, c) go to it as they come."""
 
-    def __init__(self, layers: list[int], heads: list[int], n: int, emit: Any) -> None:
+    def __init__(self, layers: list[int], heads: list[int], n: int, emit: Any, emit_sinks: Any = None) -> None:
         super().__init__(layers, heads)
         self.n = n
         self.emit = emit
+        self.emit_sinks = emit_sinks
+        if emit_sinks is not None:
+            self.WHAT = ("pattern", "sink")
         self.buffer = torch.empty(len(heads), n, n, dtype=torch.float32)  # (H_sel, T, T)
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
@@ -187,6 +194,9 @@ class LayerStream(ProbeBase):
         self.buffer[:, start:stop, chunk.shape[2] :] = 0.0
         if stop == self.n:  # chunks arrive in order; the layer is complete
             self.emit(layer, self.buffer)
+
+    def sink(self, layer: int, start: int, weights: Tensor) -> None:
+        self.emit_sinks(self._layer_pos[layer], start, self._pick(weights).cpu())  # (H_sel, c)
 
 
 @dataclass
@@ -309,19 +319,29 @@ class Focus:
     layers: list[int]
     heads: list[int]
     tokens: "Tokens | None" = None
+    sink: Tensor | None = None  # (L_sel, H_sel): the row's sink weight (1 − its sum), for a model with sinks
 
 
 class FocusProbe(ProbeBase):
+    WHAT = ("pattern", "sink")
+
     def __init__(self, layers: list[int], heads: list[int], n: int, query: int) -> None:
         super().__init__(layers, heads)
         self.query = query
         self.rows = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
+        self.sinks: Tensor | None = None  # (L_sel, H_sel), once a layer with sinks reports
 
     def pattern(self, layer: int, start: int, probs: Tensor) -> None:
         if start <= self.query < start + probs.shape[1]:
             row = self.rows[self._layer_pos[layer]]  # (H_sel, T)
             row.zero_()
             row[:, : probs.shape[2]] = self._pick(probs)[:, self.query - start].cpu()
+
+    def sink(self, layer: int, start: int, weights: Tensor) -> None:
+        if start <= self.query < start + weights.shape[1]:
+            if self.sinks is None:  # only a model with sinks reports them
+                self.sinks = torch.zeros(len(self.layers), len(self.heads))  # (L_sel, H_sel)
+            self.sinks[self._layer_pos[layer]] = self._pick(weights)[:, self.query - start].float().cpu()
 
 
 Probes = Hooks  # several probes fed by one forward pass

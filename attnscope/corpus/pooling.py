@@ -124,20 +124,20 @@ def corpus_scores(
 
     group = distributed.current(inspector.device)
     rank, world = (group.rank, group.world) if group is not None else (0, 1)
-    wanted = list(hd.SCORES) if names is None else list(dict.fromkeys(names))
+    wanted = hd.default_scores(inspector.config) if names is None else list(dict.fromkeys(names))
     text_names = [name for name in wanted if name in hd.TEXT_SCORES]
     if not text_names and all(name in hd.SCORES for name in wanted):
         raise UsageError("induction is measured once on a repeated random sequence, not on a corpus",
                          hint="drop --corpus, or ask for a text score too")
     # head_scores checks the measure, the score names and the selections; with no names
     # left to compute it runs nothing.
-    checked = hd.head_scores(inspector, names=[name for name in wanted if name not in hd.SCORES],
+    checked = hd.head_scores(inspector, names=[name for name in wanted if name not in hd.ALL_SCORES],
                              layers=layers, heads=heads, measure=measure)
     ls, hs = checked.layers, checked.heads
     cfg = inspector.config
     # Scores the model itself leaves undefined (next_token on a causal model); ids [0, 0]
     # repeat, so duplicate_token is not among them.
-    _, _, model_undefined = hd.text_terms([0, 0], cfg, text_names)
+    _, _, model_undefined = hd.text_terms([0, 0], cfg, text_names, measure)
     measured = [name for name in text_names if name not in model_undefined]
     header = pt.make_header(inspector, measure, truncate, measured, ls, hs)
     if batch_tokens < 0:
@@ -285,14 +285,17 @@ class _Split:
         self.probes, self.bounds = probes, bounds
 
     def wants(self, site: str, what: str) -> bool:
-        return what == "pattern" and any(p.wants(site, what) for p in self.probes)
+        return what in ("pattern", "sink") and any(p.wants(site, what) for p in self.probes)
 
     def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
-        rows, keys = value.shape[1], value.shape[2]
+        rows = value.shape[1]
         for probe, (a, b) in zip(self.probes, self.bounds):
             r0, r1 = max(q_start, a), min(q_start + rows, b)
             if r0 < r1 and probe.wants(site, what):
-                probe.report(site, what, value[:, r0 - q_start:r1 - q_start, a:min(b, keys)], r0 - a, 0)  # (H, c, K_text)
+                part = value[:, r0 - q_start:r1 - q_start]  # (H, c_text): a sink weight per row
+                if what == "pattern":
+                    part = part[..., a:min(b, value.shape[2])]  # (H, c, K_text)
+                probe.report(site, what, part, r0 - a, 0)
 
 
 class _Batcher:

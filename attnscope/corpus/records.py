@@ -134,7 +134,7 @@ def _number(value: float) -> str:
 
 def _rows(name: str, n: int) -> tuple[int, int]:
     """The least and most rows a text of n tokens gives a score (`heads.text_terms`)."""
-    if name in ("self", "entropy"):
+    if name in ("self", "entropy", "sink"):
         return n, n
     if name == "duplicate_token":
         return 0, n - 1

@@ -56,7 +56,8 @@ def header(console: Console, model: str, tokens: "Tokens", note: str = "") -> No
 
 def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: str = "weight") -> None:
     """Rank the text's own tokens; the weight on special tokens ([CLS], <s>, ...), often
-    a resting place rather than meaning, gets its own column."""
+    a resting place rather than meaning, gets its own column, and so does a sink's
+    (gpt-oss's extra softmax column, which is no token): specials = both."""
     import torch
 
     tokens = focus.tokens
@@ -65,7 +66,7 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
     special = torch.tensor(tokens.special, dtype=torch.bool)
     words = (~special).nonzero().flatten()
     ranked = words if words.numel() else torch.arange(len(tokens))
-    show_special = _has_specials(tokens)
+    show_special = _has_specials(tokens) or focus.sink is not None
     names = distinct(tokens.labels)
     shown = min(k, ranked.numel())
     # a label as wide as the terminal allows: each cell is the label and " 0.00", the head
@@ -87,7 +88,8 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
             w, pos = row[ranked].topk(shown)
             cells = [weight_text(names[int(ranked[p])], float(x), color, width) for x, p in zip(w.tolist(), pos.tolist())]
             if show_special:
-                cells.append(Text(f"{float(row[special].sum()):.2f}"))
+                rest = float(focus.sink[li, hi]) if focus.sink is not None else 0.0  # the sink's own share
+                cells.append(Text(f"{float(row[special].sum()) + rest:.2f}"))
             table.add_row("all heads" if measure == "rollout" else f"H{head}", *cells)
         console.print(table)
 
@@ -231,8 +233,10 @@ def render_result(console: Console, res: "AttendResult", view: str, model: str, 
     if view == "focus" and res.focus is not None:
         note = ("Top words in each layer's rollout (flow through all its heads and the layers below)"
                 if measure == "rollout" else "Top words per head")
-        if _has_specials(res.tokens):
-            note += "; specials: weight on [CLS]-like tokens"
+        sink = res.focus.sink is not None
+        if _has_specials(res.tokens) or sink:
+            note += "; specials: weight on " + ("[CLS]-like tokens" if _has_specials(res.tokens) else "") + \
+                (" and " if _has_specials(res.tokens) and sink else "") + ("the sink" if sink else "")
         note += ". More: --help"
     header(console, model, res.tokens, note)
     if view == "focus" and res.focus is not None:
