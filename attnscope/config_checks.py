@@ -136,6 +136,27 @@ def check_experts(m: MlpSpec, where: str) -> None:
             raise ConfigError(f"{where}the experts' {name} must be true or false, got {_shown(flag)}")
     if e.shared_gate and not e.d_shared:
         raise ConfigError(f"{where}a shared-expert gate needs a shared expert")
+    _check_groups(e, where)
+    for name, value in (("swiglu_alpha", e.swiglu_alpha), ("swiglu_limit", e.swiglu_limit)):  # gpt-oss
+        if value is not None and not _positive_number(value):
+            raise ConfigError(f"{where}{name} must be a finite positive number, got {_shown(value)}")
+
+
+def _check_groups(e: ExpertSpec, where: str) -> None:
+    """DeepSeek-V3's grouped routing: `n_group` equal groups of at least two experts (a
+    group is scored by its two best), 1 ≤ topk_group ≤ n_group, enough experts in the kept
+    groups for top_k, and a finite positive routed scale."""
+    if not _positive_int(e.n_group, e.n_experts) or e.n_experts % e.n_group:
+        raise ConfigError(f"{where}n_group must divide the {e.n_experts} experts, got {_shown(e.n_group)}")
+    if e.n_group > 1 and e.n_experts // e.n_group < 2:
+        raise ConfigError(f"{where}each of the {e.n_group} expert groups needs two experts or more")
+    if not _positive_int(e.topk_group, e.n_group):
+        raise ConfigError(f"{where}topk_group must be from 1 to n_group ({e.n_group}), got {_shown(e.topk_group)}")
+    if e.n_group > 1 and e.top_k > e.topk_group * (e.n_experts // e.n_group):
+        raise ConfigError(f"{where}{e.top_k} experts per token do not fit in {e.topk_group} groups of "
+                          f"{e.n_experts // e.n_group}")
+    if not _positive_number(e.routed_scale):
+        raise ConfigError(f"{where}routed_scaling_factor must be a finite positive number, got {_shown(e.routed_scale)}")
 
 
 def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator
 ATTENTION_KINDS = ("softmax", "latent")
 MLP_KINDS = ("dense", "gated", "experts")
 # How a mixture of experts picks a token's experts and weighs them (see ExpertSpec.router).
-ROUTERS = ("softmax_topk", "topk_softmax")
+ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_grouped")
 # How a block joins attention and MLP to the residual stream (see parts.block).
 WIRINGS = ("pre", "post", "parallel", "parallel_shared", "sandwich", "post_sublayer", "pre_no_attn_norm")
 QK_NORMS = ("head", "projection")  # over each head's dims (Qwen3, Gemma 3) or the whole projection (OLMo 2)
@@ -212,6 +212,18 @@ class ExpertSpec:
     shared_gate: bool = False
     router_bias: bool = False
     expert_bias: bool = False
+    # DeepSeek-V3 (router "sigmoid_grouped"): sigmoid scores plus a stored score-correction
+    # bias choose the experts, only within the `topk_group` best of `n_group` equal groups
+    # (a group scored by its two best); the chosen experts' uncorrected scores are the
+    # weights (renormalised where norm_topk_prob), times `routed_scale`.
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scale: float = 1.0
+    # gpt-oss's clamped SwiGLU, where `swiglu_alpha` is set: the gate clamped above and the
+    # up projection on both sides at `swiglu_limit` (None: no clamp), then
+    # (up + 1) · gate · sigmoid(alpha · gate) in place of act(gate) · up.
+    swiglu_alpha: float | None = None
+    swiglu_limit: float | None = None
 
 
 @dataclass(frozen=True)

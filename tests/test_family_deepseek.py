@@ -31,6 +31,7 @@ from attnscope.config import from_hf_config
 from attnscope.errors import ConfigError
 
 DENSE = ["deepseek_dense", "deepseek_plain_q", "deepseek_yarn"]
+NAMES = DENSE + ["deepseek_moe"]
 ATOL = 1e-5  # attention probabilities, float32 against float32
 LOGITS_RTOL = 1e-4  # logits, relative to each entry and to the logits' scale
 STEP_RTOL = 1e-5  # token by token against one full pass, both ours in float32
@@ -67,6 +68,7 @@ def reference(folder: Callable[[str], Path]) -> Callable[..., Any]:
 
     def make(name: str, double: bool = False) -> Any:
         model = tm.load_reference(folder(name))  # every tensor used, none missing
+        model.config._experts_implementation = "eager"  # the plain loop over experts (grouped_mm has no float64)
         return copy.deepcopy(model).double().eval() if double else model
 
     return _cached(make)
@@ -170,7 +172,7 @@ def test_yarn_scale_and_factor_as_transformers(ours: Callable, reference: Callab
 # ------------------------------------------------------------------ attention, logits
 
 
-@pytest.mark.parametrize("name", DENSE)
+@pytest.mark.parametrize("name", NAMES)
 def test_attention_matches_transformers(name: str, folder: Callable, ours: Callable, reference: Callable) -> None:
     """Every layer and head, 109 tokens."""
     ids = ids_of(folder(name))
@@ -204,7 +206,7 @@ def test_interleave_and_mscale_are_seen_by_the_check(folder: Callable, ours: Cal
         assert float((got.double() - ref.double()).abs().max()) > 100 * ATOL
 
 
-@pytest.mark.parametrize("name", DENSE)
+@pytest.mark.parametrize("name", NAMES)
 def test_logits_match_transformers(name: str, folder: Callable, ours: Callable, reference: Callable) -> None:
     ids = ids_of(folder(name))
     ref_logits, _ = reference_run(reference(name, True), ids)
@@ -213,7 +215,7 @@ def test_logits_match_transformers(name: str, folder: Callable, ours: Callable, 
     assert_logits_close(got, ref_logits, LOGITS_RTOL, f"{name} logits")
 
 
-@pytest.mark.parametrize("name", DENSE)
+@pytest.mark.parametrize("name", NAMES)
 def test_token_by_token_equals_full_pass(name: str, folder: Callable, ours: Callable, reference: Callable) -> None:
     """Token by token through our KVCache, which keeps each layer's latent (1, K, kv_rank)
     and shared rotated key (1, K, rope), gives one full pass's logits and patterns."""
@@ -227,3 +229,73 @@ def test_token_by_token_equals_full_pass(name: str, folder: Callable, ours: Call
     ref_logits, ref_attn = reference_run(reference(name, True), ids)
     assert_logits_close(logits, ref_logits, LOGITS_RTOL, f"{name} stepped logits vs transformers")
     assert_close(patterns, ref_attn, ATOL, f"{name} stepped patterns vs transformers")
+
+
+# --------------------------------------------------------------------------- experts
+
+
+def test_config_reads_the_experts(ours: Callable) -> None:
+    """One dense layer, then experts: 8 of width 16 in 4 groups, 2 kept, 3 per token,
+    scale 2.5, one shared expert of 16."""
+    cfg = ours("deepseek_moe").config
+    assert cfg.layer(0).mlp.kind == "gated" and cfg.layer(0).mlp.d_mlp == 48
+    m = cfg.layer(1).mlp
+    assert m.kind == "experts" and m.d_mlp == 16 and cfg.layer(2) == cfg.layer(1)
+    e = m.experts
+    assert (e.n_experts, e.top_k, e.router, e.norm_topk_prob) == (8, 3, "sigmoid_grouped", True)
+    assert (e.n_group, e.topk_group, e.routed_scale, e.d_shared, e.n_shared) == (4, 2, 2.5, 16, 1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("sizes", [(8, 4, 2, 3, True), (16, 4, 3, 5, False), (12, 1, 1, 4, True)])
+def test_router_as_transformers(seed: int, sizes: tuple[int, int, int, int, bool]) -> None:
+    """Our grouped sigmoid router against transformers' DeepseekV3TopkRouter on random
+    tokens, weights and correction biases: the same experts and the same weights."""
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+
+    from attnscope.kinds import ExpertSpec
+    from attnscope.parts.experts import Router
+
+    E, groups, kept, k, norm = sizes
+    config = DeepseekV3Config(hidden_size=24, n_routed_experts=E, n_group=groups, topk_group=kept,
+                              num_experts_per_tok=k, norm_topk_prob=norm, routed_scaling_factor=1.7)
+    theirs = DeepseekV3TopkRouter(config)
+    gen = torch.Generator().manual_seed(seed)
+    theirs.weight.copy_(torch.randn(E, 24, generator=gen))
+    theirs.e_score_correction_bias.copy_(torch.randn(E, generator=gen) * 0.5)
+    ours_ = Router(24, ExpertSpec(E, k, router="sigmoid_grouped", norm_topk_prob=norm, n_group=groups,
+                                  topk_group=kept, routed_scale=1.7))
+    ours_.load_state_dict({"weight": theirs.weight, "score_bias": theirs.e_score_correction_bias})
+    x = torch.randn(200, 24, generator=gen)
+    _, their_w, their_i = theirs(x)
+    our_w, our_i = ours_(x)
+    their_i, order = their_i.sort(dim=-1)
+    our_i, our_order = our_i.sort(dim=-1)
+    assert torch.equal(our_i, their_i)
+    torch.testing.assert_close(our_w.gather(1, our_order), their_w.gather(1, order), rtol=0, atol=1e-6)
+
+
+def test_routing_quirks_are_seen_by_the_check(folder: Callable, ours: Callable, reference: Callable) -> None:
+    """The logits check can fail on routing: our model without the correction bias,
+    without group limiting, or without the routed scale differs from transformers by more
+    than the tolerance."""
+    from attnscope.api import Inspector
+    from attnscope.kinds import Stack
+    from attnscope.model import build
+
+    insp = ours("deepseek_moe")
+    ids = ids_of(folder("deepseek_moe"))
+    ref_logits, _ = reference_run(reference("deepseek_moe", True), ids)
+    scale = float(ref_logits.abs().max())
+    state = insp.model.state_dict()
+    dense, moe = insp.config.layer(0), insp.config.layer(1)
+    e = moe.mlp.experts
+    no_bias = {k: (torch.zeros_like(v) if k.endswith("score_bias") else v) for k, v in state.items()}
+    for experts, weights in ((e, no_bias), (replace(e, n_group=1, topk_group=1), state),
+                             (replace(e, routed_scale=1.0), state)):
+        wrong = replace(moe, mlp=replace(moe.mlp, experts=experts))
+        cfg = replace(insp.config, kinds=Stack(((dense, 1), (wrong, insp.config.n_layers - 1))))
+        other = Inspector(cfg, build(cfg, weights.items()), insp.tokenizer, insp.source, insp.device, insp.dtype)
+        assert float((other.logits(ids).double() - ref_logits).abs().max()) > 100 * LOGITS_RTOL * scale

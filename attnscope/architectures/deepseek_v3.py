@@ -32,12 +32,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from attnscope.architectures import llama
+from attnscope.architectures import llama, mixtral
 from attnscope.architectures._common import checkpoint_dtype, layer_kind
 from attnscope.config import ModelConfig, _positive_int, _shown
 from attnscope.config_checks import _positive_number
 from attnscope.errors import ConfigError
-from attnscope.kinds import LatentSpec, Stack
+from attnscope.kinds import ExpertSpec, LatentSpec, MlpSpec, Stack
 
 MODEL_TYPES = ("deepseek_v3", "kimi_k2")
 PREFIXES = ("model.",)
@@ -68,6 +68,12 @@ WEIGHTS: dict[str, str | None] = {
     "norm.weight": "final_norm.weight",
     "lm_head.weight": "unembed.weight",
     "rotary_emb.inv_freq": None,
+    # expert layers: per expert (published checkpoints) or fused 3-D (transformers 5)
+    **mixtral.expert_weights("mlp", "gate", {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}),
+    "layers.{layer}.mlp.gate.e_score_correction_bias": "blocks.{layer}.mlp.router.score_bias",
+    "layers.{layer}.mlp.shared_experts.gate_proj.weight": "blocks.{layer}.mlp.shared.gate.weight",
+    "layers.{layer}.mlp.shared_experts.up_proj.weight": "blocks.{layer}.mlp.shared.up.weight",
+    "layers.{layer}.mlp.shared_experts.down_proj.weight": "blocks.{layer}.mlp.shared.down.weight",
 }
 
 DEFAULT_EPS = 1e-6  # DeepseekV3Config.rms_norm_eps
@@ -181,5 +187,29 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
                                     if first_dense else ((moe, cfg.n_layers),)))
 
 
-def expert_mlp(raw: dict[str, Any], act: str) -> Any:
-    raise ConfigError("deepseek_v3 expert layers are not supported yet")
+def expert_mlp(raw: dict[str, Any], act: str) -> MlpSpec:
+    """The experts of the layers after the dense ones: `n_routed_experts` of width
+    `moe_intermediate_size`, `num_experts_per_tok` per token by grouped sigmoid routing,
+    and `n_shared_experts` shared experts as one gated MLP of their summed width."""
+    scoring = raw.get("scoring_func", "sigmoid")
+    if scoring != "sigmoid":
+        raise ConfigError(f"unsupported {raw['model_type']} scoring_func {scoring!r}", hint="supported: sigmoid")
+    width, n_shared = _int(raw, "moe_intermediate_size", 2048), raw.get("n_shared_experts", 1)
+    if isinstance(n_shared, bool) or not isinstance(n_shared, int) or not 0 <= n_shared <= 2**16:
+        raise ConfigError(f"n_shared_experts must be a non-negative integer, got {_shown(n_shared)}")
+    norm = raw.get("norm_topk_prob", True)
+    if not isinstance(norm, bool):
+        raise ConfigError(f"norm_topk_prob must be true or false, got {_shown(norm)}")
+    scale = raw.get("routed_scaling_factor", 2.5)
+    if not _positive_number(scale):
+        raise ConfigError(f"routed_scaling_factor must be a finite positive number, got {_shown(scale)}")
+    n_group, topk_group = raw.get("n_group", 8), raw.get("topk_group", 4)
+    experts = ExpertSpec(n_experts=_int(raw, "n_routed_experts", 256), top_k=_int(raw, "num_experts_per_tok", 8),
+                         router="sigmoid_grouped", norm_topk_prob=norm, d_shared=width * n_shared, n_shared=n_shared,
+                         n_group=1 if n_group is None else n_group, topk_group=1 if topk_group is None else topk_group,
+                         routed_scale=float(scale))
+    return MlpSpec("experts", width, act, experts=experts)
+
+
+stored_parts = mixtral.stored_parts  # transformers 5's fused gate_up_proj, cut in two
+split = mixtral.split

@@ -129,6 +129,8 @@ def expert_shapes(cfg: "ModelConfig", m: "MlpSpec") -> Shapes:
     shapes: Shapes = {"router.weight": (E, d)}
     if e.router_bias:
         shapes["router.bias"] = (E,)
+    if e.router == "sigmoid_grouped":  # DeepSeek-V3's score-correction bias: loaded, not counted (NOT_COUNTED)
+        shapes["router.score_bias"] = (E,)
     for part, out, inp in (("gate", w, d), ("up", w, d), ("down", d, w)):
         shapes[f"experts.{part}.weight"] = (E, out, inp)
         if e.expert_bias:
@@ -139,6 +141,12 @@ def expert_shapes(cfg: "ModelConfig", m: "MlpSpec") -> Shapes:
     if e.shared_gate:
         shapes["shared_gate.weight"] = (1, d)
     return shapes
+
+
+# Tensors the model loads and declares like parameters that are not counted as parameters:
+# transformers keeps them as (persistent) buffers, outside num_parameters() (DeepSeek-V3's
+# e_score_correction_bias, which routing adjusts without gradients).
+NOT_COUNTED = (".router.score_bias",)
 
 
 # What each wiring holds, in order: its norms around "attn" and "mlp" (see parts.block).

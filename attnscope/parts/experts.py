@@ -43,10 +43,14 @@ class Router(nn.Module):
             self.bias = nn.Parameter(torch.empty(spec.n_experts))
         else:
             self.bias = None
+        if spec.router == "sigmoid_grouped":  # DeepSeek-V3's score-correction bias (a buffer there, never counted)
+            self.score_bias = nn.Parameter(torch.empty(spec.n_experts))
         self.spec = spec
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (N, d) → weights (N, k) in float32 (float64 for float64 weights) and experts (N, k) int64."""
+        if self.spec.router == "sigmoid_grouped":
+            return self._sigmoid_grouped(x)
         logits = F.linear(x, self.weight, self.bias)  # (N, E)
         wide = logits.double() if logits.dtype == torch.float64 else logits.float()
         spec = self.spec
@@ -58,6 +62,28 @@ class Router(nn.Module):
         if spec.norm_topk_prob:
             top = top / top.sum(dim=-1, keepdim=True)
         return top, chosen
+
+
+    def _sigmoid_grouped(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """DeepSeek-V3 (transformers' DeepseekV3TopkRouter, in float32 whatever the weights):
+        sigmoid scores; the score-correction bias added for choosing only; experts chosen
+        within the `topk_group` groups whose two best corrected scores sum highest; weights
+        the chosen experts' uncorrected scores, renormalised (+1e-20) where norm_topk_prob,
+        times routed_scale."""
+        spec, wide = self.spec, torch.float64 if x.dtype == torch.float64 else torch.float32
+        scores = torch.sigmoid(F.linear(x.to(wide), self.weight.to(wide)))  # (N, E)
+        choice = scores + self.score_bias.to(wide)  # (N, E)
+        N, G = scores.shape[0], spec.n_group
+        if G > 1:
+            groups = choice.view(N, G, -1).topk(2, dim=-1)[0].sum(dim=-1)  # (N, G): each group's two best
+            kept = torch.topk(groups, spec.topk_group, dim=-1, sorted=False)[1]  # (N, topk_group)
+            mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, kept, True)  # (N, G)
+            choice = choice.masked_fill(~mask.repeat_interleave(spec.n_experts // G, dim=1), float("-inf"))
+        chosen = torch.topk(choice, spec.top_k, dim=-1, sorted=False)[1]  # (N, k)
+        weights = scores.gather(1, chosen)  # (N, k)
+        if spec.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * spec.routed_scale, chosen
 
 
 class ExpertWeights(nn.Module):
@@ -109,6 +135,15 @@ class Experts(nn.Module):
             out = out + shared
         return out.reshape(shape)
 
+    def glu(self, gate: Tensor, up: Tensor) -> Tensor:
+        """act(gate) · up; gpt-oss's clamped SwiGLU where the spec has `swiglu_alpha`."""
+        alpha, limit = self.spec.swiglu_alpha, self.spec.swiglu_limit
+        if alpha is None:
+            return self.act(gate) * up
+        if limit is not None:
+            gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+        return (up + 1) * (gate * torch.sigmoid(gate * alpha))
+
     def routed(self, flat: Tensor, weights: Tensor, chosen: Tensor) -> Tensor:
         """Σ over each token's chosen experts of weight × expert(token), running each used
         expert once on all of its tokens (token-expert pairs grouped by expert)."""
@@ -123,7 +158,7 @@ class Experts(nn.Module):
             if n == 0:
                 continue
             h = rows[at:at + n]
-            outs.append(ex.down.run(e, self.act(ex.gate.run(e, h)) * ex.up.run(e, h)))
+            outs.append(ex.down.run(e, self.glu(ex.gate.run(e, h), ex.up.run(e, h))))
             at += n
         if not outs:  # no tokens
             return torch.zeros_like(flat)
