@@ -10,8 +10,9 @@ Chosen so that a naive port shows:
 - `relative_attention_num_buckets` is 40 in the masked-LM checkpoint: transformers still
   buckets into 32 and the table's extra rows are never read (a reader that buckets into 40
   disagrees);
-- weights are redrawn at std 0.25 (`tiny_models.reinit`), so the bias table moves every
-  head's pattern far from uniform.
+- weights are redrawn at std 0.25 (`tiny_models.reinit`) and the bias table then scaled
+  ×`BIAS_SCALE` (to std 2), so the bias moves every head's pattern by more than its
+  content scores do over long distances, and a port that drops or misplaces it fails.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from typing import Any, Callable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from tiny_models import _BERT_PIECES, _BERT_WORDS, SEED, SENTENCES, _build, _vocab_size
+import torch
+
+from tiny_models import _BERT_PIECES, _BERT_WORDS, INIT_STD, SEED, SENTENCES, _save, _vocab_size, reinit
 
 MPNET_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4: <pad> at MPNet's padding index 1
 # 130+ tokens (checked by the tests): every distance bucket, past max_distance both ways.
 MPNET_TEXT = " ".join(SENTENCES + SENTENCES[:3])
 N_POSITIONS = 200  # positions the tiny models hold (max_position_embeddings 202)
 TABLE_ROWS = 40  # the masked-LM checkpoint's relative_attention_num_buckets
+BIAS_SCALE = 8.0  # the bias table's std: 0.25 × 8 = 2
 
 
 def mpnet_tokenizer() -> Tokenizer:
@@ -48,6 +52,22 @@ def mpnet_tokenizer() -> Tokenizer:
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens(MPNET_SPECIALS)
     return tok
+
+
+def _build(config: Any, model_cls: type, folder: Path, tok: Tokenizer, seed: int) -> Path:
+    """tiny_models._build, with the relative bias table scaled ×BIAS_SCALE after the redraw."""
+    config.initializer_range = INIT_STD
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config).to(torch.float32).eval()
+    reinit(model, seed=seed)
+    with torch.no_grad():
+        encoder = model.mpnet.encoder if hasattr(model, "mpnet") else model.encoder
+        encoder.relative_attention_bias.weight.mul_(BIAS_SCALE)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return _save(model, folder, tok)
 
 
 def _config(tok: Tokenizer, **kw: Any) -> Any:
