@@ -30,6 +30,7 @@ from attnscope.params.counting import (
     count_by_category,
     declared_counts,
     head_count,
+    inactive,
     kind_labels,
     kind_rows,
     layer_ranges,
@@ -52,7 +53,7 @@ from attnscope.params.stored import (
 __all__ = [
     "CONVENTIONS", "DTYPE_BYTES", "ROWS_3B1B", "ROWS_OTHER", "ContextReport", "HeadCount", "KindCache",
     "KindRow", "ParamReport", "QuantRow", "category", "context_report", "count_by_category",
-    "declared_counts", "gguf_header_config", "gguf_stored_shapes", "head_count", "kind_labels",
+    "declared_counts", "gguf_header_config", "gguf_stored_shapes", "head_count", "inactive", "kind_labels",
     "kind_rows", "layer_ranges", "param_shapes", "quantization_table", "ranges_text", "report",
     "report_dict", "report_from_gguf", "report_from_stored", "split_fused", "stored_shapes",
 ]

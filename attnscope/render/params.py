@@ -14,6 +14,7 @@ from attnscope.units import human_bytes, n, noun, plural
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig
     from attnscope.params import ContextReport, ParamReport
+    from attnscope.params.stored import UnknownReport
 
 ROW_LABELS = {
     "embedding": "Embedding",
@@ -29,17 +30,24 @@ ROW_LABELS = {
     "projections": "Embedding projections (in, out)",
     "biases": "Biases",
     "norms": "Norms",
+    "router": "Routers (MoE gates)",
     "pooler": "Pooler",
-    "heads": "Output heads (MLM, NSP)",
+    "heads": "Output heads (MLM, NSP, classifier)",
     "other": "Other stored tensors",
 }
 
 
 def shape_line(cfg: "ModelConfig") -> str:
     kv = "" if cfg.n_kv_heads == cfg.n_heads else f" ({plural(cfg.n_kv_heads, 'key/value head')}, {cfg.attention_kind})"
+    moe = next((spec.mlp for spec, _ in cfg.stack.kinds() if spec.mlp.experts is not None), None)
+    if moe is not None and moe.experts is not None:  # a mixture of experts: what one MoE layer holds
+        e = moe.experts
+        mlp = f"{e.n_experts} experts of {n(moe.d_mlp)}, top {e.top_k}" + (f" + shared {n(e.d_shared)}" if e.d_shared else "")
+    else:
+        mlp = f"MLP {n(cfg.d_mlp)}{' (gated)' if cfg.layer(0).mlp.kind == 'gated' else ''}"
     return (
         f"d_model {n(cfg.d_model)} · {plural(cfg.n_layers, 'layer')} × {plural(cfg.n_heads, 'head')} of {cfg.d_head}{kv}\n"
-        f"MLP {n(cfg.d_mlp)}{' (gated)' if cfg.layer(0).mlp.kind == 'gated' else ''} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
+        f"{mlp} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
     )
 
 
@@ -106,6 +114,8 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
             )
     model.add_section()
     model.add_row(Text("All attention weights", style="bold"), n(rep.attention_total), f"{100 * rep.attention_total / total:.1f}%")
+    model.add_row(Text("Active per token", style="bold"), n(rep.active),
+                  f"{100 * rep.active / total:.1f}%" if total else "")
     console.print(model)
 
     other_name, other_value = rep.other_total
@@ -117,6 +127,9 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
             (f"   {other_name} convention: {n(other_value)}", "dim"),
         )
     )
+    experts = [k.spec.mlp.experts for k in rep.kinds if k.spec.mlp.experts is not None]
+    routed = f" (each MoE layer's {experts[0].top_k} of {experts[0].n_experts} routed experts)" if experts else ""
+    console.print(Text.assemble(("Active per token", "bold"), (f"{routed}: ", "bold"), (n(rep.active), "bold green")))
     if rep.skipped:
         console.print(Text(f"skipped {len(rep.skipped)} non-parameter buffers: {', '.join(rep.skipped[:4])}"
                            + (" …" if len(rep.skipped) > 4 else ""), style="dim"))
@@ -143,10 +156,24 @@ def block_table(console: Console, rep: "ParamReport") -> None:
             layers = f"{noun(kind.n_layers, 'layer')} {ranges_text(kind.ranges)} ({kind.n_layers:,})"
             block.add_row(Text(f"{layers}: {kind.label}", style="bold cyan"), "")
         block.add_row(f"Attention weights ({a.n_heads} × Q, O; {a.n_kv_heads} × K, V)", n(kind.block["attention"]))
-        block.add_row("MLP weights" + (" (gate, up, down)" if m.kind == "gated" else " (up, down)"), n(kind.block["mlp"]))
+        e = m.experts
+        if e is not None:  # a mixture of experts: router, routed experts (one, all), shared experts
+            block.add_row(f"Router ({e.n_experts} experts{', shared-expert gate' if e.shared_gate else ''})",
+                          n(kind.block["router"]))
+            block.add_row(f"One routed expert (gate, up, down; width {n(m.d_mlp)})", n(kind.block["expert"]))
+            block.add_row(f"All {e.n_experts} routed experts", n(kind.block["experts"]))
+            if e.d_shared:
+                block.add_row(f"Shared expert{'s' if e.n_shared > 1 else ''} (width {n(e.d_shared)})",
+                              n(kind.block["shared"]))
+        else:
+            block.add_row("MLP weights" + (" (gate, up, down)" if m.kind == "gated" else " (up, down)"),
+                          n(kind.block["mlp"]))
         block.add_row("Biases", n(kind.block["biases"]))
         block.add_row("Norms", n(kind.block["norms"]))
         block.add_row(Text("Block total", style="bold"), Text(n(kind.block["total"]), style="bold"))
+        block.add_row(Text(f"Active per token ({e.top_k} of {e.n_experts} routed)" if e is not None
+                           else "Active per token", style="dim"),
+                      Text(n(kind.block.get("active", kind.block["total"])), style="dim"))
         if several:
             block.add_row(Text(f"× {plural(kind.n_layers, 'layer')}", style="dim"), Text(n(kind.total), style="dim"))
     console.print(block)
@@ -196,6 +223,14 @@ def _short(count: int) -> str:
     return str(count)
 
 
+def _active(cfg: "ModelConfig", total: int, convention: str) -> int:
+    """What one token uses of a preset's `total` (less the routed experts it skips)."""
+    from attnscope.params import inactive
+
+    unused_3b1b, unused_full = inactive(cfg)
+    return total - (unused_3b1b if convention == "3b1b" else unused_full)
+
+
 def preset_list(console: Console, rows: Sequence[tuple[str, "ModelConfig", int, str]]) -> None:
     if console.width < 120:  # the compact layout: names whole, shapes in one column
         table = Table(title="Presets (every number exactly: attnscope params --config NAME)",
@@ -205,21 +240,23 @@ def preset_list(console: Console, rows: Sequence[tuple[str, "ModelConfig", int, 
         table.add_column("Layers × heads (kv) × d_head")
         table.add_column("Width", justify="right", no_wrap=True)
         table.add_column("Total", justify="right", no_wrap=True)
+        table.add_column("Active", justify="right", no_wrap=True)
         for name, cfg, total, convention in rows:
             heads = str(cfg.n_heads) if cfg.n_kv_heads == cfg.n_heads else f"{cfg.n_heads} ({cfg.n_kv_heads})"
             table.add_row(name, cfg.family, f"{cfg.n_layers} × {heads} × {cfg.d_head}", n(cfg.d_model),
-                          f"{_short(total)} [dim]{convention}[/]")
+                          f"{_short(total)} [dim]{convention}[/]", _short(_active(cfg, total, convention)))
         console.print(table)
         return
     table = Table(title="Presets", title_justify="left", show_edge=False)
     for col, justify in (("Name", "left"), ("Family", "left"), ("d_model", "right"), ("Layers", "right"),
                          ("Heads (kv)", "right"), ("d_head", "right"), ("MLP", "right"), ("Vocab", "right"),
-                         ("Context", "right"), ("Total", "right")):
+                         ("Context", "right"), ("Total", "right"), ("Active", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for name, cfg, total, convention in rows:
         heads = str(cfg.n_heads) if cfg.n_kv_heads == cfg.n_heads else f"{cfg.n_heads} ({cfg.n_kv_heads})"
         table.add_row(name, cfg.family, n(cfg.d_model), str(cfg.n_layers), heads, str(cfg.d_head), n(cfg.d_mlp),
-                      n(cfg.vocab_size), n(cfg.n_ctx), f"{n(total)} [dim]{convention}[/]")
+                      n(cfg.vocab_size), n(cfg.n_ctx), f"{n(total)} [dim]{convention}[/]",
+                      n(_active(cfg, total, convention)))
     console.print(table)
 
 
@@ -230,3 +267,41 @@ def family_list(console: Console, families: dict[str, str]) -> None:
     for name, description in families.items():
         table.add_row(name, description)
     console.print(table)
+
+
+GROUP_LABELS = {
+    "embeddings": "Embeddings (and unembedding)",
+    "attention": "Attention",
+    "mlp": "MLP",
+    "norms": "Norms",
+    "other": "Other",
+}
+
+
+def unknown_report(console: Console, rep: "UnknownReport", context: bool = False) -> None:
+    """A checkpoint of a family attnscope does not know: its stored tensors, counted from
+    the headers and grouped by name, and why no more can be said."""
+    from attnscope.tokenize import visible
+
+    console.print(Text(visible(rep.name or rep.source), style="bold")
+                  + Text(f"  (family unknown: {visible(rep.family)})" if rep.family else "  (family unknown)",
+                         style="dim"))
+    console.print(Text(f"{visible(rep.reason)}: every stored tensor is counted from the headers of "
+                       f"{visible(rep.source)}, grouped by its name", style="dim"))
+    table = Table(title="Stored tensors by name", title_justify="left", show_edge=False)
+    table.add_column("Group")
+    table.add_column("Parameters", justify="right")
+    table.add_column("Share", justify="right")
+    for group, value in rep.groups.items():
+        if value:
+            table.add_row(GROUP_LABELS[group], n(value), f"{100 * value / rep.total:.1f}%" if rep.total else "")
+    console.print(table)
+    console.print(Text.assemble(("Total (every stored parameter): ", "bold"), (n(rep.total), "bold green"),
+                                (f"   in {plural(rep.tensors, 'tensor')}", "dim")))
+    if rep.skipped:
+        console.print(Text(f"skipped {len(rep.skipped)} non-parameter buffers: "
+                           + visible(", ".join(rep.skipped[:4])) + (" …" if len(rep.skipped) > 4 else ""), style="dim"))
+    if rep.quantization:
+        quantization_table(console, rep)  # type: ignore[arg-type]
+    if context:
+        console.print(Text("--context needs the model's shape, which only a known family gives", style="dim"))
