@@ -62,6 +62,22 @@ def _llama(model_type: str = "llama", **kw: Any) -> dict[str, Any]:
     return base
 
 
+def _gpt_oss(n_layers: int, n_experts: int) -> dict[str, Any]:
+    return {
+        "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0,
+        "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880,
+        "initial_context_length": 4096, "initializer_range": 0.02, "intermediate_size": 2880,
+        "layer_types": ["sliding_attention", "full_attention"] * (n_layers // 2), "max_position_embeddings": 131072,
+        "model_type": "gpt_oss", "num_attention_heads": 64, "num_experts_per_tok": 4, "num_hidden_layers": n_layers,
+        "num_key_value_heads": 8, "num_local_experts": n_experts, "output_router_logits": False,
+        "pad_token_id": 199999, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                         "rope_type": "yarn", "truncate": False},
+        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
+        "tie_word_embeddings": False, "use_cache": True, "vocab_size": 201088,
+    }
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt3": _gpt3(12288, 96, 96),
     "gpt3-small": _gpt3(768, 12, 12),
@@ -281,4 +297,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
         "use_sliding_window": False, "vocab_size": 151936,
     },
+    # gpt-oss (openai/gpt-oss-20b, -120b): the Hub files without their quantization_config
+    # (MXFP4 experts: a storage format, not a size); sliding and full layers alternate.
+    "gpt-oss-20b": _gpt_oss(24, 32),
+    "gpt-oss-120b": _gpt_oss(36, 128),
 }
