@@ -186,4 +186,5 @@ def test_kind_words() -> None:
     assert layer_kind_words(MaskRule(True)) == "global"
     assert layer_kind_words(MaskRule(True, 4096)) == "local, window 4096"
     assert layer_kind_words(MaskRule(False)) == "bidirectional encoder"
-    assert layer_kind_words(MaskRule(False, 128)) == "bidirectional encoder, window 128"
+    # a bidirectional window W keeps keys less than W away: named by its reach (ModernBERT's local layers)
+    assert layer_kind_words(MaskRule(False, 128)) == "local, ±127 tokens"
