@@ -364,7 +364,7 @@ def demo_for(
                              layer=layers[0], n_pad=n_pad, model=cfg.name or inspector.source,
                              own_kind=model_kind(cfg, layers[0]), own_window=cfg.window(layers[0]),
                              n_layers=cfg.n_layers, text=text,
-                             sink=float(sinks[chosen]) if sinks is not None else None, bias=bias, relative=relative)
+                             sink=float(sinks[chosen].detach()) if sinks is not None else None, bias=bias, relative=relative)
     demo.auto_head = heads is None
     demo.kind_given = kind_given
     demo.layer_kind = layer_kind(cfg, layers[0])

@@ -151,7 +151,7 @@ def heads(
                     A\\[i, i−T+1], the token that followed this token last time
     [bold]entropy[/]         mean over rows of the row's entropy / log(keys it may
                     see): 0 = one key, 1 = uniform
-    [bold]sink[/]            mean over all i of row i's sink weight 1 − Σ_j A\[i, j]:
+    [bold]sink[/]            mean over all i of row i's sink weight 1 − Σ_j A\\[i, j]:
                     the share of a learned sink (gpt-oss's extra softmax
                     column); only on models with sinks
 
@@ -169,6 +169,7 @@ def heads(
     from attnscope import heads as hd
 
     names = [score.value] if score is not None else None
+    hd.check_measure(measure.value)  # a per-layer measure is refused before the model loads
     if corpus is not None or per_text is not None or resume or max_texts is not None or field != "text" or batch_tokens:
         _heads_corpus(text, corpus, field, max_texts, per_text, resume, model, device, dtype, names, layer, head,
                       seed, repeat, truncate, measure, as_json, top, no_color, batch_tokens)

@@ -1,0 +1,412 @@
+"""gpt-oss (`gpt_oss`) against transformers, and the sink outputs (issue 25).
+
+Every expected number comes from transformers, on the tiny random checkpoint of
+`tiny_models_gpt_oss` (4 layers: sliding, full, full, sliding with a window of 12; sinks
+of a few units; YaRN; 4 experts, top 2, clamped SwiGLU with limit 1.5) on `GPT_OSS_TEXT`
+(90+ tokens, longer than the window):
+
+* attention per layer and head equals transformers' eager attention in float32 to 1e-5
+  (its rows sum to 1 − sink weight), and each quirk moves transformers' own output far
+  more than that (so the checks can fail);
+* logits equal a float64 transformers reference to 1e-4 relative (tests/test_logits_cache's
+  bound), token by token and prefill-then-steps through our cache equal the full pass;
+* the sink outputs, each against 1 − the row sum of transformers' attention (the sink
+  weight): `attend --save` (npz and safetensors) writes `sinks` [layer, head, query]; the
+  focus view's specials column and `--json`'s focus carry the query's sink weight;
+  `heads` scores `sink` (its mean over rows), on one text and pooled over a corpus,
+  packed or not; `mask-demo`'s last step is the layer's pattern with the sink as one
+  more column, Σ counting it;
+* counts: gpt-oss-20b's and -120b's real configs count to transformers' meta-device
+  figures through `params --config`'s path, and their active counts are OpenAI's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import tiny_models as tm
+import tiny_models_gpt_oss as tg
+from test_logits_cache import (LOGITS_RTOL, PATTERN_ATOL, STEP_RTOL, PatternChunks, assert_logits_close,
+                               reference_run, reference_visible)
+
+ATOL = 1e-5  # attention probabilities in float32, as every parity test
+ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
+REAL = Path(__file__).parent / "data" / "real_configs"
+
+
+# ------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tg.gpt_oss(tmp_path_factory.mktemp("gpt_oss"))
+
+
+def reference(folder: Path) -> Any:
+    """transformers' GptOssForCausalLM, eager attention and the plain loop over experts
+    (its modeling file's; grouped_mm has no float64)."""
+    model = tm.load_reference(folder)
+    model.config._experts_implementation = "eager"
+    return model
+
+
+@pytest.fixture(scope="module")
+def ref(folder: Path) -> Any:
+    return reference(folder)
+
+
+@pytest.fixture(scope="module")
+def ref64(ref: Any) -> Any:
+    return copy.deepcopy(ref).double().eval()
+
+
+@pytest.fixture(scope="module")
+def ours(folder: Path) -> Any:
+    from attnscope.api import load
+
+    return load(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def ids(folder: Path) -> list[int]:
+    ids = tm.plain_tokenizer(folder).encode(tg.GPT_OSS_TEXT).ids
+    assert len(ids) >= 90 and len(ids) > tg.GPT_OSS_WINDOW
+    return ids
+
+
+@pytest.fixture(scope="module")
+def attention(ref: Any, ids: list[int]) -> torch.Tensor:
+    """transformers' eager attention (L, H, n, n), float32."""
+    with torch.no_grad():
+        return tm.reference_attention(ref, ids)
+
+
+def run(*args: str) -> Any:
+    from attnscope.cli import app
+
+    return CliRunner().invoke(app, list(args), env=ENV)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
+    return float((a.double() - b.double()).abs().max())
+
+
+# ------------------------------------------------------------------ config, attention
+
+
+def test_config_reads_every_quirk(ours: Any, ref: Any) -> None:
+    cfg, hf = ours.config, ref.config
+    assert (cfg.family, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_head) == ("gpt_oss", 4, 4, 2, 16)
+    for layer in range(cfg.n_layers):
+        spec = cfg.layer(layer)
+        a, m = spec.attn, spec.mlp
+        sliding = hf.layer_types[layer] == "sliding_attention"
+        assert a.window == (tg.GPT_OSS_WINDOW if sliding else None), layer
+        assert a.sinks and a.qkv_bias and a.out_bias
+        assert a.rope is not None and a.rope.theta == 5000.0 and a.rope.scaling_type == "yarn"
+        assert a.rope.scaling_dict["truncate"] is False and a.rope.scaling_dict["factor"] == 4.0
+        e = m.experts
+        assert m.kind == "experts" and m.d_mlp == 16 and e is not None
+        assert (e.n_experts, e.top_k, e.router, e.router_bias, e.expert_bias) == (4, 2, "topk_softmax", True, True)
+        assert (e.swiglu_alpha, e.swiglu_limit) == (hf.swiglu_alpha, tg.GPT_OSS_LIMIT)
+
+
+def test_attention_matches_transformers(ours: Any, ids: list[int], attention: torch.Tensor) -> None:
+    """Every layer and head to 1e-5; the rows sum to 1 − sink weight, visibly below 1."""
+    att = ours.attention(tg.GPT_OSS_TEXT)
+    assert att.tokens is not None and att.tokens.ids == ids
+    assert att.probs.dtype == torch.float32
+    assert max_diff(att.probs, attention) <= ATOL
+    assert float(attention.sum(-1).min()) < 0.5  # the sinks take a large share of some rows
+
+
+def _hf_logits(model: Any, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+def test_each_quirk_moves_transformers_far_more_than_the_tolerance(ref: Any, ids: list[int],
+                                                                   attention: torch.Tensor) -> None:
+    """Dropping the sinks, the clamp or the router bias changes transformers' own attention
+    or logits by far more than 1e-5 / 1e-4: the parity checks can fail. (The window cuts
+    most of each row of the sliding layers: attention parity shows it.)"""
+    base = _hf_logits(ref, ids)
+    changed = copy.deepcopy(ref)
+    with torch.no_grad():
+        for layer in changed.model.layers:
+            layer.self_attn.sinks.fill_(-1e4)
+    assert max_diff(tm.reference_attention(changed, ids), attention) > 0.1
+    for change in ("limit", "router_bias"):
+        changed = copy.deepcopy(ref)
+        with torch.no_grad():
+            for layer in changed.model.layers:
+                if change == "limit":
+                    layer.mlp.experts.limit = 1e9
+                else:
+                    layer.mlp.router.bias.zero_()
+        assert max_diff(_hf_logits(changed, ids), base) > 1e-2 * float(base.abs().max()), change
+
+
+# ------------------------------------------------------------------- logits, cache
+
+
+def test_logits_match_transformers(ours: Any, ref64: Any, ids: list[int]) -> None:
+    expected, _ = reference_run(ref64, ids)
+    assert_logits_close(ours.logits(ids), expected, LOGITS_RTOL, "gpt_oss")
+
+
+class Chunks(PatternChunks):
+    """PatternChunks that also keeps each chunk's sink weights (H, c)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sinks: list[tuple[int, int, torch.Tensor]] = []
+
+    def wants(self, site: str, what: str) -> bool:
+        return what in ("pattern", "sink") and site.endswith(".attn")
+
+    def report(self, site: str, what: str, value: torch.Tensor, q_start: int, k_start: int) -> None:
+        if what == "pattern":
+            return super().report(site, what, value, q_start, k_start)
+        self.sinks.append((int(site.split(".")[1]), q_start, value.detach().cpu().clone()))
+
+    def full_sinks(self, n_layers: int, n_heads: int, n: int) -> torch.Tensor:
+        out = torch.full((n_layers, n_heads, n), float("nan"))
+        for layer, q0, value in self.sinks:
+            out[layer, :, q0:q0 + value.shape[1]] = value
+        return out
+
+
+def check_steps(insp: Any, ref: Any, ids: list[int], pieces: list[list[int]]) -> None:
+    """test_logits_cache's check_against_full_pass for a model with sinks: feed `pieces`
+    through one cache; logits, pattern rows and sink weights equal one full pass's and
+    transformers'; keys outside each layer's window weigh 0; each row plus its sink is 1."""
+    assert [i for piece in pieces for i in piece] == ids
+    n, L, H = len(ids), insp.n_layers, insp.n_heads
+    whole = Chunks()
+    insp.run(ids, whole)
+    full_patterns, full_sinks = whole.full(L, H, n), whole.full_sinks(L, H, n)
+    full_logits = insp.logits(ids)
+    cache, hook, rows = insp.new_cache(), Chunks(), []
+    for piece in pieces:
+        rows.append(insp.step(piece, cache, hook))
+    stepped = torch.cat(rows)  # (T, vocab)
+    patterns, sinks = hook.full(L, H, n), hook.full_sinks(L, H, n)
+    what = f"pieces {[len(p) for p in pieces]}"
+    assert_logits_close(stepped, full_logits.double(), STEP_RTOL, f"{what}: stepped vs full logits")
+    assert max_diff(patterns, full_patterns) <= PATTERN_ATOL and max_diff(sinks, full_sinks) <= PATTERN_ATOL
+    ref_logits, ref_attn = reference_run(ref, ids)
+    assert_logits_close(stepped, ref_logits, LOGITS_RTOL, f"{what}: stepped logits vs transformers")
+    assert max_diff(patterns, ref_attn) <= PATTERN_ATOL, what
+    assert max_diff(sinks, 1 - ref_attn.sum(-1)) <= PATTERN_ATOL, what
+    for layer in range(L):
+        hidden = ~reference_visible(ref.config, layer, n)  # (T, T)
+        assert (patterns[layer][:, hidden] == 0).all(), f"{what}: layer {layer} weights a hidden key"
+    assert max_diff(patterns.double().sum(-1) + sinks.double(), torch.ones(L, H, n)) <= PATTERN_ATOL
+
+
+def test_one_token_at_a_time_is_one_full_pass(ours: Any, ref64: Any, ids: list[int]) -> None:
+    check_steps(ours, ref64, ids, [[i] for i in ids])
+
+
+def test_prefill_then_steps_is_one_full_pass(ours: Any, ref64: Any, ids: list[int]) -> None:
+    """A prefix longer than the window (12), three tokens at once, then one at a time."""
+    cut = 17
+    check_steps(ours, ref64, ids, [ids[:cut], ids[cut:cut + 3]] + [[i] for i in ids[cut + 3:]])
+
+
+# ----------------------------------------------------------------- the sink outputs
+
+
+def test_sink_hook_is_the_kernels_own_share(ours: Any, ids: list[int], attention: torch.Tensor) -> None:
+    """The `sink` quantity (H, n) of every layer is 1 − transformers' row sum, and our own
+    pattern row plus it is 1."""
+    from attnscope.hooks import Capture, attn_site
+
+    cap = Capture({attn_site(i): ["pattern", "sink"] for i in range(4)})
+    ours.run(ids, cap)
+    for layer in range(4):
+        sink = cap.get(attn_site(layer), "sink")  # (H, n)
+        assert sink.shape == (4, len(ids))
+        assert max_diff(sink, 1 - attention[layer].double().sum(-1)) <= ATOL
+        assert max_diff(cap.get(attn_site(layer), "pattern").double().sum(-1) + sink.double(),
+                        torch.ones(4, len(ids))) <= 1e-6
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_save_writes_each_rows_sink_weight(folder: Path, attention: torch.Tensor, tmp_path: Path,
+                                           suffix: str) -> None:
+    import numpy as np
+
+    out = tmp_path / f"p{suffix}"
+    result = run("attend", tg.GPT_OSS_TEXT, "--model", str(folder), "--save", str(out), "--device", "cpu",
+                 "--layer", "1-3", "--head", "1,3")
+    assert result.exit_code == 0, result.output
+    if suffix == ".npz":
+        with np.load(out) as z:
+            sinks, att = torch.from_numpy(z["sinks"]), torch.from_numpy(z["attentions"])
+    else:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(out))
+        sinks, att = tensors["sinks"], tensors["attentions"]
+    assert sinks.dtype == torch.float32 and sinks.shape == (3, 2, attention.shape[-1])
+    expected = 1 - attention[1:4][:, [1, 3]].double().sum(-1)  # (3, 2, n)
+    assert max_diff(sinks, expected) <= ATOL
+    assert max_diff(att.double().sum(-1) + sinks.double(), torch.ones_like(expected)) <= 1e-6
+
+
+def test_save_of_a_model_without_sinks_has_none(build: Any, tmp_path: Path) -> None:
+    import numpy as np
+
+    out = tmp_path / "p.npz"
+    result = run("attend", "the cat sat on the mat", "--model", str(build("llama")), "--save", str(out),
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    with np.load(out) as z:
+        assert "sinks" not in z.files and "attentions" in z.files
+
+
+def test_focus_view_shows_the_sink_in_the_specials_column(folder: Path, ids: list[int],
+                                                          attention: torch.Tensor) -> None:
+    """The tiny tokenizer marks no token special, so the specials column is the sink's
+    share alone: 1 − the query's row sum, per head, to the two decimals shown."""
+    query = len(ids) - 1
+    result = run("attend", tg.GPT_OSS_TEXT, "--model", str(folder), "--layer", "2", "--token", str(query),
+                 "--device", "cpu", "--no-color")
+    assert result.exit_code == 0, result.output
+    assert "specials" in result.stdout and "the sink" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("H")]
+    assert len(rows) == 4
+    for head, row in enumerate(rows):
+        assert row[0] == f"H{head}"
+        expected = 1 - float(attention[2, head, query].double().sum())
+        assert abs(float(row[-1]) - expected) <= 0.005 + 1e-6, (head, row, expected)
+
+
+def test_json_focus_carries_the_sink_weight(folder: Path, ids: list[int], attention: torch.Tensor) -> None:
+    query = 40
+    result = run("attend", tg.GPT_OSS_TEXT, "--model", str(folder), "--layer", "0,3", "--token", str(query),
+                 "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    focus = json.loads(result.stdout)["focus"]
+    assert focus["layers"] == [0, 3] and focus["heads"] == [0, 1, 2, 3]
+    expected = 1 - attention[[0, 3], :, query].double().sum(-1)  # (2, H)
+    assert max_diff(torch.tensor(focus["sink"], dtype=torch.float64), expected) <= ATOL
+
+
+def test_heads_sink_score(ours: Any, ids: list[int], attention: torch.Tensor) -> None:
+    """`sink`: the mean over rows of 1 − Σ_j A[i, j], every layer and head; part of the
+    default scores of a model with sinks, and undefined under --measure norm."""
+    from attnscope import heads as hd
+
+    res = hd.head_scores(ours, tg.GPT_OSS_TEXT)
+    assert "sink" in res.scores and list(hd.scores_dict(res)["scores"])[-1] == "sink"
+    expected = (1 - attention.double().sum(-1)).mean(-1)  # (L, H)
+    assert max_diff(res.scores["sink"], expected) <= ATOL
+    assert float(expected.max()) > 0.3  # a visible share
+    norm = hd.head_scores(ours, tg.GPT_OSS_TEXT, names=["sink", "self"], measure="norm")
+    assert "sink" not in norm.scores and "no value vector" in norm.undefined["sink"]
+
+
+def test_heads_sink_score_on_a_model_without_sinks(build: Any) -> None:
+    """A model without sinks has no `sink` score by default; asked for, it is undefined."""
+    from attnscope import heads as hd
+    from attnscope.api import load
+
+    m = load(str(build("llama")), device="cpu", dtype="float32")
+    assert "sink" not in hd.head_scores(m, names=None).scores
+    res = hd.head_scores(m, names=["sink"])
+    assert not res.scores and "no sinks" in res.undefined["sink"]
+
+
+@pytest.mark.parametrize("batch_tokens", [0, 400])
+def test_corpus_sink_pools_every_row(ours: Any, ref: Any, folder: Path, batch_tokens: int) -> None:
+    """Pooled over three texts (packed into one pass or not): Σ over all rows of the sink
+    weight / their number, from transformers' attention on each text."""
+    from attnscope import corpus
+
+    texts = tm.SENTENCES[:3]
+    res = corpus.corpus_scores(ours, texts, names=["sink", "self"], batch_tokens=batch_tokens)
+    assert res is not None
+    total, rows = torch.zeros(4, 4, dtype=torch.float64), 0
+    tok = tm.plain_tokenizer(folder)
+    for text in texts:
+        text_ids = tok.encode(text).ids
+        with torch.no_grad():
+            att = tm.reference_attention(ref, text_ids)
+        total += (1 - att.double().sum(-1)).sum(-1)
+        rows += len(text_ids)
+    assert max_diff(res.scores["sink"], total / rows) <= ATOL
+
+
+def test_mask_demo_shows_the_sink_column(folder: Path) -> None:
+    """No --kind: every layer's and head's last step is transformers' attention, and its
+    sink column is 1 − the row sum; the scores' sink column is the head's logit; Σ in the
+    terminal view counts the sink (each row 1.00)."""
+    model = reference(folder)
+    labels_ids = tm.plain_tokenizer(folder).encode(tm.LONG_TEXT).ids
+    with torch.no_grad():
+        attentions = tm.reference_attention(model, labels_ids)
+    for layer in range(4):
+        for head in range(4):
+            result = run("mask-demo", tm.LONG_TEXT, "--model", str(folder), "--layer", str(layer), "--head", str(head),
+                         "--device", "cpu", "--json")
+            assert result.exit_code == 0, result.output
+            doc = json.loads(result.stdout)
+            where = f"layer {layer} head {head}"
+            assert doc["own_mask"] is True, where
+            last = doc["steps"][-1]
+            assert last["name"] == "masked_softmax"
+            pattern = torch.tensor(last["matrix"], dtype=torch.float64)
+            assert max_diff(pattern, attentions[layer, head]) <= ATOL, where
+            sink = torch.tensor(last["sink"], dtype=torch.float64)
+            assert max_diff(sink, 1 - attentions[layer, head].double().sum(-1)) <= ATOL, where
+            logit = float(model.model.layers[layer].self_attn.sinks[head])
+            assert doc["sink"] == pytest.approx(logit) and doc["steps"][0]["sink"] == pytest.approx([logit] * len(sink))
+    result = run("mask-demo", tm.LONG_TEXT, "--model", str(folder), "--layer", "1", "--head", "0", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "sink" in result.stdout and "1 − sink" in result.stdout
+
+
+# -------------------------------------------------------------------------- counts
+
+
+@pytest.mark.parametrize("name, total, active", [("gpt-oss-20b", 20_914_757_184, 4_187_440_704),
+                                                 ("gpt-oss-120b", 116_829_156_672, 5_711_982_912)])
+def test_real_config_counts(name: str, total: int, active: int) -> None:
+    """Through `params --config FILE`'s path and the CLI; the preset counts the same. Active
+    is OpenAI's figure (3.61B, 5.13B) plus the input embedding (201,088 × 2,880)."""
+    from attnscope.config import load_config
+    from attnscope.params import report
+
+    path = REAL / f"{name}.json"
+    assert json.loads(path.read_text())["_num_parameters"] == total
+    rep = report(load_config(path))
+    assert rep.total_full == total
+    assert rep.active_full == active
+    assert active - 201_088 * 2_880 == {"gpt-oss-20b": 3_608_307_264, "gpt-oss-120b": 5_132_849_472}[name]
+    for source in (str(path), name):
+        result = run("params", "--config", source, "--json")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["total"] == total and doc["active"] == active
+
+
+def test_tiny_checkpoint_counts_to_transformers(ours: Any, ref: Any, folder: Path) -> None:
+    """The stored tensors of the tiny checkpoint (fused, interleaved, transposed) count to
+    transformers' own number, and so does the declared config."""
+    from attnscope.params import report
+
+    assert report(ours.config).total_full == ref.num_parameters()
+    result = run("params", "--model", str(folder), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["total"] == ref.num_parameters()
