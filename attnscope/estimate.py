@@ -73,4 +73,11 @@ def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel:
         kept += 3 * n * n * 4
     elif measure == "norm":  # ‖f_h(x_j)‖ per head and key, and the focus view's f_h(x_j) vectors (float64)
         kept += H * n * 4 + H * n * cfg.d_model * 8
+    elif measure in ("alti", "value-zeroing"):  # n × n float64 matrices and bounded pieces of work (measures.mixing)
+        from attnscope.measures.mixing import kept_bytes
+
+        d_mlp = max(spec.mlp.d_mlp for spec, _ in cfg.stack.kinds())
+        kept += kept_bytes(n, measure, n_layers_sel if save else 0, cfg.d_model, d_mlp)
+        if save and measure == "alti":  # alti_layer beside alti
+            output += n_layers_sel * n * n * 4
     return Plan(n, stored_params * width, act, attn_chunk, kept, output, runtime, file_bytes)

@@ -283,6 +283,16 @@ def induction_input(tokenizer: Any, cfg: "ModelConfig", repeat: int, seed: int) 
 # ------------------------------------------------------------------------- scoring
 
 
+def check_measure(measure: str) -> None:
+    """Refuse, before a model loads, a measure that has no heads to score (rollout, alti
+    and value-zeroing give one matrix a layer)."""
+    from attnscope.measures import KINDS
+
+    if measure not in KINDS or not KINDS[measure].per_head:
+        raise UsageError(f"heads scores each head; --measure {measure} is per layer, not per head",
+                         hint=f"use --measure weight or norm; attnscope attend --measure {measure} shows it per layer")
+
+
 def head_scores(
     inspector: "Inspector",
     text: "str | Tokens" = DEFAULT_TEXT,
@@ -297,12 +307,9 @@ def head_scores(
     """Score every selected head: one forward pass on the text (if a text score is asked
     for) and one on the induction input (if induction is). Under `measure="norm"` every
     score reads the row-normalised norms ‖α·f(x)‖ instead of the weights α."""
-    from attnscope.measures import KINDS
     from attnscope.measures.transforms import wrap
 
-    if measure not in KINDS or not KINDS[measure].per_head:
-        raise UsageError(f"heads scores each head; --measure {measure} is not per head",
-                         hint="use --measure weight or norm (rollout: attnscope attend --measure rollout)")
+    check_measure(measure)
     wanted = default_scores(inspector.config) if names is None else list(dict.fromkeys(names))
     unknown = [name for name in wanted if name not in ALL_SCORES]
     if unknown:

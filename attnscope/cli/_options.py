@@ -72,10 +72,13 @@ class PerHeadMeasure(str, Enum):
 
     weight = "weight"
     norm = "norm"
+    # offered so that asking for them is answered in one line: they are per layer, not per head
+    alti = "alti"
+    value_zeroing = "value-zeroing"
 
 
 PerHeadMeasureOpt = Annotated[PerHeadMeasure, typer.Option(
-    "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves. (Rollout has no heads: attnscope attend --measure rollout.)")]
+    "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves. (Rollout, alti and value-zeroing are per layer, not per head: attnscope attend --measure alti.)")]
 LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 3, -1 (last), 0,2,5, 1-3, 2: or all.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]

@@ -71,7 +71,7 @@ def explore(
         raise InputError("the text is empty", hint='give some text, e.g. attnscope explore "a fluffy blue creature"')
     m = _load(model, device, dtype)
     start_layer = _one(layer, m.n_layers, "layer", m.n_layers - 1)
-    start_head = 0 if measure == MeasureName.rollout else _one(head, m.n_heads, "head", 0)
+    start_head = 0 if measure.value in ("rollout", "alti", "value-zeroing") else _one(head, m.n_heads, "head", 0)
     tokens = m.tokenize(text, truncate)
     started = time.perf_counter()
 

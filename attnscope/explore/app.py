@@ -29,6 +29,7 @@ from attnscope.errors import AttnscopeError
 from attnscope.explore import views
 from attnscope.explore.screens import HeatmapPane, HelpScreen, MainScreen, OverviewScreen, Pane, TokenView
 from attnscope.explore.session import MEASURES, Session, ranked, rss_bytes
+from attnscope.measures import KINDS
 from attnscope.tokenize import visible
 from attnscope.units import human_bytes
 
@@ -89,8 +90,8 @@ class ExploreApp(App[int]):
     # ------------------------------------------------------------------ state
 
     def head_shown(self) -> int:
-        """The head index of the view: rollout has one matrix (index 0) per layer."""
-        return 0 if self.measure == "rollout" else self.head
+        """The head index of the view: rollout, alti and value-zeroing have one matrix (index 0) per layer."""
+        return self.head if KINDS[self.measure].per_head else 0
 
     def target(self) -> tuple[str, int, int]:
         return self.measure, self.layer, self.head_shown()
@@ -134,7 +135,7 @@ class ExploreApp(App[int]):
         intensity = views.relative(row.tolist()) if row is not None else None
         tokens.show(intensity, self.query, set(self.matches), palette)
         width = max(10, screen.size.width or 80)
-        head = None if self.measure == "rollout" else self.head
+        head = self.head if KINDS[self.measure].per_head else None
         screen.query_one("#header", Pane).show(views.header_text(
             s.name, self.layer, head, self.measure, s.n, self.query, s.tokens.labels[self.query], width))
         k = max(3, keys_pane.size.height - 2)
@@ -241,8 +242,8 @@ class ExploreApp(App[int]):
         self.redraw()
 
     def action_head(self, step: int) -> None:
-        if self.measure == "rollout":
-            self.say("rollout has one matrix per layer: no heads to step through")
+        if not KINDS[self.measure].per_head:
+            self.say(f"{self.measure} has one matrix per layer: no heads to step through")
             self._footer()
             return
         self.head = (self.head + step) % self.session.n_heads
@@ -272,7 +273,7 @@ class ExploreApp(App[int]):
         def jump(picked: tuple[int, int] | None) -> None:
             if picked is not None:
                 self.layer, h = picked
-                if self.measure != "rollout":
+                if KINDS[self.measure].per_head:
                     self.head = h
             self.redraw()
 
@@ -354,7 +355,7 @@ class ExploreApp(App[int]):
             self.session.export(path, measure, layer, head)
 
         worker = self.run_worker(job, thread=True, group="compute", exit_on_error=False)
-        where = f"L{layer}H{head}" if measure != "rollout" else f"L{layer}"
+        where = f"L{layer}H{head}" if KINDS[measure].per_head else f"L{layer}"
         self._pending[worker] = ("export", f"{path} ({where} {measure}, {self.session.n}×{self.session.n})")
         self.say(f"writing {path}…")
         self._footer()

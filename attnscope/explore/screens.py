@@ -41,7 +41,8 @@ attnscope explore: one head's attention on the text, token by token
   ← →    previous / next head        ↑ ↓    previous / next layer
   Tab    next token (Shift+Tab back)  click  select a token
   h      heatmap of the head          o      every layer × head (entropy),
-  m      weight → norm → rollout             Enter jumps to a head
+  m      weight → norm → rollout → alti →    Enter jumps to a head
+         value-zeroing
   /      find tokens (n: next)        e      export this head (.npz)
   ?      this help                    q      quit
 
@@ -49,6 +50,9 @@ Tokens are shaded by how much the selected token (▸) attends to each,
 relative to its heaviest key; the list on the right ranks its keys.
 weight: the softmax α. norm: ‖α·f(x)‖, what each key moves (rows sum
 to 1). rollout: attention flow through the layers, one matrix a layer.
+alti: each token's share of the layer's output, residual and norms
+counted, rolled out. value-zeroing: how far zeroing a token's values
+moves each output. Both one matrix a layer.
 ␣ marks a leading space, ↵ a line break.
 
 Any key closes this."""
@@ -226,7 +230,7 @@ class OverviewScreen(Screen[tuple[int, int] | None]):
         self.query_one("#ov-title", Static).update(title)
         l, h = self.cursor
         value = f" = {values[l][h]:.3f}" if values is not None else ""
-        where = f"L{l}H{h}" if measure != "rollout" else f"L{l} all heads"
+        where = f"L{l}H{h}" if measure not in ("rollout", "alti", "value-zeroing") else f"L{l} all heads"
         foot = f"{where}{value} · bright: focused · * on show · ←→↑↓ Enter jump · Esc back"
         self.query_one("#ov-footer", Static).update(Text(views.fit(foot, width), style=views.DIM))
         scroll = self.query_one("#ov-scroll", VerticalScroll)

@@ -172,7 +172,7 @@ def top_keys_text(keys: Sequence[tuple[int, float]], labels: Sequence[str], quer
                   width: int, palette: Palette, computing: bool = False) -> Text:
     """The selected token's heaviest keys: rank, label, position and share of its row."""
     text = Text(no_wrap=True, overflow="ellipsis")
-    what = {"weight": "α", "norm": "share", "rollout": "flow"}[measure]
+    what = {"weight": "α", "norm": "share", "rollout": "flow", "alti": "share", "value-zeroing": "moved"}[measure]
     text.append(fit(f"{fit(visible(labels[query]), 12)} ({query}) looks at", width), TITLE)
     text.append("\n")
     if computing:
@@ -253,7 +253,7 @@ def overview_header(heads: int, width: int, measure: str) -> Text:
     text = Text("     ", no_wrap=True, overflow="crop")
     w = overview_cell_width(heads, width)
     for h in range(heads):
-        label = "all" if measure == "rollout" else (f"H{h}" if w >= 5 or h % 5 == 0 else "")
+        label = "all" if measure in ("rollout", "alti", "value-zeroing") else (f"H{h}" if w >= 5 or h % 5 == 0 else "")
         text.append(pad(label, w) if w >= 5 or h % 5 == 0 else " " * w, DIM)
     return text
 

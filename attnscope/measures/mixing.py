@@ -89,28 +89,32 @@ def check(m: Any, measure: str, n: int, saved_layers: int) -> None:
     why = unsupported(m.model, measure, range(m.n_layers))
     if why is not None:
         raise UsageError(why, hint="use --measure weight, norm or rollout on this model")
-    check_fits(n, measure, saved_layers, str(getattr(m, "device", "cpu")))
+    cfg = m.config
+    d_mlp = max(spec.mlp.d_mlp for spec, _ in cfg.stack.kinds())
+    check_fits(n, measure, saved_layers, str(getattr(m, "device", "cpu")), cfg.d_model, d_mlp)
 
 
-def kept_bytes(n: int, measure: str, saved_layers: int = 0) -> int:
-    """What the measure holds beside the pass: ALTI its layer, the rolled-out matrix and
-    their product (float64) and, with --save, every saved layer's C_l (float32) until the
-    file is closed; Value Zeroing its layer (float64); and one piece of work each."""
+def kept_bytes(n: int, measure: str, saved_layers: int = 0, d: int = 0, d_mlp: int = 0) -> int:
+    """What the measure holds beside the pass, for n tokens and width d (d_mlp the MLP's):
+    ALTI its layer, the rolled-out matrix and their product (float64) and, with --save,
+    every saved layer's C_l (float32) until the file is closed; Value Zeroing its layer
+    (float64); and their pieces of work, each at most WORK_BYTES (a few temporaries each)."""
+    pairs = n * n * 8
     if measure == "alti":
-        return 3 * n * n * 8 + saved_layers * n * n * 4 + 2 * WORK_BYTES
+        return 3 * pairs + saved_layers * n * n * 4 + 3 * min(WORK_BYTES, pairs * 4 * d)
     if measure == "value-zeroing":
-        return n * n * 8 + 3 * WORK_BYTES
+        return pairs + 3 * min(WORK_BYTES, pairs * d) + 3 * min(WORK_BYTES, pairs * (4 * d + 3 * d_mlp))
     return 0
 
 
-def check_fits(n: int, measure: str, saved_layers: int, device: str) -> None:
+def check_fits(n: int, measure: str, saved_layers: int, device: str, d: int = 0, d_mlp: int = 0) -> None:
     """Refuse, before the pass, a text whose n × n matrices would not fit in the memory
     available now (CPU; on a GPU the driver's own error speaks)."""
     from attnscope.api import available_memory
     from attnscope.errors import InputError
     from attnscope.units import human_bytes
 
-    need = kept_bytes(n, measure, saved_layers)
+    need = kept_bytes(n, measure, saved_layers, d, d_mlp)
     free = available_memory() if device.startswith("cpu") else None
     if free is not None and need > 0.8 * free:
         raise InputError(f"--measure {measure} on {n} tokens keeps {human_bytes(need)} of n × n matrices, more than "

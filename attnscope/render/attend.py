@@ -35,9 +35,14 @@ def weight_text(label: str, weight: float, color: bool, width: int = 10) -> Text
     return Text(body, style=ramp_style(weight) if color else "")
 
 
+# The measures with one matrix a layer (no heads), by the name a row or title gives it.
+LAYER_MEASURES = {"rollout": "rollout", "alti": "ALTI", "value-zeroing": "value zeroing"}
+
+
 def head_name(head: int, measure: str) -> str:
-    """A row or column of heads: 'H3'; under rollout the one matrix is the layer's rollout."""
-    return "rollout" if measure == "rollout" else f"H{head}"
+    """A row or column of heads: 'H3'; under rollout (ALTI, value zeroing) the one matrix
+    is the layer's."""
+    return LAYER_MEASURES.get(measure, f"H{head}")
 
 
 def _has_specials(tokens: "Tokens") -> bool:
@@ -73,12 +78,12 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
     # column and the specials column take their own
     room = console.width - 8 - (10 if show_special else 0)
     width = max(8, min(24, room // max(1, shown) - 6))
-    of = " (its rollout)" if measure == "rollout" else ""
+    of = f" (its {LAYER_MEASURES[measure]})" if measure in LAYER_MEASURES else ""
     for li, layer in enumerate(focus.layers):
         title = f"What “{tokens.labels[q]}” (token {q}) attends to · layer {layer}{of}"
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, box=None, padding=(0, 1),
                       min_width=min(console.width, len(title)))  # the title on one line where it fits
-        table.add_column("rollout" if measure == "rollout" else "head", justify="right", style="dim")
+        table.add_column(LAYER_MEASURES.get(measure, "head"), justify="right", style="dim")
         for r in range(shown):
             table.add_column(f"#{r + 1}")
         if show_special:
@@ -90,7 +95,7 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
             if show_special:
                 rest = float(focus.sink[li, hi]) if focus.sink is not None else 0.0  # the sink's own share
                 cells.append(Text(f"{float(row[special].sum()) + rest:.2f}"))
-            table.add_row("all heads" if measure == "rollout" else f"H{head}", *cells)
+            table.add_row("all heads" if measure in LAYER_MEASURES else f"H{head}", *cells)
         console.print(table)
 
 
@@ -139,7 +144,7 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int, me
     for li, layer in enumerate(att.layers):
         for hi, head in enumerate(att.heads):
             pattern = att.probs[li, hi]  # (T, T)
-            what = "rollout" if measure == "rollout" else f"head {head}"
+            what = LAYER_MEASURES.get(measure, f"head {head}")
             console.print(Text(f"Layer {layer} · {what}: row = query token, column = key token", style="bold"))
             idx_line = Text(" " * (label_w + 4))
             for j in cols:
@@ -231,8 +236,10 @@ def render_result(console: Console, res: "AttendResult", view: str, model: str, 
     its rollout (every head and every earlier layer), not a head."""
     note = ""
     if view == "focus" and res.focus is not None:
-        note = ("Top words in each layer's rollout (flow through all its heads and the layers below)"
-                if measure == "rollout" else "Top words per head")
+        note = {"rollout": "Top words in each layer's rollout (flow through all its heads and the layers below)",
+                "alti": "Top words in each layer's ALTI (each token's share of the output, through the layers below)",
+                "value-zeroing": "Top words in each layer's value zeroing (how far zeroing each token moves the output)",
+                }.get(measure, "Top words per head")
         sink = res.focus.sink is not None
         if _has_specials(res.tokens) or sink:
             note += "; specials: weight on " + ("[CLS]-like tokens" if _has_specials(res.tokens) else "") + \

@@ -29,7 +29,10 @@ MEASURE_LABELS = {
     "weight": "attention weight",
     "norm": "‖α·f(x)‖, row-normalised",
     "rollout": "attention rollout",
+    "alti": "ALTI, rolled out",
+    "value-zeroing": "value zeroing",
 }
+PER_LAYER = {"rollout": "rollout", "alti": "ALTI", "value-zeroing": "value zeroing"}  # one matrix a layer, no heads
 
 
 def require_matplotlib() -> None:
@@ -103,7 +106,7 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
     vmax = float(data.max()) if data.size and float(data.max()) > 0 else 1.0
     names = [_label(t) for t in labels]
     measure_label = MEASURE_LABELS.get(measure, measure)
-    rollout = measure == "rollout"
+    rollout = measure in PER_LAYER
 
     with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42, "font.size": 9,
                                 "svg.hashsalt": "attnscope", "axes.titlesize": 9}):
@@ -152,8 +155,8 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
         if single:
             ax0.set_xlabel("key")
             ax0.set_ylabel("query")
-            what = f"layer {layers[0]} · rollout" if rollout else f"layer {layers[0]} · head {heads[0]}"
-            fig.suptitle(f"{model} · {what}" + ("" if measure in ("weight", "rollout") else f" · {measure}"), fontsize=10)
+            what = f"layer {layers[0]} · {PER_LAYER[measure]}" if rollout else f"layer {layers[0]} · head {heads[0]}"
+            fig.suptitle(f"{model} · {what}" + ("" if measure == "weight" or rollout else f" · {measure}"), fontsize=10)
         else:
             fig.supxlabel("key", fontsize=9)
             fig.supylabel("query", fontsize=9)

@@ -126,7 +126,8 @@ class Page:
         mode = (f"top-{self.k} only: each token's {self.k} strongest keys; every other weight is not stored and drawn as 0"
                 if self.k is not None else "full patterns, exactly as --save writes them")
         title = f"attnscope · {self.model} · {visible(self.tokens.text)}"
-        what = "rollout: one matrix per layer" if self.measure == "rollout" else f"{len(self.heads)} heads"
+        what = (f"{self.measure}: one matrix per layer" if self.measure in ("rollout", "alti", "value-zeroing")
+                else f"{len(self.heads)} heads")
         fields = {
             "TITLE": _text(title[:120] + ("…" if len(title) > 120 else "")),
             "MODEL": _text(self.model),
