@@ -41,8 +41,9 @@ _BOUNDED = ("d_model", "d_mlp", "vocab_size", "n_ctx")
 # The only booleans a ModelConfig has: model-wide and generic (tests/test_config_fields.py
 # holds each one's reason). A family's quirk is its layer kind (`layer_template`), not a flag.
 _BOOLEANS = ("causal", "embed_norm", "final_norm", "lm_head", "tied_embeddings", "unembed_bias")
-TASK_HEADS = ("pooler", "mlm", "nsp", "classifier", "mlm_no_dense_bias")  # BertModel's pooler, BertForMaskedLM's MLM head, the NSP
-# classifier, and a sequence classifier (a dense layer, then `n_labels` outputs: RoBERTa's, DistilBERT's);
+TASK_HEADS = ("pooler", "mlm", "nsp", "sequence_classifier", "mlm_no_dense_bias")  # BertModel's pooler, BertForMaskedLM's MLM head, the NSP
+# classifier, and a sequence classifier (parameters `classifier.*`: a dense layer, then `n_labels` outputs:
+# RoBERTa's, DistilBERT's);
 # mlm_no_dense_bias: the MLM head with no bias on its dense transform (ModernBERT's `classifier_bias` false)
 # A layer kind with nothing of its own: pre-norm, dense MLP, no biases, no q/k norm. Sizes are
 # placeholders (0), filled from the flat fields by `ModelConfig._derived_stack`.
@@ -74,7 +75,7 @@ class ModelConfig:
     lm_head: bool = True  # has an unembedding
     tied_embeddings: bool = True  # the unembedding is the token embedding
     heads: tuple[str, ...] = ()  # task heads after the blocks (TASK_HEADS: BERT's pooler, mlm, nsp)
-    n_labels: int = 0  # the outputs of a "classifier" head (config.json's num_labels / id2label)
+    n_labels: int = 0  # the outputs of a "sequence_classifier" head (config.json's num_labels / id2label)
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     rotary_dim: int = 0  # 0: rotate the whole head; less for partial rotary (NeoX, Phi)
@@ -169,8 +170,8 @@ class ModelConfig:
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE:
                 raise ConfigError(f"{where}{attr} must be a non-negative integer up to 2**31, got {_shown(value)}")
-        if ("classifier" in self.heads) != (self.n_labels > 0):
-            raise ConfigError(f"{where}a classifier head needs its number of labels, and only it has one "
+        if ("sequence_classifier" in self.heads) != (self.n_labels > 0):
+            raise ConfigError(f"{where}a sequence classifier head needs its number of labels, and only it has one "
                               f"(heads {_shown(self.heads)}, n_labels {_shown(self.n_labels)})")
         if not _number(self.rope_theta) or self.rope_theta < 1:
             # below 1 the "slowest" frequency would be the fastest: no RoPE model has one

@@ -151,9 +151,9 @@ def test_config_reads_every_quirk(ours: Callable[[str], Any]) -> None:
     heads = {name: (ours(name).config.heads, ours(name).config.n_labels) for name in NAMES}
     assert heads == {
         "roberta_bare": (("pooler",), 0), "roberta_mlm": (("mlm",), 0), "xlm_roberta": (("mlm",), 0),
-        "roberta_cls": (("classifier",), te.CLASSIFIER_LABELS["roberta_cls"]),
+        "roberta_cls": (("sequence_classifier",), te.CLASSIFIER_LABELS["roberta_cls"]),
         "distilbert_mlm": (("mlm",), 0), "distilbert_sinusoidal": ((), 0),
-        "distilbert_cls": (("classifier",), te.CLASSIFIER_LABELS["distilbert_cls"]),
+        "distilbert_cls": (("sequence_classifier",), te.CLASSIFIER_LABELS["distilbert_cls"]),
     }
 
 
@@ -288,7 +288,7 @@ def test_classifier_labels_follow_id2label() -> None:
     raw = json.loads((REAL / "distilbert-base-uncased.json").read_text())
     raw.update(architectures=["DistilBertForSequenceClassification"], id2label={"0": "NEG", "1": "POS", "2": "MIX"})
     cfg = from_hf_config(raw)
-    assert cfg.heads == ("classifier",) and cfg.n_labels == 3
+    assert cfg.heads == ("sequence_classifier",) and cfg.n_labels == 3
 
 
 # ------------------------------------------------------------------ specials and the CLI

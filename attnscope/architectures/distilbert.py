@@ -59,7 +59,7 @@ WEIGHTS: dict[str, str | None] = {
 _ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}  # what DistilBertConfig allows
 
 # What each class carries after the encoder.
-_HEADS = {"DistilBertForMaskedLM": ("mlm",), "DistilBertForSequenceClassification": ("classifier",)}
+_HEADS = {"DistilBertForMaskedLM": ("mlm",), "DistilBertForSequenceClassification": ("sequence_classifier",)}
 
 
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
@@ -93,6 +93,6 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         lm_head="mlm" in heads,
         tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
         heads=heads,
-        n_labels=n_labels(raw) if "classifier" in heads else 0,
+        n_labels=n_labels(raw) if "sequence_classifier" in heads else 0,
         dtype=checkpoint_dtype(raw),
     )

@@ -44,7 +44,7 @@ WEIGHTS: dict[str, str | None] = {
 _HEADS = {
     "Model": ("pooler",),
     "ForMaskedLM": ("mlm",),
-    "ForSequenceClassification": ("classifier",),
+    "ForSequenceClassification": ("sequence_classifier",),
 }
 
 
@@ -110,6 +110,6 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         lm_head="mlm" in heads,
         tied_embeddings=bool(raw.get("tie_word_embeddings", True)),
         heads=heads,
-        n_labels=n_labels(raw) if "classifier" in heads else 0,
+        n_labels=n_labels(raw) if "sequence_classifier" in heads else 0,
         dtype=checkpoint_dtype(raw),
     )

@@ -47,6 +47,7 @@ def params(
     """
     from attnscope import config as cfgmod
     from attnscope import params as pm
+    from attnscope.params import stored
     from attnscope.render import params as render
 
     if list_presets:
@@ -80,6 +81,12 @@ def params(
             rep = _checkpoint_report(model, convention.value if convention else "full")
         except ModelNotFoundError as exc:
             raise packaged.with_suggestion(model, exc) from None
+    if isinstance(rep, stored.UnknownReport):  # a family attnscope does not know: the headers' counts only
+        if as_json:
+            _print_json(stored.unknown_dict(rep))
+        else:
+            render.unknown_report(_console(), rep, context=bool(context))
+        return
     ctx = pm.context_report(rep.cfg, context, dtype.value) if context else None
     if as_json:
         _print_json(pm.report_dict(rep, ctx))
@@ -103,11 +110,15 @@ def _config_source(spec: str) -> tuple[Any, str, str]:
 
 def _checkpoint_report(spec: str, convention: str) -> Any:
     """A checkpoint's stored tensors from headers only: a packaged model by name, a GGUF
-    (its tensor table, with bytes per ggml type), or safetensors with their config.json."""
+    (its tensor table, with bytes per ggml type), or safetensors with their config.json.
+    A family attnscope does not know (no family module for its config.json's model_type,
+    or none named; no family for a GGUF's architecture) still gets every tensor counted,
+    grouped by name (`params.stored.UnknownReport`)."""
     from attnscope import checkpoint as ck
     from attnscope import config as cfgmod
     from attnscope import params as pm
     from attnscope.errors import ConfigError
+    from attnscope.params import stored
     from attnscope.sources import gguf_path
     from attnscope.sources import packaged
 
@@ -118,16 +129,29 @@ def _checkpoint_report(spec: str, convention: str) -> Any:
     if gguf is not None:
         from attnscope.sources.gguf import read_gguf
 
-        return pm.report_from_gguf(read_gguf(gguf), convention, str(gguf), name)
+        f = read_gguf(gguf)
+        if not stored.gguf_family_known(f):
+            return stored.unknown_from_gguf(f, str(gguf), name)
+        return pm.report_from_gguf(f, convention, str(gguf), name)
     ckpt = ck.locate(where)
+    from attnscope.architectures import ARCHITECTURES
+
     if ckpt.config_path is None:
         raise ConfigError(
             f"{ckpt.root} has no config.json, so the stored tensors cannot be broken down",
             hint="put the model's config.json beside the weights",
         )
-    cfg = cfgmod.load_config(ckpt.config_path)
+    shapes = ((tensor, info.shape) for tensor, info in ckpt.tensors.items())
+    raw = cfgmod.read_config_json(ckpt.config_path)
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
+        shown = cfgmod._shown(model_type)
+        family = None if model_type is None else model_type[:100] if isinstance(model_type, str) else shown
+        reason = ("config.json names no model_type" if model_type is None
+                  else f"model_type {shown} is not one attnscope knows")
+        return stored.report_unknown(shapes, where, name, family, reason)
+    cfg = cfgmod.from_hf_config(raw, name=ckpt.config_path.parent.name)
     cfg.name = name  # what the user named: a hub id, not its snapshot's hash
-    from attnscope.architectures import ARCHITECTURES
 
     family = ARCHITECTURES.get(cfg.family)
     if family is not None:  # a weight that is not a float: the same line as loading gives

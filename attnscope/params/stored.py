@@ -1,11 +1,13 @@
 """Counts from the tensors a checkpoint stores, read from headers alone: safetensors
 names mapped to ours through the family's weight table, a GGUF's tensor table through its
 `GGUF_WEIGHTS`, fused tensors cut by the family's `stored_parts`, and a GGUF's bytes by
-ggml type (`quantization_table`).
+ggml type (`quantization_table`). A checkpoint of a family attnscope does not know is
+still counted from its headers, tensor by tensor, grouped by name (`UnknownReport`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from math import prod
 from types import ModuleType, SimpleNamespace
@@ -138,3 +140,116 @@ def report_from_stored(
     rep.skipped = skipped
     rep.stored_only = True
     return rep
+
+
+# ------------------------------------------------------------- families attnscope does not know
+#
+# A checkpoint of a family with no module in `architectures/` still has headers: every
+# tensor's name and shape. They are counted whole and grouped by what their names say,
+# the way the common layouts spell them (Hugging Face's and llama.cpp's), so the total is
+# exact and the groups are a reading of the names, never a declaration.
+
+GROUPS = ("embeddings", "attention", "mlp", "norms", "other")
+_NORM = re.compile(r"norm|^ln(_\w*)?$|^ln\d*$")
+_EMBED = re.compile(r"emb|^(wte|wpe|shared|lm_head|unembed|embed_out|output)$")
+_ATTN = re.compile(r"attn|attention|^(q|k|v|o|wq|wk|wv|wo|wqkv|qkv|query|key|value|query_key_value|"
+                   r"[qkvo]_proj|qkv_proj|out_proj|c_attn)$")
+_MLP = re.compile(r"mlp|ffn|feed_?forward|densereludense|intermediate|experts?|moe|^(fc\d|c_fc|lin\d|"
+                  r"gate|up|down|w[123]|wi(_\d)?|gate_proj|up_proj|down_proj|gate_up_proj|dense_h_to_4h|dense_4h_to_h)$")
+
+
+def name_group(name: str) -> str:
+    """The group a stored tensor's name puts it in (`GROUPS`): a norm wherever its name
+    says so (`attn_norm` is a norm), else the first part of the name that names
+    embeddings, attention or an MLP (`h.0.mlp.c_proj` is the MLP's, `attn.c_proj` the
+    attention's), else other. The unembedding (`lm_head`, GGUF's `output`) counts with
+    the embeddings."""
+    parts = [p for p in name.lower().split(".") if p not in ("weight", "bias", "scale")]
+    if any(_NORM.search(p) for p in parts):
+        return "norms"
+    for p in parts:
+        if _EMBED.search(p) and not (p == "output" and len(parts) > 1):
+            return "embeddings"
+        if _ATTN.search(p):
+            return "attention"
+        if _MLP.search(p):
+            return "mlp"
+    return "other"
+
+
+@dataclass
+class UnknownReport:
+    """What the headers of a checkpoint of an unknown family say: every tensor counted,
+    grouped by name. `family` is what the file calls its family (None: it names none),
+    `reason` why attnscope cannot read it as a model."""
+
+    source: str
+    name: str
+    family: str | None
+    reason: str
+    total: int
+    tensors: int
+    groups: dict[str, int]
+    skipped: list[str]
+    quantization: "dict[str, QuantRow] | None" = None
+
+
+def report_unknown(items: Iterable[tuple[str, tuple[int, ...]]], source: str, name: str, family: str | None,
+                   reason: str) -> UnknownReport:
+    """Count every tensor (names, shapes) by group; non-parameter buffers (`is_buffer`) apart."""
+    from attnscope import architectures
+
+    groups = dict.fromkeys(GROUPS, 0)
+    skipped: list[str] = []
+    tensors = 0
+    for tensor, shape in items:
+        if architectures.is_buffer(tensor):
+            skipped.append(tensor)
+            continue
+        groups[name_group(tensor)] += prod(shape)
+        tensors += 1
+    return UnknownReport(source, name, family, reason, sum(groups.values()), tensors, groups, skipped)
+
+
+def gguf_family_known(f: "GGUFFile") -> bool:
+    """Whether a family module reads this GGUF's architecture."""
+    from attnscope.errors import CheckpointError
+    from attnscope.sources.gguf import gguf_family
+
+    try:
+        gguf_family(f)
+    except CheckpointError:
+        return False
+    return True
+
+
+def unknown_from_gguf(f: "GGUFFile", source: str, name: str = "") -> UnknownReport:
+    """`report_unknown` for a GGUF of an architecture no family reads, with its bytes by ggml type."""
+    rep = report_unknown(((n, t.shape) for n, t in f.tensors.items()), source, name or source, f.arch,
+                         f"GGUF architecture {f.arch!r} is not one attnscope knows")
+    drop = set(rep.skipped)
+    rep.quantization = quantization_table(t for n, t in f.tensors.items() if n not in drop)
+    return rep
+
+
+def unknown_dict(rep: UnknownReport) -> dict[str, Any]:
+    """The `--json` document for an unknown family: plain ints."""
+    out: dict[str, Any] = {
+        "model": rep.name or rep.source,
+        "source": rep.source,
+        "family": rep.family,
+        "family_known": False,
+        "note": rep.reason + "; every stored tensor is counted, grouped by its name",
+        "convention": "full",
+        "total": rep.total,
+        "tensors": rep.tensors,
+        "groups": rep.groups,
+        "skipped_buffers": rep.skipped,
+    }
+    if rep.quantization:
+        out["quantization"] = {
+            name: {"tensors": q.tensors, "parameters": q.parameters, "bytes": q.bytes,
+                   "bits_per_weight": q.bits_per_weight}
+            for name, q in rep.quantization.items()
+        }
+    return out

@@ -234,7 +234,7 @@ def head_shapes(cfg: "ModelConfig") -> Shapes:
     if "nsp" in cfg.heads:
         shapes["nsp.weight"] = (2, d)
         shapes["nsp.bias"] = (2,)
-    if "classifier" in cfg.heads:  # RoBERTa's classifier.dense/out_proj, DistilBERT's pre_classifier/classifier
+    if "sequence_classifier" in cfg.heads:  # RoBERTa's classifier.dense/out_proj, DistilBERT's pre_classifier/classifier
         shapes["classifier.dense.weight"] = (d, d)
         shapes["classifier.dense.bias"] = (d,)
         shapes["classifier.out.weight"] = (cfg.n_labels, d)
