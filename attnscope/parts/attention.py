@@ -166,6 +166,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, rul
             scores += added
             if want["bias"]:  # the bias itself, as the scores received it
                 hooks.report(site, "bias", added.to(scores.dtype).expand_as(scores), q0 + a, k0)
+            del added  # freed before the softmax allocates: the chunk's peak stays scores + probabilities
         if want["scores"]:  # a copy: the mask below fills `scores` in place
             hooks.report(site, "scores", scores.clone(), q0 + a, k0)
         d0 = own + a  # index of the key at the chunk's first query

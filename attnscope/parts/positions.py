@@ -1,7 +1,8 @@
 """Position parts acting on queries and keys: rotary embeddings (RoPE) and their scalings.
 
-Learned absolute positions are a table added to the embeddings (`model.Embedding`); later
-schemes that act on scores (ALiBi, relative buckets) will be score modifiers in
+Learned absolute positions are a table added to the embeddings (`model.Embedding`);
+schemes that act on scores are the kernel's: relative position buckets (T5, MPNet) are a
+learned bias the stack owns (`parts.relative`), and ALiBi would be a score modifier in
 `parts.attention`. Every part here takes absolute positions, so a KV cache's offset is
 nothing special.
 """
