@@ -299,3 +299,184 @@ def test_routing_quirks_are_seen_by_the_check(folder: Callable, ours: Callable, 
         cfg = replace(insp.config, kinds=Stack(((dense, 1), (wrong, insp.config.n_layers - 1))))
         other = Inspector(cfg, build(cfg, weights.items()), insp.tokenizer, insp.source, insp.device, insp.dtype)
         assert float((other.logits(ids).double() - ref_logits).abs().max()) > 100 * LOGITS_RTOL * scale
+
+
+# -------------------------------------------------------------------------- mask-demo
+
+
+@pytest.mark.parametrize("name", ["deepseek_yarn", "deepseek_moe"])
+def test_mask_demo_last_step_is_the_layers_attention(name: str, folder: Callable, reference: Callable) -> None:
+    from attnscope.cli import app
+
+    ids = ids_of(folder(name))
+    attentions = tm.reference_attention(reference(name, True), ids)  # (L, H, T, T)
+    for layer in range(attentions.shape[0]):
+        for head in (0, attentions.shape[1] - 1):
+            result = CliRunner().invoke(app, ["mask-demo", td.DEEPSEEK_TEXT, "--model", str(folder(name)), "--layer",
+                                              str(layer), "--head", str(head), "--device", "cpu", "--json"], env=ENV)
+            assert result.exit_code == 0, result.output
+            doc = json.loads(result.stdout)
+            where = f"{name} layer {layer} head {head}"
+            assert doc["own_mask"] is True and doc["layer_kind"] == "global", where
+            step = doc["steps"][-1]
+            assert step["name"] == "masked_softmax", where
+            assert_close(torch.tensor(step["matrix"], dtype=torch.float64), attentions[layer, head], ATOL, where)
+
+
+def test_attend_from_the_cli(folder: Callable) -> None:
+    from attnscope.cli import app
+
+    result = CliRunner().invoke(app, ["attend", "The cat sat on the mat.", "--model", str(folder("deepseek_moe")),
+                                      "--device", "cpu", "--json"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)
+
+
+# ---------------------------------------------------------------------------- params
+
+DEEPSEEK_V3_TOTAL = 671_026_404_352  # the issue's figure: the next-token-prediction module excluded
+DEEPSEEK_V3_ACTIVE = 37_552_282_624
+DEEPSEEK_V3_MTP = 13_463_426_048  # one MoE block, enorm, hnorm, shared_head.norm, eh_proj, embedding and head copies
+
+
+def _real(name: str) -> tuple[dict[str, Any], int]:
+    raw = json.loads((REAL / f"{name}.json").read_text())
+    return raw, raw.pop("_num_parameters")
+
+
+def test_real_config_counts() -> None:
+    """DeepSeek-V3 as transformers counts it on the meta device (the file's
+    `_num_parameters`; tests/test_kinds_groundwork.py recomputes it), and as published:
+    total and active; the next-token-prediction module apart; the cache the design
+    keeps (kv_lora_rank + qk_rope_head_dim = 576 values per token and layer)."""
+    from attnscope.cli import app
+    from attnscope.params import report
+
+    raw, expected = _real("deepseek-v3")
+    assert expected == DEEPSEEK_V3_TOTAL
+    rep = report(from_hf_config(raw, name="deepseek-v3"))
+    assert (rep.total_full, rep.active_full) == (DEEPSEEK_V3_TOTAL, DEEPSEEK_V3_ACTIVE)
+    assert rep.head.shared == 7168 * 1536 + 1536 + 7168 * 576 + 512  # q_a, its norm, kv_a, its norm
+    result = CliRunner().invoke(app, ["params", "--config", str(REAL / "deepseek-v3.json"), "--context", "1000",
+                                      "--json"], env=ENV)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["totals"]["full"], doc["active"]) == (DEEPSEEK_V3_TOTAL, DEEPSEEK_V3_ACTIVE)
+    assert list(doc["not_counted"].values()) == [DEEPSEEK_V3_MTP]
+    assert doc["context"]["kv_cache"]["values_per_token"] == 61 * (512 + 64)
+    assert doc["attention"]["shared_by_all_heads"] == rep.head.shared
+    text = CliRunner().invoke(app, ["params", "--config", "deepseek-v3"], env=ENV).stdout
+    assert "671,026,404,352" in text and "37,552,282,624" in text
+    assert "next-token-prediction module" in text and "13,463,426,048" in text
+    assert "shared by all heads" in text and "Key/value latent" in text
+
+
+def test_presets_count_as_transformers() -> None:
+    """The deepseek-v3 preset is the real file; kimi-k2's count is transformers' own
+    (DeepseekV3ForCausalLM on the meta device, the architecture Kimi-K2 names)."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    from attnscope.config import preset
+    from attnscope.params import report
+
+    rep = report(preset("deepseek-v3"))
+    assert (rep.total_full, rep.active_full) == (DEEPSEEK_V3_TOTAL, DEEPSEEK_V3_ACTIVE)
+    from attnscope.presets import PRESETS
+
+    raw = {k: v for k, v in PRESETS["kimi-k2"].items() if k not in ("architectures", "model_type", "torch_dtype")}
+    with torch.device("meta"):
+        theirs = DeepseekV3ForCausalLM(DeepseekV3Config(**raw)).num_parameters()
+    rep = report(preset("kimi-k2"))
+    assert rep.cfg.family == "kimi_k2" and rep.total_full == theirs == 1_026_408_209_408
+    assert rep.active_full == 32_861_477_888  # "1T total, 32B activated"
+
+
+def _with_next_token_module(src: Path, dst: Path) -> int:
+    """`src` with a next-token-prediction layer appended as DeepSeek-V3's checkpoints
+    carry one (layer n: a copy of the last block plus its own tensors); returns the
+    parameters that layer adds, buffers left out."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    n = json.loads((dst / "config.json").read_text())["num_hidden_layers"]
+    last, extra = f"model.layers.{n - 1}.", {}
+    for name, t in tensors.items():
+        if name.startswith(last):
+            extra[f"model.layers.{n}." + name[len(last):]] = t.clone()
+    d, vocab = tensors["model.norm.weight"].shape[0], tensors["model.embed_tokens.weight"].shape[0]
+    for part, shape in (("enorm", (d,)), ("hnorm", (d,)), ("eh_proj", (d, 2 * d)), ("shared_head.norm", (d,)),
+                        ("embed_tokens", (vocab, d)), ("shared_head.head", (vocab, d))):
+        extra[f"model.layers.{n}.{part}.weight"] = torch.randn(shape)
+    save_file({**tensors, **extra}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    tm.rewrite_config(dst, lambda raw: raw.update(num_nextn_predict_layers=1))
+    return sum(t.numel() for name, t in extra.items() if not name.endswith("e_score_correction_bias"))
+
+
+def test_next_token_module_is_skipped_and_counted_apart(folder: Callable, ours: Callable, reference: Callable,
+                                                       tmp_path: Path) -> None:
+    """A checkpoint carrying `model.layers.{n}.*` loads (those tensors skipped, not an
+    error), runs exactly as without them, and `params` counts the same total with the
+    module on a line of its own, of exactly the parameters its tensors hold."""
+    from attnscope.api import load
+    from attnscope.cli import app
+
+    added = _with_next_token_module(folder("deepseek_moe"), tmp_path / "mtp")
+    ids = ids_of(folder("deepseek_moe"))
+    insp = load(str(tmp_path / "mtp"), device="cpu", dtype="float32")
+    assert torch.equal(insp.logits(ids), ours("deepseek_moe").logits(ids))
+    docs = []
+    for path in (folder("deepseek_moe"), tmp_path / "mtp"):
+        result = CliRunner().invoke(app, ["params", "--model", str(path), "--json"], env=ENV)
+        assert result.exit_code == 0, result.output
+        docs.append(json.loads(result.stdout))
+    assert docs[1]["total"] == docs[0]["total"] == reference("deepseek_moe").num_parameters()
+    assert "not_counted" not in docs[0] and list(docs[1]["not_counted"].values()) == [added]
+
+
+# ----------------------------------------------------------------------- bad configs
+
+
+def _tiny_raw(folder: Callable) -> dict[str, Any]:
+    return json.loads((folder("deepseek_moe") / "config.json").read_text())
+
+
+@pytest.mark.parametrize("edit, words", [
+    (dict(kv_lora_rank=0), "kv_lora_rank must be a positive integer"),
+    (dict(kv_lora_rank=2**40), "kv_lora_rank must be a positive integer"),
+    (dict(qk_rope_head_dim=5), "qk_rope_head_dim must be a positive even integer"),
+    (dict(v_head_dim="6"), "v_head_dim must be a positive integer"),
+    (dict(q_lora_rank=-1), "q_lora_rank must be a positive integer"),
+    (dict(rope_interleave="yes"), "rope_interleave must be true or false"),
+    (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "unsupported deepseek_v3 rope scaling 'dynamic'"),
+    (dict(rope_scaling={"type": "yarn", "factor": 4.0}), "original_max_position_embeddings"),
+    (dict(n_group=3), "n_group must divide the 8 experts"),
+    (dict(n_group=8, topk_group=1), "each of the 8 expert groups needs two experts"),
+    (dict(topk_group=5), "topk_group must be from 1 to n_group"),
+    (dict(num_experts_per_tok=7, topk_group=2), "7 experts per token do not fit in 2 groups of 2"),
+    (dict(num_experts_per_tok=9), "experts per token must be from 1"),
+    (dict(routed_scaling_factor=float("nan")), "routed_scaling_factor must be a finite positive number"),
+    (dict(scoring_func="softmax"), "unsupported deepseek_v3 scoring_func"),
+    (dict(first_k_dense_replace=-1), "first_k_dense_replace must be a non-negative integer"),
+    (dict(num_nextn_predict_layers=10**9), "num_nextn_predict_layers must be"),
+    (dict(n_shared_experts=True), "n_shared_experts must be a non-negative integer"),
+])
+def test_bad_config_is_one_config_error(folder: Callable, edit: dict[str, Any], words: str) -> None:
+    raw = {**_tiny_raw(folder), **edit}
+    with pytest.raises(ConfigError, match=words):
+        from_hf_config(raw)
+
+
+def test_bad_config_from_the_cli(folder: Callable, tmp_path: Path) -> None:
+    """One red line and a non-zero exit, from `params --config`."""
+    from attnscope.cli import app
+
+    raw = {**_tiny_raw(folder), "kv_lora_rank": -3}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    result = CliRunner().invoke(app, ["params", "--config", str(path)], env=ENV)
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) <= 2 and "kv_lora_rank" in result.output and "Traceback" not in result.output

@@ -12,8 +12,8 @@ Every setting a naive port could get wrong is set to a value that shows it:
   mscale_all_dim 1.3, so cos/sin carry mscale(4, 0.7)/mscale(4, 1.3) ≠ 1 and the score
   scale mscale(4, 1.3)² ≠ 1; `deepseek_plain_q` has no query rank (a plain q_proj) and
   rotate-half RoPE (`rope_interleave` false), with attention biases;
-- `deepseek_dense` makes every layer dense (first_k_dense_replace = num_hidden_layers);
-  `deepseek_moe` (and `deepseek_yarn`) keep one dense layer, then experts with grouped
+- `deepseek_dense` and `deepseek_yarn` make every layer dense (first_k_dense_replace =
+  num_hidden_layers); `deepseek_moe` (with YaRN too) keeps one dense layer, then experts with grouped
   sigmoid routing: 8 experts in 4 groups, 2 groups kept, 3 experts per token, a
   non-zero score-correction bias, routed_scaling_factor 2.5 and one shared expert.
 
@@ -48,7 +48,7 @@ def _config(tok: Any, **changes: Any) -> Any:
         norm_topk_prob=True, max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=False,
         rope_interleave=True, rope_parameters={"rope_type": "default", "rope_theta": THETA},
         bos_token_id=tok.token_to_id("<|begin_of_text|>"), eos_token_id=tok.token_to_id("<|end_of_text|>"),
-        pad_token_id=None,
+        pad_token_id=None, num_mtp_layers=0,  # no next-token-prediction module (a test adds one)
     )
     kwargs.update(changes)
     return DeepseekV3Config(**kwargs)

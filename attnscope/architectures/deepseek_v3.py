@@ -74,6 +74,9 @@ WEIGHTS: dict[str, str | None] = {
     "layers.{layer}.mlp.shared_experts.gate_proj.weight": "blocks.{layer}.mlp.shared.gate.weight",
     "layers.{layer}.mlp.shared_experts.up_proj.weight": "blocks.{layer}.mlp.shared.up.weight",
     "layers.{layer}.mlp.shared_experts.down_proj.weight": "blocks.{layer}.mlp.shared.down.weight",
+    # the next-token-prediction module's own tensors (layers past the last): never loaded
+    **{f"layers.{{layer}}.{part}.weight": f"mtp.{{layer}}.{part}.weight"
+       for part in ("enorm", "hnorm", "eh_proj", "embed_tokens", "shared_head.norm", "shared_head.head")},
 }
 
 DEFAULT_EPS = 1e-6  # DeepseekV3Config.rms_norm_eps
@@ -179,12 +182,18 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     first_dense = raw.get("first_k_dense_replace", 3)
     if isinstance(first_dense, bool) or not isinstance(first_dense, int) or first_dense < 0:
         raise ConfigError(f"first_k_dense_replace must be a non-negative integer, got {_shown(first_dense)}")
-    if first_dense >= cfg.n_layers:
-        return cfg
-    dense = cfg.layer(0)
-    moe = replace(dense, mlp=expert_mlp(raw, dense.mlp.act))
-    return replace(cfg, kinds=Stack(((dense, first_dense), (moe, cfg.n_layers - first_dense))
-                                    if first_dense else ((moe, cfg.n_layers),)))
+    if first_dense < cfg.n_layers:
+        dense = cfg.layer(0)
+        moe = replace(dense, mlp=expert_mlp(raw, dense.mlp.act))
+        cfg = replace(cfg, kinds=Stack(((dense, first_dense), (moe, cfg.n_layers - first_dense))
+                                       if first_dense else ((moe, cfg.n_layers),)))
+    n_mtp = raw.get("num_nextn_predict_layers", 0)
+    if isinstance(n_mtp, bool) or not isinstance(n_mtp, int) or not 0 <= n_mtp <= 1024:
+        raise ConfigError(f"num_nextn_predict_layers must be a non-negative integer up to 1024, got {_shown(n_mtp)}")
+    if n_mtp:  # not part of the model (transformers builds none): counted apart, never loaded
+        label = f"next-token-prediction module (num_nextn_predict_layers {n_mtp}; layers {cfg.n_layers}.. of the checkpoint)"
+        cfg = replace(cfg, extra={**cfg.extra, "not_counted": {label: next_token_module(cfg, n_mtp)}})
+    return cfg
 
 
 def expert_mlp(raw: dict[str, Any], act: str) -> MlpSpec:
@@ -211,5 +220,40 @@ def expert_mlp(raw: dict[str, Any], act: str) -> MlpSpec:
     return MlpSpec("experts", width, act, experts=experts)
 
 
-stored_parts = mixtral.stored_parts  # transformers 5's fused gate_up_proj, cut in two
-split = mixtral.split
+def _next_token_module(name: str, cfg: ModelConfig) -> bool:
+    """A tensor of the next-token-prediction module: its own (`mtp.`) or a layer past the last."""
+    if name.startswith("mtp."):
+        return True
+    parts = name.split(".")
+    return parts[0] == "blocks" and parts[1].isdigit() and int(parts[1]) >= cfg.n_layers
+
+
+def stored_parts(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """transformers 5's fused gate_up_proj cut in two; the next-token-prediction module's
+    tensors left out of the count (`params` shows the module apart, from the config)."""
+    if _next_token_module(name, cfg):
+        return {}
+    return mixtral.stored_parts(name, shape, cfg)
+
+
+def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
+    """The fused gate_up into gate and up; the next-token-prediction module's tensors skipped."""
+    if _next_token_module(name, cfg):
+        return {}
+    return mixtral.split(name, tensor, cfg)
+
+
+def next_token_module(cfg: ModelConfig, n_modules: int) -> int:
+    """Parameters of `n_modules` next-token-prediction modules as DeepSeek-V3's checkpoints
+    store them (layers `n_layers`.. past the last): a block of the last layer's kind, the
+    norms `enorm`, `hnorm` and `shared_head.norm`, `eh_proj` (d × 2d), and their own copies
+    of the embedding and the output head (DeepSeek-V3: 13,463,425,536, which with the
+    671,026,404,352 of the model makes the 685B the checkpoint holds)."""
+    from math import prod
+
+    from attnscope.parts import NOT_COUNTED, block_shapes
+
+    d = cfg.d_model
+    block = sum(prod(shape) for name, shape in block_shapes(cfg, cfg.layer(cfg.n_layers - 1)).items()
+                if not name.endswith(NOT_COUNTED))
+    return n_modules * (block + 3 * d + 2 * d * d + 2 * cfg.vocab_size * d)

@@ -57,12 +57,12 @@ def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextR
         per_token = count * a.bytes_per_token(1)  # values: bytes at one byte a value
         caches.append(KindCache(labels[spec], ranges[spec], count, tokens, per_token,
                                 per_token * tokens, per_token * tokens * width))
-        # QK^T and pattern·V for the token at position n: 2 * 2 * keys * d_head per head,
-        # over the keys its layer sees (a window caps them).
-        attn_flops += count * a.n_heads * 4 * tokens * a.d_head
+        # QK^T and pattern·V for the token at position n: 2 * keys * (d_head + d_value) per
+        # head (latent attention's values are narrower), over the keys its layer sees.
+        attn_flops += count * a.n_heads * 2 * tokens * (a.d_head + a.d_value)
         pattern_total += count * a.n_heads * per_head  # the kernel scores every key, then masks
     weights = declared_counts(cfg)
-    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "gate", "up", "down"))
+    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "latent", "gate", "up", "down"))
     if cfg.lm_head:
         matmul_params += weights["embedding"]  # the unembedding matmul, tied or not
     kv_values = sum(c.values for c in caches)

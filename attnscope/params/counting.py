@@ -129,7 +129,7 @@ def _block_summary(per_block: dict[str, int], cfg: ModelConfig | None = None,
                    spec: LayerSpec | None = None) -> dict[str, int]:
     """One block's parts; a block with experts adds its router, its routed experts (all,
     and one), its shared experts and what one token uses of it (`active`)."""
-    attn = sum(per_block[r] for r in ("query", "key", "value", "output"))
+    attn = sum(per_block[r] for r in ("query", "key", "value", "output", "latent"))
     mlp = sum(per_block[r] for r in ("gate", "up", "down"))
     biases, norms, router = per_block["biases"], per_block["norms"], per_block["router"]
     out = {"attention": attn, "mlp": mlp, "biases": biases, "norms": norms,
@@ -167,7 +167,7 @@ def inactive(cfg: ModelConfig) -> tuple[int, int]:
 
 
 # The video's rows, then what its counting leaves out. Order is display order.
-ROWS_3B1B = ("embedding", "key", "query", "value", "output", "gate", "up", "down", "unembedding")
+ROWS_3B1B = ("embedding", "key", "query", "value", "output", "latent", "gate", "up", "down", "unembedding")
 ROWS_OTHER = ("positions", "projections", "biases", "norms", "router", "pooler", "heads", "other")
 
 
@@ -197,7 +197,15 @@ def category(name: str) -> str:
     part = name.split(".")[-2]
     if part in ("router", "shared_gate"):  # experts' router, Qwen2-MoE's shared-expert gate
         return "router"
-    return {"q": "query", "k": "key", "v": "value", "o": "output", "gate": "gate", "up": "up", "down": "down"}.get(part, "other")
+    return _PARTS.get(part, "other")
+
+
+# A weight's row by its part's name. Latent attention (MLA, parts.latent): its queries
+# (plain q, or the low-rank q_a, q_b) are queries; kv_a (to the shared latent and rotated
+# key) and kv_b (the latent to each head's key part and value) make keys and values at
+# once: their own row, "latent".
+_PARTS = {"q": "query", "k": "key", "v": "value", "o": "output", "gate": "gate", "up": "up", "down": "down",
+          "q_a": "query", "q_b": "query", "kv_a": "latent", "kv_b": "latent"}
 
 
 # One expert's tensor as the family tables name it (see parts.experts): counted as its row.
@@ -221,6 +229,8 @@ class HeadCount:
     per_query_head: int  # W_Q + W_V↑ (the output share)
     per_kv_head: int  # W_K + W_V↓
     per_head: int | None  # all four, where every query head has its own K and V
+    shared: int = 0  # latent attention: the low-rank factors all heads share (q_a, kv_a and their norms)
+    shared_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -267,11 +277,33 @@ def head_count(cfg: ModelConfig) -> HeadCount:
     """One head's share of the attention's declared weights: q and o split over the query
     heads, k and v over the key/value heads (TransformerLens's per-head shapes)."""
     attn = attention_shapes(cfg)
+    if cfg.layer(0).attn.latent is not None:
+        return _latent_head_count(cfg, attn)
     d, dh = cfg.d_model, cfg.d_head
     shapes = {"W_Q": (d, dh), "W_K": (d, dh), "W_V↓": (d, dh), "W_V↑": (dh, d)}
     per_q = (prod(attn["q.weight"]) + prod(attn["o.weight"])) // cfg.n_heads
     per_kv = (prod(attn["k.weight"]) + prod(attn["v.weight"])) // cfg.n_kv_heads
     return HeadCount(shapes, per_q, per_kv, per_q + per_kv if cfg.group_size == 1 else None)
+
+
+def _latent_head_count(cfg: ModelConfig, attn: dict[str, tuple[int, ...]]) -> HeadCount:
+    """Latent attention (MLA): each head owns its rows of the query up-projection (q_b,
+    or q), of kv_b (its key part and its value) and its columns of o; the low-rank
+    factors q_a and kv_a (with their norms and biases) serve every head: `shared`."""
+    a = cfg.layer(0).attn
+    m = a.latent
+    assert m is not None  # internal invariant: asked of a latent layer
+    d, H, qk = cfg.d_model, a.n_heads, a.d_head
+    q_in = m.q_rank if m.q_rank is not None else d
+    shapes = {"W_Q": (q_in, qk), "W_K": (m.kv_rank, m.nope_dim), "W_V↓": (m.kv_rank, m.v_dim), "W_V↑": (m.v_dim, d)}
+    per_q = (prod(attn["q_b.weight" if m.q_rank is not None else "q.weight"]) + prod(attn["o.weight"])) // H
+    per_kv = prod(attn["kv_b.weight"]) // H
+    owned = ("q.", "q_b.", "kv_b.", "o.")
+    shared = sum(prod(s) for name, s in attn.items() if not name.startswith(owned))
+    shared_shapes = {"kv_a": (d, m.kv_rank + m.rope_dim)}
+    if m.q_rank is not None:
+        shared_shapes = {"q_a": (d, m.q_rank), **shared_shapes}
+    return HeadCount(shapes, per_q, per_kv, per_q + per_kv, shared, shared_shapes)
 
 
 def _totals(rows: dict[str, int], cfg: ModelConfig) -> tuple[int, int]:
@@ -350,6 +382,10 @@ def report_dict(rep: ParamReport, ctx: ContextReport | None = None) -> dict:
     }
     if rep.head.per_head is not None:
         out["attention"]["per_head"] = rep.head.per_head
+    if rep.head.shared_shapes:  # latent attention: the low-rank factors every head shares
+        out["attention"]["shared_by_all_heads"] = rep.head.shared
+    if cfg.extra.get("not_counted"):  # modules a checkpoint carries outside the model (DeepSeek-V3's MTP)
+        out["not_counted"] = dict(cfg.extra["not_counted"])
     if rep.stored_only:
         out["skipped_buffers"] = rep.skipped
     if rep.quantization:

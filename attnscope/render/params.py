@@ -22,6 +22,7 @@ ROW_LABELS = {
     "query": "Query",
     "value": "Value (W_V↓)",
     "output": "Output (W_V↑)",
+    "latent": "Key/value latent (MLA: kv_a, kv_b)",
     "gate": "Gate (gated MLP)",
     "up": "Up-projection",
     "down": "Down-projection",
@@ -66,7 +67,9 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
     head.add_column("Shape", justify="right")
     head.add_column("Parameters", justify="right")
     d, dh = cfg.d_model, cfg.d_head
-    for label, shape, per in (
+    if rep.head.shared_shapes:
+        _latent_head_rows(head, rep)
+    for label, shape, per in () if rep.head.shared_shapes else (
         ("W_Q (query)", f"{n(d)} × {n(dh)}", "query head"),
         ("W_K (key)", f"{n(d)} × {n(dh)}", "key/value head"),
         ("W_V↓ (value down)", f"{n(d)} × {n(dh)}", "key/value head"),
@@ -101,7 +104,7 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
         if row == "unembedding" and value == 0 and cfg.lm_head and cfg.tied_embeddings:
             value, again = rep.rows["embedding"], True
             note = " (tied: counted again in 3b1b only)" if full else " (tied: counted again, as 3b1b does)"
-        if value == 0 and row in ("gate", "unembedding"):
+        if value == 0 and (row in ("gate", "unembedding", "latent") or row in ("key", "value") and rep.rows["latent"]):
             continue
         model.add_row(ROW_LABELS[row] + note, n(value), share(value, not (full and again)))
     model.add_section()
@@ -130,6 +133,9 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
     experts = [k.spec.mlp.experts for k in rep.kinds if k.spec.mlp.experts is not None]
     routed = f" (each MoE layer's {experts[0].top_k} of {experts[0].n_experts} routed experts)" if experts else ""
     console.print(Text.assemble(("Active per token", "bold"), (f"{routed}: ", "bold"), (n(rep.active), "bold green")))
+    for label, count in cfg.extra.get("not_counted", {}).items():  # DeepSeek-V3's next-token-prediction module
+        console.print(Text(f"not counted above: the {label}, {n(count)} parameters; not part of the model, "
+                           "never loaded", style="dim"))
     if rep.skipped:
         console.print(Text(f"skipped {len(rep.skipped)} non-parameter buffers: {', '.join(rep.skipped[:4])}"
                            + (" …" if len(rep.skipped) > 4 else ""), style="dim"))
@@ -137,6 +143,20 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
         quantization_table(console, rep)
     if ctx is not None:
         context_table(console, cfg, ctx)
+
+
+def _latent_head_rows(head: Table, rep: "ParamReport") -> None:
+    """Latent attention (MLA): what each head owns (its rows of the query up-projection
+    and of kv_b, its columns of o), then the low-rank factors all heads share."""
+    h = rep.head
+    labels = {"W_Q": "W_Q (query up, q_b rows)", "W_K": "W_K (key up, kv_b key rows)",
+              "W_V↓": "W_V↓ (value up, kv_b value rows)", "W_V↑": "W_V↑ (output share)"}
+    for name, (rows, cols) in h.shapes.items():
+        head.add_row(labels[name], f"{n(rows)} × {n(cols)}", n(rows * cols))
+    for name, (rows, cols) in h.shared_shapes.items():
+        head.add_row(Text(f"{name} (low rank, shared by all heads)", style="dim"), f"{n(rows)} × {n(cols)}",
+                     n(rows * cols))
+    head.add_row(Text("shared by all heads (q_a, kv_a, their norms)", style="bold"), "", n(h.shared))
 
 
 def block_table(console: Console, rep: "ParamReport") -> None:
@@ -155,7 +175,8 @@ def block_table(console: Console, rep: "ParamReport") -> None:
                 block.add_section()
             layers = f"{noun(kind.n_layers, 'layer')} {ranges_text(kind.ranges)} ({kind.n_layers:,})"
             block.add_row(Text(f"{layers}: {kind.label}", style="bold cyan"), "")
-        block.add_row(f"Attention weights ({a.n_heads} × Q, O; {a.n_kv_heads} × K, V)", n(kind.block["attention"]))
+        parts = "Q, O; shared latent q_a, kv_a; K, V from kv_b" if a.latent is not None else "Q, O; {kv} × K, V"
+        block.add_row(f"Attention weights ({a.n_heads} × {parts.format(kv=a.n_kv_heads)})", n(kind.block["attention"]))
         e = m.experts
         if e is not None:  # a mixture of experts: router, routed experts (one, all), shared experts
             block.add_row(f"Router ({e.n_experts} experts{', shared-expert gate' if e.shared_gate else ''})",
