@@ -356,8 +356,8 @@ def test_params_of_the_checkpoint_equal_transformers(name: str, layout: str, fol
 
     model = reference(name)
     expected = model.num_parameters()
-    for target in (folder(name, layout), folder(name, layout) / "config.json"):
-        result = CliRunner().invoke(app, ["params", "--config", str(target), "--json"], env=ENV)
+    for option, target in (("--model", folder(name, layout)), ("--config", folder(name, layout) / "config.json")):
+        result = CliRunner().invoke(app, ["params", option, str(target), "--json"], env=ENV)
         assert result.exit_code == 0, result.output
         doc = json.loads(result.stdout)
         assert doc["totals"]["full"] == expected, target
@@ -481,3 +481,38 @@ def test_bad_qwen_moe_configs_are_one_line(edit: dict[str, Any], message: str) -
     raw.update(edit)
     with pytest.raises(ConfigError, match=message):
         from_hf_config(raw)
+
+
+# ------------------------------------------------------------------------------ GGUF
+
+GGUF_CASES = [("mixtral", "llama", {"window": None}), ("qwen3_moe", "qwen3moe", {"mlp_only_layers": ()})]
+
+
+@pytest.mark.parametrize("name, arch, settings", GGUF_CASES, ids=[c[0] for c in GGUF_CASES])
+def test_gguf_equals_the_same_weights_from_safetensors(name: str, arch: str, settings: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    """A GGUF written as llama.cpp writes these (Mixtral as `llama` with merged experts,
+    Qwen3-MoE as `qwen3moe`; F32, so the same weights) loads as the family with experts in
+    every layer, and gives the safetensors checkpoint's attention and logits exactly. The
+    checkpoints differ from the parity ones where llama.cpp cannot follow: no window for
+    Mixtral (llama.cpp keeps none), no dense layer for Qwen3-MoE (its qwen3moe has none).
+    `params` on the file's header counts what transformers counts."""
+    from attnscope.api import load
+    from attnscope.cli import app
+
+    src = tmoe.MOE_BUILDERS[name](tmp_path / "src", **settings)
+    model = tm.load_reference(src)
+    path = tmoe.gguf_file(tmp_path / f"{name}.gguf", model, arch)
+    from_gguf, from_st = load(str(path), device="cpu", dtype="float32"), load(str(src), device="cpu", dtype="float32")
+    cfg = from_gguf.config
+    assert cfg.family == name and all(cfg.layer(i).mlp.kind == "experts" for i in range(cfg.n_layers))
+    assert cfg.layer(0).mlp.experts == from_st.config.layer(0).mlp.experts
+    assert cfg.stack == from_st.config.stack
+    ids = ids_of(src)
+    assert torch.equal(from_gguf.attention_ids(ids).probs, from_st.attention_ids(ids).probs)
+    assert torch.equal(from_gguf.logits(ids), from_st.logits(ids))
+    result = CliRunner().invoke(app, ["params", "--model", str(path), "--json"], env=ENV)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["totals"]["full"] == model.num_parameters() and doc["rows"]["other"] == 0
+    assert doc["active"] < doc["totals"]["full"]

@@ -123,6 +123,12 @@ GGUF_WEIGHTS: dict[str, str | None] = {
     "output_norm.weight": "final_norm.weight",
     "output.weight": "unembed.weight",
     "rope_freqs.weight": None,  # Llama 3's RoPE divisors: read into the config, not a parameter
+    # Mixtral (and Qwen3-MoE): the router and the experts merged into 3-D tensors, GGUF ne
+    # {d, w, E} for gate/up and {w, d, E} for down, so [E, out, in] in torch order as ours
+    "blk.{layer}.ffn_gate_inp.weight": "blocks.{layer}.mlp.router.weight",
+    "blk.{layer}.ffn_gate_exps.weight": "blocks.{layer}.mlp.experts.gate.weight",
+    "blk.{layer}.ffn_up_exps.weight": "blocks.{layer}.mlp.experts.up.weight",
+    "blk.{layer}.ffn_down_exps.weight": "blocks.{layer}.mlp.experts.down.weight",
 }
 
 # Only llama.cpp's "llama" architecture rotates adjacent pairs (its NORM RoPE), so only its
@@ -173,6 +179,9 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
     if arch == "llama":
         raw["attention_bias"] = "blk.0.attn_q.bias" in shapes
         raw["mlp_bias"] = "blk.0.ffn_up.bias" in shapes
+        if get("expert_count", 0):  # Mixtral: llama.cpp's llama with experts in every layer
+            raw.update(model_type="mixtral", num_local_experts=get("expert_count"),
+                       num_experts_per_tok=get("expert_used_count"))
     kind = get("rope.scaling.type", None)
     if kind not in (None, "none"):
         raw["rope_scaling"] = {"rope_type": kind, "factor": get("rope.scaling.factor", 1.0),

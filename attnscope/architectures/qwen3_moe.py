@@ -37,3 +37,32 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     experts = ExpertSpec(n_experts=qwen2_moe.n_experts(raw, 128), top_k=raw.get("num_experts_per_tok", 8),
                          norm_topk_prob=raw.get("norm_topk_prob", False))
     return qwen2_moe.moe_stack(cfg, raw, experts, raw.get("moe_intermediate_size", 768))
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's qwen3moe (convert_hf_to_gguf.py's Qwen3MoeModel is Qwen2MoeModel's): Qwen3's
+# tensors with the router `ffn_gate_inp` and the experts merged into `ffn_{gate,up,down}_exps`
+# (in llama's table); `expert_count`, `expert_used_count`, `expert_feed_forward_length`
+# (the experts' width) beside `feed_forward_length` (a dense layer's). llama.cpp
+# renormalises qwen3moe's top-k weights unless `expert_weights_norm` says otherwise; a
+# layer holding a dense `ffn_gate` instead of experts is one of `mlp_only_layers`.
+
+GGUF_ARCHS = ("qwen3moe",)
+
+GGUF_WEIGHTS: dict[str, str | None] = dict(qwen3.GGUF_WEIGHTS)
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    raw = llama.config_from_gguf(meta, arch, shapes)
+    # the dense layers, from the tensor table (never a loop over a declared layer count)
+    dense = sorted({int(name.split(".")[1]) for name in shapes
+                    if name.startswith("blk.") and name.endswith(".ffn_gate.weight") and name.split(".")[1].isdigit()})
+    raw.update(
+        model_type="qwen3_moe",
+        num_experts=llama.gguf_value(meta, f"{arch}.expert_count"),
+        num_experts_per_tok=llama.gguf_value(meta, f"{arch}.expert_used_count"),
+        moe_intermediate_size=llama.gguf_value(meta, f"{arch}.expert_feed_forward_length"),
+        norm_topk_prob=llama.gguf_value(meta, f"{arch}.expert_weights_norm", True),
+        mlp_only_layers=dense,
+    )
+    return raw
