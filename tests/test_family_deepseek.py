@@ -480,3 +480,41 @@ def test_bad_config_from_the_cli(folder: Callable, tmp_path: Path) -> None:
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) <= 2 and "kv_lora_rank" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------- what hooks see
+
+
+class _Sites:
+    def __init__(self, layer: int) -> None:
+        self.site, self.seen = f"blocks.{layer}.attn", {}
+
+    def wants(self, site: str, what: str) -> bool:
+        return site == self.site and what in ("q", "k", "v", "pattern", "z", "result", "fnorm")
+
+    def report(self, site: str, what: str, value: torch.Tensor, q_start: int, k_start: int) -> None:
+        self.seen.setdefault(what, []).append(value.clone())
+
+
+@torch.no_grad()
+def test_hooks_see_latent_heads_with_their_value_width(folder: Callable, ours: Callable) -> None:
+    """q and k (H, n, 12), v and z (H, n, 6): each head's share of the output
+    (`result`) is its weighted values through its own 6 columns of o, and `fnorm` (what
+    --measure norm reads) is ‖v_j W_O^h‖; `attend --measure norm` runs."""
+    from attnscope.cli import app
+
+    insp, ids = ours("deepseek_moe"), ids_of(folder("deepseek_moe"))[:20]
+    hook = _Sites(1)
+    insp.run(ids, hook)
+    q, k, v = (torch.cat(hook.seen[w], dim=1) for w in ("q", "k", "v"))
+    pattern, result = torch.cat(hook.seen["pattern"], dim=1), torch.cat(hook.seen["result"], dim=1)
+    assert q.shape == k.shape == (4, 20, 12) and v.shape == (4, 20, 6)
+    w = insp.model.blocks[1].attn.o.weight.view(32, 4, 6)  # (d, H, dv)
+    z = pattern @ v  # (H, n, dv)
+    torch.testing.assert_close(torch.cat(hook.seen["z"], dim=1), z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result, torch.einsum("hnd,mhd->hnm", z, w), rtol=0, atol=1e-5)
+    torch.testing.assert_close(hook.seen["fnorm"][0], torch.einsum("hkd,mhd->hkm", v, w).norm(dim=-1), rtol=1e-5,
+                               atol=1e-6)
+    result = CliRunner().invoke(app, ["attend", "The cat sat on the mat.", "--model", str(folder("deepseek_moe")),
+                                      "--measure", "norm", "--device", "cpu"], env=ENV)
+    assert result.exit_code == 0, result.output

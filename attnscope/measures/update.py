@@ -48,7 +48,7 @@ class WordUpdateHook:
             self.embedding = float(value[self.query - q_start].double().norm())
         elif what == "v":
             cfg = self.attn.cfg
-            w = self.attn.o.weight.view(cfg.d_model, cfg.n_heads, cfg.d_head).double()  # (d, H, dh)
+            w = self.attn.o.weight.view(cfg.d_model, cfg.n_heads, -1).double()  # (d, H, dv): a head's value width
             v = value.double().repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
             self.f = torch.einsum("hkd,mhd->hkm", v, w)  # (H, K, d): f_h(x_j)
         elif q_start <= self.query < q_start + value.shape[1]:
