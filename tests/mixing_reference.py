@@ -23,6 +23,8 @@ transformers models; attnscope never imports this.
 from __future__ import annotations
 
 import collections
+import contextlib
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -177,8 +179,9 @@ def _cosine_distances_diagonal(x: Tensor, y: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def value_zeroing_bert(model: Any, ids: list[int]) -> Tensor:
-    """Value Zeroing (L, n, n), rows normalised, for a transformers BERT in its own dtype."""
+def value_zeroing_bert(model: Any, ids: list[int]) -> tuple[Tensor, Tensor]:
+    """Value Zeroing (L, n, n), rows normalised, and the raw distances, for a transformers
+    BERT in its own dtype."""
     layers = _encoder_layers(model)
     out = model(**_bert_inputs(ids), output_hidden_states=True)
     org_hidden_states = torch.stack(out.hidden_states).squeeze(1)
@@ -198,15 +201,16 @@ def value_zeroing_bert(model: Any, ids: list[int]) -> Tensor:
                 handle.remove()
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             score_matrix[layer, :, t] = _cosine_distances_diagonal(hidden.squeeze(0), org_hidden_states[layer + 1])
-    return score_matrix / score_matrix.sum(-1, keepdim=True)
+    return score_matrix / score_matrix.sum(-1, keepdim=True), score_matrix
 
 
 @torch.no_grad()
-def value_zeroing_direct(model: Any, ids: list[int], blocks: Any, zero_value: Any) -> Tensor:
+def value_zeroing_direct(model: Any, ids: list[int], blocks: Any, zero_value: Any) -> tuple[Tensor, Tensor]:
     """Value Zeroing (L, n, n) of any transformers decoder by brute force: for each layer l
     and token j, the whole model re-run with j's value rows zeroed at layer l (a forward
     hook `zero_value(block, j)` returning its handle), block l's output compared with the
-    original by the cosine distance, computed as 1 − cos in the model's dtype."""
+    original by the cosine distance, computed as 1 − cos in the model's dtype; rows
+    normalised, and the raw distances."""
     n = len(ids)
     x = torch.tensor([ids])
     outs: dict[int, Tensor] = {}
@@ -227,7 +231,7 @@ def value_zeroing_direct(model: Any, ids: list[int], blocks: Any, zero_value: An
     finally:
         for h in handles:
             h.remove()
-    return scores / scores.sum(-1, keepdim=True)
+    return scores / scores.sum(-1, keepdim=True), scores
 
 
 def zero_gpt2_value(block: Any, j: int) -> Any:
@@ -248,3 +252,32 @@ def zero_llama_value(block: Any, j: int) -> Any:
         return out
 
     return block.self_attn.v_proj.register_forward_hook(hook)
+
+
+@contextlib.contextmanager
+def llama_in_float64() -> Iterator[None]:
+    """transformers' eager Llama with its softmax and its RMSNorm in the input's dtype (it
+    takes both in float32 whatever the dtype), so a float64 reference is float64 but for
+    its RoPE tables, which it makes in float32 as attnscope does."""
+    import transformers.models.llama.modeling_llama as ml
+
+    def rms(self: Any, hidden_states: Tensor) -> Tensor:
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+    def eager(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+              scaling: float, dropout: float = 0.0, **_kw: Any) -> tuple[Tensor, Tensor]:
+        key_states = ml.repeat_kv(key, module.num_key_value_groups)
+        value_states = ml.repeat_kv(value, module.num_key_value_groups)
+        weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            weights = weights + attention_mask
+        weights = torch.softmax(weights, dim=-1)
+        return torch.matmul(weights, value_states).transpose(1, 2).contiguous(), weights
+
+    old, old_rms = ml.eager_attention_forward, ml.LlamaRMSNorm.forward
+    ml.eager_attention_forward, ml.LlamaRMSNorm.forward = eager, rms  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ml.eager_attention_forward, ml.LlamaRMSNorm.forward = old, old_rms  # type: ignore[method-assign]

@@ -128,17 +128,17 @@ def _linear_norm(norm: nn.Module) -> tuple[Callable[[Tensor], Tensor], Callable[
     from attnscope.parts.norms import RMSNorm
 
     if isinstance(norm, nn.LayerNorm):
-        gamma = norm.weight.double() if norm.weight is not None else None
+        gamma = norm.weight.detach().double() if norm.weight is not None else None
         eps = norm.eps
 
         def lin_ln(z: Tensor) -> Tensor:
             centred = z - z.mean(-1, keepdim=True)
             return centred * gamma if gamma is not None else centred
 
-        beta = norm.bias.double() if norm.bias is not None else None
+        beta = norm.bias.detach().double() if norm.bias is not None else None
         return lin_ln, lambda z: (z.var(-1, unbiased=False, keepdim=True) + eps).sqrt(), beta
     if isinstance(norm, RMSNorm):
-        w = norm.weight.double() + norm.offset
+        w = norm.weight.detach().double() + norm.offset
         eps = norm.eps
         return (lambda z: z * w), lambda z: (z.pow(2).mean(-1, keepdim=True) + eps).sqrt(), None
     return None
@@ -165,8 +165,8 @@ class _Layer:
         self.block = block
         self.H, self.dh = attn.H, attn.dh
         self.group = attn.spec.group_size
-        self.w_o = attn.o.weight.double()  # (d, H*dh)
-        self.b_o = attn.o.bias.double() if attn.o.bias is not None else torch.zeros_like(self.w_o[:, 0])  # (d,)
+        self.w_o = attn.o.weight.detach().double()  # (d, H*dh)
+        self.b_o = attn.o.bias.detach().double() if attn.o.bias is not None else torch.zeros_like(self.w_o[:, 0])  # (d,)
         self.x = x.double()  # (T, d): the residual stream entering the block
         self.v = v.double().repeat_interleave(self.group, dim=0)  # (H, K, dh)
         self.d = self.w_o.shape[0]
