@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 from attnscope.errors import ConfigError
 from attnscope.kinds import (
-    ATTENTION_KINDS, MLP_KINDS, QK_NORMS, ROUTERS, WIRINGS, AttnSpec, ExpertSpec, LayerSpec, MlpSpec, RelativeSpec,
-    Stack,
+    ATTENTION_KINDS, MLP_KINDS, QK_NORMS, ROUTERS, WIRINGS, AttnSpec, ExpertSpec, LatentSpec, LayerSpec, MlpSpec,
+    RelativeSpec, Stack,
 )
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -100,6 +100,7 @@ def check_template(t: Any, where: str) -> None:
         raise ConfigError(f"{where}layer_template must be a LayerSpec, got {_shown(t)}")
     _check_names(t, where)
     check_relative(t.attn.relative, where)
+    check_latent(t.attn, where, sized=False)
     for name, value in (("qkv_bias", t.attn.qkv_bias), ("out_bias", t.attn.out_bias), ("mlp bias", t.mlp.bias)):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}the layer's {name} must be true or false, got {_shown(value)}")
@@ -159,6 +160,30 @@ def _check_groups(e: ExpertSpec, where: str) -> None:
         raise ConfigError(f"{where}routed_scaling_factor must be a finite positive number, got {_shown(e.routed_scale)}")
 
 
+def check_latent(a: AttnSpec, where: str, sized: bool) -> None:
+    """Latent attention (kind "latent") carries a sound LatentSpec, and no other kind one:
+    bounded positive ranks and widths (the rotated part even), a known interleave flag;
+    once `sized`, a head's query/key width is nope + rope, every head has its own keys and
+    values, and RoPE turns exactly the rotated part."""
+    m = a.latent
+    if a.kind != "latent":
+        if m is not None:
+            raise ConfigError(f"{where}a {a.kind} attention cannot carry latent projections")
+        return
+    if not isinstance(m, LatentSpec):
+        raise ConfigError(f"{where}latent attention needs its LatentSpec, got {_shown(m)}")
+    for name, value in (("kv_lora_rank", m.kv_rank), ("qk_nope_head_dim", m.nope_dim),
+                        ("qk_rope_head_dim", m.rope_dim), ("v_head_dim", m.v_dim), ("q_lora_rank", m.q_rank)):
+        if not (value is None and name == "q_lora_rank") and not _positive_int(value):
+            raise ConfigError(f"{where}{name} must be a positive integer up to 2**31, got {_shown(value)}")
+    if m.rope_dim % 2 or not isinstance(m.rope_interleave, bool) or not _number(m.norm_eps) or m.norm_eps < 0:
+        raise ConfigError(f"{where}bad latent attention settings: {_shown(m)}")
+    if sized and (a.d_head != m.nope_dim + m.rope_dim or a.n_kv_heads != a.n_heads
+                  or (a.rope is not None and a.rope.rotary_dim != m.rope_dim)):
+        raise ConfigError(f"{where}latent attention's heads must be qk_nope_head_dim + qk_rope_head_dim wide, "
+                          f"with RoPE on the qk_rope_head_dim part, got {_shown(a)}")
+
+
 def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: str) -> None:
     """A family's own layer kinds: every number bounded, every name known, and the
     sizes every consumer still reads model-wide (`heads`: query heads, key/value heads,
@@ -176,6 +201,7 @@ def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: s
         if not _positive_int(m.d_mlp) or m.act not in ACTIVATIONS:
             raise ConfigError(f"{where}a layer's MLP has a bad size or activation: {_shown(m)}")
         check_experts(m, where)
+        check_latent(a, where, sized=True)
         if a.window is not None and not _positive_int(a.window):
             raise ConfigError(f"{where}sliding windows must be positive integers up to 2**31, got {_shown(a.window)}")
         _check_optional_positive((("scale", a.scale), ("softcap", a.softcap), ("residual scale", spec.residual_scale)),

@@ -518,3 +518,62 @@ def test_hooks_see_latent_heads_with_their_value_width(folder: Callable, ours: C
     result = CliRunner().invoke(app, ["attend", "The cat sat on the mat.", "--model", str(folder("deepseek_moe")),
                                       "--measure", "norm", "--device", "cpu"], env=ENV)
     assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------------ Kimi-K2, fused experts
+
+
+def test_kimi_k2_is_read_as_deepseek_v3(folder: Callable, ours: Callable, tmp_path: Path) -> None:
+    """Kimi-K2's config.json names `model_type` "kimi_k2" and DeepSeek-V3's architecture:
+    the same checkpoint under that name runs exactly the same."""
+    import shutil
+
+    shutil.copytree(folder("deepseek_moe"), tmp_path / "kimi")
+    tm.rewrite_config(tmp_path / "kimi", lambda raw: raw.update(model_type="kimi_k2"))
+    from attnscope.api import load
+
+    insp = load(str(tmp_path / "kimi"), device="cpu", dtype="float32")
+    ids = ids_of(folder("deepseek_moe"))
+    assert insp.config.family == "kimi_k2"
+    assert torch.equal(insp.logits(ids), ours("deepseek_moe").logits(ids))
+
+
+def test_fused_expert_tensors_load(folder: Callable, ours: Callable, tmp_path: Path) -> None:
+    """transformers 5 holds experts fused: `mlp.experts.gate_up_proj` [E, 2w, d] (gate rows
+    first) and `mlp.experts.down_proj` [E, d, w]. A checkpoint stored so runs the same."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from attnscope.api import load
+
+    dst = tmp_path / "fused"
+    shutil.copytree(folder("deepseek_moe"), dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    out = {k: v for k, v in tensors.items() if ".mlp.experts." not in k}
+    for layer in (1, 2):
+        p = f"model.layers.{layer}.mlp.experts."
+        gate = [tensors[f"{p}{e}.gate_proj.weight"] for e in range(8)]
+        up = [tensors[f"{p}{e}.up_proj.weight"] for e in range(8)]
+        out[p + "gate_up_proj"] = torch.stack([torch.cat((g, u)) for g, u in zip(gate, up)])
+        out[p + "down_proj"] = torch.stack([tensors[f"{p}{e}.down_proj.weight"] for e in range(8)])
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    ids = ids_of(folder("deepseek_moe"))
+    assert torch.equal(load(str(dst), device="cpu", dtype="float32").logits(ids), ours("deepseek_moe").logits(ids))
+
+
+def test_hand_built_latent_kinds_are_checked(ours: Callable) -> None:
+    """A LatentSpec that does not fit its heads, or latent projections on a softmax
+    layer, is one ConfigError where the config is built."""
+    from attnscope.kinds import Stack
+
+    cfg = ours("deepseek_moe").config
+    base = cfg.layer(0)
+    m = base.attn.latent
+    for wrong, words in ((base.with_attn(latent=replace(m, nope_dim=9)), "qk_nope_head_dim \\+ qk_rope_head_dim"),
+                         (base.with_attn(latent=replace(m, kv_rank=0)), "kv_lora_rank must be a positive integer"),
+                         (base.with_attn(latent=replace(m, rope_dim=3)), "bad latent attention settings"),
+                         (base.with_attn(kind="softmax"), "softmax attention cannot carry latent projections"),
+                         (base.with_attn(latent=None), "latent attention needs its LatentSpec")):
+        with pytest.raises(ConfigError, match=words):
+            replace(cfg, kinds=Stack(((wrong, cfg.n_layers),)))
