@@ -114,7 +114,7 @@ def test_config_reads_every_quirk(ours: Any, ref: Any) -> None:
         assert a.rope is not None and a.rope.theta == 5000.0 and a.rope.scaling_type == "yarn"
         assert a.rope.scaling_dict["truncate"] is False and a.rope.scaling_dict["factor"] == 4.0
         e = m.experts
-        assert m.kind == "experts" and m.d_mlp == 16 and e is not None
+        assert m.kind == "experts" and m.d_mlp == 32 and e is not None
         assert (e.n_experts, e.top_k, e.router, e.router_bias, e.expert_bias) == (4, 2, "topk_softmax", True, True)
         assert (e.swiglu_alpha, e.swiglu_limit) == (hf.swiglu_alpha, tg.GPT_OSS_LIMIT)
 
@@ -410,3 +410,75 @@ def test_tiny_checkpoint_counts_to_transformers(ours: Any, ref: Any, folder: Pat
     result = run("params", "--model", str(folder), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["total"] == ref.num_parameters()
+
+
+# ---------------------------------------------------------------------------- GGUF
+
+
+@pytest.fixture(scope="module")
+def gguf_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(the safetensors folder, its GGUF with MXFP4 experts, the folder holding the
+    values the GGUF's blocks decode to), on llama.cpp's layer pattern."""
+    pytest.importorskip("gguf")
+    base = tmp_path_factory.mktemp("gpt_oss_gguf")
+    folder = tg.gpt_oss(base / "hf", layer_types=tg.GGUF_LAYER_TYPES)
+    path, decoded = tg.gpt_oss_gguf(folder, base / "tiny-gpt-oss-MXFP4.gguf", base / "decoded")
+    return folder, path, decoded
+
+
+def test_gguf_with_mxfp4_experts_equals_the_same_weights(gguf_files: tuple[Path, Path, Path]) -> None:
+    """llama.cpp's gpt-oss layout: the config (windows, YaRN, experts, SwiGLU limit) and
+    every parameter equal the decoded safetensors copy's, so attention, sinks and logits
+    are the same numbers; and both equal transformers' on that copy."""
+    from attnscope.api import load
+
+    folder, path, decoded = gguf_files
+    g, s = load(str(path), device="cpu", dtype="float32"), load(str(decoded), device="cpu", dtype="float32")
+    assert [g.config.layer(i) for i in range(4)] == [s.config.layer(i) for i in range(4)]
+    assert g.config.layer(0).attn.window == tg.GPT_OSS_WINDOW and g.config.layer(1).attn.window is None
+    ours_g, ours_s = g.model.state_dict(), s.model.state_dict()
+    assert ours_g.keys() == ours_s.keys()
+    for name in ours_g:
+        assert torch.equal(ours_g[name], ours_s[name]), name
+    original = load(str(folder), device="cpu", dtype="float32").model.state_dict()
+    gate = "blocks.0.mlp.experts.gate.weight"
+    assert not torch.equal(ours_g[gate], original[gate])  # 4-bit blocks: the values did change
+    assert max_diff(ours_g[gate], original[gate]) < 0.25 * float(original[gate].abs().max())
+    att_g, att_s = g.attention(tg.GPT_OSS_TEXT), s.attention(tg.GPT_OSS_TEXT)
+    assert att_g.tokens is not None and att_s.tokens is not None and att_g.tokens.ids == att_s.tokens.ids
+    ids = att_g.tokens.ids
+    assert max_diff(att_g.probs, att_s.probs) <= 1e-6
+    assert max_diff(g.logits(ids), s.logits(ids)) <= 1e-5 * float(s.logits(ids).abs().max())
+    ref = reference(decoded)
+    with torch.no_grad():
+        expected = tm.reference_attention(ref, ids)
+    assert max_diff(att_g.probs, expected) <= ATOL
+    expected_logits, _ = reference_run(copy.deepcopy(ref).double().eval(), ids)
+    assert_logits_close(g.logits(ids), expected_logits, LOGITS_RTOL, "gpt-oss GGUF")
+
+
+def test_gguf_params_count_and_quantization(gguf_files: tuple[Path, Path, Path]) -> None:
+    """`params --model FILE.gguf` counts transformers' own number for the same model and
+    names MXFP4 as the experts' storage."""
+    folder, path, _ = gguf_files
+    expected = reference(folder).num_parameters()
+    result = run("params", "--model", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["total"] == expected
+    result = run("params", "--model", str(path))
+    assert result.exit_code == 0, result.output
+    assert "MXFP4" in result.stdout
+
+
+def test_gguf_attend_cli(gguf_files: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """The GGUF runs from the CLI, and its --save carries the sinks."""
+    import numpy as np
+
+    _, path, decoded = gguf_files
+    out = tmp_path / "g.npz"
+    result = run("attend", tg.GPT_OSS_TEXT, "--model", str(path), "--save", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    with np.load(out) as z:
+        sinks, att = z["sinks"], z["attentions"]
+    assert sinks.shape == att.shape[:3] and float(np.abs(att.sum(-1) + sinks - 1).max()) <= 1e-6

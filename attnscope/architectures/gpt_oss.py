@@ -161,3 +161,66 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
             kinds[spec] = mixtral.experts_spec(spec, cfg.d_mlp, experts)
         specs.append(kinds[spec])
     return replace(cfg, kinds=Stack.of(specs))
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's arch "gpt-oss" (gguf-py constants, convert_hf_to_gguf.py's GptOssModel): the
+# experts already split and in [E, out, in] (MXFP4 blocks in published files, dequantized by
+# gguf-py like any block format), their biases `.bias` [E, out]; the norm before the MLP is
+# `post_attention_norm` (transformers' post_attention_layernorm), the sinks `attn_sinks`.
+# llama.cpp writes no layer types: sliding layers are the even ones (its SWA pattern 2,
+# transformers' default); nor the SwiGLU constants, which it fixes at 1.702 and 7.0 (a
+# `swiglu_clamp_exp` key, where present, gives the limit).
+
+GGUF_ARCHS = ("gpt-oss",)
+
+GGUF_WEIGHTS: dict[str, str | None] = {
+    "token_embd.weight": "embed.tok.weight",
+    "blk.{layer}.attn_norm.weight": "blocks.{layer}.attn_norm.weight",
+    **{f"blk.{{layer}}.attn_{g}.{kind}": f"blocks.{{layer}}.attn.{ours}.{kind}"
+       for g, ours in (("q", "q"), ("k", "k"), ("v", "v"), ("output", "o")) for kind in ("weight", "bias")},
+    "blk.{layer}.attn_sinks.weight": "blocks.{layer}.attn.sinks",
+    "blk.{layer}.post_attention_norm.weight": "blocks.{layer}.mlp_norm.weight",
+    "blk.{layer}.ffn_gate_inp.weight": "blocks.{layer}.mlp.router.weight",
+    "blk.{layer}.ffn_gate_inp.bias": "blocks.{layer}.mlp.router.bias",
+    **{f"blk.{{layer}}.ffn_{g}_exps.{kind}": f"blocks.{{layer}}.mlp.experts.{g}.{kind}"
+       for g in ("gate", "up", "down") for kind in ("weight", "bias")},
+    "output_norm.weight": "final_norm.weight",
+    "output.weight": "unembed.weight",
+}
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A config.json-style dict from `gpt-oss.*` metadata (what GptOssModel.set_gguf_parameters writes)."""
+    def get(suffix: str, default: Any = KeyError) -> Any:
+        return llama.gguf_value(meta, f"{arch}.{suffix}", default)
+
+    heads = get("attention.head_count")
+    raw: dict[str, Any] = {
+        "model_type": "gpt_oss",
+        "hidden_size": get("embedding_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": get("attention.head_count_kv", heads),
+        "intermediate_size": get("expert_feed_forward_length", None) or get("feed_forward_length"),
+        "max_position_embeddings": get("context_length"),
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
+        "rope_theta": get("rope.freq_base", DEFAULT_THETA),
+        "sliding_window": get("attention.sliding_window", 128),
+        "num_local_experts": get("expert_count"),
+        "num_experts_per_tok": get("expert_used_count"),
+        "attention_bias": "blk.0.attn_q.bias" in shapes,
+        "swiglu_limit": get("swiglu_clamp_exp", SWIGLU_LIMIT),
+    }
+    head_dim = get("attention.key_length", None)
+    if head_dim:
+        raw["head_dim"] = head_dim
+    kind = get("rope.scaling.type", None)
+    if kind not in (None, "none"):  # gpt-oss's YaRN: the HF file's truncate false, which GGUF does not record
+        raw["rope_scaling"] = {"rope_type": kind, "factor": get("rope.scaling.factor", 1.0),
+                               "original_max_position_embeddings": get("rope.scaling.original_context_length", None),
+                               "beta_fast": get("rope.scaling.yarn_beta_fast", 32.0),
+                               "beta_slow": get("rope.scaling.yarn_beta_slow", 1.0), "truncate": False}
+    else:
+        raw["rope_parameters"] = {"rope_type": "default"}
+    return raw
