@@ -331,6 +331,23 @@ def test_tiny_counts_equal_transformers(name: str, folder: Callable) -> None:
     assert json.loads(result.stdout)["total"] == expected
 
 
+def test_classifier_checkpoint_runs_and_counts(tmp_path: Path) -> None:
+    """A ModernBertForSequenceClassification folder (a reranker, a classifier): its encoder's
+    attention equals transformers', and `params --model` counts every stored tensor, the
+    prediction head and classifier included, to transformers' own total."""
+    folder = tmb.modernbert_classifier(tmp_path / "classifier")
+    from attnscope.api import load
+
+    ids = ids_of(folder)
+    ref = tm.load_reference(folder)
+    assert_close(load(str(folder), device="cpu", dtype="float32").attention(tmb.MODERNBERT_TEXT).probs,
+                 tm.reference_attention(ref, ids), ATOL, "classifier attention")
+    result = run("params", "--model", str(folder), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["total"] == ref.num_parameters()
+    assert run("attend", "the fluffy creature", "--model", str(folder), "--device", "cpu").exit_code == 0
+
+
 def test_real_config_count() -> None:
     """modernbert-base counts to transformers' ModernBertForMaskedLM on the meta device,
     through `params --config FILE` and through the preset; transformers recomputes it."""

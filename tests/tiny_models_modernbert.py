@@ -129,6 +129,18 @@ def modernbert_bare(folder: Path, seed: int = SEED) -> Path:
     return path
 
 
+def modernbert_classifier(folder: Path, seed: int = SEED) -> Path:
+    """ModernBertForSequenceClassification (3 labels), as the Hub's fine-tuned rerankers
+    and classifiers ship: `modernbert`'s encoder plus a prediction head and a classifier,
+    which attnscope does not run (its tensors are counted, but never loaded)."""
+    from transformers import ModernBertForSequenceClassification
+
+    tok = modernbert_tokenizer()
+    config = _config(tok, layer_types=LAYER_TYPES, architectures=["ModernBertForSequenceClassification"],
+                     num_labels=3)
+    return _build(config, ModernBertForSequenceClassification, Path(folder), tok, seed)
+
+
 MODERNBERT_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "modernbert": modernbert,
     "modernbert_biased": modernbert_biased,
