@@ -31,8 +31,10 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter of the model by our name, in load order (the parts' declarations,
-    `parts.model_shapes`). Tied unembeddings are absent."""
-    return model_shapes(cfg)
+    `parts.model_shapes`). Tied unembeddings are absent, and so are the tensors the model
+    loads that are buffers, not parameters, in transformers (`parts.NOT_COUNTED`: DeepSeek-V3's
+    score-correction biases)."""
+    return {name: shape for name, shape in model_shapes(cfg).items() if not name.endswith(NOT_COUNTED)}
 
 
 def declared_counts(cfg: ModelConfig) -> dict[str, int]:
