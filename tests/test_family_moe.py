@@ -330,6 +330,17 @@ def _rewrite(src: Path, dst: Path, edit: Callable[[dict[str, torch.Tensor]], Non
     return dst
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_offloaded_blocks_stack_their_experts(layout: str, folder: Callable, ours: Callable) -> None:
+    """With offloading each block's tensors are streamed when it runs: its per-expert
+    tensors are stacked there too (`model.block_tensors`), and the logits stay the same."""
+    from attnscope.api import load
+
+    ids = ids_of(folder("qwen2_moe"))
+    streamed = load(str(folder("qwen2_moe", layout)), device="cpu", dtype="float32", offload=True)
+    assert torch.equal(streamed.logits(ids), ours("qwen2_moe", layout).logits(ids))
+
+
 def test_a_missing_or_misshapen_expert_is_refused(folder: Callable, tmp_path: Path) -> None:
     from attnscope.api import load
 
