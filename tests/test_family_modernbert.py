@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import tiny_models as tm
@@ -388,6 +390,7 @@ BAD = [
     ({"local_attention": 2**40}, "local_attention"),
     ({"local_attention": "128"}, "local_attention"),
     ({"hidden_activation": "gelu_fancy"}, "hidden_activation"),
+    ({"hidden_activation": ["gelu"]}, "hidden_activation"),
     ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0}}}, "rope scaling"),
     ({"rope_parameters": [1, 2]}, "rope_parameters"),
     ({"global_rope_theta": "big"}, "rope_theta"),
@@ -426,3 +429,26 @@ def test_fused_tensors_split_by_rows() -> None:
     assert float(parts["blocks.0.mlp.gate.weight"][0, 0]) == 0.0 and float(parts["blocks.0.mlp.up.weight"][0, 0]) == 6.0
     odd = torch.zeros(10, 8)
     assert set(modernbert.split("blocks.0.mlp.gate_up.weight", odd, cfg)) == {"blocks.0.mlp.gate_up.weight"}
+
+
+# Any JSON value in any of the keys ModernBERT's reader takes: a ModelConfig or one ConfigError, never another exception.
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
+                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+_KEYS = ["layer_types", "global_attn_every_n_layers", "local_attention", "rope_parameters", "rope_scaling",
+         "global_rope_theta", "local_rope_theta", "hidden_activation", "norm_eps", "norm_bias", "attention_bias",
+         "mlp_bias", "decoder_bias", "classifier_bias", "tie_word_embeddings", "architectures"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from(_KEYS), _JSON, max_size=3), kind=st.sampled_from(
+    ["full_attention", "sliding_attention", "nonsense"]))
+def test_any_value_is_a_config_or_one_error(changes: dict[str, Any], kind: str) -> None:
+    raw = {"model_type": "modernbert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "intermediate_size": 48, "vocab_size": 64, "max_position_embeddings": 64,
+           "rope_parameters": {kind: {"rope_theta": 1000.0}}, **changes}
+    try:
+        cfg = from_hf_config(raw, "fuzz")
+    except ConfigError:
+        return
+    assert cfg.n_layers == 2 and all(cfg.window(i) is None or cfg.window(i) >= 1 for i in range(2))

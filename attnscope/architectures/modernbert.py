@@ -153,7 +153,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         if not isinstance(raw[key], bool):
             raise ConfigError(f"modernbert {key} must be true or false, got {_shown(raw[key])}")
     act = raw["hidden_activation"]
-    if act not in _ACTIVATIONS:
+    if not isinstance(act, str) or act not in _ACTIVATIONS:
         raise ConfigError(f"unsupported modernbert hidden_activation {_shown(act)}",
                           hint=f"supported: {', '.join(_ACTIVATIONS)}")
     local = raw["local_attention"]
@@ -220,3 +220,78 @@ def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
         return {name: tensor}
     pieces = tensor.split([shape[0] for shape in parts.values()], dim=0)  # (rows, d_model) -> per part
     return dict(zip(parts, pieces))
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's modern-bert (gguf-py MODEL_TENSORS[MODERN_BERT]; convert_hf_to_gguf.py's
+# ModernBertModel; src/models/modern-bert.cpp). The tensors keep ModernBERT's fusions:
+# attn_qkv is Wqkv, ffn_up is Wi (the activated half first: ggml's GEGLU), and layer 0
+# has no attn_norm. The converter writes `attention.sliding_window` = local_attention
+# (llama.cpp's symmetric window: |i - j| <= local_attention / 2) and
+# `attention.sliding_window_pattern` = global_attn_every_n_layers (llama.cpp counts it
+# dense-first: layer il is local unless il % period == 0); the local layers' RoPE base is
+# `rope.freq_base_swa`, else the global `rope.freq_base` (else 10,000), as llama.cpp reads
+# them. The MLP's width comes from ffn_down (ffn_up holds twice it).
+
+GGUF_ARCHS = ("modern-bert",)
+
+GGUF_WEIGHTS: dict[str, str | None] = {
+    "token_embd.weight": "embed.tok.weight",
+    "token_embd_norm.weight": "embed.norm.weight",
+    "token_embd_norm.bias": "embed.norm.bias",
+    "output_norm.weight": "final_norm.weight",
+    "output_norm.bias": "final_norm.bias",
+    **{f"blk.{{layer}}.{g}.{p}": f"blocks.{{layer}}.{ours}.{p}"
+       for g, ours in (("attn_norm", "attn_norm"), ("attn_qkv", "attn.qkv_proj"), ("attn_output", "attn.o"),
+                       ("ffn_norm", "mlp_norm"), ("ffn_up", "mlp.gate_up"), ("ffn_down", "mlp.down"))
+       for p in ("weight", "bias")},
+}
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A config.json-style dict from `modern-bert.*` metadata and the tensor table."""
+    from attnscope.architectures.llama import gguf_value
+
+    def get(suffix: str, default: Any = KeyError) -> Any:
+        return gguf_value(meta, f"{arch}.{suffix}", default)
+
+    if get("attention.causal", False) is not False:
+        raise ConfigError(f"a causal {arch} GGUF is not supported")
+    act = meta.get(f"{arch}.hidden_act", "gelu")
+    if act not in ("gelu", "geglu"):
+        raise ConfigError(f"a {arch} GGUF with hidden_act {_shown(act)} is not supported", hint="supported: gelu")
+    n_layers = get("block_count")
+    down = shapes.get("blk.0.ffn_down.weight")
+    raw: dict[str, Any] = {
+        "model_type": "modernbert",
+        "architectures": ["ModernBertModel"],
+        "hidden_size": get("embedding_length"),
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": get("attention.head_count"),
+        "intermediate_size": down[1] if down and len(down) == 2 else get("feed_forward_length"),
+        "max_position_embeddings": get("context_length"),
+        "norm_eps": get("attention.layer_norm_epsilon"),
+        "norm_bias": "blk.0.ffn_norm.bias" in shapes,
+        "attention_bias": "blk.0.attn_qkv.bias" in shapes,
+        "mlp_bias": "blk.0.ffn_up.bias" in shapes,
+        "hidden_activation": "gelu",
+    }
+    theta = float(get("rope.freq_base", 10000.0))
+    window = get("attention.sliding_window", 0)
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern", 3)
+    if not window:  # no local layers
+        raw["layer_types"] = ["full_attention"] * n_layers if _positive_int(n_layers) else n_layers
+        raw["local_attention"] = 1
+    else:
+        raw["local_attention"] = window
+        if isinstance(pattern, list):  # one flag per layer: true = local
+            raw["layer_types"] = ["sliding_attention" if flag else "full_attention" for flag in pattern]
+        else:
+            raw["global_attn_every_n_layers"] = pattern
+    raw["global_rope_theta"] = theta
+    raw["local_rope_theta"] = float(get("rope.freq_base_swa", theta))
+    return raw
+
+
+def gguf_tensor(name: str, tensor: Any, cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    return split(name, tensor, cfg)
