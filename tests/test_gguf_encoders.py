@@ -1,12 +1,14 @@
-"""GGUF encoders in llama.cpp's layout: `bert` and `nomic-bert`, with their WordPiece
+"""GGUF encoders in llama.cpp's layout: `bert`, `nomic-bert` and `modern-bert`, with their WordPiece
 vocabularies from the header, against the same weights loaded from safetensors.
 
-Each file is written here as convert_hf_to_gguf.py writes it (BertModel, NomicBertModel):
+Each file is written here as convert_hf_to_gguf.py writes it (BertModel, NomicBertModel,
+ModernBertModel):
 tensors renamed by gguf-py's own name map (`gguf.get_tensor_name_map`), the pooler and
 MLM heads dropped, the metadata TextModel.set_gguf_parameters writes, and the vocabulary
 in llama.cpp's "phantom space" form (`▁word`, bare continuation pieces, control tokens
 as they are) with the special ids gguf-py's SpecialVocab writes for a BERT tokenizer
-(BOS = [CLS], EOS = [SEP], add_bos and add_eos). F32 files must give what the
+(BOS = [CLS], EOS = [SEP], add_bos and add_eos); ModernBERT's byte-level BPE with its
+merges and pre-tokenizer "modern-bert". F32 files must give what the
 safetensors folder gives (ids, every layer and head to 1e-5); a Q8_0 file what
 transformers gives on the same weights after Q8_0's round trip. The packaged
 all-MiniLM-L6-v2 is written whole and tokenizes as its own tokenizer.json. An ollama
@@ -28,6 +30,7 @@ from typer.testing import CliRunner
 
 import tiny_models as tm
 import tiny_models_kinds as tk
+import tiny_models_modernbert as tmb
 import tiny_models_nomic as tn
 from attnscope.cli import app
 
@@ -61,13 +64,26 @@ def phantom_vocab(tokenizer_json: dict[str, Any]) -> tuple[list[str], list[int],
     return pieces, types, ids
 
 
+def bpe_vocab(tokenizer_json: dict[str, Any]) -> tuple[list[str], list[int], list[str], dict[str, int]]:
+    """ModernBertModel.set_vocab (`_set_vocab_gpt2`): byte-level tokens by id, specials as
+    control tokens, the merges; [CLS] as BOS and [SEP] as EOS, both added."""
+    vocab = tokenizer_json["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    special = {a["content"] for a in tokenizer_json.get("added_tokens", []) if a.get("special")}
+    types = [CONTROL if t in special else NORMAL for t in tokens]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"]["merges"]]
+    ids = {name: vocab[t] for name, t in (("bos", "[CLS]"), ("eos", "[SEP]"), ("sep", "[SEP]"), ("unk", "[UNK]"),
+                                          ("pad", "[PAD]"), ("mask", "[MASK]"))}
+    return tokens, types, merges, ids
+
+
 def _filtered(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """BertModel.filter_tensors: no `bert.`/`nomic_bert.` prefix, no pooler, no heads."""
+    """BertModel.filter_tensors: no `bert.`/`nomic_bert.`/`model.` prefix, no pooler, no heads."""
     out = {}
     for name, t in state.items():
-        for prefix in ("bert.", "nomic_bert."):
+        for prefix in ("bert.", "nomic_bert.", "model."):
             name = name[len(prefix):] if name.startswith(prefix) else name
-        if name.startswith(("pooler.", "cls.")) or name.endswith("position_ids"):
+        if name.startswith(("pooler.", "cls.", "head.", "decoder.")) or name.endswith("position_ids"):
             continue
         out[name] = t
     return out
@@ -80,9 +96,9 @@ def write_gguf(path: Path, arch: str, raw: dict[str, Any], state: dict[str, torc
     keeps them), 1-D ones F32."""
     import gguf
 
-    nomic = arch == "nomic-bert"
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.NOMIC_BERT if nomic else gguf.MODEL_ARCH.BERT,
-                                     raw.get("num_hidden_layers") or raw["n_layer"])
+    nomic, modern = arch == "nomic-bert", arch == "modern-bert"
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.NOMIC_BERT if nomic else gguf.MODEL_ARCH.MODERN_BERT if modern
+                                     else gguf.MODEL_ARCH.BERT, raw.get("num_hidden_layers") or raw["n_layer"])
     w = gguf.GGUFWriter(path, arch)
     w.add_name(f"tiny-{arch}")
     w.add_context_length(2048 if nomic else raw["max_position_embeddings"])
@@ -90,17 +106,32 @@ def write_gguf(path: Path, arch: str, raw: dict[str, Any], state: dict[str, torc
     w.add_feed_forward_length(raw.get("intermediate_size") or raw["n_inner"])
     w.add_block_count(raw.get("num_hidden_layers") or raw["n_layer"])
     w.add_head_count(raw.get("num_attention_heads") or raw["n_head"])
-    w.add_layer_norm_eps(raw.get("layer_norm_eps") or raw["layer_norm_epsilon"])
+    w.add_layer_norm_eps(raw.get("layer_norm_eps") or raw.get("norm_eps") or raw["layer_norm_epsilon"])
     if nomic:
         w.add_rope_freq_base((raw.get("rope_parameters") or {}).get("rope_theta") or raw["rotary_emb_base"])
     w.add_causal_attention(False)
     w.add_pooling_type(gguf.PoolingType.MEAN)
-    w.add_token_type_count(raw.get("type_vocab_size", 1))
-    pieces, types, ids = phantom_vocab(tokenizer_json)
-    w.add_tokenizer_model("bert")
-    w.add_tokenizer_pre("jina-v2-en")
-    w.add_token_list(pieces)
-    w.add_token_types(types)
+    if modern:  # ModernBertModel.set_gguf_parameters; the bases as the Hub's files name them
+        w.add_sliding_window(raw["local_attention"])
+        w.add_sliding_window_pattern(raw["global_attn_every_n_layers"])
+        w.add_rope_freq_base(raw["global_rope_theta"])
+        w.add_key_value(gguf.Keys.Rope.FREQ_BASE_SWA.format(arch=arch), raw["local_rope_theta"],
+                        gguf.GGUFValueType.FLOAT32)
+        w.add_vocab_size(raw["vocab_size"])
+        tokens, types, merges, ids = bpe_vocab(tokenizer_json)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("modern-bert")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_add_sep_token(True)
+    else:
+        w.add_token_type_count(raw.get("type_vocab_size", 1))
+        pieces, types, ids = phantom_vocab(tokenizer_json)
+        w.add_tokenizer_model("bert")
+        w.add_tokenizer_pre("jina-v2-en")
+        w.add_token_list(pieces)
+        w.add_token_types(types)
     w.add_bos_token_id(ids["bos"])
     w.add_eos_token_id(ids["eos"])
     w.add_unk_token_id(ids["unk"])
@@ -150,6 +181,7 @@ BUILDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "bert": (tiny_bert, "bert"),
     "bert_mlm": (lambda d: tiny_bert(d, mlm=True), "bert"),
     "nomic_bert": (tn.nomic_bert, "nomic-bert"),
+    "modernbert": (tmb.modernbert_bare, "modern-bert"),  # global layers 0 and 3, local 1 and 2 (±8 tokens)
 }
 
 
@@ -202,19 +234,21 @@ def test_gguf_equals_the_safetensors_folder(name: str, made: Callable[..., tuple
         max_diff(a.probs, b.probs, ATOL, f"{name} {text[:20]!r}")
 
 
-@pytest.mark.parametrize("name", ["bert", "nomic_bert"])
-def test_q8_gguf_equals_transformers_on_the_same_weights(name: str, made: Callable[..., tuple[Path, Path]]) -> None:
-    """A Q8_0 file: its weights are the originals after Q8_0's round trip, so transformers
-    given those rounded weights is the reference."""
+@pytest.mark.parametrize("name, qtype", [("bert", "Q8_0"), ("nomic_bert", "Q8_0"), ("modernbert", "F16")])
+def test_quantized_gguf_equals_transformers_on_the_same_weights(name: str, qtype: str,
+                                                                made: Callable[..., tuple[Path, Path]]) -> None:
+    """A Q8_0 (or F16: the tiny ModernBERT's rows of 48 are not whole Q8_0 blocks) file:
+    its weights are the originals after the type's round trip, so transformers given
+    those rounded weights is the reference."""
     import gguf
 
-    folder, path = made(name, "Q8_0")
+    folder, path = made(name, qtype)
+    kind = gguf.GGMLQuantizationType[qtype]
     ref = copy.deepcopy(tm.load_reference(folder))
     with torch.no_grad():
         for pname, p in ref.named_parameters():
             if p.ndim == 2 and "token_type" not in pname:
-                q = gguf.quants.quantize(p.detach().numpy(), gguf.GGMLQuantizationType.Q8_0)
-                p.copy_(torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)))
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.detach().numpy(), kind), kind)))
     ids = tm.plain_tokenizer(folder).encode(tk.KINDS_TEXT).ids
     ours = load(path).attention_ids(ids).probs
     want = tm.reference_attention(ref, ids)
@@ -225,10 +259,10 @@ def test_q8_gguf_equals_transformers_on_the_same_weights(name: str, made: Callab
 def test_gguf_config_and_counts(made: Callable[..., tuple[Path, Path]]) -> None:
     """The header's config, and `params --model FILE` counting what the file stores
     (the pooler and MLM head dropped by the converter are not in it)."""
-    for name in ("bert", "nomic_bert"):
+    for name in ("bert", "nomic_bert", "modernbert"):
         folder, path = made(name)
         ggufed = load(path).config
-        assert ggufed.causal is False and ggufed.n_types == 2
+        assert ggufed.causal is False and ggufed.n_types == (0 if name == "modernbert" else 2)
         res = CliRunner().invoke(app, ["params", "--model", str(path), "--json"], env=ENV)
         assert res.exit_code == 0, res.output
         ref = tm.load_reference(folder)
@@ -236,6 +270,10 @@ def test_gguf_config_and_counts(made: Callable[..., tuple[Path, Path]]) -> None:
         assert json.loads(res.stdout)["total"] == ref.num_parameters() - dropped, name
     nomic = load(made("nomic_bert")[1]).config
     assert nomic.layer(0).attn.rope.theta == tn.NOMIC_THETA and nomic.n_ctx == 2048
+    modern = load(made("modernbert")[1]).config  # dense-first pattern 3: layers 0 and 3 global
+    assert [modern.layer(i).attn.window is None for i in range(4)] == [True, False, False, True]
+    assert [modern.layer(i).attn.rope.theta for i in range(4)] == [tmb.GLOBAL_THETA, tmb.LOCAL_THETA,
+                                                                    tmb.LOCAL_THETA, tmb.GLOBAL_THETA]
 
 
 def test_wordpiece_vocabulary_details(made: Callable[..., tuple[Path, Path]]) -> None:

@@ -58,7 +58,7 @@ _SPLITS: dict[str, list[str]] = {
                                            "exaone", "minerva-7b")},
     **{name: [_GPT2] for name in ("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de",
                                   "a.x-4.0", "mellum", "mpt", "olmo", "jais", "trillion", "granite-docling",
-                                  "exaone4")},
+                                  "exaone4", "modern-bert", "roberta-bpe", "jina-v1-en", "jina-v2-code")},
     **{name: [_QWEN2] for name in ("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez", "hunyuan")},
     "tekken": [_TEKKEN],
     **{name: [_GPT4O] for name in ("gpt-4o", "llama4")},
