@@ -527,3 +527,17 @@ def test_gguf_equals_the_same_weights_from_safetensors(name: str, arch: str, set
     doc = json.loads(result.stdout)
     assert doc["totals"]["full"] == model.num_parameters() and doc["rows"]["other"] == 0
     assert doc["active"] < doc["totals"]["full"]
+
+
+def test_flops_per_token_count_only_the_visited_experts() -> None:
+    """`params --context N`'s forward FLOPs per token: 2 per weight a token multiplies by
+    (its k routed experts, not all E; the router; the unembedding), plus attention's."""
+    from attnscope.config import preset
+    from attnscope.params import context_report, report
+
+    cfg = preset("mixtral-8x7b")
+    rep, n = report(cfg), 4096
+    norms = rep.rows["norms"]
+    matmul = rep.active_full - norms - rep.rows["embedding"]  # the embedding lookup is no matmul, the unembedding is
+    attention = 32 * 32 * 2 * n * (128 + 128)
+    assert context_report(cfg, n).flops_per_token == 2 * matmul + attention == 27_644_657_664

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attnscope.config import ModelConfig
-from attnscope.params.counting import DTYPE_BYTES, declared_counts, kind_labels, layer_ranges
+from attnscope.params.counting import DTYPE_BYTES, declared_counts, inactive, kind_labels, layer_ranges
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextR
         attn_flops += count * a.n_heads * 2 * tokens * (a.d_head + a.d_value)
         pattern_total += count * a.n_heads * per_head  # the kernel scores every key, then masks
     weights = declared_counts(cfg)
-    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "latent", "gate", "up", "down"))
+    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "latent", "gate", "up", "down", "router"))
+    matmul_params -= inactive(cfg)[0]  # a token runs only its top-k routed experts
     if cfg.lm_head:
         matmul_params += weights["embedding"]  # the unembedding matmul, tied or not
     kv_values = sum(c.values for c in caches)
