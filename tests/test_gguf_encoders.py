@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import tiny_models as tm
@@ -392,3 +394,68 @@ def test_packaged_minilm_as_gguf(tmp_path: Path) -> None:
         assert a.tokens.ids == raw_tok.encode(text).ids == b.tokens.ids, text
         worst = max(worst, max_diff(a.probs, b.probs, ATOL, text[:20]))
     assert time.monotonic() - start < 600
+
+
+# ------------------------------------------------------------------ hostile headers
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                    st.text(max_size=4), st.lists(st.integers(-3, 3), max_size=3))
+
+
+@pytest.mark.parametrize("name", ["bert", "nomic_bert", "modernbert"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_metadata_value_is_a_config_or_one_error(name: str, made: Callable[..., tuple[Path, Path]],
+                                                     data: st.DataObject) -> None:
+    """Any value (or none) in any of the architecture's own keys: the header becomes a
+    config, or one CheckpointError / ConfigError; never another exception."""
+    from dataclasses import replace
+
+    from attnscope.config import from_hf_config
+    from attnscope.errors import CheckpointError, ConfigError
+    from attnscope.sources.gguf import gguf_config, read_gguf
+
+    f = read_gguf(made(name)[1])
+    keys = sorted(k for k in f.metadata if k.startswith(f"{f.arch}."))
+    key = data.draw(st.sampled_from(keys))
+    meta = dict(f.metadata)
+    if data.draw(st.booleans()):
+        meta.pop(key)
+    else:
+        meta[key] = data.draw(_VALUES)
+    try:
+        from_hf_config(gguf_config(replace(f, metadata=meta)))
+    except (CheckpointError, ConfigError):
+        pass
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=st.lists(st.text(max_size=6), min_size=1, max_size=12),
+       types=st.lists(st.integers(-1, 7), min_size=0, max_size=12),
+       ids=st.dictionaries(st.sampled_from(["bos_token_id", "eos_token_id", "unknown_token_id",
+                                            "seperator_token_id", "add_bos_token", "add_eos_token", "add_sep_token"]),
+                           _VALUES, max_size=4),
+       fit=st.booleans())
+def test_any_wordpiece_header_is_a_tokenizer_or_one_error(made: Callable[..., tuple[Path, Path]], tokens: list[str],
+                                                          types: list[int], ids: dict[str, Any], fit: bool) -> None:
+    """Any tokens, token types, special ids and flags in a `bert` vocabulary: a tokenizer
+    that encodes text, or one TokenizerError; never a panic or another exception."""
+    from dataclasses import replace
+
+    from attnscope.errors import TokenizerError
+    from attnscope.sources.gguf import read_gguf
+    from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+
+    if fit:  # one type per token (most real headers): the builder itself is exercised
+        types = [(types or [1])[i % len(types or [1])] for i in range(len(tokens))]
+    f = read_gguf(made("bert")[1])
+    meta = {k: v for k, v in f.metadata.items() if not k.startswith("tokenizer.ggml.")}
+    meta.update({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+                 **{f"tokenizer.ggml.{k}": v for k, v in ids.items()}})
+    try:
+        tok = gguf_tokenizer(replace(f, metadata=meta))
+    except TokenizerError:
+        return
+    enc = tok.encode("Héllo, wörld! [CLS] ##x " + "".join(tokens))
+    assert all(0 <= i < len(tokens) for i in enc.ids)
+    tok.decode(enc.ids)

@@ -276,7 +276,7 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
         "mlp_bias": "blk.0.ffn_up.bias" in shapes,
         "hidden_activation": "gelu",
     }
-    theta = float(get("rope.freq_base", 10000.0))
+    theta = get("rope.freq_base", 10000.0)  # checked with the config's own bases (_thetas)
     window = get("attention.sliding_window", 0)
     pattern = meta.get(f"{arch}.attention.sliding_window_pattern", 3)
     if not window:  # no local layers
@@ -289,7 +289,7 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
         else:
             raw["global_attn_every_n_layers"] = pattern
     raw["global_rope_theta"] = theta
-    raw["local_rope_theta"] = float(get("rope.freq_base_swa", theta))
+    raw["local_rope_theta"] = get("rope.freq_base_swa", theta)
     return raw
 
 
