@@ -304,7 +304,7 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
         return _load_gguf(src, device, dtype)
     spec, ckpt, raw, cfg = src.spec, src.checkpoint, src.raw, src.config
     assert ckpt is not None  # internal invariant: not a GGUF
-    check_declared(cfg, sum(info.numel for info in ckpt.tensors.values()), "config.json")
+    check_declared(cfg, _stored_count(ckpt, cfg), "config.json")
     tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev, cfg)
@@ -355,6 +355,17 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
             by_layer.setdefault(layer, []).append(name)
         net.block_source = lambda i: block_tensors(cfg, i, stream(by_layer.get(i, []), False), dev, dt)
     return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
+
+
+def _stored_count(ckpt: Any, cfg: ModelConfig) -> int:
+    """The values a checkpoint's headers hold, packed tensors (gpt-oss's MXFP4 blocks, two
+    values a byte) counted as the matrices they decode to (the family's `stored_parts`)."""
+    from math import prod
+
+    from attnscope.params import stored_shapes
+
+    raw = sum(info.numel for info in ckpt.tensors.values())
+    return max(raw, sum(prod(shape) for shape in stored_shapes(ckpt, cfg)[0].values()))
 
 
 def check_declared(cfg: ModelConfig, stored: int, what: str) -> None:

@@ -482,3 +482,94 @@ def test_gguf_attend_cli(gguf_files: tuple[Path, Path, Path], tmp_path: Path) ->
     with np.load(out) as z:
         sinks, att = z["sinks"], z["attentions"]
     assert sinks.shape == att.shape[:3] and float(np.abs(att.sum(-1) + sinks - 1).max()) <= 1e-6
+
+
+# ------------------------------------------------------- MXFP4 safetensors (the Hub's)
+
+
+@pytest.fixture(scope="module")
+def mxfp4_files(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("gpt_oss_mxfp4")
+    return tg.mxfp4_checkpoint(folder, base / "mxfp4", base / "decoded")
+
+
+def test_mxfp4_safetensors_decode_as_transformers_does(mxfp4_files: tuple[Path, Path]) -> None:
+    """The published layout (`…_proj_blocks` / `…_proj_scales`, quant_method mxfp4): every
+    parameter equals what transformers' own decoder makes of the blocks, so attention and
+    logits equal those of the decoded float copy, and transformers' on it."""
+    from attnscope.api import load
+
+    packed, decoded = mxfp4_files
+    q, d = load(str(packed), device="cpu", dtype="float32"), load(str(decoded), device="cpu", dtype="float32")
+    ours_q, ours_d = q.model.state_dict(), d.model.state_dict()
+    assert ours_q.keys() == ours_d.keys()
+    for name in ours_q:
+        assert torch.equal(ours_q[name], ours_d[name]), name
+    att = q.attention(tg.GPT_OSS_TEXT)
+    assert att.tokens is not None
+    ids = att.tokens.ids
+    ref = reference(decoded)
+    with torch.no_grad():
+        assert max_diff(att.probs, tm.reference_attention(ref, ids)) <= ATOL
+    expected_logits, _ = reference_run(copy.deepcopy(ref).double().eval(), ids)
+    assert_logits_close(q.logits(ids), expected_logits, LOGITS_RTOL, "gpt-oss MXFP4 safetensors")
+
+
+def test_mxfp4_safetensors_count_what_they_decode_to(mxfp4_files: tuple[Path, Path], ref: Any) -> None:
+    """params --model counts the decoded matrices (the blocks hold two values a byte and
+    the scales none of the model's parameters): transformers' own count."""
+    packed, _ = mxfp4_files
+    result = run("params", "--model", str(packed), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["total"] == ref.num_parameters()
+
+
+def test_mxfp4_halves_pair_in_either_order(folder: Path) -> None:
+    """Blocks and scales may come in either order (two shards); a half left by a load that
+    stopped is dropped when another load starts, never paired with the next one's."""
+    from attnscope.architectures import gpt_oss
+    from attnscope.config import from_hf_config
+    from attnscope.errors import CheckpointError
+
+    cfg, other = (from_hf_config(json.loads((folder / "config.json").read_text())) for _ in range(2))
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (4, 64, 1, 16), dtype=torch.uint8, generator=g)  # 4 experts, 2 x 32 rows, 32 wide
+    scales = torch.randint(120, 130, (4, 64, 1), dtype=torch.uint8, generator=g)
+    name = "blocks.0.mlp.experts.gate_up.mxfp4_"
+    first = gpt_oss.split(name + "blocks", blocks, cfg)
+    assert first == {}
+    one = gpt_oss.split(name + "scales", scales, cfg)
+    assert gpt_oss.split(name + "scales", scales, other) == {}
+    two = gpt_oss.split(name + "blocks", blocks, other)
+    assert one.keys() == two.keys() == {"blocks.0.mlp.experts.gate.weight", "blocks.0.mlp.experts.up.weight"}
+    for key in one:
+        assert torch.equal(one[key], two[key]) and one[key].shape == (4, 32, 32)
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    full = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32).transpose(1, 2)  # (E, out, in)
+    assert torch.equal(one["blocks.0.mlp.experts.gate.weight"], full[:, 0::2])
+    stale = gpt_oss.split(name + "blocks", blocks, cfg)  # half a pair, then a new load
+    assert stale == {} and gpt_oss.split(name + "scales", scales, other) == {}  # not paired across loads
+    gpt_oss._pending.clear()
+    with pytest.raises(CheckpointError, match="config.json implies"):  # checked before decoding
+        gpt_oss.split(name + "scales", scales[:, :32], cfg)
+        gpt_oss.split(name + "blocks", blocks[:, :32], cfg)
+    gpt_oss._pending.clear()
+
+
+def test_mxfp4_blocks_that_do_not_fit_are_one_line(mxfp4_files: tuple[Path, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    packed, _ = mxfp4_files
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in packed.iterdir():
+        if f.name != "model.safetensors":
+            (bad / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(str(packed / "model.safetensors"))
+    name = "model.layers.0.mlp.experts.down_proj_scales"
+    tensors[name] = tensors[name][:, :, :0].contiguous()  # scales for no block
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    result = run("attend", "hello there", "--model", str(bad), "--device", "cpu")
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2, result.output

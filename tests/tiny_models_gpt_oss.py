@@ -167,3 +167,47 @@ def gpt_oss_gguf(folder: Path, path: Path, out: Path, experts: str = "MXFP4") ->
             _shutil.copy(f, out / f.name)
     save_file(copy, str(out / "model.safetensors"), metadata={"format": "pt"})
     return path, out
+
+
+def mxfp4_checkpoint(folder: Path, out: Path, decoded: Path) -> tuple[Path, Path]:
+    """The checkpoint in `folder` as openai/gpt-oss-* publish theirs: each expert matrix
+    in MXFP4 (`…_proj_blocks` [E, out, in/32, 16] uint8, low nibble first, and
+    `…_proj_scales` [E, out, in/32] uint8, 2^(s − 127)), `quantization_config` mxfp4, at
+    `out`; and at `decoded` a plain float32 copy holding what transformers' own decoder
+    (`integrations.mxfp4.convert_moe_packed_tensors`) makes of those blocks."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers.integrations.mxfp4 import FP4_VALUES, convert_moe_packed_tensors
+
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
+    tensors = load_file(str(folder / "model.safetensors"))
+    packed, plain = {}, dict(tensors)
+    for name, t in tensors.items():
+        if not name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            continue
+        rows = t.transpose(1, 2).float()  # (E, out, in): the packed layout is out-major
+        E, R, C = rows.shape
+        x = rows.reshape(E, R, C // 32, 32)  # (E, out, blocks, 32)
+        amax = x.abs().amax(-1)  # (E, out, blocks)
+        exp = torch.where(amax > 0, torch.floor(torch.log2(amax.clamp_min(1e-30))) - 2, torch.zeros_like(amax))
+        scale = torch.ldexp(torch.ones_like(exp), exp.int())  # 2^(e), so |x| / scale <= 8 > 6: the top clips to 6
+        idx = ((x / scale[..., None])[..., None] - lut).abs().argmin(-1).to(torch.uint8)  # (E, out, blocks, 32)
+        blocks = idx[..., 0::2] | (idx[..., 1::2] << 4)  # (E, out, blocks, 16)
+        scales = (exp + 127).to(torch.uint8)
+        packed[name + "_blocks"], packed[name + "_scales"] = blocks.contiguous(), scales.contiguous()
+        del plain[name]
+        plain[name] = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32).contiguous()
+    for target, weights in ((out, {**{k: v for k, v in plain.items() if not k.endswith(("gate_up_proj", "down_proj"))},
+                                   **packed}), (decoded, plain)):
+        target.mkdir(parents=True, exist_ok=True)
+        for f in folder.iterdir():
+            if f.name != "model.safetensors":
+                shutil.copy(f, target / f.name)
+        save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
+    raw = json.loads((out / "config.json").read_text())
+    raw["quantization_config"] = {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                             "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"}
+    (out / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    return out, decoded

@@ -19,6 +19,14 @@ up = [..., 1::2]) and is multiplied from the left (x @ W), so it is transposed i
 [E, w, d]; `gate_up_proj_bias` [E, 2w] is interleaved the same way; `down_proj`
 [E, w, d] is transposed into our [E, d, w] (whatever the sizes: gpt-oss-20b has w = d).
 
+Published checkpoints store the experts' matrices in MXFP4 (`quantization_config`
+"mxfp4"): `…gate_up_proj_blocks` [E, 2w, d/32, 16] uint8 (two 4-bit values a byte, the
+low nibble first) and `…gate_up_proj_scales` [E, 2w, d/32] uint8 (a power of two, biased
+by 127, per block of 32), `down_proj_blocks` [E, d, w/32, 16] likewise. Each pair is
+decoded to float here (`mxfp4_decode`, transformers' `convert_moe_packed_tensors` values:
+e2m1 ∈ ±{0, 0.5, 1, 1.5, 2, 3, 4, 6} × 2^(scale − 127)), already in [E, out, in]; the
+count is the decoded matrix's, whatever the storage.
+
 After transformers' models/gpt_oss (configuration and modeling) and llama.cpp's `GptOssModel`
 converter (GGUF arch "gpt-oss": experts as `ffn_gate_exps`/`ffn_up_exps`/`ffn_down_exps`
 [E, out, in] with `_b` biases, router `ffn_gate_inp`, sinks `attn_sinks`, MXFP4 experts).
@@ -32,7 +40,7 @@ from typing import Any
 from attnscope.architectures import llama, mixtral
 from attnscope.architectures._common import checkpoint_dtype, layer_kind, layer_windows
 from attnscope.config import ModelConfig, _shown
-from attnscope.errors import ConfigError
+from attnscope.errors import CheckpointError, ConfigError
 from attnscope.kinds import ExpertSpec, Stack
 
 MODEL_TYPES = ("gpt_oss",)
@@ -51,7 +59,13 @@ WEIGHTS: dict[str, str | None] = {
     "layers.{layer}.mlp.experts.gate_up_proj_bias": "blocks.{layer}.mlp.experts.gate_up.bias",
     "layers.{layer}.mlp.experts.down_proj": "blocks.{layer}.mlp.experts.down.weight",
     "layers.{layer}.mlp.experts.down_proj_bias": "blocks.{layer}.mlp.experts.down.bias",
+    **{f"layers.{{layer}}.mlp.experts.{hf}_proj_{part}": f"blocks.{{layer}}.mlp.experts.{ours}.mxfp4_{part}"
+       for hf, ours in (("gate_up", "gate_up"), ("down", "down")) for part in ("blocks", "scales")},
 }
+# Our names of the packed MXFP4 tensors (uint8, decoded in `split`): `checkpoint` lets
+# these through its float-only check.
+PACKED = (".mxfp4_blocks", ".mxfp4_scales")
+E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 DEFAULT_THETA = 150000.0  # GptOssConfig.default_theta
 DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
@@ -73,12 +87,70 @@ def stored_parts(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> dict[st
         return {name.replace(".gate_up.", f".{part}."): half for part in ("gate", "up")}
     if name.endswith(".mlp.experts.down.weight") and len(shape) == 3:
         return {name: (shape[0], shape[2], shape[1])}
+    if name.endswith(".mxfp4_scales"):
+        return {}  # part of the packed matrix its blocks stand for
+    if name.endswith(".mxfp4_blocks") and len(shape) == 4:
+        rows, cols = shape[1], shape[2] * shape[3] * 2  # (E, out, in / 32, 16) bytes -> (E, out, in)
+        if name.endswith(".gate_up.mxfp4_blocks") and rows % 2 == 0:
+            return {name.replace(".gate_up.mxfp4_blocks", f".{part}.weight"): (shape[0], rows // 2, cols)
+                    for part in ("gate", "up")}
+        return {name.replace(".mxfp4_blocks", ".weight"): (shape[0], rows, cols)}
     return {name: shape}
+
+
+# A packed matrix's blocks or scales, held until its partner arrives (they are two tensors,
+# maybe in two shards): our name -> (the load's config, which part, the tensor).
+_pending: dict[str, tuple[ModelConfig, str, Any]] = {}
+
+
+def mxfp4_decode(blocks: Any, scales: Any) -> Any:
+    """MXFP4 blocks (..., G, 16) uint8 and scales (..., G) uint8 -> float32 (..., G·32):
+    each byte's low nibble, then its high one, an e2m1 value times 2^(scale − 127)."""
+    import torch
+
+    if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8 or tuple(blocks.shape[:-1]) != tuple(scales.shape) \
+            or blocks.shape[-1] != 16:
+        raise CheckpointError(f"MXFP4 blocks {tuple(blocks.shape)} {blocks.dtype} and scales {tuple(scales.shape)} "
+                              f"{scales.dtype} do not fit together (blocks of 16 bytes, one uint8 scale each)",
+                              hint="the checkpoint is corrupt, or another MXFP4 layout")
+    lut = torch.tensor(E2M1, dtype=torch.float32)
+    out = torch.empty(*blocks.shape[:-1], 32, dtype=torch.float32)  # (..., G, 32)
+    out[..., 0::2] = lut[(blocks & 0x0F).long()]
+    out[..., 1::2] = lut[(blocks >> 4).long()]
+    out = torch.ldexp(out, (scales.to(torch.int32) - 127)[..., None])
+    return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * 32)
+
+
+def _packed(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
+    """One half of a packed matrix: nothing until both halves are here, then the decoded
+    matrix as our parameters (gate_up's interleaved rows split into gate and up)."""
+    base, part = name.rsplit(".mxfp4_", 1)
+    for key in [k for k, (owner, _, _) in _pending.items() if owner is not cfg]:
+        del _pending[key]  # left by an earlier load that stopped half way
+    other = _pending.pop(base, None)
+    if other is None or other[1] == part:
+        _pending[base] = (cfg, part, tensor)
+        return {}
+    blocks, scales = (tensor, other[2]) if part == "blocks" else (other[2], tensor)
+    spec = cfg.layer(int(base.split(".")[1])).mlp
+    E, w, d = (spec.experts.n_experts if spec.experts else 0), spec.d_mlp, cfg.d_model
+    want = (E, 2 * w, d // 32, 16) if base.endswith(".gate_up") else (E, d, w // 32, 16)
+    if tuple(blocks.shape) != want:  # checked before decoding: the decoded matrix is 8x the blocks' bytes
+        raise CheckpointError(f"MXFP4 blocks of {base} have shape {tuple(blocks.shape)}, but config.json implies {want}",
+                              hint="the weights and config.json belong to different models")
+    full = mxfp4_decode(blocks, scales)  # (E, out, in)
+    if base.endswith(".gate_up"):
+        return {f"{base[:-len('.gate_up')]}.gate.weight": full[:, 0::2].contiguous(),
+                f"{base[:-len('.gate_up')]}.up.weight": full[:, 1::2].contiguous()}
+    return {f"{base}.weight": full}
 
 
 def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
     """The interleaved gate_up into gate (even columns) and up (odd ones), each transposed
-    to [E, w, d]; down transposed to [E, d, w] (`stored_parts` names the shapes)."""
+    to [E, w, d]; down transposed to [E, d, w] (`stored_parts` names the shapes); MXFP4
+    blocks and scales decoded once both are read (`_packed`)."""
+    if name.endswith(PACKED):
+        return _packed(name, tensor, cfg)
     parts = stored_parts(name, tuple(tensor.shape), cfg)
     if name.endswith(".mlp.experts.gate_up.weight") and len(parts) == 2:
         gate, up = tensor[..., 0::2], tensor[..., 1::2]  # (E, d, w) each
