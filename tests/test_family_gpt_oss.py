@@ -573,3 +573,25 @@ def test_mxfp4_blocks_that_do_not_fit_are_one_line(mxfp4_files: tuple[Path, Path
     result = run("attend", "hello there", "--model", str(bad), "--device", "cpu")
     assert result.exit_code != 0
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2, result.output
+
+
+# ------------------------------------------------------------------- bad configs
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"swiglu_limit": -1.0}, "swiglu_limit"),
+    ({"swiglu_limit": float("nan")}, "swiglu_limit"),
+    ({"num_experts_per_tok": 40}, "experts per token"),
+    ({"layer_types": ["sliding_attention"]}, "layer_types"),
+    ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "rope scaling"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": -4}}, "original"),
+    ({"rope_parameters": [1, 2]}, "rope_parameters"),
+    ({"num_local_experts": 10**9}, "experts"),
+])
+def test_bad_gpt_oss_configs_are_one_config_error(change: dict[str, Any], words: str) -> None:
+    from attnscope.config import from_hf_config
+    from attnscope.errors import ConfigError
+
+    raw = {**json.loads((REAL / "gpt-oss-20b.json").read_text()), **change}
+    with pytest.raises(ConfigError, match=words):
+        from_hf_config(raw)
