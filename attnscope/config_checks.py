@@ -178,6 +178,8 @@ def check_latent(a: AttnSpec, where: str, sized: bool) -> None:
             raise ConfigError(f"{where}{name} must be a positive integer up to 2**31, got {_shown(value)}")
     if m.rope_dim % 2 or not isinstance(m.rope_interleave, bool) or not _number(m.norm_eps) or m.norm_eps < 0:
         raise ConfigError(f"{where}bad latent attention settings: {_shown(m)}")
+    if a.qk_norm is not None or a.sinks or a.relative is not None:  # parts.latent has none of them
+        raise ConfigError(f"{where}latent attention has no q/k norm, sinks or relative bias")
     if sized and (a.d_head != m.nope_dim + m.rope_dim or a.n_kv_heads != a.n_heads
                   or (a.rope is not None and a.rope.rotary_dim != m.rope_dim)):
         raise ConfigError(f"{where}latent attention's heads must be qk_nope_head_dim + qk_rope_head_dim wide, "

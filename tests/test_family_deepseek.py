@@ -574,6 +574,8 @@ def test_hand_built_latent_kinds_are_checked(ours: Callable) -> None:
                          (base.with_attn(latent=replace(m, kv_rank=0)), "kv_lora_rank must be a positive integer"),
                          (base.with_attn(latent=replace(m, rope_dim=3)), "bad latent attention settings"),
                          (base.with_attn(kind="softmax"), "softmax attention cannot carry latent projections"),
-                         (base.with_attn(latent=None), "latent attention needs its LatentSpec")):
+                         (base.with_attn(latent=None), "latent attention needs its LatentSpec"),
+                         (base.with_attn(sinks=True), "latent attention has no q/k norm, sinks"),
+                         (base.with_attn(qk_norm="head"), "latent attention has no q/k norm, sinks")):
         with pytest.raises(ConfigError, match=words):
             replace(cfg, kinds=Stack(((wrong, cfg.n_layers),)))
