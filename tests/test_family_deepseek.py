@@ -579,3 +579,17 @@ def test_hand_built_latent_kinds_are_checked(ours: Callable) -> None:
                          (base.with_attn(qk_norm="head"), "latent attention has no q/k norm, sinks")):
         with pytest.raises(ConfigError, match=words):
             replace(cfg, kinds=Stack(((wrong, cfg.n_layers),)))
+
+
+def test_both_rope_config_styles_read_alike(folder: Callable) -> None:
+    """YaRN as the Hub's files write it (`rope_theta` and `rope_scaling` {"type": "yarn"})
+    and as transformers 5 writes it (`rope_parameters` {"rope_type": "yarn", "rope_theta"})
+    give the same layers and the same score scale."""
+    hub = _tiny_raw(folder)
+    assert hub["rope_scaling"]["type"] == "yarn" and "rope_parameters" not in hub
+    new = {k: v for k, v in hub.items() if k not in ("rope_scaling", "rope_theta")}
+    scaling = {k: v for k, v in hub["rope_scaling"].items() if k != "type"}
+    new["rope_parameters"] = {"rope_type": "yarn", "rope_theta": hub["rope_theta"], **scaling}
+    a, b = from_hf_config(hub), from_hf_config(new)
+    assert a.stack == b.stack and a.layer(0).attn.score_scale == b.layer(0).attn.score_scale
+    assert a.layer(0).attn.rope.scaling_dict["factor"] == 4.0
