@@ -25,7 +25,9 @@ What a site reports (H query heads, H_kv key/value heads, c query rows of a chun
               weight: f_h(x) = (x W_V^h + b_V^h) W_O^h (Kobayashi et al. 2020), with the
               key/value head serving h; one vector per head.
 Each block's own site, `blocks.{layer}`, reports the residual stream (T, d_model) entering
-it (`resid_pre`) and leaving it (`resid_post`).
+it (`resid_pre`) and leaving it (`resid_post`). A block whose MLP is a mixture of experts
+has a site `blocks.{layer}.mlp` reporting each token's routes: `routes` (T, k) int64, the
+experts it visits, and `route_weights` (T, k) float32, their weights, in the router's order.
 
 `q_start` is the absolute position of the first query row, `k_start` of the first key.
 A reported tensor is never modified after the report, but it may be reused memory the
@@ -43,7 +45,8 @@ if TYPE_CHECKING:
 
     from attnscope.config import ModelConfig
 
-WHATS = ("q", "k", "v", "scores", "pattern", "sink", "z", "result", "fnorm", "resid_pre", "resid_post", "bias")
+WHATS = ("q", "k", "v", "scores", "pattern", "sink", "z", "result", "fnorm", "resid_pre", "resid_post", "bias",
+         "routes", "route_weights")
 CHUNKED = ("scores", "pattern", "sink", "z", "result", "bias")
 _SITE = re.compile(r"^blocks\.(\d+)\.attn$")
 
@@ -51,6 +54,11 @@ _SITE = re.compile(r"^blocks\.(\d+)\.attn$")
 def attn_site(layer: int) -> str:
     """The name of layer `layer`'s self-attention site."""
     return f"blocks.{layer}.attn"
+
+
+def mlp_site(layer: int) -> str:
+    """The name of layer `layer`'s mixture-of-experts site (its routes)."""
+    return f"blocks.{layer}.mlp"
 
 
 def block_site(layer: int) -> str:

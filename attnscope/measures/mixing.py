@@ -153,7 +153,7 @@ class _Remainder(nn.Module):
         self.block = block
 
     def forward(self, x: Tensor, a: Tensor) -> Tensor:
-        return self.block._forward(x, lambda _h: a)
+        return self.block._forward(x, lambda _h: a, self.block.mlp)
 
 
 class _Layer:

@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
-from attnscope.hooks import block_site
+from attnscope.hooks import block_site, mlp_site
 from attnscope.parts import WIRING_NORMS
 from attnscope.parts.attention import Attention
 from attnscope.parts.latent import LatentAttention
@@ -40,6 +40,7 @@ class Block(nn.Module):
         self.attn = LatentAttention(cfg, layer) if spec.attn.kind == "latent" else Attention(cfg, layer)
         self.mlp = make_mlp(cfg, spec.mlp)
         self.site = block_site(layer)
+        self.mlp_site = mlp_site(layer) if spec.mlp.kind == "experts" else None  # reports its routes
         self._forward = getattr(self, f"_{self.wiring}")
 
     def forward(self, x: Tensor, state: Any, cache: Any = None, hooks: Any = None) -> Tensor:
@@ -47,37 +48,40 @@ class Block(nn.Module):
         start = state.start
         if hooks is not None and hooks.wants(self.site, "resid_pre"):
             hooks.report(self.site, "resid_pre", x, start, start)
-        out = self._forward(x, lambda h: self.attn(h, state, cache, hooks))
+        mlp = self.mlp
+        if self.mlp_site is not None and hooks is not None:  # experts report each token's routes
+            mlp = lambda h: self.mlp(h, hooks, self.mlp_site, start)  # noqa: E731
+        out = self._forward(x, lambda h: self.attn(h, state, cache, hooks), mlp)
         if hooks is not None and hooks.wants(self.site, "resid_post"):
             hooks.report(self.site, "resid_post", out, start, start)
         return out
 
-    def _pre(self, x: Tensor, attn: Any) -> Tensor:
+    def _pre(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         if self.scale != 1.0:  # Granite: residual + update * residual_multiplier
             x = x + attn(self.attn_norm(x)) * self.scale
-            return x + self.mlp(self.mlp_norm(x)) * self.scale
+            return x + mlp(self.mlp_norm(x)) * self.scale
         x = x + attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
+        return x + mlp(self.mlp_norm(x))
 
-    def _post(self, x: Tensor, attn: Any) -> Tensor:
+    def _post(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         x = self.attn_norm(x + attn(x))
-        return self.mlp_norm(x + self.mlp(x))
+        return self.mlp_norm(x + mlp(x))
 
-    def _parallel(self, x: Tensor, attn: Any) -> Tensor:
-        return x + attn(self.attn_norm(x)) + self.mlp(self.mlp_norm(x))
+    def _parallel(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
+        return x + attn(self.attn_norm(x)) + mlp(self.mlp_norm(x))
 
-    def _parallel_shared(self, x: Tensor, attn: Any) -> Tensor:
+    def _parallel_shared(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         h = self.attn_norm(x)
-        return x + attn(h) + self.mlp(h)
+        return x + attn(h) + mlp(h)
 
-    def _sandwich(self, x: Tensor, attn: Any) -> Tensor:
+    def _sandwich(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         x = x + self.post_attn_norm(attn(self.attn_norm(x)))
-        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+        return x + self.post_mlp_norm(mlp(self.mlp_norm(x)))
 
-    def _post_sublayer(self, x: Tensor, attn: Any) -> Tensor:
+    def _post_sublayer(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         x = x + self.post_attn_norm(attn(x))
-        return x + self.post_mlp_norm(self.mlp(x))
+        return x + self.post_mlp_norm(mlp(x))
 
-    def _pre_no_attn_norm(self, x: Tensor, attn: Any) -> Tensor:
+    def _pre_no_attn_norm(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         x = x + attn(x)  # the embedding norm just normalised x: ModernBERT's first layer adds none
-        return x + self.mlp(self.mlp_norm(x))
+        return x + mlp(self.mlp_norm(x))

@@ -24,6 +24,8 @@ reads the second index); `model._collect` stacks the E pieces into the 3-D param
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -123,10 +125,16 @@ class Experts(nn.Module):
         if e.shared_gate:
             self.shared_gate = nn.Linear(d, 1, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, hooks: Any = None, site: str = "", start: int = 0) -> Tensor:
+        """x (T, d); `hooks` asked at `site` (`hooks.mlp_site`) for each token's `routes`
+        and `route_weights` (T, k), its queries at positions `start`…"""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # (N, d)
         weights, chosen = self.router(flat)  # (N, k) each
+        if hooks is not None:
+            for what, value in (("routes", chosen), ("route_weights", weights.float())):
+                if hooks.wants(site, what):
+                    hooks.report(site, what, value, start, start)
         out = self.routed(flat, weights, chosen)
         if self.spec.d_shared:
             shared = self.shared(flat)
