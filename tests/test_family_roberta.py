@@ -224,6 +224,32 @@ def test_positions_start_after_the_padding_index(folder: Callable, ours: Callabl
     assert float((hook.full - want).abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize("name", ["roberta_mlm", "xlm_roberta", "distilbert_mlm"])
+def test_mask_demo_last_step_is_the_layers_attention(name: str, folder: Callable, reference: Callable) -> None:
+    """`mask-demo --kind bidirectional` (an encoder's own mask): its last step is the
+    layer's attention, every layer and head, read from the score hook."""
+    ids = ids_of(folder(name))
+    want = tm.reference_attention(reference(name), ids)  # (L, H, T, T)
+    for layer in range(want.shape[0]):
+        for head in range(want.shape[1]):
+            result = run("mask-demo", tk.KINDS_TEXT, "--model", str(folder(name)), "--layer", str(layer), "--head",
+                         str(head), "--kind", "bidirectional", "--device", "cpu", "--json")
+            assert result.exit_code == 0, result.output
+            doc = json.loads(result.stdout)
+            where = f"{name} mask-demo: layer {layer} head {head}"
+            assert doc["own_mask"] is True and doc["model_mask"] == "bidirectional", where
+            step = doc["steps"][-1]
+            assert step["name"] == "masked_softmax", where
+            assert_close(torch.tensor(step["matrix"], dtype=torch.float64), want[layer, head], ATOL, where)
+
+
+def test_heads_scores_an_encoder(folder: Callable) -> None:
+    result = run("heads", "--model", str(folder("roberta_cls")), "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["layers"] == [0, 1] and doc["heads"] == [0, 1, 2, 3] and doc["scores"]
+
+
 # ------------------------------------------------------------------ counts
 
 

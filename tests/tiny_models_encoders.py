@@ -17,7 +17,7 @@ What a naive port could get wrong is set to show:
   DistilBertForSequenceClassification (5 labels).
 
 `KINDS_TEXT` (tests/tiny_models_kinds.py) is 90+ tokens in each tokenizer here.
-`ENCODER_BUILDERS` lists them by the name tests use.
+`ENCODER_BUILDERS` lists them by the name tests use; each draws its weights from its own seed.
 """
 
 from __future__ import annotations
@@ -147,12 +147,12 @@ def distilbert(folder: Path, seed: int = SEED, cls_name: str = "DistilBertForMas
 
 ENCODER_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "roberta_mlm": roberta,
-    "roberta_bare": lambda folder: roberta(folder, cls_name="RobertaModel"),
-    "roberta_cls": lambda folder: roberta(folder, cls_name="RobertaForSequenceClassification",
+    "roberta_bare": lambda folder: roberta(folder, SEED + 1, cls_name="RobertaModel"),
+    "roberta_cls": lambda folder: roberta(folder, SEED + 2, cls_name="RobertaForSequenceClassification",
                                           num_labels=CLASSIFIER_LABELS["roberta_cls"]),
     "xlm_roberta": xlm_roberta,
     "distilbert_mlm": distilbert,
-    "distilbert_cls": lambda folder: distilbert(folder, cls_name="DistilBertForSequenceClassification",
+    "distilbert_cls": lambda folder: distilbert(folder, SEED + 3, cls_name="DistilBertForSequenceClassification",
                                                 activation="relu", num_labels=CLASSIFIER_LABELS["distilbert_cls"]),
-    "distilbert_sinusoidal": lambda folder: distilbert(folder, cls_name="DistilBertModel", sinusoidal=True),
+    "distilbert_sinusoidal": lambda folder: distilbert(folder, SEED + 4, cls_name="DistilBertModel", sinusoidal=True),
 }
