@@ -66,24 +66,27 @@ def phantom_vocab(tokenizer_json: dict[str, Any]) -> tuple[list[str], list[int],
     return pieces, types, ids
 
 
-def bpe_vocab(tokenizer_json: dict[str, Any]) -> tuple[list[str], list[int], list[str], dict[str, int]]:
-    """ModernBertModel.set_vocab (`_set_vocab_gpt2`): byte-level tokens by id, specials as
-    control tokens, the merges; [CLS] as BOS and [SEP] as EOS, both added."""
+BERT_NAMES = {"bos": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "unk": "[UNK]", "pad": "[PAD]", "mask": "[MASK]"}
+ROBERTA_NAMES = {"bos": "<s>", "eos": "</s>", "sep": "</s>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>"}
+
+
+def bpe_vocab(tokenizer_json: dict[str, Any], names: dict[str, str] = BERT_NAMES
+              ) -> tuple[list[str], list[int], list[str], dict[str, int]]:
+    """`_set_vocab_gpt2` (ModernBertModel, RobertaModel): byte-level tokens by id, specials
+    as control tokens, the merges; the CLS-like token as BOS and the SEP-like as EOS."""
     vocab = tokenizer_json["model"]["vocab"]
     tokens = sorted(vocab, key=vocab.get)
     special = {a["content"] for a in tokenizer_json.get("added_tokens", []) if a.get("special")}
     types = [CONTROL if t in special else NORMAL for t in tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"]["merges"]]
-    ids = {name: vocab[t] for name, t in (("bos", "[CLS]"), ("eos", "[SEP]"), ("sep", "[SEP]"), ("unk", "[UNK]"),
-                                          ("pad", "[PAD]"), ("mask", "[MASK]"))}
-    return tokens, types, merges, ids
+    return tokens, types, merges, {name: vocab[t] for name, t in names.items()}
 
 
 def _filtered(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """BertModel.filter_tensors: no `bert.`/`nomic_bert.`/`model.` prefix, no pooler, no heads."""
     out = {}
     for name, t in state.items():
-        for prefix in ("bert.", "nomic_bert.", "model."):
+        for prefix in ("bert.", "nomic_bert.", "model.", "roberta.", "distilbert."):
             name = name[len(prefix):] if name.startswith(prefix) else name
         if name.startswith(("pooler.", "cls.", "head.", "decoder.")) or name.endswith("position_ids"):
             continue
@@ -100,15 +103,18 @@ def write_gguf(path: Path, arch: str, raw: dict[str, Any], state: dict[str, torc
 
     nomic, modern = arch == "nomic-bert", arch == "modern-bert"
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.NOMIC_BERT if nomic else gguf.MODEL_ARCH.MODERN_BERT if modern
-                                     else gguf.MODEL_ARCH.BERT, raw.get("num_hidden_layers") or raw["n_layer"])
+                                     else gguf.MODEL_ARCH.BERT,
+                                     raw.get("num_hidden_layers") or raw.get("n_layers") or raw["n_layer"])
     w = gguf.GGUFWriter(path, arch)
     w.add_name(f"tiny-{arch}")
-    w.add_context_length(2048 if nomic else raw["max_position_embeddings"])
-    w.add_embedding_length(raw.get("hidden_size") or raw["n_embd"])
-    w.add_feed_forward_length(raw.get("intermediate_size") or raw["n_inner"])
-    w.add_block_count(raw.get("num_hidden_layers") or raw["n_layer"])
-    w.add_head_count(raw.get("num_attention_heads") or raw["n_head"])
-    w.add_layer_norm_eps(raw.get("layer_norm_eps") or raw.get("norm_eps") or raw["layer_norm_epsilon"])
+    roberta = raw.get("model_type") == "roberta"
+    offset = raw["pad_token_id"] + 1 if roberta else 0  # RobertaModel: the table starts after the pad index
+    w.add_context_length(2048 if nomic else raw["max_position_embeddings"] - offset)
+    w.add_embedding_length(raw.get("hidden_size") or raw.get("dim") or raw["n_embd"])
+    w.add_feed_forward_length(raw.get("intermediate_size") or raw.get("hidden_dim") or raw["n_inner"])
+    w.add_block_count(raw.get("num_hidden_layers") or raw.get("n_layers") or raw["n_layer"])
+    w.add_head_count(raw.get("num_attention_heads") or raw.get("n_heads") or raw["n_head"])
+    w.add_layer_norm_eps(raw.get("layer_norm_eps") or raw.get("norm_eps") or raw.get("layer_norm_epsilon") or 1e-12)
     if nomic:
         w.add_rope_freq_base((raw.get("rope_parameters") or {}).get("rope_theta") or raw["rotary_emb_base"])
     w.add_causal_attention(False)
@@ -123,6 +129,15 @@ def write_gguf(path: Path, arch: str, raw: dict[str, Any], state: dict[str, torc
         tokens, types, merges, ids = bpe_vocab(tokenizer_json)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("modern-bert")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_add_sep_token(True)
+    elif roberta:  # RobertaModel.set_vocab: byte-level BPE, <s> text </s>
+        w.add_token_type_count(raw.get("type_vocab_size", 1))
+        tokens, types, merges, ids = bpe_vocab(tokenizer_json, ROBERTA_NAMES)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("roberta-bpe")
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
@@ -144,6 +159,8 @@ def write_gguf(path: Path, arch: str, raw: dict[str, Any], state: dict[str, torc
     w.add_add_eos_token(True)
     for name, t in _filtered(state).items():
         t = t.detach().float().contiguous()
+        if offset and name == "embeddings.position_embeddings.weight":
+            t = t[offset:].contiguous()
         gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert gguf_name is not None, f"no GGUF name for {name}"  # internal invariant
         kind = gguf.GGMLQuantizationType[qtype if t.ndim == 2 and gguf_name != "token_types.weight" else "F32"]
@@ -339,6 +356,54 @@ def test_attend_and_mask_demo_from_the_cli(made: Callable[..., tuple[Path, Path]
     res = CliRunner().invoke(app, ["mask-demo", "a fluffy blue creature", "--model", str(path), "--kind",
                                    "bidirectional", "--json"], env=ENV)
     assert res.exit_code == 0, res.output
+
+
+# ------------------------------------------------------------------ DistilBERT and RoBERTa as `bert`
+
+
+def tiny_distilbert(folder: Path) -> Path:
+    """DistilBertModel: width 64, 3 layers, 4 heads, learned positions, no token types."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    tok = tm.bert_tokenizer()
+    config = DistilBertConfig(vocab_size=tm._vocab_size(tok), dim=64, n_layers=3, n_heads=4, hidden_dim=96,
+                              max_position_embeddings=256, activation="gelu", pad_token_id=tok.token_to_id("[PAD]"),
+                              architectures=["DistilBertModel"])
+    return tm._build(config, DistilBertModel, Path(folder), tok, tm.SEED)
+
+
+def tiny_roberta(folder: Path) -> Path:
+    """RobertaModel: width 64, 3 layers, 4 heads, positions after the pad index (1), one
+    token type, byte-level BPE with `<s> text </s>`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import RobertaConfig, RobertaModel
+
+    specials = list(ROBERTA_NAMES.values())
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok = tm._train_bpe(tok, list(dict.fromkeys(specials)), 500, pre_tokenizers.ByteLevel.alphabet())
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")),
+                                                      add_prefix_space=False)
+    config = RobertaConfig(vocab_size=tm._vocab_size(tok), hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           intermediate_size=96, max_position_embeddings=258, type_vocab_size=1, hidden_act="gelu",
+                           pad_token_id=tok.token_to_id("<pad>"), bos_token_id=tok.token_to_id("<s>"),
+                           eos_token_id=tok.token_to_id("</s>"), architectures=["RobertaModel"])
+    return tm._build(config, RobertaModel, Path(folder), tok, tm.SEED)
+
+
+@pytest.mark.parametrize("build", [tiny_distilbert, tiny_roberta], ids=["distilbert", "roberta"])
+def test_converted_distilbert_and_roberta_equal_transformers(build: Callable[[Path], Path], tmp_path: Path) -> None:
+    """llama.cpp writes DistilBERT and RoBERTa as `bert` (RoBERTa's position table cut to
+    start after the pad index, its vocabulary byte-level BPE "roberta-bpe"): read back,
+    every layer and head equals transformers' own model of the same weights, and the ids
+    are the tokenizer.json's."""
+    folder = build(tmp_path / "hf")
+    path = gguf_of(folder, tmp_path / "model.gguf", "bert")
+    ours = load(path)
+    ids = tm.plain_tokenizer(folder).encode(tk.KINDS_TEXT).ids
+    assert ours.attention(tk.KINDS_TEXT).tokens.ids == ids and len(ids) >= 90
+    max_diff(ours.attention_ids(ids).probs, tm.reference_attention(tm.load_reference(folder), ids), ATOL, folder.name)
 
 
 # ------------------------------------------------------------------ ollama's store
