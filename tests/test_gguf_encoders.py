@@ -309,6 +309,23 @@ def test_wordpiece_vocabulary_details(made: Callable[..., tuple[Path, Path]]) ->
     assert tok.get_vocab() == tm.plain_tokenizer(folder).get_vocab()
 
 
+def test_vocabulary_in_wordpiece_spelling(made: Callable[..., tuple[Path, Path]]) -> None:
+    """A header whose pieces are WordPiece's own (`the`, `##ure`: files from before
+    llama.cpp's phantom-space form) is read as it is, to the same tokenizer."""
+    from dataclasses import replace
+
+    from attnscope.sources.gguf import read_gguf
+    from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+
+    folder, path = made("bert")
+    f = read_gguf(path)
+    vocab = tm.plain_tokenizer(folder).get_vocab()
+    plain = sorted(vocab, key=vocab.get)
+    tok = gguf_tokenizer(replace(f, metadata={**f.metadata, "tokenizer.ggml.tokens": plain}))
+    assert tok.get_vocab() == vocab
+    assert tok.encode(tk.KINDS_TEXT).ids == tm.plain_tokenizer(folder).encode(tk.KINDS_TEXT).ids
+
+
 def test_cased_vocabulary_keeps_case(made: Callable[..., tuple[Path, Path]]) -> None:
     """A vocabulary with capitals (bert-base-cased's) is not lower-cased: `The` stays a
     piece of its own, as BertNormalizer(lowercase=False) keeps it; accents stay too."""
@@ -435,6 +452,9 @@ def test_ollama_blob_opens_like_the_file(made: Callable[..., tuple[Path, Path]],
         return out
 
     assert doc(blob) == doc(path)
+    counts = [CliRunner().invoke(app, ["params", "--model", str(m), "--json"], env=ENV) for m in (blob, path)]
+    assert all(c.exit_code == 0 for c in counts), [c.output for c in counts]
+    assert json.loads(counts[0].stdout)["total"] == json.loads(counts[1].stdout)["total"]
 
 
 # ------------------------------------------------------------------ all-MiniLM-L6-v2

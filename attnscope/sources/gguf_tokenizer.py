@@ -179,7 +179,10 @@ def _wordpiece(meta: dict[str, Any], tokens: list[str], types: list[int], where:
     from attnscope.tokenizer_checks import check_spec
 
     kinds = types or [NORMAL] * len(tokens)
-    pieces = [t if kind == CONTROL else t[1:] if t.startswith("\u2581") else "##" + t for t, kind in zip(tokens, kinds)]
+    # files from before llama.cpp's phantom-space form keep WordPiece's own spelling
+    phantom = any(t.startswith("\u2581") for t, kind in zip(tokens, kinds) if kind != CONTROL)
+    pieces = [t if kind == CONTROL or not phantom else t[1:] if t.startswith("\u2581") else "##" + t
+              for t, kind in zip(tokens, kinds)]
     vocab: dict[str, int] = {}
     for i, piece in enumerate(pieces):
         if piece:
