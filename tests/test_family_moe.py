@@ -541,3 +541,60 @@ def test_flops_per_token_count_only_the_visited_experts() -> None:
     matmul = rep.active_full - norms - rep.rows["embedding"]  # the embedding lookup is no matmul, the unembedding is
     attention = 32 * 32 * 2 * n * (128 + 128)
     assert context_report(cfg, n).flops_per_token == 2 * matmul + attention == 27_644_657_664
+
+
+# ------------------------------------------------------------------ the routing view
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_routes_reported_through_hooks_equal_transformers(name: str, folder: Callable, ours: Callable,
+                                                          reference: Callable) -> None:
+    """The routes each MoE block reports at `blocks.{layer}.mlp` (what the experts view and
+    `Inspector.capture` read) are the router's own, and transformers' choices and weights."""
+    from attnscope.routing import moe_layers, route
+
+    insp, ids = ours(name), ids_of(folder(name))
+    routes = route(insp, ids)
+    assert routes.layers == moe_layers(insp.config) == sorted(_their_routes(reference(name), ids))
+    mine = _our_routes(insp, ids)
+    for row, layer in enumerate(routes.layers):
+        assert torch.equal(routes.experts[row], mine[layer][1])
+        assert torch.equal(routes.weights[row], mine[layer][0].float())
+    site = f"blocks.{routes.layers[-1]}.mlp"
+    cap = insp.capture(ids, {site: ["routes", "route_weights"]})
+    assert torch.equal(cap.get(site, "routes"), routes.experts[-1])
+    load = routes.load(insp.config.layer(routes.layers[0]).mlp.experts.n_experts)
+    torch.testing.assert_close(load.sum(-1), torch.ones(len(routes.layers)))
+
+
+def _attend(*args: str) -> Any:
+    from attnscope.cli import app
+
+    return CliRunner().invoke(app, ["attend", tmoe.MOE_TEXT, "--device", "cpu", *args], env=ENV)
+
+
+def test_experts_view_json_and_table(folder: Callable, ours: Callable) -> None:
+    from attnscope.routing import route
+
+    insp, ids = ours("qwen3_moe"), ids_of(folder("qwen3_moe"))
+    routes = route(insp, ids)
+    result = _attend("--model", str(folder("qwen3_moe")), "--view", "experts", "--layer", "1-2", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["moe_layers"] == [1, 2] and doc["ids"] == ids
+    assert doc["routes"] == routes.experts.tolist()
+    assert torch.equal(torch.tensor(doc["route_weights"]), routes.weights)
+    result = _attend("--model", str(folder("qwen3_moe")), "--view", "experts")  # default: the last MoE layer
+    assert result.exit_code == 0, result.output
+    assert "layer 2" in result.stdout and "layer 1" not in result.stdout
+    first = sorted(zip(routes.weights[-1, 0].tolist(), routes.experts[-1, 0].tolist()), reverse=True)
+    assert f"e{first[0][1]} " in result.stdout.splitlines()[4]
+
+
+def test_experts_view_refusals(folder: Callable, build: Callable) -> None:
+    for args, words in ((["--model", str(folder("qwen2_moe")), "--layer", "0"], "layer 0 has no experts"),
+                        (["--model", str(build("llama")), "--truncate"], "no mixture-of-experts layers"),
+                        (["--model", str(folder("qwen2_moe")), "--measure", "norm"], "--view experts shows routes")):
+        result = _attend("--view", "experts", *args)
+        assert result.exit_code != 0 and words in result.output, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -37,6 +37,7 @@ class View(str, Enum):
     topk = "topk"
     heatmap = "heatmap"
     overview = "overview"
+    experts = "experts"
 
 
 class Device(str, Enum):

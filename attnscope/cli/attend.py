@@ -29,6 +29,7 @@ MAX_STDIN_BYTES = 1024 * 1024  # a text read from stdin: 1 MiB is some 250,000 t
     '  attnscope attend "a fluffy blue creature" --view heatmap --layer 2 --head 5\n\n'
     '  attnscope attend "the cat sat on the mat" --view topk --layer -1 --head 0-3 --top-k 2\n\n'
     '  attnscope attend "a fluffy blue creature" --view overview --token blue\n\n'
+    '  attnscope attend "a fluffy blue creature" --model ./qwen3-moe --view experts --layer 0-3\n\n'
     '  attnscope attend "a fluffy blue creature" --save patterns.npz --json\n\n'
     '  attnscope attend "a fluffy blue creature" --html page.html\n\n'
     '  attnscope attend "a fluffy blue creature" --plot head.pdf --layer 2 --head 5\n\n'
@@ -37,7 +38,7 @@ MAX_STDIN_BYTES = 1024 * 1024  # a text read from stdin: 1 MiB is some 250,000 t
 def attend(
     text: Annotated[Optional[str], typer.Argument(metavar="TEXT", help="The text to look at; - (or nothing, from a pipe) reads it from standard input.", show_default=False)] = None,
     model: ModelOpt = None,
-    view: Annotated[View, typer.Option("--view", "-v", metavar="VIEW", help="focus: one token in every head; topk: every token; heatmap: one head's pattern; overview: all layers × heads.")] = View.focus,
+    view: Annotated[View, typer.Option("--view", "-v", metavar="VIEW", help="focus: one token in every head; topk: every token; heatmap: one head's pattern; overview: all layers × heads; experts: each token's experts and weights in a mixture-of-experts layer (--layer: which).")] = View.focus,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many keys to show per token.")] = 3,
@@ -66,6 +67,9 @@ def attend(
     """
     from attnscope import outputs
 
+    if view is View.experts and measure is not MeasureName.weight:
+        raise UsageError("--view experts shows routes, which no attention --measure changes",
+                         hint="leave out --measure, or use another view")
     wanted = _outputs(view.value, layer, head, top_k, token, save, save_topk, html, html_topk, plot, figsize, force,
                       as_json, no_color)
     outputs.check(wanted)
@@ -95,7 +99,12 @@ def _outputs(view: str, layer: Optional[str], head: Optional[str], top_k: int, t
                          hint=f"give --top-k {html_topk} too, or write the page in a separate run")
     if figsize is not None and plot is None:
         raise UsageError("--figsize needs --plot", hint="e.g. --plot figure.pdf --figsize 6,5")
-    shown = (JsonDocument if as_json else TerminalView)(view, layer, head, top_k, token, no_color)
+    if view == "experts":
+        from attnscope.outputs.routes import ExpertsView
+
+        shown: Any = ExpertsView(layer, as_json, no_color)
+    else:
+        shown = (JsonDocument if as_json else TerminalView)(view, layer, head, top_k, token, no_color)
     files = [PatternSave(save, layer, head, force) if save is not None else None,
              TopKSave(save_topk, layer, head, top_k, force) if save_topk is not None else None,
              PageOutput(html, layer, head, html_topk, force) if html is not None else None,

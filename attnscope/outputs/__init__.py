@@ -98,6 +98,7 @@ class Run:
     text: str = ""
     focus: Optional[tuple[int, int, int]] = None  # the view's (layer, head, query), for the page
     emitted: list[Emitted] = field(default_factory=list)
+    config: Any = None  # the model's ModelConfig (the experts view reads its layer kinds)
 
 
 class Output:
@@ -146,7 +147,7 @@ def run(m: "Inspector", tokens: "Tokens", outputs: list[Output], measure: str = 
     from attnscope.measures import AttendRequest, run_attend
 
     shape = Shape(m.n_layers, m.n_heads, measure, tuple(m.sites))
-    info = Run(m.config.name or m.source, tokens, shape, text)
+    info = Run(m.config.name or m.source, tokens, shape, text, config=m.config)
     needs = [out.needs(shape, tokens) for out in outputs]
     info.focus = next((n.focus for n in needs if n.focus is not None), None)
     export.check_space_all([(out.path, out.size(info)) for out in outputs if out.path is not None])

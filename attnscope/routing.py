@@ -1,0 +1,85 @@
+"""Where each token's MLP computation went: the experts a mixture-of-experts layer sent it
+to, and with what weights — the other half of "where did this token's computation go".
+
+Each block whose MLP is experts reports every token's routes at its site
+`blocks.{layer}.mlp` (`hooks.mlp_site`): `routes` (T, k) int64 and `route_weights` (T, k)
+float32, in the router's order (largest weight first for a softmax-then-top-k router).
+`RouteProbe` keeps them for the layers asked, as one (layers, n, k) tensor each, so one
+forward pass serves attention views and routes alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from attnscope.config import ModelConfig
+
+
+def moe_layers(cfg: "ModelConfig") -> list[int]:
+    """The layers whose MLP is a mixture of experts, in order."""
+    out: list[int] = []
+    at = 0
+    for spec, count in cfg.stack.runs:
+        if spec.mlp.kind == "experts":
+            out.extend(range(at, at + count))
+        at += count
+    return out
+
+
+def top_k(cfg: "ModelConfig", layers: list[int]) -> int:
+    """The experts per token of `layers` (all alike in every supported family)."""
+    ks = {cfg.layer(i).mlp.experts.top_k for i in layers}  # type: ignore[union-attr]
+    assert len(ks) == 1, f"layers {layers} route to different numbers of experts"  # internal invariant
+    return ks.pop()
+
+
+@dataclass
+class Routes:
+    """Each token's experts and weights in `layers`: experts (L, n, k) int64 and weights
+    (L, n, k) float32, both in the router's order."""
+
+    layers: list[int]
+    experts: "Tensor"
+    weights: "Tensor"
+
+    def load(self, n_experts: int) -> "Tensor":
+        """(L, n_experts) float32: the share of (token, choice) pairs each expert received."""
+        import torch
+
+        counts = torch.stack([torch.bincount(e.reshape(-1), minlength=n_experts) for e in self.experts])
+        return counts.float() / max(1, self.experts.shape[1] * self.experts.shape[2])
+
+
+class RouteProbe:
+    """A hook keeping the routes of `layers` for a pass over `n` tokens (its `layers`
+    also tell the pass how far it must run)."""
+
+    def __init__(self, layers: list[int], n: int, k: int) -> None:
+        import torch
+
+        self.layers = list(layers)
+        self._row = {f"blocks.{layer}.mlp": i for i, layer in enumerate(self.layers)}
+        self.experts = torch.full((len(self.layers), n, k), -1, dtype=torch.long)
+        self.weights = torch.zeros((len(self.layers), n, k), dtype=torch.float32)
+
+    def wants(self, site: str, what: str) -> bool:
+        return site in self._row and what in ("routes", "route_weights")
+
+    def report(self, site: str, what: str, value: "Tensor", q_start: int, k_start: int) -> None:
+        target = self.experts if what == "routes" else self.weights
+        target[self._row[site], q_start:q_start + value.shape[0]] = value.to(target.device, target.dtype)
+
+    def result(self) -> Routes:
+        return Routes(self.layers, self.experts, self.weights)
+
+
+def route(m: Any, ids: Any, layers: list[int] | None = None) -> Routes:
+    """The routes of token ids through the model of an `api.Inspector` (default: every MoE layer)."""
+    chosen = moe_layers(m.config) if layers is None else layers
+    probe = RouteProbe(chosen, len(ids), top_k(m.config, chosen))
+    m.run(ids, probe, max(chosen))
+    return probe.result()
