@@ -370,7 +370,7 @@ def test_mask_demo_shows_the_sink_column(folder: Path) -> None:
             assert max_diff(pattern, attentions[layer, head]) <= ATOL, where
             sink = torch.tensor(last["sink"], dtype=torch.float64)
             assert max_diff(sink, 1 - attentions[layer, head].double().sum(-1)) <= ATOL, where
-            logit = float(model.model.layers[layer].self_attn.sinks[head])
+            logit = float(model.model.layers[layer].self_attn.sinks[head].detach())
             assert doc["sink"] == pytest.approx(logit) and doc["steps"][0]["sink"] == pytest.approx([logit] * len(sink))
     result = run("mask-demo", tm.LONG_TEXT, "--model", str(folder), "--layer", "1", "--head", "0", "--device", "cpu")
     assert result.exit_code == 0, result.output
