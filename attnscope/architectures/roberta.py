@@ -81,7 +81,9 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
         raise ConfigError(f"{kind} pad_token_id must be a non-negative integer, got {_shown(pad)}")
     table = raw.get("max_position_embeddings", 512)
-    if isinstance(table, bool) or not isinstance(table, int) or table <= pad + 1:
+    if isinstance(table, bool) or not isinstance(table, int):
+        raise ConfigError(f"{kind} max_position_embeddings must be an integer, got {_shown(table)}")
+    if table <= pad + 1:
         raise ConfigError(f"{kind} max_position_embeddings {_shown(table)} leaves no position after the padding "
                           f"index {pad} (positions start at padding_idx + 1)")
     archs = raw.get("architectures") or ["RobertaModel"]
