@@ -40,11 +40,12 @@ ATOL = 1e-5  # attention probabilities, float32 against float32
 ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
 NORMAL, CONTROL = 1, 3  # llama.cpp's token types
 # Texts whose WordPiece splits differ if the normalizer or the pieces are wrong: case,
-# accents, punctuation runs, digits, a CJK character, a word past 100 characters ([UNK]).
+# accents, punctuation runs, digits, a CJK character, specials typed in the text, a word
+# past 100 characters ([UNK]).
 TEXTS = [
     tk.KINDS_TEXT,
     "Héllo, WORLD!!! Naïve café-goers paid $3.50 (or ¥400) for 12,345 crêpes; ok?",
-    "unbelievably tokenization 東京 \t tabs\nnewlines   spaces",
+    "unbelievably tokenization [MASK] 東京 \t tabs\nnewlines   spaces [SEP]",
     "x" * 120 + " tail",
 ]
 
