@@ -35,7 +35,10 @@ class PatternWriter:
     """Streams `attentions` to .npz or .safetensors one layer at a time, so a save is
     bounded by disk, not RAM; the file appears (atomically) only when `close()` succeeds.
     With `sinks` (a model whose attention has sinks, gpt-oss), it also writes `sinks`
-    float32 [layer, head, query]: each row's sink weight, given by `write_sinks`.
+    float32 [layer, head, query]: each row's sink weight, given by `write_sinks`. With
+    `routes` (a `routing.RouteProbe` the pass fills), it also writes each token's experts in
+    the saved MoE layers: `routes` int64 [moe layer, query, k], `route_weights` float32 and
+    `moe_layers` int64.
 
         with PatternWriter(path, layers, heads, n, token_ids, tokens, text) as w:
             w.write_layer(probs)   # (H_sel, n, n) float32, once per selected layer, in order
@@ -43,7 +46,8 @@ class PatternWriter:
 
     def __init__(self, path: Path, layers: list[int], heads: list[int], n: int, token_ids: list[int],
                  tokens: list[str], text: str = "", force: bool = False, extra: dict[str, int] | None = None,
-                 name: str = "attentions", head_axis: bool = True, sinks: bool = False, also: str = "") -> None:
+                 name: str = "attentions", head_axis: bool = True, sinks: bool = False, also: str = "",
+                 routes: Any = None) -> None:
         self.path = check_target(path, force)
         self.force = force
         self.name = name  # attentions, norms (--measure norm), rollout (one matrix per layer: no head axis)
@@ -63,6 +67,7 @@ class PatternWriter:
             import numpy as np
 
             self.also_data = np.zeros(self.shape, dtype=np.float32)
+        self.routes = routes  # routing.RouteProbe: filled during the pass, written at close
         self._ctx: Any = None
         self._file: Any = None
         self._zip: Any = None
@@ -101,7 +106,14 @@ class PatternWriter:
             "heads": np.asarray(self.heads, dtype=np.int64),
             "token_ids": np.asarray(self.token_ids, dtype=np.int64),
             **{name: np.asarray(value, dtype=np.int64) for name, value in self.extra.items()},
+            **({"moe_layers": np.asarray(self.routes.layers, dtype=np.int64)} if self.routes is not None else {}),
         }
+
+    def _route_arrays(self) -> dict[str, Any]:
+        if self.routes is None:
+            return {}
+        return {"routes": self.routes.experts.numpy().astype("<i8"),
+                "route_weights": self.routes.weights.numpy().astype("<f4")}
 
     def _start_safetensors(self) -> None:
         big = 4 * math.prod(self.shape)  # float32 bytes of the one big array
@@ -119,6 +131,11 @@ class PatternWriter:
             header[self.also] = {"dtype": "F32", "shape": list(self.shape),
                                  "data_offsets": [offset, offset + self.also_data.nbytes]}
             offset += self.also_data.nbytes
+        if self.routes is not None:  # shapes known now, values written at close
+            for name, dtype, width in (("routes", "I64", 8), ("route_weights", "F32", 4)):
+                shape = list(self.routes.experts.shape)
+                header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + width * math.prod(shape)]}
+                offset += width * math.prod(shape)
         for name, arr in self._small_arrays().items():
             header[name] = {"dtype": "I64", "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
             offset += arr.nbytes
@@ -156,6 +173,9 @@ class PatternWriter:
             if self.also_data is not None:
                 with self._zip.open(f"{self.also}.npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array(entry, self.also_data)
+            for name, arr in self._route_arrays().items():
+                with self._zip.open(f"{name}.npy", "w") as entry:
+                    np.lib.format.write_array(entry, arr)
             for name, arr in self._small_arrays().items():
                 with self._zip.open(f"{name}.npy", "w") as entry:
                     np.lib.format.write_array(entry, arr)
@@ -167,6 +187,8 @@ class PatternWriter:
                 self._file.write(self.sinks.tobytes(order="C"))
             if self.also_data is not None:
                 self._file.write(self.also_data.tobytes(order="C"))
+            for arr in self._route_arrays().values():
+                self._file.write(arr.tobytes(order="C"))
             for arr in self._small_arrays().values():
                 self._file.write(arr.tobytes())
         self._file.flush()

@@ -598,3 +598,37 @@ def test_experts_view_refusals(folder: Callable, build: Callable) -> None:
         result = _attend("--view", "experts", *args)
         assert result.exit_code != 0 and words in result.output, result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_save_keeps_the_routes_of_the_saved_moe_layers(suffix: str, folder: Callable, ours: Callable,
+                                                       tmp_path: Path) -> None:
+    """--save adds `routes` int64 [moe layers, n, k], `route_weights` float32 and
+    `moe_layers` for the saved layers that have experts (under any measure); none where
+    no saved layer has experts."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from attnscope.routing import route
+
+    def read(path: Path) -> dict[str, Any]:
+        if suffix == ".npz":
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        return load_file(str(path))
+
+    insp, ids = ours("qwen3_moe"), ids_of(folder("qwen3_moe"))
+    routes = route(insp, ids)
+    for measure in ("weight", "norm"):
+        path = tmp_path / f"{measure}{suffix}"
+        result = _attend("--model", str(folder("qwen3_moe")), "--save", str(path), "--measure", measure, "--json")
+        assert result.exit_code == 0, result.output
+        saved = read(path)
+        assert saved["moe_layers"].tolist() == [1, 2]
+        assert saved["routes"].dtype == np.int64 and saved["route_weights"].dtype == np.float32
+        assert saved["routes"].tolist() == routes.experts.tolist()
+        assert np.array_equal(saved["route_weights"], routes.weights.numpy())
+    path = tmp_path / f"dense{suffix}"
+    result = _attend("--model", str(folder("qwen3_moe")), "--save", str(path), "--layer", "0", "--json")
+    assert result.exit_code == 0, result.output
+    assert "routes" not in read(path) and "moe_layers" not in read(path)

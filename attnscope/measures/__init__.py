@@ -119,11 +119,12 @@ class AttendRequest:
 
 def pattern_stream(stack: contextlib.ExitStack, path: Path, layers: list[int], heads: list[int], tokens: "Tokens",
                    measure: str, text: str = "", force: bool = False,
-                   extra: dict[str, int] | None = None, sinks: bool = False) -> analysis.LayerStream:
+                   extra: dict[str, int] | None = None, sinks: bool = False, routes: Any = None) -> analysis.LayerStream:
     """A probe streaming each complete layer's raw values into a `--save` file, whose
     writer is closed (and the file published) with `stack`. `sinks` (the model's
     attention has them): under `weight`, each row's sink weight is saved as `sinks`
-    (the sink has no value vector, so norm and rollout have no sink column)."""
+    (the sink has no value vector, so norm and rollout have no sink column). `routes`: a
+    `routing.RouteProbe` the pass fills, saved beside (routes, route_weights, moe_layers)."""
     from attnscope import export
 
     kind = KINDS[measure]
@@ -131,14 +132,27 @@ def pattern_stream(stack: contextlib.ExitStack, path: Path, layers: list[int], h
     writer = stack.enter_context(export.PatternWriter(path, layers, heads, len(tokens), tokens.ids, tokens.labels,
                                                       text, force, extra, name=kind.saved_as,
                                                       head_axis=kind.per_head, sinks=sinks,
-                                                      also="alti_layer" if measure == "alti" else ""))
+                                                      also="alti_layer" if measure == "alti" else "",
+                                                      routes=routes))
     if measure == "alti":  # each layer's own C_l beside the rolled-out matrices
         from attnscope.measures.mixing import AltiStream
 
-        return AltiStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
-                          writer.write_also)
-    return analysis.LayerStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
-                                writer.write_sinks if sinks else None)
+        stream: Any = AltiStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
+                                 writer.write_also)
+    else:
+        stream = analysis.LayerStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
+                                      writer.write_sinks if sinks else None)
+    stream.routes = routes  # run_attend hooks it up beside the measure's wrapper
+    return stream
+
+
+def route_probe(cfg: Any, layers: list[int], n: int) -> Any:
+    """A `routing.RouteProbe` for the saved `layers` that have experts; None without any."""
+    from attnscope import routing
+
+    chosen = set(layers)
+    moe = [layer for layer in routing.moe_layers(cfg) if layer in chosen]
+    return routing.RouteProbe(moe, n, routing.top_k(cfg, moe)) if moe else None
 
 
 def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis.AttendResult:
@@ -166,7 +180,8 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
         if req.save is not None:
             saves.append(pattern_stream(stack, req.save, req.save_layers, req.save_heads, tokens, req.measure,
                                         req.text, req.force, req.extra,
-                                        any(m.sites[layer].sinks for layer in req.save_layers)))
+                                        any(m.sites[layer].sinks for layer in req.save_layers),
+                                        route_probe(m.config, req.save_layers, n)))
         wanted = [layer for probe in views + saves for layer in probe.layers]
         last = max(wanted + req.layers, default=0)
         hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves), m.model)
@@ -176,6 +191,9 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
 
             word = WordUpdateHook(m.model, max(req.selection("focus")[0]), req.query)
             hooks = analysis.Probes(hooks, word)
+        routes = [save.routes for save in saves if getattr(save, "routes", None) is not None]
+        if routes:  # routes are no attention quantity: they go beside any measure's wrapper
+            hooks = analysis.Probes(hooks, *routes)
         m.run(tokens.ids, hooks, last)
     if topk_all is not None:
         assert req.save_topk is not None

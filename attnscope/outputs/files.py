@@ -68,11 +68,12 @@ class PatternSave(Output):
         return size
 
     def stream(self, run: Run, stack: contextlib.ExitStack) -> Any:
-        from attnscope.measures import pattern_stream
+        from attnscope.measures import pattern_stream, route_probe
 
         ls, hs = self._layers_heads(run.shape)
+        routes = route_probe(run.config, ls, len(run.tokens)) if run.config is not None else None
         return pattern_stream(stack, self.path, ls, hs, run.tokens, run.shape.measure, run.text, self.force,
-                              self.extra, any(run.shape.sites[layer].sinks for layer in ls))
+                              self.extra, any(run.shape.sites[layer].sinks for layer in ls), routes)
 
     def emit(self, part: Optional["AttendResult"], run: Run) -> Emitted:
         ls, hs = self._layers_heads(run.shape)
