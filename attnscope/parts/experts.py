@@ -5,7 +5,8 @@ token's output is the weighted sum of those experts' gated MLPs, plus the shared
 expert(s) every token visits (Qwen2-MoE scales theirs by a sigmoid gate). Only the
 experts tokens chose run: the (token, expert) pairs are sorted by expert and each used
 expert multiplies its own rows at once, as gpt-fast's `mixtral-moe` does, never a dense
-loop over every expert for every token.
+loop over every expert for every token. Each token's routes (experts and weights) are
+reported at the block's site `blocks.{layer}.mlp` to whoever asked (`attnscope.routing`).
 
 Parameter names (relative to the block's `mlp.`), E = n_experts, w = the routed experts'
 width (`MlpSpec.d_mlp`), d = the model's width:
