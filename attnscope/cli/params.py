@@ -150,7 +150,7 @@ def _checkpoint_report(spec: str, convention: str) -> Any:
         reason = ("config.json names no model_type" if model_type is None
                   else f"model_type {shown} is not one attnscope knows")
         return stored.report_unknown(shapes, where, name, family, reason)
-    cfg = cfgmod.from_hf_config(raw, name=ckpt.config_path.parent.name)
+    cfg = cfgmod.from_hf_config(raw, name=ckpt.config_path.parent.name or str(ckpt.config_path))  # as load_config
     cfg.name = name  # what the user named: a hub id, not its snapshot's hash
 
     family = ARCHITECTURES.get(cfg.family)
