@@ -457,6 +457,36 @@ def test_gguf_with_mxfp4_experts_equals_the_same_weights(gguf_files: tuple[Path,
     assert_logits_close(g.logits(ids), expected_logits, LOGITS_RTOL, "gpt-oss GGUF")
 
 
+def test_gguf_mxfp4_blocks_decode_by_the_spec(gguf_files: tuple[Path, Path, Path]) -> None:
+    """Each expert matrix as loaded equals the file's MXFP4 blocks decoded here by the OCP
+    microscaling spec in llama.cpp's block layout, independently of gguf-py: 17 bytes a
+    block of 32, an E8M0 scale byte e, then 16 bytes whose low nibbles are values 0-15 and
+    high nibbles values 16-31, each an E2M1 code: ±{0, .5, 1, 1.5, 2, 3, 4, 6} · 2^(e − 127)."""
+    import numpy as np
+
+    from attnscope.api import load
+    from attnscope.sources.gguf import read_gguf
+
+    _, path, _ = gguf_files
+    f = read_gguf(path)
+    loaded = load(str(path), device="cpu", dtype="float32").model.state_dict()
+    e2m1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0.0, -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float64)
+    raw = np.fromfile(path, dtype=np.uint8)
+    checked = 0
+    for t in f.tensors.values():
+        if t.type_name != "MXFP4":
+            continue
+        blocks = raw[t.start:t.start + t.nbytes].reshape(-1, 17)
+        scale = np.ldexp(1.0, blocks[:, 0].astype(np.int64) - 127)  # (n,)
+        codes = np.concatenate([blocks[:, 1:] & 0x0F, blocks[:, 1:] >> 4], axis=1)  # (n, 32)
+        values = (e2m1[codes] * scale[:, None]).reshape(t.shape)
+        layer, part = t.name.split(".")[1], t.name.split(".")[2].split("_")[1]  # blk.N.ffn_gate_exps
+        ours = loaded[f"blocks.{layer}.mlp.experts.{part}.weight"].double().numpy()
+        assert np.array_equal(ours, values), t.name
+        checked += 1
+    assert checked == 12  # gate, up and down of 4 layers
+
+
 def test_gguf_params_count_and_quantization(gguf_files: tuple[Path, Path, Path]) -> None:
     """`params --model FILE.gguf` counts transformers' own number for the same model and
     names MXFP4 as the experts' storage."""
