@@ -374,3 +374,25 @@ def test_explore_offers_the_mixing_measures() -> None:
     from attnscope.explore.session import MEASURES
 
     assert {"alti", "value-zeroing"} <= set(MEASURES)
+
+
+def test_explore_shows_the_mixing_measures_as_attend_does(build: Callable[[str], Path], inspector: Any) -> None:
+    """`M` steps to alti, then value-zeroing, each view equal to attend --json's; `m` goes
+    back to the quick cycle (weight, norm, rollout)."""
+    pytest.importorskip("textual")
+    from test_explore import check_against_attend, drive, header, make_app, settle
+
+    folder, model = build("llama"), inspector("llama")
+    app = make_app(model)
+
+    async def script(app: Any, pilot: Any) -> None:
+        for measure in ("alti", "value-zeroing"):
+            await pilot.press("M")
+            await settle(app, pilot)
+            assert app.measure == measure and header(app) == (model.n_layers - 1, None)
+            check_against_attend(app, folder)
+        await pilot.press("m")
+        await settle(app, pilot)
+        assert app.measure == "weight"
+
+    drive(app, script)

@@ -52,7 +52,7 @@ def test_rollout_heads_live_in_one_place() -> None:
     assert measures.KINDS["weight"].heads("0-3", 9) == [0, 1, 2, 3]
     assert Shape(4, 9, "rollout").heads(None) == [0] and Shape(4, 9, "norm").heads(None) == list(range(9))
     assert not Shape(4, 9, "rollout").per_head
-    assert {k.saved_as for k in measures.KINDS.values()} == {"attentions", "norms", "rollout"}
+    assert {k.saved_as for k in measures.KINDS.values()} == {"attentions", "norms", "rollout", "alti", "value_zeroing"}
 
 
 # ------------------------------------------------------------------ one pass, each its part

@@ -30,6 +30,7 @@ from attnscope.explore import views
 from attnscope.explore.screens import HeatmapPane, HelpScreen, MainScreen, OverviewScreen, Pane, TokenView
 from attnscope.explore.session import MEASURES, Session, ranked, rss_bytes
 from attnscope.measures import KINDS
+from attnscope.measures.mixing import NAMES as MIXING
 from attnscope.tokenize import visible
 from attnscope.units import human_bytes
 
@@ -265,7 +266,17 @@ class ExploreApp(App[int]):
     def action_measure(self) -> None:
         from attnscope.measures.transforms import DESCRIPTIONS
 
-        self.measure = MEASURES[(MEASURES.index(self.measure) + 1) % len(MEASURES)]
+        quick = [name for name in MEASURES if name not in MIXING]  # weight, norm, rollout
+        self.measure = quick[(quick.index(self.measure) + 1) % len(quick)] if self.measure in quick else quick[0]
+        self.say(f"measure: {DESCRIPTIONS[self.measure]}")
+        self.redraw()
+
+    def action_mixing(self) -> None:
+        """The context-mixing measures on their own key: each reads the whole layer (Value
+        Zeroing a pass of the block per query and key), too slow to land on by cycling."""
+        from attnscope.measures.transforms import DESCRIPTIONS
+
+        self.measure = MIXING[(MIXING.index(self.measure) + 1) % len(MIXING)] if self.measure in MIXING else MIXING[0]
         self.say(f"measure: {DESCRIPTIONS[self.measure]}")
         self.redraw()
 

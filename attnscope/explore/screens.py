@@ -41,8 +41,8 @@ attnscope explore: one head's attention on the text, token by token
   ← →    previous / next head        ↑ ↓    previous / next layer
   Tab    next token (Shift+Tab back)  click  select a token
   h      heatmap of the head          o      every layer × head (entropy),
-  m      weight → norm → rollout → alti →    Enter jumps to a head
-         value-zeroing
+  m      weight → norm → rollout             Enter jumps to a head
+  M      alti → value-zeroing (the whole layer: slower)
   /      find tokens (n: next)        e      export this head (.npz)
   ?      this help                    q      quit
 
@@ -152,6 +152,7 @@ class MainScreen(Screen[None]):
         Binding("h", "app.heatmap", "heatmap", show=False),
         Binding("o", "app.overview", "overview", show=False),
         Binding("m", "app.measure", "measure", show=False),
+        Binding("M", "app.mixing", "mixing measure", show=False),
         Binding("slash", "app.prompt('search')", "find", show=False),
         Binding("n", "app.next_match", "next match", show=False),
         Binding("e", "app.prompt('export')", "export", show=False),
