@@ -449,10 +449,10 @@ def test_usage_and_options_show_our_metavars(command: str) -> None:
 
 
 def test_an_invalid_measure_reads_as_one_plain_sentence() -> None:
-    res = run("attend", "x", "--measure", "alti")
+    res = run("attend", "x", "--measure", "gradient")  # (alti, once the example here, is a measure now)
     assert res.exit_code == 2 and "Value error" not in res.output
     line = res.stderr.strip()
-    assert len(line.splitlines()) == 1 and "'alti' is not one of 'weight', 'norm', 'rollout'" in line, line
+    assert len(line.splitlines()) == 1 and "'gradient' is not one of 'weight', 'norm', 'rollout'" in line, line
 
 
 def test_readme_plot_extra_installs_from_a_clone() -> None:
