@@ -26,6 +26,14 @@ project dependency):
     /work/bench-venv/bin/python benchmarks/bench_value_zeroing.py --n 64 --layers 2 --threads 2
 
 Without inseq importable, ours is reported alone with the reason.
+
+Measured (2026-12-06, 2 CPU cores shared with other jobs, torch 2.13, inseq 0.7.1 with
+transformers 5.25, `--n 128 512 --layers 1 --threads 2`; both costs grow linearly with
+the layers, so one layer stands for each):
+
+     n   ours (s)  inseq (s)  inseq / ours
+   128      17.23     202.69         11.77
+   512     250.50     761.57          3.04
 """
 
 from __future__ import annotations
