@@ -256,10 +256,11 @@ def zero_llama_value(block: Any, j: int) -> Any:
 
 @contextlib.contextmanager
 def llama_in_float64() -> Iterator[None]:
-    """transformers' eager Llama with its softmax and its RMSNorm in the input's dtype (it
-    takes both in float32 whatever the dtype), so a float64 reference is float64 but for
-    its RoPE tables, which it makes in float32 as attnscope does."""
+    """transformers' eager Llama and Mistral with their softmax and RMSNorm in the input's
+    dtype (they take both in float32 whatever the dtype), so a float64 reference is
+    float64 but for its RoPE tables, which it makes in float32 as attnscope does."""
     import transformers.models.llama.modeling_llama as ml
+    import transformers.models.mistral.modeling_mistral as mm
 
     def rms(self: Any, hidden_states: Tensor) -> Tensor:
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
@@ -275,9 +276,12 @@ def llama_in_float64() -> Iterator[None]:
         weights = torch.softmax(weights, dim=-1)
         return torch.matmul(weights, value_states).transpose(1, 2).contiguous(), weights
 
-    old, old_rms = ml.eager_attention_forward, ml.LlamaRMSNorm.forward
-    ml.eager_attention_forward, ml.LlamaRMSNorm.forward = eager, rms  # type: ignore[method-assign]
+    saved = [(ml, ml.LlamaRMSNorm), (mm, mm.MistralRMSNorm)]
+    old = [(mod, mod.eager_attention_forward, norm, norm.forward) for mod, norm in saved]
+    for mod, norm in saved:
+        mod.eager_attention_forward, norm.forward = eager, rms  # type: ignore[method-assign]
     try:
         yield
     finally:
-        ml.eager_attention_forward, ml.LlamaRMSNorm.forward = old, old_rms  # type: ignore[method-assign]
+        for mod, attn, norm, forward in old:
+            mod.eager_attention_forward, norm.forward = attn, forward  # type: ignore[method-assign]

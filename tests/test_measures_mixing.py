@@ -132,7 +132,7 @@ def test_alti_is_the_definition_in_float64(name: str, build: Callable[[str], Pat
     assert err <= U + 64 * ULP64, err
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert_bare"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "bert_bare"])
 def test_alti_decomposition_reproduces_the_block(name: str, build: Callable[[str], Path]) -> None:
     """Σ_j T_i(x_j) + the biases is the residual stream after the attention: GPT-2's and
     Llama's input to their second norm (pre-norm, x + attn(LN x)), BERT's attention-output
@@ -157,7 +157,7 @@ def test_alti_decomposition_reproduces_the_block(name: str, build: Callable[[str
     for i in range(m.n_layers):
         if name == "gpt2":
             mod, take = ref.transformer.h[i].ln_2, "in"
-        elif name == "llama":
+        elif name in ("llama", "mistral"):
             mod, take = ref.model.layers[i].post_attention_layernorm, "in"
         else:
             mod, take = mr._encoder_layers(ref)[i].attention.output.LayerNorm, "out"
@@ -235,7 +235,7 @@ def _causal_parts(name: str, ref: Any) -> tuple[Any, Any]:
     return ref.model.layers, mr.zero_llama_value
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral"])  # mistral: a window of 4, shorter than the text
 def test_value_zeroing_equals_a_direct_recomputation(name: str, build: Callable[[str], Path], tmp_path: Path) -> None:
     """Causal families: the whole transformers model re-run in float64 with token j's
     value rows zeroed at layer l, block l's output compared (1 − cos, float64; Llama's
@@ -253,7 +253,8 @@ def test_value_zeroing_equals_a_direct_recomputation(name: str, build: Callable[
     assert ((got64 - want).abs() <= bound).all(), float((got64 - want).abs().max())
     got32 = _saved(folder, "value-zeroing", tmp_path)["value_zeroing"]
     ref32 = _reference(folder, torch.float32)
-    want32, _ = mr.value_zeroing_direct(ref32, ids, *_causal_parts(name, ref32))
+    with mr.llama_in_float64():  # in float32 it changes nothing: the dtype stays
+        want32, _ = mr.value_zeroing_direct(ref32, ids, *_causal_parts(name, ref32))
     eps_auth = (want32.double() - want).abs().amax(-1, keepdim=True).numpy()
     assert (np.abs(got32 - want.numpy()) <= 2 * eps_auth + U).all()
 
