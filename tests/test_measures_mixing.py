@@ -397,3 +397,24 @@ def test_explore_shows_the_mixing_measures_as_attend_does(build: Callable[[str],
         assert app.measure == "weight"
 
     drive(app, script)
+
+
+def test_a_layer_the_measures_cannot_read_is_refused_before_the_pass(build: Callable[[str], Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wiring ALTI has no decomposition for, or an attention that is not softmax over
+    per-head values: one UsageError naming the layer, before any hook sees a value."""
+    import dataclasses
+
+    from attnscope.api import load
+    from attnscope.errors import UsageError
+    from attnscope.measures import AttendRequest, run_attend
+
+    m = load(str(build("gpt2")), device="cpu", dtype="float32")
+    tokens = m.tokenize(TEXT)
+    monkeypatch.setattr(m.model.blocks[1], "wiring", "unknown")
+    with pytest.raises(UsageError, match="no decomposition for layer 1's unknown wiring"):
+        run_attend(m, tokens, AttendRequest([1], [0], ["attention"], measure="alti"))
+    monkeypatch.setattr(m.model.blocks[0].attn, "spec", dataclasses.replace(m.model.blocks[0].attn.spec, kind="linear"))
+    monkeypatch.setattr(m, "run", lambda *a, **k: pytest.fail("the pass ran"))
+    with pytest.raises(UsageError, match="layer 0 is linear"):
+        run_attend(m, tokens, AttendRequest([1], [0], ["attention"], measure="value-zeroing"))
