@@ -23,7 +23,7 @@ from typing import Any, Callable
 # here (`config.MAX_SIZE`, `config.from_hf_config`, the families' `config._shown`, …).
 from attnscope.config_checks import (  # noqa: F401
     ACTIVATIONS, MAX_LAYERS, MAX_SIZE, _check_optional_positive, _number, _positive_int, _positive_number, _shown,
-    check_rope_scaling, check_stack, check_template,
+    check_decoder, check_rope_scaling, check_stack, check_template,
 )
 from attnscope.config_io import (  # noqa: F401
     _HF_BOOLEANS, _check_booleans, from_hf_config, load_config, preset, preset_convention, read_config_json,
@@ -102,6 +102,11 @@ class ModelConfig:
     # distinct window. Either way `self.stack` holds them (set in __post_init__, so
     # `replace()` re-derives).
     kinds: Stack | None = None
+    # An encoder-decoder model (T5, BART): the fields above and `stack` describe the encoder
+    # and everything model-wide (width, vocabulary, norms, positions, the shared token table
+    # and the head); `decoder` is the second stack, whose layers carry their cross-attention
+    # (`LayerSpec.cross`). None: a model of one stack.
+    decoder: Stack | None = None
     stack: Stack = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +214,8 @@ class ModelConfig:
         else:
             self.stack = self.kinds
             check_stack(self.stack, self.n_layers, (self.n_heads, self.n_kv_heads, self.d_head), where)
+        if self.decoder is not None:
+            check_decoder(self.decoder, where)
 
     def _derived_stack(self) -> Stack:
         """The layers the flat fields describe, of the family's kind (`layer_template`):

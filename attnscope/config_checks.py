@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 from attnscope.errors import ConfigError
 from attnscope.kinds import (
-    ATTENTION_KINDS, MLP_KINDS, QK_NORMS, ROUTERS, WIRINGS, AttnSpec, ExpertSpec, LatentSpec, LayerSpec, MlpSpec,
-    RelativeSpec, Stack,
+    ATTENTION_KINDS, MLP_KINDS, QK_NORMS, ROUTERS, WIRINGS, AttnSpec, ExpertSpec, LatentSpec, LayerSpec, LinearSpec, MlpSpec,
+    PerLayerSpec, RelativeSpec, Stack,
 )
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -186,6 +186,66 @@ def check_latent(a: AttnSpec, where: str, sized: bool) -> None:
                           f"with RoPE on the qk_rope_head_dim part, got {_shown(a)}")
 
 
+def check_linear(a: AttnSpec, where: str) -> None:
+    """Linear attention (kind "linear", parts.deltanet) carries a sound LinearSpec, and no
+    other kind one: bounded positive head counts and sizes, value heads a multiple of key
+    heads, a kernel of 1 to 64 taps, its heads read as n_heads = value heads, n_kv_heads =
+    key heads, d_head = d_k; none of softmax's options (positions, window, norms, gate)."""
+    m = a.linear
+    if a.kind != "linear":
+        if m is not None:
+            raise ConfigError(f"{where}a {a.kind} attention cannot carry linear-attention sizes")
+        return
+    if not isinstance(m, LinearSpec):
+        raise ConfigError(f"{where}linear attention needs its LinearSpec, got {_shown(m)}")
+    for name, value in (("linear_num_key_heads", m.n_k_heads), ("linear_num_value_heads", m.n_v_heads),
+                        ("linear_key_head_dim", m.d_k), ("linear_value_head_dim", m.d_v)):
+        if not _positive_int(value, 2**16):
+            raise ConfigError(f"{where}{name} must be a positive integer up to 65,536, got {_shown(value)}")
+    if m.n_v_heads % m.n_k_heads:
+        raise ConfigError(f"{where}linear_num_value_heads ({m.n_v_heads}) must be a multiple of "
+                          f"linear_num_key_heads ({m.n_k_heads})")
+    if not _positive_int(m.conv_kernel, 64):
+        raise ConfigError(f"{where}linear_conv_kernel_dim must be an integer from 1 to 64, got {_shown(m.conv_kernel)}")
+    if m.conv_channels * m.conv_kernel > MAX_SIZE or m.n_v_heads * m.d_k * m.d_v > MAX_SIZE:
+        raise ConfigError(f"{where}linear attention's sizes are too large: {_shown(m)}")
+    if not _number(m.norm_eps) or m.norm_eps < 0:
+        raise ConfigError(f"{where}linear attention's norm epsilon must be a non-negative number, got {_shown(m.norm_eps)}")
+    if (a.n_heads, a.n_kv_heads, a.d_head) != (m.n_v_heads, m.n_k_heads, m.d_k):
+        raise ConfigError(f"{where}a linear layer's heads are its value heads over its key heads, got {_shown(a)}")
+    if (a.rope is not None or a.window is not None or a.qk_norm is not None or a.out_gate or a.sinks
+            or a.relative is not None or a.softcap is not None or not a.causal):
+        raise ConfigError(f"{where}linear attention is causal and has no positions, window, q/k norm, gate, "
+                          "sinks, soft-cap or relative bias")
+
+
+def check_shared_kv(stack: Stack, spec: LayerSpec, where: str) -> None:
+    """Gemma 4's KV-shared layers and per-layer inputs: a layer reads the keys and values of
+    an earlier layer that owns its own, of the same heads, mask and positions (so its own
+    queries meet those keys as the owner's would); values that are the keys need a key
+    projection; every layer that takes a per-layer input names the same bounded one."""
+    a = spec.attn
+    for name, flag in (("k_eq_v", a.k_eq_v), ("v_norm", a.v_norm), ("out_scalar", spec.out_scalar)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{where}a layer's {name} must be true or false, got {_shown(flag)}")
+    if a.kv_source is not None:
+        first = next(i for i, (s, _) in enumerate(stack.runs) if s is spec or s == spec)
+        at = sum(count for _, count in stack.runs[:first])  # the first layer of this kind
+        if isinstance(a.kv_source, bool) or not isinstance(a.kv_source, int) or not 0 <= a.kv_source < at:
+            raise ConfigError(f"{where}a KV-shared layer must read an earlier layer's keys, got {_shown(a.kv_source)}")
+        owner = stack.layer(a.kv_source).attn
+        same = ("n_kv_heads", "d_head", "causal", "window", "rope", "kind")
+        if owner.kv_source is not None or any(getattr(owner, k) != getattr(a, k) for k in same):
+            raise ConfigError(f"{where}layer {a.kv_source} cannot lend its keys and values: it must own them, "
+                              "with the same heads, mask and positions as the layers reading them")
+    p = spec.per_layer
+    if p is not None:
+        if not isinstance(p, PerLayerSpec) or not _positive_int(p.width, 2**16) or not _positive_int(p.vocab):
+            raise ConfigError(f"{where}per-layer inputs need a width up to 65,536 and a vocabulary, got {_shown(p)}")
+        if len({s.per_layer for s, _ in stack.kinds()}) > 1:
+            raise ConfigError(f"{where}every layer takes the same per-layer input embeddings, or none does")
+
+
 def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: str) -> None:
     """A family's own layer kinds: every number bounded, every name known, and the
     sizes every consumer still reads model-wide (`heads`: query heads, key/value heads,
@@ -198,8 +258,13 @@ def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: s
         check_relative(a.relative, where)
         if a.relative is not None and len({s.attn.relative for s, _ in stack.kinds()} - {None}) > 1:
             raise ConfigError(f"{where}a stack owns one relative position table: its layers name different ones")
-        if (a.n_heads, a.n_kv_heads, a.d_head) != heads:
-            raise ConfigError(f"{where}layers with different head counts or sizes are not supported yet")
+        check_linear(a, where)
+        if a.kind != "linear" and (a.n_heads, a.n_kv_heads, a.d_head) != heads:  # a linear layer has its own heads
+            # Gemma 4's global layers: wider heads, fewer key/value heads, the same query heads
+            if (a.n_heads != heads[0] or a.kind != "softmax" or not _positive_int(a.n_kv_heads)
+                    or not _positive_int(a.d_head) or a.n_heads % a.n_kv_heads or a.n_heads * a.d_head > MAX_SIZE):
+                raise ConfigError(f"{where}layers with different query head counts are not supported yet")
+        check_shared_kv(stack, spec, where)
         if not _positive_int(m.d_mlp) or m.act not in ACTIVATIONS:
             raise ConfigError(f"{where}a layer's MLP has a bad size or activation: {_shown(m)}")
         check_experts(m, where)
@@ -215,6 +280,26 @@ def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: s
                 check_yarn(a.rope.scaling_dict or {}, f"{where}rope_scaling", a.rope.theta)
             if not isinstance(a.rope.rotary_dim, int) or not 0 < a.rope.rotary_dim <= a.d_head or a.rope.rotary_dim % 2:
                 raise ConfigError(f"{where}rotary dimension {_shown(a.rope.rotary_dim)} must be even and within the head size {a.d_head}")
+
+
+def check_decoder(stack: Any, where: str) -> None:
+    """An encoder-decoder model's second stack (`ModelConfig.decoder`): up to MAX_LAYERS
+    causal layers of sound kinds, each with a cross-attention that sees the whole source
+    (softmax, no window, no relative bias: T5's and BART's)."""
+    if not isinstance(stack, Stack) or not 0 < len(stack) <= MAX_LAYERS:
+        raise ConfigError(f"{where}the decoder's layers must be 1 to {MAX_LAYERS:,} layer kinds, got {_shown(stack)}")
+    first = stack.layer(0).attn
+    check_stack(stack, len(stack), (first.n_heads, first.n_kv_heads, first.d_head), f"{where}decoder: ")
+    for spec, _ in stack.kinds():
+        c = spec.cross
+        if not spec.attn.causal or not isinstance(c, AttnSpec):
+            raise ConfigError(f"{where}every decoder layer is causal and holds a cross-attention")
+        sizes = (c.n_heads, c.n_kv_heads, c.d_head)
+        if not all(_positive_int(v) for v in sizes) or c.n_heads % c.n_kv_heads or c.n_heads * c.d_head > MAX_SIZE:
+            raise ConfigError(f"{where}a cross-attention has bad head counts or sizes: {_shown(sizes)}")
+        if c.causal or c.window is not None or c.relative is not None or c.kind != "softmax" or c.rope is not None:
+            raise ConfigError(f"{where}a cross-attention sees the whole source: no mask, window, positions or bias")
+        _check_optional_positive((("scale", c.scale),), f"{where}a cross-attention's ")
 
 
 def check_rope_scaling(scaling: dict[str, Any], where: str, theta: float, n_ctx: int, rotary: int) -> None:

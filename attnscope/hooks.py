@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 WHATS = ("q", "k", "v", "scores", "pattern", "sink", "z", "result", "fnorm", "resid_pre", "resid_post", "bias",
          "routes", "route_weights")
 CHUNKED = ("scores", "pattern", "sink", "z", "result", "bias")
+# An encoder-decoder's second stack names its sites under this prefix: `decoder.blocks.3.attn`
+# (its self-attention), `decoder.blocks.3.cross` (its cross-attention), `decoder.blocks.3`.
+DECODER = "decoder."
+PARTS = ("encoder", "decoder", "cross")
 _SITE = re.compile(r"^blocks\.(\d+)\.attn$")
 
 
@@ -59,6 +63,11 @@ def attn_site(layer: int) -> str:
 def mlp_site(layer: int) -> str:
     """The name of layer `layer`'s mixture-of-experts site (its routes)."""
     return f"blocks.{layer}.mlp"
+
+
+def cross_site(layer: int) -> str:
+    """The name of an encoder-decoder's decoder layer `layer`'s cross-attention site."""
+    return f"{DECODER}blocks.{layer}.cross"
 
 
 def block_site(layer: int) -> str:

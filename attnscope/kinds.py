@@ -28,7 +28,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator
 
-ATTENTION_KINDS = ("softmax", "latent")
+ATTENTION_KINDS = ("softmax", "latent", "linear")
 MLP_KINDS = ("dense", "gated", "experts")
 # How a mixture of experts picks a token's experts and weighs them (see ExpertSpec.router).
 ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_grouped")
@@ -98,6 +98,35 @@ class LatentSpec:
 
 
 @dataclass(frozen=True)
+class LinearSpec:
+    """Linear attention: a Gated DeltaNet layer (Qwen3.5, Qwen3-Next; `AttnSpec(kind="linear")`,
+    parts.deltanet). `n_k_heads` query/key heads of `d_k` (each serving n_v_heads / n_k_heads
+    value heads), `n_v_heads` value heads of `d_v`, a causal depthwise convolution of
+    `conv_kernel` taps over q, k and v, and its gated output RMSNorm's `norm_eps`. Its
+    AttnSpec reads n_heads = n_v_heads (M's heads), n_kv_heads = n_k_heads, d_head = d_k.
+
+    What it keeps between tokens is fixed whatever the context (`state_values`): the
+    recurrent state, n_v_heads × d_k × d_v, and the convolution's last kernel − 1 inputs."""
+
+    n_k_heads: int
+    n_v_heads: int
+    d_k: int
+    d_v: int
+    conv_kernel: int
+    norm_eps: float = 1e-6
+
+    @property
+    def conv_channels(self) -> int:
+        """The convolution's channels: q and k (n_k_heads × d_k each) and v (n_v_heads × d_v)."""
+        return 2 * self.n_k_heads * self.d_k + self.n_v_heads * self.d_v
+
+    @property
+    def state_values(self) -> int:
+        """Values one layer keeps between tokens: recurrent state plus the conv's tail."""
+        return self.n_v_heads * self.d_k * self.d_v + (self.conv_kernel - 1) * self.conv_channels
+
+
+@dataclass(frozen=True)
 class RelativeSpec:
     """A learned relative position bias (T5, MPNet): the key's distance from its query
     falls into one of `buckets` buckets (one per distance below half of them, then
@@ -140,6 +169,15 @@ class AttnSpec:
     sinks: bool = False  # gpt-oss: a learned sink logit per head, an extra softmax column
     relative: RelativeSpec | None = None  # the stack's relative position bias, added to this layer's scores
     latent: LatentSpec | None = None  # kind "latent": the low-rank projections (MLA)
+    linear: LinearSpec | None = None  # kind "linear": the Gated DeltaNet's sizes (parts.deltanet)
+    out_gate: bool = False  # Qwen3.5, Qwen3-Next: q_proj also yields a per-head gate; output × σ(gate) before o
+    # Gemma 4: the layer whose keys and values this one reads (it projects only queries, and
+    # caches nothing of its own; its pattern is its own queries against those keys), values
+    # that are the key projection itself (`attention_k_eq_v`: no v projection), and an
+    # RMSNorm without a scale over each value head.
+    kv_source: int | None = None
+    k_eq_v: bool = False
+    v_norm: bool = False
 
     @property
     def group_size(self) -> int:
@@ -156,12 +194,26 @@ class AttnSpec:
         return self.scale if self.scale is not None else self.d_head ** -0.5
 
     def cache_tokens(self, context: int) -> int:
-        """Positions this layer's cache keeps after `context` tokens (a window keeps its last)."""
+        """Positions this layer's cache keeps after `context` tokens (a window keeps its
+        last; a linear layer none: it keeps a fixed state, `fixed_state_values`)."""
+        if self.linear is not None:
+            return 0
         return context if self.window is None else min(self.window, context)
+
+    @property
+    def fixed_state_values(self) -> int:
+        """Values this layer keeps whatever the context: a linear layer's recurrent state
+        and conv tail (`LinearSpec.state_values`); 0 for a layer that caches positions."""
+        return self.linear.state_values if self.linear is not None else 0
 
     def bytes_per_token(self, bytes_per_value: int) -> int:
         """Bytes one cached position costs: a key and a value per key/value head; for
-        latent attention the shared latent and rotated key (`LatentSpec.cached`)."""
+        latent attention the shared latent and rotated key (`LatentSpec.cached`); nothing
+        for a layer reading another layer's keys and values (`kv_source`)."""
+        if self.kv_source is not None:
+            return 0
+        if self.linear is not None:  # a fixed state instead (`fixed_state_values`)
+            return 0
         if self.latent is not None:
             return self.latent.cached * bytes_per_value
         return 2 * self.n_kv_heads * self.d_head * bytes_per_value
@@ -169,7 +221,10 @@ class AttnSpec:
     def words(self, rope_model: bool = False) -> str:
         """The kind in words, as mask-demo and params name it (`rope_model`: the model
         rotates positions elsewhere, so a layer without RoPE is worth naming)."""
-        return kind_words(self.causal, self.window, no_rope=self.rope is None and rope_model)
+        if self.kind == "linear":
+            return "linear (gated delta rule)"
+        words = kind_words(self.causal, self.window, no_rope=self.rope is None and rope_model)
+        return words if self.kv_source is None else f"{words}, KV-shared from layer {self.kv_source}"
 
 
 def kind_words(causal: bool, window: int | None, no_rope: bool = False) -> str:
@@ -239,14 +294,34 @@ class MlpSpec:
 
 
 @dataclass(frozen=True)
+class PerLayerSpec:
+    """Per-layer input embeddings (Gemma 4's PLE): the stack owns one table of `vocab`
+    rows × (layers × `width`) and one projection of the embeddings to the same width;
+    layer i's slice of their normed, scaled sum (`model.PerLayerInputs`) enters layer i
+    after its MLP through a gate: x += norm(W_up(act(W_gate x) · input_i))."""
+
+    width: int
+    vocab: int
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """One kind of layer: its attention, its MLP, how they join the residual stream, and
-    a scale on what each adds to it (Granite's residual_multiplier)."""
+    a scale on what each adds to it (Granite's residual_multiplier); a decoder layer of an
+    encoder-decoder model also its cross-attention."""
 
     attn: AttnSpec
     mlp: MlpSpec
     wiring: str = "pre"
     residual_scale: float = 1.0
+    # A decoder layer of an encoder-decoder model (T5, BART): its cross-attention, after the
+    # self-attention and before the MLP, with queries from this stack and keys and values
+    # from the encoder's final states (`causal` False: every query sees the whole source).
+    cross: AttnSpec | None = None
+    # Gemma 4: the per-layer input gate (the stack owns the inputs) and a stored scalar on
+    # the block's whole output (`layer_scalar`: a buffer in transformers, loaded, not counted).
+    per_layer: PerLayerSpec | None = None
+    out_scalar: bool = False
 
     def with_attn(self, **changes: Any) -> "LayerSpec":
         return replace(self, attn=replace(self.attn, **changes))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
 from attnscope.errors import CheckpointError, InputError
-from attnscope.parts import OPTIONAL_PREFIXES, model_shapes, stack_relative
+from attnscope.parts import OPTIONAL_PREFIXES, model_shapes, stack_per_layer, stack_relative
 from attnscope.parts.attention import Packing
 from attnscope.parts.block import Block
 from attnscope.parts.norms import make_norm
@@ -35,10 +35,13 @@ class Embedding(nn.Module):
     """Token table (with OPT's projection in), learned positions, BERT's token types and
     embedding norm, Gemma's √width scale."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tokens: bool = True) -> None:
+        """`tokens` False: the token table is another stack's, passed to `forward` (the
+        decoder of an encoder-decoder shares the encoder's)."""
         super().__init__()
         self.cfg = cfg
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_embed)
+        if tokens:
+            self.tok = nn.Embedding(cfg.vocab_size, cfg.d_embed)
         if cfg.d_embed != cfg.d_model:  # OPT-350m: narrow embeddings projected to the width
             self.proj_in = nn.Linear(cfg.d_embed, cfg.d_model, bias=False)
         if cfg.positions == "learned":
@@ -48,9 +51,9 @@ class Embedding(nn.Module):
         if cfg.embed_norm:
             self.norm = make_norm(cfg)
 
-    def forward(self, ids: Tensor, start: int, positions: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, start: int, positions: Tensor | None = None, tok: nn.Module | None = None) -> Tensor:
         cfg = self.cfg
-        x = self.tok(ids)  # (T, d_embed)
+        x = (tok or self.tok)(ids)  # (T, d_embed)
         if cfg.d_embed != cfg.d_model:
             x = self.proj_in(x)  # (T, d)
         if cfg.embed_multiplier is not None:  # Gemma's √d, Granite's: in the activations' dtype, as the references round it
@@ -66,6 +69,31 @@ class Embedding(nn.Module):
         return x
 
 
+class PerLayerInputs(nn.Module):
+    """Gemma 4's per-layer input embeddings (`kinds.PerLayerSpec`, shapes in
+    `parts.embedding_shapes`): each token's row of one table (× √width) and a projection of
+    its embedding (× 1/√d, then RMS-normed per layer) give every layer its own input,
+    (tok + proj) / √2, (T, layers, width); layer i's block reads [:, i] through its gate."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        spec = stack_per_layer(cfg)
+        assert spec is not None  # internal invariant: built for a stack that takes them
+        self.n_layers, self.width = cfg.n_layers, spec.width
+        self.tok = nn.Embedding(spec.vocab, cfg.n_layers * spec.width)
+        self.proj = nn.Linear(cfg.d_model, cfg.n_layers * spec.width, bias=False)
+        self.norm = make_norm(cfg, spec.width)
+        self.d_model = cfg.d_model
+
+    def forward(self, ids: Tensor, x: Tensor) -> Tensor:
+        """Token ids (T,) and their embeddings x (T, d) -> (T, layers, width)."""
+        T = ids.shape[0]
+        tok = self.tok(ids) * torch.tensor(self.width ** 0.5, dtype=x.dtype)  # (T, L*p), rounded as transformers'
+        proj = self.proj(x) * self.d_model ** -0.5  # (T, L*p)
+        proj = self.norm(proj.view(T, self.n_layers, self.width))  # (T, L, p)
+        return (proj + tok.view(T, self.n_layers, self.width)) * 2 ** -0.5
+
+
 class KVCache:
     """Keys (after RoPE) and values per layer, (H_kv, K, d_head), for positions
     `start(layer)`.. ; a sliding layer keeps only its last `window` keys, which is all its
@@ -76,6 +104,7 @@ class KVCache:
         self.k: list[Tensor | None] = [None] * n_layers
         self.v: list[Tensor | None] = [None] * n_layers
         self.starts = [0] * n_layers
+        self.states: list[Any] = [None] * n_layers  # a linear layer's DeltaState (parts.deltanet), else None
         self.length = 0  # positions seen: the next token's position
 
     def update(self, layer: int, k: Tensor, v: Tensor, start: int, window: int | None) -> tuple[Tensor, Tensor, int]:
@@ -108,6 +137,12 @@ class PassState:
     segments: Tensor | None
     ropes: dict[Any, tuple[Tensor, Tensor]]
     bias: Callable[[Tensor, Tensor], Tensor] | None = None
+    memory: Tensor | None = None  # an encoder-decoder's decoder pass: the encoder's final states (S, d)
+    # Gemma 4: each layer's own input (T, layers, width; `PerLayerInputs`), and the keys and
+    # values a layer hands to the KV-shared layers after it, by its index: (k, v, first key's
+    # position, key positions), this pass's and the cache's, filled as the pass goes.
+    per_layer: Tensor | None = None
+    shared: dict[int, tuple[Tensor, Tensor, int, Tensor]] = field(default_factory=dict)
 
 
 class Unembed(nn.Module):
@@ -143,18 +178,31 @@ class Transformer(nn.Module):
         relative = stack_relative(cfg)
         if relative is not None:
             self.relative = RelativeBias(relative, cfg.n_heads)
+        if stack_per_layer(cfg) is not None:  # Gemma 4: every layer's own input embedding
+            self.per_layer = PerLayerInputs(cfg)
         # Offloading: blocks stay on the meta device and `block_source(i)` supplies one
         # block's weights (our names, relative to the block) just before it runs.
         self.block_source: Callable[[int], dict[str, Tensor]] | None = None
-        self.has_head = cfg.lm_head and cfg.causal  # no next-token head: encoders, or a checkpoint without one
+        # Blocks across devices in one process (`--device cuda:0,cuda:1`): block i's device,
+        # the residual stream moved to it before it runs (`attnscope.pipeline.placement`).
+        self.placement: list[torch.device] | None = None
+        if cfg.decoder is not None:  # an encoder-decoder: this module's blocks are the encoder's
+            from attnscope.seq2seq import Decoder
+
+            self.decoder = Decoder(cfg)
+        # no next-token head: encoders, or a checkpoint without one
+        self.has_head = cfg.lm_head and (cfg.causal or cfg.decoder is not None)
 
     @torch.inference_mode()
     def forward(self, ids: Tensor, hooks: Any = None, last_layer: int | None = None, start: int | None = None,
-                cache: KVCache | None = None, packing: Packing | None = None) -> Tensor:
+                cache: KVCache | None = None, packing: Packing | None = None, first_layer: int = 0,
+                resid: Tensor | None = None) -> Tensor:
         """Run layers 0..last_layer on token ids (T,) at positions start.. (default: the
-        cache's length, else 0) and return the residual stream (T, d)."""
+        cache's length, else 0) and return the residual stream (T, d). A pipeline's later
+        stage (`attnscope.pipeline`) runs first_layer..last_layer on the residual stream
+        `resid` (T, d) it received instead of embedding `ids`."""
         cfg = self.cfg
-        T = ids.shape[0]
+        T = ids.shape[0] if resid is None else resid.shape[0]
         if start is None:
             start = cache.length if cache is not None else 0
         last = int(packing.positions.max()) + 1 if packing is not None else start + T
@@ -164,17 +212,25 @@ class Transformer(nn.Module):
             assert cache is None and start == 0, "a packed pass starts afresh"  # internal invariant
             x = self.embed(ids, start, packing.positions)
             positions, segments = packing.positions, packing.segments
+        elif resid is not None:  # a pipeline's later stage: the stream the rank before handed on
+            x = resid
+            positions, segments = torch.arange(start, start + T, device=x.device), None
         else:
             x = self.embed(ids, start)
             positions, segments = torch.arange(start, start + T, device=ids.device), None
         # The per-pass state: positions, texts, each RoPE kind's (cos, sin) at those positions.
         ropes = {spec: rotary.tables_at(positions) for spec, rotary in self.rotaries.items()}
         bias = self.relative.for_pass(last) if hasattr(self, "relative") else None  # positions lie in 0..last-1
-        state = PassState(start, positions, segments, ropes, bias)
+        per_layer = self.per_layer(ids, x) if hasattr(self, "per_layer") else None
+        state = PassState(start, positions, segments, ropes, bias, per_layer)
         stop = cfg.n_layers - 1 if last_layer is None else last_layer
         for i, block in enumerate(self.blocks):
             if i > stop:
                 break
+            if i < first_layer:
+                continue
+            if self.placement is not None and x.device != self.placement[i]:  # blocks across devices
+                x, state = x.to(self.placement[i]), _state_on(state, self.placement[i])
             if self.block_source is None:
                 x = block(x, state, cache, hooks)
             else:
@@ -194,11 +250,13 @@ class Transformer(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """Float32 next-token logits (T, vocab) from the last layer's residual stream."""
         cfg = self.cfg
+        if self.placement is not None:  # the head sits with the embeddings, on the first device
+            x = x.to(self.embed.tok.weight.device)
         if not self.has_head:
             raise InputError(f"{cfg.name or 'this model'} has no output head to give next-token logits",
                              hint="use a causal language model checkpoint (with its lm_head, or tied embeddings)")
-        if cfg.final_norm:
-            x = self.final_norm(x)
+        if cfg.final_norm:  # an encoder-decoder's logits read its decoder, after the decoder's own norm
+            x = self.decoder.final_norm(x) if cfg.decoder is not None else self.final_norm(x)
         if cfg.d_embed != cfg.d_model:
             x = self.proj_out(x)  # (T, d_embed)
         unembed = getattr(self, "unembed", None)
@@ -212,6 +270,21 @@ class Transformer(nn.Module):
         if cfg.final_softcap is not None:
             out = torch.tanh(out / cfg.final_softcap) * cfg.final_softcap
         return out
+
+
+def _state_on(state: PassState, device: torch.device) -> PassState:
+    """The pass's state with its tensors on `device` (the next block's, when blocks are
+    placed across devices)."""
+    import dataclasses
+
+    def move(t: Any) -> Any:
+        return t.to(device) if isinstance(t, Tensor) else t
+
+    changes = {"positions": state.positions.to(device), "segments": move(state.segments),
+               "ropes": {k: (c.to(device), s.to(device)) for k, (c, s) in state.ropes.items()}}
+    if getattr(state, "per_layer", None) is not None:  # Gemma 4's per-layer inputs
+        changes["per_layer"] = move(state.per_layer)
+    return dataclasses.replace(state, **changes)
 
 
 def expected_shapes(cfg: ModelConfig, model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -244,18 +317,22 @@ def build(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     offload: bool = False,
+    only: Callable[[str], bool] | None = None,
 ) -> Transformer:
     """Build on the meta device, then assign checkpoint tensors (already in our names).
 
     Every parameter the model needs must arrive with exactly its expected shape; tensors
     the model does not use (pooler, output heads) are accepted and dropped. With
-    `offload`, the blocks stay on the meta device (see `Transformer.block_source`).
+    `offload`, the blocks stay on the meta device (see `Transformer.block_source`); `only`
+    keeps of the rest the parameters it holds (a pipeline rank's parts), the others on meta.
     """
     with torch.device("meta"), _no_init():
         model = Transformer(cfg)
     need = expected_shapes(cfg, model)
     if offload:
         need = {name: shape for name, shape in need.items() if not name.startswith("blocks.")}
+    if only is not None:
+        need = {name: shape for name, shape in need.items() if only(name)}
     optional = [name for name in need if name.startswith(OPTIONAL_PREFIXES)]
     state = _collect(cfg, tensors, need, device, dtype, "the model", optional)
     model.load_state_dict(state, strict=False, assign=True)

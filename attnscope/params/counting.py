@@ -41,7 +41,8 @@ def declared_counts(cfg: ModelConfig) -> dict[str, int]:
     """Counts by category of every declared parameter, by arithmetic: each layer kind's
     block times the layers of that kind, so no depth is ever enumerated."""
     counts = count_by_category(list(embedding_shapes(cfg).items()) + list(head_shapes(cfg).items()))
-    for spec, count in cfg.stack.kinds():
+    decoder = cfg.decoder.kinds() if cfg.decoder is not None else []
+    for spec, count in cfg.stack.kinds() + decoder:
         block = _block_rows(cfg, spec)
         for row in counts:
             counts[row] += count * block[row]
@@ -123,15 +124,31 @@ class KindRow:
 def kind_rows(cfg: ModelConfig) -> list[KindRow]:
     """Every distinct layer kind with its layers and its block's breakdown."""
     labels, ranges = kind_labels(cfg), layer_ranges(cfg)
-    return [KindRow(spec, labels[spec], count, ranges[spec], _block_summary(_block_rows(cfg, spec), cfg, spec))
+    rows = [KindRow(spec, labels[spec], count, ranges[spec], _block_summary(_block_rows(cfg, spec), cfg, spec))
             for spec, count in cfg.stack.kinds()]
+    if cfg.decoder is None:
+        return rows
+    # An encoder-decoder (T5, BART): the encoder's blocks, then the decoder's, each with its
+    # cross-attention (counted in the attention rows), layers numbered within each stack.
+    for row in rows:
+        row.label = f"encoder: {row.label}"
+    at = 0
+    for spec, count in cfg.decoder.runs:
+        block = _block_summary(_block_rows(cfg, spec), cfg, spec)
+        if rows[-1].spec == spec and rows[-1].label.startswith("decoder"):
+            rows[-1].n_layers += count
+            rows[-1].ranges[-1][1] = at + count - 1
+        else:
+            rows.append(KindRow(spec, "decoder: causal, with cross-attention", count, [[at, at + count - 1]], block))
+        at += count
+    return rows
 
 
 def _block_summary(per_block: dict[str, int], cfg: ModelConfig | None = None,
                    spec: LayerSpec | None = None) -> dict[str, int]:
     """One block's parts; a block with experts adds its router, its routed experts (all,
     and one), its shared experts and what one token uses of it (`active`)."""
-    attn = sum(per_block[r] for r in ("query", "key", "value", "output", "latent"))
+    attn = sum(per_block[r] for r in ("query", "key", "value", "output", "latent", "linear"))
     mlp = sum(per_block[r] for r in ("gate", "up", "down"))
     biases, norms, router = per_block["biases"], per_block["norms"], per_block["router"]
     out = {"attention": attn, "mlp": mlp, "biases": biases, "norms": norms,
@@ -169,7 +186,7 @@ def inactive(cfg: ModelConfig) -> tuple[int, int]:
 
 
 # The video's rows, then what its counting leaves out. Order is display order.
-ROWS_3B1B = ("embedding", "key", "query", "value", "output", "latent", "gate", "up", "down", "unembedding")
+ROWS_3B1B = ("embedding", "key", "query", "value", "output", "latent", "linear", "gate", "up", "down", "unembedding")
 ROWS_OTHER = ("positions", "projections", "biases", "norms", "router", "pooler", "heads", "other")
 
 
@@ -177,6 +194,8 @@ def category(name: str) -> str:
     """The breakdown row one of our parameter names belongs to."""
     if name.startswith("other:"):
         return "other"
+    if name.startswith("decoder."):  # an encoder-decoder's second stack: its rows are the encoder's
+        name = name[len("decoder."):]
     piece = _EXPERT_PIECE.fullmatch(name)
     if piece is not None:  # one expert's tensor of a checkpoint that stores them one by one
         name = piece.group(1)
@@ -194,6 +213,8 @@ def category(name: str) -> str:
         return "projections"
     if "norm." in name:
         return "norms"
+    if name.endswith((".attn.dt_bias", ".attn.a_log")):  # a linear layer's decay parameters
+        return "linear"
     if name.endswith(".bias"):
         return "biases"
     part = name.split(".")[-2]
@@ -205,9 +226,12 @@ def category(name: str) -> str:
 # A weight's row by its part's name. Latent attention (MLA, parts.latent): its queries
 # (plain q, or the low-rank q_a, q_b) are queries; kv_a (to the shared latent and rotated
 # key) and kv_b (the latent to each head's key part and value) make keys and values at
-# once: their own row, "latent".
+# once: their own row, "latent". Linear attention (Gated DeltaNet, parts.deltanet): its
+# q/k/v projection before the convolution, the norm's gate z, the write strength b, the
+# decay input a, the convolution and the decay parameters (dt_bias, a_log): row "linear".
 _PARTS = {"q": "query", "k": "key", "v": "value", "o": "output", "gate": "gate", "up": "up", "down": "down",
-          "q_a": "query", "q_b": "query", "kv_a": "latent", "kv_b": "latent"}
+          "q_a": "query", "q_b": "query", "kv_a": "latent", "kv_b": "latent",
+          "qkv": "linear", "z": "linear", "b": "linear", "a": "linear", "conv": "linear"}
 
 
 # One expert's tensor as the family tables name it (see parts.experts): counted as its row.
@@ -278,8 +302,10 @@ class ParamReport:
 def head_count(cfg: ModelConfig) -> HeadCount:
     """One head's share of the attention's declared weights: q and o split over the query
     heads, k and v over the key/value heads (TransformerLens's per-head shapes)."""
-    attn = attention_shapes(cfg)
-    if cfg.layer(0).attn.latent is not None:
+    # the first layer with keys of its own (a hybrid's linear layers have none to count per head)
+    first = next((spec.attn for spec, _ in cfg.stack.kinds() if spec.attn.kind != "linear"), cfg.layer(0).attn)
+    attn = attention_shapes(cfg, first)
+    if first.latent is not None:
         return _latent_head_count(cfg, attn)
     d, dh = cfg.d_model, cfg.d_head
     shapes = {"W_Q": (d, dh), "W_K": (d, dh), "W_V↓": (d, dh), "W_V↑": (dh, d)}

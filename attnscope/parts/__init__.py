@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from attnscope.config import ModelConfig
-    from attnscope.kinds import AttnSpec, LayerSpec, MlpSpec, RelativeSpec
+    from attnscope.kinds import AttnSpec, LayerSpec, MlpSpec, PerLayerSpec, RelativeSpec, Stack
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -50,16 +50,25 @@ def attention_shapes(cfg: "ModelConfig", spec: "AttnSpec | None" = None) -> Shap
     a = spec or cfg.layer(0).attn
     if a.kind == "latent":
         return latent_shapes(cfg, a)
+    if a.kind == "linear":
+        return linear_shapes(cfg, a)
     d, dh = cfg.d_model, a.d_head
     q_out, kv_out = a.n_heads * dh, a.n_kv_heads * dh
     shapes: Shapes = {}
-    for part, out in (("q", q_out), ("k", kv_out), ("v", kv_out)):
+    # A KV-shared layer (Gemma 4) projects only queries; values that are the keys
+    # (`k_eq_v`) have no projection of their own.
+    own = ("q",) if a.kv_source is not None else ("q", "k") if a.k_eq_v else ("q", "k", "v")
+    # an output gate (Qwen3.5, Qwen3-Next): q yields each head's query and its gate, 2 × dh rows a head
+    for part, out in (("q", 2 * q_out if a.out_gate else q_out), ("k", kv_out), ("v", kv_out)):
+        if part not in own:
+            continue
         shapes[f"{part}.weight"] = (out, d)
         if a.qkv_bias:
             shapes[f"{part}.bias"] = (out,)
     if a.qk_norm == "head":  # RMSNorm over each head's dimensions
         shapes.update(_prefixed("q_norm", norm_shapes(cfg, dh)))
-        shapes.update(_prefixed("k_norm", norm_shapes(cfg, dh)))
+        if a.kv_source is None:
+            shapes.update(_prefixed("k_norm", norm_shapes(cfg, dh)))
     elif a.qk_norm == "projection":  # RMSNorm over all heads' dimensions at once
         shapes.update(_prefixed("q_norm", norm_shapes(cfg, q_out)))
         shapes.update(_prefixed("k_norm", norm_shapes(cfg, kv_out)))
@@ -69,6 +78,28 @@ def attention_shapes(cfg: "ModelConfig", spec: "AttnSpec | None" = None) -> Shap
     if a.sinks:  # gpt-oss: one sink logit per query head
         shapes["sinks"] = (a.n_heads,)
     return shapes
+
+
+def linear_shapes(cfg: "ModelConfig", a: "AttnSpec") -> Shapes:
+    """A Gated DeltaNet layer (`kinds.LinearSpec`, `parts.deltanet`): `qkv` (q and k for
+    each key head, v for each value head, before the convolution), the gate `z` of the
+    output norm, the write strength `b` and decay input `a` (one per value head), the
+    depthwise `conv` (channels × kernel), `dt_bias` and `a_log` (per value head), the gated
+    norm's scale over one value head (`norm`), and `o` from the value heads back."""
+    m = a.linear
+    assert m is not None  # internal invariant: kind "linear" carries its LinearSpec
+    d, values = cfg.d_model, m.n_v_heads * m.d_v
+    return {
+        "qkv.weight": (m.conv_channels, d),
+        "z.weight": (values, d),
+        "b.weight": (m.n_v_heads, d),
+        "a.weight": (m.n_v_heads, d),
+        "conv.weight": (m.conv_channels, m.conv_kernel),
+        "dt_bias": (m.n_v_heads,),
+        "a_log": (m.n_v_heads,),
+        "norm.weight": (m.d_v,),
+        "o.weight": (d, values),
+    }
 
 
 def latent_shapes(cfg: "ModelConfig", a: "AttnSpec") -> Shapes:
@@ -146,7 +177,7 @@ def expert_shapes(cfg: "ModelConfig", m: "MlpSpec") -> Shapes:
 # Tensors the model loads and declares like parameters that are not counted as parameters:
 # transformers keeps them as (persistent) buffers, outside num_parameters() (DeepSeek-V3's
 # e_score_correction_bias, which routing adjusts without gradients).
-NOT_COUNTED = (".router.score_bias",)
+NOT_COUNTED = (".router.score_bias", ".layer_scalar")  # and Gemma 4's per-layer output scalar
 
 
 # What each wiring holds, in order: its norms around "attn" and "mlp" (see parts.block).
@@ -162,18 +193,37 @@ WIRING_ORDER = {
 WIRING_NORMS = {wiring: tuple(p for p in parts if p.endswith("norm")) for wiring, parts in WIRING_ORDER.items()}
 
 
+def block_parts(spec: "LayerSpec") -> tuple[str, ...]:
+    """What a block of kind `spec` holds, in order: its wiring's parts, and a decoder
+    layer's cross-attention with its norm between the self-attention and the MLP (T5, BART)."""
+    parts = WIRING_ORDER[spec.wiring]
+    if spec.cross is None:
+        return parts
+    at = parts.index("mlp_norm")
+    return parts[:at] + ("cross_norm", "cross") + parts[at:]
+
+
 def block_shapes(cfg: "ModelConfig", spec: "LayerSpec | None" = None) -> Shapes:
     """One block of kind `spec` (default: layer 0's), names relative to it: its wiring's
     norms, attention and MLP."""
     spec = spec or cfg.layer(0)
     shapes: Shapes = {}
-    for part in WIRING_ORDER[spec.wiring]:
+    for part in block_parts(spec):
         if part == "attn":
             shapes.update(_prefixed("attn", attention_shapes(cfg, spec.attn)))
+        elif part == "cross":
+            shapes.update(_prefixed("cross", attention_shapes(cfg, spec.cross)))
         elif part == "mlp":
             shapes.update(_prefixed("mlp", mlp_shapes(cfg, spec.mlp)))
         else:
             shapes.update(_prefixed(part, norm_shapes(cfg)))
+    if spec.per_layer is not None:  # Gemma 4: the per-layer input's gate, after the MLP
+        p = spec.per_layer.width
+        shapes["ple_gate.weight"] = (p, cfg.d_model)
+        shapes["ple_proj.weight"] = (cfg.d_model, p)
+        shapes.update(_prefixed("ple_norm", norm_shapes(cfg)))
+    if spec.out_scalar:  # Gemma 4's layer_scalar: loaded, not counted (NOT_COUNTED)
+        shapes["layer_scalar"] = (1,)
     return shapes
 
 
@@ -200,13 +250,37 @@ def embedding_shapes(cfg: "ModelConfig") -> Shapes:
     relative = stack_relative(cfg)
     if relative is not None:  # the stack's one relative position table (T5, MPNet), shared by its layers
         shapes["relative.weight"] = (relative.table_rows, cfg.n_heads)
+    if cfg.decoder is not None:  # the decoder's own positions, embedding norm and relative table; tokens shared
+        if cfg.positions == "learned":
+            shapes["decoder.embed.pos.weight"] = (cfg.n_ctx + cfg.pos_offset, d)
+        if cfg.embed_norm:
+            shapes.update(_prefixed("decoder.embed.norm", norm_shapes(cfg)))
+        dec_relative = stack_relative(cfg, cfg.decoder)
+        if dec_relative is not None:
+            shapes["decoder.relative.weight"] = (dec_relative.table_rows, cfg.decoder.layer(0).attn.n_heads)
+    per_layer = stack_per_layer(cfg)
+    if per_layer is not None:  # Gemma 4: every layer's input, one table and one projection for all
+        packed = cfg.n_layers * per_layer.width
+        shapes["per_layer.tok.weight"] = (per_layer.vocab, packed)
+        shapes["per_layer.proj.weight"] = (packed, d)
+        shapes.update(_prefixed("per_layer.norm", norm_shapes(cfg, per_layer.width)))
     return shapes
 
 
-def stack_relative(cfg: "ModelConfig") -> "RelativeSpec | None":
-    """The relative position bias the stack owns (`kinds.RelativeSpec`, parts.relative), or
-    None: the layers that take one all name the same (config_checks holds them to it)."""
+def stack_per_layer(cfg: "ModelConfig") -> "PerLayerSpec | None":
+    """The per-layer input embeddings the stack owns (`kinds.PerLayerSpec`), or None: the
+    layers that take one all name the same (config_checks holds them to it)."""
     for spec, _ in cfg.stack.kinds():
+        if spec.per_layer is not None:
+            return spec.per_layer
+    return None
+
+
+def stack_relative(cfg: "ModelConfig", stack: "Stack | None" = None) -> "RelativeSpec | None":
+    """The relative position bias a stack owns (`kinds.RelativeSpec`, parts.relative), or
+    None: the layers that take one all name the same (config_checks holds them to it).
+    `stack`: the model's (the encoder's) unless another is named (an encoder-decoder's decoder)."""
+    for spec, _ in (stack or cfg.stack).kinds():
         if spec.attn.relative is not None:
             return spec.attn.relative
     return None
@@ -220,6 +294,8 @@ def head_shapes(cfg: "ModelConfig") -> Shapes:
     shapes: Shapes = {}
     if cfg.final_norm:
         shapes.update(_prefixed("final_norm", norm_shapes(cfg)))
+        if cfg.decoder is not None:  # each stack ends in its own norm (T5, mBART)
+            shapes.update(_prefixed("decoder.final_norm", norm_shapes(cfg)))
     if cfg.d_embed != d:
         shapes["proj_out.weight"] = (cfg.d_embed, d)
     if "pooler" in cfg.heads:
@@ -255,6 +331,12 @@ def model_shapes(cfg: "ModelConfig") -> Shapes:
         for i in range(layer, layer + count):
             shapes.update(_prefixed(f"blocks.{i}", block))
         layer += count
+    layer = 0
+    for spec, count in cfg.decoder.runs if cfg.decoder is not None else ():
+        block = block_shapes(cfg, spec)
+        for i in range(layer, layer + count):
+            shapes.update(_prefixed(f"decoder.blocks.{i}", block))
+        layer += count
     shapes.update(head_shapes(cfg))
     return shapes
 
@@ -266,7 +348,11 @@ def required_count(cfg: "ModelConfig") -> int:
     from math import prod
 
     blocks = sum(count * numel for _, count, numel in kind_counts(cfg))
+    if cfg.decoder is not None:
+        blocks += sum(count * sum(prod(shape) for shape in block_shapes(cfg, spec).values())
+                      for spec, count in cfg.decoder.kinds())
     final = sum(prod(shape) for shape in norm_shapes(cfg).values()) if cfg.final_norm else 0
+    final *= 2 if cfg.decoder is not None else 1  # the decoder's own final norm
     return sum(prod(shape) for shape in embedding_shapes(cfg).values()) + blocks + final
 
 

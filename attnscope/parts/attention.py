@@ -132,7 +132,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, rul
     sequence within each text; `segments` (K,), on a packed pass, is each key's text, and
     positions then count within a text. Queries and keys are one sequence: query i is key
     K − T + i (self-attention, a cache's keys first), so a causal chunk can skip the keys
-    after its last query. `bias` is added to the scores after the modifiers, before the
+    after its last query. Only the causal and packed paths read that: a cross-attention
+    (queries from the decoder, keys from the encoder) passes a rule that sees every key. `bias` is added to the scores after the modifiers, before the
     mask (and reported as `bias` where a hook asks); `sinks` (H,) are per-head logits of
     one extra softmax column that takes probability mass and is dropped (gpt-oss), so a
     row then sums to less than 1; the column's weight is reported as `sink` (H, c).
@@ -198,27 +199,43 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, rul
     return out
 
 
+def unscaled_rms(x: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dimension without a scale, in float32 (Gemma 4's value norm)."""
+    h = x.float() if x.dtype != torch.float64 else x
+    return (h * torch.pow(h.pow(2).mean(-1, keepdim=True) + eps, -0.5)).to(x.dtype)
+
+
 class Attention(nn.Module):
     """Self-attention of one layer, of the layer's own kind (`ModelConfig.layer(i).attn`),
     reporting at the site `blocks.{layer}.attn`."""
 
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, spec: AttnSpec | None = None, site: str | None = None) -> None:
+        """`spec`, `site`: another stack's layer (an encoder-decoder's decoder, its cross-attention)."""
         super().__init__()
         self.cfg = cfg
-        self.spec = spec = cfg.layer(layer).attn
+        self.spec = spec = spec or cfg.layer(layer).attn
         self.layer = layer
-        self.site = attn_site(layer)
+        self.site = site or attn_site(layer)
         self.rule = MaskRule(spec.causal, spec.window)
         self.modifiers = score_modifiers(spec)
         self.scale = spec.score_scale
         self.H, self.Hkv, self.dh = spec.n_heads, spec.n_kv_heads, spec.d_head
         q_out, kv_out = self.H * self.dh, self.Hkv * self.dh
-        self.q = nn.Linear(cfg.d_model, q_out, bias=spec.qkv_bias)
-        self.k = nn.Linear(cfg.d_model, kv_out, bias=spec.qkv_bias)
-        self.v = nn.Linear(cfg.d_model, kv_out, bias=spec.qkv_bias)
+        # an output gate (Qwen3.5, Qwen3-Next): each head's q rows are its query, then its gate
+        self.q = nn.Linear(cfg.d_model, 2 * q_out if spec.out_gate else q_out, bias=spec.qkv_bias)
+        # Gemma 4: a KV-shared layer reads layer `kv_source`'s keys and values (PassState.shared)
+        # and projects none; `k_eq_v` takes the values from the key projection. A layer whose
+        # keys a later layer reads hands them over each pass (`self.shares`).
+        self.shared = spec.kv_source is not None
+        self.shares = any(s.attn.kv_source == layer for s, _ in cfg.stack.kinds())
+        if not self.shared:
+            self.k = nn.Linear(cfg.d_model, kv_out, bias=spec.qkv_bias)
+            if not spec.k_eq_v:
+                self.v = nn.Linear(cfg.d_model, kv_out, bias=spec.qkv_bias)
         if spec.qk_norm == "head":  # Qwen3, Gemma 3: RMSNorm over each head's dimensions, before RoPE
             self.q_norm = make_norm(cfg, self.dh)
-            self.k_norm = make_norm(cfg, self.dh)
+            if not self.shared:
+                self.k_norm = make_norm(cfg, self.dh)
         elif spec.qk_norm == "projection":  # OLMo 2: RMSNorm over the whole projection, before RoPE
             self.q_norm = make_norm(cfg, q_out)
             self.k_norm = make_norm(cfg, kv_out)
@@ -226,17 +243,41 @@ class Attention(nn.Module):
         if spec.sinks:  # gpt-oss: one learned sink logit per head, an extra softmax column
             self.sinks = nn.Parameter(torch.empty(self.H))
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Residual (T, d) -> q (H, T, dh), k and v (H_kv, T, dh), before positions."""
+    def queries(self, x: Tensor) -> Tensor:
+        """Residual (T, d) -> the query projection (T, H*dh), before norms and positions;
+        with an output gate, the query half of each head's rows."""
+        return self._q_half(x, 0) if self.spec.out_gate else self.q(x)
+
+    def _q_half(self, x: Tensor, half: int) -> Tensor:
+        """Half 0 (queries) or 1 (the output gate) of a gated q projection, (T, H*dh): each
+        head's 2·dh rows are its query, then its gate (transformers' view(…, H, 2·dh).chunk(2))."""
+        w = self.q.weight.view(self.H, 2, self.dh, -1)[:, half].reshape(self.H * self.dh, -1)
+        b = None if self.q.bias is None else self.q.bias.view(self.H, 2, self.dh)[:, half].reshape(-1)
+        return nn.functional.linear(x, w, b)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Residual (T, d) -> q (H, T, dh), k and v (H_kv, T, dh), before positions (a
+        KV-shared layer: q only, k and v None)."""
         T = x.shape[0]
-        q, k = self.q(x), self.k(x)  # (T, H*dh), (T, Hkv*dh)
+        if self.shared:
+            q = self.queries(x)  # (T, H*dh)
+            if self.spec.qk_norm == "projection":
+                q = self.q_norm(q)
+            q = q.view(T, self.H, self.dh)  # (T, H, dh)
+            if self.spec.qk_norm == "head":
+                q = self.q_norm(q)
+            return q.transpose(0, 1), None, None
+        q, k = self.queries(x), self.k(x)  # (T, H*dh), (T, Hkv*dh)
+        raw_k = k
         if self.spec.qk_norm == "projection":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(T, self.H, self.dh)  # (T, H, dh)
         k = k.view(T, self.Hkv, self.dh)  # (T, Hkv, dh)
         if self.spec.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
-        v = self.v(x).view(T, self.Hkv, self.dh)  # (T, Hkv, dh)
+        v = (raw_k if self.spec.k_eq_v else self.v(x)).view(T, self.Hkv, self.dh)  # (T, Hkv, dh)
+        if self.spec.v_norm:  # Gemma 4: RMSNorm without a scale over each value head
+            v = unscaled_rms(v, self.cfg.norm_eps)
         return q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
 
     def forward(self, x: Tensor, state: Any, cache: Any = None, hooks: Any = None) -> Tensor:
@@ -248,12 +289,19 @@ class Attention(nn.Module):
         q, k, v = self.project(x)
         rope = state.ropes.get(self.spec.rope) if self.spec.rope is not None else None
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        k_start, k_pos = start, state.positions
-        if cache is not None:  # earlier keys and values join the new ones
-            k, v, k_start = cache.update(self.layer, k, v, start, self.rule.window)
-            if k_start != start:
-                k_pos = torch.arange(k_start, start + T, device=x.device)  # (K,)
+            q = apply_rope(q, *rope)
+        if self.shared:  # the owner's keys and values of this pass (cached ones included)
+            k, v, k_start, k_pos = state.shared[self.spec.kv_source]
+        else:
+            if rope is not None:
+                k = apply_rope(k, *rope)
+            k_start, k_pos = start, state.positions
+            if cache is not None:  # earlier keys and values join the new ones
+                k, v, k_start = cache.update(self.layer, k, v, start, self.rule.window)
+                if k_start != start:
+                    k_pos = torch.arange(k_start, start + T, device=x.device)  # (K,)
+            if self.shares:
+                state.shared[self.layer] = (k, v, k_start, k_pos)
         if hooks is not None:
             for what, value, first in (("q", q, start), ("k", k, k_start), ("v", v, k_start)):
                 if hooks.wants(site, what):
@@ -267,6 +315,8 @@ class Attention(nn.Module):
         z = attend(q, k, v, q_pos=state.positions, k_pos=k_pos, rule=self.rule, scale=self.scale,
                    modifiers=self.modifiers, bias=bias, sinks=getattr(self, "sinks", None), site=site, hooks=hooks,
                    segments=state.segments)  # (H, T, dh)
+        if self.spec.out_gate:  # Qwen3.5, Qwen3-Next: each head's output × σ(its gate), before o
+            z = z * torch.sigmoid(self._q_half(x, 1)).view(T, self.H, self.dh).transpose(0, 1).to(z.dtype)
         if hooks is not None and hooks.wants(site, "result"):
             self._report_result(z, start, k_start, hooks)
         return self.o(z.transpose(0, 1).reshape(T, self.H * self.dh))  # (T, d)

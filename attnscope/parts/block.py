@@ -18,30 +18,52 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
-from attnscope.hooks import block_site, mlp_site
+from attnscope.hooks import attn_site, block_site, cross_site, mlp_site
+from attnscope.kinds import Stack
 from attnscope.parts import WIRING_NORMS
 from attnscope.parts.attention import Attention
+from attnscope.parts.cross import CrossAttention
+from attnscope.parts.deltanet import LinearAttention
 from attnscope.parts.latent import LatentAttention
-from attnscope.parts.mlp import make_mlp
+from attnscope.parts.mlp import ACTIVATIONS, make_mlp
 from attnscope.parts.norms import make_norm
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, stack: Stack | None = None, prefix: str = "") -> None:
+        """`stack`, `prefix`: a layer of another stack and its sites' prefix (an
+        encoder-decoder's decoder: `cfg.decoder`, "decoder.")."""
         super().__init__()
-        spec = cfg.layer(layer)
+        spec = (stack or cfg.stack).layer(layer)
         self.wiring = spec.wiring
         self.scale = spec.residual_scale
         for name in WIRING_NORMS[self.wiring]:
             setattr(self, name, make_norm(cfg))
-        self.attn = LatentAttention(cfg, layer) if spec.attn.kind == "latent" else Attention(cfg, layer)
+        kinds = {"latent": LatentAttention, "linear": LinearAttention}  # else softmax attention
+        self.attn = (kinds.get(spec.attn.kind, Attention)(cfg, layer) if not prefix
+                     else Attention(cfg, layer, spec.attn, f"{prefix}{attn_site(layer)}"))  # another stack's layer
+        self.cross = None
+        if spec.cross is not None:  # a decoder layer: keys and values from the encoder (parts.cross)
+            self.cross_norm = make_norm(cfg)
+            self.cross = CrossAttention(cfg, layer, spec.cross, cross_site(layer))
+            self._forward = getattr(self, f"_{self.wiring}_cross")
         self.mlp = make_mlp(cfg, spec.mlp)
-        self.site = block_site(layer)
+        self.site = f"{prefix}{block_site(layer)}"
         self.mlp_site = mlp_site(layer) if spec.mlp.kind == "experts" else None  # reports its routes
-        self._forward = getattr(self, f"_{self.wiring}")
+        if self.cross is None:
+            self._forward = getattr(self, f"_{self.wiring}")
+        self.layer = layer
+        if spec.per_layer is not None:  # Gemma 4: the layer's own input, through a gate, after the MLP
+            self.ple_gate = nn.Linear(cfg.d_model, spec.per_layer.width, bias=False)
+            self.ple_proj = nn.Linear(spec.per_layer.width, cfg.d_model, bias=False)
+            self.ple_norm = make_norm(cfg)
+            self.ple_act = ACTIVATIONS[spec.mlp.act]
+        if spec.out_scalar:  # Gemma 4's layer_scalar on the block's whole output
+            self.layer_scalar = nn.Parameter(torch.empty(1))
 
     def forward(self, x: Tensor, state: Any, cache: Any = None, hooks: Any = None) -> Tensor:
         """`state`: the pass's `model.PassState`, built once per forward pass."""
@@ -51,7 +73,13 @@ class Block(nn.Module):
         mlp = self.mlp
         if self.mlp_site is not None and hooks is not None:  # experts report each token's routes
             mlp = lambda h: self.mlp(h, hooks, self.mlp_site, start)  # noqa: E731
-        out = self._forward(x, lambda h: self.attn(h, state, cache, hooks), mlp)
+        cross = () if self.cross is None else (lambda h: self.cross(h, state, hooks),)
+        out = self._forward(x, lambda h: self.attn(h, state, cache, hooks), mlp, *cross)
+        if hasattr(self, "ple_gate"):  # x += norm(W_up(act(W_gate x) · this layer's input))
+            gated = self.ple_act(self.ple_gate(out)) * state.per_layer[:, self.layer]  # (T, p)
+            out = out + self.ple_norm(self.ple_proj(gated))
+        if hasattr(self, "layer_scalar"):
+            out = out * self.layer_scalar
         if hooks is not None and hooks.wants(self.site, "resid_post"):
             hooks.report(self.site, "resid_post", out, start, start)
         return out
@@ -62,6 +90,16 @@ class Block(nn.Module):
             return x + mlp(self.mlp_norm(x)) * self.scale
         x = x + attn(self.attn_norm(x))
         return x + mlp(self.mlp_norm(x))
+
+    def _pre_cross(self, x: Tensor, attn: Any, mlp: Any, cross: Any) -> Tensor:
+        x = x + attn(self.attn_norm(x))  # T5, mBART: x += cross(norm(x)) between the two
+        x = x + cross(self.cross_norm(x))
+        return x + mlp(self.mlp_norm(x))
+
+    def _post_cross(self, x: Tensor, attn: Any, mlp: Any, cross: Any) -> Tensor:
+        x = self.attn_norm(x + attn(x))  # BART: x = norm(x + cross(x)) between the two
+        x = self.cross_norm(x + cross(x))
+        return self.mlp_norm(x + mlp(x))
 
     def _post(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         x = self.attn_norm(x + attn(x))

@@ -1,0 +1,123 @@
+"""T5 (v1.0: t5-small … t5-11b) and T5 v1.1 / FLAN-T5: an encoder-decoder (two stacks,
+`ModelConfig.decoder`, `attnscope.seq2seq`).
+
+Both stacks are pre-norm with T5's RMSNorm (no mean subtracted, no bias) and a final norm
+each; no biases anywhere; scores are NOT scaled by 1/√d_head (the scale is folded into the
+initialisation), so every attention has `scale=1.0`. Positions are a learned relative bias
+(`kinds.RelativeSpec`, `parts.relative`) that each stack computes in its first layer and
+shares with the rest: bidirectional in the encoder, causal in the decoder's
+self-attention, none in the cross-attention (transformers adds zeros there). The MLP is
+`relu` (v1.0: wi, wo) or gated (v1.1 / FLAN-T5's `gated-gelu`: gelu_new(wi_0 x) · wi_1 x).
+The token table is shared by both stacks and, where `tie_word_embeddings` (v1.0), by the
+head, which then rescales the decoder's output by d_model^-0.5 (here: the logits divided by
+√d_model); v1.1 has its own `lm_head` and no rescale. The decoder starts from
+`decoder_start_token_id` (the pad token, 0).
+
+After transformers' modeling_t5.py (T5Stack, T5Block, T5LayerFF, T5Attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from attnscope.architectures._common import checkpoint_dtype, layer_kind
+from attnscope.config import ModelConfig, _shown
+from attnscope.errors import ConfigError
+from attnscope.kinds import RelativeSpec, Stack
+
+MODEL_TYPES = ("t5",)
+PREFIXES = ()
+DESCRIPTION = "T5, FLAN-T5: encoder-decoder, relative position buckets, RMSNorm, unscaled scores"
+
+_ATTN = {f"SelfAttention.{p}.weight": f"attn.{p}.weight" for p in "qkvo"}
+_FF = {"DenseReluDense.wi.weight": "mlp.up.weight", "DenseReluDense.wi_0.weight": "mlp.gate.weight",
+       "DenseReluDense.wi_1.weight": "mlp.up.weight", "DenseReluDense.wo.weight": "mlp.down.weight",
+       "layer_norm.weight": "mlp_norm.weight"}
+WEIGHTS: dict[str, str | None] = {
+    "shared.weight": "embed.tok.weight",
+    "encoder.embed_tokens.weight": None,  # tied to shared.weight
+    "decoder.embed_tokens.weight": None,  # tied to shared.weight
+    "lm_head.weight": "unembed.weight",  # absent from the shapes where tied
+    **{f"encoder.block.{{layer}}.layer.0.{hf}": f"blocks.{{layer}}.{ours}" for hf, ours in _ATTN.items()},
+    "encoder.block.{layer}.layer.0.layer_norm.weight": "blocks.{layer}.attn_norm.weight",
+    **{f"encoder.block.{{layer}}.layer.1.{hf}": f"blocks.{{layer}}.{ours}" for hf, ours in _FF.items()},
+    "encoder.block.{layer}.layer.0.SelfAttention.relative_attention_bias.weight": "relative.weight",
+    "encoder.final_layer_norm.weight": "final_norm.weight",
+    **{f"decoder.block.{{layer}}.layer.0.{hf}": f"decoder.blocks.{{layer}}.{ours}" for hf, ours in _ATTN.items()},
+    "decoder.block.{layer}.layer.0.layer_norm.weight": "decoder.blocks.{layer}.attn_norm.weight",
+    **{f"decoder.block.{{layer}}.layer.1.EncDecAttention.{p}.weight": f"decoder.blocks.{{layer}}.cross.{p}.weight"
+       for p in "qkvo"},
+    "decoder.block.{layer}.layer.1.layer_norm.weight": "decoder.blocks.{layer}.cross_norm.weight",
+    # transformers ignores it on load (T5's cross-attention has no bias): never read
+    "decoder.block.{layer}.layer.1.EncDecAttention.relative_attention_bias.weight": None,
+    **{f"decoder.block.{{layer}}.layer.2.{hf}": f"decoder.blocks.{{layer}}.{ours}" for hf, ours in _FF.items()},
+    "decoder.block.{layer}.layer.0.SelfAttention.relative_attention_bias.weight": "decoder.relative.weight",
+    "decoder.final_layer_norm.weight": "decoder.final_norm.weight",
+}
+
+# feed_forward_proj's activation (its last `-` part) in our names: gated-gelu is gelu_new (tanh).
+_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                "silu": "silu", "swish": "silu"}
+
+
+def _int(raw: dict[str, Any], key: str, default: Any = None) -> int:
+    value = raw.get(key, default) if default is not None else raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"T5's {key} must be a positive integer, got {_shown(value)}")
+    return value
+
+
+def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
+    proj = raw.get("feed_forward_proj", "relu")
+    parts = proj.split("-") if isinstance(proj, str) else []
+    gated = len(parts) == 2 and parts[0] == "gated"
+    act = "gelu_new" if proj == "gated-gelu" else parts[-1] if parts else None
+    if not parts or len(parts) > 2 or (len(parts) == 2 and not gated) or act not in _ACTIVATIONS:
+        raise ConfigError(f"unsupported T5 feed_forward_proj {_shown(proj)}",
+                          hint=f"supported: an activation among {', '.join(_ACTIVATIONS)}, or gated-<one of them>")
+    buckets = _int(raw, "relative_attention_num_buckets", 32)
+    max_distance = _int(raw, "relative_attention_max_distance", 128)
+    if buckets < 4 or max_distance <= buckets // 4:
+        raise ConfigError(f"T5's relative buckets {buckets} and max distance {max_distance} leave no log-spaced "
+                          "buckets (need at least 4 buckets, and a max distance above a quarter of them)")
+    n_layers = _int(raw, "num_layers")
+    n_decoder = _int(raw, "num_decoder_layers", n_layers) if raw.get("num_decoder_layers") is not None else n_layers
+    tied = raw.get("tie_word_embeddings", True) is not False
+    d_model = _int(raw, "d_model")
+    template = layer_kind("pre", mlp="gated" if gated else "dense")
+    encoder_relative = RelativeSpec(buckets, max_distance, bidirectional=True)
+    start = raw.get("decoder_start_token_id", raw.get("pad_token_id", 0))
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ConfigError(f"T5's decoder_start_token_id must be a token id, got {_shown(start)}")
+    cfg = ModelConfig(
+        name=name,
+        family="t5",
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=_int(raw, "num_heads"),
+        d_head=_int(raw, "d_kv"),
+        d_mlp=_int(raw, "d_ff"),
+        vocab_size=_int(raw, "vocab_size"),
+        n_ctx=_int(raw, "n_positions", 512),  # relative positions: no table caps it; the trained length
+        causal=False,  # the encoder; the decoder's layers are causal
+        positions="none",
+        norm="rmsnorm",
+        norm_eps=float(raw.get("layer_norm_epsilon", 1e-6)),
+        final_norm=True,
+        act=_ACTIVATIONS[act],
+        attn_scale=1.0,
+        lm_head=True,
+        tied_embeddings=tied,
+        logits_divisor=d_model ** 0.5 if tied else None,  # v1.0's d_model^-0.5 rescale before the tied head
+        layer_template=replace(template, attn=replace(template.attn, relative=encoder_relative)),
+        dtype=checkpoint_dtype(raw),
+        extra={"decoder_start_token_id": start},
+    )
+    if start >= cfg.vocab_size:
+        raise ConfigError(f"T5's decoder_start_token_id {start} is outside the vocabulary of {cfg.vocab_size}")
+    encoder = cfg.layer(0)
+    decoder = replace(encoder, attn=replace(encoder.attn, causal=True, relative=replace(encoder_relative,
+                                                                                          bidirectional=False)),
+                      cross=replace(encoder.attn, causal=False, relative=None))
+    return replace(cfg, decoder=Stack(((decoder, n_decoder),)))

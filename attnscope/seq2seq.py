@@ -1,0 +1,97 @@
+"""Encoder-decoder models (T5, BART, mBART, Marian): the second stack and a pass over both.
+
+A `ModelConfig` whose `decoder` is set describes two stacks: the model-wide fields and
+`cfg.stack` are the encoder's (its blocks are `model.Transformer`'s own, sites
+`blocks.{i}.attn`), and `cfg.decoder` lists the decoder's layers, each holding a
+cross-attention (`LayerSpec.cross`). The token table is shared (T5's and BART's `shared`);
+each stack has its own learned positions, embedding norm, relative position table and
+final norm where the family has them (parameter names `decoder.…`). The decoder's sites
+are `decoder.blocks.{i}.attn` (causal self-attention) and `decoder.blocks.{i}.cross`
+(rows: target positions, keys: source positions).
+
+A pass (`run`) encodes the source once, then runs the decoder on its input ids (the
+decoder's start token followed by the target: teacher forcing), every decoder layer's
+cross-attention reading the encoder's final states (`PassState.memory`). The output head
+(`Transformer.logits`) reads the decoder's stream after the decoder's final norm.
+
+After transformers' T5ForConditionalGeneration / BartForConditionalGeneration (two stacks
+sharing one embedding, the encoder's last hidden state handed to every decoder layer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnscope.config import ModelConfig
+from attnscope.errors import CheckpointError, InputError
+from attnscope.hooks import DECODER
+from attnscope.parts import stack_relative
+from attnscope.parts.block import Block
+from attnscope.parts.norms import make_norm
+from attnscope.parts.relative import RelativeBias
+
+
+class Decoder(nn.Module):
+    """The decoder stack: positions and embedding norm of its own (the token table is the
+    encoder's), its blocks with cross-attention, its relative table and final norm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        from attnscope.model import Embedding
+
+        assert cfg.decoder is not None  # internal invariant: built for an encoder-decoder only
+        self.cfg = cfg
+        self.embed = Embedding(cfg, tokens=False)
+        self.blocks = nn.ModuleList(Block(cfg, i, cfg.decoder, DECODER) for i in range(len(cfg.decoder)))
+        relative = stack_relative(cfg, cfg.decoder)
+        if relative is not None:
+            self.relative = RelativeBias(relative, cfg.decoder.layer(0).attn.n_heads)
+        if cfg.final_norm:
+            self.final_norm = make_norm(cfg)
+
+    def forward(self, ids: Tensor, tok: nn.Module, memory: Tensor, hooks: Any = None, start: int | None = None,
+                cache: Any = None) -> Tensor:
+        """Decoder ids (T,) at positions start.. (default: the cache's length, else 0), reading
+        the encoder's final states `memory` (S, d): the decoder's last residual stream (T, d),
+        before its final norm."""
+        from attnscope.model import PassState
+
+        cfg = self.cfg
+        T = ids.shape[0]
+        if start is None:
+            start = cache.length if cache is not None else 0
+        if cfg.positions == "learned" and start + T > cfg.n_ctx:
+            raise InputError(f"decoder positions up to {start + T} exceed the model's {cfg.n_ctx}")
+        x = self.embed(ids, start, tok=tok)
+        positions = torch.arange(start, start + T, device=ids.device)
+        bias = self.relative.for_pass(start + T) if hasattr(self, "relative") else None
+        state = PassState(start, positions, None, {}, bias, memory=memory)
+        for i, block in enumerate(self.blocks):
+            x = block(x, state, cache, hooks)
+            if not bool(torch.isfinite(x).all()):
+                raise CheckpointError(f"decoder layer {i} produced values that are not finite (NaN or infinity)",
+                                      hint="the checkpoint's weights or config.json hold numbers the model cannot compute with")
+        if cache is not None:
+            cache.length = start + T
+        return x
+
+
+def encode(model: nn.Module, source: Tensor, hooks: Any = None) -> Tensor:
+    """The encoder's final states (S, d): its last residual stream after its final norm,
+    what every cross-attention reads."""
+    x = model(source, hooks)
+    return model.final_norm(x) if model.cfg.final_norm else x
+
+
+def run(model: nn.Module, source: Tensor, decoder_ids: Tensor, hooks: Any = None) -> Tensor:
+    """Encode `source` (S,), then decode `decoder_ids` (T,) (the start token and the target,
+    teacher forcing): the decoder's last residual stream (T, d); `model.logits` of it gives
+    each next token's logits."""
+    if model.cfg.decoder is None:
+        raise InputError(f"{model.cfg.name or 'this model'} has no decoder: it reads one text",
+                         hint="a target is for encoder-decoder models (T5, BART, Marian)")
+    memory = encode(model, source, hooks)
+    return model.decoder(decoder_ids, model.embed.tok, memory, hooks)

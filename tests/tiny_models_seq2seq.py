@@ -1,0 +1,116 @@
+"""Tiny random-weight encoder-decoder checkpoints (T5 v1.0 tied, T5 v1.1 / FLAN-T5 untied
+and gated), built offline by transformers itself like tests/tiny_models.py's.
+
+Chosen so that a naive port shows:
+- the encoder (2 layers) and decoder (3 layers) differ in depth, so a stack read for the
+  other fails;
+- `SOURCE_TEXT` is 90+ tokens and `TARGET_TEXT` 60+, past `max_distance` 24 of the
+  relative buckets both ways (exact, log-spaced and clamped buckets all used), in the
+  encoder (bidirectional) and in the decoder (causal);
+- weights are redrawn at std `STD` (`tiny_models.reinit`) and each stack's bias table then
+  scaled ×`BIAS_SCALE`, so the relative bias moves every head's pattern by more than the
+  tolerance (a port that drops it, shares one table between stacks or buckets the decoder
+  bidirectionally fails);
+- v1.1's head is untied from the shared table (transformers 5 ties it whatever the config
+  says: the untied checkpoint is written by hand from the model's state dict, with its own
+  `lm_head.weight`, and its reference is that model with the head untied), and v1.0's tied
+  head rescales by d_model^-0.5.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tiny_models import SEED, SENTENCES, _vocab_size, gpt2_tokenizer, reinit
+
+STD = 0.15  # T5 does not scale its scores: a smaller draw keeps the patterns spread
+BIAS_SCALE = 10.0  # the relative tables' std: 0.15 × 10 = 1.5
+SOURCE_TEXT = " ".join(SENTENCES[:6])
+TARGET_TEXT = " ".join(SENTENCES[4:8])
+MAX_DISTANCE = 24
+
+
+def seq2seq_tokenizer() -> Any:
+    """GPT-2's byte-level BPE with `<pad>` (0), `</s>` (1) added: T5's special ids."""
+    tok = gpt2_tokenizer(400)
+    return tok
+
+
+def _t5_config(tok: Any, **kw: Any) -> Any:
+    from transformers import T5Config
+
+    base: dict[str, Any] = dict(
+        vocab_size=_vocab_size(tok), d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
+        relative_attention_num_buckets=16, relative_attention_max_distance=MAX_DISTANCE, layer_norm_epsilon=1e-6,
+        feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.0,
+    )
+    base.update(kw)
+    return T5Config(**base)
+
+
+def _t5(folder: Path, seed: int, tied: bool, **kw: Any) -> Path:
+    from safetensors.torch import save_file
+    from transformers import T5ForConditionalGeneration
+
+    tok = seq2seq_tokenizer()
+    config = _t5_config(tok, **kw)
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config).to(torch.float32).eval()
+    if not tied:  # transformers 5 ties the head whatever the config says: untie it by hand
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
+    reinit(model, seed=seed, std=STD)
+    with torch.no_grad():
+        for stack in (model.encoder, model.decoder):
+            stack.block[0].layer[0].SelfAttention.relative_attention_bias.weight.mul_(BIAS_SCALE)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: t.contiguous() for name, t in model.state_dict().items()
+             if name not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+             and (name != "lm_head.weight" or not tied)}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    raw = config.to_dict()
+    raw["tie_word_embeddings"] = tied
+    raw.pop("scale_decoder_outputs", None)  # as published: derived from tie_word_embeddings on load
+    raw["architectures"] = ["T5ForConditionalGeneration"]
+    raw["torch_dtype"] = "float32"
+    (folder / "config.json").write_text(json.dumps(raw, indent=1))
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def t5(folder: Path, seed: int = SEED) -> Path:
+    """T5 v1.0: relu MLP, the head tied to the shared table (rescaled by d_model^-0.5)."""
+    return _t5(folder, seed, tied=True)
+
+
+def t5_v11(folder: Path, seed: int = SEED + 1) -> Path:
+    """T5 v1.1 / FLAN-T5: gated-gelu MLP (gelu_new), an untied head, no rescale."""
+    return _t5(folder, seed, tied=False, feed_forward_proj="gated-gelu")
+
+
+def t5_reference(folder: Path) -> Any:
+    """transformers' T5ForConditionalGeneration on the folder (eager, float32), the head
+    untied and loaded where the checkpoint has its own."""
+    from safetensors.torch import load_file
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    raw = json.loads((folder / "config.json").read_text())
+    state = load_file(str(folder / "model.safetensors"))
+    config = T5Config.from_dict({k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype")})
+    config._attn_implementation = "eager"
+    model = T5ForConditionalGeneration(config).to(torch.float32).eval()
+    if "lm_head.weight" in state:
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert set(missing) <= {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}, missing
+    assert config.scale_decoder_outputs == raw["tie_word_embeddings"]  # v1.0 rescales, v1.1 does not
+    return model
+
+
+SEQ2SEQ_BUILDERS: dict[str, Callable[[Path], Path]] = {"t5": t5, "t5_v11": t5_v11}
