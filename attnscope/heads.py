@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from attnscope.analysis import ProbeBase, normalised_entropy, select, select_heads, visible_counts
+from attnscope import routing
+from attnscope.analysis import ProbeBase, normalised_entropy, select, select_heads, signed_layers, visible_counts
 from attnscope.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -82,6 +83,22 @@ class HeadScores:
     # Each selected layer's kind in words ("local, ±64 tokens"), where the model's layers
     # differ in kind (ModernBERT, Gemma 2); empty where every layer is of one kind.
     layer_kinds: dict[int, str] = field(default_factory=dict)
+    # Scores with no value on some selected layers (NaN there), and why: entropy on a
+    # linear layer, whose rows are signed (`analysis.signed_layers`).
+    partly: dict[str, str] = field(default_factory=dict)
+    signed: list[int] = field(default_factory=list)  # the selected layers whose patterns are signed
+    # A model with experts: its selected MoE layers and, per layer, how many (token,
+    # choice) pairs each expert received on the text(s), (len(moe_layers), E) int64;
+    # None on a dense model, or with no text scored.
+    moe_layers: list[int] = field(default_factory=list)
+    expert_counts: Tensor | None = None
+    top_k: int = 0
+
+    def expert_load(self) -> Tensor:
+        """(len(moe_layers), E) float64: each expert's share of its layer's (token, choice) pairs."""
+        assert self.expert_counts is not None  # internal invariant: asked only of a model with experts
+        counts = self.expert_counts.double()
+        return counts / counts.sum(-1, keepdim=True).clamp(min=1)
 
     def ranked(self, name: str, top: int) -> list[tuple[int, int, float]]:
         """The `top` heads with the highest `name` score: (layer, head, value), best first.
@@ -89,7 +106,9 @@ class HeadScores:
         Highest for entropy too: a high entropy marks a head that averages broadly, a kind
         the other scores do not name (the sharp heads are the top of the others)."""
         values = self.scores[name]
-        order = torch.argsort(values.flatten(), descending=True, stable=True)[:top].tolist()
+        flat = values.flatten()
+        order = torch.argsort(flat.nan_to_num(float("-inf")), descending=True, stable=True)
+        order = [k for k in order.tolist() if not torch.isnan(flat[k])][:top]  # a NaN cell has no value
         n_heads = len(self.heads)
         return [(self.layers[k // n_heads], self.heads[k % n_heads], float(values.flatten()[k])) for k in order]
 
@@ -206,6 +225,15 @@ def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str],
     return terms, counts, {name: why for name, why in undefined.items() if name in names}
 
 
+def route_probe(cfg: "ModelConfig", ls: list[int], n: int) -> "routing.RouteProbe | None":
+    """A probe for the routes of a pass over n tokens in the MoE layers among `ls`; None
+    on a dense model or where no selected layer has experts."""
+    plan = routing.plan(cfg, ls)
+    if plan is None or not plan["layers"]:
+        return None
+    return routing.RouteProbe(plan["layers"], n, plan["top_k"])
+
+
 def has_sinks(cfg: "ModelConfig") -> bool:
     """Whether any layer's attention has learned sinks (gpt-oss)."""
     return any(spec.attn.sinks for spec, _ in cfg.stack.kinds())
@@ -307,6 +335,7 @@ def head_scores(
     """Score every selected head: one forward pass on the text (if a text score is asked
     for) and one on the induction input (if induction is). Under `measure="norm"` every
     score reads the row-normalised norms ‖α·f(x)‖ instead of the weights α."""
+    from attnscope.hooks import Hooks
     from attnscope.measures.transforms import wrap
 
     check_measure(measure)
@@ -329,21 +358,53 @@ def head_scores(
                              hint="give a text of at least two tokens")
         terms, counts, undefined = text_terms(tokens.ids, cfg, text_names, measure)
         out.tokens, out.n_tokens, out.undefined = tokens, len(tokens), undefined
-        if terms:
+        routes = route_probe(cfg, ls, len(tokens))
+        if terms or routes is not None:  # the routes ride on the scores' pass: no pass of their own
             probe = ScoreProbe(ls, hs, terms, counts)
-            inspector.run(tokens.ids, wrap(measure, len(tokens), max(ls), probe), max(ls))
-            out.scores.update(probe.result())
+            scored = wrap(measure, len(tokens), max(ls), probe, sites=inspector.sites)
+            inspector.run(tokens.ids, Hooks(scored, routes) if terms else routes, max(ls))
+            out.scores.update(probe.result() if terms else {})
+        if routes is not None:
+            plan = routing.plan(cfg, ls)
+            out.moe_layers, out.top_k = routes.layers, plan["top_k"]  # type: ignore[index]
+            out.expert_counts = routing.expert_counts(routes.experts, plan["experts"])  # type: ignore[index]
 
     if "induction" in wanted:
         ids, prefix, suffix, T = induction_input(inspector.tokenizer, cfg, repeat, seed)
         terms, counts = induction_terms(len(prefix), T)
         probe = ScoreProbe(ls, hs, terms, counts)
-        inspector.run(ids, wrap(measure, len(ids), max(ls), probe), max(ls))
+        inspector.run(ids, wrap(measure, len(ids), max(ls), probe, sites=inspector.sites), max(ls))
         out.scores.update(probe.result())
         out.induction_ids, out.prefix, out.suffix, out.repeat = ids, prefix, suffix, T
 
+    _signed_entropy(out, signed_layers(inspector.sites, measure), {i: inspector.sites[i].kind for i in ls})
     out.scores = {name: out.scores[name] for name in wanted if name in out.scores}  # in the order asked
     return out
+
+
+def _signed_entropy(out: HeadScores, signed: frozenset[int], kinds: dict[int, str]) -> None:
+    """Entropy is defined only where rows are distributions: on the selected `signed`
+    layers (a linear layer's hidden attention) it is NaN, with the reason in `partly`
+    (some layers) or `undefined` (every selected layer). The other scores stay: means of
+    the signed entries, as on any layer."""
+    mine = [li for li, layer in enumerate(out.layers) if layer in signed]
+    out.signed = [out.layers[li] for li in mine]
+    if not mine or "entropy" not in out.scores:
+        return
+    words = sorted({kinds[out.layers[li]] for li in mine})
+    why = (f"rows of {' and '.join(words)} layers are signed and do not sum to 1 "
+           f"(layer{'s' if len(mine) > 1 else ''} {', '.join(str(out.layers[li]) for li in mine)})")
+    if len(mine) == len(out.layers):
+        del out.scores["entropy"]
+        out.undefined["entropy"] = why
+        return
+    out.scores["entropy"][mine] = float("nan")
+    out.partly["entropy"] = why
+
+
+def _json_grid(values: Tensor) -> list[list[float | None]]:
+    """[layer][head] floats, null where a cell is NaN (no value there)."""
+    return [[None if v != v else v for v in row] for row in values.tolist()]
 
 
 def scores_dict(result: HeadScores) -> dict[str, Any]:
@@ -353,15 +414,25 @@ def scores_dict(result: HeadScores) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "layers": result.layers,
         "heads": result.heads,
-        "scores": {name: (result.scores[name].tolist() if name in result.scores else None) for name in order},
+        "scores": {name: (_json_grid(result.scores[name]) if name in result.scores else None) for name in order},
         "definitions": {name: DEFINITIONS[name] for name in order},
     }
     if result.undefined:
         doc["undefined"] = dict(result.undefined)
+    if result.partly:  # null cells: the score has no value on those layers
+        doc["partly_undefined"] = dict(result.partly)
+    if result.signed:
+        doc["signed_layers"] = list(result.signed)
     if result.layer_kinds:  # one per entry of "layers", where the layers differ in kind
         doc["layer_kinds"] = [result.layer_kinds[layer] for layer in result.layers]
     if result.tokens is not None:
         doc["text"] = {"n_tokens": result.n_tokens, "ids": result.tokens.ids, "tokens": result.tokens.labels}
+    if result.expert_counts is not None:  # {layer: [per expert]}, keyed by the MoE layer as a string (JSON)
+        keys = [str(layer) for layer in result.moe_layers]
+        doc["expert_load"] = dict(zip(keys, result.expert_load().tolist()))
+        doc["expert_counts"] = dict(zip(keys, result.expert_counts.tolist()))
+        doc["expert_spread"] = dict(zip(keys, routing.spread(result.expert_counts)))
+        doc["top_k"] = result.top_k
     if result.induction_ids is not None:
         doc["induction"] = {"repeat": result.repeat, "seed": result.seed, "ids": result.induction_ids,
                             "prefix": result.prefix, "suffix": result.suffix}

@@ -37,6 +37,47 @@ def top_k(cfg: "ModelConfig", layers: list[int]) -> int:
     return ks.pop()
 
 
+def n_experts(cfg: "ModelConfig", layers: list[int]) -> int:
+    """The routed experts of `layers` (all alike in every supported family)."""
+    es = {cfg.layer(i).mlp.experts.n_experts for i in layers}  # type: ignore[union-attr]
+    assert len(es) == 1, f"layers {layers} hold different numbers of experts"  # internal invariant
+    return es.pop()
+
+
+def plan(cfg: "ModelConfig", layers: list[int]) -> dict[str, Any] | None:
+    """What a pass over `layers` routes, for a model with experts (None without):
+    {"layers": the MoE layers among them, "experts": E, "top_k": k}."""
+    every = moe_layers(cfg)
+    if not every:
+        return None
+    chosen = set(layers)
+    return {"layers": [layer for layer in every if layer in chosen], "experts": n_experts(cfg, every),
+            "top_k": top_k(cfg, every)}
+
+
+def expert_counts(experts: "Tensor", n: int) -> "Tensor":
+    """(L, n) int64 from routes (L, T, k): how many (token, choice) pairs each expert received."""
+    import torch
+
+    assert experts.numel() == 0 or int(experts.min()) >= 0, "a route was never reported"  # internal invariant
+    if len(experts) == 0:
+        return torch.zeros((0, n), dtype=torch.long)
+    return torch.stack([torch.bincount(e.reshape(-1), minlength=n) for e in experts])  # (L, T, k) -> (L, n)
+
+
+def spread(counts: "Tensor") -> list[dict[str, float]]:
+    """Per layer of (L, E) counts, how unevenly the router loads its experts: the largest
+    and smallest share, and the coefficient of variation of the shares (their standard
+    deviation over their mean 1/E; 0 = perfectly even, √(E/k − 1) = k experts take all)."""
+    out = []
+    for row in counts.double():
+        share = row / max(1.0, float(row.sum()))
+        mean = float(share.mean())
+        cv = float(share.std(unbiased=False)) / mean if mean > 0 else 0.0
+        out.append({"max_share": float(share.max()), "min_share": float(share.min()), "cv": cv})
+    return out
+
+
 @dataclass
 class Routes:
     """Each token's experts and weights in `layers`: experts (L, n, k) int64 and weights
@@ -48,10 +89,7 @@ class Routes:
 
     def load(self, n_experts: int) -> "Tensor":
         """(L, n_experts) float32: the share of (token, choice) pairs each expert received."""
-        import torch
-
-        counts = torch.stack([torch.bincount(e.reshape(-1), minlength=n_experts) for e in self.experts])
-        return counts.float() / max(1, self.experts.shape[1] * self.experts.shape[2])
+        return expert_counts(self.experts, n_experts).float() / max(1, self.experts.shape[1] * self.experts.shape[2])
 
 
 class RouteProbe:

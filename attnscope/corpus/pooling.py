@@ -8,6 +8,11 @@ live in one place; here each text's sums and counts are added to running float64
 totals. Induction is a property of the model, not of a text: it is measured once, on
 its repeated random sequence, exactly as `heads.head_scores` measures it.
 
+A model with experts also pools its expert load: per selected MoE layer, how many
+(token, choice) pairs each expert received over every text, read from the same passes
+(`routing.RouteProbe` beside the scores' probe; a packed pass's routes cut at each
+text's bounds), kept per text in the per-text file and summed like the scores.
+
 Distributed (under torchrun, see `attnscope.distributed`): text i goes to rank
 i % world; each rank pools its share; the sums and counts are all-reduced in float64.
 Each rank appends its per-text lines to its own file (`per_text`: no collective per
@@ -28,6 +33,7 @@ import torch
 from torch import Tensor
 
 from attnscope import heads as hd
+from attnscope import routing
 from attnscope.corpus import per_text as pt
 from attnscope.errors import AttnscopeError, InputError, UsageError
 
@@ -139,7 +145,9 @@ def corpus_scores(
     # repeat, so duplicate_token is not among them.
     _, _, model_undefined = hd.text_terms([0, 0], cfg, text_names, measure)
     measured = [name for name in text_names if name not in model_undefined]
-    header = pt.make_header(inspector, measure, truncate, measured, ls, hs)
+    plan = routing.plan(cfg, ls)  # None on a dense model: nothing below changes for it
+    moe = plan["layers"] if plan is not None else []
+    header = pt.make_header(inspector, measure, truncate, measured, ls, hs, plan)
     if batch_tokens < 0:
         raise UsageError(f"--batch-tokens must be >= 0 (0: one text a pass), got {batch_tokens}")
     path = Path(per_text).expanduser() if per_text is not None else None
@@ -169,6 +177,7 @@ def corpus_scores(
         shape = (len(ls), len(hs))
         totals = {name: torch.zeros(shape, dtype=torch.float64) for name in measured}
         rows = {name: 0 for name in measured}
+        experts = torch.zeros((len(moe), plan["experts"] if plan else 0), dtype=torch.float64)  # (MoE layers, E)
         n_texts = n_tokens = truncated = resumed = run_tokens = 0
         total = len(range(rank, len(texts), world)) if hasattr(texts, "__len__") else None  # type: ignore[arg-type]
         line = math.inf
@@ -188,16 +197,18 @@ def corpus_scores(
                                          f"{rec.line} (digest {rec.digest}), here it is line {line} (digest {digest})",
                                          hint="resume with the corpus, --field and --max-texts of the run that "
                                               "wrote it")
-                    sums, counts, n, cut = rec.sums, rec.counts, rec.n_tokens, rec.truncated_from
+                    sums, counts, n, cut, routed = rec.sums, rec.counts, rec.n_tokens, rec.truncated_from, rec.experts
                     resumed += 1
                 else:
-                    sums, counts, n, cut = batcher.get(position)
+                    sums, counts, n, cut, routed = batcher.get(position)
                     run_tokens += n
                     if out is not None:
-                        out.append(pt.text_record(index, line, digest, n, cut, sums, counts))
+                        out.append(pt.text_record(index, line, digest, n, cut, sums, counts, routed))
                 for name in measured:
                     totals[name] += sums[name]
                     rows[name] += counts[name]
+                if routed is not None:
+                    experts += routed
                 n_texts += 1
                 n_tokens += n
                 truncated += cut is not None
@@ -215,13 +226,16 @@ def corpus_scores(
             out.close(failed)  # a file this run created and never wrote a text to goes
 
     # Phase 3: pool across the processes; rank 0 finishes alone.
-    flat = torch.cat([totals[name].flatten() for name in measured]
+    # Expert counts ride in the float64 sum: whole numbers below 2^53 add exactly.
+    flat = torch.cat([totals[name].flatten() for name in measured] + [experts.flatten()]
                      + [torch.tensor([rows[name] for name in measured] + [n_texts, n_tokens, truncated, resumed],
                                      dtype=torch.float64)])
     flat = distributed.sum_float64(group, flat)
     size = shape[0] * shape[1]
     totals = {name: flat[k * size:(k + 1) * size].reshape(shape) for k, name in enumerate(measured)}  # (L_sel, H_sel)
-    tail = [int(v) for v in flat[len(measured) * size:].tolist()]
+    at = len(measured) * size
+    experts = flat[at:at + experts.numel()].reshape(experts.shape).round().long()  # (MoE layers, E)
+    tail = [int(v) for v in flat[at + experts.numel():].tolist()]
     rows = dict(zip(measured, tail[:len(measured)]))
     n_texts, n_tokens, truncated, resumed = tail[len(measured):]
     if n_texts == 0:  # every rank knows, so every rank says so
@@ -233,6 +247,8 @@ def corpus_scores(
 
     res = CorpusScores(ls, hs, {}, n_tokens, seed=seed, n_texts=n_texts, resumed=resumed, truncated=truncated,
                        rows=rows, sums=totals, world=world, seconds=seconds)
+    if moe:
+        res.moe_layers, res.expert_counts, res.top_k = moe, experts, plan["top_k"]  # type: ignore[index]
     for name in measured:
         if rows[name]:
             res.scores[name] = (totals[name] / rows[name]).float()
@@ -309,10 +325,10 @@ class _Batcher:
         self.m, self.mine, self.done = inspector, mine, done
         self.measured, self.ls, self.hs, self.truncate, self.measure = measured, ls, hs, truncate, measure
         self.batch_tokens = batch_tokens
-        self.results: dict[int, tuple[dict[str, Tensor], dict[str, int], int, int | None]] = {}
+        self.results: dict[int, _Scored] = {}
         self.ahead: dict[int, Any] = {}  # tokens of a text read past the end of a pass
 
-    def get(self, position: int) -> tuple[dict[str, Tensor], dict[str, int], int, int | None]:
+    def get(self, position: int) -> "_Scored":
         if position not in self.results:
             self._score_from(position)
         return self.results.pop(position)
@@ -344,10 +360,16 @@ class _Batcher:
                                                                      self.ls, self.hs, self.measure)))
 
 
+# One text's sums and row counts per score, tokens, `truncated_from`, and its expert
+# counts (MoE layers, E) int64 (None on a dense model).
+_Scored = tuple[dict[str, Tensor], dict[str, int], int, "int | None", "Tensor | None"]
+
+
 def _score_packed(inspector: "Inspector", batch: list[Any], measured: list[str], ls: list[int], hs: list[int],
-                  measure: str) -> list[tuple[dict[str, Tensor], dict[str, int], int, int | None]]:
-    """Each text's float64 sums and row counts, from one pass over the texts packed
-    together (one text: a plain pass)."""
+                  measure: str) -> list[_Scored]:
+    """Each text's float64 sums and row counts (and on a model with experts its expert
+    counts), from one pass over the texts packed together (one text: a plain pass)."""
+    from attnscope.hooks import Hooks
     from attnscope.measures.transforms import wrap
     from attnscope.parts.attention import Packing
 
@@ -360,20 +382,26 @@ def _score_packed(inspector: "Inspector", batch: list[Any], measured: list[str],
         bounds.append((start, start + len(tokens)))
         start += len(tokens)
     live = [(p, b) for p, b in zip(probes, bounds) if p is not None]
-    if live:
+    routes = hd.route_probe(inspector.config, ls, start)  # the whole pass's routes, cut per text below
+    if live or routes is not None:
         if len(batch) == 1:
-            inspector.run(batch[0].ids, wrap(measure, len(batch[0]), max(ls), live[0][0]), max(ls))
+            hooks = wrap(measure, len(batch[0]), max(ls), live[0][0]) if live else None
+            inspector.run(batch[0].ids, Hooks(hooks, routes), max(ls))
         else:
             # each text was checked against the model's positions when tokenized; packed, they keep their own
             ids = torch.tensor(sum((list(t.ids) for t in batch), []), dtype=torch.long, device=inspector.device)
             positions = torch.cat([torch.arange(len(t)) for t in batch]).to(ids.device)
             segments = torch.cat([torch.full((len(t),), i) for i, t in enumerate(batch)]).to(ids.device)
             split = _Split([p for p, _ in live], [b for _, b in live])
-            inspector.model(ids, wrap(measure, start, max(ls), split), max(ls), packing=Packing(positions, segments))
+            hooks = wrap(measure, start, max(ls), split) if live else None
+            inspector.model(ids, Hooks(hooks, routes), max(ls), packing=Packing(positions, segments))
+    n_experts = routing.n_experts(inspector.config, routes.layers) if routes is not None else 0
     zeros = torch.zeros(len(ls), len(hs), dtype=torch.float64)
-    out = []
-    for tokens, probe, counts in zip(batch, probes, countss):
+    out: list[_Scored] = []
+    for tokens, probe, counts, (a, b) in zip(batch, probes, countss, bounds):
         sums = {name: probe.sums[name].cpu() if probe is not None and name in probe.sums else zeros
                 for name in measured}
-        out.append((sums, {name: counts.get(name, 0) for name in measured}, len(tokens), tokens.truncated_from))
+        routed = routing.expert_counts(routes.experts[:, a:b], n_experts) if routes is not None else None
+        out.append((sums, {name: counts.get(name, 0) for name in measured}, len(tokens), tokens.truncated_from,
+                    routed))
     return out

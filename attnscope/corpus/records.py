@@ -7,6 +7,12 @@ needs). A resumed record is checked like any input (`parse_record`): whole numbe
 range, a SHA-1 digest, a token count within the model's positions, each score's row
 count what that many tokens give, its sums a (layers, heads) grid of finite numbers in
 0..count; so a forged count, a NaN or negative sum never reaches the pooled scores.
+
+A model with experts adds to the header `routes` ({"layers": the selected MoE layers,
+"experts": E, "top_k": k}; a dense model's header has no such key, so its files read as
+before and neither model resumes the other's), and to each record `expert_counts`: per
+MoE layer, how many of the text's (token, choice) pairs each expert received, checked
+as a (layers, E) grid of whole numbers ≥ 0 whose every row sums to n_tokens × k.
 The file these lines live in (locking, appending, merging) is `per_text`.
 """
 
@@ -53,15 +59,20 @@ class Record:
     sums: dict[str, Tensor]  # float64 (L_sel, H_sel)
     counts: dict[str, int]
     raw: str  # the line as written, for the merge
+    experts: Tensor | None = None  # int64 (MoE layers, E): the header's `routes`; None on a dense model
 
 
 def make_header(inspector: "Inspector", measure: str, truncate: bool, measured: list[str], ls: list[int],
-                hs: list[int]) -> dict[str, Any]:
-    """What a per-text file's records depend on: a resume must match every field."""
+                hs: list[int], routes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a per-text file's records depend on: a resume must match every field.
+    `routes` (`routing.plan`): a model with experts, whose records count its routes."""
     cfg = inspector.config
-    return {"format": PER_TEXT_FORMAT, "version": PER_TEXT_VERSION, "model": cfg.name or inspector.source,
-            "model_shape": [cfg.n_layers, cfg.n_heads], "dtype": str(inspector.dtype).removeprefix("torch."),
-            "measure": measure, "truncate": truncate, "scores": measured, "layers": ls, "heads": hs}
+    header = {"format": PER_TEXT_FORMAT, "version": PER_TEXT_VERSION, "model": cfg.name or inspector.source,
+              "model_shape": [cfg.n_layers, cfg.n_heads], "dtype": str(inspector.dtype).removeprefix("torch."),
+              "measure": measure, "truncate": truncate, "scores": measured, "layers": ls, "heads": hs}
+    if routes is not None:
+        header["routes"] = dict(routes)
+    return header
 
 
 def dumps_line(doc: dict[str, Any]) -> str:
@@ -70,7 +81,7 @@ def dumps_line(doc: dict[str, Any]) -> str:
 
 
 def text_record(index: int, line: int, digest: str, n: int, cut: int | None, sums: dict[str, Tensor],
-                counts: dict[str, int]) -> dict[str, Any]:
+                counts: dict[str, int], experts: Tensor | None = None) -> dict[str, Any]:
     """One text's line: values to float32's precision for reading, sums in full float64
     for pooling (JSON floats round-trip exactly). `truncated_from` is the text's tokens,
     or, for a text too long to tokenize whole, its bounded prefix's (a lower bound; see
@@ -82,6 +93,8 @@ def text_record(index: int, line: int, digest: str, n: int, cut: int | None, sum
                             if counts[name] else None) for name in sums}
     rec["sums"] = {name: sums[name].tolist() for name in sums}
     rec["counts"] = dict(counts)
+    if experts is not None:
+        rec["expert_counts"] = experts.tolist()
     return rec
 
 
@@ -95,7 +108,8 @@ def check_header(file: Path, raw: bytes, header: dict[str, Any]) -> None:
     if not isinstance(theirs, dict) or theirs.get("format") != PER_TEXT_FORMAT:
         raise InputError(f"{file} is not an attnscope per-text file (its first line is not the header)",
                          hint="choose another --per-text file")
-    for key, ours in header.items():
+    for key in [*header, *(["routes"] if "routes" not in header else [])]:  # a routed model's file, read by a dense one
+        ours = header.get(key)
         if theirs.get(key) != ours:
             raise InputError(f"{file} was written with {key} {_short(theirs.get(key))}; this run has {_short(ours)}",
                              hint="resume with the --model, --dtype, --measure, --truncate, --score, --layer and "
@@ -193,7 +207,28 @@ def _parse(raw: bytes | str, header: dict[str, Any], max_tokens: int | None) -> 
             raise _Bad(f"its count for {name} is {_number(count)}; {n} tokens give "
                        + (f"{low}" if low == high else f"{low} to {high}"))
         sums[name] = _grid(sums_in.get(name), shape, name, count)
-    return index, Record(line, digest, n, cut, sums, counts, text)
+    return index, Record(line, digest, n, cut, sums, counts, text, _experts(obj, header.get("routes"), n))
+
+
+def _experts(obj: dict[str, Any], routes: dict[str, Any] | None, n: int) -> Tensor | None:
+    """A record's expert counts: per MoE layer of the header's `routes`, a whole number
+    ≥ 0 per expert, the layer's numbers summing to the text's n × k (token, choice) pairs."""
+    value = obj.get("expert_counts")
+    if routes is None:
+        if "expert_counts" in obj:
+            raise _Bad("it has expert_counts, but the run's model has no experts")
+        return None
+    rows, cols, k = len(routes["layers"]), routes["experts"], routes["top_k"]
+    if (type(value) is not list or len(value) != rows
+            or any(type(row) is not list or len(row) != cols for row in value)):
+        raise _Bad(f"its expert_counts are not a {rows} x {cols} grid (MoE layers x experts)")
+    for layer, row in zip(routes["layers"], value):
+        if any(type(v) is not int or v < 0 for v in row):
+            raise _Bad(f"its expert_counts for layer {layer} are not all whole numbers >= 0")
+        if sum(row) != n * k:
+            raise _Bad(f"its expert_counts for layer {layer} sum to {_number(sum(row))}; "
+                       f"{n} tokens x {k} experts each give {n * k}")
+    return torch.tensor(value, dtype=torch.long).reshape(rows, cols)  # (MoE layers, E)
 
 
 def _grid(value: Any, shape: tuple[int, int], name: str, count: int) -> Tensor:

@@ -66,6 +66,11 @@ def header(console: Console, model: str, res: "HeadScores", n_layers: int, n_hea
         shown = " · ".join(f"{words}: layer{'s' if len(ls) > 1 else ''} " + ", ".join(map(str, ls[:8]))
                            + (", …" if len(ls) > 8 else "") for words, ls in by_kind.items())
         console.print(Text(f"layer kinds: {shown}", style="dim"), no_wrap=True, overflow="ellipsis")
+    signed = getattr(res, "signed", [])
+    if signed:  # a linear layer's hidden attention: its scores are means of signed entries
+        console.print(Text(f"layer{'s' if len(signed) > 1 else ''} {', '.join(map(str, signed[:8]))}"
+                           f"{', …' if len(signed) > 8 else ''}: hidden attention M, signed, rows not summing to 1; "
+                           "a score there is a mean of M's entries, not a share of weight", style="dim"))
     n_texts = getattr(res, "n_texts", 0)  # attnscope.corpus.CorpusScores
     if n_texts:
         from attnscope.tokenize import visible
@@ -119,6 +124,9 @@ def grid(console: Console, res: "HeadScores", name: str, color: bool) -> None:
             line = Text(f"L{layer}".ljust(LABEL_W), style="dim")
             for hi in cols:
                 v = float(values[li, hi])
+                if v != v:  # NaN: no value on this layer (`HeadScores.partly`)
+                    line.append("—".rjust(cell), style="dim")
+                    continue
                 body = f"{v:5.2f}" if cell == 5 else f"{round(v * 100):4d}"
                 line.append(body, style=ramp_style(v) if color else "")
             console.print(line, no_wrap=True, overflow="ellipsis")
@@ -158,6 +166,62 @@ def head_scores(console: Console, res: "HeadScores", model: str, n_layers: int, 
         console.print()
         console.print(Text.assemble((TITLES[name], "bold"), (f"  {name}", "dim")))
         console.print(Text(DEFINITIONS[name], style="dim"))
+        partly = getattr(res, "partly", {}).get(name)
+        if partly:
+            console.print(Text(f"— = not defined there: {partly}", style="dim"))
         grid(console, res, name, color)
         if top > 0:
             ranking(console, res, name, top, color)
+    if getattr(res, "expert_counts", None) is not None:
+        expert_load(console, res, color)
+
+
+_MANY_EXPERTS = 32  # more experts than this: each layer's busiest and idlest only (--json has all)
+_EACH_END = 5
+
+
+def expert_load(console: Console, res: "HeadScores", color: bool) -> None:
+    """Per MoE layer, each expert's share of the (token, choice) pairs and how uneven the
+    shares are: max/min and the coefficient of variation (0 = even). A layer where an
+    expert got nothing, or one got twice an even share or more, is yellow."""
+    from attnscope.routing import spread
+
+    counts = res.expert_counts
+    assert counts is not None  # internal invariant: called for a model with experts
+    n_experts = counts.shape[1]
+    over = "every text" if getattr(res, "n_texts", 0) else "the text"
+    console.print()
+    console.print(Text.assemble(("Expert load", "bold"), ("  expert_load", "dim")))
+    console.print(Text(f"each expert's share of a layer's (token, choice) pairs over {over}: every token goes to "
+                       f"{res.top_k} of {n_experts} experts, so an even share is {100 / n_experts:.1f}%", style="dim"))
+    if not res.moe_layers:
+        console.print(Text("no selected layer has experts", style="dim"))
+        return
+    shares = res.expert_load()  # (MoE layers, E)
+    for li, (layer, stats) in enumerate(zip(res.moe_layers, spread(counts))):
+        row = shares[li].tolist()
+        ratio = "∞" if stats["min_share"] == 0 else f"{stats['max_share'] / stats['min_share']:.1f}"
+        busiest = max(range(n_experts), key=lambda e: (row[e], -e))
+        uneven = stats["min_share"] == 0 or stats["max_share"] * n_experts >= 2
+        line = Text(f"L{layer}".ljust(LABEL_W), style="dim") + Text(
+            f"max/min {ratio} · CV {stats['cv']:.2f} · busiest E{busiest}: "
+            f"{stats['max_share'] * n_experts:.2f}× an even share", style="yellow" if uneven else "")
+        console.print(line)
+        top = max(stats["max_share"], 1e-12)
+        order = list(range(n_experts))
+        if n_experts > _MANY_EXPERTS:
+            ranked = sorted(order, key=lambda e: (-row[e], e))
+            cells = [(e, "") for e in ranked[:_EACH_END]] + [(-1, "…")] + [(e, "") for e in ranked[-_EACH_END:]]
+        else:
+            cells = [(e, "") for e in order]
+        body = Text(" " * LABEL_W)
+        for e, mark in cells:
+            piece = mark.ljust(4) if e < 0 else f"E{e} {100 * row[e]:4.1f}%"
+            if body.cell_len + len(piece) > console.width and body.cell_len > LABEL_W:
+                body.rstrip()
+                console.print(body, no_wrap=True, overflow="ellipsis")
+                body = Text(" " * LABEL_W)
+            body.append(piece, style=ramp_style(row[e] / top) if color and e >= 0 else "")
+            body.append("  ")
+        body.rstrip()
+        console.print(body, no_wrap=True, overflow="ellipsis")
