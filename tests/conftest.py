@@ -35,10 +35,12 @@ def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """`build(name) -> Path`: the folder of the tiny checkpoint `tiny_models.BUILDERS[name]`,
-    or of `tiny_models_kinds.KIND_BUILDERS[name]` (the families whose layers differ)."""
+    or of `tiny_models_kinds.KIND_BUILDERS[name]` (the families whose layers differ), or of
+    `tiny_models_qwen3_5.QWEN3_5_BUILDERS[name]` (the hybrids with linear layers)."""
     import tiny_models_kinds
+    import tiny_models_qwen3_5
 
-    builders = {**tiny_models.BUILDERS, **tiny_models_kinds.KIND_BUILDERS}
+    builders = {**tiny_models.BUILDERS, **tiny_models_kinds.KIND_BUILDERS, **tiny_models_qwen3_5.QWEN3_5_BUILDERS}
     return _cached(lambda name: builders[name](tmp_path_factory.mktemp(name)))
 
 

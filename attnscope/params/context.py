@@ -1,6 +1,7 @@
 """What a context of n tokens costs, per layer kind: attention-pattern entries, the KV
 cache (a window caps what a kind's layers keep; `AttnSpec.cache_tokens`,
-`bytes_per_token`, after vLLM's per-layer KV-cache specs) and forward FLOPs per token.
+`bytes_per_token`, after vLLM's per-layer KV-cache specs; a linear layer keeps a fixed
+state instead, `AttnSpec.fixed_state_values`, whatever n) and forward FLOPs per token.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class KindCache:
     n_layers: int
     tokens: int  # positions one layer of this kind keeps
     values_per_token: int  # K and V values one position costs, all layers of this kind
-    values: int  # all layers of this kind, at their cached positions
+    values: int  # all layers of this kind, at their cached positions (plus their fixed state)
     bytes: int
+    state_values: int = 0  # a linear kind: the fixed state all its layers keep, whatever the context
 
 
 @dataclass
@@ -46,7 +48,7 @@ class ContextReport:
 def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextReport:
     width = DTYPE_BYTES[dtype]
     per_head = n * n
-    per_block = per_head * cfg.layer(0).attn.n_heads
+    per_block = per_head * cfg.n_heads
     pattern_total = 0
     labels, ranges = kind_labels(cfg), layer_ranges(cfg)
     caches = []
@@ -55,14 +57,21 @@ def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextR
         a = spec.attn
         tokens = a.cache_tokens(n)
         per_token = count * a.bytes_per_token(1)  # values: bytes at one byte a value
-        caches.append(KindCache(labels[spec], ranges[spec], count, tokens, per_token,
-                                per_token * tokens, per_token * tokens * width))
-        # QK^T and pattern·V for the token at position n: 2 * keys * (d_head + d_value) per
-        # head (latent attention's values are narrower), over the keys its layer sees.
-        attn_flops += count * a.n_heads * 2 * tokens * (a.d_head + a.d_value)
+        state = count * a.fixed_state_values  # a linear layer's recurrent state and conv tail
+        held = per_token * tokens + state
+        caches.append(KindCache(labels[spec], ranges[spec], count, tokens, per_token, held, held * width, state))
+        if a.linear is not None:
+            # the gated delta rule for one token, per value head: decay the d_k × d_v state,
+            # predict v from it (S k), write the outer product, read S q: 7 · d_k · d_v FLOPs
+            attn_flops += count * a.linear.n_v_heads * 7 * a.linear.d_k * a.linear.d_v
+        else:
+            # QK^T and pattern·V for the token at position n: 2 * keys * (d_head + d_value) per
+            # head (latent attention's values are narrower), over the keys its layer sees.
+            attn_flops += count * a.n_heads * 2 * tokens * (a.d_head + a.d_value)
         pattern_total += count * a.n_heads * per_head  # the kernel scores every key, then masks
     weights = declared_counts(cfg)
-    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "latent", "gate", "up", "down", "router"))
+    matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "latent", "linear", "gate", "up",
+                                              "down", "router"))
     matmul_params -= inactive(cfg)[0]  # a token runs only its top-k routed experts
     if cfg.lm_head:
         matmul_params += weights["embedding"]  # the unembedding matmul, tied or not

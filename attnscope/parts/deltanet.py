@@ -17,6 +17,18 @@ the recurrent state S (H_v, d_k, d_v): a fixed size whatever the context. The hi
 attention of its rows (`parts.linear_attention.hidden_attention`) also needs the
 transported keys, one (d_k) row per earlier token; the state keeps them only when asked
 (`keep_keys`), as a view of the pattern during generation needs them.
+
+`LinearAttention` is the layer as a model part (`AttnSpec(kind="linear")`, chosen in
+parts.block): it reads and writes its `DeltaState` in the cache (`model.KVCache.states`)
+and reports at its site `blocks.{layer}.attn` (see attnscope.hooks), each head being a
+value head:
+  * `pattern` (H_v, c, K) the hidden attention M (signed, rows not summing to 1; the
+    site is marked not row-stochastic, `hooks.SiteInfo.stochastic`), only when asked;
+  * `v` (H_v, T, d_v) this pass's values (after the convolution): o_t = Σ_j M[t, j] v_j;
+  * `z` (H_v, c, d_v) the kernel's output o_t, before the gated norm;
+  * `result` (H_v, c, d_model) each value head's share of the output projection, after its
+    gated norm (the norm works per head, so the heads' shares sum to the output).
+It reports no `q`, `k`, `scores` or `fnorm`: there is no softmax over scores.
 """
 
 from __future__ import annotations
@@ -27,6 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnscope.errors import InputError
+from attnscope.hooks import attn_site
+from attnscope.parts import chunk_rows
 from attnscope.parts.linear_attention import delta_rule, hidden_attention, l2_normalise
 
 
@@ -89,7 +104,13 @@ class GatedDeltaNet(nn.Module):
         """x (T, d) → (T, d) and the state after it. `on_rows(first, block)`, when given,
         receives the hidden attention's rows (H_v, c, K) in query order (K counts the kept
         earlier keys first), computed from the same q, k, g and β as the output."""
-        T = x.shape[0]
+        out, _, _, new = self._run(x, state, keep_keys, on_rows, rows)
+        return out, new
+
+    def _run(self, x: Tensor, state: DeltaState | None, keep_keys: bool, on_rows: object,
+             rows: int) -> tuple[Tensor, Tensor, Tensor, DeltaState]:
+        """The layer's output (T, d), the kernel's output o (H_v, T, d_v) before the gated
+        norm, the values (H_v, T, d_v) and the state after it."""
         q, k, v, log_g, beta, tail = self.inputs(x, state)
         o, s = delta_rule(q, k, v, log_g, beta, None if state is None else state.recurrent)
         keys = None
@@ -98,9 +119,88 @@ class GatedDeltaNet(nn.Module):
             for first, block, keys in hidden_attention(q, k, log_g, beta, rows, carried):
                 if on_rows is not None:
                     on_rows(first, block)  # type: ignore[operator]
-        o = o.to(x.dtype).transpose(0, 1)  # (T, H_v, d_v)
-        variance = o.float().pow(2).mean(-1, keepdim=True)
-        normed = self.norm.weight * (o.float() * torch.rsqrt(variance + self.eps)).to(x.dtype)
-        gated = normed * F.silu(self.z(x).view(T, self.Hv, self.dv).float())
-        out = self.o(gated.to(x.dtype).reshape(T, self.value_dim))
-        return out, DeltaState(tail, s, keys if keep_keys else None)
+        out = self.o(self._gated(o, x).reshape(x.shape[0], self.value_dim))
+        return out, o, v, DeltaState(tail, s, keys if keep_keys else None)
+
+    def _gated(self, o: Tensor, x: Tensor) -> Tensor:
+        """The gated norm of the kernel's output o (H_v, T, d_v): RMSNorm(o) ⊙ SiLU(x W_z)
+        per value head, (T, H_v, d_v) in x's dtype (transformers' Qwen3_5RMSNormGated)."""
+        T = x.shape[0]
+        up = torch.float64 if x.dtype == torch.float64 else torch.float32  # never below float32
+        o = o.to(x.dtype).transpose(0, 1).to(up)  # (T, H_v, d_v)
+        variance = o.pow(2).mean(-1, keepdim=True)
+        normed = self.norm.weight * (o * torch.rsqrt(variance + self.eps)).to(x.dtype)
+        return (normed * F.silu(self.z(x).view(T, self.Hv, self.dv).to(up))).to(x.dtype)
+
+
+class LinearAttention(GatedDeltaNet):
+    """The Gated DeltaNet layer `layer` of a model (`AttnSpec(kind="linear")`), at the site
+    `blocks.{layer}.attn`; parameters as `GatedDeltaNet`'s."""
+
+    def __init__(self, cfg, layer: int) -> None:  # cfg: config.ModelConfig
+        spec = cfg.layer(layer).attn
+        m = spec.linear
+        assert m is not None  # internal invariant: kind "linear" carries its LinearSpec
+        super().__init__(cfg.d_model, m.n_k_heads, m.n_v_heads, m.d_k, m.d_v, m.conv_kernel, m.norm_eps)
+        self.layer, self.site, self.spec = layer, attn_site(layer), spec
+
+    def forward(self, x: Tensor, state: object = None, cache: object = None, hooks: object = None,  # type: ignore[override]
+                keep_keys: bool = False, on_rows: object = None, rows: int = 64):
+        """As a block calls it: x (T, d), the pass's `model.PassState`, the cache and hooks;
+        returns (T, d). Called with a `DeltaState` (or None) and no hooks, it is
+        `GatedDeltaNet.forward` (returns the output and the new state)."""
+        if state is None or isinstance(state, DeltaState):
+            return super().forward(x, state, keep_keys, on_rows, rows)
+        site, start, T = self.site, state.start, x.shape[0]  # type: ignore[attr-defined]
+        want = {what: hooks is not None and hooks.wants(site, what) for what in ("pattern", "v", "z", "result")}
+        if state.segments is not None:  # type: ignore[attr-defined]  # packed texts: each its own recurrence
+            return self._packed(x, state.segments, start, hooks, want)  # type: ignore[attr-defined]
+        carried = cache.states[self.layer] if cache is not None else None  # type: ignore[attr-defined]
+        if want["pattern"] and carried is not None and carried.keys is None:
+            raise InputError(f"layer {self.layer} is linear: its pattern over earlier tokens needs them kept from "
+                             "the first token", hint="ask for the pattern from the cache's first step on")
+        keep = cache is not None and (want["pattern"] or (carried is not None and carried.keys is not None))
+        n_before = 0 if carried is None or carried.keys is None else carried.keys.shape[1]
+        on_rows = None
+        if want["pattern"]:
+            on_rows = lambda first, block: hooks.report(site, "pattern", block, start + first,  # type: ignore[attr-defined]  # noqa: E731
+                                                        start - n_before)
+        out, z, v, new = self._run(x, carried, keep, on_rows, chunk_rows(self.Hv, n_before + T))
+        if cache is not None:
+            cache.states[self.layer] = new  # type: ignore[attr-defined]
+        self._report(hooks, want, z, v, x, start, start)
+        return out
+
+    def _report(self, hooks: object, want: dict[str, bool], z: Tensor, v: Tensor, x: Tensor, start: int,
+                k_start: int) -> None:
+        if want["v"]:
+            hooks.report(self.site, "v", v, start, k_start)  # type: ignore[attr-defined]
+        if want["z"]:
+            hooks.report(self.site, "z", z, start, k_start)  # type: ignore[attr-defined]
+        if want["result"]:  # each value head's gated, normed output through its columns of o
+            T, gated = x.shape[0], self._gated(z, x)  # (T, H_v, d_v)
+            w = self.o.weight.view(-1, self.Hv, self.dv)  # (d, H_v, d_v)
+            step = max(1, chunk_rows(self.Hv, w.shape[0]) // 4)
+            for a in range(0, T, step):
+                part = torch.einsum("chd,mhd->hcm", gated[a:a + step], w)  # (H_v, c, d)
+                hooks.report(self.site, "result", part, start + a, k_start)  # type: ignore[attr-defined]
+
+    def _packed(self, x: Tensor, segments: Tensor, start: int, hooks: object, want: dict[str, bool]) -> Tensor:
+        """A packed pass (several texts, no cache): each text's run of tokens starts from a
+        fresh state; its pattern rows are reported full width (zero outside its text)."""
+        T = x.shape[0]
+        cuts = [0] + [int(i) + 1 for i in torch.nonzero(segments[1:] != segments[:-1]).flatten()] + [T]
+        outs, zs, vs = [], [], []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            on_rows = None
+            if want["pattern"]:
+                def on_rows(first: int, block: Tensor, a: int = a, b: int = b) -> None:
+                    full = block.new_zeros(block.shape[0], block.shape[1], T)
+                    full[:, :, a:b] = block
+                    hooks.report(self.site, "pattern", full, start + a + first, start)  # type: ignore[attr-defined]
+            out, z, v, _ = self._run(x[a:b], None, False, on_rows, chunk_rows(self.Hv, T))
+            outs.append(out)
+            zs.append(z)
+            vs.append(v)
+        self._report(hooks, want, torch.cat(zs, 1), torch.cat(vs, 1), x, start, start)
+        return torch.cat(outs)

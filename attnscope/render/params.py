@@ -23,6 +23,7 @@ ROW_LABELS = {
     "value": "Value (W_V↓)",
     "output": "Output (W_V↑)",
     "latent": "Key/value latent (MLA: kv_a, kv_b)",
+    "linear": "Linear attention (DeltaNet: qkv, z, b, a, conv, decay)",
     "gate": "Gate (gated MLP)",
     "up": "Up-projection",
     "down": "Down-projection",
@@ -104,7 +105,7 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
         if row == "unembedding" and value == 0 and cfg.lm_head and cfg.tied_embeddings:
             value, again = rep.rows["embedding"], True
             note = " (tied: counted again in 3b1b only)" if full else " (tied: counted again, as 3b1b does)"
-        if value == 0 and (row in ("gate", "unembedding", "latent") or row in ("key", "value") and rep.rows["latent"]):
+        if value == 0 and (row in ("gate", "unembedding", "latent", "linear") or row in ("key", "value") and rep.rows["latent"]):
             continue
         model.add_row(ROW_LABELS[row] + note, n(value), share(value, not (full and again)))
     model.add_section()
@@ -229,7 +230,9 @@ def context_table(console: Console, cfg: "ModelConfig", ctx: "ContextReport") ->
     table.add_row("KV cache per token", n(ctx.kv_cache_per_token), human_bytes(ctx.kv_cache_per_token * b))
     if len(ctx.kv_kinds) > 1:  # each kind's layers keep their own positions (a window caps them)
         for kind in ctx.kv_kinds:
-            table.add_row(Text(f"  {plural(kind.n_layers, 'layer')}, {kind.label}: {n(kind.tokens)} kept", style="dim"),
+            kept = (f"a fixed state of {n(kind.state_values // kind.n_layers)} values each, whatever the context"
+                    if kind.state_values else f"{n(kind.tokens)} kept")  # a linear kind: its recurrent state and conv tail
+            table.add_row(Text(f"  {plural(kind.n_layers, 'layer')}, {kind.label}: {kept}", style="dim"),
                           n(kind.values), human_bytes(kind.bytes))
     table.add_row(f"KV cache at {plural(ctx.n, 'token')}", n(ctx.kv_cache_total), human_bytes(ctx.kv_cache_bytes))
     table.add_row("Forward FLOPs per token", n(ctx.flops_per_token), "")

@@ -1,0 +1,117 @@
+"""Qwen3-Next (Qwen3-Next-80B-A3B): Qwen3.5's hybrid of Gated DeltaNet linear layers and
+gated softmax layers (see qwen3_5.py; plain RoPE, partial), with Qwen2-MoE's experts in the
+MLP slot: a softmax router over `num_experts` picks `num_experts_per_tok`, renormalised
+where `norm_topk_prob`; every token also visits a shared expert of
+`shared_expert_intermediate_size` behind sigmoid(`shared_expert_gate` · x). Which layers
+hold experts: Qwen2-MoE's rule (`decoder_sparse_step`, `mlp_only_layers`).
+
+Its linear layers store two fused projections grouped per key head: `in_proj_qkvz`, for
+each key head, its q (d_k rows), k (d_k), then the values and the norm gates z of the
+value heads it serves (each n_v/n_k × d_v rows); `in_proj_ba`, for each key head, the
+write strengths b then the decay inputs a of its value heads. They are cut into ours
+(`qkv`, `z`, `b`, `a`) on load (`split`) and when counting (`stored_parts`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnscope.architectures import mixtral, qwen2_moe, qwen3_5
+from attnscope.config import ModelConfig
+from attnscope.errors import CheckpointError
+from attnscope.kinds import ExpertSpec
+
+MODEL_TYPES = ("qwen3_next",)
+PREFIXES = ("model.",)
+DESCRIPTION = ("Qwen3-Next: Qwen3.5's linear + gated softmax layers, routed experts + a sigmoid-gated "
+               "shared expert")
+
+_LINEAR = "layers.{layer}.linear_attn."
+
+WEIGHTS: dict[str, str | None] = {
+    **{k: v for k, v in qwen3_5.WEIGHTS.items() if ".in_proj_" not in k},
+    _LINEAR + "in_proj_qkvz.weight": "blocks.{layer}.attn.qkvz.weight",
+    _LINEAR + "in_proj_ba.weight": "blocks.{layer}.attn.ba.weight",
+    **mixtral.expert_weights("mlp", "gate", {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}),
+    "layers.{layer}.mlp.shared_expert.gate_proj.weight": "blocks.{layer}.mlp.shared.gate.weight",
+    "layers.{layer}.mlp.shared_expert.up_proj.weight": "blocks.{layer}.mlp.shared.up.weight",
+    "layers.{layer}.mlp.shared_expert.down_proj.weight": "blocks.{layer}.mlp.shared.down.weight",
+    "layers.{layer}.mlp.shared_expert_gate.weight": "blocks.{layer}.mlp.shared_gate.weight",
+}
+
+
+def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
+    text = {**qwen3_5.TEXT_DEFAULTS, "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+            "num_hidden_layers": 48, "num_attention_heads": 16, "num_key_value_heads": 2, **raw}
+    cfg = qwen3_5.hybrid(qwen3_5.gated_config(text, name, "qwen3_next"), text)
+    experts = ExpertSpec(n_experts=qwen2_moe.n_experts(text, 512), top_k=text.get("num_experts_per_tok", 10),
+                         norm_topk_prob=text.get("norm_topk_prob", True),
+                         d_shared=text.get("shared_expert_intermediate_size", 512), n_shared=1, shared_gate=True)
+    return qwen2_moe.moe_stack(cfg, text, experts, text.get("moe_intermediate_size", 512))
+
+
+def _linear_sizes(name: str, cfg: ModelConfig) -> tuple[int, int, int, int]:
+    """(key heads, value heads per key head, d_k, d_v) of the layer a fused tensor belongs to."""
+    m = cfg.layer(int(name.split(".")[1])).attn.linear
+    if m is None:
+        raise CheckpointError(f"{name} belongs to a linear-attention layer, but config.json makes that layer full attention")
+    return m.n_k_heads, m.n_v_heads // m.n_k_heads, m.d_k, m.d_v
+
+
+def _fused_rows(name: str, cfg: ModelConfig) -> list[tuple[str, int]]:
+    """Each key head's rows of a fused tensor, in order, as (our part, rows)."""
+    _, r, dk, dv = _linear_sizes(name, cfg)
+    if name.endswith(".attn.qkvz.weight"):
+        return [("q", dk), ("k", dk), ("v", r * dv), ("z", r * dv)]
+    return [("b", r), ("a", r)]
+
+
+def _is_fused(name: str) -> bool:
+    return name.endswith((".attn.qkvz.weight", ".attn.ba.weight"))
+
+
+def stored_parts(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The fused projections as our parts (by shapes alone), the conv as (channels, kernel),
+    transformers 5's fused experts cut in two."""
+    if _is_fused(name) and len(shape) == 2:
+        hk = _linear_sizes(name, cfg)[0]
+        rows = dict(_fused_rows(name, cfg))
+        prefix = name.rsplit(".", 2)[0]
+        if name.endswith(".qkvz.weight"):
+            return {f"{prefix}.qkv.weight": (hk * (rows["q"] + rows["k"] + rows["v"]), shape[1]),
+                    f"{prefix}.z.weight": (hk * rows["z"], shape[1])}
+        return {f"{prefix}.b.weight": (hk * rows["b"], shape[1]), f"{prefix}.a.weight": (hk * rows["a"], shape[1])}
+    out: dict[str, tuple[int, ...]] = {}
+    for part, part_shape in qwen3_5.stored_parts(name, shape, cfg).items():
+        out.update(mixtral.stored_parts(part, part_shape, cfg))
+    return out
+
+
+def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
+    """The fused projections regrouped from per-key-head order into ours: qkv = every q,
+    every k, every v (value heads in order), z; b, a (transformers'
+    fix_query_key_value_ordering). The conv and fused experts as qwen3_5 and Mixtral cut them."""
+    if not _is_fused(name):
+        out: dict[str, Any] = {}
+        for part, t in qwen3_5.split(name, tensor, cfg).items():
+            out.update(mixtral.split(part, t, cfg))
+        return out
+    import torch
+
+    hk = _linear_sizes(name, cfg)[0]
+    rows = _fused_rows(name, cfg)
+    per_head = sum(n for _, n in rows)
+    if tensor.dim() != 2 or tensor.shape[0] != hk * per_head:
+        raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies "
+                              f"{hk * per_head} rows", hint="the weights and config.json belong to different models")
+    grouped = tensor.view(hk, per_head, tensor.shape[1])
+    parts: dict[str, Any] = {}
+    at = 0
+    for part, n in rows:
+        parts[part] = grouped[:, at:at + n].reshape(hk * n, tensor.shape[1])
+        at += n
+    prefix = name.rsplit(".", 2)[0]
+    if "q" in parts:
+        return {f"{prefix}.qkv.weight": torch.cat([parts["q"], parts["k"], parts["v"]]),
+                f"{prefix}.z.weight": parts["z"]}
+    return {f"{prefix}.b.weight": parts["b"], f"{prefix}.a.weight": parts["a"]}
