@@ -121,10 +121,36 @@ class Inspector:
             raise InputError(f"token ids must lie in 0..{self.config.vocab_size - 1}")
         return ids_t
 
-    def run(self, ids: Sequence[int] | torch.Tensor, hooks: Any = None, last_layer: int | None = None) -> torch.Tensor:
+    def run(self, ids: Sequence[int] | torch.Tensor, hooks: Any = None, last_layer: int | None = None,
+            target: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """One forward pass reporting to `hooks` (see `attnscope.hooks`); the residual
-        stream after `last_layer` (default: the last), (T, d)."""
+        stream after `last_layer` (default: the last), (T, d). An encoder-decoder with a
+        `target` (the decoder's input ids: `seq2seq.decoder_input`) runs both stacks and
+        returns the decoder's last stream; without one, only the encoder runs."""
+        if target is not None:
+            from attnscope import seq2seq
+
+            return seq2seq.run(self.model, self._ids(ids), self._ids(target), hooks)
         return self.model(self._ids(ids), hooks, last_layer)
+
+    def seq2seq(self, source: str | Tokens | Sequence[int], target: str | Sequence[int],
+                parts: Sequence[str] = ("encoder", "decoder", "cross"), truncate: bool = False) -> "Any":
+        """An encoder-decoder's three kinds of attention (`seq2seq.Patterns`): the source
+        through the encoder, the decoder reading its start token and then the target's own
+        tokens (teacher forcing); `parts` among "encoder", "decoder", "cross"."""
+        from attnscope import seq2seq
+
+        if self.config.decoder is None:
+            raise UsageError(f"{self.config.name or 'this model'} is not an encoder-decoder: it has no target",
+                             hint="a target is for encoder-decoder models (T5, BART, Marian)")
+        src = source if not isinstance(source, (str, Tokens)) else self._tokens(source, truncate).ids
+        tgt = (target if not isinstance(target, str)
+               else tokenize(self.tokenizer, target, self.config.n_ctx, truncate, add_special_tokens=False).ids)
+        bad = [p for p in parts if p not in seq2seq.PARTS]
+        if bad:
+            raise UsageError(f"unknown part {bad[0]!r}", hint="use encoder, decoder or cross")
+        return seq2seq.patterns(self.model, self._ids(src),
+                                self._ids(seq2seq.decoder_input(self.config, list(tgt))), tuple(parts))
 
     def capture(self, text: str | Tokens | Sequence[int], wanted: dict[str, Sequence[str]],
                 truncate: bool = False) -> "Capture":
@@ -141,6 +167,9 @@ class Inspector:
     def logits(self, text: str | Tokens | Sequence[int], truncate: bool = False) -> torch.Tensor:
         """Float32 next-token logits (T, vocab): row i predicts token i + 1."""
         ids = text if not isinstance(text, (str, Tokens)) else self._tokens(text, truncate).ids
+        if self.config.decoder is not None:  # the head reads the decoder, which needs a target
+            raise UsageError(f"{self.config.name or 'this model'} is an encoder-decoder: its logits need a target",
+                             hint="use Inspector.seq2seq(source, target).logits")
         return self.model.logits(self.run(ids)).cpu()
 
     def new_cache(self) -> KVCache:
@@ -291,14 +320,18 @@ def _open_source(spec: str) -> Source:
 
 
 def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "auto",
-         progress: Progress | None = None, offload: bool | None = None) -> Inspector:
+         progress: Progress | None = None, offload: bool | None = None, share: Any = None) -> Inspector:
     """Load a checkpoint (folder, .safetensors or .gguf file, hub id, packaged name; None:
     `default_model()`, ATTNSCOPE_MODEL or else the packaged default, `sources.packaged.DEFAULT`).
 
     `offload`: keep only the embeddings resident and stream one block's weights at a
     time from the memory-mapped safetensors, so a checkpoint bigger than RAM can still be
     inspected. None decides by itself: offload when the weights would not fit in 80% of
-    the memory available now."""
+    the memory available now.
+
+    `share` (`attnscope.pipeline.Share`): load only its layers, each on its device, and
+    the other parts it holds (a pipeline rank's share of the model, or every block placed
+    across several devices); the rest stays on the meta device, never read."""
     src = open_source(model)
     if src.gguf is not None:
         return _load_gguf(src, device, dtype)
@@ -311,10 +344,13 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     module = architectures.family_for(raw)
     width = torch.finfo(dt).bits // 8
     need_bytes = sum(info.numel for info in ckpt.tensors.values()) * width
+    if share is not None:
+        offload = False
     if offload is None:
         free = available_memory() if dev.type == "cpu" else None
         offload = free is not None and need_bytes > 0.8 * free
     layer_of: dict[str, int] = {}  # checkpoint name -> block index, for offloading
+    ours_of: dict[str, str] = {}  # checkpoint name -> our name, outside the blocks
     for name in ckpt.tensors:
         try:
             ours = architectures.our_name(module, name)
@@ -322,7 +358,13 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
             continue
         if ours is not None and ours.startswith("blocks."):
             layer_of[name] = int(ours.split(".")[1])
-    total = sum(ckpt.tensors[n].end - ckpt.tensors[n].start for n in ckpt.tensors if not (offload and n in layer_of))
+        elif ours is not None:
+            ours_of[name] = ours
+    resident = [n for n in ckpt.tensors if not (offload and n in layer_of)]
+    if share is not None:  # only the share's own parts and blocks are ever read
+        resident = [n for n in ckpt.tensors if n in ours_of and share.holds(ours_of[n])]
+        resident += [n for n in ckpt.tensors if layer_of.get(n, -1) in share.layers]
+    total = sum(ckpt.tensors[n].end - ckpt.tensors[n].start for n in resident)
     done = 0
     expected = param_shapes(cfg)
 
@@ -347,12 +389,19 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
                     )
             yield from converted.items()
 
-    resident = [n for n in ckpt.tensors if not (offload and n in layer_of)]
+    by_layer: dict[int, list[str]] = {}
+    for name, layer in layer_of.items():
+        by_layer.setdefault(layer, []).append(name)
+    if share is not None:
+        net = build(cfg, stream([n for n in resident if n not in layer_of], True), dev, dt, offload=True,
+                    only=share.holds)
+        for i in share.layers:  # each block streamed onto its own device, one at a time
+            state = block_tensors(cfg, i, stream(by_layer.get(i, []), True), share.device(i, dev), dt)
+            net.blocks[i].load_state_dict(state, strict=True, assign=True)
+        net.placement = share.placement
+        return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
     net = build(cfg, stream(resident, True), dev, dt, offload=bool(offload))
     if offload:
-        by_layer: dict[int, list[str]] = {}
-        for name, layer in layer_of.items():
-            by_layer.setdefault(layer, []).append(name)
         net.block_source = lambda i: block_tensors(cfg, i, stream(by_layer.get(i, []), False), dev, dt)
     return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
 

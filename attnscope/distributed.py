@@ -65,10 +65,12 @@ def launched() -> tuple[int, int, int] | None:
     return None if world == 1 else (rank, world, local)
 
 
-def start(device: str = "auto") -> Group | None:
+def start(device: str = "auto", timeout: float | None = None) -> Group | None:
     """Join torchrun's process group (once: a later call returns the same group, as it
     does one the caller started), or None when this is a single process. `device` is the command's --device: NCCL for cuda (or
-    auto with a GPU), each rank on GPU LOCAL_RANK; gloo for the CPU."""
+    auto with a GPU), each rank on GPU LOCAL_RANK; gloo for the CPU. `timeout` (seconds):
+    how long a collective or a receive waits for another rank before it fails (torch's
+    default when None)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():  # started already, by us or by the caller
@@ -92,7 +94,12 @@ def start(device: str = "auto") -> Group | None:
                               hint="give torchrun --nproc-per-node at most the number of GPUs")
         torch.cuda.set_device(local)  # "cuda" now means this rank's GPU, for the model and NCCL alike
     backend = "nccl" if cuda else "gloo"
-    dist.init_process_group(backend=backend)
+    if timeout is None:
+        dist.init_process_group(backend=backend)
+    else:
+        from datetime import timedelta
+
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
     return Group(rank, world, local, backend)
 
 

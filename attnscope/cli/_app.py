@@ -27,7 +27,7 @@ from attnscope.cli._coerce import out_of_bounds as _out_of_bounds  # noqa: F401
 from attnscope.cli._group import _debug, _Group, _print_error  # noqa: F401
 from attnscope.cli._options import (  # noqa: F401 - re-exported: the commands import them from here
     Convention, Device, DeviceOpt, Dtype, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName,
-    MeasureOpt, ModelOpt, NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt, TruncateOpt, View,
+    MeasureOpt, ModelOpt, NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt, PipelineOpt, RanksOpt, TruncateOpt, View,
 )
 
 _coerce.install()  # plain option values without pydantic (before any command is built): see _coerce
@@ -165,6 +165,17 @@ def _load(model: Optional[str], device: Device, dtype: LoadDtype, offload: Optio
 
         m.model.block_source = streamed
     return m
+
+
+def _pipelined(model: Optional[str], device: Device, dtype: LoadDtype, body: Any) -> None:
+    """`--pipeline`: run `body(inspector)` on rank 0 over every process torchrun started,
+    the model's layers split among them (`attnscope.pipeline`); the others serve, and end
+    with rank 0's exit code."""
+    from attnscope import pipeline
+
+    code = pipeline.run(model, device.value, dtype.value, body)
+    if code:
+        raise typer.Exit(code)
 
 
 def _print_json(doc: Any) -> None:

@@ -84,6 +84,8 @@ LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 
 HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]
 LoadDtypeOpt = Annotated[LoadDtype, typer.Option("--dtype", metavar="DTYPE", help="Weights' dtype: auto, float32, bfloat16 or float16 (auto: float32 on CPU, the checkpoint's on GPU). Softmax is always float32.")]
+PipelineOpt = Annotated[bool, typer.Option("--pipeline", help="Under torchrun: split the model's layers across the processes, each loading only its share (rank 0 prints and writes). With --dry-run: each rank's weights and memory.")]
+RanksOpt = Annotated[Optional[int], typer.Option("--ranks", min=2, max=4096, help="With --dry-run --pipeline: how many processes the run would have (default: WORLD_SIZE).", show_default=False)]
 NoColorOpt = Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")]
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut a text longer than the model's positions instead of failing.")]
 

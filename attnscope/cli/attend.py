@@ -16,8 +16,8 @@ import typer
 from attnscope.sources import packaged
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt,
-    NoColorOpt, TruncateOpt, View,
-    _console, _load, _note, _print_json, app,
+    NoColorOpt, PipelineOpt, RanksOpt, TruncateOpt, View,
+    _console, _load, _note, _pipelined, _print_json, app,
 )
 from attnscope.errors import InputError, UsageError
 
@@ -58,6 +58,8 @@ def attend(
     truncate: TruncateOpt = False,
     no_color: NoColorOpt = False,
     measure: MeasureOpt = MeasureName.weight,
+    pipeline: PipelineOpt = False,
+    ranks: RanksOpt = None,
 ) -> None:
     """Show who attends to whom: run a real checkpoint and show its attention.
 
@@ -70,12 +72,21 @@ def attend(
     if view is View.experts and measure is not MeasureName.weight:
         raise UsageError("--view experts shows routes, which no attention --measure changes",
                          hint="leave out --measure, or use another view")
+    if pipeline:
+        _check_pipeline(view, measure, offload)
+    elif ranks is not None:
+        raise UsageError("--ranks goes with --dry-run --pipeline", hint="add --pipeline")
     wanted = _outputs(view.value, layer, head, top_k, token, save, save_topk, html, html_topk, plot, figsize, force,
                       as_json, no_color)
     outputs.check(wanted)
     text = _read_text(text)
     if dry_run:
-        _dry_run(model, text, dtype, layer, head, top_k, save, save_topk, truncate, as_json, measure.value)
+        _dry_run(model, text, dtype, layer, head, top_k, save, save_topk, truncate, as_json, measure.value,
+                 pipeline, ranks)
+        return
+    if pipeline:
+        _pipelined(model, device, dtype,
+                   lambda m: outputs.run(m, m.tokenize(text, truncate), wanted, measure.value, text))
         return
     m = _load(model, device, dtype, True if offload else None)
     outputs.run(m, m.tokenize(text, truncate), wanted, measure.value, text)
@@ -83,6 +94,21 @@ def attend(
 
 
 attend.__doc__ = packaged.fill_default(attend.__doc__)
+
+
+def _check_pipeline(view: View, measure: MeasureName, offload: bool) -> None:
+    """What a pipeline cannot do, refused before anything starts: rank 0 holds only its
+    own layers' weights, and the mixing measures and norm's focus view read a layer's."""
+    hint = "leave out --pipeline, or pick another --measure"
+    if offload:
+        raise UsageError("--offload and --pipeline are two ways to hold less: pick one",
+                         hint="--pipeline loads only each rank's share of the layers")
+    if measure in (MeasureName.alti, MeasureName.value_zeroing):
+        raise UsageError(f"--measure {measure.value} reads every layer's weights on one process, which --pipeline splits",
+                         hint=hint)
+    if measure is MeasureName.norm and view is View.focus:
+        raise UsageError("--measure norm's focus view reads the layer's weights on one process, which --pipeline splits",
+                         hint="use --view topk, heatmap or overview, or leave out --pipeline")
 
 def _outputs(view: str, layer: Optional[str], head: Optional[str], top_k: int, token: Optional[str],
              save: Optional[Path], save_topk: Optional[Path], html: Optional[Path], html_topk: Optional[int],
@@ -139,7 +165,7 @@ def _read_text(text: Optional[str]) -> str:
 
 def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[str], head: Optional[str],
              top_k: int, save: Optional[Path], save_topk: Optional[Path], truncate: bool, as_json: bool,
-             measure: str = "weight") -> None:
+             measure: str = "weight", pipeline: bool = False, ranks: Optional[int] = None) -> None:
     """Estimate a run from config.json, the safetensors headers and the tokenizer alone."""
     from attnscope import analysis, api, estimate
     from attnscope.tokenize import load_tokenizer, tokenize
@@ -173,6 +199,9 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
             "mapped_file_bytes": p.mapped, "activations_bytes": p.activations,
             "attention_chunk_bytes": p.attention_chunk, "kept_results_bytes": p.kept,
             "peak_memory_bytes": p.peak_memory, "output_file_bytes": p.output_file}
+    if pipeline:
+        _dry_run_pipeline(cfg, spec, dt, p, ranks, as_json)
+        return
     if as_json:
         _print_json({"dry_run": True, "model": spec, "dtype": dt, **rows})
         return
@@ -185,3 +214,32 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
                          ("results kept (top-k, one streamed layer, the measure's)", p.kept), ("peak memory, about", p.peak_memory),
                          ("output files", p.output_file)):
         console.print(f"  {label:<42}{human_bytes(value):>14}")
+
+
+def _dry_run_pipeline(cfg: Any, spec: str, dt: str, p: Any, ranks: Optional[int], as_json: bool) -> None:
+    """`--dry-run --pipeline`: each rank's layers, weights and peak memory (`pipeline.plan_ranks`)."""
+    import os
+
+    from attnscope import pipeline
+    from attnscope.units import human_bytes
+
+    if ranks is None:
+        raw = os.environ.get("WORLD_SIZE", "").strip()
+        if not raw.isdigit() or int(raw) < 2:
+            raise UsageError("--dry-run --pipeline needs the number of processes",
+                             hint="give --ranks N (or run it under torchrun, which sets WORLD_SIZE)")
+        ranks = int(raw)
+    plans = pipeline.plan_ranks(cfg, ranks, dt, p.n_tokens, p)
+    if as_json:
+        _print_json({"dry_run": True, "model": spec, "dtype": dt, "tokens": p.n_tokens, "ranks": [
+            {"rank": r.rank, "layers": [r.layers.start, r.layers.stop - 1], "weights_bytes": r.weights,
+             "peak_memory_bytes": r.peak_memory} for r in plans],
+            "one_process_weights_bytes": p.weights, "one_process_peak_memory_bytes": p.peak_memory})
+        return
+    console = _console()
+    console.print(f"[bold]Dry run, pipelined[/] · {cfg.name} · {p.n_tokens} tokens · {dt} weights · {ranks} ranks")
+    console.print(f"  {'rank':<6}{'layers':<12}{'weights':>14}{'peak memory, about':>22}")
+    for r in plans:
+        console.print(f"  {r.rank:<6}{f'{r.layers.start}-{r.layers.stop - 1}':<12}{human_bytes(r.weights):>14}"
+                      f"{human_bytes(r.peak_memory):>22}")
+    console.print(f"  {'one process':<18}{human_bytes(p.weights):>14}{human_bytes(p.peak_memory):>22}")

@@ -13,8 +13,8 @@ from attnscope.units import plural
 
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, ModelOpt,
-    NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt, TruncateOpt,
-    _console, _load, _print_json, app,
+    NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt, PipelineOpt, TruncateOpt,
+    _console, _load, _pipelined, _print_json, app,
 )
 
 from enum import Enum
@@ -131,6 +131,7 @@ def heads(
     html: Annotated[Optional[Path], typer.Option("--html", help="Write one offline page of the text's attention (the selected layers and heads) with these scores in its side panel.")] = None,
     figsize: Annotated[Optional[str], typer.Option("--figsize", metavar="W,H", help="Size of the --plot figure in inches.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot or --html file.")] = False,
+    pipeline: PipelineOpt = False,
 ) -> None:
     """An atlas of attention heads: what every head of every layer does, as scores.
 
@@ -170,7 +171,11 @@ def heads(
 
     names = [score.value] if score is not None else None
     hd.check_measure(measure.value)  # a per-layer measure is refused before the model loads
-    if corpus is not None or per_text is not None or resume or max_texts is not None or field != "text" or batch_tokens:
+    corpus_run = corpus is not None or per_text is not None or resume or max_texts is not None or field != "text"
+    if pipeline and (corpus_run or batch_tokens):
+        raise UsageError("--pipeline splits one model's layers, --corpus splits texts: give one of them",
+                         hint="under torchrun, --corpus alone shares the texts among the processes")
+    if corpus_run or batch_tokens:
         _heads_corpus(text, corpus, field, max_texts, per_text, resume, model, device, dtype, names, layer, head,
                       seed, repeat, truncate, measure, as_json, top, no_color, batch_tokens)
         return
@@ -188,24 +193,31 @@ def heads(
         from attnscope import export
 
         export.check_target(html, force, (".html", ".htm"))
-    m = _load(model, device, dtype)
-    res = hd.head_scores(m, text if text is not None else hd.DEFAULT_TEXT, names, layer, head, seed, repeat, truncate,
-                         measure.value)
-    if plot is not None:
-        from attnscope.render.figure import write_atlas
 
-        write_atlas(plot, {k: v.tolist() for k, v in res.scores.items()}, res.layers, res.heads,
-                    m.config.name or m.source, measure.value, size, force)
-    if html is not None:
-        _heads_page(m, res, text if text is not None else hd.DEFAULT_TEXT, truncate, measure.value, html, force)
-    name = m.config.name or m.source
-    if as_json:
-        _print_json({"model": name, "measure": measure.value, **hd.scores_dict(res)})
-        return
-    from attnscope.render.heads import head_scores as render_heads
+    def run(m: Any) -> None:  # rank 0's part under --pipeline
+        res = hd.head_scores(m, text if text is not None else hd.DEFAULT_TEXT, names, layer, head, seed, repeat,
+                             truncate, measure.value)
+        if plot is not None:
+            from attnscope.render.figure import write_atlas
 
-    console = _console(no_color)
-    render_heads(console, res, name, m.n_layers, m.n_heads, top, color=not no_color and console.color_system is not None)
+            write_atlas(plot, {k: v.tolist() for k, v in res.scores.items()}, res.layers, res.heads,
+                        m.config.name or m.source, measure.value, size, force)
+        if html is not None:
+            _heads_page(m, res, text if text is not None else hd.DEFAULT_TEXT, truncate, measure.value, html, force)
+        name = m.config.name or m.source
+        if as_json:
+            _print_json({"model": name, "measure": measure.value, **hd.scores_dict(res)})
+            return
+        from attnscope.render.heads import head_scores as render_heads
+
+        console = _console(no_color)
+        render_heads(console, res, name, m.n_layers, m.n_heads, top, color=not no_color and console.color_system is not None)
+
+
+    if pipeline:
+        _pipelined(model, device, dtype, run)
+    else:
+        run(_load(model, device, dtype))
 
 
 heads.__doc__ = packaged.fill_default(heads.__doc__)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LoadDtype, LoadDtypeOpt, ModelOpt, NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt,
-    _console, _load, _note,
+    PipelineOpt, _console, _load, _note, _pipelined,
     _print_json, app,
 )
 from attnscope.errors import UsageError
@@ -44,6 +44,7 @@ def generate(
     dtype: LoadDtypeOpt = LoadDtype.auto,
     no_color: NoColorOpt = False,
     measure: PerHeadMeasureOpt = PerHeadMeasure.weight,
+    pipeline: PipelineOpt = False,
 ) -> None:
     """Write after a prompt with our own KV cache, and show where each new token looked.
 
@@ -71,35 +72,41 @@ def generate(
     # a layer or head the model lacks), and nothing reaches stdout before the first token.
     src = api.open_source(model)
     check_request(src.config, src.config.name or src.spec, measure=measure.value, stop=stop, layers=layer, heads=head)
-    m = _load(model, device, dtype)
-    name = m.config.name or m.source
-    console = _console(no_color)
-    stream = _LazyStream(console, m.tokenizer, prompt + ("\n" if chat else "")) if not as_json else None
-    g = m.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                   seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat, layers=layer, heads=head,
-                   alternatives=alternatives, on_token=stream, measure=measure.value)
-    rate = len(g.token_ids) / g.seconds if g.seconds > 0 else 0.0
-    wrote: list[str] = []
-    if save is not None or save_topk is not None or html is not None:
-        wrote = _save_sequence(m, g, save, save_topk, force, html, name)
-    if as_json:
-        doc = generation_dict(g, name)
-        doc["prompt_length"] = len(g.prompt_ids)
-        for key, path in (("saved", save), ("saved_topk", save_topk), ("saved_html", html)):
-            if path is not None:
-                doc[key] = str(path)
-        _print_json(doc)
+
+    def run(m: Any) -> None:  # rank 0's part under --pipeline
+        name = m.config.name or m.source
+        console = _console(no_color)
+        stream = _LazyStream(console, m.tokenizer, prompt + ("\n" if chat else "")) if not as_json else None
+        g = m.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat, layers=layer, heads=head,
+                       alternatives=alternatives, on_token=stream, measure=measure.value)
+        rate = len(g.token_ids) / g.seconds if g.seconds > 0 else 0.0
+        wrote: list[str] = []
+        if save is not None or save_topk is not None or html is not None:
+            wrote = _save_sequence(m, g, save, save_topk, force, html, name)
+        if as_json:
+            doc = generation_dict(g, name)
+            doc["prompt_length"] = len(g.prompt_ids)
+            for key, path in (("saved", save), ("saved_topk", save_topk), ("saved_html", html)):
+                if path is not None:
+                    doc[key] = str(path)
+            _print_json(doc)
+        else:
+            assert stream is not None
+            stream.close()
+            from rich.text import Text
+
+            from attnscope.render.generate import steps_table
+
+            steps_table(console, g, color=not no_color and console.color_system is not None)
+            for line in wrote:
+                console.print(Text(line, style="dim"))  # a Text: a path's brackets are not markup
+        _note(f"{plural(len(g.token_ids), 'token')} in {g.seconds:.2f} s, {rate:.1f} tokens/s")
+
+    if pipeline:
+        _pipelined(model, device, dtype, run)
     else:
-        assert stream is not None
-        stream.close()
-        from rich.text import Text
-
-        from attnscope.render.generate import steps_table
-
-        steps_table(console, g, color=not no_color and console.color_system is not None)
-        for line in wrote:
-            console.print(Text(line, style="dim"))  # a Text: a path's brackets are not markup
-    _note(f"{plural(len(g.token_ids), 'token')} in {g.seconds:.2f} s, {rate:.1f} tokens/s")
+        run(_load(model, device, dtype))
 
 
 generate.__doc__ = _packaged.fill_default(generate.__doc__)
