@@ -96,11 +96,24 @@ class SiteInfo:
     sinks: bool = field(default=False, compare=False)  # from the same kind as `stochastic`
 
 
-def sites(cfg: "ModelConfig") -> list[SiteInfo]:
+def sites(cfg: "ModelConfig", part: str = "encoder") -> list[SiteInfo]:
     """The model's attention sites, one per layer, read from its layer kinds (each kind's
-    fields found once, so a long run of one kind costs a name per layer)."""
+    fields found once, so a long run of one kind costs a name per layer).
+
+    `part`, for an encoder-decoder (`cfg.decoder`; PARTS): "encoder" (the model's own stack,
+    `blocks.{i}.attn`, the default and the only part of every other model), "decoder" (its
+    causal self-attention, `decoder.blocks.{i}.attn`) or "cross" (`decoder.blocks.{i}.cross`,
+    rows target tokens, keys source tokens); `layer` counts within the stack."""
     rope_model = cfg.positions == "rope"
     out: list[SiteInfo] = []
+    if part != "encoder":
+        assert part in PARTS and cfg.decoder is not None, f"no {part} sites"  # internal invariant
+        for spec, count in cfg.decoder.runs:
+            a = spec.attn if part == "decoder" else spec.cross
+            kind = "causal decoder" if part == "decoder" else "cross-attention, whole source"
+            name = (lambda i: f"{DECODER}{attn_site(i)}") if part == "decoder" else cross_site
+            out.extend(SiteInfo(name(i), i, kind, a.n_heads, True) for i in range(len(out), len(out) + count))
+        return out
     for spec, count in cfg.stack.runs:
         a = spec.attn
         kind, stochastic = a.words(rope_model), a.kind == "softmax" and not a.sinks

@@ -119,6 +119,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # sentence-transformers/all-mpnet-base-v2 (tests/data/real_configs/all-mpnet-base-v2.json) as the
     # MPNetModel its weights are (the Hub file names MPNetForMaskedLM, inherited from microsoft/mpnet-base).
+    # Encoder-decoders (attnscope.seq2seq): google-t5/t5-small (tests/data/real_configs/t5-small.json) and
+    # google/flan-t5-small (v1.1: gated-gelu, an untied head; 76,961,152 as transformers 4 counts it).
+    "t5-small": {
+        "model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 512, "d_kv": 64, "d_ff": 2048,
+        "num_layers": 6, "num_decoder_layers": 6, "num_heads": 8, "vocab_size": 32128, "n_positions": 512,
+        "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "relu",
+        "layer_norm_epsilon": 1e-6, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1,
+    },
+    "flan-t5-small": {
+        "model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 512, "d_kv": 64, "d_ff": 1024,
+        "num_layers": 8, "num_decoder_layers": 8, "num_heads": 6, "vocab_size": 32128, "n_positions": 512,
+        "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+        "layer_norm_epsilon": 1e-6, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1,
+        "tie_word_embeddings": False, "torch_dtype": "float32",
+    },
     "all-mpnet-base-v2": {
         "model_type": "mpnet", "architectures": ["MPNetModel"], "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 30527, "max_position_embeddings": 514,

@@ -20,6 +20,7 @@ sharing one embedding, the encoder's last hidden state handed to every decoder l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
 from attnscope.errors import CheckpointError, InputError
-from attnscope.hooks import DECODER
+from attnscope.hooks import DECODER, PARTS
 from attnscope.parts import stack_relative
 from attnscope.parts.block import Block
 from attnscope.parts.norms import make_norm
@@ -79,6 +80,7 @@ class Decoder(nn.Module):
         return x
 
 
+@torch.inference_mode()
 def encode(model: nn.Module, source: Tensor, hooks: Any = None) -> Tensor:
     """The encoder's final states (S, d): its last residual stream after its final norm,
     what every cross-attention reads."""
@@ -86,6 +88,7 @@ def encode(model: nn.Module, source: Tensor, hooks: Any = None) -> Tensor:
     return model.final_norm(x) if model.cfg.final_norm else x
 
 
+@torch.inference_mode()
 def run(model: nn.Module, source: Tensor, decoder_ids: Tensor, hooks: Any = None) -> Tensor:
     """Encode `source` (S,), then decode `decoder_ids` (T,) (the start token and the target,
     teacher forcing): the decoder's last residual stream (T, d); `model.logits` of it gives
@@ -95,3 +98,45 @@ def run(model: nn.Module, source: Tensor, decoder_ids: Tensor, hooks: Any = None
                          hint="a target is for encoder-decoder models (T5, BART, Marian)")
     memory = encode(model, source, hooks)
     return model.decoder(decoder_ids, model.embed.tok, memory, hooks)
+
+
+def decoder_input(cfg: ModelConfig, target: list[int]) -> list[int]:
+    """What the decoder reads for a target under teacher forcing: the start token
+    (`decoder_start_token_id`), then the target's own ids."""
+    return [int(cfg.extra.get("decoder_start_token_id", 0))] + list(target)
+
+
+@dataclass
+class Patterns:
+    """One encoder-decoder pass's attention, float32 on the CPU, every layer and head:
+    `encoder` [enc layers, H, S, S], `decoder` [dec layers, H, T, T] (causal) and `cross`
+    [dec layers, H, T, S] (rows: the decoder's inputs, keys: the source), each None where not
+    asked for; the ids each stack read and the next-token logits (T, vocab)."""
+
+    source_ids: list[int]
+    decoder_ids: list[int]
+    encoder: Tensor | None
+    decoder: Tensor | None
+    cross: Tensor | None
+    logits: Tensor
+
+
+def part_sites(cfg: ModelConfig, part: str) -> list[str]:
+    """Every site of one part ("encoder", "decoder", "cross"; `hooks.PARTS`), in layer order."""
+    from attnscope.hooks import sites
+
+    return [s.name for s in sites(cfg, part)]
+
+
+def patterns(model: nn.Module, source: Tensor, decoder_ids: Tensor, parts: tuple[str, ...] = PARTS) -> Patterns:
+    """Run both stacks once (teacher forcing) and keep the patterns of `parts`."""
+    from attnscope.hooks import Capture
+
+    cfg = model.cfg
+    wanted = {site: ["pattern"] for part in parts for site in part_sites(cfg, part)}
+    cap = Capture(wanted)
+    x = run(model, source, decoder_ids, cap)
+    out = {part: torch.stack([cap.get(site, "pattern") for site in part_sites(cfg, part)]).float()
+           if part in parts else None for part in PARTS}
+    return Patterns(source.tolist(), decoder_ids.tolist(), out["encoder"], out["decoder"], out["cross"],
+                    model.logits(x).cpu())

@@ -1,0 +1,283 @@
+"""T5 (v1.0, tied head) and T5 v1.1 / FLAN-T5 (gated-gelu, untied head): the encoder-decoder
+core (two stacks, cross-attention) against transformers' eager T5ForConditionalGeneration.
+
+The tiny checkpoints of tests/tiny_models_seq2seq.py (2 encoder layers, 3 decoder layers,
+relative buckets 16 up to distance 24, bias tables at std 1.5) read SOURCE_TEXT (90+ tokens)
+in the encoder and the decoder start token + TARGET_TEXT (60+ tokens) in the decoder
+(teacher forcing). Checked here:
+
+1. every layer and head of the encoder's self-attention, the decoder's self-attention and
+   the cross-attention equals transformers' (float32) to 1e-5, and the logits to 1e-4
+   relative; the patterns are spread (no head one-hot) and each stack's own relative table
+   moves them by far more than the tolerance (so the check can fail);
+2. in query chunks of any size (the kernel's causal path and the cross path), and decoding
+   token by token through the decoder's KV cache, the same patterns and logits;
+3. the counts: t5-small's real config (60,506,624, transformers' own), flan-t5-small's
+   untied head, the tiny folders as transformers counts them, `params` rows per stack;
+4. the API (`Inspector.seq2seq`, `run(..., target=)`), the sites of each part, and bad
+   configs as one ConfigError each.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from math import prod
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+import tiny_models_seq2seq as sm
+from attnscope import seq2seq
+from attnscope.config import from_hf_config, preset
+from attnscope.errors import ConfigError, UsageError
+from attnscope.hooks import sites
+from attnscope.model import KVCache
+from attnscope.params import param_shapes
+
+NAMES = list(sm.SEQ2SEQ_BUILDERS)
+REAL_CONFIGS = Path(__file__).parent / "data" / "real_configs"
+# Attention probabilities in float32 against transformers' float32, through at most three
+# pre-norm layers and the encoder's final norm (measured: under 2e-6).
+ATOL = 1e-5
+# Logits relative to their largest magnitude, float32 both sides (measured: under 1e-6).
+RTOL = 1e-4
+ENC_LAYERS, DEC_LAYERS = 2, 3
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = sm.SEQ2SEQ_BUILDERS[name](tmp_path_factory.mktemp(name))
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def ours(built: Callable[[str], Path]) -> Callable[[str], Any]:
+    from attnscope.api import load
+
+    made: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in made:
+            made[name] = load(str(built(name)), device="cpu", dtype="float32")
+        return made[name]
+
+    return get
+
+
+def _ids(folder: Path) -> tuple[list[int], list[int]]:
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return tok.encode(sm.SOURCE_TEXT).ids, tok.encode(sm.TARGET_TEXT).ids
+
+
+@pytest.fixture(scope="module")
+def reference(built: Callable[[str], Path]) -> Callable[[str], Any]:
+    made: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in made:
+            folder = built(name)
+            model = sm.t5_reference(folder)
+            src, tgt = _ids(folder)
+            dec = [model.config.decoder_start_token_id] + tgt
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec]), output_attentions=True)
+            made[name] = (model, src, dec, out)
+        return made[name]
+
+    return get
+
+
+def _max_diff(ours: torch.Tensor, theirs: tuple[torch.Tensor, ...]) -> float:
+    return (ours - torch.stack([a[0] for a in theirs])).abs().max().item()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_three_kinds_of_attention_and_logits_equal_transformers(name: str, ours: Any, reference: Any) -> None:
+    model, src, dec, out = reference(name)
+    assert len(src) >= 90 and len(dec) >= 61  # past max_distance both ways, in both stacks
+    m = ours(name)
+    got = m.seq2seq(src, dec[1:])
+    assert got.decoder_ids == dec and got.source_ids == src
+    assert got.encoder.shape == (ENC_LAYERS, 4, len(src), len(src))
+    assert got.decoder.shape == (DEC_LAYERS, 4, len(dec), len(dec))
+    assert got.cross.shape == (DEC_LAYERS, 4, len(dec), len(src))
+    assert _max_diff(got.encoder, out.encoder_attentions) < ATOL
+    assert _max_diff(got.decoder, out.decoder_attentions) < ATOL
+    assert _max_diff(got.cross, out.cross_attentions) < ATOL
+    ref = out.logits[0]
+    assert ((got.logits - ref).abs().max() / ref.abs().max()).item() < RTOL
+    # spread patterns: a head's typical row is no one-hot (else any port would agree)
+    for part in (got.encoder, got.decoder, got.cross):
+        assert part.max(-1).values.mean().item() < 0.9
+    # a causal decoder: nothing above the diagonal; every row a distribution
+    assert got.decoder.triu(1).abs().max().item() == 0.0
+    for part in (got.encoder, got.decoder, got.cross):
+        assert torch.allclose(part.sum(-1), torch.ones(()), atol=1e-5)
+
+
+@pytest.mark.parametrize("table", ["relative", "decoder.relative"])
+def test_each_stack_reads_its_own_relative_table(table: str, ours: Any, reference: Any) -> None:
+    """Swap one stack's table for the other's (same shape): the patterns move by far more than
+    the tolerance, so the equality above can fail."""
+    _, src, dec, out = reference("t5")
+    m = ours("t5")
+    own = m.model.get_submodule(table).weight
+    other = m.model.get_submodule("decoder.relative" if table == "relative" else "relative").weight
+    saved = own.detach().clone()
+    try:
+        with torch.no_grad():
+            own.copy_(other)
+        got = m.seq2seq(src, dec[1:])
+    finally:
+        with torch.no_grad():
+            own.copy_(saved)
+    moved = got.encoder if table == "relative" else got.decoder
+    theirs = out.encoder_attentions if table == "relative" else out.decoder_attentions
+    assert _max_diff(moved, theirs) > 100 * ATOL
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_any_query_chunk_gives_the_same_patterns(rows: int, ours: Any, reference: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnscope.parts.attention as attention
+
+    _, src, dec, out = reference("t5_v11")
+    monkeypatch.setattr(attention, "chunk_rows", lambda heads, keys: rows)
+    got = ours("t5_v11").seq2seq(src, dec[1:])
+    assert _max_diff(got.encoder, out.encoder_attentions) < ATOL
+    assert _max_diff(got.decoder, out.decoder_attentions) < ATOL
+    assert _max_diff(got.cross, out.cross_attentions) < ATOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_by_token_through_the_cache_equals_the_full_pass(name: str, ours: Any, reference: Any) -> None:
+    from attnscope.hooks import Capture
+
+    _, src, dec, out = reference(name)
+    m = ours(name)
+    model = m.model
+    full = m.seq2seq(src, dec[1:])
+    memory = seq2seq.encode(model, torch.tensor(src))
+    cache = KVCache(DEC_LAYERS)
+    rows, cross_rows = [], []
+    with torch.inference_mode():
+        for i, token in enumerate(dec):
+            cap = Capture({f"decoder.blocks.{DEC_LAYERS - 1}.attn": ["pattern"],
+                           f"decoder.blocks.{DEC_LAYERS - 1}.cross": ["pattern"]})
+            x = model.decoder(torch.tensor([token]), model.embed.tok, memory, cap, cache=cache)
+            rows.append(model.logits(x)[0])
+            pattern = cap.get(f"decoder.blocks.{DEC_LAYERS - 1}.attn", "pattern")[:, 0]  # (H, i + 1)
+            assert torch.allclose(pattern, full.decoder[-1, :, i, :i + 1], atol=ATOL)
+            cross_rows.append(cap.get(f"decoder.blocks.{DEC_LAYERS - 1}.cross", "pattern")[:, 0])
+    assert cache.length == len(dec)
+    stepped = torch.stack(rows)
+    assert ((stepped - full.logits).abs().max() / full.logits.abs().max()).item() < RTOL
+    assert (torch.stack(cross_rows, dim=1) - full.cross[-1]).abs().max().item() < ATOL
+
+
+def test_t5_small_count_is_transformers_own() -> None:
+    raw = json.loads((REAL_CONFIGS / "t5-small.json").read_text())
+    expected = raw.pop("_num_parameters")
+    assert expected == 60_506_624  # the issue's figure
+    cfg = from_hf_config(raw, "t5-small")
+    assert sum(prod(s) for s in param_shapes(cfg).values()) == expected
+    assert sum(prod(s) for s in param_shapes(preset("t5-small")).values()) == expected
+
+
+def test_flan_t5_small_counts_its_untied_head() -> None:
+    """transformers 5 ties T5's head whatever the config says (and then counts it once); the
+    published FLAN-T5 checkpoints store their own lm_head, counted here as transformers 4 did."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    cfg = preset("flan-t5-small")
+    with torch.device("meta"):
+        theirs = T5ForConditionalGeneration(T5Config(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
+                                                     vocab_size=32128, feed_forward_proj="gated-gelu"))
+    untied = theirs.num_parameters() + prod(theirs.lm_head.weight.shape)
+    assert sum(prod(s) for s in param_shapes(cfg).values()) == untied == 76_961_152
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_folder_counts_equal_transformers(name: str, reference: Any) -> None:
+    model = reference(name)[0]  # the v1.1 head untied by hand (transformers 5 would tie it)
+    cfg = from_hf_config(model.config.to_dict() | {"tie_word_embeddings": name == "t5"}, name)
+    theirs = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    assert sum(prod(s) for s in param_shapes(cfg).values()) == theirs
+
+
+def test_params_rows_per_stack() -> None:
+    from attnscope.params import report
+
+    rep = report(preset("t5-small"))
+    labels = [k.label for k in rep.kinds]
+    assert labels == ["encoder: bidirectional encoder", "decoder: causal, with cross-attention"]
+    enc, dec = rep.kinds
+    assert (enc.n_layers, dec.n_layers) == (6, 6)
+    assert dec.block["attention"] == 2 * enc.block["attention"]  # self- and cross-attention
+    assert rep.rows["positions"] == 2 * 32 * 8  # the two relative tables
+    assert rep.total_full == 60_506_624
+
+
+def test_sites_of_each_part(ours: Any) -> None:
+    cfg = ours("t5").config
+    assert [s.name for s in sites(cfg)] == ["blocks.0.attn", "blocks.1.attn"]
+    assert [s.name for s in sites(cfg, "decoder")] == [f"decoder.blocks.{i}.attn" for i in range(DEC_LAYERS)]
+    cross = sites(cfg, "cross")
+    assert [s.name for s in cross] == [f"decoder.blocks.{i}.cross" for i in range(DEC_LAYERS)]
+    assert all(s.n_heads == 4 and s.stochastic for s in cross)
+
+
+def test_api_run_with_a_target_and_refusals(ours: Any, reference: Any) -> None:
+    _, src, dec, out = reference("t5")
+    m = ours("t5")
+    x = m.run(src, target=dec)
+    assert x.shape == (len(dec), 32)
+    got = m.seq2seq(sm.SOURCE_TEXT, sm.TARGET_TEXT, parts=("cross",))
+    assert got.encoder is None and got.decoder is None and got.cross.shape[:2] == (DEC_LAYERS, 4)
+    assert got.decoder_ids == dec  # the target's own tokens after the start token
+    with pytest.raises(UsageError, match="encoder-decoder"):
+        m.logits(src)
+    with pytest.raises(UsageError, match="unknown part"):
+        m.seq2seq(src, dec[1:], parts=("both",))
+
+
+def test_a_decoder_only_model_has_no_target(tmp_path: Path) -> None:
+    import tiny_models as tm
+    from attnscope.api import load
+
+    m = load(str(tm.gpt2(tmp_path / "gpt2")), device="cpu", dtype="float32")
+    with pytest.raises(UsageError, match="not an encoder-decoder"):
+        m.seq2seq([1, 2], [3])
+
+
+_T5 = {"model_type": "t5", "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_heads": 4, "vocab_size": 64}
+
+
+@pytest.mark.parametrize("bad", [
+    {"feed_forward_proj": "gated-foo"}, {"feed_forward_proj": "relu-gated"}, {"feed_forward_proj": 3},
+    {"relative_attention_num_buckets": 0}, {"relative_attention_num_buckets": 2},
+    {"relative_attention_max_distance": 1}, {"num_heads": "4"}, {"num_decoder_layers": -1},
+    {"d_kv": True}, {"decoder_start_token_id": 64}, {"decoder_start_token_id": -1}, {"num_layers": 10 ** 9},
+])
+def test_bad_t5_configs_are_one_config_error(bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        from_hf_config({**_T5, **bad}, "bad")
+
+
+def test_a_decoder_stack_is_checked() -> None:
+    cfg = from_hf_config(_T5, "ok")
+    spec = cfg.decoder.layer(0)
+    for broken in (replace(spec, cross=None), replace(spec, cross=replace(spec.cross, causal=True)),
+                   replace(spec, cross=replace(spec.cross, n_heads=0)), replace(spec, attn=replace(spec.attn, causal=False))):
+        with pytest.raises(ConfigError):
+            replace(cfg, decoder=type(cfg.decoder)(((broken, 2),)))
