@@ -529,8 +529,8 @@ def edit_config(folder: Path, **changes: Any) -> None:
 
 def test_unknown_model_type_lists_supported(copy_of: Callable[[], Path], out: Path) -> None:
     folder = copy_of()
-    edit_config(folder, model_type="t5")
-    line = assert_error(run("attend", TEXT, "-m", folder, "--save", out / "p.npz"), 1, "t5", out=out)
+    edit_config(folder, model_type="umt5")
+    line = assert_error(run("attend", TEXT, "-m", folder, "--save", out / "p.npz"), 1, "umt5", out=out)
     for name in ("bert", "gpt2", "llama", "mistral", "qwen2"):
         assert name in line
 

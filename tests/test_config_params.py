@@ -731,8 +731,8 @@ def test_kv_heads_not_dividing_heads():
 
 def test_unknown_model_type_names_the_supported_ones():
     with pytest.raises(UnsupportedArchitectureError) as exc:
-        from_hf_config({"model_type": "t5", "hidden_size": 64})
-    assert "t5" in exc.value.message
+        from_hf_config({"model_type": "umt5", "hidden_size": 64})
+    assert "umt5" in exc.value.message
     text = _text(exc)
     for supported in ("gpt2", "bert", "llama", "mistral", "qwen2"):
         assert supported in text

@@ -107,7 +107,7 @@ def cache(tmp_path: Path, build: Callable[[str], Path], tiny_llama: Path) -> Pat
     add_repo(cache, "tiny-org/tiny-bert", everything, commit=OTHER_COMMIT, main=False)
     add_repo(cache, "tiny-org/no-tokenizer", files_of(bert, "config.json", "model.safetensors"))
     add_repo(cache, "tiny-org/bad-config", {**everything, "config.json": b"{not json"})
-    t5 = {**json.loads((bert / "config.json").read_text()), "model_type": "t5"}
+    t5 = {**json.loads((bert / "config.json").read_text()), "model_type": "umt5"}
     add_repo(cache, "tiny-org/t5-like", {**everything, "config.json": json.dumps(t5).encode()})
     deeper = {**json.loads((bert / "config.json").read_text()), "num_hidden_layers": 12}
     add_repo(cache, "tiny-org/lying-config", {**everything, "config.json": json.dumps(deeper).encode()})
@@ -142,8 +142,8 @@ def test_every_cache_entry_listed_with_its_reason(cache: Path, build: Callable[[
     bad = models["tiny-org/bad-config"]
     assert not bad["supported"] and "not valid JSON" in bad["reason"] and bad["parameters"] == stored_numel(bert)
     t5 = models["tiny-org/t5-like"]
-    assert not t5["supported"] and t5["family"] == "t5"
-    assert "unsupported model_type 't5'" in t5["reason"] and "bert" in t5["reason"] and "llama" in t5["reason"]
+    assert not t5["supported"] and t5["family"] == "umt5"
+    assert "unsupported model_type 'umt5'" in t5["reason"] and "bert" in t5["reason"] and "llama" in t5["reason"]
     assert models["evil/na\x1bme[red]"]["supported"]
     lying = models["tiny-org/lying-config"]
     assert not lying["supported"] and "declares" in lying["reason"] and lying["parameters"] == stored_numel(bert)
@@ -173,7 +173,7 @@ def test_table_fits_80_columns_and_shows_control_characters(cache: Path, tmp_pat
     assert max(len(line) for line in out.splitlines()) <= 80
     assert "\x1b" not in out and "na\\x1bme[red]" in out
     for words in ("tiny-org/tiny-bert", "tiny-llama.Q4_K_M.gguf", "GGUF Q4_K_M", "not valid JSON",
-                  "unsupported model_type 't5'", "no tokenizer.json", "mamba9", "runs past the end"):
+                  "unsupported model_type 'umt5'", "no tokenizer.json", "mamba9", "runs past the end"):
         assert words in " ".join(out.split()) or words in out.replace("\n", ""), words
 
 

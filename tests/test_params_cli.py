@@ -256,8 +256,8 @@ def test_config_path_not_json(tmp_path: Path):
 
 def test_config_path_unknown_model_type(tmp_path: Path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"model_type": "t5", "hidden_size": 64}), encoding="utf-8")
-    stderr = assert_clean_error(run("params", "--config", str(path)), 1, "t5")
+    path.write_text(json.dumps({"model_type": "umt5", "hidden_size": 64}), encoding="utf-8")
+    stderr = assert_clean_error(run("params", "--config", str(path)), 1, "umt5")
     for supported in ("gpt2", "bert", "llama"):
         assert supported in stderr
 

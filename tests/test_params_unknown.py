@@ -45,7 +45,7 @@ TENSORS = {
 
 @pytest.fixture(scope="module")
 def t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete tiny T5 checkpoint (`tiny_models.unsupported`): a family attnscope lacks."""
+    """A complete tiny UMT5 checkpoint (`tiny_models.unsupported`): a family attnscope lacks."""
     return tm.unsupported(tmp_path_factory.mktemp("t5"))
 
 
@@ -105,14 +105,14 @@ def test_params_counts_an_unknown_family(config: Any, family: Any, words: str, t
 
 
 def test_unknown_total_is_transformers_own(t5: Path) -> None:
-    """A real family attnscope does not implement (T5, saved by transformers): the total
+    """A real family attnscope does not implement (UMT5, saved by transformers): the total
     from the headers is the model's own num_parameters(), its shared table once."""
     folder = t5
     result = run("params", "--model", folder, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["family"] == "t5"
-    assert doc["total"] == tm.load_reference(folder, "T5Model").num_parameters()
+    assert doc["family"] == "umt5"
+    assert doc["total"] == tm.load_reference(folder, "UMT5Model").num_parameters()
     assert doc["groups"]["attention"] and doc["groups"]["mlp"] and doc["groups"]["norms"] and doc["groups"]["embeddings"]
 
 

@@ -374,16 +374,17 @@ def qwen2(folder: Path, seed: int = SEED) -> Path:
 
 
 def unsupported(folder: Path, seed: int = SEED) -> Path:
-    """A complete tiny T5 checkpoint (config, weights, tokenizer): an architecture
-    attnscope does not implement, in a folder that is otherwise fine."""
-    from transformers import T5Config, T5Model
+    """A complete tiny UMT5 checkpoint (config, weights, tokenizer): an architecture
+    attnscope does not implement (T5 with a relative table in every layer), in a folder
+    that is otherwise fine."""
+    from transformers import UMT5Config, UMT5Model
 
     tok = bert_tokenizer()
-    config = T5Config(
+    config = UMT5Config(
         vocab_size=_vocab_size(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         decoder_start_token_id=0, pad_token_id=0,
     )
-    return _build(config, T5Model, Path(folder), tok, seed)
+    return _build(config, UMT5Model, Path(folder), tok, seed)
 
 
 # ------------------------------------------------------------------------- reference
