@@ -145,8 +145,9 @@ def corpus_scores(
     # repeat, so duplicate_token is not among them.
     _, _, model_undefined = hd.text_terms([0, 0], cfg, text_names, measure)
     measured = [name for name in text_names if name not in model_undefined]
-    plan = routing.plan(cfg, ls)  # None on a dense model: nothing below changes for it
+    plan = routing.plan(cfg, ls)  # None on a dense model (and no selected MoE layer): nothing below changes for it
     moe = plan["layers"] if plan is not None else []
+    plan = plan if moe else None
     header = pt.make_header(inspector, measure, truncate, measured, ls, hs, plan)
     if batch_tokens < 0:
         raise UsageError(f"--batch-tokens must be >= 0 (0: one text a pass), got {batch_tokens}")
