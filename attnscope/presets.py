@@ -312,6 +312,36 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
         "use_sliding_window": False, "vocab_size": 151936,
     },
+    # Qwen/Qwen3.5-0.8B, the smallest Qwen3.5: the Hub file's text_config (its text tower;
+    # the vision tower is not counted), tests/data/real_configs/qwen3.5-0.8b.json. Gated
+    # DeltaNet linear layers and gated softmax layers, 3:1. 752,393,024 parameters.
+    "qwen3.5-0.8b": {
+        "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text", "attention_bias": False,
+        "attn_output_gate": True, "eos_token_id": 248044, "full_attention_interval": 4, "head_dim": 256,
+        "hidden_act": "silu", "hidden_size": 1024, "intermediate_size": 3584,
+        "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * 6, "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 16,
+        "linear_value_head_dim": 128, "max_position_embeddings": 262144, "num_attention_heads": 8,
+        "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_parameters": {"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
+                            "rope_theta": 10000000, "partial_rotary_factor": 0.25},
+        "tie_word_embeddings": True, "vocab_size": 248320,
+    },
+    # Qwen/Qwen3-Next-80B-A3B (tests/data/real_configs/qwen3-next-80b-a3b.json): Qwen3.5's
+    # hybrid layers with 512 experts (top 10) and a gated shared expert in every layer.
+    # 79,674,391,296 parameters, 3,874,929,408 active.
+    "qwen3-next-80b-a3b": {
+        "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "attention_bias": False,
+        "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645, "full_attention_interval": 4,
+        "head_dim": 256, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 5120,
+        "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_num_key_heads": 16,
+        "linear_num_value_heads": 32, "linear_value_head_dim": 128, "max_position_embeddings": 262144,
+        "mlp_only_layers": [], "moe_intermediate_size": 512, "norm_topk_prob": True, "num_attention_heads": 16,
+        "num_experts": 512, "num_experts_per_tok": 10, "num_hidden_layers": 48, "num_key_value_heads": 2,
+        "partial_rotary_factor": 0.25, "rms_norm_eps": 1e-06, "rope_theta": 10000000,
+        "shared_expert_intermediate_size": 512, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "vocab_size": 151936,
+    },
     # gpt-oss (openai/gpt-oss-20b, -120b): the Hub files without their quantization_config
     # (MXFP4 experts: a storage format, not a size); sliding and full layers alternate.
     "gpt-oss-20b": _gpt_oss(24, 32),
