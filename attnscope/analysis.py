@@ -9,7 +9,7 @@ of tensors; nothing prints.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
@@ -115,6 +115,23 @@ def select_heads(spec: str | int | list[int] | None, sites: Sequence[SiteInfo], 
     return chosen
 
 
+def signed_layers(sites: Sequence[SiteInfo], measure: str = "weight") -> frozenset[int]:
+    """The layers whose values under `measure` are signed and whose rows are no
+    distributions: a site that is not row-stochastic (`SiteInfo.stochastic`) and has no
+    sinks, as a linear layer's hidden attention M (`parts.linear_attention`). Only under
+    `weight`: `norm` hands on magnitudes |M|·‖v‖, and rollout refuses such layers."""
+    if measure != "weight":
+        return frozenset()
+    return frozenset(s.layer for s in sites if not s.stochastic and not s.sinks)
+
+
+def by_magnitude(chunk: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k entries of each row with the largest |value|, their signed values and
+    indices, largest first: how a signed row (a linear layer's M) is ranked."""
+    _, i = torch.topk(chunk.abs(), k, dim=-1, sorted=True)
+    return chunk.gather(-1, i), i
+
+
 class ProbeBase:
     """Base of the probes: a hook (see `attnscope.hooks`) on the attention sites of the
     layers asked for, receiving each chunk of their patterns as `pattern(layer, start,
@@ -159,6 +176,7 @@ class Attention:
     layers: list[int]
     heads: list[int]
     tokens: "Tokens | None" = None
+    signed: frozenset[int] = frozenset()  # layers whose pattern is signed, rows no distributions (`signed_layers`)
 
 
 class FullPatterns(ProbeBase):
@@ -201,30 +219,34 @@ class LayerStream(ProbeBase):
 
 @dataclass
 class TopK:
-    """indices[l, h, i] are the k keys query i attends to most, weights descending.
+    """indices[l, h, i] are the k keys query i attends to most, weights descending (on a
+    signed layer, `signed`, by |weight|: the weight keeps its sign).
 
     A key the mask hides (a causal query's future, a window's past, padding) weighs
     exactly 0 after the kernel's softmax: where a query sees fewer than k keys, its last
-    entries weigh 0 and name no key it can see. `rows` lists only keys of weight above 0,
-    and a saved top-k is read the same way (an entry of weight 0 is no key)."""
+    entries weigh 0 and name no key it can see. `rows` lists only keys of weight other
+    than 0, and a saved top-k is read the same way (an entry of weight 0 is no key)."""
 
     indices: Tensor  # (L_sel, H_sel, T, k) int64
     weights: Tensor  # (L_sel, H_sel, T, k) float32
     layers: list[int]
     heads: list[int]
     tokens: "Tokens | None" = None
+    signed: frozenset[int] = frozenset()  # layers ranked by |weight| (`signed_layers`)
 
     def rows(self, layer_pos: int, head_pos: int, query: int) -> list[tuple[int, float]]:
         """The query's listed keys (key index, weight), heaviest first: at most k."""
         idx = self.indices[layer_pos, head_pos, query].tolist()
         w = self.weights[layer_pos, head_pos, query].tolist()
-        return [(j, x) for j, x in zip(idx, w) if x > 0.0]
+        return [(j, x) for j, x in zip(idx, w) if x != 0.0]
 
 
 class TopKProbe(ProbeBase):
-    def __init__(self, layers: list[int], heads: list[int], n: int, k: int) -> None:
+    def __init__(self, layers: list[int], heads: list[int], n: int, k: int,
+                 signed: frozenset[int] = frozenset()) -> None:
         super().__init__(layers, heads)
         self.k = min(k, n)
+        self.signed = signed
         shape = (len(layers), len(heads), n, self.k)
         self.indices = torch.empty(shape, dtype=torch.long)
         self.weights = torch.empty(shape, dtype=torch.float32)
@@ -233,7 +255,8 @@ class TopKProbe(ProbeBase):
         chunk = self._pick(probs)  # (H_sel, c, K)
         if chunk.shape[2] < self.k:  # fewer keys than k in this chunk: the rest weigh 0
             chunk = torch.nn.functional.pad(chunk, (0, self.k - chunk.shape[2]))
-        w, i = torch.topk(chunk, self.k, dim=-1, sorted=True)  # (H_sel, c, k)
+        w, i = (by_magnitude(chunk, self.k) if layer in self.signed
+                else torch.topk(chunk, self.k, dim=-1, sorted=True))  # (H_sel, c, k)
         pos, stop = self._layer_pos[layer], start + chunk.shape[1]
         self.weights[pos, :, start:stop] = w.cpu()
         self.indices[pos, :, start:stop] = i.cpu()
@@ -241,12 +264,14 @@ class TopKProbe(ProbeBase):
 
 @dataclass
 class Summary:
-    """Per layer and head: mean normalised entropy and mean attention on the first token."""
+    """Per layer and head: mean normalised entropy and mean attention on the first token.
+    A signed layer's rows are no distributions: its entropy is NaN (undefined)."""
 
-    entropy: Tensor  # (L_sel, H_sel): mean over rows of H(row) / log(visible keys)
+    entropy: Tensor  # (L_sel, H_sel): mean over rows of H(row) / log(visible keys); NaN on `signed` layers
     first_token: Tensor  # (L_sel, H_sel): mean over rows i >= 1 of A[i, 0]
     layers: list[int]
     heads: list[int]
+    signed: frozenset[int] = frozenset()
 
 
 def visible_counts(cfg: "ModelConfig", n: int, layer: int | None = None, rows: slice = slice(None)) -> Tensor:
@@ -265,10 +290,12 @@ def normalised_entropy(probs: Tensor, counts: Tensor) -> Tensor:
 
 
 class SummaryProbe(ProbeBase):
-    def __init__(self, layers: list[int], heads: list[int], cfg: "ModelConfig", n: int) -> None:
+    def __init__(self, layers: list[int], heads: list[int], cfg: "ModelConfig", n: int,
+                 signed: frozenset[int] = frozenset()) -> None:
         super().__init__(layers, heads)
         self.n = n
         self.cfg = cfg
+        self.signed = signed
         self.row_entropy = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
         self.first = torch.zeros(len(layers), len(heads), n)  # (L_sel, H_sel, T)
 
@@ -276,13 +303,16 @@ class SummaryProbe(ProbeBase):
         chunk = self._pick(probs).float()
         stop = start + chunk.shape[1]
         pos = self._layer_pos[layer]
-        counts = visible_counts(self.cfg, self.n, layer, slice(start, stop)).to(chunk.device)
-        self.row_entropy[pos, :, start:stop] = normalised_entropy(chunk, counts).cpu()
+        if layer in self.signed:  # rows that are no distributions have no entropy
+            self.row_entropy[pos, :, start:stop] = float("nan")
+        else:
+            counts = visible_counts(self.cfg, self.n, layer, slice(start, stop)).to(chunk.device)
+            self.row_entropy[pos, :, start:stop] = normalised_entropy(chunk, counts).cpu()
         self.first[pos, :, start:stop] = chunk[..., 0].cpu()
 
     def result(self) -> Summary:
         first = self.first[..., 1:].mean(-1) if self.n > 1 else torch.zeros(self.first.shape[:2])
-        return Summary(self.row_entropy.mean(-1), first, self.layers, self.heads)
+        return Summary(self.row_entropy.mean(-1), first, self.layers, self.heads, self.signed)
 
 
 class QKProbe(ProbeBase):
@@ -320,6 +350,7 @@ class Focus:
     heads: list[int]
     tokens: "Tokens | None" = None
     sink: Tensor | None = None  # (L_sel, H_sel): the row's sink weight (1 − its sum), for a model with sinks
+    signed: frozenset[int] = frozenset()  # layers whose row is signed (`signed_layers`): ranked by |weight|
 
 
 class FocusProbe(ProbeBase):
@@ -371,3 +402,5 @@ class AttendResult:
     summary: Summary | None = None
     attention: Attention | None = None
     update: Any = None  # measures.update.WordUpdate under --measure norm
+    signed: frozenset[int] = frozenset()  # layers whose values are signed, rows no distributions (`signed_layers`)
+    kinds: dict[int, str] = field(default_factory=dict)  # each signed layer's kind in words ("linear, …")

@@ -42,20 +42,21 @@ class Measure:
 MEASURES: dict[str, Measure] = {
     "topk": Measure(
         "topk", "pattern",
-        lambda m, ls, hs, t, r: analysis.TopKProbe(ls, hs, len(t), r.top_k),
-        lambda p, t, r: analysis.TopK(p.indices, p.weights, p.layers, p.heads, t)),
+        lambda m, ls, hs, t, r: analysis.TopKProbe(ls, hs, len(t), r.top_k, analysis.signed_layers(m.sites, r.measure)),
+        lambda p, t, r: analysis.TopK(p.indices, p.weights, p.layers, p.heads, t, p.signed)),
     "focus": Measure(
         "focus", "pattern",
         lambda m, ls, hs, t, r: analysis.FocusProbe(ls, hs, len(t), r.query),
-        lambda p, t, r: analysis.Focus(r.query, p.rows, p.layers, p.heads, t, p.sinks)),
+        lambda p, t, r: analysis.Focus(r.query, p.rows, p.layers, p.heads, t, p.sinks, r.signed)),
     "summary": Measure(
         "summary", "pattern",
-        lambda m, ls, hs, t, r: analysis.SummaryProbe(ls, hs, m.config, len(t)),
+        lambda m, ls, hs, t, r: analysis.SummaryProbe(ls, hs, m.config, len(t),
+                                                      analysis.signed_layers(m.sites, r.measure)),
         lambda p, t, r: p.result()),
     "attention": Measure(
         "attention", "pattern",
         lambda m, ls, hs, t, r: analysis.FullPatterns(ls, hs, len(t)),
-        lambda p, t, r: analysis.Attention(p.probs, p.layers, p.heads, t)),
+        lambda p, t, r: analysis.Attention(p.probs, p.layers, p.heads, t, r.signed)),
 }
 
 
@@ -112,6 +113,7 @@ class AttendRequest:
     # More raw-value probes to attach (streamed file writers): each is called with the
     # pass's ExitStack, enters what it must close there, and returns its probe.
     streams: list[Callable[[contextlib.ExitStack], Any]] = field(default_factory=list)
+    signed: frozenset[int] = frozenset()  # set by run_attend from the sites (`analysis.signed_layers`)
 
     def selection(self, measure: str) -> tuple[list[int], list[int]]:
         return self.selections.get(measure, (self.layers, self.heads))
@@ -166,9 +168,14 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
         from attnscope.measures import mixing
 
         mixing.check(m, req.measure, n, m.n_layers if req.save is not None or req.streams else 0)
+    if req.measure == "rollout":  # refused before the pass, in one line, where a layer's rows are signed
+        transforms.check_rollout(m.sites, max(req.layers + req.save_layers
+                                              + [layer for ls, _hs in req.selections.values() for layer in ls],
+                                              default=0))
     if not KINDS[req.measure].per_head:  # one matrix per layer: a single "head"
         req.heads, req.save_heads = [0], [0]
         req.selections = {name: (ls, [0]) for name, (ls, _hs) in req.selections.items()}
+    req.signed = analysis.signed_layers(m.sites, req.measure)
     probes = {name: MEASURES[name].probe(m, *req.selection(name), tokens, req) for name in req.measures}
     views: list[Any] = list(probes.values())
     topk_all = None
@@ -184,12 +191,16 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
                                         route_probe(m.config, req.save_layers, n)))
         wanted = [layer for probe in views + saves for layer in probe.layers]
         last = max(wanted + req.layers, default=0)
-        hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves), m.model)
+        hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves), m.model,
+                                m.sites)
         word = None
-        if req.measure == "norm" and "focus" in req.measures:  # the lesson's view: what moved this word
+        focus_layer = max(req.selection("focus")[0], default=0)
+        # the lesson's view: what moved this word (through W_O: a softmax layer's, not a
+        # linear layer's, whose gated norm is not linear in the values)
+        if req.measure == "norm" and "focus" in req.measures and m.sites[focus_layer].stochastic:
             from attnscope.measures.update import WordUpdateHook
 
-            word = WordUpdateHook(m.model, max(req.selection("focus")[0]), req.query)
+            word = WordUpdateHook(m.model, focus_layer, req.query)
             hooks = analysis.Probes(hooks, word)
         routes = [save.routes for save in saves if getattr(save, "routes", None) is not None]
         if routes:  # routes are no attention quantity: they go beside any measure's wrapper
@@ -199,7 +210,8 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
         assert req.save_topk is not None
         export.save_topk(req.save_topk, topk_all.indices, topk_all.weights, req.save_layers, req.save_heads,
                          tokens.ids, req.force, req.extra)
-    res = analysis.AttendResult(tokens, req.layers, req.heads)
+    res = analysis.AttendResult(tokens, req.layers, req.heads, signed=req.signed,
+                                kinds={layer: m.sites[layer].kind for layer in req.signed})
     for name, probe in probes.items():
         setattr(res, name, MEASURES[name].result(probe, tokens, req))
     if word is not None:

@@ -9,9 +9,16 @@ pattern, so every view, export and score works under every measure unchanged.
 * norm (Kobayashi et al., "Attention is Not Only a Weight", EMNLP 2020): ‖α_hij f_h(x_j)‖₂
   = α_hij ‖f_h(x_j)‖₂ with f_h(x) = (x W_V^h + b_V^h) W_O^h, read from the `pattern` and
   `fnorm` hooks. Views get each row normalised to sum 1; saves get the raw values.
+  On a layer whose pattern is signed (a linear layer's hidden attention M, its site not
+  row-stochastic: `analysis.signed_layers`) the output is o_t = Σ_j M[t, j] v_j, but what
+  follows (a gated RMSNorm, then W_O) is not linear in o_t, so no f(x_j) through W_O
+  exists: norm there is ‖M[t, j] v_j‖ = |M[t, j]| ‖v_j‖, what key j moves into the
+  layer's own output before its gated norm, read from `pattern` and `v`.
 * rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020):
   Ā_l = 0.5 · mean_h A_l + 0.5 · I with rows renormalised, R_0 = Ā_0, R_l = Ā_l R_{l−1};
   one n × n matrix per layer, handed on as a single "head" once the layer is complete.
+  It reads each row as a distribution of flow: a signed layer up to the last one asked
+  for is refused in one line (`check_rollout`).
 * alti, value-zeroing (the context-mixing measures: the whole layer read, residual,
   norms and MLP included): `measures.mixing`, one matrix a layer as rollout's.
 
@@ -21,12 +28,15 @@ A sink column (gpt-oss) is a weight with no value vector: only `weight` hands th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
-from attnscope.hooks import site_layer
+from attnscope.hooks import attn_site, site_layer
+
+if TYPE_CHECKING:
+    from attnscope.hooks import SiteInfo
 
 MEASURE_NAMES = ("weight", "norm", "rollout", "alti", "value-zeroing")
 DESCRIPTIONS = {
@@ -41,20 +51,27 @@ DESCRIPTIONS = {
 
 
 class NormMeasure:
-    """Pattern chunks -> α_hij ‖f_h(x_j)‖: normalised rows to `views`, raw ones to `raw`."""
+    """Pattern chunks -> α_hij ‖f_h(x_j)‖: normalised rows to `views`, raw ones to `raw`;
+    at a `signed` layer's site, |M_hij| ‖v_hj‖ (see the module docstring)."""
 
-    def __init__(self, views: Any = None, raw: Any = None) -> None:
+    def __init__(self, views: Any = None, raw: Any = None, signed: frozenset[int] = frozenset()) -> None:
         self.targets = [(t, normalise) for t, normalise in ((views, True), (raw, False)) if t is not None]
         self.fnorm: dict[str, Tensor] = {}
+        self.signed = {attn_site(layer) for layer in signed}
 
     def wants(self, site: str, what: str) -> bool:
-        return what in ("pattern", "fnorm") and any(t.wants(site, "pattern") for t, _ in self.targets)
+        size = "v" if site in self.signed else "fnorm"
+        return what in ("pattern", size) and any(t.wants(site, "pattern") for t, _ in self.targets)
 
     def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
         if what == "fnorm":
             self.fnorm[site] = value
             return
-        norms = value * self.fnorm[site][:, None, : value.shape[-1]].to(value.device)  # (H, c, K)
+        if what == "v":  # (H, K, d_v): one value vector per head and key
+            self.fnorm[site] = value.float().norm(dim=-1)  # (H, K)
+            return
+        size = self.fnorm[site][:, None, : value.shape[-1]].to(value.device)
+        norms = (value.abs() if site in self.signed else value) * size  # (H, c, K)
         for target, normalise in self.targets:
             if not target.wants(site, "pattern"):
                 continue
@@ -97,15 +114,33 @@ class RolloutMeasure:
                 target.report(site, "pattern", self.rolled[None], 0, 0)  # (1, n, n)
 
 
-def wrap(measure: str, n: int, last_layer: int, views: Any = None, raw: Any = None, model: Any = None) -> Any:
-    """The hook to run: the targets themselves under `weight`, else the measure's wrapper."""
+def check_rollout(sites: Sequence["SiteInfo"], last_layer: int) -> None:
+    """Rollout reads every row up to `last_layer` as a distribution: a layer whose rows
+    are signed (`analysis.signed_layers`) is refused in one line."""
+    from attnscope.analysis import signed_layers
+    from attnscope.errors import UsageError
+
+    bad = sorted(layer for layer in signed_layers(sites) if layer <= last_layer)
+    if bad:
+        raise UsageError(f"--measure rollout needs row-stochastic layers (rows that are distributions); layer {bad[0]} "
+                         f"is {sites[bad[0]].kind}, whose hidden attention is signed and its rows do not sum to 1",
+                         hint="use --measure weight or norm on this model")
+
+
+def wrap(measure: str, n: int, last_layer: int, views: Any = None, raw: Any = None, model: Any = None,
+         sites: Sequence["SiteInfo"] = ()) -> Any:
+    """The hook to run: the targets themselves under `weight`, else the measure's wrapper.
+    `sites` (the model's, `hooks.sites`): which layers' patterns are signed."""
+    from attnscope.analysis import signed_layers
+
     if measure == "weight":
         from attnscope.hooks import Hooks
 
         return Hooks(views, raw)
     if measure == "norm":
-        return NormMeasure(views, raw)
+        return NormMeasure(views, raw, signed_layers(sites))
     if measure == "rollout":
+        check_rollout(sites, last_layer)
         return RolloutMeasure(n, last_layer, views, raw)
     if measure in ("alti", "value-zeroing"):  # the whole layer read: measures.mixing
         from attnscope.measures import mixing

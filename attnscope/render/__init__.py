@@ -20,6 +20,20 @@ def ramp_style(value: float) -> str:
     return RAMP[i]
 
 
+# A diverging scale for signed values (a linear layer's hidden attention M): blue below 0,
+# red above, brighter with |value| / scale; no colour at 0.
+NEGATIVE = ("grey35", "navy_blue", "blue3", "blue1", "dodger_blue1", "deep_sky_blue1")
+POSITIVE = ("grey35", "dark_red", "red3", "red1", "orange_red1", "orange1")
+
+
+def diverging_style(value: float, scale: float) -> str:
+    """The colour of a signed `value` on a scale of ±`scale` (its row's or matrix's largest |value|)."""
+    if value == 0 or not scale > 0:
+        return ""
+    ramp = POSITIVE if value > 0 else NEGATIVE
+    return ramp[min(len(ramp) - 1, max(1, int(abs(value) / scale * (len(ramp) - 1) + 0.5)))]
+
+
 def shade(value: float) -> str:
     i = min(len(SHADES) - 1, max(0, int(round(value * (len(SHADES) - 1)))))
     return SHADES[i]

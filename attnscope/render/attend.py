@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attnscope.render import clip, distinct, elide, ramp_style, shade
+from attnscope.render import clip, distinct, diverging_style, elide, ramp_style, shade
 from attnscope.units import plural
 
 if TYPE_CHECKING:
@@ -30,9 +30,21 @@ def clip_label(label: str, width: int) -> str:
     return clip(word, max(2, width - len(pos) - 1)) + "@" + pos
 
 
-def weight_text(label: str, weight: float, color: bool, width: int = 10) -> Text:
+def weight_text(label: str, weight: float, color: bool, width: int = 10, scale: float | None = None) -> Text:
+    """A key and its weight; given `scale` (a signed layer's largest |weight| in view), the
+    weight with its sign, on the diverging scale."""
+    if scale is not None:
+        return Text(f"{clip_label(label, width)} {weight:+.2f}", style=diverging_style(weight, scale) if color else "")
     body = f"{clip_label(label, width)} {weight:.2f}"
     return Text(body, style=ramp_style(weight) if color else "")
+
+
+SIGNED = "signed, rows do not sum to 1"
+
+
+def signed_title(layer: int, kinds: dict[int, str]) -> str:
+    """What a signed layer's title adds: its kind and what its numbers are."""
+    return f" · {kinds.get(layer, 'not row-stochastic')}: hidden attention, {SIGNED}"
 
 
 # The measures with one matrix a layer (no heads), by the name a row or title gives it.
@@ -59,10 +71,13 @@ def header(console: Console, model: str, tokens: "Tokens", note: str = "") -> No
         console.print(Text(note, style="dim"))
 
 
-def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: str = "weight") -> None:
+def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: str = "weight",
+               kinds: dict[int, str] | None = None) -> None:
     """Rank the text's own tokens; the weight on special tokens ([CLS], <s>, ...), often
     a resting place rather than meaning, gets its own column, and so does a sink's
-    (gpt-oss's extra softmax column, which is no token): specials = both."""
+    (gpt-oss's extra softmax column, which is no token): specials = both. On a signed
+    layer (`focus.signed`: a linear layer's hidden attention) keys are ranked by |weight|,
+    shown with their sign, and specials is the plain sum of their signed weights."""
     import torch
 
     tokens = focus.tokens
@@ -80,7 +95,10 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
     width = max(8, min(24, room // max(1, shown) - 6))
     of = f" (its {LAYER_MEASURES[measure]})" if measure in LAYER_MEASURES else ""
     for li, layer in enumerate(focus.layers):
+        signed = layer in focus.signed
         title = f"What “{tokens.labels[q]}” (token {q}) attends to · layer {layer}{of}"
+        if signed:
+            title += signed_title(layer, kinds or {}) + ", ranked by |weight|"
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, box=None, padding=(0, 1),
                       min_width=min(console.width, len(title)))  # the title on one line where it fits
         table.add_column(LAYER_MEASURES.get(measure, "head"), justify="right", style="dim")
@@ -90,16 +108,24 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
             table.add_column("specials", justify="right", style="dim")
         for hi, head in enumerate(focus.heads):
             row = focus.weights[li, hi]  # (T,)
-            w, pos = row[ranked].topk(shown)
-            cells = [weight_text(names[int(ranked[p])], float(x), color, width) for x, p in zip(w.tolist(), pos.tolist())]
+            scale = float(row.abs().max()) if signed else None
+            if signed:
+                _, pos = row[ranked].abs().topk(shown)
+                w = row[ranked][pos]
+            else:
+                w, pos = row[ranked].topk(shown)
+            cells = [weight_text(names[int(ranked[p])], float(x), color, width, scale)
+                     for x, p in zip(w.tolist(), pos.tolist())]
             if show_special:
                 rest = float(focus.sink[li, hi]) if focus.sink is not None else 0.0  # the sink's own share
-                cells.append(Text(f"{float(row[special].sum()) + rest:.2f}"))
+                total = float(row[special].sum()) + rest
+                cells.append(Text(f"{total:+.2f}" if signed else f"{total:.2f}"))
             table.add_row("all heads" if measure in LAYER_MEASURES else f"H{head}", *cells)
         console.print(table)
 
 
-def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40, measure: str = "weight") -> None:
+def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40, measure: str = "weight",
+              kinds: dict[int, str] | None = None) -> None:
     tokens = topk.tokens
     assert tokens is not None
     n = len(tokens)
@@ -107,8 +133,11 @@ def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40, m
     names = distinct(tokens.labels)
     for li, layer in enumerate(topk.layers):
         for hi, head in enumerate(topk.heads):
+            signed = layer in topk.signed
+            ranked_by = f"{signed_title(layer, kinds or {})}; ranked by |weight|" if signed else ""
+            scale = float(topk.weights[li, hi].abs().max()) if signed else None
             table = Table(title=f"L{layer} {head_name(head, measure)} · top {topk.indices.shape[-1]} keys per token "
-                                f"(those it can see)",
+                                f"(those it can see){ranked_by}",
                           title_justify="left", show_edge=False, box=None, padding=(0, 1))
             table.add_column("#", justify="right", style="dim")
             table.add_column("token")
@@ -121,31 +150,37 @@ def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40, m
                 for j, w in topk.rows(li, hi, i):
                     if parts:
                         parts.append("  ")
-                    parts.append_text(weight_text(names[j], w, color))
+                    parts.append_text(weight_text(names[j], w, color, scale=scale))
                 table.add_row(str(i), clip(tokens.labels[i], 14), parts)
             console.print(table)
 
 
-def heatmap_view(console: Console, att: "Attention", color: bool, width: int, measure: str = "weight") -> None:
+def heatmap_view(console: Console, att: "Attention", color: bool, width: int, measure: str = "weight",
+                 kinds: dict[int, str] | None = None) -> None:
+    """A signed layer's matrix (`att.signed`) is drawn on a diverging scale: blue below
+    0, red above, each cell's sign printed (one column wider), its scale the matrix's
+    largest |value|."""
     tokens = att.tokens
     assert tokens is not None
     n = len(tokens)
     label_w = min(12, max(len(t) for t in tokens.labels) + 1)
     room = max(8, width - label_w - 6)
-    # Every numeric cell starts with a space, so neighbours never touch ("0 100", not "0100").
-    cell = 5 if n * 5 <= room else (4 if n * 4 <= room else 1)
-    cols = elide(n, room // cell)
     rows = elide(n, 40)
-    legend = {5: "attention weight", 4: "attention weight in %",
-              1: f"shade {shade(0.25)} {shade(0.5)} {shade(0.75)} {shade(1.0)} = weight about 0.25 0.5 0.75 1, "
-                 ". = above 0 but under 1/8"}[cell]
-    digits = "; the header shows each key index's last digit" if cell == 1 else ""
-    elided = "; … = rows or columns left out" if len(cols) < n or len(rows) < n else ""
     for li, layer in enumerate(att.layers):
+        signed = layer in att.signed
+        # Every numeric cell starts with a space, so neighbours never touch ("0 100", not
+        # "0100"); a signed cell has room for its sign too (" -0.12").
+        wide = 6 if signed else 5
+        cell = wide if n * wide <= room else (wide - 1 if n * (wide - 1) <= room else 1)
+        cols = elide(n, room // cell)
+        elided = "; … = rows or columns left out" if len(cols) < n or len(rows) < n else ""
+        digits = "; the header shows each key index's last digit" if cell == 1 else ""
         for hi, head in enumerate(att.heads):
             pattern = att.probs[li, hi]  # (T, T)
+            scale = float(pattern.abs().max()) if signed else 1.0
             what = LAYER_MEASURES.get(measure, f"head {head}")
-            console.print(Text(f"Layer {layer} · {what}: row = query token, column = key token", style="bold"))
+            kind = signed_title(layer, kinds or {}) if signed else ""
+            console.print(Text(f"Layer {layer} · {what}{kind}: row = query token, column = key token", style="bold"))
             idx_line = Text(" " * (label_w + 4))
             for j in cols:
                 idx_line.append(("…" if j < 0 else str(j if cell > 1 else j % 10)).rjust(cell))
@@ -158,17 +193,35 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int, me
                         line.append("…".rjust(cell))
                         continue
                     w = float(pattern[i, j])
-                    if w == 0:
-                        body = "·".rjust(cell)
-                    elif cell == 5:
-                        body = f"{w:5.2f}"
-                    elif cell == 4:
-                        body = f"{round(w * 100):4d}"
-                    else:
-                        body = shade(w) if shade(w) != " " else "."
-                    line.append(body, style=ramp_style(w) if color and w > 0 else "")
+                    line.append(_cell(w, cell, signed, scale),
+                                style=(diverging_style(w, scale) if signed else ramp_style(w)) if color and w != 0 else "")
                 console.print(line, no_wrap=True, overflow="ellipsis")
-            console.print(Text(f"cells: {legend}; · = exactly 0 (masked){elided}{digits}", style="dim"))
+            console.print(Text(f"cells: {_legend(cell, signed, scale, color)}; · = exactly 0 (masked){elided}{digits}",
+                               style="dim"))
+
+
+def _cell(w: float, cell: int, signed: bool, scale: float) -> str:
+    """One heatmap cell of `cell` columns: the weight, its hundredths, or a shade."""
+    if w == 0:
+        return "·".rjust(cell)
+    if cell > 4 + signed:
+        return f"{w:{cell}.2f}"
+    if cell > 1:
+        return f"{round(w * 100):{cell}d}"
+    if signed:  # one column: the sign where |w| is at least 1/8 of the scale, else a dot
+        return ("+" if w > 0 else "-") if abs(w) >= scale / 8 else "."
+    return shade(w) if shade(w) != " " else "."
+
+
+def _legend(cell: int, signed: bool, scale: float, color: bool) -> str:
+    if not signed:
+        return {5: "attention weight", 4: "attention weight in %",
+                1: f"shade {shade(0.25)} {shade(0.5)} {shade(0.75)} {shade(1.0)} = weight about 0.25 0.5 0.75 1, "
+                   ". = above 0 but under 1/8"}[cell]
+    what = {6: "signed weight", 5: "signed weight in hundredths"}.get(
+        cell, "+ / - = sign of a weight of |weight| at least 1/8 of the largest, . = smaller")
+    scale_words = f"; colour: blue below 0, red above, brighter up to ±{scale:.2f} (the largest |weight|)" if color else ""
+    return what + scale_words
 
 
 def overview_view(console: Console, summary: "Summary", focus: "Focus | None", color: bool) -> None:
@@ -181,9 +234,16 @@ def overview_view(console: Console, summary: "Summary", focus: "Focus | None", c
         cells = []
         for hi in range(len(summary.heads)):
             v = float(summary.entropy[li, hi])
+            if v != v:  # NaN: a signed layer's rows are no distributions
+                cells.append(Text("—", style="dim"))
+                continue
             cells.append(Text(f"{v:.2f}", style=ramp_style(1 - v) if color else ""))
         table.add_row(f"L{layer} ", *cells)
     console.print(table)
+    if summary.signed & set(summary.layers):
+        shown = ", ".join(str(layer) for layer in summary.layers if layer in summary.signed)
+        console.print(Text(f"— = not defined: the rows of layer{'s' if ',' in shown else ''} {shown} are signed and do "
+                           "not sum to 1 (hidden attention)", style="dim"))
     if focus is not None and focus.tokens is not None:
         tokens = focus.tokens
         words = [i for i, sp in enumerate(tokens.special) if not sp] or list(range(len(tokens)))
@@ -197,12 +257,22 @@ def overview_view(console: Console, summary: "Summary", focus: "Focus | None", c
             table.add_column(f"H{head}", justify="right")
         for li, layer in enumerate(focus.layers):
             cells = []
+            signed = layer in focus.signed
             for hi in range(len(focus.heads)):
                 row = focus.weights[li, hi][words]  # (words,)
+                if signed:  # the largest |weight|, its sign before the word
+                    j = row.abs().argmax()
+                    w = row[j]
+                    sign = "-" if float(w) < 0 else "+"
+                    style = diverging_style(float(w), float(row.abs().max())) if color else ""
+                    cells.append(Text(" " + sign + clip(names[words[int(j)]], fit - 1), style=style))
+                    continue
                 w, j = row.max(dim=-1)
                 cells.append(Text(" " + clip(names[words[int(j)]], fit), style=ramp_style(float(w)) if color else ""))
             table.add_row(f"L{layer} ", *cells)
         console.print(table)
+        if focus.signed & set(focus.layers):
+            console.print(Text("+/- before a word: the sign of the largest |weight| on a signed layer", style="dim"))
 
 
 def update_view(console: Console, u: Any, tokens: "Tokens", k: int, color: bool, rows: int = 8) -> None:
@@ -246,13 +316,18 @@ def render_result(console: Console, res: "AttendResult", view: str, model: str, 
                 (" and " if _has_specials(res.tokens) and sink else "") + ("the sink" if sink else "")
         note += ". More: --help"
     header(console, model, res.tokens, note)
+    shown = sorted(res.signed & set(res.layers))
+    if shown:  # a linear layer's hidden attention: say once what its numbers are
+        words = sorted({res.kinds.get(layer, "not row-stochastic") for layer in shown})
+        console.print(Text(f"layer{'s' if len(shown) > 1 else ''} {', '.join(map(str, shown))} ({', '.join(words)}): "
+                           "the hidden attention M, o_t = Σ_j M[t, j] v_j; signed, rows do not sum to 1", style="dim"))
     if view == "focus" and res.focus is not None:
-        focus_view(console, res.focus, k, color, measure)
+        focus_view(console, res.focus, k, color, measure, res.kinds)
         if res.update is not None:
             update_view(console, res.update, res.tokens, k, color)
     elif view == "topk" and res.topk is not None:
-        topk_view(console, res.topk, color, measure=measure)
+        topk_view(console, res.topk, color, measure=measure, kinds=res.kinds)
     elif view == "heatmap" and res.attention is not None:
-        heatmap_view(console, res.attention, color, console.width, measure)
+        heatmap_view(console, res.attention, color, console.width, measure, res.kinds)
     elif view == "overview" and res.summary is not None:
         overview_view(console, res.summary, res.focus, color)

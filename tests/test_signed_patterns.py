@@ -1,0 +1,168 @@
+"""Every output on a layer whose pattern is signed and whose rows do not sum to 1 (a
+linear layer's hidden attention M, its site not row-stochastic: `hooks.SiteInfo.stochastic`
+False): views, --save, --save-topk, heads, --measure norm and rollout, the page and the figure.
+
+A tiny Llama stands in for a hybrid model: its layer 0 is marked linear (`Inspector.sites`)
+and the pattern its site reports is made signed (`SIGN`: keys of odd index × −1.5, even ×
+1.5, so rows neither stay non-negative nor sum to 1), through `Inspector.run`, the one door
+every pass goes through. What each output must show is computed here from the site's own
+report (a `Capture` through the same door), so a test fails on any value, sign or rank
+that is not the layer's. The end-to-end tests on the tiny Qwen3.5 run where it is built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+from attnscope import api
+from attnscope.hooks import SiteInfo, attn_site
+
+from cli_runs import one_error, run
+
+TEXT = "a fluffy blue creature sat on the mat and the cat sat on the rug"
+LINEAR = 0  # the layer made signed
+KIND = "linear (gated delta rule)"
+
+
+def SIGN(value: torch.Tensor, k_start: int) -> torch.Tensor:
+    """Odd keys × −1.5, even keys × 1.5: signed rows that do not sum to 1."""
+    keys = torch.arange(k_start, k_start + value.shape[-1], device=value.device)
+    return value * torch.where(keys % 2 == 1, -1.5, 1.5).to(value.dtype)
+
+
+class _Signer:
+    """Hands the signed pattern on at the linear layer's site, everything else as it is."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def wants(self, site: str, what: str) -> bool:
+        return self.inner is not None and self.inner.wants(site, what)
+
+    def report(self, site: str, what: str, value: torch.Tensor, q_start: int, k_start: int) -> None:
+        if site == attn_site(LINEAR) and what == "pattern":
+            value = SIGN(value, k_start)
+        self.inner.report(site, what, value, q_start, k_start)
+
+
+@pytest.fixture()
+def signed(monkeypatch: pytest.MonkeyPatch, build: Callable[[str], Path]) -> Path:
+    """The tiny Llama's folder, loaded with layer 0 linear and signed (see the module docstring)."""
+    real_sites = api.Inspector.sites.fget  # type: ignore[attr-defined]
+    real_run = api.Inspector.run
+
+    def sites(self: Any) -> list[SiteInfo]:
+        out = list(real_sites(self))
+        out[LINEAR] = replace(out[LINEAR], kind=KIND, stochastic=False)
+        return out
+
+    monkeypatch.setattr(api.Inspector, "sites", property(sites))
+    monkeypatch.setattr(api.Inspector, "run", lambda self, ids, hooks=None, last_layer=None:
+                        real_run(self, ids, _Signer(hooks), last_layer))
+    return build("llama")
+
+
+def _patterns(folder: Path, layer: int = LINEAR) -> tuple[torch.Tensor, list[str]]:
+    """The layer's pattern (H, n, n) as its site reports it (signed on the linear layer), and the tokens."""
+    m = api.load(str(folder), device="cpu", dtype="float32")
+    tokens = m.tokenize(TEXT)
+    cap = m.capture(tokens, {attn_site(layer): ["pattern"]})
+    return cap.get(attn_site(layer), "pattern"), list(tokens.labels)
+
+
+def ok(result: Any) -> Any:
+    assert result.exit_code == 0, (result.exit_code, result.stdout[-2000:], result.stderr, result.exception)
+    return result
+
+
+# ------------------------------------------------------------------ the stand-in itself
+
+
+def test_the_stand_in_layer_is_signed_and_not_stochastic(signed: Path) -> None:
+    p, _ = _patterns(signed)
+    assert float(p.min()) < 0 and not torch.allclose(p.sum(-1), torch.ones(p.shape[:2]))
+    softmax, _ = _patterns(signed, 1)
+    assert float(softmax.min()) >= 0 and torch.allclose(softmax.sum(-1), torch.ones(softmax.shape[:2]), atol=1e-5)
+
+
+# ------------------------------------------------------------------ top-k: by magnitude, sign kept
+
+
+def test_topk_ranks_a_signed_layer_by_magnitude_with_its_sign(signed: Path) -> None:
+    p, labels = _patterns(signed)
+    doc = json.loads(ok(run("attend", TEXT, "-m", signed, "--layer", "0,1", "--head", "all", "--top-k", "4",
+                            "--json")).stdout)
+    by = {(h["layer"], h["head"]): h["rows"] for h in doc["topk"]}
+    n = len(labels)
+    for head in range(p.shape[0]):
+        for i in range(n):
+            row = p[head, i, : i + 1]
+            want = torch.argsort(row.abs(), descending=True, stable=True)[:4].tolist()
+            got = by[(LINEAR, head)][i]["top"]
+            assert [e["key"] for e in got] == want[: len(got)] and len(got) == min(4, i + 1)
+            assert [e["weight"] for e in got] == pytest.approx([float(row[j]) for j in want], abs=1e-6)
+    assert any(e["weight"] < 0 for rows in by[(LINEAR, 0)] for e in rows["top"])  # the sign is kept
+    # the softmax layer is ranked by value as always: every weight above 0
+    assert all(e["weight"] > 0 for rows in by[(1, 0)] for e in rows["top"])
+
+
+def test_save_topk_keeps_signed_weights_ranked_by_magnitude(signed: Path, tmp_path: Path) -> None:
+    p, _ = _patterns(signed)
+    ok(run("attend", TEXT, "-m", signed, "--save-topk", tmp_path / "t.npz", "--top-k", "3"))
+    z = np.load(tmp_path / "t.npz")
+    li = list(z["layers"]).index(LINEAR)
+    w, idx = z["weights"][li], z["indices"][li]  # (H, n, k)
+    assert (w < 0).any()
+    assert np.all(np.abs(w[..., :-1]) >= np.abs(w[..., 1:]))  # ranked by |weight|
+    got = np.take_along_axis(p.numpy(), idx, axis=-1)
+    assert np.allclose(got, w, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the terminal views
+
+
+def test_focus_view_shows_the_sign_and_names_the_kind(signed: Path) -> None:
+    p, labels = _patterns(signed)
+    out = ok(run("attend", TEXT, "-m", signed, "--layer", "0", "--head", "0", "--top-k", "2")).stdout
+    assert KIND in out and "signed, rows do not sum to 1" in out and "ranked by |weight|" in out
+    q = len(labels) - 1
+    row = p[0, q]
+    top = int(row.abs().argmax())
+    assert f"{float(row[top]):+.2f}" in out  # the largest |weight|, with its sign
+
+
+def test_heatmap_of_a_signed_layer_prints_signed_cells(signed: Path) -> None:
+    p, labels = _patterns(signed)
+    out = ok(run("attend", "a b c", "-m", signed, "--view", "heatmap", "--layer", "0", "--head", "1")).stdout
+    assert "signed weight" in out and KIND in out
+    m = api.load(str(signed), device="cpu", dtype="float32")
+    small = m.capture(m.tokenize("a b c"), {attn_site(0): ["pattern"]}).get(attn_site(0), "pattern")[1]
+    for i in range(small.shape[0]):
+        for j in range(i + 1):
+            assert f"{float(small[i, j]):6.2f}" in out
+
+
+def test_overview_leaves_entropy_undefined_on_the_signed_layer(signed: Path) -> None:
+    out = ok(run("attend", TEXT, "-m", signed, "--view", "overview")).stdout
+    lines = out.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("Entropy per head")):]
+    l0 = next(line for line in table if line.strip().startswith("L0 "))
+    l1 = next(line for line in table if line.strip().startswith("L1 "))
+    assert l0.split()[1:] == ["—"] * 4 and all(0 <= float(x) <= 1 for x in l1.split()[1:])
+    assert "not defined" in out
+    looks = lines[next(i for i, line in enumerate(lines) if "looks at most" in line):]
+    assert next(line for line in looks if line.strip().startswith("L0 ")).split()[1][0] in "+-"  # its sign shown
+
+
+def test_json_heatmap_holds_the_signed_values(signed: Path) -> None:
+    p, _ = _patterns(signed)
+    doc = json.loads(ok(run("attend", TEXT, "-m", signed, "--view", "heatmap", "--layer", "0", "--head", "all",
+                            "--json")).stdout)
+    assert np.allclose(np.asarray(doc["attention"]["probs"])[0], p.numpy(), atol=1e-6)
