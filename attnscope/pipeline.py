@@ -175,8 +175,13 @@ class _Link:
         self.group = group
 
     def _failed(self, peer: int, exc: BaseException) -> DeviceError:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return DeviceError(f"rank {peer} stopped or cannot be reached (seen from rank {self.group.rank}): {first[:200]}",
+        import re
+
+        # gloo's and NCCL's own words, without their source location and advice: "Connection closed by peer
+        # [127.0.0.1]:37047", "Timed out waiting 5000ms for recv operation to complete"
+        text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        first = text.split(". ")[0].rstrip(".") or type(exc).__name__
+        return DeviceError(f"rank {peer} stopped or cannot be reached (seen from rank {self.group.rank}): {first[:160]}",
                            hint="the other ranks' output says why; every rank has stopped")
 
     def send(self, peer: int, header: tuple[Any, ...], tensor: Tensor | None = None) -> None:
