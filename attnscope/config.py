@@ -41,10 +41,11 @@ _BOUNDED = ("d_model", "d_mlp", "vocab_size", "n_ctx")
 # The only booleans a ModelConfig has: model-wide and generic (tests/test_config_fields.py
 # holds each one's reason). A family's quirk is its layer kind (`layer_template`), not a flag.
 _BOOLEANS = ("causal", "embed_norm", "final_norm", "lm_head", "tied_embeddings", "unembed_bias")
-TASK_HEADS = ("pooler", "mlm", "nsp", "sequence_classifier", "mlm_no_dense_bias")  # BertModel's pooler, BertForMaskedLM's MLM head, the NSP
+TASK_HEADS = ("pooler", "mlm", "nsp", "sequence_classifier", "mlm_no_dense_bias", "logits_bias")  # BertModel's pooler, BertForMaskedLM's MLM head, the NSP
 # classifier, and a sequence classifier (parameters `classifier.*`: a dense layer, then `n_labels` outputs:
 # RoBERTa's, DistilBERT's);
 # mlm_no_dense_bias: the MLM head with no bias on its dense transform (ModernBERT's `classifier_bias` false)
+# logits_bias: a bias added to the logits that transformers keeps as a buffer (BART's final_logits_bias)
 # A layer kind with nothing of its own: pre-norm, dense MLP, no biases, no q/k norm. Sizes are
 # placeholders (0), filled from the flat fields by `ModelConfig._derived_stack`.
 PLAIN_LAYER = LayerSpec(AttnSpec(0, 0, 0), MlpSpec("dense", 0, ""))

@@ -186,6 +186,8 @@ class Transformer(nn.Module):
         # Blocks across devices in one process (`--device cuda:0,cuda:1`): block i's device,
         # the residual stream moved to it before it runs (`attnscope.pipeline.placement`).
         self.placement: list[torch.device] | None = None
+        if "logits_bias" in cfg.heads:  # BART's final_logits_bias, added to the logits
+            self.logits_bias = nn.Parameter(torch.empty(1, cfg.vocab_size))
         if cfg.decoder is not None:  # an encoder-decoder: this module's blocks are the encoder's
             from attnscope.seq2seq import Decoder
 
@@ -222,7 +224,7 @@ class Transformer(nn.Module):
         ropes = {spec: rotary.tables_at(positions) for spec, rotary in self.rotaries.items()}
         bias = self.relative.for_pass(last) if hasattr(self, "relative") else None  # positions lie in 0..last-1
         per_layer = self.per_layer(ids, x) if hasattr(self, "per_layer") else None
-        state = PassState(start, positions, segments, ropes, bias, per_layer)
+        state = PassState(start, positions, segments, ropes, bias, per_layer=per_layer)
         stop = cfg.n_layers - 1 if last_layer is None else last_layer
         for i, block in enumerate(self.blocks):
             if i > stop:
@@ -264,6 +266,8 @@ class Transformer(nn.Module):
         out = x @ weight.T  # (T, vocab)
         if cfg.unembed_bias:
             out = out + unembed.bias
+        if "logits_bias" in cfg.heads:
+            out = out + self.logits_bias
         out = out.float() if out.dtype != torch.float64 else out
         if cfg.logits_divisor is not None:  # Granite's logits_scaling
             out = out / cfg.logits_divisor
@@ -335,6 +339,8 @@ def build(
         need = {name: shape for name, shape in need.items() if only(name)}
     optional = [name for name in need if name.startswith(OPTIONAL_PREFIXES)]
     state = _collect(cfg, tensors, need, device, dtype, "the model", optional)
+    if "logits_bias" in need and "logits_bias" not in state:  # left out of a checkpoint: zeros, as in transformers
+        state["logits_bias"] = torch.zeros(1, cfg.vocab_size, device=device, dtype=dtype)
     model.load_state_dict(state, strict=False, assign=True)
     if any(name not in state for name in optional):
         model.has_head = False  # the checkpoint ships no (complete) output head

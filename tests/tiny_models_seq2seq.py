@@ -113,4 +113,50 @@ def t5_reference(folder: Path) -> Any:
     return model
 
 
-SEQ2SEQ_BUILDERS: dict[str, Callable[[Path], Path]] = {"t5": t5, "t5_v11": t5_v11}
+def _bart(folder: Path, seed: int, model_type: str, **kw: Any) -> Path:
+    """A BART-like ForConditionalGeneration: encoder 2 layers × 4 heads, decoder 3 layers ×
+    2 heads with a narrower MLP (so a stack read with the other's sizes fails), 128
+    positions, a random final_logits_bias (so a port that drops it fails)."""
+    import transformers
+
+    from tiny_models import INIT_STD, _save
+
+    tok = seq2seq_tokenizer()
+    cls = {"bart": "Bart", "mbart": "MBart"}[model_type]
+    config = getattr(transformers, f"{cls}Config")(
+        vocab_size=_vocab_size(tok), d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+        decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=40, max_position_embeddings=128,
+        activation_function="gelu", pad_token_id=0, bos_token_id=0, eos_token_id=1, decoder_start_token_id=1,
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, init_std=INIT_STD, **kw)
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, f"{cls}ForConditionalGeneration")(config).to(torch.float32).eval()
+    reinit(model, seed=seed)
+    with torch.no_grad():
+        model.final_logits_bias.copy_(torch.randn(model.final_logits_bias.shape, generator=torch.Generator().manual_seed(seed)))
+    model.tie_weights()
+    return _save(model, folder, tok)
+
+
+def bart(folder: Path, seed: int = SEED + 2) -> Path:
+    """BART: post-norm, no final norms, unscaled embeddings."""
+    return _bart(folder, seed, "bart")
+
+
+def mbart(folder: Path, seed: int = SEED + 3) -> Path:
+    """mBART: pre-norm, a final LayerNorm per stack, embeddings × √d_model."""
+    return _bart(folder, seed, "mbart", scale_embedding=True)
+
+
+def reference(folder: Path) -> Any:
+    """transformers' own model for any tiny folder here (eager, float32)."""
+    raw = json.loads((folder / "config.json").read_text())
+    if raw["model_type"] == "t5":
+        return t5_reference(folder)
+    from tiny_models import load_reference
+
+    return load_reference(folder)
+
+
+SEQ2SEQ_BUILDERS: dict[str, Callable[[Path], Path]] = {"t5": t5, "t5_v11": t5_v11, "bart": bart, "mbart": mbart}

@@ -207,7 +207,7 @@ def category(name: str) -> str:
         return "positions"
     if name.startswith("pooler."):
         return "pooler"
-    if name.startswith(("mlm.", "nsp.", "classifier.")):
+    if name.startswith(("mlm.", "nsp.", "classifier.", "logits_bias")):
         return "heads"
     if name in ("embed.proj_in.weight", "proj_out.weight"):
         return "projections"

@@ -177,7 +177,7 @@ def expert_shapes(cfg: "ModelConfig", m: "MlpSpec") -> Shapes:
 # Tensors the model loads and declares like parameters that are not counted as parameters:
 # transformers keeps them as (persistent) buffers, outside num_parameters() (DeepSeek-V3's
 # e_score_correction_bias, which routing adjusts without gradients).
-NOT_COUNTED = (".router.score_bias", ".layer_scalar")  # and Gemma 4's per-layer output scalar
+NOT_COUNTED = (".router.score_bias", ".layer_scalar", "logits_bias")  # and Gemma 4's per-layer output scalar
 
 
 # What each wiring holds, in order: its norms around "attn" and "mlp" (see parts.block).
@@ -319,6 +319,8 @@ def head_shapes(cfg: "ModelConfig") -> Shapes:
         shapes["unembed.weight"] = (v, cfg.d_embed)
     if cfg.lm_head and cfg.unembed_bias:
         shapes["unembed.bias"] = (v,)
+    if "logits_bias" in cfg.heads:  # BART's final_logits_bias: loaded, not counted (NOT_COUNTED)
+        shapes["logits_bias"] = (1, v)  # as stored: (1, vocab)
     return shapes
 
 
@@ -358,4 +360,4 @@ def required_count(cfg: "ModelConfig") -> int:
 
 # Tensors the model can run without: the output head (attention needs no logits) and the
 # task heads it never uses. A checkpoint without them still loads; `logits` then says so.
-OPTIONAL_PREFIXES = ("unembed.", "proj_out.", "pooler.", "mlm.", "nsp.", "classifier.")
+OPTIONAL_PREFIXES = ("unembed.", "proj_out.", "pooler.", "mlm.", "nsp.", "classifier.", "logits_bias")
