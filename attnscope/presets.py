@@ -380,4 +380,37 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rope_theta": 50000.0, "routed_scaling_factor": 2.827, "scoring_func": "sigmoid", "tie_word_embeddings": False,
         "topk_group": 1, "topk_method": "noaux_tc", "torch_dtype": "bfloat16", "v_head_dim": 128, "vocab_size": 163840,
     },
+    # google/gemma-4-E2B-it's and google/gemma-4-31B-it's text towers (tests/data/real_configs):
+    # E2B's 35 layers end in 20 that read the keys and values of layers 13 (local) and 14
+    # (global), with per-layer input embeddings of 256 (a table of 262,144 × 35 × 256 =
+    # 2.35B of its 4.63B); 31B's global layers have heads of 512 and 4 key/value heads whose
+    # values are their keys. 4,628,569,344 and 30,697,345,280 parameters (the vision and
+    # audio towers not counted).
+    "gemma-4-e2b": {
+        "architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text", "hidden_size": 1536,
+        "num_hidden_layers": 35, "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256,
+        "global_head_dim": 512, "num_global_key_value_heads": None, "attention_k_eq_v": False, "sliding_window": 512,
+        "vocab_size": 262144, "vocab_size_per_layer_input": 262144, "hidden_size_per_layer_input": 256,
+        "num_kv_shared_layers": 20, "use_double_wide_mlp": True, "intermediate_size": 6144,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh",
+        "final_logit_softcapping": 30.0, "layer_types": (["sliding_attention"] * 4 + ["full_attention"]) * 7,
+        "rope_parameters": {"full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0,
+                                               "rope_type": "proportional"},
+                            "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
+    },
+    "gemma-4-31b": {
+        "architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text", "attention_bias": False,
+        "attention_k_eq_v": True, "enable_moe_block": False, "final_logit_softcapping": 30.0, "global_head_dim": 512,
+        "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 5376,
+        "hidden_size_per_layer_input": 0, "intermediate_size": 21504,
+        "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 10, "max_position_embeddings": 262144,
+        "num_attention_heads": 32, "num_global_key_value_heads": 4, "num_hidden_layers": 60,
+        "num_key_value_heads": 16, "num_kv_shared_layers": 0, "rms_norm_eps": 1e-06,
+        "rope_parameters": {"full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0,
+                                               "rope_type": "proportional"},
+                            "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
+        "sliding_window": 1024, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "use_bidirectional_attention": "vision", "use_double_wide_mlp": False, "vocab_size": 262144,
+        "vocab_size_per_layer_input": 262144,
+    },
 }

@@ -34,6 +34,14 @@ def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None, long
         # transformers' _compute_longrope_parameters, in the same float32 order)
         ext = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32)
         return 1.0 / (ext * rope.theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
+    if scaling and rope.scaling_type == "proportional":
+        # Gemma 4's global layers: the first partial_rotary_factor · dh/2 frequencies of a
+        # full-width RoPE turn (exponents over the whole head), the rest stand still
+        # (transformers' _compute_proportional_rope_parameters), all divided by `factor`
+        angles = int(float(scaling.get("partial_rotary_factor", 1.0)) * dh // 2)
+        turning = 1.0 / (rope.theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.int64).float() / dh))
+        still = torch.zeros(dh // 2 - angles, dtype=torch.float32)
+        return torch.cat((turning, still)) / float(scaling.get("factor", 1.0))
     if scaling and rope.scaling_type == "linear":
         # positions slowed by `factor` (transformers' _compute_linear_scaling_rope_parameters;
         # Gemma 3 4B/12B global layers: 8)
