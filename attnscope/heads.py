@@ -225,13 +225,13 @@ def text_terms(ids: Sequence[int], cfg: "ModelConfig", names: Sequence[str],
     return terms, counts, {name: why for name, why in undefined.items() if name in names}
 
 
-def route_probe(cfg: "ModelConfig", ls: list[int], n: int) -> "routing.RouteProbe | None":
-    """A probe for the routes of a pass over n tokens in the MoE layers among `ls`; None
-    on a dense model or where no selected layer has experts."""
+def load_probe(cfg: "ModelConfig", ls: list[int], bounds: list[tuple[int, int]]) -> "routing.LoadProbe | None":
+    """A probe counting each text's routes (its tokens `bounds` of the pass) in the MoE
+    layers among `ls`; None on a dense model or where no selected layer has experts."""
     plan = routing.plan(cfg, ls)
     if plan is None or not plan["layers"]:
         return None
-    return routing.RouteProbe(plan["layers"], n, plan["top_k"])
+    return routing.LoadProbe(plan["layers"], plan["experts"], bounds)
 
 
 def has_sinks(cfg: "ModelConfig") -> bool:
@@ -358,16 +358,15 @@ def head_scores(
                              hint="give a text of at least two tokens")
         terms, counts, undefined = text_terms(tokens.ids, cfg, text_names, measure)
         out.tokens, out.n_tokens, out.undefined = tokens, len(tokens), undefined
-        routes = route_probe(cfg, ls, len(tokens))
+        routes = load_probe(cfg, ls, [(0, len(tokens))])
         if terms or routes is not None:  # the routes ride on the scores' pass: no pass of their own
             probe = ScoreProbe(ls, hs, terms, counts)
             scored = wrap(measure, len(tokens), max(ls), probe, sites=inspector.sites)
             inspector.run(tokens.ids, Hooks(scored, routes) if terms else routes, max(ls))
             out.scores.update(probe.result() if terms else {})
         if routes is not None:
-            plan = routing.plan(cfg, ls)
-            out.moe_layers, out.top_k = routes.layers, plan["top_k"]  # type: ignore[index]
-            out.expert_counts = routing.expert_counts(routes.experts, plan["experts"])  # type: ignore[index]
+            out.moe_layers, out.top_k = routes.layers, routing.top_k(cfg, routes.layers)
+            out.expert_counts = routes.result()[0]  # (MoE layers, E)
 
     if "induction" in wanted:
         ids, prefix, suffix, T = induction_input(inspector.tokenizer, cfg, repeat, seed)

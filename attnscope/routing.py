@@ -5,7 +5,8 @@ Each block whose MLP is experts reports every token's routes at its site
 `blocks.{layer}.mlp` (`hooks.mlp_site`): `routes` (T, k) int64 and `route_weights` (T, k)
 float32, in the router's order (largest weight first for a softmax-then-top-k router).
 `RouteProbe` keeps them for the layers asked, as one (layers, n, k) tensor each, so one
-forward pass serves attention views and routes alike.
+forward pass serves attention views and routes alike. `LoadProbe` only counts them per
+expert (the expert load `heads` reports), per text of a packed pass.
 """
 
 from __future__ import annotations
@@ -113,6 +114,44 @@ class RouteProbe:
 
     def result(self) -> Routes:
         return Routes(self.layers, self.experts, self.weights)
+
+
+class LoadProbe:
+    """A hook counting, for each text of a pass (several when texts are packed, each its
+    (start, end) in `bounds`), how many (token, choice) pairs each expert of `layers`
+    received: (texts, layers, E) int64, kept on the pass's device (one bincount a layer,
+    no copy to the host until `result`), never the (layers, n, k) routes themselves."""
+
+    def __init__(self, layers: list[int], n_experts: int, bounds: list[tuple[int, int]]) -> None:
+        self.layers, self.n_experts, self.bounds = list(layers), n_experts, list(bounds)
+        self._row = {f"blocks.{layer}.mlp": i for i, layer in enumerate(self.layers)}
+        self._counts: "Tensor | None" = None  # (texts, L, E)
+        self._segment: "Tensor | None" = None  # (n,): each position's text
+        self._seen = [0] * len(self.layers)  # tokens reported per layer
+
+    def wants(self, site: str, what: str) -> bool:
+        return site in self._row and what == "routes"
+
+    def report(self, site: str, what: str, value: "Tensor", q_start: int, k_start: int) -> None:
+        import torch
+
+        texts, E = len(self.bounds), self.n_experts
+        if self._counts is None:
+            self._counts = torch.zeros((texts, len(self.layers), E), dtype=torch.long, device=value.device)
+            self._segment = torch.cat([torch.full((b - a,), t, dtype=torch.long)
+                                       for t, (a, b) in enumerate(self.bounds)]).to(value.device)
+        assert self._segment is not None  # set with the counts
+        rows = value.shape[0]
+        row = self._row[site]
+        pair = self._segment[q_start:q_start + rows, None] * E + value  # (c, k): text × E + expert
+        self._counts[:, row] += torch.bincount(pair.reshape(-1), minlength=texts * E).reshape(texts, E)
+        self._seen[row] += rows
+
+    def result(self) -> "Tensor":
+        """(texts, layers, E) int64 on the host."""
+        n = self.bounds[-1][1] if self.bounds else 0
+        assert self._counts is not None and self._seen == [n] * len(self.layers), "a route was never reported"
+        return self._counts.cpu()
 
 
 def route(m: Any, ids: Any, layers: list[int] | None = None) -> Routes:

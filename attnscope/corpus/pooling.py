@@ -10,8 +10,8 @@ its repeated random sequence, exactly as `heads.head_scores` measures it.
 
 A model with experts also pools its expert load: per selected MoE layer, how many
 (token, choice) pairs each expert received over every text, read from the same passes
-(`routing.RouteProbe` beside the scores' probe; a packed pass's routes cut at each
-text's bounds), kept per text in the per-text file and summed like the scores.
+(`routing.LoadProbe` beside the scores' probe, counting a packed pass's routes per
+text), kept per text in the per-text file and summed like the scores.
 
 Distributed (under torchrun, see `attnscope.distributed`): text i goes to rank
 i % world; each rank pools its share; the sums and counts are all-reduced in float64.
@@ -383,7 +383,7 @@ def _score_packed(inspector: "Inspector", batch: list[Any], measured: list[str],
         bounds.append((start, start + len(tokens)))
         start += len(tokens)
     live = [(p, b) for p, b in zip(probes, bounds) if p is not None]
-    routes = hd.route_probe(inspector.config, ls, start)  # the whole pass's routes, cut per text below
+    routes = hd.load_probe(inspector.config, ls, bounds)  # each text's own routes counted
     if live or routes is not None:
         if len(batch) == 1:
             hooks = wrap(measure, len(batch[0]), max(ls), live[0][0]) if live else None
@@ -396,13 +396,12 @@ def _score_packed(inspector: "Inspector", batch: list[Any], measured: list[str],
             split = _Split([p for p, _ in live], [b for _, b in live])
             hooks = wrap(measure, start, max(ls), split) if live else None
             inspector.model(ids, Hooks(hooks, routes), max(ls), packing=Packing(positions, segments))
-    n_experts = routing.n_experts(inspector.config, routes.layers) if routes is not None else 0
+    loads = routes.result() if routes is not None else None  # (texts, MoE layers, E)
     zeros = torch.zeros(len(ls), len(hs), dtype=torch.float64)
     out: list[_Scored] = []
-    for tokens, probe, counts, (a, b) in zip(batch, probes, countss, bounds):
+    for t, (tokens, probe, counts) in enumerate(zip(batch, probes, countss)):
         sums = {name: probe.sums[name].cpu() if probe is not None and name in probe.sums else zeros
                 for name in measured}
-        routed = routing.expert_counts(routes.experts[:, a:b], n_experts) if routes is not None else None
         out.append((sums, {name: counts.get(name, 0) for name in measured}, len(tokens), tokens.truncated_from,
-                    routed))
+                    loads[t] if loads is not None else None))
     return out
