@@ -134,6 +134,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "layer_norm_epsilon": 1e-6, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1,
         "tie_word_embeddings": False, "torch_dtype": "float32",
     },
+    # facebook/bart-base (tests/data/real_configs/bart-base.json) as the BartModel its weights are.
+    "bart-base": {
+        "model_type": "bart", "architectures": ["BartModel"], "d_model": 768, "encoder_layers": 6, "decoder_layers": 6,
+        "encoder_attention_heads": 12, "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072,
+        "vocab_size": 50265, "max_position_embeddings": 1024, "activation_function": "gelu", "scale_embedding": False,
+        "decoder_start_token_id": 2, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "torch_dtype": "float32",
+    },
     "all-mpnet-base-v2": {
         "model_type": "mpnet", "architectures": ["MPNetModel"], "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 30527, "max_position_embeddings": 514,
