@@ -8,6 +8,14 @@ Contract (`attentions` follows the Hugging Face layout, one batch row dropped):
   .npz          attentions float32 [layers, heads, n, n] (row i: query i over keys),
                 layers int64, heads int64, token_ids int64, tokens str
   .safetensors  the same tensors; tokens (JSON list) and text in the metadata
+
+A model with linear layers (Qwen3.5, Qwen3-Next: a site that is not row-stochastic)
+saves each kind apart, in place of `attentions`, `layers` and `heads`:
+                attentions float32 [softmax layers, heads, n, n], attention_layers int64,
+                heads int64; linear_attentions float32 [linear layers, value heads, n, n]
+                (the hidden attention M: signed, rows not summing to 1), linear_layers
+                int64, linear_heads int64 (an empty selection of a kind: 0 rows)
+(under --measure norm, `norms` and `linear_norms`).
 """
 
 from __future__ import annotations
@@ -47,14 +55,24 @@ class PatternWriter:
     def __init__(self, path: Path, layers: list[int], heads: list[int], n: int, token_ids: list[int],
                  tokens: list[str], text: str = "", force: bool = False, extra: dict[str, int] | None = None,
                  name: str = "attentions", head_axis: bool = True, sinks: bool = False, also: str = "",
-                 routes: Any = None) -> None:
+                 routes: Any = None, linear: list[int] | None = None, linear_heads: list[int] | None = None) -> None:
         self.path = check_target(path, force)
         self.force = force
         self.name = name  # attentions, norms (--measure norm), rollout (one matrix per layer: no head axis)
         self.extra = dict(extra or {})  # scalar int64 entries (generate's prompt_length)
-        self.layers, self.heads, self.n = layers, heads, n
+        self.n = n
+        # `linear` (a model with linear layers): the selected ones, saved apart as
+        # linear_<name> [linear layers, linear_heads, n, n]; the rest stay `name`.
+        self.linear = None if linear is None else [layer for layer in layers if layer in set(linear)]
+        self.all_layers = layers
+        self.layers = layers if linear is None else [layer for layer in layers if layer not in set(linear)]
+        self.heads = heads
+        self.linear_heads = list(heads if linear_heads is None else linear_heads)
+        assert linear is None or head_axis, "linear layers are saved per head"  # internal invariant
         self.token_ids, self.tokens, self.text = token_ids, tokens, text
-        self.shape = (len(layers), len(heads), n, n) if head_axis else (len(layers), n, n)
+        self.shape = (len(self.layers), len(heads), n, n) if head_axis else (len(self.layers), n, n)
+        self.linear_shape = None if self.linear is None else (len(self.linear), len(self.linear_heads), n, n)
+        self._spill: Any = None  # the linear layers' array, written aside until the first is complete
         self.written = 0
         self.sinks: Any = None  # (L_sel, H_sel, n) float32, filled by write_sinks
         if sinks:
@@ -101,8 +119,13 @@ class PatternWriter:
     def _small_arrays(self) -> dict[str, Any]:
         import numpy as np
 
+        layers: dict[str, Any] = {"layers": np.asarray(self.layers, dtype=np.int64)}
+        if self.linear is not None:
+            layers = {"attention_layers": np.asarray(self.layers, dtype=np.int64),
+                      "linear_layers": np.asarray(self.linear, dtype=np.int64),
+                      "linear_heads": np.asarray(self.linear_heads, dtype=np.int64)}
         return {
-            "layers": np.asarray(self.layers, dtype=np.int64),
+            **layers,
             "heads": np.asarray(self.heads, dtype=np.int64),
             "token_ids": np.asarray(self.token_ids, dtype=np.int64),
             **{name: np.asarray(value, dtype=np.int64) for name, value in self.extra.items()},
@@ -117,12 +140,21 @@ class PatternWriter:
 
     def _start_safetensors(self) -> None:
         big = 4 * math.prod(self.shape)  # float32 bytes of the one big array
+        layout = f"{self.name}[layer, {'head, ' if len(self.shape) == 4 else ''}query, key]"
+        if self.linear_shape is not None:
+            layout = (f"{self.name}[softmax layer, head, query, key]; linear_{self.name}[linear layer, value head, "
+                      "query, key]")
         header: dict[str, Any] = {
             "__metadata__": {"tokens": json.dumps(self.tokens, ensure_ascii=False), "text": self.text,
-                             "layout": f"{self.name}[layer, {'head, ' if len(self.shape) == 4 else ''}query, key]"},
+                             "layout": layout},
             self.name: {"dtype": "F32", "shape": list(self.shape), "data_offsets": [0, big]},
         }
         offset = big
+        if self.linear_shape is not None:
+            size = 4 * math.prod(self.linear_shape)
+            header[f"linear_{self.name}"] = {"dtype": "F32", "shape": list(self.linear_shape),
+                                             "data_offsets": [offset, offset + size]}
+            offset += size
         if self.sinks is not None:
             header["sinks"] = {"dtype": "F32", "shape": list(self.sinks.shape),
                                "data_offsets": [offset, offset + self.sinks.nbytes]}
@@ -143,13 +175,32 @@ class PatternWriter:
         blob += b" " * (-len(blob) % 8)  # safetensors aligns the data to 8 bytes
         self._file.write(struct.pack("<Q", len(blob)) + blob)
 
-    def write_layer(self, probs: Any) -> None:
+    def write_layer(self, probs: Any, layer: int | None = None) -> None:
+        """The next selected layer's values, (H_sel, n, n); with linear layers saved apart,
+        `layer` says which array it belongs to (each kind's layers come in order)."""
         data = probs.detach().to("cpu").float().contiguous().numpy()
         if len(self.shape) == 3:  # one matrix per layer (rollout), handed on as a single head
             data = data[0]
+        if self.linear is not None and layer in self.linear:
+            import tempfile
+
+            assert self.linear_shape is not None and data.shape == self.linear_shape[1:], data.shape  # internal invariant
+            if self._spill is None:  # unlinked at once: nothing is left behind, whatever happens
+                self._spill = tempfile.TemporaryFile(dir=self.path.expanduser().parent)
+            self._spill.write(data.tobytes(order="C"))
+            self.written += 1
+            return
         assert data.shape == self.shape[1:], (data.shape, self.shape)  # internal invariant
         (self._entry if self._entry is not None else self._file).write(data.tobytes(order="C"))
         self.written += 1
+
+    def _copy_spill(self, out: Any) -> None:
+        """The linear layers' array, from its spill file into `out`, in bounded pieces."""
+        if self._spill is None:
+            return
+        self._spill.seek(0)
+        while piece := self._spill.read(16 << 20):
+            out.write(piece)
 
     def write_sinks(self, layer_pos: int, start: int, weights: Any) -> None:
         """Rows start.. of the sink weights of the `layer_pos`-th selected layer, (H_sel, c)."""
@@ -164,9 +215,14 @@ class PatternWriter:
     def close(self) -> None:
         import numpy as np
 
-        assert self.written == self.shape[0], "every selected layer must be written"  # internal invariant
+        assert self.written == len(self.all_layers), "every selected layer must be written"  # internal invariant
         if self._zip is not None:
             self._entry.close()
+            if self.linear_shape is not None:
+                with self._zip.open(f"linear_{self.name}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array_header_2_0(entry, {"descr": "<f4", "fortran_order": False,
+                                                                 "shape": self.linear_shape})
+                    self._copy_spill(entry)
             if self.sinks is not None:
                 with self._zip.open("sinks.npy", "w") as entry:
                     np.lib.format.write_array(entry, self.sinks)
@@ -183,6 +239,7 @@ class PatternWriter:
                 np.lib.format.write_array(entry, np.asarray(self.tokens, dtype=str))
             self._zip.close()
         else:
+            self._copy_spill(self._file)
             if self.sinks is not None:
                 self._file.write(self.sinks.tobytes(order="C"))
             if self.also_data is not None:
@@ -194,9 +251,11 @@ class PatternWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        if self._spill is not None:
+            self._spill.close()
 
     def _abort(self) -> None:
-        for closer in (self._entry, self._zip, self._file):
+        for closer in (self._entry, self._zip, self._file, self._spill):
             try:
                 if closer is not None:
                     closer.close()

@@ -166,3 +166,147 @@ def test_json_heatmap_holds_the_signed_values(signed: Path) -> None:
     doc = json.loads(ok(run("attend", TEXT, "-m", signed, "--view", "heatmap", "--layer", "0", "--head", "all",
                             "--json")).stdout)
     assert np.allclose(np.asarray(doc["attention"]["probs"])[0], p.numpy(), atol=1e-6)
+
+
+# ------------------------------------------------------------------ --save: each kind apart
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_save_keeps_softmax_and_linear_layers_apart(signed: Path, tmp_path: Path, suffix: str) -> None:
+    p0, labels = _patterns(signed, 0)
+    p1, _ = _patterns(signed, 1)
+    path = tmp_path / f"p{suffix}"
+    out = ok(run("attend", TEXT, "-m", signed, "--save", path)).stdout
+    n = len(labels)
+    assert f"saved 1 softmax layer × 4 heads and 1 linear layer × 4 value heads × {n}² to" in out
+    if suffix == ".npz":
+        z = dict(np.load(path))
+        assert str(z.pop("tokens").tolist()) == str(labels)
+    else:
+        from safetensors.numpy import load_file
+
+        z = load_file(path)
+    assert sorted(z) == ["attention_layers", "attentions", "heads", "linear_attentions", "linear_heads",
+                         "linear_layers", "token_ids"]
+    assert z["attentions"].shape == (1, 4, n, n) and z["linear_attentions"].shape == (1, 4, n, n)
+    assert z["attention_layers"].tolist() == [1] and z["linear_layers"].tolist() == [0]
+    assert z["heads"].tolist() == [0, 1, 2, 3] and z["linear_heads"].tolist() == [0, 1, 2, 3]
+    assert np.array_equal(z["linear_attentions"][0], p0.numpy())  # bit for bit, sign and all
+    assert np.array_equal(z["attentions"][0], p1.numpy())
+    assert z["attentions"].dtype == np.float32 and z["linear_layers"].dtype == np.int64
+
+
+def test_save_of_one_kind_has_the_other_empty(signed: Path, tmp_path: Path) -> None:
+    ok(run("attend", TEXT, "-m", signed, "--save", tmp_path / "p.npz", "--layer", "0", "--head", "1,3"))
+    z = np.load(tmp_path / "p.npz")
+    n = len(z["token_ids"])
+    assert z["attentions"].shape == (0, 0, n, n) and z["attention_layers"].tolist() == []
+    assert z["linear_attentions"].shape == (1, 2, n, n) and z["linear_heads"].tolist() == [1, 3]
+    p0, _ = _patterns(signed, 0)
+    assert np.array_equal(z["linear_attentions"][0], p0[[1, 3]].numpy())
+
+
+def test_save_under_norm_is_magnitude_times_value_norm(signed: Path, tmp_path: Path) -> None:
+    """norm on the signed layer: |M[t, j]| ‖v_j‖ (raw, in `linear_norms`); the softmax layer as before."""
+    m = api.load(str(signed), device="cpu", dtype="float32")
+    tokens = m.tokenize(TEXT)
+    cap = m.capture(tokens, {attn_site(0): ["pattern", "v"], attn_site(1): ["pattern", "fnorm"]})
+    v = cap.get(attn_site(0), "v").repeat_interleave(2, dim=0)  # (H, n, d): the key/value head of each head
+    want0 = cap.get(attn_site(0), "pattern").abs() * v.norm(dim=-1)[:, None, :]
+    want1 = cap.get(attn_site(1), "pattern") * cap.get(attn_site(1), "fnorm")[:, None, :]
+    ok(run("attend", TEXT, "-m", signed, "--measure", "norm", "--save", tmp_path / "n.npz"))
+    z = np.load(tmp_path / "n.npz")
+    assert sorted(z.files) == ["attention_layers", "heads", "linear_heads", "linear_layers", "linear_norms", "norms",
+                               "token_ids", "tokens"]
+    assert np.allclose(z["linear_norms"][0], want0.numpy(), rtol=1e-6, atol=0)
+    assert np.allclose(z["norms"][0], want1.numpy(), rtol=1e-6, atol=0)
+
+
+def test_a_model_without_linear_layers_keeps_the_one_layout(build: Callable[[str], Path], tmp_path: Path) -> None:
+    ok(run("attend", TEXT, "-m", build("llama"), "--save", tmp_path / "p.npz"))
+    assert sorted(np.load(tmp_path / "p.npz").files) == ["attentions", "heads", "layers", "token_ids", "tokens"]
+
+
+# ------------------------------------------------------------------ measures: rollout refused, norm works
+
+
+def test_rollout_refuses_a_signed_layer_in_one_line(signed: Path) -> None:
+    one_error(run("attend", TEXT, "-m", signed, "--measure", "rollout"), 2, "rollout needs row-stochastic layers",
+              "layer 0", KIND)
+
+
+def test_rollout_refuses_before_any_file_is_written(signed: Path, tmp_path: Path) -> None:
+    one_error(run("attend", TEXT, "-m", signed, "--measure", "rollout", "--save", tmp_path / "r.npz"), 2,
+              "row-stochastic")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_norm_views_read_magnitudes_on_the_signed_layer(signed: Path) -> None:
+    doc = json.loads(ok(run("attend", TEXT, "-m", signed, "--measure", "norm", "--layer", "0", "--json")).stdout)
+    weights = [e["weight"] for h in doc["topk"] for r in h["rows"] for e in r["top"]]
+    assert weights and min(weights) > 0  # |M|·‖v‖, rows normalised to 1 in the views
+
+
+# ------------------------------------------------------------------ the page and the figure
+
+
+def test_page_marks_the_signed_layer_and_holds_its_values(signed: Path, tmp_path: Path) -> None:
+    from test_page import page_doc
+
+    p0, _ = _patterns(signed)
+    ok(run("attend", TEXT, "-m", signed, "--html", tmp_path / "p.html", "--layer", "0,1"))
+    doc = page_doc(tmp_path / "p.html")
+    assert doc["signed_layers"] == [0] and doc["layer_kinds"] == {"0": KIND}
+    assert np.array_equal(doc["attention"][0], p0.numpy())
+
+
+def test_page_of_a_model_without_signed_layers_has_no_such_keys(build: Callable[[str], Path], tmp_path: Path) -> None:
+    from test_page import page_doc
+
+    ok(run("attend", TEXT, "-m", build("llama"), "--html", tmp_path / "p.html"))
+    doc = page_doc(tmp_path / "p.html")
+    assert "signed_layers" not in doc and "layer_kinds" not in doc
+
+
+def test_page_in_a_browser_ranks_a_signed_row_by_magnitude(signed: Path, tmp_path: Path) -> None:
+    from test_page import CHROMIUM, chromium, element, listed
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs /usr/bin/chromium")
+    p0, _ = _patterns(signed)
+    ok(run("attend", TEXT, "-m", signed, "--html", tmp_path / "p.html", "--layer", "0"))
+    token = p0.shape[1] - 1
+    proc = chromium(tmp_path / "profile", f"{(tmp_path / 'p.html').as_uri()}#layer=0&head=1&token={token}",
+                    "--virtual-time-budget=3000", "--dump-dom")
+    dom = proc.stdout
+    assert element(dom, "attnscope-errors")[1] == "", element(dom, "attnscope-errors")[1]
+    row = p0[1, token].numpy()
+    keys = listed(dom, "top-keys")
+    want = np.argsort(-np.abs(row), kind="stable")[:8]
+    assert [k for k, _ in keys] == want.tolist()
+    assert [np.float32(w) for _, w in keys] == [row[k] for k in want]  # the saved float32, sign and all
+    assert any(w < 0 for _, w in keys)
+    assert "hidden attention, signed" in element(dom, "heat-title")[1]
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".png"])
+def test_figure_draws_a_signed_layer_on_a_diverging_scale(signed: Path, tmp_path: Path, suffix: str) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / f"f{suffix}"
+    ok(run("attend", TEXT, "-m", signed, "--plot", path, "--layer", "0", "--head", "0"))
+    if suffix == ".svg":
+        text = path.read_text()
+        assert "hidden attention M (signed, rows not summing to 1)" in text and KIND in text
+        return
+    import matplotlib.image
+
+    px = matplotlib.image.imread(path)[..., :3]  # (h, w, 3) in [0, 1]
+    red = (px[..., 0] > 0.6) & (px[..., 1] < 0.35) & (px[..., 2] < 0.35)
+    blue = (px[..., 2] > 0.55) & (px[..., 0] < 0.35)
+    assert red.sum() > 50 and blue.sum() > 50  # viridis has neither: both signs drawn
+
+
+def test_figure_of_a_softmax_layer_keeps_viridis(signed: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    ok(run("attend", TEXT, "-m", signed, "--plot", tmp_path / "f.svg", "--layer", "1", "--head", "0"))
+    assert "hidden attention" not in (tmp_path / "f.svg").read_text()

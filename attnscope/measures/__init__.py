@@ -121,12 +121,15 @@ class AttendRequest:
 
 def pattern_stream(stack: contextlib.ExitStack, path: Path, layers: list[int], heads: list[int], tokens: "Tokens",
                    measure: str, text: str = "", force: bool = False,
-                   extra: dict[str, int] | None = None, sinks: bool = False, routes: Any = None) -> analysis.LayerStream:
+                   extra: dict[str, int] | None = None, sinks: bool = False, routes: Any = None,
+                   linear: list[int] | None = None, linear_heads: list[int] | None = None) -> Any:
     """A probe streaming each complete layer's raw values into a `--save` file, whose
     writer is closed (and the file published) with `stack`. `sinks` (the model's
     attention has them): under `weight`, each row's sink weight is saved as `sinks`
     (the sink has no value vector, so norm and rollout have no sink column). `routes`: a
-    `routing.RouteProbe` the pass fills, saved beside (routes, route_weights, moe_layers)."""
+    `routing.RouteProbe` the pass fills, saved beside (routes, route_weights, moe_layers).
+    `linear` (a model with linear layers: `linear_layers`): those layers are saved apart,
+    their `linear_heads` (default: `heads`) as `linear_<name>` (see `export`)."""
     from attnscope import export
 
     kind = KINDS[measure]
@@ -135,17 +138,42 @@ def pattern_stream(stack: contextlib.ExitStack, path: Path, layers: list[int], h
                                                       text, force, extra, name=kind.saved_as,
                                                       head_axis=kind.per_head, sinks=sinks,
                                                       also="alti_layer" if measure == "alti" else "",
-                                                      routes=routes))
-    if measure == "alti":  # each layer's own C_l beside the rolled-out matrices
+                                                      routes=routes, linear=linear, linear_heads=linear_heads))
+    if linear is not None:  # each kind its own heads and array: one stream a kind, the writer sorts them
+        def emit(layer: int, probs: Any) -> None:
+            writer.write_layer(probs, layer)
+
+        apart = set(linear)
+        stream: Any = _Kinds(analysis.LayerStream([x for x in layers if x not in apart], heads, len(tokens), emit),
+                             analysis.LayerStream([x for x in layers if x in apart], linear_heads or heads,
+                                                  len(tokens), emit))
+    elif measure == "alti":  # each layer's own C_l beside the rolled-out matrices
         from attnscope.measures.mixing import AltiStream
 
-        stream: Any = AltiStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
+        stream = AltiStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
                                  writer.write_also)
     else:
         stream = analysis.LayerStream(layers, heads, len(tokens), lambda _layer, probs: writer.write_layer(probs),
                                       writer.write_sinks if sinks else None)
     stream.routes = routes  # run_attend hooks it up beside the measure's wrapper
     return stream
+
+
+class _Kinds(analysis.Probes):
+    """Streams of a save's two kinds of layers, fed by one pass as one probe."""
+
+    def __init__(self, *streams: Any) -> None:
+        super().__init__(*streams)
+        self.layers = sorted(layer for stream in streams for layer in stream.layers)
+        self.routes: Any = None
+
+
+def linear_layers(sites: Sequence["SiteInfo"]) -> list[int] | None:
+    """The model's linear layers, whose patterns a save keeps apart (sites neither
+    row-stochastic nor with sinks: a linear layer's hidden attention), or None for a
+    model without any (its files keep the one `attentions` layout)."""
+    apart = sorted(analysis.signed_layers(sites))
+    return apart or None
 
 
 def route_probe(cfg: Any, layers: list[int], n: int) -> Any:
@@ -188,7 +216,7 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
             saves.append(pattern_stream(stack, req.save, req.save_layers, req.save_heads, tokens, req.measure,
                                         req.text, req.force, req.extra,
                                         any(m.sites[layer].sinks for layer in req.save_layers),
-                                        route_probe(m.config, req.save_layers, n)))
+                                        route_probe(m.config, req.save_layers, n), linear_layers(m.sites)))
         wanted = [layer for probe in views + saves for layer in probe.layers]
         last = max(wanted + req.layers, default=0)
         hooks = transforms.wrap(req.measure, n, last, analysis.Probes(*views), analysis.Probes(*saves), m.model,

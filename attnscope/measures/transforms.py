@@ -13,7 +13,8 @@ pattern, so every view, export and score works under every measure unchanged.
   row-stochastic: `analysis.signed_layers`) the output is o_t = Σ_j M[t, j] v_j, but what
   follows (a gated RMSNorm, then W_O) is not linear in o_t, so no f(x_j) through W_O
   exists: norm there is ‖M[t, j] v_j‖ = |M[t, j]| ‖v_j‖, what key j moves into the
-  layer's own output before its gated norm, read from `pattern` and `v`.
+  layer's own output before its gated norm, read from `pattern` and `v` (a linear site
+  reports `v` after its pattern: the layer's chunks wait for it, one layer at most).
 * rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020):
   Ā_l = 0.5 · mean_h A_l + 0.5 · I with rows renormalised, R_0 = Ā_0, R_l = Ā_l R_{l−1};
   one n × n matrix per layer, handed on as a single "head" once the layer is complete.
@@ -58,6 +59,7 @@ class NormMeasure:
         self.targets = [(t, normalise) for t, normalise in ((views, True), (raw, False)) if t is not None]
         self.fnorm: dict[str, Tensor] = {}
         self.signed = {attn_site(layer) for layer in signed}
+        self.waiting: dict[str, list[tuple[Tensor, int, int]]] = {}  # a signed site's chunks before its `v`
 
     def wants(self, site: str, what: str) -> bool:
         size = "v" if site in self.signed else "fnorm"
@@ -69,8 +71,26 @@ class NormMeasure:
             return
         if what == "v":  # (H, K, d_v): one value vector per head and key
             self.fnorm[site] = value.float().norm(dim=-1)  # (H, K)
+            waiting = self.waiting.pop(site, [])
+            for chunk in waiting:
+                self._pattern(site, *chunk)
+            if waiting:  # these values were this pass's, reported after its rows: the next pass brings its own
+                del self.fnorm[site]
             return
+        if site in self.signed and site not in self.fnorm:
+            self.waiting.setdefault(site, []).append((value.clone(), q_start, k_start))
+            return
+        self._pattern(site, value, q_start, k_start)
+
+    def _pattern(self, site: str, value: Tensor, q_start: int, k_start: int) -> None:
         size = self.fnorm[site][:, None, : value.shape[-1]].to(value.device)
+        if size.shape[-1] < value.shape[-1]:  # a cached step: the values of earlier passes are not reported
+            from attnscope.errors import UsageError
+
+            raise UsageError(f"--measure norm on {site}'s hidden attention needs every value in one pass, "
+                             "not a cached step's", hint="use --measure weight here")
+        if size.shape[0] != value.shape[0]:  # key/value heads each serving a group of query heads
+            size = size.repeat_interleave(value.shape[0] // size.shape[0], dim=0)
         norms = (value.abs() if site in self.signed else value) * size  # (H, c, K)
         for target, normalise in self.targets:
             if not target.wants(site, "pattern"):

@@ -37,7 +37,9 @@ def _selection(shape: Shape, n_layers: int, n_heads: int) -> str:
 @dataclass
 class PatternSave(Output):
     """--save: the selected layers' full patterns, streamed to .npz or .safetensors one
-    layer at a time (memory holds one layer), raw values under every measure."""
+    layer at a time (memory holds one layer), raw values under every measure. A model
+    with linear layers saves each kind apart (`export`), each kind's heads selected in
+    its own layers (a linear layer's value heads)."""
 
     path: Path
     layer: Optional[str] = None
@@ -53,14 +55,32 @@ class PatternSave(Output):
 
     def _layers_heads(self, shape: Shape) -> tuple[list[int], list[int]]:
         ls = shape.layers(self.layer)
-        return ls, shape.heads(self.head, layers=ls)
+        linear = self._linear(shape)
+        if linear is None:
+            return ls, shape.heads(self.head, layers=ls)
+        soft = [layer for layer in ls if layer not in linear]
+        return ls, shape.heads(self.head, layers=soft) if soft else []
+
+    def _linear(self, shape: Shape) -> set[int] | None:
+        from attnscope.measures import linear_layers
+
+        linear = linear_layers(shape.sites)
+        return None if linear is None else set(linear)
+
+    def _linear_heads(self, shape: Shape) -> tuple[list[int], list[int]]:
+        """The selected linear layers and their value heads (none: a model without them)."""
+        linear = self._linear(shape)
+        mine = [layer for layer in shape.layers(self.layer) if linear is not None and layer in linear]
+        return mine, shape.heads(self.head, layers=mine) if mine else []
 
     def size(self, run: Run) -> int:
         from attnscope import export
         from attnscope.units import human_bytes
 
         ls, hs = self._layers_heads(run.shape)
-        size = export.pattern_bytes(len(ls), len(hs), len(run.tokens))
+        lin, lin_hs = self._linear_heads(run.shape)
+        n = len(run.tokens)
+        size = export.pattern_bytes(len(ls) - len(lin), len(hs), n) + export.pattern_bytes(len(lin), len(lin_hs), n)
         if run.shape.measure == "alti":  # alti (rolled out) and alti_layer (each layer alone)
             size *= 2
         if size >= NOTE_SAVE_BYTES:
@@ -70,15 +90,26 @@ class PatternSave(Output):
     def stream(self, run: Run, stack: contextlib.ExitStack) -> Any:
         from attnscope.measures import pattern_stream, route_probe
 
+        from attnscope.measures import linear_layers
+
         ls, hs = self._layers_heads(run.shape)
+        _, lin_hs = self._linear_heads(run.shape)
         routes = route_probe(run.config, ls, len(run.tokens)) if run.config is not None else None
         return pattern_stream(stack, self.path, ls, hs, run.tokens, run.shape.measure, run.text, self.force,
-                              self.extra, any(run.shape.sites[layer].sinks for layer in ls), routes)
+                              self.extra, any(run.shape.sites[layer].sinks for layer in ls), routes,
+                              linear_layers(run.shape.sites), lin_hs)
 
     def emit(self, part: Optional["AttendResult"], run: Run) -> Emitted:
+        from attnscope.units import plural
+
         ls, hs = self._layers_heads(run.shape)
-        return Emitted("saved", self.path,
-                       f"saved {_selection(run.shape, len(ls), len(hs))} × {len(run.tokens)}² to {self.path}")
+        lin, lin_hs = self._linear_heads(run.shape)
+        shown = _selection(run.shape, len(ls), len(hs))
+        if self._linear(run.shape) is not None:  # each kind apart, as the file holds them
+            kinds = [f"{plural(len(ls) - len(lin), 'softmax layer')} × {plural(len(hs), 'head')}" if len(ls) > len(lin)
+                     else "", f"{plural(len(lin), 'linear layer')} × {plural(len(lin_hs), 'value head')}" if lin else ""]
+            shown = " and ".join(k for k in kinds if k)
+        return Emitted("saved", self.path, f"saved {shown} × {len(run.tokens)}² to {self.path}")
 
 
 @dataclass
@@ -154,8 +185,12 @@ class PageOutput(Output):
 
         ls = run.shape.layers(self.layer)
         hs = run.shape.heads(self.head, layers=ls)
+        from attnscope.analysis import signed_layers
+
         focus = self.focus or run.focus or (ls[-1], hs[0], len(run.tokens) - 1)
-        self._page = Page(run.model, run.tokens, ls, hs, run.shape.measure, self.k, focus)
+        signed = {layer: run.shape.sites[layer].kind for layer in signed_layers(run.shape.sites, run.shape.measure)
+                  if layer in ls}
+        self._page = Page(run.model, run.tokens, ls, hs, run.shape.measure, self.k, focus, signed=signed or None)
         size = self._page.check(self.path, space=False)  # checked with the run's other outputs
         if size >= NOTE_PAGE_BYTES:
             _note(f"will write a {human_bytes(size)} page to {self.path}")
@@ -213,8 +248,9 @@ class FigureOutput(Output):
 
         assert part is not None and part.attention is not None  # internal invariant: needs() asked for it
         ls, hs = part.attention.layers, part.attention.heads
+        signed = {layer: run.shape.sites[layer].kind for layer in part.attention.signed if layer in ls}
         write_figure(self.path, part.attention.probs, ls, hs, run.tokens.labels, run.model, run.shape.measure,
-                     parse_figsize(self.figsize) if self.figsize is not None else None, self.force)
+                     parse_figsize(self.figsize) if self.figsize is not None else None, self.force, signed or None)
         shown = (f"layer {ls[0]}" + ("" if not run.shape.per_head else f", head {hs[0]}")
                  if len(ls) * len(hs) == 1 else f"{len(ls)} layers × {len(hs)} heads")
         return Emitted("saved_plot", self.path, f"wrote a figure of {shown} to {self.path}")

@@ -5,7 +5,9 @@ One head's pattern as a heatmap with token labels, or a grid of the selected hea
 in the title. Cells are vector where the format allows (SVG, PDF) and the figure is
 small enough to stay light (`VECTOR_CELLS`); beyond that they are one embedded image
 while labels and text stay vector. Text is kept as text (SVG `svg.fonttype: none`, PDF
-Type 42 fonts) so that a journal's editor can restyle it. Built on `matplotlib.figure.Figure`
+Type 42 fonts) so that a journal's editor can restyle it. A signed layer's panels (a linear
+layer's hidden attention, rows not summing to 1) take a diverging map (RdBu_r, symmetric
+about 0 at ± their largest |weight|) and a colour bar of their own. Built on `matplotlib.figure.Figure`
 directly, never pyplot: no global state, no GUI backend, safe inside any process.
 """
 
@@ -84,9 +86,11 @@ def _stride(n: int, length_in: float, min_pt: float = 6.0) -> int:
 
 
 def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], labels: list[str], model: str,
-                 measure: str = "weight", figsize: Optional[tuple[float, float]] = None, force: bool = False) -> Path:
+                 measure: str = "weight", figsize: Optional[tuple[float, float]] = None, force: bool = False,
+                 signed: Optional[dict[int, str]] = None) -> Path:
     """Write `values` (L, H, n, n), the patterns of `layers` × `heads`, as a figure at
-    `path` (.png, .svg or .pdf), atomically."""
+    `path` (.png, .svg or .pdf), atomically. `signed`: the layers whose values are
+    signed, each with its kind in words (drawn on a diverging scale)."""
     require_matplotlib()
     import matplotlib
     import numpy as np
@@ -103,7 +107,12 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
     if figsize is None:
         side = min(12.0, max(4.0, 2.5 + 0.16 * n))
         figsize = (side + 1.3, side) if single else (min(MAX_INCHES, 1.6 + 2.1 * cols), min(MAX_INCHES, 0.9 + 2.1 * rows))
-    vmax = float(data.max()) if data.size and float(data.max()) > 0 else 1.0
+    signed = {layer: words for layer, words in (signed or {}).items() if layer in layers}
+    plain = [li for li, layer in enumerate(layers) if layer not in signed]
+    vmax = float(data[plain].max()) if plain and data[plain].size and float(data[plain].max()) > 0 else 1.0
+    ranged = [li for li, layer in enumerate(layers) if layer in signed]
+    smax = float(np.abs(data[ranged]).max()) if ranged and data[ranged].size else 0.0
+    smax = smax if smax > 0 else 1.0
     names = [_label(t) for t in labels]
     measure_label = MEASURE_LABELS.get(measure, measure)
     rollout = measure in PER_LAYER
@@ -116,22 +125,29 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
             ax.set_visible(False)
         axes = grid.ravel()[: n_l * n_h].reshape(n_l, n_h)  # (L, H): each panel in layer, head order
         mappable = None
+        signed_mappable = None
         for li, layer in enumerate(layers):
             for hi, head in enumerate(heads):
                 ax = axes[li][hi]
                 m = data[li, hi]
+                cmap, lo, hi_v = ("RdBu_r", -smax, smax) if layer in signed else ("viridis", 0.0, vmax)
                 if vector:
                     edges = np.arange(n + 1) - 0.5
-                    mappable = ax.pcolormesh(edges, edges, m, cmap="viridis", vmin=0.0, vmax=vmax, shading="flat",
-                                             edgecolors="none", antialiased=False)
+                    drawn = ax.pcolormesh(edges, edges, m, cmap=cmap, vmin=lo, vmax=hi_v, shading="flat",
+                                          edgecolors="none", antialiased=False)
                     ax.set_xlim(-0.5, n - 0.5)
                     ax.set_ylim(n - 0.5, -0.5)  # query 0 on top, as in the terminal heatmap
                     ax.set_aspect("equal")
                 else:
-                    mappable = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest" if n <= 512 else "antialiased",
-                                         aspect="equal")
+                    drawn = ax.imshow(m, cmap=cmap, vmin=lo, vmax=hi_v, interpolation="nearest" if n <= 512 else "antialiased",
+                                      aspect="equal")
+                if layer in signed:
+                    signed_mappable = drawn
+                else:
+                    mappable = drawn
                 if not single:
-                    ax.set_title(f"L{layer}" if rollout else f"L{layer} H{head}", pad=2)
+                    ax.set_title((f"L{layer}" if rollout else f"L{layer} H{head}") + (" ±" if layer in signed else ""),
+                                 pad=2)
                 ax.tick_params(length=2, pad=1)
         # Token labels where they fit: every panel's axes are shared, so the outer ones carry them.
         w_in, h_in = figsize
@@ -156,14 +172,22 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
             ax0.set_xlabel("key")
             ax0.set_ylabel("query")
             what = f"layer {layers[0]} · {PER_LAYER[measure]}" if rollout else f"layer {layers[0]} · head {heads[0]}"
+            if layers[0] in signed:
+                what += f" · {signed[layers[0]]}: signed, rows do not sum to 1"
             fig.suptitle(f"{model} · {what}" + ("" if measure == "weight" or rollout else f" · {measure}"), fontsize=10)
         else:
             fig.supxlabel("key", fontsize=9)
             fig.supylabel("query", fontsize=9)
             span = f"{noun(len(layers), 'layer')} {_span(layers)}" + ("" if rollout else f", {noun(len(heads), 'head')} {_span(heads)}")
-            fig.suptitle(f"{model} · {span}" + ("" if measure == "weight" else f" · {measure}"), fontsize=10)
-        bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8 if single else 0.6, pad=0.02)
-        bar.set_label(measure_label)
+            kinds = "; ".join(sorted(set(signed.values())))
+            fig.suptitle(f"{model} · {span}" + ("" if measure == "weight" else f" · {measure}")
+                         + (f" · ± = {kinds}, signed" if signed else ""), fontsize=10)
+        if mappable is not None:
+            bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8 if single else 0.6, pad=0.02)
+            bar.set_label(measure_label)
+        if signed_mappable is not None:
+            bar = fig.colorbar(signed_mappable, ax=axes.ravel().tolist(), shrink=0.8 if single else 0.6, pad=0.02)
+            bar.set_label("hidden attention M (signed, rows not summing to 1)")
         _save(fig, path, fmt, force)
     return path
 

@@ -10,6 +10,9 @@ base64-encoded little-endian (decimal text would either round them or triple the
   attention  [layer][head]: base64 of one row-major n × n float32 matrix (query, key)
   or, with --html-topk K:
   k, topk    {indices: [layer][head] base64 int32 n × k, weights: same, float32}
+  signed_layers, layer_kinds   only where some layers are signed (a linear layer's
+             hidden attention: rows not summing to 1): those layers, drawn on a diverging
+             scale and ranked by |weight|, and each one's kind in words
 
 A page is planned before the run (`Page(...)`, `Page.size()`: exact, from the tokens and
 the selection alone) so that a page no browser can hold is refused before any work, and
@@ -89,6 +92,7 @@ class Page:
     k: Optional[int] = None
     initial: tuple[int, int, int] = (0, 0, 0)
     scores: Optional[dict[str, Any]] = None  # `heads --html`: {name: [layer][head]} over these layers and heads
+    signed: Optional[dict[int, str]] = None  # the held layers whose values are signed, and each one's kind in words
 
     def __post_init__(self) -> None:
         from attnscope.measures.transforms import DESCRIPTIONS
@@ -120,6 +124,9 @@ class Page:
             doc["k"] = self.k
         if self.scores is not None:
             doc["scores"] = self.scores
+        if self.signed:
+            doc["signed_layers"] = sorted(self.signed)
+            doc["layer_kinds"] = {str(layer): words for layer, words in sorted(self.signed.items())}
         meta = _script_json(doc)
         assert meta.endswith("}")  # internal invariant: the arrays are appended to this object
         self._meta = meta[:-1]

@@ -6,7 +6,9 @@
  * head gets a pyramid of 2 × 2 pooled levels (max or sum) so that a heatmap of 8,192
  * tokens draws from at most 3 × 3 cells per pixel. Top-k pages draw by scattering each
  * row's k entries. Any error is written into #attnscope-errors, so a headless browser's
- * dumped DOM shows it.
+ * dumped DOM shows it. A signed layer (D.signed_layers: a linear layer's hidden attention,
+ * rows not summing to 1) is drawn on a diverging scale (blue below 0, red above, up to its
+ * head's largest |weight|), pooled and ranked by |weight|, the sign kept.
  */
 (function () {
   "use strict";
@@ -44,6 +46,10 @@
     var layers = D.layers, heads = D.heads, rollout = D.measure === "rollout";
     var labels = D.tokens;
     var LUT = buildLut();
+    var signedLayers = D.signed_layers || [], kinds = D.layer_kinds || {};
+    function isSigned(li) { return signedLayers.indexOf(layers[li]) >= 0; }
+    // which of two values a "max" pool or a ranking keeps: on a signed head, the larger |value|
+    function more(v, than, signed) { return signed ? Math.abs(v) > Math.abs(than) : v > than; }
 
     var S = {
       li: Math.max(0, layers.indexOf(D.initial.layer)),
@@ -89,6 +95,12 @@
         h = { key: key, data: words(D.attention[li][hi], Float32Array), levels: {} };
         h.bytes = 4 * n * n;
       }
+      h.signed = isSigned(li);
+      h.scale = 0;  // a signed head's largest |weight|: the ends of its diverging scale
+      if (h.signed) {
+        var vals = sparse ? h.w : h.data;
+        for (var e = 0; e < vals.length; e++) if (Math.abs(vals[e]) > h.scale) h.scale = Math.abs(vals[e]);
+      }
       cache.set(key, h);
       cacheBytes += h.bytes;
       evict(key);
@@ -112,7 +124,7 @@
       if (!sparse) return h.data.subarray(i * n, (i + 1) * n);
       var out = new Float32Array(n);
       // an entry of weight 0 is a key the query cannot see (masked): never drawn or listed
-      for (var e = i * K; e < (i + 1) * K; e++) if (h.w[e] > out[h.idx[e]]) out[h.idx[e]] = h.w[e];
+      for (var e = i * K; e < (i + 1) * K; e++) if (more(h.w[e], out[h.idx[e]], h.signed)) out[h.idx[e]] = h.w[e];
       return out;
     }
     function col(h, j) {
@@ -129,14 +141,15 @@
       for (var e = i * K; e < (i + 1) * K; e++) if (h.idx[e] === j) return h.w[e];
       return 0;
     }
-    // The `count` largest non-zero entries, largest first; ties keep the lower index first.
-    function top(arr, count) {
+    // The `count` largest non-zero entries, largest first (by |value| where `signed`); ties
+    // keep the lower index first.
+    function top(arr, count, signed) {
       var best = [];
       for (var j = 0; j < arr.length; j++) {
         var v = arr[j];
-        if (!(v > 0) || (best.length === count && v <= best[best.length - 1][1])) continue;
+        if ((signed ? v === 0 : !(v > 0)) || (best.length === count && !more(v, best[best.length - 1][1], signed))) continue;
         var at = best.length;
-        while (at > 0 && best[at - 1][1] < v) at--;
+        while (at > 0 && more(v, best[at - 1][1], signed)) at--;
         best.splice(at, 0, [j, v]);
         if (best.length > count) best.pop();
       }
@@ -147,7 +160,7 @@
     // Level l holds ceil(n / 2^l)² cells, each the max (or the sum) of its 2^l × 2^l block.
     function levels(h, pool) {
       if (h.levels[pool]) return h.levels[pool];
-      var arrs = [h.data], dims = [n], m = n, cur = h.data, added = 0;
+      var arrs = [h.data], dims = [n], m = n, cur = h.data, added = 0, sg = h.signed;
       while (m > 16) {
         var m2 = (m + 1) >> 1, next = new Float32Array(m2 * m2);
         for (var y = 0; y < m2; y++) {
@@ -156,10 +169,10 @@
             var xa = 2 * x, xb = xa + 1 < m, a = cur[ya + xa], v;
             if (pool === "max") {
               v = a;
-              if (xb && cur[ya + xa + 1] > v) v = cur[ya + xa + 1];
+              if (xb && more(cur[ya + xa + 1], v, sg)) v = cur[ya + xa + 1];
               if (yb >= 0) {
-                if (cur[yb + xa] > v) v = cur[yb + xa];
-                if (xb && cur[yb + xa + 1] > v) v = cur[yb + xa + 1];
+                if (more(cur[yb + xa], v, sg)) v = cur[yb + xa];
+                if (xb && more(cur[yb + xa + 1], v, sg)) v = cur[yb + xa + 1];
               }
             } else {
               v = a + (xb ? cur[ya + xa + 1] : 0);
@@ -199,8 +212,8 @@
           for (e = r * K; e < (r + 1) * K; e++) {
             c = h.idx[e] - c0;
             v = h.w[e];
-            if (c < 0 || c >= span || !(v > 0)) continue;
-            if (pool === "max") { if (v > out[base + colT[c]]) out[base + colT[c]] = v; }
+            if (c < 0 || c >= span || (h.signed ? v === 0 : !(v > 0))) continue;
+            if (pool === "max") { if (more(v, out[base + colT[c]], h.signed)) out[base + colT[c]] = v; }
             else out[base + colT[c]] += v;
           }
         }
@@ -224,12 +237,12 @@
       }
       for (gy = 0; gy < g; gy++) {
         for (gx = 0; gx < g; gx++) {
-          var acc = pool === "max" ? -Infinity : 0;
+          var acc = pool === "max" && !h.signed ? -Infinity : 0;
           for (r = ry0[gy]; r < ry1[gy]; r++) {
             var o = r * m;
             for (c = cx0[gx]; c < cx1[gx]; c++) {
               v = arr[o + c];
-              if (pool === "max") { if (v > acc) acc = v; } else acc += v;
+              if (pool === "max") { if (more(v, acc, h.signed)) acc = v; } else acc += v;
             }
           }
           out[gy * g + gx] = pool === "max" ? acc : acc / (rn[gy] * cn[gx]);
@@ -254,13 +267,24 @@
       var x = S.scale === "sqrt" ? Math.sqrt(v) : S.scale === "log" ? (Math.log10(v) + 4) / 4 : v;
       return x < 0 ? 0 : x > 1 ? 1 : x;
     }
-    function paint(grid, g, target) {
+    // The diverging scale of a signed head: light at 0, blue towards −scale, red towards +scale.
+    var MID = [247, 247, 247], NEG = [33, 102, 172], POS = [178, 24, 43];
+    function diverging(v, scale, out, at) {
+      var t = scale > 0 ? scaled(Math.abs(v) / scale) : 0, end = v < 0 ? NEG : POS;
+      for (var ch = 0; ch < 3; ch++) out[at + ch] = Math.round(MID[ch] * (1 - t) + end[ch] * t);
+    }
+    function paint(grid, g, target, h) {
       target.width = g;
       target.height = g;
       var ctx = target.getContext("2d"), img = ctx.createImageData(g, g), px = img.data;
       for (var p = 0; p < g * g; p++) {
-        var i = Math.round(scaled(grid[p]) * 255) * 3;
-        px[4 * p] = LUT[i]; px[4 * p + 1] = LUT[i + 1]; px[4 * p + 2] = LUT[i + 2]; px[4 * p + 3] = 255;
+        if (h && h.signed) {
+          diverging(grid[p], h.scale, px, 4 * p);
+        } else {
+          var i = Math.round(scaled(grid[p]) * 255) * 3;
+          px[4 * p] = LUT[i]; px[4 * p + 1] = LUT[i + 1]; px[4 * p + 2] = LUT[i + 2];
+        }
+        px[4 * p + 3] = 255;
       }
       ctx.putImageData(img, 0, 0);
     }
@@ -292,11 +316,11 @@
       $("dir-row").classList.toggle("on", S.dir === "row");
       $("dir-col").classList.toggle("on", S.dir === "col");
       var keys = q === null ? null : row(h, q), queries = q === null ? null : col(h, q);
-      fillList($("top-keys"), keys ? top(keys, 8) : []);
-      fillList($("top-queries"), queries ? top(queries, 8) : []);
+      fillList($("top-keys"), keys ? top(keys, 8, h.signed) : []);
+      fillList($("top-queries"), queries ? top(queries, 8, h.signed) : []);
       var shown = q === null ? null : S.dir === "row" ? keys : queries;
       for (var j = 0; j < n; j++) {
-        var level = shown ? Math.round(scaled(shown[j]) * 20) : 0;
+        var level = shown ? Math.round(scaled(h.signed ? Math.abs(shown[j]) / (h.scale || 1) : shown[j]) * 20) : 0;
         if (level !== shade[j]) {
           shade[j] = level;
           tokEls[j].style.backgroundColor = level ? "rgba(255, 140, 0, " + (0.08 + 0.04 * level).toFixed(2) + ")" : "";
@@ -359,7 +383,7 @@
       var g = Math.max(1, Math.min(span, Math.round(P * dpr)));
       var grid = pooled(h, r0, c0, span, g, S.pool);
       lastGrid = { grid: grid, g: g };
-      paint(grid, g, off);
+      paint(grid, g, off, h);
       ctx.imageSmoothingEnabled = false;
       ctx.drawImage(off, ml, mt, P, P);
       if (!sparse) hatchMasked(grid, g, ctx, ml, mt, P);
@@ -400,7 +424,8 @@
       ctx.lineWidth = 1;
       ctx.strokeRect(ml - 1.5, mt - 1.5, P + 3, P + 3);  // outside the cells: the first row and column stay visible
       $("heat-title").textContent = "layer " + layers[S.li] + " · " + (rollout ? "rollout" : "head " + heads[S.hi]) +
-        " · row = query, column = key" + (sparse ? " · top-" + K + " only" : "");
+        " · row = query, column = key" + (sparse ? " · top-" + K + " only" : "") +
+        (h.signed ? " · " + (kinds[layers[S.li]] || "not row-stochastic") + ": hidden attention, signed, rows do not sum to 1" : "");
       var per = span / g;
       $("heat-range").textContent = "tokens " + r0 + "–" + (r0 + span - 1) + " × " + c0 + "–" + (c0 + span - 1) +
         (per > 1 ? " · " + per.toFixed(1) + " tokens per pixel, " + S.pool + " pooled" : "");
@@ -436,6 +461,8 @@
       c.height = hgt * dpr;
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
       ctx.clearRect(0, 0, w, hgt);
+      var h = getHead(S.li, S.hi);
+      if (h.signed) return drawSignedLegend(ctx, w, h.scale);
       for (var x = 0; x < w - 16; x++) {
         var i = Math.round((x / (w - 17)) * 255) * 3;
         ctx.fillStyle = "rgb(" + LUT[i] + "," + LUT[i + 1] + "," + LUT[i + 2] + ")";
@@ -454,6 +481,25 @@
       $("legend-note").textContent = sparse
         ? "only each token's top " + K + " keys are stored: every other cell reads 0"
         : "hatched: exactly 0, a key the mask hides; darkest: a weight near 0";
+    }
+    function drawSignedLegend(ctx, w, scale) {
+      var rgb = [0, 0, 0];
+      for (var x = 0; x < w - 16; x++) {
+        diverging(((x / (w - 17)) * 2 - 1) * scale, scale, rgb, 0);
+        ctx.fillStyle = "rgb(" + rgb[0] + "," + rgb[1] + "," + rgb[2] + ")";
+        ctx.fillRect(8 + x, 2, 1, 14);
+      }
+      ctx.fillStyle = "#6b7080";
+      ctx.font = MONO;
+      ctx.textBaseline = "top";
+      [-scale, 0, scale].forEach(function (t, k) {
+        var x = 8 + (k / 2) * (w - 17);
+        ctx.textAlign = k === 0 ? "left" : k === 2 ? "right" : "center";
+        ctx.fillRect(x, 16, 1, 3);
+        ctx.fillText(t === 0 ? "0" : t.toPrecision(3), x, 20);
+      });
+      $("legend-note").textContent = "signed: blue below 0, red above, to ±the head's largest |weight|; rows do not " +
+        "sum to 1" + (sparse ? "; only each token's top " + K + " keys (by |weight|) are stored" : "; hatched: exactly 0");
     }
     function weightText(v) {
       return v === 0 ? (sparse ? "0 (not stored)" : "0 (masked)") : v.toPrecision(4);
@@ -542,7 +588,7 @@
     function drawThumb(li, hi) {
       var key = li + "," + hi + "," + S.pool, g = Math.min(n, Math.round(thumbPx * geo.dpr));
       if (!thumbs[key]) thumbs[key] = pooled(getHead(li, hi), 0, 0, n, g, S.pool);
-      paint(thumbs[key], g, thumbEls[li][hi]);
+      paint(thumbs[key], g, thumbEls[li][hi], getHead(li, hi));
     }
     function markGrid() {
       thumbEls.forEach(function (rowEls, li) {
