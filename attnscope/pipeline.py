@@ -478,6 +478,9 @@ def run(model: str | None, device: str, dtype: str, body: Callable[["Inspector"]
     the others serve it. Returns the exit code this rank ends with (0: fine)."""
     from attnscope import distributed
 
+    if "," in device:
+        raise UsageError("--pipeline gives each process one device (its LOCAL_RANK GPU), not a list",
+                         hint="use --device cuda (or auto) with --pipeline")
     group = distributed.start(device, _timeout())
     if group is None:
         distributed.finish()

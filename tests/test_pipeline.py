@@ -367,3 +367,57 @@ def test_each_rank_holds_about_half_the_weights(tmp_path: Path, build: Callable[
         # while its tensors are copied out), each rank by 93-96 MiB (its half, one block's pages at a time)
         assert rank < 0.65 * one_proc, (rank, one_proc)
         assert 0.35 * weights < rank < 0.8 * weights, (rank, weights)  # its half, with the pass and gloo beside
+
+
+# ------------------------------------------------------------------ one process, blocks across devices
+
+
+def test_blocks_placed_across_devices_load_every_share_and_equal_one_device(build: Callable[[str], Path],
+                                                                            inspector: Callable[..., Any]) -> None:
+    """Two "devices" that are both the CPU: the placed load (every block streamed to its
+    device, embeddings and head on the first) gives the plain load's patterns and logits."""
+    cpu = torch.device("cpu")
+    placed = pipeline.load_placed(str(build("llama")), [cpu, cpu], "float32")
+    plain = inspector("llama")
+    assert placed.model.placement == [cpu] * plain.n_layers
+    assert not any(p.is_meta for p in placed.model.parameters())
+    assert torch.equal(placed.attention(TEXT).probs, plain.attention(TEXT).probs)
+    assert torch.equal(placed.logits(TEXT), plain.logits(TEXT))
+
+
+def test_the_pass_state_moves_with_the_stream() -> None:
+    from attnscope.model import PassState, _state_on
+
+    state = PassState(0, torch.arange(3), None, {"rope": (torch.ones(3, 2), torch.zeros(3, 2))})
+    moved = _state_on(state, torch.device("meta"))
+    assert moved.positions.is_meta and all(c.is_meta and s.is_meta for c, s in moved.ropes.values())
+    assert moved.start == 0 and moved.segments is None
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cpu,cuda:1", "is not a device"),
+    ("cuda:0,cuda:0", "names a device twice"),
+])
+def test_bad_device_lists_are_one_line(device: str, message: str, build: Callable[[str], Path]) -> None:
+    if message == "names a device twice":
+        with pytest.raises(Exception, match=message):
+            pipeline.parse_devices(device)
+        return
+    one_error(run("attend", TEXT, "--model", build("llama"), "--device", device), 2, message)
+
+
+def test_a_device_list_without_gpus_is_one_line(build: Callable[[str], Path]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = run("attend", TEXT, "--model", build("llama"), "--device", "cuda:0,cuda:1")
+    assert res.exit_code != 0 and "no CUDA GPU is available" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_blocks_across_two_gpus_equal_the_cpu(build: Callable[[str], Path], inspector: Callable[..., Any]) -> None:
+    devices = pipeline.parse_devices("cuda:0,cuda:1")
+    assert devices is not None
+    placed = pipeline.load_placed(str(build("llama")), devices, "float32")
+    plain = inspector("llama")
+    assert {p.device for p in placed.model.blocks[-1].parameters()} == {devices[-1]}
+    torch.testing.assert_close(placed.attention(TEXT).probs.cpu(), plain.attention(TEXT).probs, atol=BOUND, rtol=0)

@@ -143,8 +143,14 @@ def _load(model: Optional[str], device: Device, dtype: LoadDtype, offload: Optio
             bar.add_task("load", total=total)
         bar.update(bar.task_ids[0], completed=done)
 
+    from attnscope import pipeline
+
     try:
-        m = load(model, device.value, dtype.value, progress, offload)
+        devices = pipeline.parse_devices(device.value) if not offload else None
+        if devices is not None:  # several GPUs in this process: the blocks placed across them
+            m = pipeline.load_placed(model, devices, dtype.value, progress)
+        else:
+            m = load(model, device.value, dtype.value, progress, offload)
     finally:
         if bar is not None:
             bar.stop()

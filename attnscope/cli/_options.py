@@ -82,7 +82,28 @@ PerHeadMeasureOpt = Annotated[PerHeadMeasure, typer.Option(
     "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves. (Rollout, alti and value-zeroing are per layer, not per head: attnscope attend --measure alti.)")]
 LayerOpt = Annotated[Optional[str], typer.Option("--layer", "-l", help="Layers: 3, -1 (last), 0,2,5, 1-3, 2: or all.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", "-H", help="Heads: same forms as --layer.")]
-DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when available.")]
+class DeviceList(str):
+    """`--device cuda:1`, or a list `cuda:0,cuda:1` whose devices share the blocks
+    (`attnscope.pipeline.placement`); read like a `Device` member (`.value`)."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+def _device(text: "str | Device") -> "Device | DeviceList":
+    """A --device value: auto, cpu, cuda, cuda:N, or a comma-separated list of cuda:N."""
+    word = str(text.value if isinstance(text, Device) else text).strip()
+    try:
+        return Device(word)
+    except ValueError:
+        pass
+    if word.startswith("cuda:"):
+        return DeviceList(word)
+    raise typer.BadParameter(f"{word!r} is not a device: use auto, cpu, cuda, cuda:N or a list such as cuda:0,cuda:1")
+
+
+DeviceOpt = Annotated[Device, typer.Option(parser=_device, metavar="DEVICE", help="Where to run: auto, cpu, cuda, cuda:N, or several GPUs sharing the layers, cuda:0,cuda:1 (auto with several GPUs uses them all).")]
 LoadDtypeOpt = Annotated[LoadDtype, typer.Option("--dtype", metavar="DTYPE", help="Weights' dtype: auto, float32, bfloat16 or float16 (auto: float32 on CPU, the checkpoint's on GPU). Softmax is always float32.")]
 PipelineOpt = Annotated[bool, typer.Option("--pipeline", help="Under torchrun: split the model's layers across the processes, each loading only its share (rank 0 prints and writes). With --dry-run: each rank's weights and memory.")]
 RanksOpt = Annotated[Optional[int], typer.Option("--ranks", min=2, max=4096, help="With --dry-run --pipeline: how many processes the run would have (default: WORLD_SIZE).", show_default=False)]
