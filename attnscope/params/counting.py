@@ -151,8 +151,11 @@ def _block_summary(per_block: dict[str, int], cfg: ModelConfig | None = None,
     attn = sum(per_block[r] for r in ("query", "key", "value", "output", "latent", "linear"))
     mlp = sum(per_block[r] for r in ("gate", "up", "down"))
     biases, norms, router = per_block["biases"], per_block["norms"], per_block["router"]
+    gate = per_block["per_layer"]  # Gemma 4's per-layer input gate and projection
     out = {"attention": attn, "mlp": mlp, "biases": biases, "norms": norms,
-           "total": attn + mlp + biases + norms + router}
+           "total": attn + mlp + biases + norms + router + gate}
+    if gate:
+        out["per_layer"] = gate
     if cfg is not None and spec is not None and spec.mlp.kind == "experts":
         e = spec.mlp.experts
         assert e is not None  # internal invariant: kind "experts" carries its ExpertSpec
@@ -187,7 +190,7 @@ def inactive(cfg: ModelConfig) -> tuple[int, int]:
 
 # The video's rows, then what its counting leaves out. Order is display order.
 ROWS_3B1B = ("embedding", "key", "query", "value", "output", "latent", "linear", "gate", "up", "down", "unembedding")
-ROWS_OTHER = ("positions", "projections", "biases", "norms", "router", "pooler", "heads", "other")
+ROWS_OTHER = ("positions", "projections", "per_layer", "biases", "norms", "router", "pooler", "heads", "other")
 
 
 def category(name: str) -> str:
@@ -213,6 +216,8 @@ def category(name: str) -> str:
         return "projections"
     if "norm." in name:
         return "norms"
+    if name.startswith("per_layer."):  # Gemma 4's per-layer input table and projection
+        return "per_layer"
     if name.endswith((".attn.dt_bias", ".attn.a_log")):  # a linear layer's decay parameters
         return "linear"
     if name.endswith(".bias"):
@@ -230,7 +235,8 @@ def category(name: str) -> str:
 # q/k/v projection before the convolution, the norm's gate z, the write strength b, the
 # decay input a, the convolution and the decay parameters (dt_bias, a_log): row "linear".
 _PARTS = {"q": "query", "k": "key", "v": "value", "o": "output", "gate": "gate", "up": "up", "down": "down",
-          "q_a": "query", "q_b": "query", "kv_a": "latent", "kv_b": "latent",
+          "q_a": "query", "q_b": "query", "kv_a": "latent", "kv_b": "latent", "ple_gate": "per_layer",
+          "ple_proj": "per_layer",
           "qkv": "linear", "z": "linear", "b": "linear", "a": "linear", "conv": "linear"}
 
 

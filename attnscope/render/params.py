@@ -30,6 +30,7 @@ ROW_LABELS = {
     "unembedding": "Unembedding",
     "positions": "Position / type tables",
     "projections": "Embedding projections (in, out)",
+    "per_layer": "Per-layer inputs (table, projection, gates)",
     "biases": "Biases",
     "norms": "Norms",
     "router": "Routers (MoE gates)",
@@ -177,6 +178,10 @@ def block_table(console: Console, rep: "ParamReport") -> None:
             layers = f"{noun(kind.n_layers, 'layer')} {ranges_text(kind.ranges)} ({kind.n_layers:,})"
             block.add_row(Text(f"{layers}: {kind.label}", style="bold cyan"), "")
         parts = "Q, O; shared latent q_a, kv_a; K, V from kv_b" if a.latent is not None else "Q, O; {kv} × K, V"
+        if a.kv_source is not None:  # Gemma 4's KV-shared layers: no keys or values of their own
+            parts = f"Q, O; K, V read from layer {a.kv_source}"
+        elif a.k_eq_v:  # Gemma 4's global layers: the values are the keys' projection
+            parts = "Q, O; {kv} × K, values = keys' projection"
         block.add_row(f"Attention weights ({a.n_heads} × {parts.format(kv=a.n_kv_heads)})", n(kind.block["attention"]))
         e = m.experts
         if e is not None:  # a mixture of experts: router, routed experts (one, all), shared experts
@@ -190,6 +195,9 @@ def block_table(console: Console, rep: "ParamReport") -> None:
         else:
             block.add_row("MLP weights" + (" (gate, up, down)" if m.kind == "gated" else " (up, down)"),
                           n(kind.block["mlp"]))
+        if kind.spec.per_layer is not None:  # Gemma 4: the layer's own input, gated in after the MLP
+            block.add_row(f"Per-layer input gate ({n(kind.spec.per_layer.width)} wide: gate, projection)",
+                          n(kind.block["per_layer"]))
         block.add_row("Biases", n(kind.block["biases"]))
         block.add_row("Norms", n(kind.block["norms"]))
         block.add_row(Text("Block total", style="bold"), Text(n(kind.block["total"]), style="bold"))
