@@ -197,6 +197,28 @@ def test_packed_passes_cut_routes_at_each_text(name: str, tmp_path: Path, ours: 
             assert [sum(row) for row in r["expert_counts"]] == [2 * r["n_tokens"]] * len(one.moe_layers)
 
 
+@pytest.mark.parametrize("builder", ["gpt_oss", "deepseek_moe"])
+def test_other_routers_count_what_they_route(builder: str, tmp_path: Path) -> None:
+    """gpt-oss (top-k logits, then a softmax over them) and DeepSeek-V3 (grouped sigmoid
+    routing, 3 experts a token, a dense first layer): the pooled counts are the routes
+    each text's own pass reports (`routing.route`, which tests/test_family_* hold to
+    transformers), summed."""
+    import tiny_models_deepseek as tds
+    import tiny_models_gpt_oss as tgo
+    from attnscope import routing
+    from attnscope.api import load
+
+    make = {"gpt_oss": tgo.gpt_oss, "deepseek_moe": tds.deepseek_moe}[builder]
+    m = load(str(make(tmp_path / builder)), device="cpu", dtype="float32")
+    layers = routing.moe_layers(m.config)
+    E, k = routing.n_experts(m.config, layers), routing.top_k(m.config, layers)
+    expect = sum(routing.expert_counts(routing.route(m, m.tokenize(t).ids).experts, E) for t in TEXTS)
+    res = corpus.corpus_scores(m, plain(TEXTS), names=["self"])
+    assert res is not None and res.moe_layers == layers and res.top_k == k
+    assert torch.equal(res.expert_counts, expect)
+    assert res.expert_counts.sum(-1).tolist() == [k * res.n_tokens] * len(layers)
+
+
 def test_selected_layers_only(ours: Callable) -> None:
     """--layer picks which MoE layers are counted; a selection without one counts none."""
     m = ours("qwen3_moe")

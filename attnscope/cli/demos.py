@@ -166,6 +166,12 @@ def heads(
     masked to itself. Under torchrun the texts are sharded across the processes (text i
     to rank i mod N) and rank 0 prints; --per-text then writes FILE.rankN.jsonl per
     process and merges them into FILE at the end.
+
+    On a model with experts (Mixtral, Qwen-MoE, gpt-oss, DeepSeek-V3), an "Expert load"
+    section follows: per selected MoE layer, each expert's share of the (token, choice)
+    pairs, over the text or every text of --corpus, with max/min and the coefficient of
+    variation (0 = even). --json adds expert_load and expert_counts {layer: \\[per expert]}
+    and expert_spread.
     """
     from attnscope import heads as hd
 

@@ -11,7 +11,8 @@
     records.py   what one per-text line holds (header, record) and the checks every
                  resumed record passes, like any input
     pooling.py   `corpus_scores`: one forward pass a text, float64 sums and row counts
-                 pooled over the texts (and the processes); `CorpusScores`,
+                 pooled over the texts (and the processes), and on a model with
+                 experts each MoE layer's expert counts; `CorpusScores`,
                  `CorpusProgress`, `corpus_dict`
 
 No batching: attnscope's forward pass takes one text of shape (T,), so texts run one

@@ -101,19 +101,22 @@ def legend(console: Console, color: bool) -> None:
     console.print(line)
 
 
-def _layout(n_heads: int, width: int) -> tuple[int, int]:
-    """(cell width, heads per block): 5-wide decimals when they fit, else 4-wide hundredths."""
+def _layout(n_heads: int, width: int, wide: int = 0) -> tuple[int, int]:
+    """(cell width, heads per block): 5-wide decimals when they fit, else 4-wide hundredths
+    (`wide`: one column more each, for a sign)."""
     room = max(20, width - LABEL_W)
-    if n_heads * 5 <= room:
-        return 5, n_heads
-    fit = max(1, room // 4)
+    if n_heads * (5 + wide) <= room:
+        return 5 + wide, n_heads
+    fit = max(1, room // (4 + wide))
     blocks = -(-n_heads // fit)
-    return 4, -(-n_heads // blocks)  # blocks of equal size: 16 + 16, not 19 + 13
+    return 4 + wide, -(-n_heads // blocks)  # blocks of equal size: 16 + 16, not 19 + 13
 
 
 def grid(console: Console, res: "HeadScores", name: str, color: bool) -> None:
     values = res.scores[name]  # (L_sel, H_sel)
-    cell, per_block = _layout(len(res.heads), console.width)
+    # a signed layer's means may fall below 0: one more column, so "-0.01" never touches its neighbour
+    wide = int(bool((values < 0).any()))
+    cell, per_block = _layout(len(res.heads), console.width, wide)
     for first in range(0, len(res.heads), per_block):
         cols = list(range(first, min(len(res.heads), first + per_block)))
         top = Text(" " * LABEL_W, style="dim")
@@ -127,10 +130,10 @@ def grid(console: Console, res: "HeadScores", name: str, color: bool) -> None:
                 if v != v:  # NaN: no value on this layer (`HeadScores.partly`)
                     line.append("—".rjust(cell), style="dim")
                     continue
-                body = f"{v:5.2f}" if cell == 5 else f"{round(v * 100):4d}"
+                body = f"{v:{cell}.2f}" if cell >= 5 + wide else f"{round(v * 100):{cell}d}"
                 line.append(body, style=ramp_style(v) if color else "")
             console.print(line, no_wrap=True, overflow="ellipsis")
-    if cell == 4:
+    if cell == 4 + wide:
         console.print(Text("cells: hundredths (97 = 0.97)", style="dim"))
 
 
@@ -183,7 +186,7 @@ _EACH_END = 5
 def expert_load(console: Console, res: "HeadScores", color: bool) -> None:
     """Per MoE layer, each expert's share of the (token, choice) pairs and how uneven the
     shares are: max/min and the coefficient of variation (0 = even). A layer where an
-    expert got nothing, or one got twice an even share or more, is yellow."""
+    expert got under half an even share (a starved expert) is yellow."""
     from attnscope.routing import spread
 
     counts = res.expert_counts
@@ -202,7 +205,7 @@ def expert_load(console: Console, res: "HeadScores", color: bool) -> None:
         row = shares[li].tolist()
         ratio = "∞" if stats["min_share"] == 0 else f"{stats['max_share'] / stats['min_share']:.1f}"
         busiest = max(range(n_experts), key=lambda e: (row[e], -e))
-        uneven = stats["min_share"] == 0 or stats["max_share"] * n_experts >= 2
+        uneven = stats["min_share"] * n_experts < 0.5
         line = Text(f"L{layer}".ljust(LABEL_W), style="dim") + Text(
             f"max/min {ratio} · CV {stats['cv']:.2f} · busiest E{busiest}: "
             f"{stats['max_share'] * n_experts:.2f}× an even share", style="yellow" if uneven else "")
