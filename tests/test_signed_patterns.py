@@ -310,3 +310,112 @@ def test_figure_of_a_softmax_layer_keeps_viridis(signed: Path, tmp_path: Path) -
     pytest.importorskip("matplotlib")
     ok(run("attend", TEXT, "-m", signed, "--plot", tmp_path / "f.svg", "--layer", "1", "--head", "0"))
     assert "hidden attention" not in (tmp_path / "f.svg").read_text()
+
+
+# ------------------------------------------------------------------ end to end on the tiny Qwen3.5
+
+QWEN_LINEAR, QWEN_SOFTMAX = [0, 2, 3], [1]  # tests/tiny_models_qwen3_5.py: linear, full, linear, linear
+
+
+@pytest.fixture()
+def qwen(build: Callable[[str], Path]) -> Path:
+    return build("qwen3_5")
+
+
+def _qwen(folder: Path, wanted: list[str], layers: list[int]) -> tuple[Any, Any]:
+    m = api.load(str(folder), device="cpu", dtype="float32")
+    tokens = m.tokenize(TEXT)
+    return m.capture(tokens, {attn_site(layer): wanted for layer in layers}), tokens
+
+
+def test_qwen_save_holds_each_kind_exactly(qwen: Path, tmp_path: Path) -> None:
+    cap, tokens = _qwen(qwen, ["pattern"], [0, 1, 2, 3])
+    m = api.load(str(qwen), device="cpu", dtype="float32")
+    assert [not s.stochastic for s in m.sites] == [True, False, True, True]
+    ok(run("attend", TEXT, "-m", qwen, "--save", tmp_path / "p.safetensors"))
+    from safetensors.numpy import load_file
+
+    z = load_file(tmp_path / "p.safetensors")
+    assert z["attention_layers"].tolist() == QWEN_SOFTMAX and z["linear_layers"].tolist() == QWEN_LINEAR
+    n = len(tokens)
+    assert z["attentions"].shape == (1, 4, n, n) and z["linear_attentions"].shape == (3, 4, n, n)
+    for i, layer in enumerate(QWEN_LINEAR):
+        assert np.array_equal(z["linear_attentions"][i], cap.get(attn_site(layer), "pattern").numpy())
+    assert np.array_equal(z["attentions"][0], cap.get(attn_site(1), "pattern").numpy())
+    assert (z["linear_attentions"] < 0).any()
+
+
+def test_qwen_hidden_attention_times_values_is_the_kernel_output(qwen: Path, tmp_path: Path) -> None:
+    """What --save writes for a linear layer is the M whose rows weigh the layer's values
+    into its kernel output z (before the gated norm), to float32 rounding."""
+    cap, _ = _qwen(qwen, ["v", "z"], [0])
+    ok(run("attend", TEXT, "-m", qwen, "--save", tmp_path / "p.npz", "--layer", "0"))
+    M = torch.from_numpy(np.load(tmp_path / "p.npz")["linear_attentions"][0]).double()  # (H, n, n)
+    v, z = cap.get(attn_site(0), "v").double(), cap.get(attn_site(0), "z").double()
+    got = M @ v  # (H, n, d_v)
+    assert torch.allclose(got, z, rtol=1e-4, atol=1e-5 * float(z.abs().max()))
+
+
+def test_qwen_views_rank_by_magnitude_and_name_the_kind(qwen: Path) -> None:
+    cap, tokens = _qwen(qwen, ["pattern"], [0])
+    p = cap.get(attn_site(0), "pattern")
+    doc = json.loads(ok(run("attend", TEXT, "-m", qwen, "--layer", "0", "--json", "--top-k", "5")).stdout)
+    assert doc["signed_layers"] == [0] and doc["layer_kinds"] == {"0": KIND}
+    for h in doc["topk"]:
+        for r in h["rows"]:
+            row = p[h["head"], r["query"], : r["query"] + 1]
+            want = torch.argsort(row.abs(), descending=True, stable=True)[:5].tolist()
+            assert [e["key"] for e in r["top"]] == want
+    for view in ("focus", "topk", "heatmap", "overview"):
+        out = ok(run("attend", TEXT, "-m", qwen, "--view", view)).stdout
+        if view != "focus":  # focus shows the last layer, the softmax one
+            assert KIND in out and "signed" in out
+
+
+def test_qwen_heads_scores_both_kinds_entropy_only_where_rows_are_distributions(qwen: Path) -> None:
+    doc = json.loads(ok(run("heads", "-m", qwen, "--json")).stdout)
+    ent = doc["scores"]["entropy"]
+    assert [row is not None and all(v is None for v in row) for row in ent] == [True, False, True, True]
+    assert all(0 <= v <= 1 for v in ent[1])
+    assert "signed" in doc["partly_undefined"]["entropy"] and doc["signed_layers"] == QWEN_LINEAR
+    prev = doc["scores"]["previous_token"]  # scored on every layer, linear ones included
+    assert all(v is not None for row in prev for v in row)
+    only = json.loads(ok(run("heads", "-m", qwen, "--layer", "0", "--json")).stdout)
+    assert only["scores"]["entropy"] is None and "signed" in only["undefined"]["entropy"]
+
+
+def test_qwen_heads_scores_are_the_means_of_the_signed_pattern(qwen: Path) -> None:
+    from attnscope.heads import DEFAULT_TEXT
+
+    m = api.load(str(qwen), device="cpu", dtype="float32")
+    tokens = m.tokenize(DEFAULT_TEXT)
+    p = m.capture(tokens, {attn_site(0): ["pattern"]}).get(attn_site(0), "pattern").double()
+    doc = json.loads(ok(run("heads", "-m", qwen, "--layer", "0", "-s", "previous_token", "--json")).stdout)
+    n = p.shape[-1]
+    want = torch.stack([p[:, i, i - 1] for i in range(1, n)], -1).mean(-1)
+    assert doc["scores"]["previous_token"][0] == pytest.approx(want.tolist(), abs=1e-6)
+
+
+def test_qwen_rollout_is_one_line_and_norm_works(qwen: Path, tmp_path: Path) -> None:
+    one_error(run("attend", TEXT, "-m", qwen, "--measure", "rollout"), 2, "row-stochastic", "layer 0")
+    cap, _ = _qwen(qwen, ["pattern", "v"], [2])
+    # (its gated softmax layer refuses norm: the output gate scales each head by the query's own σ)
+    ok(run("attend", TEXT, "-m", qwen, "--measure", "norm", "--save", tmp_path / "n.npz", "--layer", "2,3"))
+    z = np.load(tmp_path / "n.npz")
+    want = cap.get(attn_site(2), "pattern").abs() * cap.get(attn_site(2), "v").norm(dim=-1)[:, None, :]
+    assert z["linear_layers"].tolist() == [2, 3] and z["norms"].shape[0] == 0
+    assert np.allclose(z["linear_norms"][0], want.numpy(), rtol=1e-5, atol=0)
+    out = ok(run("attend", TEXT, "-m", qwen, "--measure", "norm", "--layer", "2", "--view", "topk")).stdout
+    assert "|M[t, j]|·‖v_j‖" in out
+
+
+def test_qwen_page_and_figure(qwen: Path, tmp_path: Path) -> None:
+    from test_page import page_doc
+
+    ok(run("attend", TEXT, "-m", qwen, "--html", tmp_path / "p.html", "--html-topk", "3"))
+    doc = page_doc(tmp_path / "p.html")
+    assert doc["signed_layers"] == QWEN_LINEAR
+    assert (doc["topk"]["weights"][0] < 0).any()
+    if pytest.importorskip("matplotlib"):
+        ok(run("attend", TEXT, "-m", qwen, "--plot", tmp_path / "f.svg", "--layer", "0-1", "--head", "0"))
+        assert "hidden attention M" in (tmp_path / "f.svg").read_text()

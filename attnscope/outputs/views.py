@@ -73,6 +73,7 @@ class TerminalView(Output):
         from rich.console import Console
         from rich.text import Text
 
+        from attnscope.analysis import signed_layers
         from attnscope.render.attend import render_result
 
         assert part is not None  # internal invariant: every view needs a measure
@@ -81,6 +82,11 @@ class TerminalView(Output):
             from attnscope.measures.transforms import DESCRIPTIONS
 
             console.print(f"[dim]measure: {DESCRIPTIONS[run.shape.measure]}[/]")
+            linear = sorted(signed_layers(run.shape.sites) & set(part.layers)) if run.shape.measure == "norm" else []
+            if linear:  # what norm is on a linear layer (measures.transforms)
+                console.print(Text(f"on layer{'s' if len(linear) > 1 else ''} {', '.join(map(str, linear))} (linear): "
+                                   "|M[t, j]|·‖v_j‖, what key j moves into the layer's output before its gated norm "
+                                   "(no W_O: the norm between is not linear)", style="dim"))
         render_result(console, part, self.view, run.model, self.k,
                       color=not self.no_color and console.color_system is not None, measure=run.shape.measure)
         for emitted in run.emitted:
@@ -113,6 +119,10 @@ class JsonDocument(TerminalView):
             doc["update"] = {"layer": u.layer, "query": u.query, "moved": u.per_key.tolist(),
                              "moved_per_head": u.per_head.tolist(), "update_norm": u.update,
                              "embedding_norm": u.embedding}
+        shown = sorted(res.signed & set(res.layers))
+        if shown:  # layers whose weights are signed, rows not summing to 1 (a linear layer's hidden attention)
+            doc["signed_layers"] = shown
+            doc["layer_kinds"] = {str(layer): res.kinds[layer] for layer in shown if layer in res.kinds}
         if self.view == "heatmap" and res.attention is not None:
             att = res.attention
             doc["attention"] = {"layers": att.layers, "heads": att.heads, "probs": att.probs.tolist()}

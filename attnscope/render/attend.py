@@ -7,6 +7,7 @@ Designed for an 80×24 terminal first: the default focus view answers "which wor
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -34,7 +35,7 @@ def weight_text(label: str, weight: float, color: bool, width: int = 10, scale: 
     """A key and its weight; given `scale` (a signed layer's largest |weight| in view), the
     weight with its sign, on the diverging scale."""
     if scale is not None:
-        return Text(f"{clip_label(label, width)} {weight:+.2f}", style=diverging_style(weight, scale) if color else "")
+        return Text(f"{clip_label(label, width)} {weight:+.3f}", style=diverging_style(weight, scale) if color else "")
     body = f"{clip_label(label, width)} {weight:.2f}"
     return Text(body, style=ramp_style(weight) if color else "")
 
@@ -43,8 +44,9 @@ SIGNED = "signed, rows do not sum to 1"
 
 
 def signed_title(layer: int, kinds: dict[int, str]) -> str:
-    """What a signed layer's title adds: its kind and what its numbers are."""
-    return f" · {kinds.get(layer, 'not row-stochastic')}: hidden attention, {SIGNED}"
+    """What a signed layer's title adds: its kind, and that its numbers are signed (the
+    header line says the rest once)."""
+    return f" · {kinds.get(layer, 'not row-stochastic')}, signed"
 
 
 # The measures with one matrix a layer (no heads), by the name a row or title gives it.
@@ -98,7 +100,7 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
         signed = layer in focus.signed
         title = f"What “{tokens.labels[q]}” (token {q}) attends to · layer {layer}{of}"
         if signed:
-            title += signed_title(layer, kinds or {}) + ", ranked by |weight|"
+            title += signed_title(layer, kinds or {}) + ", by |weight|"
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, box=None, padding=(0, 1),
                       min_width=min(console.width, len(title)))  # the title on one line where it fits
         table.add_column(LAYER_MEASURES.get(measure, "head"), justify="right", style="dim")
@@ -119,7 +121,7 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
             if show_special:
                 rest = float(focus.sink[li, hi]) if focus.sink is not None else 0.0  # the sink's own share
                 total = float(row[special].sum()) + rest
-                cells.append(Text(f"{total:+.2f}" if signed else f"{total:.2f}"))
+                cells.append(Text(f"{total:+.3f}" if signed else f"{total:.2f}"))
             table.add_row("all heads" if measure in LAYER_MEASURES else f"H{head}", *cells)
         console.print(table)
 
@@ -134,7 +136,7 @@ def topk_view(console: Console, topk: "TopK", color: bool, max_rows: int = 40, m
     for li, layer in enumerate(topk.layers):
         for hi, head in enumerate(topk.heads):
             signed = layer in topk.signed
-            ranked_by = f"{signed_title(layer, kinds or {})}; ranked by |weight|" if signed else ""
+            ranked_by = f"{signed_title(layer, kinds or {})}, by |weight|" if signed else ""
             scale = float(topk.weights[li, hi].abs().max()) if signed else None
             table = Table(title=f"L{layer} {head_name(head, measure)} · top {topk.indices.shape[-1]} keys per token "
                                 f"(those it can see){ranked_by}",
@@ -178,6 +180,9 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int, me
         for hi, head in enumerate(att.heads):
             pattern = att.probs[li, hi]  # (T, T)
             scale = float(pattern.abs().max()) if signed else 1.0
+            # a hidden attention's entries are often far below 1 (|M| ≤ β|q||k| with q
+            # scaled by 1/√d_k): its cells show M × 10^e, the largest at least 1
+            factor = 10 ** max(0, -math.floor(math.log10(scale))) if signed and scale > 0 else 1
             what = LAYER_MEASURES.get(measure, f"head {head}")
             kind = signed_title(layer, kinds or {}) if signed else ""
             console.print(Text(f"Layer {layer} · {what}{kind}: row = query token, column = key token", style="bold"))
@@ -193,11 +198,11 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int, me
                         line.append("…".rjust(cell))
                         continue
                     w = float(pattern[i, j])
-                    line.append(_cell(w, cell, signed, scale),
+                    line.append(_cell(w * factor, cell, signed, scale * factor),
                                 style=(diverging_style(w, scale) if signed else ramp_style(w)) if color and w != 0 else "")
                 console.print(line, no_wrap=True, overflow="ellipsis")
-            console.print(Text(f"cells: {_legend(cell, signed, scale, color)}; · = exactly 0 (masked){elided}{digits}",
-                               style="dim"))
+            console.print(Text(f"cells: {_legend(cell, signed, scale, color, factor)}; · = exactly 0 (masked){elided}"
+                               f"{digits}", style="dim"))
 
 
 def _cell(w: float, cell: int, signed: bool, scale: float) -> str:
@@ -213,12 +218,13 @@ def _cell(w: float, cell: int, signed: bool, scale: float) -> str:
     return shade(w) if shade(w) != " " else "."
 
 
-def _legend(cell: int, signed: bool, scale: float, color: bool) -> str:
+def _legend(cell: int, signed: bool, scale: float, color: bool, factor: int = 1) -> str:
     if not signed:
         return {5: "attention weight", 4: "attention weight in %",
                 1: f"shade {shade(0.25)} {shade(0.5)} {shade(0.75)} {shade(1.0)} = weight about 0.25 0.5 0.75 1, "
                    ". = above 0 but under 1/8"}[cell]
-    what = {6: "signed weight", 5: "signed weight in hundredths"}.get(
+    times = f" × {factor:,}" if factor > 1 else ""
+    what = {6: f"signed weight{times}", 5: f"signed weight{times} in hundredths"}.get(
         cell, "+ / - = sign of a weight of |weight| at least 1/8 of the largest, . = smaller")
     scale_words = f"; colour: blue below 0, red above, brighter up to ±{scale:.2f} (the largest |weight|)" if color else ""
     return what + scale_words
