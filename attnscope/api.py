@@ -237,7 +237,7 @@ class Inspector:
                   scores: bool = True) -> tuple[Tokens, analysis.QKProbe]:
         tokens = self._tokens(text, truncate)
         (layer,) = analysis.select(layer, self.n_layers, "layer")
-        probe = analysis.QKProbe(layer, self.config.group_size, scores)
+        probe = analysis.QKProbe(layer, self.config.layer(layer).attn.group_size, scores)  # its own kind's
         self.run(tokens.ids, probe, layer)
         return tokens, probe
 

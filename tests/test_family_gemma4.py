@@ -437,3 +437,36 @@ def test_attend_cli(name: str, folder: Callable) -> None:
     result = run_cli("attend", kinds.KINDS_TEXT, "--model", str(folder(name)), "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_queries_and_keys_of_every_kind(name: str, folder: Callable, ours: Callable, reference: Callable) -> None:
+    """`Inspector.qk` on each layer: the keys repeated for that layer's own groups (global
+    layers of `gemma4_keqv` have one key/value head where local ones have two; a KV-shared
+    layer's keys are its owner's), so softmax of the masked q·kᵀ is transformers' pattern."""
+    ids = ids_of(folder(name))
+    _, want = reference_run(reference(name), ids)
+    n = len(ids)
+    for layer, kind in enumerate(g4.LAYER_TYPES):
+        _, q, k, scale = ours(name).qk(kinds.KINDS_TEXT, layer)
+        assert q.shape == k.shape == (4, n, ours(name).config.layer(layer).attn.d_head), layer
+        diff = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+        hidden = (diff < 0) | ((diff >= g4.WINDOW) if kind == "sliding_attention" else False)
+        scores = (q.double() @ k.double().transpose(-2, -1) * scale).masked_fill(hidden, float("-inf"))
+        assert worst(scores.softmax(-1), want[layer]) <= ATOL, layer
+
+
+def test_blocks_add_up_to_the_model() -> None:
+    """gemma-4-e2b: every kind's block total × its layers, plus the embeddings, the per-layer
+    table and projection and the final norm, is the model's count (the per-layer gates are
+    in the blocks, the `per_layer` row holds them all)."""
+    from attnscope.config import preset
+    from attnscope.params import report
+
+    cfg = preset("gemma-4-e2b")
+    rep = report(cfg)
+    outside = 262144 * 1536 + 262144 * 35 * 256 + 35 * 256 * 1536 + 256 + 1536  # tok, table, projection, norms
+    assert sum(kind.total for kind in rep.kinds) + outside == rep.total_full
+    gates = sum(kind.n_layers * kind.block["per_layer"] for kind in rep.kinds)
+    assert gates == 35 * 2 * 1536 * 256
+    assert rep.rows["per_layer"] == gates + 262144 * 35 * 256 + 35 * 256 * 1536

@@ -49,7 +49,7 @@ class WordUpdateHook:
         elif what == "v":
             cfg = self.attn.cfg
             w = self.attn.o.weight.view(cfg.d_model, cfg.n_heads, -1).double()  # (d, H, dv): a head's value width
-            v = value.double().repeat_interleave(cfg.group_size, dim=0)  # (H, K, dh)
+            v = value.double().repeat_interleave(self.attn.spec.group_size, dim=0)  # (H, K, dh): this layer's groups
             self.f = torch.einsum("hkd,mhd->hkm", v, w)  # (H, K, d): f_h(x_j)
         elif q_start <= self.query < q_start + value.shape[1]:
             assert self.f is not None  # internal invariant: values come before the pattern
