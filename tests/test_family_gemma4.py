@@ -470,3 +470,34 @@ def test_blocks_add_up_to_the_model() -> None:
     gates = sum(kind.n_layers * kind.block["per_layer"] for kind in rep.kinds)
     assert gates == 35 * 2 * 1536 * 256
     assert rep.rows["per_layer"] == gates + 262144 * 35 * 256 + 35 * 256 * 1536
+
+
+def test_multimodal_checkpoint_reads_its_text_tower(folder: Callable, ours: Callable, tmp_path: Path) -> None:
+    """A `gemma4` checkpoint (Gemma4ForConditionalGeneration): the text settings under
+    `text_config`, the text weights under `model.language_model.`, beside a vision tower
+    attnscope does not read; the same attention and logits as the text-only folder."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from attnscope.api import load
+
+    src = folder("gemma4")
+    dst = tmp_path / "multimodal"
+    shutil.copytree(src, dst)
+    tensors = load_file(str(src / "model.safetensors"))
+    renamed = {"model.language_model." + k[len("model."):]: v for k, v in tensors.items()}
+    renamed["model.vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight"] = torch.zeros(4, 4)
+    save_file(renamed, str(dst / "model.safetensors"), metadata={"format": "pt"})
+
+    def wrap(raw: dict[str, Any]) -> None:
+        text = dict(raw)
+        raw.clear()
+        raw.update({"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4",
+                    "text_config": text, "tie_word_embeddings": True})
+
+    tm.rewrite_config(dst, wrap)
+    insp = load(str(dst), device="cpu", dtype="float32")
+    ids = ids_of(src)
+    assert worst(insp.attention_ids(ids).probs, ours("gemma4").attention_ids(ids).probs) == 0.0
+    assert worst(insp.logits(ids), ours("gemma4").logits(ids)) == 0.0
