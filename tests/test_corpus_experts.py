@@ -226,6 +226,8 @@ def test_selected_layers_only(ours: Callable) -> None:
     assert res is not None and res.moe_layers == [2] and res.expert_counts.shape == (1, n_experts(m))
     none = corpus.corpus_scores(m, plain(TEXTS[:3]), names=["self"], layers="0")
     assert none is not None and none.expert_counts is None and "expert_load" not in corpus.corpus_dict(none)
+    normed = corpus.corpus_scores(m, plain(TEXTS[:3]), names=["self"], layers="2", measure="norm")
+    assert normed is not None and torch.equal(normed.expert_counts, res.expert_counts)  # routes beside any measure
 
 
 # ------------------------------------------------------------------ per-text file, resume
