@@ -140,3 +140,114 @@ def patterns(model: nn.Module, source: Tensor, decoder_ids: Tensor, parts: tuple
            if part in parts else None for part in PARTS}
     return Patterns(source.tolist(), decoder_ids.tolist(), out["encoder"], out["decoder"], out["cross"],
                     model.logits(x).cpu())
+
+
+# ----------------------------------------------------------------------------- the command's views
+
+VIEWS = ("focus", "topk", "heatmap", "overview", "align")
+
+
+@dataclass
+class PairView:
+    """What `attend SOURCE --target TARGET` shows of one part: the part's patterns for the
+    selected layers and heads [layers, heads, rows, columns] (float32), the row tokens (the
+    decoder's inputs, or the source for the encoder part) and the column tokens, the
+    focus row, and for `align` each row's best column under the mean over the selection."""
+
+    part: str
+    view: str
+    layers: list[int]
+    heads: list[int]
+    rows: Any  # Tokens
+    columns: Any  # Tokens
+    patterns: Tensor
+    query: int
+    k: int
+    source: Any  # Tokens
+    decoder: Any  # Tokens
+
+    def top(self, li: int, hi: int, row: int) -> list[tuple[int, float]]:
+        """Row `row`'s top-k columns (index, weight) in head `hi` of layer `li` (of the
+        selection); a causal row ranks only the keys it sees."""
+        w = self.patterns[li, hi, row]
+        if self.part == "decoder":
+            w = w[:row + 1]
+        vals, idx = w.topk(min(self.k, w.shape[0]))
+        return [(int(j), float(v)) for j, v in zip(idx, vals)]
+
+    def alignment(self) -> list[tuple[int, float]]:
+        """Each row's best column and its weight, averaged over the selected layers and heads."""
+        mean = self.patterns.mean(dim=(0, 1))  # (rows, columns)
+        vals, idx = mean.max(dim=-1)
+        return [(int(j), float(v)) for j, v in zip(idx, vals)]
+
+    def document(self, model: str) -> dict[str, Any]:
+        """The --json document: the tokens of both sides, the selection and, per view, the
+        focus row's top keys in every head, every row's top keys in every head, one head's
+        whole pattern (heatmap), or the alignment table."""
+        def side(tokens: Any) -> dict[str, Any]:
+            return {"ids": list(tokens.ids), "tokens": list(tokens.labels)}
+
+        doc: dict[str, Any] = {
+            "model": model, "part": self.part, "view": self.view,
+            "source": side(self.source), "decoder": side(self.decoder),
+            "rows": "source" if self.part == "encoder" else "decoder",
+            "columns": "decoder" if self.part == "decoder" else "source",
+            "layers": self.layers, "heads": self.heads, "k": self.k,
+        }
+        if self.view == "align":
+            doc["alignment"] = [{"index": i, "token": self.rows.labels[i], "best": j,
+                                 "best_token": self.columns.labels[j], "weight": w}
+                                for i, (j, w) in enumerate(self.alignment())]
+        elif self.view == "heatmap":
+            doc["patterns"] = self.patterns.tolist()
+        elif self.view in ("focus", "overview"):
+            doc["query"] = self.query
+            doc["focus"] = [{"layer": layer, "head": head, "keys": [{"index": j, "weight": w}
+                                                                   for j, w in self.top(li, hi, self.query)]}
+                            for li, layer in enumerate(self.layers) for hi, head in enumerate(self.heads)]
+        else:
+            doc["topk"] = [{"layer": layer, "head": head,
+                            "rows": [[{"index": j, "weight": w} for j, w in self.top(li, hi, i)]
+                                     for i in range(len(self.rows))]}
+                           for li, layer in enumerate(self.layers) for hi, head in enumerate(self.heads)]
+        return doc
+
+
+def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str | None, head: str | None,
+              k: int, token: str | None, truncate: bool) -> PairView:
+    """Tokenize both texts, run both stacks once and select what `view` shows of `part`.
+    Display defaults as attend's: the last layer (every layer for overview and align), every
+    head (head 0 for the heatmap)."""
+    from attnscope import analysis
+    from attnscope.errors import UsageError
+    from attnscope.hooks import sites
+    from attnscope.outputs.views import focus_index
+    from attnscope.tokenize import Tokens, tokenize
+
+    cfg = m.config
+    if part not in PARTS:
+        raise UsageError(f"unknown part {part!r}", hint="use cross, encoder or decoder")
+    if view == "align" and part != "cross":
+        raise UsageError("--view align is the cross-attention's alignment table", hint="use --part cross")
+    if k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {k}")
+    src = m.tokenize(source, truncate)
+    tgt = tokenize(m.tokenizer, target, cfg.n_ctx - 1, truncate, add_special_tokens=False)
+    if not tgt.ids:
+        raise UsageError("the target has no tokens", hint="give --target some text")
+    ids = decoder_input(cfg, tgt.ids)
+    start = getattr(m.tokenizer, "id_to_token", lambda i: None)(ids[0]) or f"<{ids[0]}>"
+    dec = Tokens(text=target, ids=ids, labels=[start] + list(tgt.labels), offsets=[(0, 0)] + list(tgt.offsets),
+                 special=[True] + list(tgt.special), truncated_from=tgt.truncated_from)
+    part_sites = sites(cfg, part)
+    n_layers = len(part_sites)
+    ls = analysis.select(layer if layer is not None else ("all" if view in ("overview", "align") else "-1"),
+                         n_layers, "layer")
+    hs = analysis.select_heads(head if head is not None else ("0" if view == "heatmap" else "all"), part_sites, ls)
+    rows, columns = (src, src) if part == "encoder" else (dec, dec if part == "decoder" else src)
+    query = focus_index(rows, token)
+    got = patterns(m.model, m._ids(src.ids), m._ids(ids), (part,))
+    full = getattr(got, part)  # [part layers, H, rows, columns]
+    chosen = full[ls][:, hs]
+    return PairView(part, view, ls, hs, rows, columns, chosen, query, k, src, dec)

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import pytest
 import torch
 from tokenizers import Tokenizer
+from typer.testing import CliRunner
 
 import tiny_models_seq2seq as sm
 from attnscope import seq2seq
@@ -281,3 +282,91 @@ def test_a_decoder_stack_is_checked() -> None:
                    replace(spec, cross=replace(spec.cross, n_heads=0)), replace(spec, attn=replace(spec.attn, causal=False))):
         with pytest.raises(ConfigError):
             replace(cfg, decoder=type(cfg.decoder)(((broken, 2),)))
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+ENV = {"COLUMNS": "100", "NO_COLOR": "1", "FORCE_COLOR": "", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
+
+
+def _cli(*args: Any) -> Any:
+    from attnscope.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+def _one_error(result: Any) -> str:
+    assert result.exit_code != 0 and result.stdout == "", (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("part", ["cross", "encoder", "decoder"])
+def test_attend_json_of_each_part_equals_transformers(part: str, built: Callable[[str], Path], reference: Any) -> None:
+    """`attend SOURCE --target TARGET --part P --view heatmap --json`: the part's whole pattern
+    of every selected layer and head, equal to transformers'."""
+    _, src, dec, out = reference("t5")
+    result = _cli("attend", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--part", part,
+                  "--view", "heatmap", "--layer", "all", "--head", "all", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["part"] == part and doc["source"]["ids"] == src and doc["decoder"]["ids"] == dec
+    theirs = {"cross": out.cross_attentions, "encoder": out.encoder_attentions, "decoder": out.decoder_attentions}[part]
+    got = torch.tensor(doc["patterns"])
+    assert got.shape[:2] == (len(theirs), 4)
+    assert _max_diff(got, theirs) < ATOL
+
+
+def test_attend_align_view_and_json(built: Callable[[str], Path], reference: Any) -> None:
+    _, src, dec, out = reference("t5")
+    result = _cli("attend", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--view", "align",
+                  "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    mean = torch.stack([a[0] for a in out.cross_attentions]).mean(dim=(0, 1))  # every layer and head
+    best = mean.max(-1)
+    assert [row["best"] for row in doc["alignment"]] == best.indices.tolist()
+    assert max(abs(row["weight"] - w) for row, w in zip(doc["alignment"], best.values.tolist())) < ATOL
+    text = _cli("attend", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--view", "align")
+    assert text.exit_code == 0 and "Alignment" in text.stdout and "averaged over layers 0-2" in text.stdout
+
+
+@pytest.mark.parametrize("view", ["focus", "topk", "heatmap", "overview"])
+def test_attend_views_of_the_cross_part(view: str, built: Callable[[str], Path]) -> None:
+    result = _cli("attend", "The fluffy creature sat on the mat.", "--target", "Every head looks at the mat.",
+                  "--model", built("t5"), "--view", view)
+    assert result.exit_code == 0, result.output
+    assert "cross-attention: rows = target, columns = source" in result.stdout
+    if view == "focus":
+        assert "What “␣mat” (token 7) attends to · layer 2" in result.stdout  # the last target word, the last layer
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
+
+
+def test_attend_without_target_shows_the_encoder_and_says_how(built: Callable[[str], Path]) -> None:
+    result = _cli("attend", "The fluffy creature sat on the mat.", "--model", built("t5"))
+    assert result.exit_code == 0, result.output
+    assert "--target" in result.stderr and "attends to" in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--part", "cross"], "--part picks"),
+    (["--view", "align"], "needs --target"),
+    (["--target", "x", "--view", "align", "--part", "encoder"], "alignment table"),
+    (["--target", "x", "--save", "p.npz"], "--save is not written"),
+    (["--target", "x", "--measure", "rollout"], "--measure rollout"),
+    (["--target", "x", "--view", "experts"], "routes"),
+    (["--target", "x", "--top-k", "0"], "--top-k"),
+    (["--target", "x", "--layer", "7"], "layer"),
+    (["--target", "x", "--token", "zebra"], "no token"),
+])
+def test_attend_pair_refusals_are_one_line(args: list[str], words: str, built: Callable[[str], Path]) -> None:
+    assert words in _one_error(_cli("attend", "The cat sat.", "--model", built("t5"), *args))
+
+
+def test_a_target_on_a_decoder_only_model_is_one_line(tmp_path: Path) -> None:
+    import tiny_models as tm
+
+    folder = tm.gpt2(tmp_path / "gpt2")
+    assert "not an encoder-decoder" in _one_error(_cli("attend", "The cat.", "--target", "x", "--model", folder))

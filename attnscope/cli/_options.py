@@ -38,6 +38,15 @@ class View(str, Enum):
     heatmap = "heatmap"
     overview = "overview"
     experts = "experts"
+    align = "align"  # an encoder-decoder's cross-attention as an alignment table (--target)
+
+
+class Part(str, Enum):
+    """Which attention of an encoder-decoder `attend --target` shows (hooks.PARTS)."""
+
+    cross = "cross"
+    encoder = "encoder"
+    decoder = "decoder"
 
 
 class Device(str, Enum):

@@ -16,7 +16,7 @@ import typer
 from attnscope.sources import packaged
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt,
-    NoColorOpt, PipelineOpt, RanksOpt, TruncateOpt, View,
+    NoColorOpt, Part, PipelineOpt, RanksOpt, TruncateOpt, View,
     _console, _load, _note, _pipelined, _print_json, app,
 )
 from attnscope.errors import InputError, UsageError
@@ -33,7 +33,8 @@ MAX_STDIN_BYTES = 1024 * 1024  # a text read from stdin: 1 MiB is some 250,000 t
     '  attnscope attend "a fluffy blue creature" --save patterns.npz --json\n\n'
     '  attnscope attend "a fluffy blue creature" --html page.html\n\n'
     '  attnscope attend "a fluffy blue creature" --plot head.pdf --layer 2 --head 5\n\n'
-    '  echo "a fluffy blue creature" | attnscope attend -',
+    '  echo "a fluffy blue creature" | attnscope attend -\n\n'
+    '  attnscope attend "The house is small." --target "Das Haus ist klein." --model t5-small --view align',
 )
 def attend(
     text: Annotated[Optional[str], typer.Argument(metavar="TEXT", help="The text to look at; - (or nothing, from a pipe) reads it from standard input.", show_default=False)] = None,
@@ -60,6 +61,8 @@ def attend(
     measure: MeasureOpt = MeasureName.weight,
     pipeline: PipelineOpt = False,
     ranks: RanksOpt = None,
+    target: Annotated[Optional[str], typer.Option("--target", metavar="TEXT", help="An encoder-decoder (T5, BART): the output text; the source goes through the encoder, the decoder reads its start token then TEXT (teacher forcing).")] = None,
+    part: Annotated[Optional[Part], typer.Option("--part", help="With --target: cross (default; rows target tokens, columns source tokens), encoder or decoder self-attention.")] = None,
 ) -> None:
     """Show who attends to whom: run a real checkpoint and show its attention.
 
@@ -69,6 +72,16 @@ def attend(
     """
     from attnscope import outputs
 
+    if target is not None or part is not None or view is View.align:  # an encoder-decoder's two texts
+        from attnscope.cli._seq2seq import attend_pair, refuse
+
+        refuse(target, part, view.value, {"--save": save, "--save-topk": save_topk, "--html": html, "--plot": plot},
+               measure.value, dry_run, pipeline, offload)
+        source = _read_text(text)
+        m = _load(model, device, dtype)
+        attend_pair(m, source, target, (part or Part.cross).value, view.value, layer, head, top_k, token, truncate,
+                    as_json, no_color)
+        return
     if view is View.experts and measure is not MeasureName.weight:
         raise UsageError("--view experts shows routes, which no attention --measure changes",
                          hint="leave out --measure, or use another view")
@@ -89,6 +102,8 @@ def attend(
                    lambda m: outputs.run(m, m.tokenize(text, truncate), wanted, measure.value, text))
         return
     m = _load(model, device, dtype, True if offload else None)
+    if m.config.decoder is not None:
+        _note("an encoder-decoder: this is its encoder; add --target TEXT for the cross-attention (--part)")
     outputs.run(m, m.tokenize(text, truncate), wanted, measure.value, text)
 
 

@@ -1,0 +1,53 @@
+"""`attend SOURCE --target TARGET` on an encoder-decoder (T5, BART, Marian): the source
+through the encoder, the decoder reading its start token and the target (teacher forcing),
+one part shown (`--part cross|encoder|decoder`, cross by default) in a terminal view or
+as --json (`seq2seq.PairView`, `render.seq2seq`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from attnscope.errors import UsageError
+
+
+def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optional[Path]], measure: str,
+           dry_run: bool, pipeline: bool, offload: bool) -> None:
+    """What the pair path cannot do yet, or needs, refused before anything loads."""
+    if target is None:
+        if part is not None:
+            raise UsageError("--part picks the attention of an encoder-decoder run with --target",
+                             hint='e.g. attend "a house" --target "ein Haus" --part decoder')
+        raise UsageError("--view align is the cross-attention's alignment table: it needs --target",
+                         hint='e.g. attend "a house" --target "ein Haus" --view align')
+    if view == "experts":
+        raise UsageError("--view experts shows a mixture of experts' routes, not an encoder-decoder's parts")
+    for option, value in files.items():
+        if value is not None:
+            raise UsageError(f"{option} is not written for --target runs yet",
+                             hint="use --json for the patterns of the part shown")
+    if measure != "weight":
+        raise UsageError(f"--measure {measure} is not computed for --target runs yet", hint="leave out --measure")
+    if dry_run or pipeline or offload:
+        which = "--dry-run" if dry_run else "--pipeline" if pipeline else "--offload"
+        raise UsageError(f"{which} is not available with --target yet")
+
+
+def attend_pair(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
+                k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool) -> None:
+    from rich.console import Console
+
+    from attnscope.cli._app import _print_json
+    from attnscope.render.seq2seq import render_pair
+    from attnscope.seq2seq import pair_view
+
+    if m.config.decoder is None:
+        raise UsageError(f"{m.config.name or 'this model'} is not an encoder-decoder: --target has nothing to decode",
+                         hint="--target is for encoder-decoder models (T5, FLAN-T5, BART, mBART)")
+    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate)
+    name = m.config.name or m.source
+    if as_json:
+        _print_json(pv.document(name))
+        return
+    console = Console(highlight=False, no_color=no_color or None)
+    render_pair(console, pv, name, color=not no_color and console.color_system is not None)
