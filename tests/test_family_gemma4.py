@@ -501,3 +501,20 @@ def test_multimodal_checkpoint_reads_its_text_tower(folder: Callable, ours: Call
     ids = ids_of(src)
     assert worst(insp.attention_ids(ids).probs, ours("gemma4").attention_ids(ids).probs) == 0.0
     assert worst(insp.logits(ids), ours("gemma4").logits(ids)) == 0.0
+
+
+def test_value_zeroing_refuses_per_layer_gates(folder: Callable) -> None:
+    """Value zeroing replays a block's wiring after its attention; Gemma 4's per-layer input
+    gate reads an input the replay does not have: one line, not a wrong figure. ALTI (which
+    decomposes attention and its norm only) and the norm measure run."""
+    result = run_cli("attend", kinds.KINDS_TEXT, "--model", str(folder("gemma4")), "--measure", "value-zeroing",
+                     "--device", "cpu")
+    assert result.exit_code != 0 and "per-layer input gate" in result.output, result.output
+    assert "Traceback" not in result.output
+    for measure in ("alti", "norm"):
+        result = run_cli("attend", kinds.KINDS_TEXT, "--model", str(folder("gemma4")), "--measure", measure,
+                         "--layer", "4", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+    result = run_cli("attend", kinds.KINDS_TEXT, "--model", str(folder("gemma4_keqv")), "--measure",
+                     "value-zeroing", "--layer", "4", "--device", "cpu")
+    assert result.exit_code == 0, result.output

@@ -72,6 +72,10 @@ def unsupported(model: Any, measure: str, layers: range) -> str | None:
         if not isinstance(block.attn, Attention) or spec is None or spec.kind != "softmax":
             kind = spec.kind if spec is not None else type(block.attn).__name__
             return f"--measure {measure} needs softmax attention with per-head values; layer {layer} is {kind}"
+        if spec.out_gate:  # Qwen3.5, Qwen3-Next: σ(gate of the query) scales each head's output
+            return f"--measure {measure} has no decomposition for layer {layer}'s output gate"
+        if measure == "value-zeroing" and hasattr(block, "ple_gate"):  # its input is not the pass's to replay
+            return f"--measure value-zeroing has no remainder for layer {layer}'s per-layer input gate"
         if measure == "alti":
             if block.wiring not in PRE_LIKE and block.wiring not in NORM_AFTER:
                 return f"--measure alti has no decomposition for layer {layer}'s {block.wiring} wiring"
