@@ -75,6 +75,7 @@ class Step:
     matrix: Tensor
     probabilities: bool  # softmax output (rows sum to 1) rather than scores
     sink: Tensor | None = None  # (T,): the sink column (its logit, or its weight), for a head with a sink
+    signed: bool = False  # a linear layer's hidden attention M: signed weights, rows not summing to 1
 
 
 @dataclass
@@ -134,7 +135,7 @@ def model_kind(cfg: "ModelConfig", layer: int | None = None) -> str:
 
 def layer_map(cfg: "ModelConfig") -> str:
     """One line naming each kind of layer, where a model mixes them; else empty."""
-    kinds = [model_kind(cfg, i) for i in range(cfg.n_layers)]
+    kinds = ["linear" if cfg.layer(i).attn.kind == "linear" else model_kind(cfg, i) for i in range(cfg.n_layers)]
     if len(set(kinds)) < 2:
         return ""
     parts = []
@@ -144,6 +145,8 @@ def layer_map(cfg: "ModelConfig") -> str:
         label = f"sliding-window (W = {cfg.sliding_window})" if kind == "sliding-window" else f"full {kind}"
         if kind == "local":  # bidirectional within a window: named by its reach, as kinds.kind_words names it
             label = f"local (±{cfg.window(int(layers[0])) - 1} tokens)"
+        if kind == "linear":  # Gated DeltaNet: no softmax, a hidden attention matrix
+            label = "linear (gated delta rule)"
         parts.append(f"{label} on layer{'s' if len(layers) > 1 else ''} {shown}")
     return "Its layers differ: " + "; ".join(parts) + "."
 
@@ -329,6 +332,8 @@ def demo_for(
     if heads is not None and len(heads) != 1:
         raise SelectionError("mask-demo shows one head: give --head a single index", hint="e.g. --head 0")
     kind_given = kind is not None
+    if cfg.layer(layers[0]).attn.kind == "linear":
+        return _linear_demo(inspector, text, layers[0], head, kind, truncate)
     if kind is None:
         kind, window = default_kind(cfg, layers[0])
     tokens = _tokens_for(inspector, text, kind, truncate)
@@ -368,6 +373,44 @@ def demo_for(
     demo.auto_head = heads is None
     demo.kind_given = kind_given
     demo.layer_kind = layer_kind(cfg, layers[0])
+    demo.layer_map = layer_map(cfg)
+    demo.truncated_from = tokens.truncated_from
+    return demo
+
+
+LINEAR_CAPTION = ("No softmax, yet a matrix: this layer keeps a state S_t = g_t (I − β_t k_t k_tᵀ) S_t−1 + "
+                  "β_t k_t v_tᵀ and outputs o_t = S_tᵀ q_t, which unrolls exactly to o_t = Σ_j M[t, j] v_j. "
+                  "M is its attention: causal by construction (no mask applied), signed, rows not summing to 1 (Σ).")
+
+
+def _linear_demo(inspector: "Inspector", text: str, layer: int, head: str | int | None, kind: str | None,
+                 truncate: bool) -> MaskDemo:
+    """A linear layer (Gated DeltaNet) has no scores or softmax to mask: its one step is the
+    hidden attention M of one value head, read from the layer's own `pattern` hook (the
+    matrix whose rows, times the values, are the layer's kernel output)."""
+    cfg = inspector.config
+    a = cfg.layer(layer).attn
+    if kind not in (None, "causal"):
+        raise UsageError(f"layer {layer} is linear (gated delta rule): it has no softmax to mask, so no --kind applies",
+                         hint="drop --kind, or pick a softmax layer with --layer")
+    heads = None if head is None else analysis.select(head, a.n_heads, "head")
+    if heads is not None and len(heads) != 1:
+        raise SelectionError("mask-demo shows one head: give --head a single index", hint="e.g. --head 0")
+    tokens = inspector.tokenize(text, truncate)
+    site = attn_site(layer)
+    m = inspector.capture(tokens, {site: ["pattern"]}).get(site, "pattern").float()  # (H_v, T, T)
+    n = len(tokens)
+    # no --head: the value head whose rows reach furthest from their own token (most |M| off the diagonal)
+    chosen = heads[0] if heads is not None else int(m.tril(-1).abs().sum((-1, -2)).argmax())
+    d_k = a.d_head
+    demo = MaskDemo(tokens.labels, "causal", layer, chosen, cfg.name or inspector.source, model_kind(cfg, layer),
+                    d_k, d_k ** -0.5, None, 0, visible_mask("causal", n), [], pattern_size(n, cfg.n_layers, a.n_heads),
+                    text=text, own_window=None)
+    demo.steps = [Step("hidden_attention", "Hidden attention M (no softmax)", LINEAR_CAPTION, m[chosen], False,
+                       signed=True)]
+    demo.auto_head = heads is None
+    demo.kind_given = kind is not None
+    demo.layer_kind = layer_kind(cfg, layer)
     demo.layer_map = layer_map(cfg)
     demo.truncated_from = tokens.truncated_from
     return demo
@@ -433,6 +476,7 @@ def to_dict(demo: MaskDemo, steps: list[int] | None = None) -> dict[str, Any]:
                 "caption": demo.steps[i].caption,
                 "matrix": [[_cell(v) for v in row] for row in demo.steps[i].matrix.tolist()],
                 **({"sink": demo.steps[i].sink.tolist()} if demo.steps[i].sink is not None else {}),
+                **({"signed": True} if demo.steps[i].signed else {}),
             }
             for i in chosen
         ],

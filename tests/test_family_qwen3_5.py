@@ -325,3 +325,43 @@ def test_attend_on_a_hybrid(folder: Callable) -> None:
                                       str(folder("qwen3_5"))], env=ENV)
     assert result.exit_code == 0, result.output
     assert "linear" in result.stdout
+
+
+def test_mask_demo_final_step_is_each_layers_own_pattern(folder: Callable, ours: Callable) -> None:
+    """`mask-demo --json` with no --kind: on the softmax layer its masked softmax, on a
+    linear layer its hidden attention M (one signed step, no mask to choose), each equal
+    to the layer's own pattern; the layer map names the linear layers."""
+    from attnscope.cli import app
+
+    text = "The fluffy creature sat on the mat and looked at the moon."
+    insp = ours("qwen3_5")
+    ids = insp.tokenize(text).ids
+    cap = insp.capture(ids, {attn_site(i): ["pattern"] for i in range(4)})
+    for layer in range(4):
+        for head in range(4):
+            result = CliRunner().invoke(app, ["mask-demo", text, "--model", str(folder("qwen3_5")), "--layer",
+                                              str(layer), "--head", str(head), "--json"], env=ENV)
+            assert result.exit_code == 0, result.output
+            doc = json.loads(result.stdout)
+            last = torch.tensor(doc["steps"][-1]["matrix"])
+            want = cap.get(attn_site(layer), "pattern")[head]
+            assert float((last - want).abs().max()) < ATOL
+            assert (doc["layer_kind"] == "linear (gated delta rule)") == (layer in LINEAR)
+            assert (len(doc["steps"]) == 1 and doc["steps"][0]["signed"]) == (layer in LINEAR)
+            assert "linear (gated delta rule) on layers 0, 2, 3" in doc["layer_map"]
+    result = CliRunner().invoke(app, ["mask-demo", text, "--model", str(folder("qwen3_5")), "--layer", "0",
+                                      "--kind", "padding"], env=ENV)
+    assert result.exit_code != 0 and "no softmax to mask" in result.output
+
+
+@pytest.mark.parametrize("measure, words", [("norm", "output gate"), ("alti", "layer 0 is linear"),
+                                            ("value-zeroing", "layer 0 is linear")])
+def test_measures_that_would_ignore_the_gate_are_refused(measure: str, words: str, folder: Callable) -> None:
+    """norm's ‖α f_h(x_j)‖ and the mixing measures read W_O without the per-query output
+    gate: on a gated layer they are one line, never numbers that leave the gate out."""
+    from attnscope.cli import app
+
+    result = CliRunner().invoke(app, ["attend", "The fluffy creature sat on the mat.", "--model",
+                                      str(folder("qwen3_5")), "--measure", measure, "--layer", "1"], env=ENV)
+    assert result.exit_code != 0
+    assert words in result.output and "Traceback" not in result.output

@@ -200,6 +200,9 @@ def run_attend(m: "Inspector", tokens: "Tokens", req: AttendRequest) -> analysis
         transforms.check_rollout(m.sites, max(req.layers + req.save_layers
                                               + [layer for ls, _hs in req.selections.values() for layer in ls],
                                               default=0))
+    if req.measure == "norm":  # refused before the pass where an output gate scales heads per query
+        transforms.check_norm(m.config, req.layers + req.save_layers
+                              + [layer for ls, _hs in req.selections.values() for layer in ls])
     if not KINDS[req.measure].per_head:  # one matrix per layer: a single "head"
         req.heads, req.save_heads = [0], [0]
         req.selections = {name: (ls, [0]) for name, (ls, _hs) in req.selections.items()}

@@ -147,6 +147,19 @@ def check_rollout(sites: Sequence["SiteInfo"], last_layer: int) -> None:
                          hint="use --measure weight or norm on this model")
 
 
+def check_norm(cfg: Any, layers: Sequence[int]) -> None:
+    """norm reads ‖α_hij f_h(x_j)‖ with f_h through W_O alone; a layer with an output gate
+    (Qwen3.5, Qwen3-Next: each head's output × σ(gate of query i) before W_O) moves
+    ‖α_hij (v_j ⊙ σ(g_i)) W_O^h‖ instead, no per-key size: refused in one line."""
+    from attnscope.errors import UsageError
+
+    gated = sorted(layer for layer in set(layers) if cfg.layer(layer).attn.out_gate)
+    if gated:
+        raise UsageError(f"--measure norm has no per-key size on layer {gated[0]}: its output gate scales each "
+                         "head's output by the query's own σ(gate) before W_O",
+                         hint="use --measure weight on this layer (or --layer a linear layer)")
+
+
 def wrap(measure: str, n: int, last_layer: int, views: Any = None, raw: Any = None, model: Any = None,
          sites: Sequence["SiteInfo"] = ()) -> Any:
     """The hook to run: the targets themselves under `weight`, else the measure's wrapper.

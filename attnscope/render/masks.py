@@ -47,10 +47,17 @@ def cell(value: float, probabilities: bool) -> str:
     return MINUS_INF if value == -math.inf else f"{value:.1f}"
 
 
+def step_cell(value: float, step: "Step") -> str:
+    """A cell as its step shows it: a linear layer's signed weights with their sign."""
+    if step.signed:
+        return ZERO if value == 0 else f"{value:+.2f}"
+    return cell(value, step.probabilities)
+
+
 def layout(demo: "MaskDemo", width: int) -> Layout:
     """One layout for every step: the widest cell, the longest label that fits, and
     as many tokens as fit (all of them if possible)."""
-    cell_w = max(4, *(len(cell(v, s.probabilities)) for s in demo.steps
+    cell_w = max(4, *(len(step_cell(v, s)) for s in demo.steps
                       for v in s.matrix.flatten().tolist() + (s.sink.tolist() if s.sink is not None else [])))
     n_tokens = len(demo.labels)
     slot = len(GAP) + cell_w
@@ -104,9 +111,9 @@ def _header(demo: "MaskDemo", lay: Layout, sums: bool, color: bool) -> list[Text
 
 
 def matrix_lines(demo: "MaskDemo", step: "Step", lay: Layout, color: bool) -> list[Text]:
-    lines = _header(demo, lay, step.probabilities, color)
+    lines = _header(demo, lay, step.probabilities or step.signed, color)
     m = step.matrix  # (T, T)
-    sums = m.sum(-1) if step.probabilities else None  # (T,)
+    sums = m.sum(-1) if step.probabilities or step.signed else None  # (T,): a signed row's sum is not 1
     if sums is not None and step.sink is not None:
         sums = sums + step.sink  # the sink column takes its share of each row's 1
     n_real = len(demo.labels) - demo.n_pad
@@ -125,7 +132,9 @@ def matrix_lines(demo: "MaskDemo", step: "Step", lay: Layout, color: bool) -> li
                 continue
             v = float(m[i, j])
             line.append(GAP)
-            line.append(cell(v, step.probabilities).rjust(lay.cell_w), style=_style(v, step.probabilities, color))
+            style = (("dim" if v == 0 else "blue" if v > 0 else "red") if color else "") if step.signed \
+                else _style(v, step.probabilities, color)  # signed: a diverging pair, the sign also printed
+            line.append(step_cell(v, step).rjust(lay.cell_w), style=style)
         if step.sink is not None:
             v = float(step.sink[i])
             line.append(GAP + cell(v, step.probabilities).rjust(lay.cell_w),
