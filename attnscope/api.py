@@ -208,15 +208,16 @@ class Inspector:
             raise UsageError(f"top-k must be at least 1, got {k}")
         tokens = self._tokens(text, truncate)
         ls, hs = self._sel(layers, heads)
-        probe = analysis.TopKProbe(ls, hs, len(tokens), k)
+        signed = analysis.signed_layers(self.sites)  # ranked by |weight| there
+        probe = analysis.TopKProbe(ls, hs, len(tokens), k, signed)
         self.run(tokens.ids, probe, max(ls))
-        return analysis.TopK(probe.indices, probe.weights, ls, hs, tokens)
+        return analysis.TopK(probe.indices, probe.weights, ls, hs, tokens, signed)
 
     def summary(self, text: str | Tokens, layers: Selector = None, heads: Selector = None,
                 truncate: bool = False) -> analysis.Summary:
         tokens = self._tokens(text, truncate)
         ls, hs = self._sel(layers, heads)
-        probe = analysis.SummaryProbe(ls, hs, self.config, len(tokens))
+        probe = analysis.SummaryProbe(ls, hs, self.config, len(tokens), analysis.signed_layers(self.sites))
         self.run(tokens.ids, probe, max(ls))
         return probe.result()
 

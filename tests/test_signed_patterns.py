@@ -419,3 +419,25 @@ def test_qwen_page_and_figure(qwen: Path, tmp_path: Path) -> None:
     if pytest.importorskip("matplotlib"):
         ok(run("attend", TEXT, "-m", qwen, "--plot", tmp_path / "f.svg", "--layer", "0-1", "--head", "0"))
         assert "hidden attention M" in (tmp_path / "f.svg").read_text()
+
+
+# ------------------------------------------------------------------ explore
+
+
+def test_explore_ranks_and_shades_a_signed_row_by_magnitude() -> None:
+    from attnscope.explore import views
+    from attnscope.explore.session import ranked
+
+    row = torch.tensor([0.1, -0.5, 0.0, 0.3, -0.05])
+    assert ranked(row, 4) == [(1, pytest.approx(-0.5)), (3, pytest.approx(0.3)), (0, pytest.approx(0.1)),
+                              (4, pytest.approx(-0.05))]
+    assert ranked(torch.tensor([0.2, 0.0, 0.8]), 3) == [(2, pytest.approx(0.8)), (0, pytest.approx(0.2))]  # as ever
+    assert views.relative(row.tolist()) == pytest.approx([0.2, 1.0, 0.0, 0.6, 0.1])
+    keys = views.top_keys_text(ranked(row, 3), ["a", "b", "c", "d", "e"], 4, "weight", 40, views.Palette(color=False))
+    assert "-0.500" in keys.plain and "0.300" in keys.plain
+    heat = views.heatmap_text([row.tolist()], ["a", "b", "c", "d", "e"], 0, 5, 60, 10, views.Palette(color=False),
+                              "L0H0", 0, 0)
+    assert "- below 0" in heat.plain
+    over = views.overview_text([[float("nan"), float("nan")], [0.5, 0.25]], (1, 0), (1, 0), 40,
+                               views.Palette(color=False))
+    assert over.plain.splitlines()[0].split()[1:] == ["—", "—"] and "0.50" in over.plain

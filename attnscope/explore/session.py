@@ -274,12 +274,13 @@ class Session:
 
 
 def ranked(row: Tensor, k: int) -> list[tuple[int, float]]:
-    """The k keys a query row weighs most, heaviest first; masked keys (exactly 0) left out."""
+    """The k keys a query row weighs most, heaviest first (by |weight|, the sign kept: a
+    linear layer's hidden attention is signed); masked keys (exactly 0) left out."""
     k = max(0, min(k, row.shape[0]))
     if k == 0:
         return []
-    w, i = torch.topk(row, k, sorted=True)
-    return [(j, x) for j, x in zip(i.tolist(), w.tolist()) if x > 0.0]
+    _, i = torch.topk(row.abs(), k, sorted=True)
+    return [(j, x) for j, x in zip(i.tolist(), row[i].tolist()) if x != 0.0]
 
 
 def rss_bytes() -> tuple[int, bool] | None:

@@ -83,9 +83,10 @@ def pad(label: str, width: int) -> str:
 
 
 def relative(row: Sequence[float]) -> list[float]:
-    """A row scaled so its largest entry is 1 (all zeros stay zeros)."""
-    top = max(row, default=0.0)
-    return [x / top for x in row] if top > 0 else [0.0 for _ in row]
+    """A row's magnitudes scaled so its largest is 1 (all zeros stay zeros): a signed row
+    (a linear layer's hidden attention) is shaded by |weight|."""
+    top = max((abs(x) for x in row), default=0.0)
+    return [abs(x) / top for x in row] if top > 0 else [0.0 for _ in row]
 
 
 # ---------------------------------------------------------------------- the tokens
@@ -178,13 +179,13 @@ def top_keys_text(keys: Sequence[tuple[int, float]], labels: Sequence[str], quer
     if computing:
         text.append("computing…", DIM)
         return text
-    top = keys[0][1] if keys else 0.0
+    top = abs(keys[0][1]) if keys else 0.0
     label_w = max(3, width - 15)
     text.append(fit(f" #  {pad('key', label_w)} {'pos':>4} {what:>5}", width), DIM)
     for rank, (j, w) in enumerate(keys, 1):
         text.append("\n")
         text.append(f"{rank:>2}  ")
-        text.append(pad(visible(labels[j]), label_w), palette.shade(w / top if top > 0 else 0.0))
+        text.append(pad(visible(labels[j]), label_w), palette.shade(abs(w) / top if top > 0 else 0.0))
         text.append(f" {j:>4} {w:.3f}")
     if not keys:
         text.append("\n(no visible keys)", DIM)
@@ -215,11 +216,13 @@ def heatmap_text(matrix: Sequence[Sequence[float]] | None, labels: Sequence[str]
             if x == 0.0:
                 text.append(" ·", DIM)
             elif palette.color:
-                text.append("  " if j != i else "◆ ", palette.shade(max(a, 0.02)))
+                text.append(("- " if x < 0 else "  ") if j != i else "◆ ", palette.shade(max(a, 0.02)))
             else:
                 g = palette.glyph(a)
-                text.append(g + (g if j != i else "◆"))
-    legend = "shade: share of the row's largest; · exactly 0; ◆ the query itself"
+                text.append(("-" if x < 0 else g) + (g if j != i else "◆"))
+    signed = any(x < 0 for row in matrix for x in row)
+    legend = ("shade: |weight| over the row's largest; - below 0 (signed: a linear layer's hidden attention)"
+              if signed else "shade: share of the row's largest") + "; · exactly 0; ◆ the query itself"
     if rows + 2 <= height:
         text.append("\n")
         text.append(fit(legend, width), DIM)
@@ -272,6 +275,10 @@ def overview_text(entropy: Sequence[Sequence[float]] | None, cursor: tuple[int, 
             text.append("\n")
         text.append(f"L{layer:<3} ", Style(bold=layer == cursor[0]))
         for h, v in enumerate(row):
+            if v != v:  # NaN: a linear layer's rows are no distributions, so no entropy
+                text.append("—".rjust(w - 1), DIM if (layer, h) != cursor else Style(reverse=True))
+                text.append("*" if (layer, h) == current else " ")
+                continue
             if w == 5:
                 value = f"{v:.2f}"
             elif w == 3:
