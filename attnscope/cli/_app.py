@@ -27,7 +27,7 @@ from attnscope.cli._coerce import out_of_bounds as _out_of_bounds  # noqa: F401
 from attnscope.cli._group import _debug, _Group, _print_error  # noqa: F401
 from attnscope.cli._options import (  # noqa: F401 - re-exported: the commands import them from here
     Convention, Device, DeviceOpt, Dtype, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName,
-    MeasureOpt, ModelOpt, NoColorOpt, Part, PerHeadMeasure, PerHeadMeasureOpt, PipelineOpt, RanksOpt, TruncateOpt, View,
+    MeasureOpt, ModelOpt, NoColorOpt, Part, PartOpt, PerHeadMeasure, PerHeadMeasureOpt, PipelineOpt, RanksOpt, TargetOpt, TruncateOpt, View,
 )
 
 _coerce.install()  # plain option values without pydantic (before any command is built): see _coerce

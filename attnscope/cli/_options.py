@@ -49,6 +49,10 @@ class Part(str, Enum):
     decoder = "decoder"
 
 
+TargetOpt = Annotated[Optional[str], typer.Option("--target", metavar="TEXT", help="An encoder-decoder (T5, BART): the output text; the source goes through the encoder, the decoder reads its start token then TEXT (teacher forcing).")]
+PartOpt = Annotated[Optional[Part], typer.Option("--part", help="With --target: cross (default; rows target tokens, columns source tokens), encoder or decoder self-attention.")]
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"

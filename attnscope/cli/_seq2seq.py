@@ -33,8 +33,33 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
         raise UsageError(f"{which} is not available with --target yet")
 
 
-def attend_pair(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
-                k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool) -> None:
+def encoder_noted(m: Any) -> Any:
+    """`m`, after a note on stderr where it is an encoder-decoder shown without --target."""
+    if m.config.decoder is not None:
+        from attnscope.cli._app import _note
+
+        _note("an encoder-decoder: this is its encoder; add --target TEXT for the cross-attention (--part)")
+    return m
+
+
+def attend_pair(source: str, *, model: Optional[str], target: Optional[str], part: Any, view: Any,
+                layer: Optional[str], head: Optional[str], top_k: int, token: Optional[str], truncate: bool,
+                as_json: bool, no_color: bool, device: Any, dtype: Any, measure: Any, dry_run: bool, pipeline: bool,
+                offload: bool, save: Optional[Path], save_topk: Optional[Path], html: Optional[Path],
+                plot: Optional[Path], **_: Any) -> None:
+    """attend's path for two texts (attend's own options, by name; the rest ignored)."""
+    refuse(target, part, view.value, {"--save": save, "--save-topk": save_topk, "--html": html, "--plot": plot},
+           measure.value, dry_run, pipeline, offload)
+    from attnscope.cli._app import _load
+
+    assert target is not None  # refuse() holds it
+    show(_load(model, device, dtype), source, target, part.value if part is not None else "cross", view.value, layer,
+         head, top_k, token, truncate, as_json, no_color)
+
+
+def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
+         k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool) -> None:
+    """Run both texts through a loaded encoder-decoder and print the part's view or --json."""
     from rich.console import Console
 
     from attnscope.cli._app import _print_json

@@ -16,9 +16,10 @@ import typer
 from attnscope.sources import packaged
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, MeasureOpt, ModelOpt,
-    NoColorOpt, Part, PipelineOpt, RanksOpt, TruncateOpt, View,
+    NoColorOpt, PartOpt, PipelineOpt, RanksOpt, TargetOpt, TruncateOpt, View,
     _console, _load, _note, _pipelined, _print_json, app,
 )
+from attnscope.cli._seq2seq import attend_pair, encoder_noted
 from attnscope.errors import InputError, UsageError
 
 MAX_STDIN_BYTES = 1024 * 1024  # a text read from stdin: 1 MiB is some 250,000 tokens, past every model's context
@@ -61,8 +62,8 @@ def attend(
     measure: MeasureOpt = MeasureName.weight,
     pipeline: PipelineOpt = False,
     ranks: RanksOpt = None,
-    target: Annotated[Optional[str], typer.Option("--target", metavar="TEXT", help="An encoder-decoder (T5, BART): the output text; the source goes through the encoder, the decoder reads its start token then TEXT (teacher forcing).")] = None,
-    part: Annotated[Optional[Part], typer.Option("--part", help="With --target: cross (default; rows target tokens, columns source tokens), encoder or decoder self-attention.")] = None,
+    target: TargetOpt = None,
+    part: PartOpt = None,
 ) -> None:
     """Show who attends to whom: run a real checkpoint and show its attention.
 
@@ -70,18 +71,10 @@ def attend(
     ATTNSCOPE_MODEL overrides that default. The default view shows, for the last word, the tokens each head of
     the last layer draws on most.
     """
+    if target is not None or part is not None or view is View.align:  # an encoder-decoder's two texts
+        return attend_pair(_read_text(text), **{k: v for k, v in locals().items() if k != "text"})
     from attnscope import outputs
 
-    if target is not None or part is not None or view is View.align:  # an encoder-decoder's two texts
-        from attnscope.cli._seq2seq import attend_pair, refuse
-
-        refuse(target, part, view.value, {"--save": save, "--save-topk": save_topk, "--html": html, "--plot": plot},
-               measure.value, dry_run, pipeline, offload)
-        source = _read_text(text)
-        m = _load(model, device, dtype)
-        attend_pair(m, source, target, (part or Part.cross).value, view.value, layer, head, top_k, token, truncate,
-                    as_json, no_color)
-        return
     if view is View.experts and measure is not MeasureName.weight:
         raise UsageError("--view experts shows routes, which no attention --measure changes",
                          hint="leave out --measure, or use another view")
@@ -101,9 +94,7 @@ def attend(
         _pipelined(model, device, dtype,
                    lambda m: outputs.run(m, m.tokenize(text, truncate), wanted, measure.value, text))
         return
-    m = _load(model, device, dtype, True if offload else None)
-    if m.config.decoder is not None:
-        _note("an encoder-decoder: this is its encoder; add --target TEXT for the cross-attention (--part)")
+    m = encoder_noted(_load(model, device, dtype, True if offload else None))
     outputs.run(m, m.tokenize(text, truncate), wanted, measure.value, text)
 
 
