@@ -173,7 +173,7 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
     from attnscope.measures.transforms import wrap
 
     look = LastRow(ls, hs)
-    hooks = wrap(measure, 0, max(ls), look)
+    hooks = wrap(measure, 0, max(ls), look, sites=m.sites)
     cache = m.new_cache()
     began = time.perf_counter()
     logits = m.step(tokens.ids, cache, hooks, last_only=True)[-1]  # (vocab,)
@@ -185,10 +185,10 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
                 for p, i in zip(ranked.values, ranked.indices) if int(i) != chosen][:alternatives]
         n = len(out.ids)
         where = look.weights(n)
-        top = torch.topk(where, min(keys, n))
+        top = torch.topk(where.abs(), min(keys, n))  # by |weight|: a linear layer's hidden attention is signed
         labels = out.labels
         step = Step(chosen, token_label(m.tokenizer, chosen), float(probs[chosen]), alts,
-                    [(int(j), labels[int(j)], float(w)) for w, j in zip(top.values, top.indices)])
+                    [(int(j), labels[int(j)], float(where[j])) for j in top.indices])
         out.token_ids.append(chosen)
         out.tokens.append(step.token)
         out.steps.append(step)

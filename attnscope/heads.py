@@ -345,8 +345,19 @@ def head_scores(
         raise UsageError(f"unknown score {unknown[0]!r}", hint=f"choose from {', '.join(ALL_SCORES)}")
     cfg = inspector.config
     ls = select(layers, cfg.n_layers, "layer")
-    hs = select_heads(heads, inspector.sites, ls)
+    by_count: dict[int, list[int]] = {}  # head count -> the selected layers that have it
+    for layer in ls:
+        by_count.setdefault(inspector.sites[layer].n_heads, []).append(layer)
+    # By default every head of every layer, where the layers' head counts differ too
+    # (Qwen3.5: 8 query heads, 16 value heads in its linear layers): one grid as wide as
+    # the most heads, a cell with no head NaN. A --head selection names the same heads
+    # in every layer (`select_heads`).
+    padded = heads is None and len(by_count) > 1
+    hs = list(range(max(by_count))) if padded else select_heads(heads, inspector.sites, ls)
     out = HeadScores(ls, hs, {}, 0, seed=seed)
+
+    def probe_for(terms: dict[str, Term], counts: dict[str, int]) -> Any:
+        return _Padded(ls, hs, by_count, terms, counts) if padded else ScoreProbe(ls, hs, terms, counts)
     if len({site.kind for site in inspector.sites}) > 1:
         out.layer_kinds = {i: inspector.sites[i].kind for i in ls}
 
@@ -360,7 +371,7 @@ def head_scores(
         out.tokens, out.n_tokens, out.undefined = tokens, len(tokens), undefined
         routes = load_probe(cfg, ls, [(0, len(tokens))])
         if terms or routes is not None:  # the routes ride on the scores' pass: no pass of their own
-            probe = ScoreProbe(ls, hs, terms, counts)
+            probe = probe_for(terms, counts)
             scored = wrap(measure, len(tokens), max(ls), probe, sites=inspector.sites)
             inspector.run(tokens.ids, Hooks(scored, routes) if terms else routes, max(ls))
             out.scores.update(probe.result() if terms else {})
@@ -371,17 +382,50 @@ def head_scores(
     if "induction" in wanted:
         ids, prefix, suffix, T = induction_input(inspector.tokenizer, cfg, repeat, seed)
         terms, counts = induction_terms(len(prefix), T)
-        probe = ScoreProbe(ls, hs, terms, counts)
+        probe = probe_for(terms, counts)
         inspector.run(ids, wrap(measure, len(ids), max(ls), probe, sites=inspector.sites), max(ls))
         out.scores.update(probe.result())
         out.induction_ids, out.prefix, out.suffix, out.repeat = ids, prefix, suffix, T
 
-    _signed_entropy(out, signed_layers(inspector.sites, measure), {i: inspector.sites[i].kind for i in ls})
+    signed_entropy(out, signed_layers(inspector.sites, measure), {i: inspector.sites[i].kind for i in ls})
+    if padded:
+        fewer = "; ".join(f"layer{'s' if len(g) > 1 else ''} {', '.join(map(str, g[:8]))}{', …' if len(g) > 8 else ''} "
+                          f"{'have' if len(g) > 1 else 'has'} {count} heads" for count, g in sorted(by_count.items())
+                          if count < len(hs))
+        for name in out.scores:
+            out.partly[name] = "; ".join(why for why in (out.partly.get(name), fewer) if why)
     out.scores = {name: out.scores[name] for name in wanted if name in out.scores}  # in the order asked
     return out
 
 
-def _signed_entropy(out: HeadScores, signed: frozenset[int], kinds: dict[int, str]) -> None:
+class _Padded:
+    """Score probes for layers of different head counts, one a count, fed by one pass;
+    `result()` is one (L_sel, H_max) grid a score, NaN where a layer has no such head."""
+
+    def __init__(self, layers: list[int], heads: list[int], by_count: dict[int, list[int]], terms: dict[str, Term],
+                 counts: dict[str, int]) -> None:
+        self.layers, self.heads = layers, heads
+        self.parts = [(group, ScoreProbe(group, list(range(count)), terms, counts)) for count, group in by_count.items()]
+
+    def wants(self, site: str, what: str) -> bool:
+        return any(p.wants(site, what) for _, p in self.parts)
+
+    def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
+        for _, p in self.parts:
+            if p.wants(site, what):
+                p.report(site, what, value, q_start, k_start)
+
+    def result(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for group, p in self.parts:
+            for name, values in p.result().items():  # (len(group), count)
+                grid = out.setdefault(name, torch.full((len(self.layers), len(self.heads)), float("nan")))
+                for i, layer in enumerate(group):
+                    grid[self.layers.index(layer), : values.shape[1]] = values[i]
+        return out
+
+
+def signed_entropy(out: HeadScores, signed: frozenset[int], kinds: dict[int, str]) -> None:
     """Entropy is defined only where rows are distributions: on the selected `signed`
     layers (a linear layer's hidden attention) it is NaN, with the reason in `partly`
     (some layers) or `undefined` (every selected layer). The other scores stay: means of

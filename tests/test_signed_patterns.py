@@ -441,3 +441,34 @@ def test_explore_ranks_and_shades_a_signed_row_by_magnitude() -> None:
     over = views.overview_text([[float("nan"), float("nan")], [0.5, 0.25]], (1, 0), (1, 0), 40,
                                views.Palette(color=False))
     assert over.plain.splitlines()[0].split()[1:] == ["—", "—"] and "0.50" in over.plain
+
+
+# ------------------------------------------------------------------ heads: layers of different head counts
+
+
+def test_heads_by_default_scores_every_head_where_layers_differ_in_head_count(
+        signed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Qwen3.5's linear layers have more (value) heads than its softmax ones: `heads`
+    scores every head of every layer in one grid, NaN (null) where a layer has no such head."""
+    signed_sites = api.Inspector.sites.fget  # type: ignore[attr-defined]
+    monkeypatch.setattr(api.Inspector, "sites", property(
+        lambda self: [replace(s, n_heads=2) if s.layer == LINEAR else s for s in signed_sites(self)]))
+    from attnscope.heads import DEFAULT_TEXT
+
+    m = api.load(str(signed), device="cpu", dtype="float32")
+    tokens = m.tokenize(DEFAULT_TEXT)
+    cap = m.capture(tokens, {attn_site(0): ["pattern"], attn_site(1): ["pattern"]})
+    doc = json.loads(ok(run("heads", "-m", signed, "--json")).stdout)
+    assert doc["heads"] == [0, 1, 2, 3]
+    got = doc["scores"]["self"]
+    for layer, heads in ((0, 2), (1, 4)):
+        p = cap.get(attn_site(layer), "pattern").double()
+        want = torch.diagonal(p, dim1=-2, dim2=-1).mean(-1)[:heads].tolist()
+        assert got[layer][:heads] == pytest.approx(want, abs=1e-6)
+        assert got[layer][heads:] == [None] * (4 - heads)
+    assert "layer 0 has 2 heads" in doc["partly_undefined"]["self"]
+    assert doc["scores"]["entropy"][0] == [None] * 4 and None not in doc["scores"]["entropy"][1]
+    out = ok(run("heads", "-m", signed, "-s", "self")).stdout
+    assert "layer 0 has 2 heads" in out
+    # a --head selection still means the same heads in every layer
+    one_error(run("heads", "-m", signed, "--head", "all"), 2, "means different heads")

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from attnscope import heads as hd
+from attnscope.analysis import signed_layers
 from attnscope import routing
 from attnscope.corpus import per_text as pt
 from attnscope.errors import AttnscopeError, InputError, UsageError
@@ -256,6 +257,8 @@ def corpus_scores(
     for name in text_names:
         if name not in res.scores:
             res.undefined[name] = model_undefined.get(name) or _NO_ROWS.get(name, _NO_ROWS[""])
+    # entropy only where rows are distributions (a linear layer's are signed)
+    hd.signed_entropy(res, signed_layers(inspector.sites, measure), {i: inspector.sites[i].kind for i in ls})
     if "induction" in wanted:
         ind = hd.head_scores(inspector, names=["induction"], layers=ls, heads=hs, seed=seed, repeat=repeat,
                              measure=measure)
@@ -386,7 +389,7 @@ def _score_packed(inspector: "Inspector", batch: list[Any], measured: list[str],
     routes = hd.load_probe(inspector.config, ls, bounds)  # each text's own routes counted
     if live or routes is not None:
         if len(batch) == 1:
-            hooks = wrap(measure, len(batch[0]), max(ls), live[0][0]) if live else None
+            hooks = wrap(measure, len(batch[0]), max(ls), live[0][0], sites=inspector.sites) if live else None
             inspector.run(batch[0].ids, Hooks(hooks, routes), max(ls))
         else:
             # each text was checked against the model's positions when tokenized; packed, they keep their own
@@ -394,7 +397,7 @@ def _score_packed(inspector: "Inspector", batch: list[Any], measured: list[str],
             positions = torch.cat([torch.arange(len(t)) for t in batch]).to(ids.device)
             segments = torch.cat([torch.full((len(t),), i) for i, t in enumerate(batch)]).to(ids.device)
             split = _Split([p for p, _ in live], [b for _, b in live])
-            hooks = wrap(measure, start, max(ls), split) if live else None
+            hooks = wrap(measure, start, max(ls), split, sites=inspector.sites) if live else None
             inspector.model(ids, Hooks(hooks, routes), max(ls), packing=Packing(positions, segments))
     loads = routes.result() if routes is not None else None  # (texts, MoE layers, E)
     zeros = torch.zeros(len(ls), len(hs), dtype=torch.float64)
