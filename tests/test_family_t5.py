@@ -370,3 +370,39 @@ def test_a_target_on_a_decoder_only_model_is_one_line(tmp_path: Path) -> None:
 
     folder = tm.gpt2(tmp_path / "gpt2")
     assert "not an encoder-decoder" in _one_error(_cli("attend", "The cat.", "--target", "x", "--model", folder))
+
+
+# ----------------------------------------------------------------------------- any value in any key
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
+                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+_T5_KEYS = ["d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "vocab_size", "n_positions",
+            "relative_attention_num_buckets", "relative_attention_max_distance", "layer_norm_epsilon",
+            "feed_forward_proj", "tie_word_embeddings", "decoder_start_token_id", "pad_token_id", "architectures"]
+_BART_KEYS = ["d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+              "encoder_ffn_dim", "decoder_ffn_dim", "vocab_size", "max_position_embeddings", "activation_function",
+              "scale_embedding", "decoder_start_token_id", "architectures", "tie_word_embeddings"]
+_BART_RAW = {"model_type": "bart", "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+             "decoder_attention_heads": 4, "encoder_ffn_dim": 48, "decoder_ffn_dim": 48, "vocab_size": 64,
+             "max_position_embeddings": 64}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from(_T5_KEYS), _JSON, max_size=3),
+       family=st.sampled_from(["t5", "bart", "mbart"]), bart_changes=st.dictionaries(st.sampled_from(_BART_KEYS), _JSON,
+                                                                                      max_size=3))
+def test_any_value_is_a_config_or_one_config_error(changes: dict[str, Any], family: str,
+                                                    bart_changes: dict[str, Any]) -> None:
+    """Any JSON value in any key the T5 or BART reader takes: a config whose counts are
+    arithmetic, or one ConfigError, never another exception."""
+    raw = {**_T5, **changes} if family == "t5" else {**_BART_RAW, "model_type": family, **bart_changes}
+    try:
+        cfg = from_hf_config(raw, "fuzz")
+    except ConfigError:
+        return
+    assert cfg.decoder is not None and len(cfg.decoder) >= 1
+    assert sum(prod(s) for s in param_shapes(cfg).values()) > 0
