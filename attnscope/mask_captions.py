@@ -66,9 +66,17 @@ def _window_phrase(window: int) -> str:
     return f"itself and the {window - 1} previous key" + ("s" if window > 2 else "")
 
 
+def score_formula(d_head: int, scale: float | None) -> str:
+    """How the layer scales q·k: "q·k/√64" where it is 1/√d_head, else its own factor
+    (Gemma 3's 1/√query_pre_attn_scalar; Gemma 4's 1, its q and k being RMS-normed)."""
+    if scale is None or abs(scale * d_head ** 0.5 - 1) < 1e-9:
+        return f"q·k/√{d_head}"
+    return "q·k" if scale == 1 else f"q·k × {scale:.4g}"
+
+
 def _captions(d: "MaskDemo") -> list[str]:
     w = d.window or 0
-    scores = (f"Row = query, column = key: q·k/√{d.d_head} says how well each key matches each query "
+    scores = (f"Row = query, column = key: {score_formula(d.d_head, d.scale)} says how well each key matches each query "
               f"(real numbers, layer {d.layer}, head {d.head}).")
     mask = {
         "causal": ("Keys after their query → −∞: in training every position predicts its next token at "

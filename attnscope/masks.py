@@ -43,7 +43,7 @@ from attnscope.errors import InputError, SelectionError, UsageError
 from attnscope.parts.attention import MaskRule, mask_rule
 from attnscope.mask_captions import _captions, _mask_title, layer_kind_words  # noqa: F401  (re-exported)
 from attnscope.mask_captions import model_note  # noqa: F401  (public: the note for a demo)
-from attnscope.mask_captions import bias_caption, bias_title
+from attnscope.mask_captions import bias_caption, bias_title, score_formula
 from attnscope.hooks import attn_site
 from attnscope.tokenize import pad_token, with_padding
 from attnscope.tokenize import tokenize, visible
@@ -148,6 +148,10 @@ def layer_map(cfg: "ModelConfig") -> str:
         if kind == "linear":  # Gated DeltaNet: no softmax, a hidden attention matrix
             label = "linear (gated delta rule)"
         parts.append(f"{label} on layer{'s' if len(layers) > 1 else ''} {shown}")
+    shared = [str(i) for i in range(cfg.n_layers) if cfg.layer(i).attn.kv_source is not None]
+    if shared:  # Gemma 4: their own queries against an earlier layer's keys and values
+        shown = ", ".join(shared[:6]) + (", …" if len(shared) > 6 else "")
+        parts.append(f"KV-shared (an earlier layer's keys and values) on layer{'s' if len(shared) > 1 else ''} {shown}")
     return "Its layers differ: " + "; ".join(parts) + "."
 
 
@@ -284,7 +288,7 @@ def build_from_scores(
                     text=text, hidden_share=hidden_share, own_window=own_window, sink=sink)
     captions = _captions(demo)
     demo.steps = [
-        Step("scores", f"Scores  q·k / √{d_head}", captions[0], scores, False, logits),
+        Step("scores", f"Scores  {score_formula(d_head, scale).replace('/', ' / ')}", captions[0], scores, False, logits),
         Step("masked_scores", _mask_title(kind, window), captions[1], masked, False, logits),
         Step("softmax", "Softmax without the mask", captions[2], probs, True, sink_probs),
         Step("masked_softmax", "Softmax with the mask", captions[3], masked_probs, True, masked_sink),
@@ -365,7 +369,8 @@ def demo_for(
         tokens, n_pad = padded, PAD_COUNT
     chosen = heads[0] if heads is not None else pick_head(scores, n_real)
     sinks = getattr(attn, "sinks", None)  # (H,): the layer's learned sink logits (gpt-oss)
-    demo = build_from_scores(tokens.labels, scores, chosen, kind, window, d_head=cfg.d_head, scale=attn.scale,
+    demo = build_from_scores(tokens.labels, scores, chosen, kind, window, d_head=cfg.layer(layers[0]).attn.d_head,
+                             scale=attn.scale,
                              layer=layers[0], n_pad=n_pad, model=cfg.name or inspector.source,
                              own_kind=model_kind(cfg, layers[0]), own_window=cfg.window(layers[0]),
                              n_layers=cfg.n_layers, text=text,

@@ -377,6 +377,9 @@ def test_mask_demo_last_step_is_the_layers_attention(name: str, folder: Callable
         if source is not None:
             words += f", KV-shared from layer {source}"
         assert doc["layer_kind"] == words, where
+        assert "KV-shared (an earlier layer's keys and values) on layers 3, 4" in doc["layer_map"], where
+        assert doc["d_head"] == (16 if window else 32), where  # the layer's own head size
+        assert doc["steps"][0]["title"] == "Scores  q·k", where  # scale 1: q and k are RMS-normed
         step = doc["steps"][-1]
         assert step["name"] == "masked_softmax", where
         got = torch.tensor(step["matrix"], dtype=torch.float64)  # (T, T)
