@@ -165,6 +165,7 @@ class PairView:
     k: int
     source: Any  # Tokens
     decoder: Any  # Tokens
+    full: Patterns | None = None  # every part's patterns, where the run saves them (`save_pair`)
 
     def top(self, li: int, hi: int, row: int) -> list[tuple[int, float]]:
         """Row `row`'s top-k columns (index, weight) in head `hi` of layer `li` (of the
@@ -215,10 +216,10 @@ class PairView:
 
 
 def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str | None, head: str | None,
-              k: int, token: str | None, truncate: bool) -> PairView:
+              k: int, token: str | None, truncate: bool, every_part: bool = False) -> PairView:
     """Tokenize both texts, run both stacks once and select what `view` shows of `part`.
     Display defaults as attend's: the last layer (every layer for overview and align), every
-    head (head 0 for the heatmap)."""
+    head (head 0 for the heatmap). `every_part`: keep all three parts too (`PairView.full`, for --save)."""
     from attnscope import analysis
     from attnscope.errors import UsageError
     from attnscope.hooks import sites
@@ -247,7 +248,33 @@ def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str
     hs = analysis.select_heads(head if head is not None else ("0" if view == "heatmap" else "all"), part_sites, ls)
     rows, columns = (src, src) if part == "encoder" else (dec, dec if part == "decoder" else src)
     query = focus_index(rows, token)
-    got = patterns(m.model, m._ids(src.ids), m._ids(ids), (part,))
+    got = patterns(m.model, m._ids(src.ids), m._ids(ids), PARTS if every_part else (part,))
     full = getattr(got, part)  # [part layers, H, rows, columns]
     chosen = full[ls][:, hs]
-    return PairView(part, view, ls, hs, rows, columns, chosen, query, k, src, dec)
+    return PairView(part, view, ls, hs, rows, columns, chosen, query, k, src, dec, got if every_part else None)
+
+
+def save_pair(path: Any, pv: PairView, force: bool = False) -> Any:
+    """--save FILE.npz of a --target run, written atomically (a temporary name beside it,
+    renamed when complete): `encoder_attentions` [enc layers, heads, n_src, n_src],
+    `decoder_attentions` [dec layers, heads, n_tgt, n_tgt], `cross_attentions` [dec layers,
+    heads, n_tgt, n_src] float32, every layer and head; `source_token_ids` and
+    `decoder_token_ids` int64 (exactly the decoder's inputs: its start token, then the
+    target), `source_tokens` and `decoder_tokens` (unicode arrays: no pickle to load them)."""
+    import numpy as np
+
+    from attnscope.atomic import atomic_path, check_space, check_target
+
+    got = pv.full
+    assert got is not None and got.encoder is not None and got.decoder is not None and got.cross is not None
+    path = check_target(path, force, (".npz",))
+    arrays = {"encoder_attentions": got.encoder.numpy(), "decoder_attentions": got.decoder.numpy(),
+              "cross_attentions": got.cross.numpy()}
+    check_space(path, sum(a.nbytes for a in arrays.values()) + 4096)
+    with atomic_path(path, force) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays, source_token_ids=np.asarray(got.source_ids, dtype=np.int64),
+                     decoder_token_ids=np.asarray(got.decoder_ids, dtype=np.int64),
+                     source_tokens=np.asarray(pv.source.labels, dtype=str),
+                     decoder_tokens=np.asarray(pv.decoder.labels, dtype=str))
+    return path

@@ -354,7 +354,7 @@ def test_attend_without_target_shows_the_encoder_and_says_how(built: Callable[[s
     (["--part", "cross"], "--part picks"),
     (["--view", "align"], "needs --target"),
     (["--target", "x", "--view", "align", "--part", "encoder"], "alignment table"),
-    (["--target", "x", "--save", "p.npz"], "--save is not written"),
+    (["--target", "x", "--html", "p.html"], "--html is not written"),
     (["--target", "x", "--measure", "rollout"], "--measure rollout"),
     (["--target", "x", "--view", "experts"], "routes"),
     (["--target", "x", "--top-k", "0"], "--top-k"),
@@ -406,3 +406,24 @@ def test_any_value_is_a_config_or_one_config_error(changes: dict[str, Any], fami
         return
     assert cfg.decoder is not None and len(cfg.decoder) >= 1
     assert sum(prod(s) for s in param_shapes(cfg).values()) > 0
+
+
+def test_attend_save_writes_all_three_parts(built: Callable[[str], Path], reference: Any, tmp_path: Path) -> None:
+    import numpy as np
+
+    _, src, dec, out = reference("t5")
+    path = tmp_path / "pair.npz"
+    result = _cli("attend", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--save", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["saved"] == str(path)
+    with np.load(path, allow_pickle=False) as d:  # no object arrays: loads without pickle
+        assert d["source_token_ids"].tolist() == src and d["decoder_token_ids"].tolist() == dec
+        assert len(d["source_tokens"]) == len(src) and len(d["decoder_tokens"]) == len(dec)
+        for key, theirs in (("encoder_attentions", out.encoder_attentions), ("decoder_attentions", out.decoder_attentions),
+                            ("cross_attentions", out.cross_attentions)):
+            assert d[key].dtype == np.float32 and _max_diff(torch.from_numpy(d[key]), theirs) < ATOL
+    assert [p.name for p in tmp_path.iterdir()] == ["pair.npz"]  # no temporary file left
+    again = _one_error(_cli("attend", "x", "--target", "y", "--model", built("t5"), "--save", path))
+    assert "already exists" in again
+    assert "FILE.npz" in _one_error(_cli("attend", "x", "--target", "y", "--model", built("t5"),
+                                         "--save", tmp_path / "p.safetensors"))

@@ -22,6 +22,9 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
                          hint='e.g. attend "a house" --target "ein Haus" --view align')
     if view == "experts":
         raise UsageError("--view experts shows a mixture of experts' routes, not an encoder-decoder's parts")
+    save = files.pop("--save", None)
+    if save is not None and Path(save).suffix != ".npz":
+        raise UsageError("--save of a --target run writes FILE.npz", hint="use a name ending in .npz")
     for option, value in files.items():
         if value is not None:
             raise UsageError(f"{option} is not written for --target runs yet",
@@ -46,20 +49,26 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
                 layer: Optional[str], head: Optional[str], top_k: int, token: Optional[str], truncate: bool,
                 as_json: bool, no_color: bool, device: Any, dtype: Any, measure: Any, dry_run: bool, pipeline: bool,
                 offload: bool, save: Optional[Path], save_topk: Optional[Path], html: Optional[Path],
-                plot: Optional[Path], **_: Any) -> None:
+                plot: Optional[Path], force: bool, **_: Any) -> None:
     """attend's path for two texts (attend's own options, by name; the rest ignored)."""
     refuse(target, part, view.value, {"--save": save, "--save-topk": save_topk, "--html": html, "--plot": plot},
            measure.value, dry_run, pipeline, offload)
     from attnscope.cli._app import _load
 
     assert target is not None  # refuse() holds it
+    if save is not None:
+        from attnscope.atomic import check_target
+
+        check_target(save, force, (".npz",))  # before the model loads
     show(_load(model, device, dtype), source, target, part.value if part is not None else "cross", view.value, layer,
-         head, top_k, token, truncate, as_json, no_color)
+         head, top_k, token, truncate, as_json, no_color, save, force)
 
 
 def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
-         k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool) -> None:
-    """Run both texts through a loaded encoder-decoder and print the part's view or --json."""
+         k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool, save: Optional[Path] = None,
+         force: bool = False) -> None:
+    """Run both texts through a loaded encoder-decoder and print the part's view or --json;
+    `save`: all three parts to FILE.npz (`seq2seq.save_pair`)."""
     from rich.console import Console
 
     from attnscope.cli._app import _print_json
@@ -69,10 +78,18 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
     if m.config.decoder is None:
         raise UsageError(f"{m.config.name or 'this model'} is not an encoder-decoder: --target has nothing to decode",
                          hint="--target is for encoder-decoder models (T5, FLAN-T5, BART, mBART)")
-    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate)
+    from rich.text import Text
+
+    from attnscope.seq2seq import save_pair
+
+    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate, every_part=save is not None)
+    saved = save_pair(save, pv, force) if save is not None else None
     name = m.config.name or m.source
     if as_json:
-        _print_json(pv.document(name))
+        _print_json({**pv.document(name), **({"saved": str(saved)} if saved is not None else {})})
         return
     console = Console(highlight=False, no_color=no_color or None)
     render_pair(console, pv, name, color=not no_color and console.color_system is not None)
+    if saved is not None:
+        console.print(Text(f"saved the encoder's, decoder's and cross-attention of every layer and head to {saved}",
+                           style="dim"))
