@@ -55,6 +55,15 @@ def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel:
     for spec, _ in cfg.stack.kinds():
         a, m = spec.attn, spec.mlp
         H, dh = a.n_heads, a.d_head
+        if a.linear is not None:  # Gated DeltaNet (parts.deltanet): its own working set
+            lin = a.linear
+            act = max(act, n * (4 * cfg.d_model + 2 * lin.conv_channels + lin.n_v_heads * (2 * lin.d_k + 3 * lin.d_v)
+                                + (3 if m.kind == "gated" else 2) * m.d_mlp) * width)
+            rows = min(n, chunk_rows(H, n))
+            # float32: the transported keys (H_v, n, d_k) twice while one token's are appended,
+            # one block of M's rows (and its rows gathered), and the fixed state
+            attn_chunk = max(attn_chunk, (2 * lin.n_v_heads * n * lin.d_k + 2 * H * rows * n + lin.state_values) * 4)
+            continue
         act = max(act, n * (4 * cfg.d_model + (H + 2 * a.n_kv_heads) * dh + 2 * H * dh
                             + (3 if m.kind == "gated" else 2) * m.d_mlp) * width)
         rows = min(n, chunk_rows(H, n))

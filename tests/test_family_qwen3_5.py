@@ -365,3 +365,16 @@ def test_measures_that_would_ignore_the_gate_are_refused(measure: str, words: st
                                       str(folder("qwen3_5")), "--measure", measure, "--layer", "1"], env=ENV)
     assert result.exit_code != 0
     assert words in result.output and "Traceback" not in result.output
+
+
+def test_dry_run_counts_the_linear_layers_working_set() -> None:
+    """--dry-run's chunk for a linear kind holds its transported keys (H_v × n × d_k,
+    twice while appending) and its fixed state, float32: growing with n, never n²·H."""
+    from attnscope.config import preset
+    from attnscope.estimate import plan
+
+    cfg = preset("qwen3.5-0.8b")
+    lin = cfg.layer(0).attn.linear
+    for n in (512, 4096):
+        p = plan(cfg, 0, n, "float32", 1, 1, 3, False, False)
+        assert p.attention_chunk >= (2 * lin.n_v_heads * n * lin.d_k + lin.state_values) * 4
