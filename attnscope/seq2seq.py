@@ -278,3 +278,18 @@ def save_pair(path: Any, pv: PairView, force: bool = False) -> Any:
                      source_tokens=np.asarray(pv.source.labels, dtype=str),
                      decoder_tokens=np.asarray(pv.decoder.labels, dtype=str))
     return path
+
+
+def diagonal_scores(cross: Tensor) -> Tensor:
+    """`heads`' cross-attention score `diagonal`, per layer and head ([L, H] float32) of a
+    cross pattern [L, H, n_t, n_s]: target row i of n_t is matched with source position
+    j* = round(i·(n_s − 1)/(n_t − 1)) (halves rounded up; j* = 0 when n_t = 1), and the score
+    is the mean over rows of the weight on source positions j* − 1 … j* + 1 (those that
+    exist). High for a head that reads the source in order, as translation alignments
+    mostly do; a uniform head scores about 3/n_s."""
+    n_t, n_s = cross.shape[-2], cross.shape[-1]
+    i = torch.arange(n_t)
+    star = (2 * i * (n_s - 1) + (n_t - 1)) // (2 * (n_t - 1)) if n_t > 1 else torch.zeros(1, dtype=torch.long)
+    j = torch.arange(n_s)
+    near = ((j[None, :] - star[:, None]).abs() <= 1).to(cross.dtype)  # (n_t, n_s)
+    return (cross * near).sum(-1).mean(-1).float()

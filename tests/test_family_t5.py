@@ -427,3 +427,31 @@ def test_attend_save_writes_all_three_parts(built: Callable[[str], Path], refere
     assert "already exists" in again
     assert "FILE.npz" in _one_error(_cli("attend", "x", "--target", "y", "--model", built("t5"),
                                          "--save", tmp_path / "p.safetensors"))
+
+
+def test_diagonal_score_as_defined() -> None:
+    """j* = round(i·(n_s−1)/(n_t−1)); the mean over rows of the weight on j*−1 … j*+1."""
+    n_t, n_s = 5, 9
+    identity_like = torch.zeros(1, 1, n_t, n_s)
+    for i in range(n_t):
+        identity_like[0, 0, i, round(i * (n_s - 1) / (n_t - 1))] = 1.0  # exact here: i·8/4 = 2i
+    assert seq2seq.diagonal_scores(identity_like).item() == 1.0
+    reversed_ = identity_like.flip(-2)
+    assert seq2seq.diagonal_scores(reversed_).item() == pytest.approx(1 / 5)  # only the middle row is near
+    uniform = torch.full((1, 1, n_t, n_s), 1 / n_s)
+    # rows 0 and 4 see two neighbours (j* at the ends), rows 1-3 three
+    assert seq2seq.diagonal_scores(uniform).item() == pytest.approx((2 + 3 + 3 + 3 + 2) / 5 / n_s)
+    one_row = torch.zeros(1, 1, 1, n_s)
+    one_row[..., 1] = 0.5
+    one_row[..., 2] = 0.5
+    assert seq2seq.diagonal_scores(one_row).item() == 0.5  # n_t = 1: j* = 0, keys 0 and 1
+    halves = torch.zeros(1, 1, 3, 4)  # j* = round(i·3/2): 0, 2 (1.5 rounds up), 3
+    halves[0, 0, 1, 3] = 1.0
+    assert seq2seq.diagonal_scores(halves).item() == pytest.approx(1 / 3)
+
+
+def test_diagonal_scores_of_the_tiny_model(ours: Any, reference: Any) -> None:
+    _, src, dec, _ = reference("t5")
+    cross = ours("t5").seq2seq(src, dec[1:], parts=("cross",)).cross
+    scores = seq2seq.diagonal_scores(cross)
+    assert scores.shape == (DEC_LAYERS, 4) and bool(((scores >= 0) & (scores <= 1)).all())
