@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 from typer.testing import CliRunner
 
@@ -521,3 +523,35 @@ def test_value_zeroing_refuses_per_layer_gates(folder: Callable) -> None:
     result = run_cli("attend", kinds.KINDS_TEXT, "--model", str(folder("gemma4_keqv")), "--measure",
                      "value-zeroing", "--layer", "4", "--device", "cpu")
     assert result.exit_code == 0, result.output
+
+
+# Any JSON value in any of the keys Gemma 4's reader takes: a ModelConfig or one ConfigError,
+# never another exception (a file's text_config alike).
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
+                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+_KEYS = ["layer_types", "num_kv_shared_layers", "global_head_dim", "num_global_key_value_heads", "attention_k_eq_v",
+         "hidden_size_per_layer_input", "vocab_size_per_layer_input", "use_double_wide_mlp", "rope_parameters",
+         "per_layer_config", "final_logit_softcapping", "sliding_window", "enable_moe_block",
+         "use_bidirectional_attention", "head_dim", "num_key_value_heads", "text_config", "tie_word_embeddings"]
+_LAYER_RAW = {"model_type": "gemma4_text", "num_hidden_layers": 4, "hidden_size": 32, "intermediate_size": 64,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "global_head_dim": 32,
+              "vocab_size": 64, "sliding_window": 8, "hidden_size_per_layer_input": 4,
+              "vocab_size_per_layer_input": 64, "num_kv_shared_layers": 1}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from(_KEYS), _JSON, max_size=3), nested=st.booleans())
+def test_any_value_is_a_config_or_one_error(changes: dict[str, Any], nested: bool) -> None:
+    raw = {**_LAYER_RAW, **changes}
+    if nested:
+        raw = {"model_type": "gemma4", "text_config": {k: v for k, v in raw.items() if k != "text_config"}}
+    try:
+        cfg = from_hf_config(raw, "fuzz")
+    except ConfigError:
+        return
+    for i in range(cfg.n_layers):  # every KV-shared layer reads an earlier owner of its own kind
+        a = cfg.layer(i).attn
+        if a.kv_source is not None:
+            owner = cfg.layer(a.kv_source).attn
+            assert a.kv_source < i and owner.kv_source is None and owner.window == a.window
