@@ -421,3 +421,10 @@ def test_blocks_across_two_gpus_equal_the_cpu(build: Callable[[str], Path], insp
     plain = inspector("llama")
     assert {p.device for p in placed.model.blocks[-1].parameters()} == {devices[-1]}
     torch.testing.assert_close(placed.attention(TEXT).probs.cpu(), plain.attention(TEXT).probs, atol=BOUND, rtol=0)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "1e9", "nan"])
+def test_a_bad_timeout_is_one_line(value: str, build: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNSCOPE_PIPELINE_TIMEOUT", value)
+    one_error(run("attend", TEXT, "--model", build("llama"), "--pipeline"), UsageError("").exit_code,
+              "ATTNSCOPE_PIPELINE_TIMEOUT must be a number of seconds")
