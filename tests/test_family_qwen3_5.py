@@ -378,3 +378,25 @@ def test_dry_run_counts_the_linear_layers_working_set() -> None:
     for n in (512, 4096):
         p = plan(cfg, 0, n, "float32", 1, 1, 3, False, False)
         assert p.attention_chunk >= (2 * lin.n_v_heads * n * lin.d_k + lin.state_values) * 4
+
+
+@pytest.mark.parametrize("name", ["qwen3.5-0.8b", "qwen3-next-80b-a3b"])
+def test_params_rows_cover_the_new_weights(name: str) -> None:
+    """params' rows: a linear kind's weights per value head and per q/k head sum, × heads,
+    to its attention weights; the gated softmax layers' per-query-head share includes the
+    gate's rows (W_Q + W_V↑ + W_gate)."""
+    from attnscope.cli import app
+    from attnscope.config import preset
+    from attnscope.params import report
+    from attnscope.render.params import linear_head_shares
+
+    cfg = preset(name)
+    rep = report(cfg)
+    kind = next(k for k in rep.kinds if k.spec.attn.linear is not None)
+    lin = kind.spec.attn.linear
+    per_v, per_k = linear_head_shares(cfg.d_model, lin)
+    assert lin.n_v_heads * per_v + lin.n_k_heads * per_k == kind.block["attention"]
+    assert rep.head.gate and rep.head.per_query_head == 3 * cfg.d_model * cfg.d_head
+    text = CliRunner().invoke(app, ["params", "--config", name], env=ENV).stdout
+    for words in ("W_gate (output gate)", "per value head", "per q/k head", f"{per_v:,}", "Linear attention"):
+        assert words in text, words

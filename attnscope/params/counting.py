@@ -263,6 +263,7 @@ class HeadCount:
     per_head: int | None  # all four, where every query head has its own K and V
     shared: int = 0  # latent attention: the low-rank factors all heads share (q_a, kv_a and their norms)
     shared_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    gate: bool = False  # Qwen3.5, Qwen3-Next: W_Q's rows also hold each head's output gate (in per_query_head)
 
 
 @dataclass
@@ -317,7 +318,9 @@ def head_count(cfg: ModelConfig) -> HeadCount:
     shapes = {"W_Q": (d, dh), "W_K": (d, dh), "W_V↓": (d, dh), "W_V↑": (dh, d)}
     per_q = (prod(attn["q.weight"]) + prod(attn["o.weight"])) // cfg.n_heads
     per_kv = (prod(attn["k.weight"]) + prod(attn["v.weight"])) // cfg.n_kv_heads
-    return HeadCount(shapes, per_q, per_kv, per_q + per_kv if cfg.group_size == 1 else None)
+    if first.out_gate:
+        shapes["W_gate"] = (d, dh)
+    return HeadCount(shapes, per_q, per_kv, per_q + per_kv if cfg.group_size == 1 else None, gate=first.out_gate)
 
 
 def _latent_head_count(cfg: ModelConfig, attn: dict[str, tuple[int, ...]]) -> HeadCount:

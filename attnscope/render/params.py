@@ -3,7 +3,7 @@ quantization type, and the context costs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -38,6 +38,15 @@ ROW_LABELS = {
     "heads": "Output heads (MLM, NSP, classifier)",
     "other": "Other stored tensors",
 }
+
+
+def linear_head_shares(d: int, lin: Any) -> tuple[int, int]:
+    """A Gated DeltaNet layer's weights per value head and per q/k head (`kinds.LinearSpec`):
+    H_v · per value head + H_k · per q/k head = its attention weights (the gated norm's
+    scale, shared by all value heads, is a norm)."""
+    per_v = 3 * d * lin.d_v + 2 * d + lin.d_v * lin.conv_kernel + 2  # v, z rows; o columns; b, a; conv; dt_bias, A_log
+    per_k = 2 * d * lin.d_k + 2 * lin.d_k * lin.conv_kernel  # q, k rows and their conv taps
+    return per_v, per_k
 
 
 def shape_line(cfg: "ModelConfig") -> str:
@@ -76,12 +85,14 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
         ("W_K (key)", f"{n(d)} × {n(dh)}", "key/value head"),
         ("W_V↓ (value down)", f"{n(d)} × {n(dh)}", "key/value head"),
         ("W_V↑ (value up, output share)", f"{n(dh)} × {n(d)}", "query head"),
+        *((("W_gate (output gate)", f"{n(d)} × {n(dh)}", "query head"),) if rep.head.gate else ()),
     ):
         head.add_row(label + (f"  [dim]per {per}[/]" if cfg.group_size > 1 else ""), shape, n(d * dh))
     if rep.head.per_head is not None:
         head.add_row(Text("per head", style="bold"), "", Text(n(rep.head.per_head), style="bold"))
     else:
-        head.add_row(Text("per query head (W_Q + W_V↑)", style="bold"), "", n(rep.head.per_query_head))
+        gate = " + W_gate" if rep.head.gate else ""
+        head.add_row(Text(f"per query head (W_Q + W_V↑{gate})", style="bold"), "", n(rep.head.per_query_head))
         head.add_row(
             Text(f"per key/value head (W_K + W_V↓), shared by {cfg.group_size}", style="bold"), "", n(rep.head.per_kv_head)
         )
@@ -182,7 +193,19 @@ def block_table(console: Console, rep: "ParamReport") -> None:
             parts = f"Q, O; K, V read from layer {a.kv_source}"
         elif a.k_eq_v:  # Gemma 4's global layers: the values are the keys' projection
             parts = "Q, O; {kv} × K, values = keys' projection"
-        block.add_row(f"Attention weights ({a.n_heads} × {parts.format(kv=a.n_kv_heads)})", n(kind.block["attention"]))
+        if a.out_gate:  # Qwen3.5, Qwen3-Next: q_proj also holds each head's output gate
+            parts = parts.replace("Q, O", "Q, output gate, O", 1)
+        what = f"{a.n_heads} × {parts.format(kv=a.n_kv_heads)}"
+        if a.linear is not None:  # Gated DeltaNet: its own projections, conv and decay (parts.deltanet)
+            lin = a.linear
+            what = (f"DeltaNet: {lin.n_k_heads} q/k heads of {lin.d_k}, {lin.n_v_heads} value heads of {lin.d_v}; "
+                    f"qkv, z, b, a, conv ({lin.conv_kernel} taps), decay, O")
+        block.add_row(f"Attention weights ({what})", n(kind.block["attention"]))
+        if a.linear is not None:  # one head's share: they sum, × heads, to the attention weights
+            per_v, per_k = linear_head_shares(rep.cfg.d_model, a.linear)
+            block.add_row(Text("  per value head (v, z, b, a rows; o columns; v's conv taps; dt_bias, A_log)",
+                               style="dim"), n(per_v))
+            block.add_row(Text("  per q/k head (q, k rows; their conv taps)", style="dim"), n(per_k))
         e = m.experts
         if e is not None:  # a mixture of experts: router, routed experts (one, all), shared experts
             block.add_row(f"Router ({e.n_experts} experts{', shared-expert gate' if e.shared_gate else ''})",
