@@ -24,7 +24,7 @@ rank, replaced when rank 0 starts a new one); logits come from the last rank.
 Failures: an attnscope error on a serving rank travels to rank 0, which raises it, and
 every rank ends with its exit code (rank 0 says it once). A rank that dies or cannot be
 reached fails the send or receive waiting on it (within ATTNSCOPE_PIPELINE_TIMEOUT
-seconds, default 600, for a rank that hangs), and every rank still running ends with one
+seconds, default 1800 as torch's, for a rank that hangs), and every rank still running ends with one
 line naming it. Files are written by rank 0 alone, atomically (`export.batch`), so
 nothing is half-written.
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from attnscope.distributed import Group
 
 TIMEOUT_ENV = "ATTNSCOPE_PIPELINE_TIMEOUT"
-DEFAULT_TIMEOUT = 600.0  # seconds a rank waits for another before it says so
+DEFAULT_TIMEOUT = 1800.0  # seconds a rank waits for another before it says so (torch's own default for gloo)
 HINT = "run it as: torchrun --nproc-per-node 2 -m attnscope … --pipeline"
 
 
@@ -423,13 +423,12 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
         except DeviceError as exc:
             if "cannot be reached" in exc.message:
                 raise
-            _report_failure(link, header, exc, mine, ranges)
+            _report_failure(link, header, exc)
         except Exception as exc:  # an attnscope error or a bug: rank 0 says it, and stops everyone
-            _report_failure(link, header, exc, mine, ranges)
+            _report_failure(link, header, exc)
 
 
-def _report_failure(link: _Link, header: tuple[Any, ...], exc: BaseException, mine: range,
-                    ranges: list[range]) -> None:
+def _report_failure(link: _Link, header: tuple[Any, ...], exc: BaseException) -> None:
     """Send rank 0 the error, and the next rank (waiting for the stream) that there is none."""
     error = _error_header(exc, link.group.rank)
     if header[0] == "pass" and not header[6]:

@@ -428,3 +428,24 @@ def test_a_bad_timeout_is_one_line(value: str, build: Callable[[str], Path], mon
     monkeypatch.setenv("ATTNSCOPE_PIPELINE_TIMEOUT", value)
     one_error(run("attend", TEXT, "--model", build("llama"), "--pipeline"), UsageError("").exit_code,
               "ATTNSCOPE_PIPELINE_TIMEOUT must be a number of seconds")
+
+
+@pytest.mark.slow
+def test_an_error_on_a_serving_rank_is_rank_0s_one_line(tmp_path: Path, build: Callable[[str], Path]) -> None:
+    """Layer 1 (rank 1's) computes infinities: its CheckpointError travels to rank 0, which
+    says it once; rank 1 ends quietly with the same exit code; nothing is written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "broken"
+    shutil.copytree(build("llama"), folder)
+    state = load_file(str(folder / "model.safetensors"))
+    state["model.layers.1.mlp.down_proj.weight"] = torch.full_like(state["model.layers.1.mlp.down_proj.weight"], 1e38)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    b = two(tmp_path, "attend", TEXT, "--model", folder, "--pipeline", "--save", "out.npz")
+    lines = errors(b.stderr)
+    assert b.returncode != 0 and len(lines) == 1, b.stderr[-3000:]
+    assert "layer 1 produced values that are not finite" in lines[0]
+    assert f'File "{REPO / "attnscope"}' not in b.stderr  # torchrun's own summary aside, no traceback of ours
+    assert not list(tmp_path.glob("*.npz"))
