@@ -33,7 +33,7 @@ from attnscope.kinds import AttnSpec, LayerSpec, MlpSpec, RopeSpec, Stack, freez
 from attnscope.presets import PRESETS  # noqa: F401  (re-exported: config.PRESETS)
 
 NORMS = ("layernorm", "layernorm_no_bias", "rmsnorm")  # layernorm_no_bias: a scale, no shift (ModernBERT)
-POSITIONS = ("learned", "rope", "none")
+POSITIONS = ("learned", "rope", "none", "sinusoidal")  # sinusoidal: a fixed table (Marian), computed
 
 # n_heads <= d_model (a head has at least one dimension of the width), and n_heads * d_head,
 # the query projection's width, <= MAX_SIZE too.

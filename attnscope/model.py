@@ -62,6 +62,12 @@ class Embedding(nn.Module):
             if positions is None:
                 positions = torch.arange(start, start + ids.shape[0], device=ids.device)
             x = x + self.pos(positions + cfg.pos_offset)
+        elif cfg.positions == "sinusoidal":  # Marian: a fixed table, computed rather than stored
+            from attnscope.parts.positions import sinusoidal
+
+            if positions is None:
+                positions = torch.arange(start, start + ids.shape[0], device=ids.device)
+            x = x + sinusoidal(positions, cfg.d_model).to(x.dtype)
         if cfg.n_types:
             x = x + self.types(torch.zeros_like(ids))  # a single segment: type 0
         if cfg.embed_norm:
@@ -208,7 +214,7 @@ class Transformer(nn.Module):
         if start is None:
             start = cache.length if cache is not None else 0
         last = int(packing.positions.max()) + 1 if packing is not None else start + T
-        if cfg.positions == "learned" and last > cfg.n_ctx:
+        if cfg.positions in ("learned", "sinusoidal") and last > cfg.n_ctx:
             raise InputError(f"positions up to {last} exceed the model's {cfg.n_ctx}")
         if packing is not None:  # several texts in one pass: their own positions, masked apart
             assert cache is None and start == 0, "a packed pass starts afresh"  # internal invariant

@@ -64,7 +64,7 @@ class Decoder(nn.Module):
         T = ids.shape[0]
         if start is None:
             start = cache.length if cache is not None else 0
-        if cfg.positions == "learned" and start + T > cfg.n_ctx:
+        if cfg.positions in ("learned", "sinusoidal") and start + T > cfg.n_ctx:
             raise InputError(f"decoder positions up to {start + T} exceed the model's {cfg.n_ctx}")
         x = self.embed(ids, start, tok=tok)
         positions = torch.arange(start, start + T, device=ids.device)

@@ -1,5 +1,6 @@
-"""BART (post-norm) and mBART (pre-norm, final norms, scaled embeddings) against transformers'
-eager BartForConditionalGeneration / MBartForConditionalGeneration.
+"""BART (post-norm), mBART (pre-norm, final norms, scaled embeddings) and Marian (post-norm,
+sinusoidal positions, swish) against transformers' eager BartForConditionalGeneration,
+MBartForConditionalGeneration and MarianMTModel.
 
 The tiny checkpoints of tests/tiny_models_seq2seq.py (encoder 2 layers × 4 heads, decoder
 3 layers × 2 heads with a narrower MLP, a random final_logits_bias) read SOURCE_TEXT (90+
@@ -29,7 +30,7 @@ from attnscope.errors import ConfigError
 from attnscope.model import KVCache
 from attnscope.params import param_shapes
 
-NAMES = ["bart", "mbart"]
+NAMES = ["bart", "mbart", "marian"]
 REAL_CONFIGS = Path(__file__).parent / "data" / "real_configs"
 ATOL = 1e-5  # attention in float32 both sides, through at most three LayerNorm'd layers (measured: under 1e-6)
 RTOL = 1e-4  # logits relative to their largest magnitude (measured: under 1e-6)
@@ -148,6 +149,23 @@ def test_token_by_token_through_the_cache_equals_the_full_pass(name: str, ours: 
         rows = [model.logits(model.decoder(torch.tensor([t]), model.embed.tok, memory, cache=cache))[0] for t in dec]
     stepped = torch.stack(rows)
     assert ((stepped - full.logits).abs().max() / full.logits.abs().max()).item() < RTOL
+
+
+def test_marian_sinusoids_are_transformers_table(reference: Any) -> None:
+    from attnscope.parts.positions import sinusoidal
+
+    model = reference("marian")[0]
+    for stack in (model.model.encoder, model.model.decoder):
+        table = stack.embed_positions.weight
+        assert torch.equal(sinusoidal(torch.arange(table.shape[0]), table.shape[1]), table)
+
+
+def test_marian_refuses_a_decoder_vocabulary_of_its_own() -> None:
+    raw = {**_BART, "model_type": "marian"}
+    with pytest.raises(ConfigError, match="decoder vocabulary"):
+        from_hf_config({**raw, "share_encoder_decoder_embeddings": False}, "m")
+    with pytest.raises(ConfigError, match="decoder_vocab_size"):
+        from_hf_config({**raw, "decoder_vocab_size": 80}, "m")
 
 
 def test_bart_base_count_is_transformers_own() -> None:

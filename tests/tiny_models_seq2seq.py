@@ -122,18 +122,23 @@ def _bart(folder: Path, seed: int, model_type: str, **kw: Any) -> Path:
     from tiny_models import INIT_STD, _save
 
     tok = seq2seq_tokenizer()
-    cls = {"bart": "Bart", "mbart": "MBart"}[model_type]
-    config = getattr(transformers, f"{cls}Config")(
+    cls = {"bart": "Bart", "mbart": "MBart", "marian": "Marian"}[model_type]
+    config = getattr(transformers, f"{cls}Config")(**{**dict(
         vocab_size=_vocab_size(tok), d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
         decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=40, max_position_embeddings=128,
         activation_function="gelu", pad_token_id=0, bos_token_id=0, eos_token_id=1, decoder_start_token_id=1,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, init_std=INIT_STD, **kw)
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, init_std=INIT_STD), **kw})
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = getattr(transformers, f"{cls}ForConditionalGeneration")(config).to(torch.float32).eval()
+        model = getattr(transformers, "MarianMTModel" if cls == "Marian" else f"{cls}ForConditionalGeneration")(
+            config).to(torch.float32).eval()
+    fixed = {n: p.detach().clone() for n, p in model.named_parameters() if "embed_positions" in n}  # Marian's sinusoids
     reinit(model, seed=seed)
     with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in fixed:
+                p.copy_(fixed[n])
         model.final_logits_bias.copy_(torch.randn(model.final_logits_bias.shape, generator=torch.Generator().manual_seed(seed)))
     model.tie_weights()
     return _save(model, folder, tok)
@@ -149,6 +154,11 @@ def mbart(folder: Path, seed: int = SEED + 3) -> Path:
     return _bart(folder, seed, "mbart", scale_embedding=True)
 
 
+def marian(folder: Path, seed: int = SEED + 4) -> Path:
+    """Marian (OPUS-MT): post-norm, sinusoidal positions, embeddings × √d_model, swish."""
+    return _bart(folder, seed, "marian", scale_embedding=True, activation_function="swish")
+
+
 def reference(folder: Path) -> Any:
     """transformers' own model for any tiny folder here (eager, float32)."""
     raw = json.loads((folder / "config.json").read_text())
@@ -159,4 +169,5 @@ def reference(folder: Path) -> Any:
     return load_reference(folder)
 
 
-SEQ2SEQ_BUILDERS: dict[str, Callable[[Path], Path]] = {"t5": t5, "t5_v11": t5_v11, "bart": bart, "mbart": mbart}
+SEQ2SEQ_BUILDERS: dict[str, Callable[[Path], Path]] = {"t5": t5, "t5_v11": t5_v11, "bart": bart, "mbart": mbart,
+                                                   "marian": marian}

@@ -241,7 +241,7 @@ def embedding_shapes(cfg: "ModelConfig") -> Shapes:
     shapes: Shapes = {"embed.tok.weight": (cfg.vocab_size, cfg.d_embed)}
     if cfg.d_embed != d:  # OPT-350m: narrow embeddings projected to the width
         shapes["embed.proj_in.weight"] = (d, cfg.d_embed)
-    if cfg.positions == "learned":
+    if cfg.positions in ("learned", "sinusoidal"):  # sinusoidal: counted as transformers does, computed, not loaded
         shapes["embed.pos.weight"] = (cfg.n_ctx + cfg.pos_offset, d)
     if cfg.n_types:
         shapes["embed.types.weight"] = (cfg.n_types, d)
@@ -251,7 +251,7 @@ def embedding_shapes(cfg: "ModelConfig") -> Shapes:
     if relative is not None:  # the stack's one relative position table (T5, MPNet), shared by its layers
         shapes["relative.weight"] = (relative.table_rows, cfg.n_heads)
     if cfg.decoder is not None:  # the decoder's own positions, embedding norm and relative table; tokens shared
-        if cfg.positions == "learned":
+        if cfg.positions in ("learned", "sinusoidal"):
             shapes["decoder.embed.pos.weight"] = (cfg.n_ctx + cfg.pos_offset, d)
         if cfg.embed_norm:
             shapes.update(_prefixed("decoder.embed.norm", norm_shapes(cfg)))
@@ -355,6 +355,8 @@ def required_count(cfg: "ModelConfig") -> int:
                       for spec, count in cfg.decoder.kinds())
     final = sum(prod(shape) for shape in norm_shapes(cfg).values()) if cfg.final_norm else 0
     final *= 2 if cfg.decoder is not None else 1  # the decoder's own final norm
+    if cfg.positions == "sinusoidal":  # computed tables no checkpoint needs to hold (Marian)
+        final -= (2 if cfg.decoder is not None else 1) * cfg.n_ctx * cfg.d_model
     return sum(prod(shape) for shape in embedding_shapes(cfg).values()) + blocks + final
 
 

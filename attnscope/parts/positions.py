@@ -166,3 +166,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)  # (H, T, rd)
     out = (x_rot * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
     return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+
+
+def sinusoidal(positions: Tensor, d: int) -> Tensor:
+    """Fixed sinusoidal positions (Marian; Vaswani et al. 2017), (T, d) float32: angle
+    p / 10000^(2·⌊j/2⌋/d) for dimension j, the sines of the even j in the first half and the
+    cosines of the odd j in the second (not interleaved), computed in float64 and rounded
+    once, as transformers' MarianSinusoidalPositionalEmbedding builds its table."""
+    j = torch.arange(d, dtype=torch.float64)
+    angle = positions.to(torch.float64)[:, None] / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / d)
+    half = (d + 1) // 2
+    out = torch.empty(positions.shape[0], d, dtype=torch.float64, device=positions.device)
+    out[:, :half] = torch.sin(angle[:, 0::2])
+    out[:, half:] = torch.cos(angle[:, 1::2])
+    return out.float()
