@@ -555,3 +555,134 @@ def test_any_value_is_a_config_or_one_error(changes: dict[str, Any], nested: boo
         if a.kv_source is not None:
             owner = cfg.layer(a.kv_source).attn
             assert a.kv_source < i and owner.kv_source is None and owner.window == a.window
+
+
+# ---------------------------------------------------------------------- GGUF
+
+
+def write_gemma4_gguf(path: Path, model: Any) -> Path:
+    """A tiny `gemma4` GGUF as convert_hf_to_gguf.py's Gemma4Model writes one: norms as they
+    are, `layer_scalar` as blk.N.layer_output_scale.weight, the per-layer tensors by gguf-py's
+    names, key lengths global and local, one sliding-window flag and one key/value head count
+    and MLP width per layer, shared_kv_layers, and the global RoPE as rope_freqs (1 per
+    turning frequency, 1e30 per standing one). Its vocabulary is a SentencePiece one
+    (tokenizer model "llama"): attnscope does not read llama.cpp's "gemma4" tokenizer yet."""
+    import gguf
+    import tiny_gguf as tg
+
+    cfg = model.config
+    vocab = tg.gemma_vocab().pad(cfg.vocab_size)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA4, cfg.num_hidden_layers)
+    w = gguf.GGUFWriter(path, "gemma4")
+    w.add_name("tiny-gemma4")
+    swa = [t == "sliding_attention" for t in cfg.layer_types]
+    first_shared = cfg.num_hidden_layers - cfg.num_kv_shared_layers
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length([cfg.intermediate_size * (2 if cfg.use_double_wide_mlp and i >= first_shared else 1)
+                               for i in range(cfg.num_hidden_layers)])
+    w.add_head_count(cfg.num_attention_heads)
+    attns = [layer.self_attn for layer in model.model.layers]  # head sizes and counts are per layer
+    w.add_head_count_kv([cfg.num_attention_heads // a.num_key_value_groups for a in attns])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    global_dim = next(a.head_dim for a, s in zip(attns, swa) if not s)
+    local_dim = next(a.head_dim for a, s in zip(attns, swa) if s)
+    w.add_key_length(global_dim)
+    w.add_value_length(global_dim)
+    w.add_key_length_swa(local_dim)
+    w.add_value_length_swa(local_dim)
+    w.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"])
+    w.add_rope_freq_base_swa(cfg.rope_parameters["sliding_attention"]["rope_theta"])
+    w.add_rope_dimension_count(global_dim)
+    w.add_rope_dimension_count_swa(local_dim)
+    w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+    w.add_sliding_window(cfg.sliding_window)
+    w.add_sliding_window_pattern(swa)
+    w.add_shared_kv_layers(cfg.num_kv_shared_layers)
+    w.add_embedding_length_per_layer_input(cfg.hidden_size_per_layer_input or 0)
+    w.add_tokenizer_model(vocab.model)
+    w.add_token_list(vocab.tokens)
+    w.add_token_types(vocab.types)
+    w.add_token_scores(vocab.scores)
+    for key, value in vocab.ids.items():
+        getattr(w, {"bos": "add_bos_token_id", "eos": "add_eos_token_id", "unk": "add_unk_token_id",
+                    "pad": "add_pad_token_id"}[key])(value)
+    turning = int(global_dim * cfg.rope_parameters["full_attention"]["partial_rotary_factor"] / 2)
+    tensors = [("rope_freqs.weight", torch.tensor([1.0] * turning + [1e30] * (global_dim // 2 - turning)))]
+    for name, t in model.state_dict().items():
+        if name.startswith("lm_head."):
+            continue  # tied
+        if name.endswith("layer_scalar"):
+            name += ".weight"  # Gemma4Model.filter_tensors
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert gguf_name is not None, name
+        tensors.append((gguf_name, t.detach().float()))
+    for name, t in tensors:
+        w.add_tensor(name, t.numpy(), raw_dtype=gguf.GGMLQuantizationType.F32)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gguf_equals_the_same_weights(name: str, folder: Callable, reference: Callable, tmp_path: Path) -> None:
+    """The GGUF form of each tiny checkpoint: the same layer kinds, every tensor equal to the
+    safetensors folder's, and attention and logits equal to transformers' on the same weights
+    (transformers reads no gemma4 GGUF)."""
+    pytest.importorskip("gguf")
+    from attnscope.api import load
+    from attnscope.architectures import gemma4, to_ours
+    from attnscope.sources.gguf import gguf_config, iter_gguf_tensors, read_gguf
+
+    model = reference(name)
+    path = write_gemma4_gguf(tmp_path / f"{name}.gguf", model)
+    f = read_gguf(path)
+    cfg = from_hf_config(gguf_config(f), name="tiny")
+    want = from_hf_config(json.loads((folder(name) / "config.json").read_text()))
+    assert list(cfg.stack) == list(want.stack)
+    mine = dict(iter_gguf_tensors(f, cfg, gemma4))
+    theirs: dict[str, torch.Tensor] = {}
+    for hf_name, tensor in model.state_dict().items():
+        theirs.update(to_ours(gemma4, hf_name, tensor, cfg))
+    theirs.pop("unembed.weight", None)  # tied
+    assert sorted(mine) == sorted(theirs)
+    for key, value in mine.items():
+        assert torch.equal(value, theirs[key]), key
+    insp = load(str(path), device="cpu", dtype="float32")
+    ids = torch.randint(0, cfg.vocab_size, (40,), generator=torch.Generator().manual_seed(3)).tolist()
+    logits, attn = reference_run(model, ids)
+    assert worst(insp.attention_ids(ids).probs, attn) <= ATOL
+    assert_logits_close(insp.logits(ids), logits.double(), LOGITS_RTOL, f"{name} gguf logits")
+
+
+def test_gguf_params_and_llama_cpp_tokenizer(reference: Callable, tmp_path: Path) -> None:
+    """`params --model` counts a gemma4 GGUF as transformers counts the model; a file with
+    llama.cpp's own "gemma4" tokenizer model is refused by `attend` in one line."""
+    pytest.importorskip("gguf")
+    from gguf import GGUFReader
+
+    model = reference("gemma4")
+    path = write_gemma4_gguf(tmp_path / "tiny.gguf", model)
+    result = run_cli("params", "--model", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["total"] == model.num_parameters()
+    data = bytearray(path.read_bytes())
+    # the key, its value type (u32) and the string's length (u64), then the string
+    at = bytes(data).index(b"tokenizer.ggml.model") + len(b"tokenizer.ggml.model") + 4 + 8
+    assert bytes(data[at:at + 5]) == b"llama"
+    data[at:at + 5] = b"gemma"  # same length: the header stays valid
+    assert str(GGUFReader(bytes_path(tmp_path, data)).fields["tokenizer.ggml.model"].contents()) == "gemma"
+    odd = tmp_path / "gemma-tokenizer.gguf"
+    odd.write_bytes(bytes(data))
+    result = run_cli("attend", "hello", "--model", str(odd), "--device", "cpu")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "tokenizer model 'gemma' is not supported" in result.output, result.output
+
+
+def bytes_path(folder: Path, data: bytes) -> Path:
+    path = folder / "check.gguf"
+    path.write_bytes(bytes(data))
+    return path
