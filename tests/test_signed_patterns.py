@@ -473,3 +473,32 @@ def test_heads_by_default_scores_every_head_where_layers_differ_in_head_count(
     assert "layer 0 has 2 heads" in out
     # a --head selection still means the same heads in every layer
     one_error(run("heads", "-m", signed, "--head", "all"), 2, "means different heads")
+
+
+def test_explore_on_the_tiny_qwen_shows_the_linear_layer_signed(qwen: Path) -> None:
+    """The app opened on a linear layer lists the keys `attend --json` lists, by |weight|
+    with their signs, and its heatmap names the layer's kind."""
+    import asyncio
+    import re
+
+    from test_explore import make_app, pane, settle
+
+    m = api.load(str(qwen), device="cpu", dtype="float32")
+    app = make_app(m, TEXT, layer=0, head=1)
+    doc = json.loads(ok(run("attend", TEXT, "-m", qwen, "--layer", "0", "--head", "1", "--top-k", "5",
+                            "--json")).stdout)
+
+    async def go() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(app, pilot)
+            want = [(e["key"], e["weight"]) for e in doc["topk"][0]["rows"][app.query]["top"]]
+            rows = [re.match(r"^\s*(\d+)\s+.*?\s+(\d+)\s+(-?\d\.\d{3})\s*$", line) for line in pane(app, "#keys")[2:]]
+            got = [(int(r.group(2)), float(r.group(3))) for r in rows if r][: len(want)]
+            assert [k for k, _ in got] == [k for k, _ in want]
+            assert all(abs(g - w) <= 0.0005 + 1e-9 for (_, g), (_, w) in zip(got, want))
+            await pilot.press("h")  # the heatmap
+            await settle(app, pilot)
+            assert any("signed" in line for line in pane(app, "#heatmap"))
+            await pilot.press("q")
+
+    asyncio.run(go())

@@ -25,6 +25,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 from textual.worker import Worker, WorkerState
 
+from attnscope.analysis import signed_layers
 from attnscope.errors import AttnscopeError
 from attnscope.explore import views
 from attnscope.explore.screens import HeatmapPane, HelpScreen, MainScreen, OverviewScreen, Pane, TokenView
@@ -149,6 +150,8 @@ class ExploreApp(App[int]):
             row0, rows, col0, cols = views.heatmap_window(s.n, self.query, hw, hh)
             matrix = pattern[row0:row0 + rows, col0:col0 + cols].tolist() if pattern is not None else None
             where = f"L{self.layer}H{head}" if head is not None else f"L{self.layer}"
+            if self.layer in signed_layers(s.m.sites, self.measure):  # a linear layer's hidden attention
+                where += f" · {s.m.sites[self.layer].kind}, signed, rows not summing to 1 ·"
             heat.row0 = row0
             heat.show(views.heatmap_text(matrix, s.tokens.labels, self.query, s.n, hw, hh, palette,
                                            f"{where} {self.measure}", row0, col0))
