@@ -686,3 +686,27 @@ def bytes_path(folder: Path, data: bytes) -> Path:
     path = folder / "check.gguf"
     path.write_bytes(bytes(data))
     return path
+
+
+_GGUF_META = {"gemma4.block_count": 4, "gemma4.embedding_length": 32, "gemma4.attention.head_count": 4,
+              "gemma4.attention.head_count_kv": [2, 2, 2, 1], "gemma4.feed_forward_length": [48, 48, 48, 96],
+              "gemma4.context_length": 128, "gemma4.attention.layer_norm_rms_epsilon": 1e-6,
+              "gemma4.attention.key_length": 32, "gemma4.attention.key_length_swa": 16,
+              "gemma4.attention.sliding_window": 8, "gemma4.attention.sliding_window_pattern": [True, False, True, False],
+              "gemma4.attention.shared_kv_layers": 1, "gemma4.embedding_length_per_layer_input": 4,
+              "gemma4.rope.freq_base": 1e6, "gemma4.final_logit_softcapping": 30.0}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from(sorted(_GGUF_META)), _JSON, max_size=3))
+def test_any_gguf_metadata_is_a_config_or_one_error(changes: dict[str, Any]) -> None:
+    """Any value in a gemma4 GGUF's keys: a config, or a ConfigError (a missing key is the
+    KeyError gguf_config turns into one CheckpointError line)."""
+    from attnscope.architectures import gemma4
+
+    shapes = {"per_layer_token_embd.weight": (64, 16), "blk.1.attn_v.weight": (64, 32)}
+    try:
+        raw = gemma4.config_from_gguf({**_GGUF_META, **changes}, "gemma4", shapes)
+        from_hf_config({**raw, "vocab_size": 64})
+    except (ConfigError, KeyError):
+        return

@@ -255,14 +255,16 @@ GGUF_WEIGHTS: dict[str, str | None] = {
 }
 
 
-def _per_layer(meta: dict[str, Any], key: str, n_layers: int) -> list[Any]:
-    """A metadata value given once or once per layer, as a list of one per layer."""
+def _per_layer(meta: dict[str, Any], key: str, n_layers: int, sizes: bool = True) -> list[Any]:
+    """A metadata value given once or once per layer, as a list of one per layer (`sizes`:
+    each a positive integer)."""
     value = meta[key]
-    if isinstance(value, list):
-        if len(value) != n_layers:
-            raise ConfigError(f"GGUF {key!r} lists {len(value)} values for {n_layers} layers")
-        return list(value)
-    return [value] * n_layers
+    values = list(value) if isinstance(value, list) else [value] * n_layers
+    if len(values) != n_layers:
+        raise ConfigError(f"GGUF {key!r} lists {len(values)} values for {n_layers} layers")
+    if sizes and not all(_positive_int(v) for v in values):
+        raise ConfigError(f"GGUF {key!r} must hold positive integers, got {_shown(value)}")
+    return values
 
 
 def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -274,8 +276,8 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
     n_layers = get("block_count")
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 0 < n_layers <= 100_000:
         raise ConfigError(f"GGUF {arch}.block_count must be a positive integer, got {_shown(n_layers)}")
-    swa = _per_layer(meta, f"{arch}.attention.sliding_window_pattern", n_layers)
-    types = ["sliding_attention" if s is True else "full_attention" for s in swa]
+    swa = _per_layer(meta, f"{arch}.attention.sliding_window_pattern", n_layers, sizes=False)
+    types = ["sliding_attention" if isinstance(s, (bool, int)) and s == 1 else "full_attention" for s in swa]
     kv = _per_layer(meta, f"{arch}.attention.head_count_kv", n_layers)
     ff = _per_layer(meta, f"{arch}.feed_forward_length", n_layers)
     shared = get("attention.shared_kv_layers", 0)
@@ -304,9 +306,9 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
             "sliding_attention": {"rope_type": "default", "rope_theta": get("rope.freq_base_swa", 10_000.0)}},
     }
     table = shapes.get("per_layer_token_embd.weight")
-    if table:
+    if table and len(table) == 2:
         raw["vocab_size_per_layer_input"] = table[0]
-    first_shared = n_layers - shared if isinstance(shared, int) and not isinstance(shared, bool) else n_layers
+    first_shared = n_layers - shared if _positive_int(shared, n_layers - 1) else n_layers
     owners = [i for i in full if i < first_shared]
     raw["attention_k_eq_v"] = bool(owners) and f"blk.{owners[0]}.attn_v.weight" not in shapes
     if raw["attention_k_eq_v"]:
