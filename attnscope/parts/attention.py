@@ -292,6 +292,8 @@ class Attention(nn.Module):
             q = apply_rope(q, *rope)
         if self.shared:  # the owner's keys and values of this pass (cached ones included)
             k, v, k_start, k_pos = state.shared[self.spec.kv_source]
+            if k.device != q.device:  # blocks placed across devices: the owner's may sit on another
+                k, v, k_pos = k.to(q.device), v.to(q.device), k_pos.to(q.device)
         else:
             if rope is not None:
                 k = apply_rope(k, *rope)
