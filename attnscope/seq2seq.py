@@ -293,3 +293,44 @@ def diagonal_scores(cross: Tensor) -> Tensor:
     j = torch.arange(n_s)
     near = ((j[None, :] - star[:, None]).abs() <= 1).to(cross.dtype)  # (n_t, n_s)
     return (cross * near).sum(-1).mean(-1).float()
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Step:
+    """One decoded token: its id, its probability, and the source positions it looked at
+    (the cross-attention row of the step, averaged over the selected layers and heads, (S,))."""
+
+    token: int
+    probability: float
+    looked: Tensor
+
+
+@torch.inference_mode()
+def decode(model: nn.Module, source: Tensor, max_new_tokens: int, layers: list[int], heads: list[int],
+           eos: int | None = None) -> list[Step]:
+    """Greedy decoding from `source` (S,) through the decoder's KV cache: the encoder runs
+    once, the decoder reads its start token and then each token it chose, one at a time,
+    until `eos` or `max_new_tokens`. Each step keeps its cross-attention row."""
+    from attnscope.hooks import Capture, cross_site
+    from attnscope.model import KVCache
+
+    cfg = model.cfg
+    assert cfg.decoder is not None  # internal invariant: callers check
+    memory = encode(model, source)
+    cache = KVCache(len(cfg.decoder))
+    token = int(cfg.extra.get("decoder_start_token_id", 0))
+    steps: list[Step] = []
+    sites = [cross_site(layer) for layer in layers]
+    for _ in range(max_new_tokens):
+        cap = Capture({site: ["pattern"] for site in sites})
+        x = model.decoder(torch.tensor([token], device=source.device), model.embed.tok, memory, cap, cache=cache)
+        probs = model.logits(x)[0].softmax(-1)
+        token = int(probs.argmax())
+        rows = torch.stack([cap.get(site, "pattern")[heads, 0] for site in sites])  # (L, H_sel, S)
+        steps.append(Step(token, float(probs[token]), rows.mean(dim=(0, 1)).float().cpu()))
+        if eos is not None and token == eos:
+            break
+    return steps

@@ -455,3 +455,29 @@ def test_diagonal_scores_of_the_tiny_model(ours: Any, reference: Any) -> None:
     cross = ours("t5").seq2seq(src, dec[1:], parts=("cross",)).cross
     scores = seq2seq.diagonal_scores(cross)
     assert scores.shape == (DEC_LAYERS, 4) and bool(((scores >= 0) & (scores <= 1)).all())
+
+
+def test_generate_decodes_greedily_as_transformers(built: Callable[[str], Path], reference: Any) -> None:
+    """`generate SOURCE` on T5: the same greedy tokens as transformers' generate (its cache
+    off: transformers 5 sizes T5's decoder cache by the encoder's depth), each step's
+    cross-attention row equal to the teacher-forced pass over the generated tokens."""
+    model, src, _, _ = reference("t5")
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor([src]), max_new_tokens=10, do_sample=False, num_beams=1,
+                                use_cache=False)[0].tolist()
+    result = _cli("generate", sm.SOURCE_TEXT, "--model", built("t5"), "-n", 10, "--layer", "all", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    ids = doc["generated"]["ids"]
+    assert [doc["decoder_start_token_id"]] + ids == theirs[:len(ids) + 1]
+    assert doc["source"]["ids"] == src and len(doc["steps"]) == len(ids)
+    from attnscope.api import load
+
+    full = load(str(built("t5")), device="cpu", dtype="float32").seq2seq(src, ids[:-1], parts=("cross",))
+    mean = full.cross.mean(dim=(0, 1))  # (T, S): every layer, every head
+    for i, step in enumerate(doc["steps"]):
+        best = step["source"][0]
+        assert best["index"] == int(mean[i].argmax()) and abs(best["weight"] - float(mean[i].max())) < ATOL
+    text = _cli("generate", "The cat sat.", "--model", built("t5"), "-n", 3)
+    assert text.exit_code == 0 and "Where each new token looked in the source" in text.stdout
+    assert "greedy only" in _one_error(_cli("generate", "x", "--model", built("t5"), "--temperature", 0.7))

@@ -104,7 +104,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         heads=("logits_bias",) if generation else (),
         layer_template=template,
         dtype=checkpoint_dtype(raw),
-        extra={"decoder_start_token_id": start},
+        extra={"decoder_start_token_id": start, "eos_token_id": raw.get("eos_token_id", 2)},
     )
     if start >= cfg.vocab_size:
         raise ConfigError(f"{kind}'s decoder_start_token_id {start} is outside the vocabulary of {cfg.vocab_size}")

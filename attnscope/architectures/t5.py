@@ -112,7 +112,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         logits_divisor=d_model ** 0.5 if tied else None,  # v1.0's d_model^-0.5 rescale before the tied head
         layer_template=replace(template, attn=replace(template.attn, relative=encoder_relative)),
         dtype=checkpoint_dtype(raw),
-        extra={"decoder_start_token_id": start},
+        extra={"decoder_start_token_id": start, "eos_token_id": raw.get("eos_token_id", 1)},
     )
     if start >= cfg.vocab_size:
         raise ConfigError(f"T5's decoder_start_token_id {start} is outside the vocabulary of {cfg.vocab_size}")

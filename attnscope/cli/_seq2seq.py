@@ -93,3 +93,69 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
     if saved is not None:
         console.print(Text(f"saved the encoder's, decoder's and cross-attention of every layer and head to {saved}",
                            style="dim"))
+
+
+def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                  chat: bool, layer: str, head: Optional[str], save: Optional[Path], save_topk: Optional[Path],
+                  html: Optional[Path], measure: str, pipeline: bool, stop: Optional[str], as_json: bool,
+                  no_color: bool, device: Any, dtype: Any, ignore_eos: bool, k: int = 3) -> None:
+    """`generate SOURCE` on an encoder-decoder: greedy decoding from the source (the encoder
+    once, the decoder token by token through its cache), and for each new token the source
+    tokens its cross-attention looked at most, averaged over the heads of the selected
+    decoder layers (`seq2seq.decode`)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from attnscope import analysis
+    from attnscope.cli._app import _console, _load, _print_json
+    from attnscope.hooks import sites
+    from attnscope.render import distinct
+    from attnscope.render.attend import weight_text
+    from attnscope.seq2seq import decode
+
+    for flag, used in (("--temperature", temperature != 0), ("--top-k", top_k != 0), ("--top-p", top_p != 1.0),
+                       ("--chat", chat), ("--save", save is not None), ("--save-topk", save_topk is not None),
+                       ("--html", html is not None), ("--measure", measure != "weight"), ("--pipeline", pipeline),
+                       ("--stop", stop is not None)):
+        if used:
+            raise UsageError(f"{flag} is not available when an encoder-decoder generates yet (greedy only)",
+                             hint="leave it out")
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    cfg = src.config
+    cross = sites(cfg, "cross")
+    layers = analysis.select(layer, len(cross), "layer")
+    heads = analysis.select_heads(head, cross, layers)
+    m = _load(src.spec, device, dtype)
+    tokens = m.tokenize(source)
+    eos = None if ignore_eos else cfg.extra.get("eos_token_id")
+    steps = decode(m.model, m._ids(tokens.ids), max_new_tokens, layers, heads, eos)
+    ids = [s.token for s in steps]
+    text = m.tokenizer.decode(ids, skip_special_tokens=True) if hasattr(m.tokenizer, "decode") else ""
+    labels = distinct(tokens.labels)
+    shown = [[(int(j), float(w)) for w, j in zip(*s.looked.topk(min(k, len(labels))))] for s in steps]
+    pieces = [(m.tokenizer.decode([i], skip_special_tokens=False) or f"<{i}>").replace(" ", "␣") for i in ids]
+    if as_json:
+        _print_json({"model": cfg.name or m.source, "source": {"ids": tokens.ids, "tokens": tokens.labels},
+                     "decoder_start_token_id": cfg.extra.get("decoder_start_token_id", 0),
+                     "generated": {"ids": ids, "tokens": pieces, "text": text}, "layers": layers, "heads": heads,
+                     "steps": [{"id": s.token, "token": p, "probability": s.probability,
+                                "source": [{"index": j, "token": tokens.labels[j], "weight": w} for j, w in top]}
+                               for s, p, top in zip(steps, pieces, shown)]})
+        return
+    console = _console(no_color)
+    color = not no_color and console.color_system is not None
+    console.print(Text(text))
+    which = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+    table = Table(title="Where each new token looked in the source", title_justify="left", show_edge=False,
+                  box=None, padding=(0, 1), caption=f"cross-attention of {which}, {len(heads)} heads averaged",
+                  caption_justify="left")
+    for column in ("#", "token", "p", "source"):
+        table.add_column(column)
+    for i, (s, p, top) in enumerate(zip(steps, pieces, shown)):
+        looked = Text()
+        for j, w in top:
+            looked.append_text(weight_text(labels[j], w, color))
+            looked.append("  ")
+        table.add_row(str(i), Text(p), f"{s.probability:.2f}", looked)
+    console.print(table)

@@ -71,6 +71,14 @@ def generate(
     # What the config can judge is judged before any weight is read (an encoder, rollout,
     # a layer or head the model lacks), and nothing reaches stdout before the first token.
     src = api.open_source(model)
+    if src.config.decoder is not None:  # an encoder-decoder decodes from the prompt as its source
+        from attnscope.cli._seq2seq import generate_pair
+
+        return generate_pair(src, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                             top_p=top_p, chat=chat, layer=layer, head=head, save=save, save_topk=save_topk,
+                             html=html, measure=measure.value, pipeline=pipeline, stop=stop, as_json=as_json,
+                             no_color=no_color, device=device, dtype=dtype, ignore_eos=ignore_eos,
+                             k=max(1, alternatives))
     check_request(src.config, src.config.name or src.spec, measure=measure.value, stop=stop, layers=layer, heads=head)
 
     def run(m: Any) -> None:  # rank 0's part under --pipeline
