@@ -143,6 +143,7 @@ class LoadProbe:
         assert self._segment is not None  # set with the counts
         rows = value.shape[0]
         row = self._row[site]
+        value = value.to(self._counts.device)  # blocks placed on several devices report from each
         pair = self._segment[q_start:q_start + rows, None] * E + value  # (c, k): text × E + expert
         self._counts[:, row] += torch.bincount(pair.reshape(-1), minlength=texts * E).reshape(texts, E)
         self._seen[row] += rows

@@ -15,9 +15,9 @@
                  experts each MoE layer's expert counts; `CorpusScores`,
                  `CorpusProgress`, `corpus_dict`
 
-No batching: attnscope's forward pass takes one text of shape (T,), so texts run one
-after another and throughput comes from more processes. Nothing here prints: progress
-goes to a callback.
+Texts run one a pass, or packed (--batch-tokens: consecutive texts in one pass, each
+masked to itself with its own positions); throughput also comes from more processes.
+Nothing here prints: progress goes to a callback.
 """
 
 from attnscope.corpus.per_text import PER_TEXT_FORMAT, PER_TEXT_VERSION, rank_file
