@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import tiny_models as tm
@@ -456,3 +458,24 @@ def test_dense_models_show_no_load(tmp_path: Path, build: Callable) -> None:
     assert "routes" not in header and not any("expert_counts" in r for r in recs)
     view = _heads("--model", str(build("llama")), "--no-color")
     assert view.exit_code == 0 and "Expert load" not in view.stdout
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 10**20) | st.floats(allow_nan=True)
+                     | st.text(max_size=3), lambda inner: st.lists(inner, max_size=8), max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_JSON | st.lists(st.lists(st.integers(-2, 40), min_size=5, max_size=7), min_size=0, max_size=2))
+def test_any_expert_counts_value_is_a_checked_grid_or_one_line(value: Any, written: Path) -> None:
+    """Whatever a record's expert_counts hold, a resume reads a (1, 6) grid of whole
+    numbers ≥ 0 summing to n_tokens × 2, or refuses the line in one sentence."""
+    header, raw = (json.loads(x) for x in written.read_text().splitlines()[:2])
+    raw["expert_counts"] = value
+    try:
+        _, rec = records.parse_record(json.dumps(raw), header, None, "line 2")
+    except InputError as exc:
+        assert exc.message.startswith("line 2 is not a per-text record: its expert_counts")
+        assert "\n" not in exc.message
+        return
+    assert rec.experts is not None and rec.experts.shape == (1, 6) and rec.experts.dtype == torch.long
+    assert int(rec.experts.min()) >= 0 and rec.experts.sum(-1).tolist() == [2 * rec.n_tokens]
