@@ -400,3 +400,60 @@ def test_params_rows_cover_the_new_weights(name: str) -> None:
     text = CliRunner().invoke(app, ["params", "--config", name], env=ENV).stdout
     for words in ("W_gate (output gate)", "per value head", "per q/k head", f"{per_v:,}", "Linear attention"):
         assert words in text, words
+
+
+_FUZZ_BASES: dict[str, dict[str, Any]] = {
+    "qwen3_5_text": {"model_type": "qwen3_5_text", "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 16, "vocab_size": 64,
+                     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+                     "linear_value_head_dim": 4, "linear_conv_kernel_dim": 4, "full_attention_interval": 2,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}},
+    "qwen3_5": {"model_type": "qwen3_5", "text_config": {"hidden_size": 32, "num_hidden_layers": 2,
+                                                         "num_attention_heads": 4, "head_dim": 8,
+                                                         "layer_types": ["linear_attention", "full_attention"]}},
+    "qwen3_next": {"model_type": "qwen3_next", "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 16, "vocab_size": 64,
+                   "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+                   "linear_value_head_dim": 4, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
+                   "shared_expert_intermediate_size": 8, "mlp_only_layers": [0]},
+}
+_FUZZ_KEYS = sorted({k for base in _FUZZ_BASES.values() for k in base if k != "model_type"}
+                    | {"attn_output_gate", "attention_bias", "layer_types", "partial_rotary_factor", "rms_norm_eps",
+                       "tie_word_embeddings", "decoder_sparse_step", "norm_topk_prob", "hidden_act"})
+
+
+def _mutated(values: Any) -> Any:
+    from hypothesis import strategies as st
+
+    @st.composite
+    def make(draw: Any) -> dict[str, Any]:
+        raw = json.loads(json.dumps(draw(st.sampled_from(sorted(_FUZZ_BASES)).map(_FUZZ_BASES.get))))
+        target = raw["text_config"] if raw["model_type"] == "qwen3_5" and draw(st.booleans()) else raw
+        for key in draw(st.lists(st.sampled_from(_FUZZ_KEYS), max_size=3, unique=True)):
+            if draw(st.booleans()) and key in target:
+                del target[key]
+            else:
+                target[key] = draw(values)
+        return raw
+
+    return make()
+
+
+def test_readers_raise_only_config_errors_and_accepted_configs_build() -> None:
+    """Any value in any key (the top level or a multimodal file's text_config): one
+    ConfigError, or a config the model and its count can be built from."""
+    from hypothesis import HealthCheck, given, settings
+
+    from test_fuzz import builds, config_values
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(raw=_mutated(config_values))
+    def check(raw: dict[str, Any]) -> None:
+        try:
+            cfg = from_hf_config(raw, name="fuzz")
+        except ConfigError as exc:
+            assert exc.message
+            return
+        builds(cfg)
+
+    check()

@@ -109,8 +109,11 @@ def linear_kind(spec: LayerSpec, m: LinearSpec) -> LayerSpec:
 
 
 def hybrid(cfg: ModelConfig, raw: dict[str, Any]) -> ModelConfig:
-    """`cfg` (every layer a gated softmax layer) with its linear layers made linear."""
+    """`cfg` (every layer a gated softmax layer) with its linear layers made linear. A stack
+    of linear layers only has no positions at all (`positions` "none")."""
     types = layer_types(raw, cfg.n_layers)
+    if "full_attention" not in types:
+        cfg = replace(cfg, positions="none")
     m = linear_spec(raw)
     linear: dict[LayerSpec, LayerSpec] = {}
     specs = []

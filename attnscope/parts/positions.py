@@ -21,10 +21,12 @@ from attnscope.kinds import RopeSpec
 def rope_inv_freq(rope: "RopeSpec | ModelConfig", n_ctx: int | None = None, long: bool = False) -> Tensor:
     """RoPE inverse frequencies (rotary_dim/2,) of one kind of layer, with Llama 3's
     frequency-dependent scaling, YaRN's ramp, or longrope's short factors (`long`: its long ones).
-    Given a ModelConfig: its first layer's RoPE."""
+    Given a ModelConfig: its first rotating layer's RoPE."""
     if isinstance(rope, ModelConfig):
         cfg = rope
-        rope, n_ctx = cfg.layer(0).attn.rope, cfg.n_ctx
+        # the first layer that rotates (a hybrid's linear layers, Qwen3.5's layer 0, do not)
+        rope = next((spec.attn.rope for spec, _ in cfg.stack.kinds() if spec.attn.rope is not None), None)
+        n_ctx = cfg.n_ctx
         assert rope is not None  # internal invariant: asked of a RoPE model
     dh = rope.rotary_dim
     inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dh, 2, dtype=torch.int64).float() / dh))
