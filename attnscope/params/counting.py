@@ -404,6 +404,8 @@ def report_dict(rep: ParamReport, ctx: ContextReport | None = None) -> dict:
             "n_ctx": cfg.n_ctx,
             "attention_kind": cfg.attention_kind,
             "tied_embeddings": cfg.tied_embeddings,
+            **({"decoder_layers": len(cfg.decoder), "decoder_heads": cfg.decoder.layer(0).attn.n_heads}
+               if cfg.decoder is not None else {}),
         },
         "attention": {
             "per_query_head": rep.head.per_query_head,

@@ -57,8 +57,17 @@ def shape_line(cfg: "ModelConfig") -> str:
         mlp = f"{e.n_experts} experts of {n(moe.d_mlp)}, top {e.top_k}" + (f" + shared {n(e.d_shared)}" if e.d_shared else "")
     else:
         mlp = f"MLP {n(cfg.d_mlp)}{' (gated)' if cfg.layer(0).mlp.kind == 'gated' else ''}"
+    layers = f"{plural(cfg.n_layers, 'layer')} × {plural(cfg.n_heads, 'head')} of {cfg.d_head}{kv}"
+    if cfg.decoder is not None:  # an encoder-decoder: each stack's depth and heads
+        dec = cfg.decoder.layer(0).attn
+        if (dec.n_heads, dec.d_head) == (cfg.n_heads, cfg.d_head):
+            layers = (f"{cfg.n_layers} + {plural(len(cfg.decoder), 'layer')} (encoder + decoder) × "
+                      f"{plural(cfg.n_heads, 'head')} of {cfg.d_head}")
+        else:
+            layers = (f"encoder {cfg.n_layers} × {plural(cfg.n_heads, 'head')} of {cfg.d_head}, decoder "
+                      f"{len(cfg.decoder)} × {plural(dec.n_heads, 'head')} of {dec.d_head}")
     return (
-        f"d_model {n(cfg.d_model)} · {plural(cfg.n_layers, 'layer')} × {plural(cfg.n_heads, 'head')} of {cfg.d_head}{kv}\n"
+        f"d_model {n(cfg.d_model)} · {layers}\n"
         f"{mlp} · vocab {n(cfg.vocab_size)} · context {n(cfg.n_ctx)}"
     )
 
@@ -100,7 +109,8 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
 
     block_table(console, rep)
 
-    model = Table(title=f"Whole model ({plural(cfg.n_layers, 'block')})", title_justify="left", show_edge=False)
+    blocks = cfg.n_layers + (len(cfg.decoder) if cfg.decoder is not None else 0)
+    model = Table(title=f"Whole model ({plural(blocks, 'block')})", title_justify="left", show_edge=False)
     model.add_column("Row")
     model.add_column("Parameters", justify="right")
     model.add_column("Share", justify="right")
