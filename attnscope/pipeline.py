@@ -36,6 +36,7 @@ without the dependency.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 from math import prod
@@ -86,25 +87,41 @@ def split(cfg: "ModelConfig", world: int, width: int = 4) -> list[range]:
     cost = list(per_layer)
     cost[0] += embed
     cost[-1] += head
+    # The smallest largest share: a binary search on it, each guess tried by packing layers greedily
+    # (O(layers · log bytes), so a config at MAX_LAYERS still splits at once).
+    lo, hi = max(cost), sum(cost)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(_pack(cost, mid)) <= world:
+            hi = mid
+        else:
+            lo = mid + 1
+    starts = _pack(cost, lo)
     prefix = [0]
     for c in cost:
         prefix.append(prefix[-1] + c)
-    # best[r][i]: the smallest largest share placing layers 0..i-1 on ranks 0..r-1 (the classic linear partition)
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(world + 1)]
-    cut = [[0] * (n + 1) for _ in range(world + 1)]
-    best[0][0] = 0
-    for r in range(1, world + 1):
-        for i in range(r, n - (world - r) + 1):
-            for j in range(r - 1, i):
-                value = max(best[r - 1][j], prefix[i] - prefix[j])
-                if value < best[r][i]:
-                    best[r][i], cut[r][i] = value, j
-    bounds = [n]
-    for r in range(world, 0, -1):
-        bounds.append(cut[r][bounds[-1]])
-    bounds.reverse()
-    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+    while len(starts) < world:  # fewer parts than ranks: halve the heaviest part that has two layers
+        bounds = starts + [n]
+        parts = [(prefix[b] - prefix[a], k) for k, (a, b) in enumerate(zip(bounds, bounds[1:])) if b - a >= 2]
+        _, k = max(parts)
+        a, b = bounds[k], bounds[k + 1]
+        half = (prefix[a] + prefix[b]) / 2
+        at = min(max(bisect.bisect_left(prefix, half, a + 1, b), a + 1), b - 1)  # the cut nearest the middle
+        at = min((j for j in (at - 1, at) if a < j < b), key=lambda j: max(prefix[j] - prefix[a], prefix[b] - prefix[j]))
+        starts.insert(k + 1, at)
+    return [range(a, b) for a, b in zip(starts, starts[1:] + [n])]
+
+
+def _pack(cost: list[int], cap: int) -> list[int]:
+    """The first layer of each part when layers are packed left to right, each part's
+    bytes at most `cap` (which is at least the largest layer's)."""
+    starts, total = [0], 0
+    for i, c in enumerate(cost):
+        if total + c > cap:
+            starts.append(i)
+            total = 0
+        total += c
+    return starts
 
 
 def _head_part(name: str) -> bool:

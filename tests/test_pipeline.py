@@ -449,3 +449,17 @@ def test_an_error_on_a_serving_rank_is_rank_0s_one_line(tmp_path: Path, build: C
     assert "layer 1 produced values that are not finite" in lines[0]
     assert f'File "{REPO / "attnscope"}' not in b.stderr  # torchrun's own summary aside, no traceback of ours
     assert not list(tmp_path.glob("*.npz"))
+
+
+def test_the_deepest_config_splits_at_once() -> None:
+    """A config at config_checks.MAX_LAYERS: the split is O(layers · log bytes), not quadratic."""
+    import time
+
+    from attnscope.config_checks import MAX_LAYERS
+
+    cfg = gpt2_like(n_layer=MAX_LAYERS, n_embd=48, vocab=10_000_000)
+    began = time.monotonic()
+    ranges = pipeline.split(cfg, 7)
+    assert time.monotonic() - began < 60  # generous: a quadratic split would take hours
+    assert [i for r in ranges for i in r] == list(range(MAX_LAYERS)) and len(ranges) == 7
+    assert len(ranges[0]) < len(ranges[3]) and len(ranges[-1]) < len(ranges[3])  # the token table weighs on both ends
