@@ -124,7 +124,9 @@
       if (!sparse) return h.data.subarray(i * n, (i + 1) * n);
       var out = new Float32Array(n);
       // an entry of weight 0 is a key the query cannot see (masked): never drawn or listed
-      for (var e = i * K; e < (i + 1) * K; e++) if (more(h.w[e], out[h.idx[e]], h.signed)) out[h.idx[e]] = h.w[e];
+      for (var e = i * K; e < (i + 1) * K; e++) {
+        if (h.signed ? more(h.w[e], out[h.idx[e]], true) : h.w[e] > out[h.idx[e]]) out[h.idx[e]] = h.w[e];
+      }
       return out;
     }
     function col(h, j) {
