@@ -481,3 +481,18 @@ def test_generate_decodes_greedily_as_transformers(built: Callable[[str], Path],
     text = _cli("generate", "The cat sat.", "--model", built("t5"), "-n", 3)
     assert text.exit_code == 0 and "Where each new token looked in the source" in text.stdout
     assert "greedy only" in _one_error(_cli("generate", "x", "--model", built("t5"), "--temperature", 0.7))
+
+
+def test_heads_target_scores_the_cross_attention_diagonal(built: Callable[[str], Path], reference: Any) -> None:
+    _, src, dec, out = reference("t5")
+    result = _cli("heads", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    theirs = seq2seq.diagonal_scores(torch.stack([a[0] for a in out.cross_attentions]))
+    assert doc["layers"] == list(range(DEC_LAYERS)) and doc["heads"] == [0, 1, 2, 3]
+    assert (torch.tensor(doc["scores"]["diagonal"]) - theirs).abs().max().item() < ATOL
+    text = _cli("heads", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--top", 2)
+    assert text.exit_code == 0 and "Cross-attention heads  diagonal" in text.stdout
+    assert text.stdout.count("reads the source in order") == 2
+    assert "give the source" in _one_error(_cli("heads", "--target", "x", "--model", built("t5")))
+    assert "diagonal" in _cli("heads", "--help").stdout

@@ -159,3 +159,58 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
             looked.append("  ")
         table.add_row(str(i), Text(p), f"{s.probability:.2f}", looked)
     console.print(table)
+
+
+def heads_pair(model: Optional[str], text: Optional[str], target: str, layer: Optional[str], head: Optional[str],
+               top: int, truncate: bool, as_json: bool, no_color: bool, device: Any, dtype: Any) -> None:
+    """`heads SOURCE --target TARGET` on an encoder-decoder: the cross-attention score
+    `diagonal` of every decoder layer and head (`seq2seq.diagonal_scores`), a grid and the
+    strongest heads, or --json {layers, heads, scores: {diagonal: [layer][head]}}."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from attnscope import analysis
+    from attnscope.cli._app import _console, _load, _print_json
+    from attnscope.hooks import sites
+    from attnscope.render import ramp_style
+    from attnscope.seq2seq import decoder_input, diagonal_scores, patterns
+    from attnscope.tokenize import tokenize
+
+    if not text:
+        raise UsageError("heads --target scores the cross-attention between a source and a target: give the source",
+                         hint='e.g. heads "The house is small." --target "Das Haus ist klein."')
+    m = _load(model, device, dtype)
+    cfg = m.config
+    if cfg.decoder is None:
+        raise UsageError(f"{cfg.name or m.source} is not an encoder-decoder: --target has nothing to decode",
+                         hint="--target is for encoder-decoder models (T5, FLAN-T5, BART, mBART, Marian)")
+    cross = sites(cfg, "cross")
+    layers = analysis.select(layer if layer is not None else "all", len(cross), "layer")
+    heads = analysis.select_heads(head if head is not None else "all", cross, layers)
+    src = m.tokenize(text, truncate)
+    tgt = tokenize(m.tokenizer, target, cfg.n_ctx - 1, truncate, add_special_tokens=False)
+    if not tgt.ids:
+        raise UsageError("the target has no tokens", hint="give --target some text")
+    got = patterns(m.model, m._ids(src.ids), m._ids(decoder_input(cfg, tgt.ids)), ("cross",))
+    assert got.cross is not None
+    scores = diagonal_scores(got.cross[layers][:, heads])  # (L_sel, H_sel)
+    if as_json:
+        _print_json({"model": cfg.name or m.source, "layers": layers, "heads": heads,
+                     "scores": {"diagonal": scores.tolist()}})
+        return
+    console = _console(no_color)
+    color = not no_color and console.color_system is not None
+    console.print(Text("Cross-attention heads  diagonal", style="bold"))
+    console.print(Text("target row i of n_t reads source j* = round(i·(n_s−1)/(n_t−1)); mean weight on j*−1 … j*+1",
+                       style="dim"))
+    table = Table(show_edge=False, box=None, padding=(0, 0, 0, 1))
+    table.add_column("")
+    for h in heads:
+        table.add_column(f"H{h}", justify="right")
+    for li, layer_i in enumerate(layers):
+        table.add_row(f"L{layer_i}", *[Text(f"{v:.2f}", style=ramp_style(v) if color else "")
+                                       for v in scores[li].tolist()])
+    console.print(table)
+    flat = [(float(scores[li, hi]), layers[li], heads[hi]) for li in range(len(layers)) for hi in range(len(heads))]
+    for value, layer_i, h in sorted(flat, reverse=True)[:top]:
+        console.print(f"  L{layer_i}H{h}    reads the source in order: {value:.2f} of its weight near the diagonal")

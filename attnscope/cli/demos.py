@@ -13,7 +13,7 @@ from attnscope.units import plural
 
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, ModelOpt,
-    NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt, PipelineOpt, TruncateOpt,
+    NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt, PipelineOpt, TargetOpt, TruncateOpt,
     _console, _load, _pipelined, _print_json, app,
 )
 
@@ -132,6 +132,7 @@ def heads(
     figsize: Annotated[Optional[str], typer.Option("--figsize", metavar="W,H", help="Size of the --plot figure in inches.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot or --html file.")] = False,
     pipeline: PipelineOpt = False,
+    target: TargetOpt = None,
 ) -> None:
     """An atlas of attention heads: what every head of every layer does, as scores.
 
@@ -172,8 +173,19 @@ def heads(
     pairs, over the text or every text of --corpus, with max/min and the coefficient of
     variation (0 = even). --json adds expert_load and expert_counts {layer: \\[per expert]}
     and expert_spread.
+
+    On an encoder-decoder (T5, BART, Marian), TEXT is the source; with --target TEXT the
+    cross-attention of every decoder layer and head gets the score [bold]diagonal[/]: for
+    target row i of n_t, j* = round(i·(n_s−1)/(n_t−1)) (j* = 0 when n_t = 1); the score is
+    the mean over rows of the weight on source positions j*−1 … j*+1, high for heads that
+    read the source in order, as translation alignments mostly do.
     """
     from attnscope import heads as hd
+
+    if target is not None:  # an encoder-decoder's cross-attention
+        from attnscope.cli._seq2seq import heads_pair
+
+        return heads_pair(model, text, target, layer, head, top, truncate, as_json, no_color, device, dtype)
 
     names = [score.value] if score is not None else None
     hd.check_measure(measure.value)  # a per-layer measure is refused before the model loads
