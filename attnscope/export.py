@@ -184,7 +184,8 @@ class PatternWriter:
         if self.linear is not None and layer in self.linear:
             import tempfile
 
-            assert self.linear_shape is not None and data.shape == self.linear_shape[1:], data.shape  # internal invariant
+            assert self.linear_shape is not None  # internal invariant
+            assert data.shape == self.linear_shape[1:], data.shape  # internal invariant
             if self._spill is None:  # unlinked at once: nothing is left behind, whatever happens
                 self._spill = tempfile.TemporaryFile(dir=self.path.expanduser().parent)
             self._spill.write(data.tobytes(order="C"))

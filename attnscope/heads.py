@@ -389,9 +389,9 @@ def head_scores(
 
     signed_entropy(out, signed_layers(inspector.sites, measure), {i: inspector.sites[i].kind for i in ls})
     if padded:
-        fewer = "; ".join(f"layer{'s' if len(g) > 1 else ''} {', '.join(map(str, g[:8]))}{', …' if len(g) > 8 else ''} "
-                          f"{'have' if len(g) > 1 else 'has'} {count} heads" for count, g in sorted(by_count.items())
-                          if count < len(hs))
+        fewer = "; ".join(f"layer{'s' if len(g) > 1 else ''} {', '.join(map(str, g[:8]))}"
+                          f"{', …' if len(g) > 8 else ''} {'have' if len(g) > 1 else 'has'} {count} heads"
+                          for count, g in sorted(by_count.items()) if count < len(hs))
         for name in out.scores:
             out.partly[name] = "; ".join(why for why in (out.partly.get(name), fewer) if why)
     out.scores = {name: out.scores[name] for name in wanted if name in out.scores}  # in the order asked
@@ -405,7 +405,8 @@ class _Padded:
     def __init__(self, layers: list[int], heads: list[int], by_count: dict[int, list[int]], terms: dict[str, Term],
                  counts: dict[str, int]) -> None:
         self.layers, self.heads = layers, heads
-        self.parts = [(group, ScoreProbe(group, list(range(count)), terms, counts)) for count, group in by_count.items()]
+        self.parts = [(group, ScoreProbe(group, list(range(count)), terms, counts))
+                      for count, group in by_count.items()]
 
     def wants(self, site: str, what: str) -> bool:
         return any(p.wants(site, what) for _, p in self.parts)

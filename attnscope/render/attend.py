@@ -198,8 +198,8 @@ def heatmap_view(console: Console, att: "Attention", color: bool, width: int, me
                         line.append("…".rjust(cell))
                         continue
                     w = float(pattern[i, j])
-                    line.append(_cell(w * factor, cell, signed, scale * factor),
-                                style=(diverging_style(w, scale) if signed else ramp_style(w)) if color and w != 0 else "")
+                    style = (diverging_style(w, scale) if signed else ramp_style(w)) if color and w != 0 else ""
+                    line.append(_cell(w * factor, cell, signed, scale * factor), style=style)
                 console.print(line, no_wrap=True, overflow="ellipsis")
             console.print(Text(f"cells: {_legend(cell, signed, scale, color, factor)}; · = exactly 0 (masked){elided}"
                                f"{digits}", style="dim"))
