@@ -334,3 +334,13 @@ def decode(model: nn.Module, source: Tensor, max_new_tokens: int, layers: list[i
         if eos is not None and token == eos:
             break
     return steps
+
+
+def three_masks(n_source: int, n_target: int) -> dict[str, list[list[bool]]]:
+    """What each of an encoder-decoder's attentions may see (True: visible), as `mask-demo`
+    shows them side by side: the encoder every source token ([n_s, n_s]), the decoder each
+    target token and those before it ([n_t, n_t], causal), the cross-attention the whole
+    source from every target token ([n_t, n_s])."""
+    return {"encoder": [[True] * n_source for _ in range(n_source)],
+            "decoder": [[j <= i for j in range(n_target)] for i in range(n_target)],
+            "cross": [[True] * n_source for _ in range(n_target)]}

@@ -496,3 +496,15 @@ def test_heads_target_scores_the_cross_attention_diagonal(built: Callable[[str],
     assert text.stdout.count("reads the source in order") == 2
     assert "give the source" in _one_error(_cli("heads", "--target", "x", "--model", built("t5")))
     assert "diagonal" in _cli("heads", "--help").stdout
+
+
+def test_mask_demo_shows_the_three_masks(built: Callable[[str], Path]) -> None:
+    result = _cli("mask-demo", "The cat sat on the mat.", "--model", built("t5"))
+    assert result.exit_code == 0, result.output
+    assert "three masks" in result.stdout and "decoder: causal" in result.stdout and "cross: whole source" in result.stdout
+    assert "■·········" in result.stdout  # the decoder's first row sees itself only
+    doc = json.loads(_cli("mask-demo", "The cat.", "--model", built("t5"), "--json").stdout)
+    masks = doc["encoder_decoder_masks"]
+    n = len(doc["tokens"]) if "tokens" in doc else len(masks["encoder"])
+    assert torch.tensor(masks["encoder"]).all() and torch.tensor(masks["cross"]).all()
+    assert torch.equal(torch.tensor(masks["decoder"]), torch.ones(n, n, dtype=torch.bool).tril())

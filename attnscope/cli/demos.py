@@ -61,6 +61,7 @@ def mask_demo(
     output a masked score (−∞) is the string "-inf"; a masked probability is 0.
     """
     from attnscope import masks
+    from attnscope.seq2seq import three_masks
 
     chosen = None if kind is None else kind.value
     masks.check_kind(chosen, window)
@@ -70,8 +71,10 @@ def mask_demo(
     if step is not None and step > len(demo.steps):
         raise UsageError(f"--step {step} is out of range: this demo has {len(demo.steps)} steps")
     steps = None if step is None else [step - 1]
+    pair = inspector.config.decoder is not None  # an encoder-decoder: its three masks too
     if as_json:
-        _print_json(masks.to_dict(demo, steps))
+        _print_json({**masks.to_dict(demo, steps), **({"encoder_decoder_masks": three_masks(
+            len(demo.labels), len(demo.labels))} if pair else {})})
         return
     from dataclasses import replace
 
@@ -83,6 +86,10 @@ def mask_demo(
         shown += f" (cut from {plural(demo.truncated_from, 'token')} by --truncate)"
     console = _console(no_color)
     render(console, replace(demo, text=shown), steps, color=not no_color and console.color_system is not None)
+    if pair:  # the demo above is the encoder's; the source's own tokens stand for the target's too
+        from attnscope.render.seq2seq import three_masks as show_masks
+
+        show_masks(console, demo.labels, demo.labels, color=not no_color and console.color_system is not None)
 
 
 class ScoreName(str, Enum):

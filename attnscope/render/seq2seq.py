@@ -135,3 +135,27 @@ def _align(console: Console, pv: "PairView", color: bool) -> None:
         table.add_row(str(i), clip(pv.rows.labels[i], 16), clip(cols[j], 20),
                       Text(f"{w:.2f}", style=ramp_style(w) if color else ""))
     console.print(table)
+
+
+def three_masks(console: Console, source: list[str], target: list[str], color: bool, most: int = 10) -> None:
+    """mask-demo on an encoder-decoder: its three masks side by side, compact (■ visible,
+    · masked), the first `most` tokens of each side."""
+    from rich.columns import Columns
+
+    from attnscope.seq2seq import three_masks as masks
+
+    src, tgt = source[:most], target[:most]
+    grids = masks(len(src), len(tgt))
+    panels = []
+    for name, rows, labels, title in (("encoder", grids["encoder"], src, "encoder: all"),
+                                      ("decoder", grids["decoder"], tgt, "decoder: causal"),
+                                      ("cross", grids["cross"], tgt, "cross: whole source")):
+        text = Text(title + "\n", style="bold")
+        for label, row in zip(labels, rows):
+            text.append(clip(label, 8).ljust(9))
+            for seen in row:
+                text.append("■" if seen else "·", style=("green" if seen else "grey50") if color else "")
+            text.append("\n")
+        panels.append(text)
+    console.print(Text("An encoder-decoder's three masks (■ visible, · masked):", style="bold"))
+    console.print(Columns(panels, padding=(0, 3)))
