@@ -14,7 +14,11 @@ What a site reports (H query heads, H_kv key/value heads, c query rows of a chun
   * `bias`    (H, c, K) float32, only where the layer takes the stack's relative position
               bias (T5, MPNet): what was added to `scores`, read by mask-demo as a step;
   * `pattern` (H, c, K) float32 softmax; a causal chunk stops at its last query's key,
-              the rest of each row is exactly 0;
+              the rest of each row is exactly 0; at a linear layer's site (Gated
+              DeltaNet, parts.deltanet) the hidden attention M over its value heads:
+              signed, rows not summing to 1 (`SiteInfo.stochastic` False), which the
+              outputs rank by |weight| and draw on a diverging scale
+              (`analysis.signed_layers`);
   * `sink`    (H, c) float32, only where the kind has sinks (gpt-oss): the weight of each
               row's sink column, from the same softmax, so a row of `pattern` sums to
               1 − sink;
