@@ -107,7 +107,8 @@ def split(cfg: "ModelConfig", world: int, width: int = 4) -> list[range]:
         a, b = bounds[k], bounds[k + 1]
         half = (prefix[a] + prefix[b]) / 2
         at = min(max(bisect.bisect_left(prefix, half, a + 1, b), a + 1), b - 1)  # the cut nearest the middle
-        at = min((j for j in (at - 1, at) if a < j < b), key=lambda j: max(prefix[j] - prefix[a], prefix[b] - prefix[j]))
+        at = min((j for j in (at - 1, at) if a < j < b),
+                 key=lambda j: max(prefix[j] - prefix[a], prefix[b] - prefix[j]))
         starts.insert(k + 1, at)
     return [range(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
@@ -198,7 +199,8 @@ class _Link:
         # [127.0.0.1]:37047", "Timed out waiting 5000ms for recv operation to complete"
         text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
         first = text.split(". ")[0].rstrip(".") or type(exc).__name__
-        return DeviceError(f"rank {peer} stopped or cannot be reached (seen from rank {self.group.rank}): {first[:160]}",
+        seen = f"(seen from rank {self.group.rank})"
+        return DeviceError(f"rank {peer} stopped or cannot be reached {seen}: {first[:160]}",
                            hint="the other ranks' output says why; every rank has stopped")
 
     def send(self, peer: int, header: tuple[Any, ...], tensor: Tensor | None = None) -> None:
@@ -221,7 +223,8 @@ class _Link:
             raise self._failed(peer, exc) from None
         header = box[0]
         if not isinstance(header, tuple) or not header:
-            raise DeviceError(f"rank {peer} sent a message this rank cannot read", hint="run the same attnscope on every rank")
+            raise DeviceError(f"rank {peer} sent a message this rank cannot read",
+                              hint="run the same attnscope on every rank")
         return header
 
     def recv_tensor(self, peer: int, shape: Sequence[int], dtype: str) -> Tensor:

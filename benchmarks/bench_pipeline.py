@@ -132,7 +132,8 @@ def main() -> None:
         folder = build(work / "gpt2-small-random", opts.tokens)  # --truncate cuts the text to exactly this
         text = " ".join(["the cat sat on the mat and looked at the dog"] * (opts.tokens // 4))
         commands = {
-            "attend": ["attend", text, "--model", str(folder), "--view", "topk", "--layer", "-1", "--json", "--truncate"],
+            "attend": ["attend", text, "--model", str(folder), "--view", "topk", "--layer", "-1", "--json",
+                       "--truncate"],
             "heads": ["heads", text, "--model", str(folder), "--json", "--truncate", "--top", "0"],
         }
         n = None
