@@ -234,7 +234,12 @@ def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str
     if k < 1:
         raise UsageError(f"--top-k must be at least 1, got {k}")
     src = m.tokenize(source, truncate)
-    tgt = tokenize(m.tokenizer, target, cfg.n_ctx - 1, truncate, add_special_tokens=False)
+    if not target.strip():
+        raise UsageError("--target is empty", hint='give the output text, e.g. --target "Das Haus ist klein."')
+    try:  # the decoder's start token takes one position
+        tgt = tokenize(m.tokenizer, target, cfg.n_ctx - 1, truncate, add_special_tokens=False)
+    except InputError as err:
+        raise InputError(f"--target: {err.message}", hint=err.hint) from None
     if not tgt.ids:
         raise UsageError("the target has no tokens", hint="give --target some text")
     ids = decoder_input(cfg, tgt.ids)

@@ -360,6 +360,8 @@ def test_attend_without_target_shows_the_encoder_and_says_how(built: Callable[[s
     (["--target", "x", "--top-k", "0"], "--top-k"),
     (["--target", "x", "--layer", "7"], "layer"),
     (["--target", "x", "--token", "zebra"], "no token"),
+    (["--target", " "], "--target is empty"),
+    (["--target", "word " * 600], "--target: the text is"),
 ])
 def test_attend_pair_refusals_are_one_line(args: list[str], words: str, built: Callable[[str], Path]) -> None:
     assert words in _one_error(_cli("attend", "The cat sat.", "--model", built("t5"), *args))
