@@ -15,8 +15,9 @@ write strength β_t ∈ (0, 1). Unrolled, the output is a weighted sum of value 
 so the layer has an attention matrix although it has no softmax: signed, rows not
 summing to 1. Reading the product the other way, M[t, j] = r_{t,j} · q_t with
 r_{t,j} = A_t ⋯ A_{j+1} β_j k_j: key j *transported* to time t. `hidden_attention`
-keeps the transported keys R_t (one row per earlier token) and emits M one row at a
-time, R_t = A_t R_{t−1} with β_t k_t appended, so memory is one (H, n, d_k) block, like a
+keeps the transported keys R_t (one row per earlier token) and emits M a block of
+query rows at a time, R_t = A_t R_{t−1} with β_t k_t appended (each block's products in
+matrix form, the chunked kernels' WY/UT algebra), so memory is one (H, n, d_k) block, like a
 key cache, and rows come out in query order for the chunked consumers.
 
 Both functions work on one sequence, heads first: q, k (H, T, d_k) already normalised
@@ -66,23 +67,47 @@ def transport(r: Tensor, k_t: Tensor, g_t: Tensor, beta_t: Tensor) -> Tensor:
 
 def hidden_attention(q: Tensor, k: Tensor, log_g: Tensor, beta: Tensor, rows: int,
                      carried: Tensor | None = None) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """M's rows in blocks of `rows` queries: yields (first row, (H, c, K) block, R) where
-    K = every key (the carried ones, then this pass's; zero after each query, as a causal
-    pattern is), and R is the transported
-    keys after the block's last row (carry it into the next pass to continue, as the
-    cache does). `carried`: R from earlier tokens (H, m, d_k), or None."""
+    """M's rows in blocks of at most `rows` queries: yields (first row, (H, c, K) block, R)
+    where K = every key (the carried ones, then this pass's; zero after each query, as a
+    causal pattern is), and R is the transported keys after the block's last row (carry
+    it into the next pass to continue, as the cache does). `carried`: R from earlier
+    tokens (H, m, d_k), or None.
+
+    Blocks of C ≤ 64 queries, in matrix products: with G_t the block's cumulative log-decay
+    and P_t = (I − β_1 k_1 k_1ᵀ)⋯(I − β_t k_t k_tᵀ) = I − Σ_{i≤t} u_i k_iᵀ (its WY form,
+    u_t = β_t (k_t − Σ_{i<t} (k_i·k_t) u_i): one unit-triangular solve), the keys carried
+    into the block give M[t, ·] = e^{G_t} (R q_t − Σ_{i≤t} (R u_i)(k_i·q_t)) and leave it as
+    e^{G_C} (R − (R Uᵀ) K); the block's own keys by the same algebra with the decays inside
+    (the UT transform of the chunked kernels), so every step is a matrix product."""
     H, T, dk = k.shape
     r = q.new_zeros(H, 0, dk) if carried is None else carried.to(q.dtype)
     width = r.shape[1] + T
-    decay = log_g.exp()
-    for a in range(0, T, rows):
-        b = min(T, a + rows)
-        block = []
-        for t in range(a, b):
-            r = torch.cat([transport(r, k[:, t], decay[:, t], beta[:, t]),
-                           (beta[:, t, None] * k[:, t])[:, None, :]], dim=1)
-            block.append(torch.einsum("hmk,hk->hm", r, q[:, t]))
-        out = q.new_zeros(H, b - a, width)
-        for i, row in enumerate(block):
-            out[:, i, : row.shape[1]] = row
+    step = max(1, min(rows, 64))
+    for a in range(0, T, step):
+        b = min(T, a + step)
+        C = b - a
+        qc, kc, lg, bc = q[:, a:b], k[:, a:b], log_g[:, a:b], beta[:, a:b]  # (H, C, dk), (H, C)
+        G = lg.cumsum(-1)  # (H, C): log of the decay from the block's start through token t
+        out = q.new_zeros(H, C, width)
+        m = r.shape[1]
+        if m:
+            kk = torch.einsum("hik,hjk->hij", kc, kc).tril(-1)  # (H, C, C): k_t·k_i for i < t
+            eye = torch.eye(C, dtype=q.dtype, device=q.device)
+            lower = eye + bc[:, :, None] * kk  # (H, C, C) unit lower-triangular
+            u = torch.linalg.solve_triangular(lower, bc[:, :, None] * kc, upper=False, unitriangular=True)  # (H, C, dk)
+            ru = torch.einsum("hmk,hik->hmi", r, u)  # (H, m, C): R u_i
+            kq = torch.einsum("hik,htk->hit", kc, qc).triu()  # (H, C, C): k_i·q_t for i ≤ t
+            mc = torch.einsum("hmk,htk->hmt", r, qc) - ru @ kq  # (H, m, C)
+            out[:, :, :m] = (mc * G[:, None, :].exp()).transpose(1, 2)
+            r = (r - ru @ kc) * G[:, -1, None, None].exp()  # carried keys, transported past the block
+        # the block's own keys: with Γ[t, i] = e^{G_t − G_i} (i ≤ t) and T = (I + tril(diag(β)(K Kᵀ ⊙ Γ), −1))⁻¹,
+        # M[t, j] = Σ_i (q_t·k_i) Γ[t, i] T[i, j] β_j, and key j leaves the block as β_j Σ_i T[i, j] e^{G_C − G_i} k_i
+        eye = torch.eye(C, dtype=q.dtype, device=q.device)
+        diff = G[:, :, None] - G[:, None, :]  # (H, C, C): G_t − G_i
+        gamma = torch.where(eye.new_ones(C, C).tril().bool(), diff, diff.new_tensor(float("-inf"))).exp()  # 0 above
+        tri = eye + (bc[:, :, None] * torch.einsum("htk,hik->hti", kc, kc) * gamma).tril(-1)
+        inv = torch.linalg.solve_triangular(tri, eye.expand(H, C, C), upper=False, unitriangular=True)  # (H, C, C)
+        out[:, :, m:m + C] = (torch.einsum("htk,hik->hti", qc, kc) * gamma) @ inv * bc[:, None, :]
+        own = bc[:, :, None] * (inv.transpose(1, 2) @ ((G[:, -1:, None] - G[:, :, None]).exp() * kc))  # (H, C, dk)
+        r = torch.cat([r, own], dim=1)
         yield a, out, r
