@@ -716,3 +716,18 @@ def test_any_gguf_metadata_is_a_config_or_one_error(changes: dict[str, Any]) -> 
         from_hf_config({**raw, "vocab_size": 64})
     except (ConfigError, KeyError):
         return
+
+
+def test_context_flops_count_the_per_layer_matmuls() -> None:
+    """Forward FLOPs per token: the per-layer projection (d → layers × width) and each
+    layer's gate and projection are multiplications (2 FLOPs a weight); the per-layer table
+    is a lookup."""
+    from dataclasses import replace
+
+    from attnscope.config import preset
+    from attnscope.params.context import context_report
+
+    cfg = preset("gemma-4-e2b")
+    plain = replace(cfg, kinds=type(cfg.stack).of(replace(spec, per_layer=None) for spec in cfg.stack))
+    gained = context_report(cfg, 4096).flops_per_token - context_report(plain, 4096).flops_per_token
+    assert gained == 2 * (1536 * 35 * 256 + 35 * 2 * 1536 * 256)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attnscope.config import ModelConfig
+from attnscope.parts import stack_per_layer
 from attnscope.params.counting import DTYPE_BYTES, declared_counts, inactive, kind_labels, layer_ranges
 
 
@@ -73,6 +74,9 @@ def context_report(cfg: ModelConfig, n: int, dtype: str = "float32") -> ContextR
     matmul_params = sum(weights[r] for r in ("key", "query", "value", "output", "latent", "linear", "gate", "up",
                                               "down", "router"))
     matmul_params -= inactive(cfg)[0]  # a token runs only its top-k routed experts
+    per_layer = stack_per_layer(cfg)
+    if per_layer is not None:  # Gemma 4: its per-layer projection and gates multiply; its table is looked up
+        matmul_params += weights["per_layer"] - per_layer.vocab * cfg.n_layers * per_layer.width
     if cfg.lm_head:
         matmul_params += weights["embedding"]  # the unembedding matmul, tied or not
     kv_values = sum(c.values for c in caches)
