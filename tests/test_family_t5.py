@@ -39,7 +39,7 @@ from attnscope.hooks import sites
 from attnscope.model import KVCache
 from attnscope.params import param_shapes
 
-NAMES = ["t5", "t5_v11"]
+NAMES = ["t5", "t5_v11", "mt5"]
 REAL_CONFIGS = Path(__file__).parent / "data" / "real_configs"
 # Attention probabilities in float32 against transformers' float32, through at most three
 # pre-norm layers and the encoder's final norm (measured: under 2e-6).

@@ -40,8 +40,8 @@ def seq2seq_tokenizer() -> Any:
     return tok
 
 
-def _t5_config(tok: Any, **kw: Any) -> Any:
-    from transformers import T5Config
+def _t5_config(tok: Any, mt5: bool = False, **kw: Any) -> Any:
+    from transformers import MT5Config, T5Config
 
     base: dict[str, Any] = dict(
         vocab_size=_vocab_size(tok), d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
@@ -49,19 +49,19 @@ def _t5_config(tok: Any, **kw: Any) -> Any:
         feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.0,
     )
     base.update(kw)
-    return T5Config(**base)
+    return (MT5Config if mt5 else T5Config)(**base)
 
 
-def _t5(folder: Path, seed: int, tied: bool, **kw: Any) -> Path:
+def _t5(folder: Path, seed: int, tied: bool, mt5: bool = False, **kw: Any) -> Path:
     from safetensors.torch import save_file
-    from transformers import T5ForConditionalGeneration
+    from transformers import MT5ForConditionalGeneration, T5ForConditionalGeneration
 
     tok = seq2seq_tokenizer()
-    config = _t5_config(tok, **kw)
+    config = _t5_config(tok, mt5, **kw)
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = T5ForConditionalGeneration(config).to(torch.float32).eval()
+        model = (MT5ForConditionalGeneration if mt5 else T5ForConditionalGeneration)(config).to(torch.float32).eval()
     if not tied:  # transformers 5 ties the head whatever the config says: untie it by hand
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
     reinit(model, seed=seed, std=STD)
@@ -76,7 +76,7 @@ def _t5(folder: Path, seed: int, tied: bool, **kw: Any) -> Path:
     raw = config.to_dict()
     raw["tie_word_embeddings"] = tied
     raw.pop("scale_decoder_outputs", None)  # as published: derived from tie_word_embeddings on load
-    raw["architectures"] = ["T5ForConditionalGeneration"]
+    raw["architectures"] = ["MT5ForConditionalGeneration" if mt5 else "T5ForConditionalGeneration"]
     raw["torch_dtype"] = "float32"
     (folder / "config.json").write_text(json.dumps(raw, indent=1))
     tok.save(str(folder / "tokenizer.json"))
@@ -94,22 +94,24 @@ def t5_v11(folder: Path, seed: int = SEED + 1) -> Path:
 
 
 def t5_reference(folder: Path) -> Any:
-    """transformers' T5ForConditionalGeneration on the folder (eager, float32), the head
-    untied and loaded where the checkpoint has its own."""
+    """transformers' T5ForConditionalGeneration (MT5ForConditionalGeneration for mT5) on the
+    folder (eager, float32), the head untied and loaded where the checkpoint has its own."""
     from safetensors.torch import load_file
-    from transformers import T5Config, T5ForConditionalGeneration
+    from transformers import MT5Config, MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
     raw = json.loads((folder / "config.json").read_text())
     state = load_file(str(folder / "model.safetensors"))
-    config = T5Config.from_dict({k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype")})
+    mt5 = raw["model_type"] == "mt5"
+    config = (MT5Config if mt5 else T5Config).from_dict(
+        {k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype")})
     config._attn_implementation = "eager"
-    model = T5ForConditionalGeneration(config).to(torch.float32).eval()
+    model = (MT5ForConditionalGeneration if mt5 else T5ForConditionalGeneration)(config).to(torch.float32).eval()
     if "lm_head.weight" in state:
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     assert set(missing) <= {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}, missing
-    assert config.scale_decoder_outputs == raw["tie_word_embeddings"]  # v1.0 rescales, v1.1 does not
+    assert mt5 or config.scale_decoder_outputs == raw["tie_word_embeddings"]  # v1.0 rescales, v1.1 does not
     return model
 
 
@@ -162,12 +164,17 @@ def marian(folder: Path, seed: int = SEED + 4) -> Path:
 def reference(folder: Path) -> Any:
     """transformers' own model for any tiny folder here (eager, float32)."""
     raw = json.loads((folder / "config.json").read_text())
-    if raw["model_type"] == "t5":
+    if raw["model_type"] in ("t5", "mt5"):
         return t5_reference(folder)
     from tiny_models import load_reference
 
     return load_reference(folder)
 
 
-SEQ2SEQ_BUILDERS: dict[str, Callable[[Path], Path]] = {"t5": t5, "t5_v11": t5_v11, "bart": bart, "mbart": mbart,
+def mt5(folder: Path, seed: int = SEED + 5) -> Path:
+    """mT5: T5 v1.1's architecture (gated-gelu, untied head) under model_type mt5."""
+    return _t5(folder, seed, tied=False, mt5=True, feed_forward_proj="gated-gelu")
+
+
+SEQ2SEQ_BUILDERS: dict[str, Callable[[Path], Path]] = {"t5": t5, "t5_v11": t5_v11, "mt5": mt5, "bart": bart, "mbart": mbart,
                                                    "marian": marian}

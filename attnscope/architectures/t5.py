@@ -26,7 +26,7 @@ from attnscope.config import ModelConfig, _shown
 from attnscope.errors import ConfigError
 from attnscope.kinds import RelativeSpec, Stack
 
-MODEL_TYPES = ("t5",)
+MODEL_TYPES = ("t5", "mt5")  # mT5: T5 v1.1's architecture, a multilingual vocabulary
 PREFIXES = ()
 DESCRIPTION = "T5, FLAN-T5: encoder-decoder, relative position buckets, RMSNorm, unscaled scores"
 
@@ -92,7 +92,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         raise ConfigError(f"T5's decoder_start_token_id must be a token id, got {_shown(start)}")
     cfg = ModelConfig(
         name=name,
-        family="t5",
+        family="mt5" if raw.get("model_type") == "mt5" else "t5",
         d_model=d_model,
         n_layers=n_layers,
         n_heads=_int(raw, "num_heads"),
@@ -109,7 +109,8 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         attn_scale=1.0,
         lm_head=True,
         tied_embeddings=tied,
-        logits_divisor=d_model ** 0.5 if tied else None,  # v1.0's d_model^-0.5 rescale before the tied head
+        # v1.0's d_model^-0.5 rescale before the tied head (T5 only: transformers' mT5 never rescales)
+        logits_divisor=d_model ** 0.5 if tied and raw.get("model_type") == "t5" else None,
         layer_template=replace(template, attn=replace(template.attn, relative=encoder_relative)),
         dtype=checkpoint_dtype(raw),
         extra={"decoder_start_token_id": start, "eos_token_id": raw.get("eos_token_id", 1)},
