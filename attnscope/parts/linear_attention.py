@@ -41,22 +41,44 @@ def l2_normalise(x: Tensor, eps: float = 1e-6) -> Tensor:
 
 def delta_rule(q: Tensor, k: Tensor, v: Tensor, log_g: Tensor, beta: Tensor,
                state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """The recurrence, token by token: outputs (H, T, d_v) and the final state
-    (H, d_k, d_v), starting from `state` (zeros when None). Computed in the inputs'
-    dtype (callers pass float32 or float64)."""
+    """The recurrence: outputs (H, T, d_v) and the final state (H, d_k, d_v), starting
+    from `state` (zeros when None), in blocks of ≤64 tokens by the algebra of
+    `hidden_attention` (the state S is the carried keys' share: token t reads
+    e^{G_t} (P_t q_t)ᵀ S, and the block leaves e^{G_C} (S − Kᵀ (U S)) plus its own keys'
+    outer products with their values). Computed in the inputs' dtype (callers pass
+    float32 or float64)."""
     H, T, dk = k.shape
     dv = v.shape[-1]
     s = torch.zeros(H, dk, dv, dtype=v.dtype, device=v.device) if state is None else state.to(v.dtype)
     out = torch.empty(H, T, dv, dtype=v.dtype, device=v.device)
-    decay = log_g.exp()
-    for t in range(T):
-        kt = k[:, t]  # (H, dk)
-        s = s * decay[:, t, None, None]
-        # erase along k_t what the state predicts for it, write β_t (v_t − prediction)
-        delta = (v[:, t] - torch.einsum("hkv,hk->hv", s, kt)) * beta[:, t, None]
-        s = s + kt[:, :, None] * delta[:, None, :]
-        out[:, t] = torch.einsum("hkv,hk->hv", s, q[:, t])
+    for a in range(0, T, 64):
+        b = min(T, a + 64)
+        qc, kc, vc, bc = q[:, a:b], k[:, a:b], v[:, a:b], beta[:, a:b]
+        G = log_g[:, a:b].cumsum(-1)  # (H, C)
+        u, inv, gamma = _block_forms(kc, bc, G)
+        kq = torch.einsum("hik,htk->hit", kc, qc).triu()  # (H, C, C): k_i·q_t for i ≤ t
+        us = u @ s  # (H, C, dv): u_i · S
+        carried = (qc @ s - kq.transpose(1, 2) @ us) * G[:, :, None].exp()  # (H, C, dv)
+        m_own = (torch.einsum("htk,hik->hti", qc, kc) * gamma) @ inv * bc[:, None, :]  # (H, C, C)
+        out[:, a:b] = carried + m_own @ vc
+        own = bc[:, :, None] * (inv.transpose(1, 2) @ ((G[:, -1:, None] - G[:, :, None]).exp() * kc))  # (H, C, dk)
+        s = (s - kc.transpose(1, 2) @ us) * G[:, -1, None, None].exp() + own.transpose(1, 2) @ vc
     return out, s
+
+
+def _block_forms(kc: Tensor, bc: Tensor, G: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A block's WY vectors U (H, C, d_k) of P_t = I − Σ_{i≤t} u_i k_iᵀ (no decay), the UT
+    inverse T (H, C, C) with the decays inside, and Γ[t, i] = e^{G_t − G_i} for i ≤ t, 0 above."""
+    H, C, _ = kc.shape
+    eye = torch.eye(C, dtype=kc.dtype, device=kc.device)
+    kk = torch.einsum("htk,hik->hti", kc, kc)  # (H, C, C)
+    u = torch.linalg.solve_triangular(eye + (bc[:, :, None] * kk).tril(-1), bc[:, :, None] * kc, upper=False,
+                                      unitriangular=True)
+    diff = G[:, :, None] - G[:, None, :]  # (H, C, C): G_t − G_i
+    gamma = torch.where(eye.new_ones(C, C).tril().bool(), diff, diff.new_tensor(float("-inf"))).exp()
+    inv = torch.linalg.solve_triangular(eye + (bc[:, :, None] * kk * gamma).tril(-1), eye.expand(H, C, C),
+                                        upper=False, unitriangular=True)
+    return u, inv, gamma
 
 
 def transport(r: Tensor, k_t: Tensor, g_t: Tensor, beta_t: Tensor) -> Tensor:
@@ -90,11 +112,8 @@ def hidden_attention(q: Tensor, k: Tensor, log_g: Tensor, beta: Tensor, rows: in
         G = lg.cumsum(-1)  # (H, C): log of the decay from the block's start through token t
         out = q.new_zeros(H, C, width)
         m = r.shape[1]
+        u, inv, gamma = _block_forms(kc, bc, G)
         if m:
-            kk = torch.einsum("hik,hjk->hij", kc, kc).tril(-1)  # (H, C, C): k_t·k_i for i < t
-            eye = torch.eye(C, dtype=q.dtype, device=q.device)
-            lower = eye + bc[:, :, None] * kk  # (H, C, C) unit lower-triangular
-            u = torch.linalg.solve_triangular(lower, bc[:, :, None] * kc, upper=False, unitriangular=True)  # (H, C, dk)
             ru = torch.einsum("hmk,hik->hmi", r, u)  # (H, m, C): R u_i
             kq = torch.einsum("hik,htk->hit", kc, qc).triu()  # (H, C, C): k_i·q_t for i ≤ t
             mc = torch.einsum("hmk,htk->hmt", r, qc) - ru @ kq  # (H, m, C)
@@ -102,11 +121,6 @@ def hidden_attention(q: Tensor, k: Tensor, log_g: Tensor, beta: Tensor, rows: in
             r = (r - ru @ kc) * G[:, -1, None, None].exp()  # carried keys, transported past the block
         # the block's own keys: with Γ[t, i] = e^{G_t − G_i} (i ≤ t) and T = (I + tril(diag(β)(K Kᵀ ⊙ Γ), −1))⁻¹,
         # M[t, j] = Σ_i (q_t·k_i) Γ[t, i] T[i, j] β_j, and key j leaves the block as β_j Σ_i T[i, j] e^{G_C − G_i} k_i
-        eye = torch.eye(C, dtype=q.dtype, device=q.device)
-        diff = G[:, :, None] - G[:, None, :]  # (H, C, C): G_t − G_i
-        gamma = torch.where(eye.new_ones(C, C).tril().bool(), diff, diff.new_tensor(float("-inf"))).exp()  # 0 above
-        tri = eye + (bc[:, :, None] * torch.einsum("htk,hik->hti", kc, kc) * gamma).tril(-1)
-        inv = torch.linalg.solve_triangular(tri, eye.expand(H, C, C), upper=False, unitriangular=True)  # (H, C, C)
         out[:, :, m:m + C] = (torch.einsum("htk,hik->hti", qc, kc) * gamma) @ inv * bc[:, None, :]
         own = bc[:, :, None] * (inv.transpose(1, 2) @ ((G[:, -1:, None] - G[:, :, None]).exp() * kc))  # (H, C, dk)
         r = torch.cat([r, own], dim=1)
