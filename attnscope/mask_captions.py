@@ -76,7 +76,8 @@ def score_formula(d_head: int, scale: float | None) -> str:
 
 def _captions(d: "MaskDemo") -> list[str]:
     w = d.window or 0
-    scores = (f"Row = query, column = key: {score_formula(d.d_head, d.scale)} says how well each key matches each query "
+    scores = (f"Row = query, column = key: {score_formula(d.d_head, d.scale)} says how well each key matches "
+              "each query "
               f"(real numbers, layer {d.layer}, head {d.head}).")
     mask = {
         "causal": ("Keys after their query → −∞: in training every position predicts its next token at "

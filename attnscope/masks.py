@@ -288,7 +288,8 @@ def build_from_scores(
                     text=text, hidden_share=hidden_share, own_window=own_window, sink=sink)
     captions = _captions(demo)
     demo.steps = [
-        Step("scores", f"Scores  {score_formula(d_head, scale).replace('/', ' / ')}", captions[0], scores, False, logits),
+        Step("scores", f"Scores  {score_formula(d_head, scale).replace('/', ' / ')}", captions[0], scores, False,
+             logits),
         Step("masked_scores", _mask_title(kind, window), captions[1], masked, False, logits),
         Step("softmax", "Softmax without the mask", captions[2], probs, True, sink_probs),
         Step("masked_softmax", "Softmax with the mask", captions[3], masked_probs, True, masked_sink),

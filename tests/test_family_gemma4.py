@@ -145,7 +145,8 @@ def test_proportional_rope_is_transformers() -> None:
             "full_attention": {"rope_type": "proportional", "partial_rotary_factor": share, "factor": factor,
                                "rope_theta": 1e6}})
         want, _ = ROPE_INIT_FUNCTIONS["proportional"](hf, layer_type="full_attention")
-        spec = RopeSpec(1e6, 64, freeze({"rope_type": "proportional", "partial_rotary_factor": share, "factor": factor}))
+        scaling = {"rope_type": "proportional", "partial_rotary_factor": share, "factor": factor}
+        spec = RopeSpec(1e6, 64, freeze(scaling))
         torch.testing.assert_close(rope_inv_freq(spec, 128), want, rtol=0, atol=0)
 
 
@@ -698,7 +699,8 @@ _GGUF_META = {"gemma4.block_count": 4, "gemma4.embedding_length": 32, "gemma4.at
               "gemma4.attention.head_count_kv": [2, 2, 2, 1], "gemma4.feed_forward_length": [48, 48, 48, 96],
               "gemma4.context_length": 128, "gemma4.attention.layer_norm_rms_epsilon": 1e-6,
               "gemma4.attention.key_length": 32, "gemma4.attention.key_length_swa": 16,
-              "gemma4.attention.sliding_window": 8, "gemma4.attention.sliding_window_pattern": [True, False, True, False],
+              "gemma4.attention.sliding_window": 8,
+              "gemma4.attention.sliding_window_pattern": [True, False, True, False],
               "gemma4.attention.shared_kv_layers": 1, "gemma4.embedding_length_per_layer_input": 4,
               "gemma4.rope.freq_base": 1e6, "gemma4.final_logit_softcapping": 30.0}
 
