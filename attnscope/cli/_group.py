@@ -47,6 +47,25 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+_NOT_ONE_OF = re.compile(r"'([^']*)' is not one of")
+
+
+def _per_layer_measure(exc: Exception, ctx: Any) -> tuple[str, str] | None:
+    """A measure with one matrix per layer, asked of a command that keeps heads apart
+    (`heads`, `generate`): the parser refuses it as a choice; say why, in one line."""
+    from attnscope.cli._options import PER_LAYER_MEASURES
+
+    param = getattr(exc, "param", None)
+    found = _NOT_ONE_OF.search(str(getattr(exc, "message", "")))
+    if param is None or getattr(param, "name", None) != "measure" or found is None:
+        return None
+    measure = found.group(1)
+    if measure not in PER_LAYER_MEASURES or ctx is None:
+        return None
+    return (f"{ctx.info_name} keeps each head apart; --measure {measure} is per layer, not per head",
+            f"use --measure weight or norm; attnscope attend --measure {measure} shows it per layer")
+
+
 class _Group(TyperGroup):
     """Runs every command under the project's single error handler, the parser's own
     errors included: every failure is one red line with a hint, never a boxed panel."""
@@ -60,7 +79,8 @@ class _Group(TyperGroup):
         except ClickException as exc:  # the parser: unknown command or option, bad value, missing argument
             ctx = getattr(exc, "ctx", None)
             where = ctx.command_path if ctx is not None else "attnscope"
-            _print_error(exc.format_message(), f"see {where} --help")
+            message, hint = _per_layer_measure(exc, ctx) or (exc.format_message(), f"see {where} --help")
+            _print_error(message, hint)
             sys.exit(exc.exit_code)
         except _Abort:
             _print_error("aborted", None)

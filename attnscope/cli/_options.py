@@ -86,10 +86,11 @@ class PerHeadMeasure(str, Enum):
 
     weight = "weight"
     norm = "norm"
-    # offered so that asking for them is answered in one line: they are per layer, not per head
-    alti = "alti"
-    value_zeroing = "value-zeroing"
 
+
+# Asked of a command that keeps heads apart, these are answered in one line: they are per
+# layer, not per head (cli._group reads this when the parser refuses the value).
+PER_LAYER_MEASURES = tuple(m.value for m in MeasureName if m.value not in PerHeadMeasure._value2member_map_)
 
 PerHeadMeasureOpt = Annotated[PerHeadMeasure, typer.Option(
     "--measure", help="weight: attention α; norm: ‖α·f(x)‖, what each key actually moves. (Rollout, alti and value-zeroing are per layer, not per head: attnscope attend --measure alti.)")]
