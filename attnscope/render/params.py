@@ -127,7 +127,8 @@ def params_report(console: Console, rep: "ParamReport", ctx: "ContextReport | No
         if row == "unembedding" and value == 0 and cfg.lm_head and cfg.tied_embeddings:
             value, again = rep.rows["embedding"], True
             note = " (tied: counted again in 3b1b only)" if full else " (tied: counted again, as 3b1b does)"
-        if value == 0 and (row in ("gate", "unembedding", "latent", "linear") or row in ("key", "value") and rep.rows["latent"]):
+        if value == 0 and (row in ("gate", "unembedding", "latent", "linear")
+                           or row in ("key", "value") and rep.rows["latent"]):
             continue
         model.add_row(ROW_LABELS[row] + note, n(value), share(value, not (full and again)))
     model.add_section()
@@ -297,7 +298,9 @@ def _active(cfg: "ModelConfig", total: int, convention: str) -> int:
 
 
 def preset_list(console: Console, rows: Sequence[tuple[str, "ModelConfig", int, str]]) -> None:
-    if console.width < 120:  # the compact layout: names whole, shapes in one column
+    wide = _wide_presets(rows)
+    if wide.__rich_measure__(console, console.options).maximum > console.width:
+        # the compact layout (names whole, shapes in one column) where the wide one would not fit whole
         table = Table(title="Presets (every number exactly: attnscope params --config NAME)",
                       title_justify="left", show_edge=False, box=None, padding=(0, 1))
         table.add_column("Name", no_wrap=True, min_width=max(len(row[0]) for row in rows))
@@ -312,6 +315,11 @@ def preset_list(console: Console, rows: Sequence[tuple[str, "ModelConfig", int, 
                           f"{_short(total)} [dim]{convention}[/]", _short(_active(cfg, total, convention)))
         console.print(table)
         return
+    console.print(wide)
+
+
+def _wide_presets(rows: Sequence[tuple[str, "ModelConfig", int, str]]) -> Table:
+    """Every shape number in a column of its own (a terminal wide enough for it)."""
     table = Table(title="Presets", title_justify="left", show_edge=False)
     for col, justify in (("Name", "left"), ("Family", "left"), ("d_model", "right"), ("Layers", "right"),
                          ("Heads (kv)", "right"), ("d_head", "right"), ("MLP", "right"), ("Vocab", "right"),
@@ -322,7 +330,7 @@ def preset_list(console: Console, rows: Sequence[tuple[str, "ModelConfig", int, 
         table.add_row(name, cfg.family, n(cfg.d_model), str(cfg.n_layers), heads, str(cfg.d_head), n(cfg.d_mlp),
                       n(cfg.vocab_size), n(cfg.n_ctx), f"{n(total)} [dim]{convention}[/]",
                       n(_active(cfg, total, convention)))
-    console.print(table)
+    return table
 
 
 def family_list(console: Console, families: dict[str, str]) -> None:
