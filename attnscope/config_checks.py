@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 from attnscope.errors import ConfigError
 from attnscope.kinds import (
-    ATTENTION_KINDS, MLP_KINDS, QK_NORMS, ROUTERS, WIRINGS, AttnSpec, ExpertSpec, LatentSpec, LayerSpec, LinearSpec, MlpSpec,
-    PerLayerSpec, RelativeSpec, Stack,
+    ATTENTION_KINDS, MLP_KINDS, QK_NORMS, ROUTERS, WIRINGS, AttnSpec, ExpertSpec, LatentSpec, LayerSpec, LinearSpec,
+    MlpSpec, PerLayerSpec, RelativeSpec, Stack,
 )
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")

@@ -54,7 +54,8 @@ def _linear_sizes(name: str, cfg: ModelConfig) -> tuple[int, int, int, int]:
     """(key heads, value heads per key head, d_k, d_v) of the layer a fused tensor belongs to."""
     m = cfg.layer(int(name.split(".")[1])).attn.linear
     if m is None:
-        raise CheckpointError(f"{name} belongs to a linear-attention layer, but config.json makes that layer full attention")
+        raise CheckpointError(f"{name} belongs to a linear-attention layer, "
+                              "but config.json makes that layer full attention")
     return m.n_k_heads, m.n_v_heads // m.n_k_heads, m.d_k, m.d_v
 
 

@@ -144,7 +144,8 @@ class LinearAttention(GatedDeltaNet):
         super().__init__(cfg.d_model, m.n_k_heads, m.n_v_heads, m.d_k, m.d_v, m.conv_kernel, m.norm_eps)
         self.layer, self.site, self.spec = layer, attn_site(layer), spec
 
-    def forward(self, x: Tensor, state: object = None, cache: object = None, hooks: object = None,  # type: ignore[override]
+    def forward(self, x: Tensor, state: object = None,  # type: ignore[override]
+                cache: object = None, hooks: object = None,
                 keep_keys: bool = False, on_rows: object = None, rows: int = 64):
         """As a block calls it: x (T, d), the pass's `model.PassState`, the cache and hooks;
         returns (T, d). Called with a `DeltaState` (or None) and no hooks, it is
@@ -163,8 +164,8 @@ class LinearAttention(GatedDeltaNet):
         n_before = 0 if carried is None or carried.keys is None else carried.keys.shape[1]
         on_rows = None
         if want["pattern"]:
-            on_rows = lambda first, block: hooks.report(site, "pattern", block, start + first,  # type: ignore[attr-defined]  # noqa: E731
-                                                        start - n_before)
+            def on_rows(first: int, block: Tensor) -> None:  # rows over the kept keys, then this pass's
+                hooks.report(site, "pattern", block, start + first, start - n_before)  # type: ignore[attr-defined]
         out, z, v, new = self._run(x, carried, keep, on_rows, chunk_rows(self.Hv, n_before + T))
         if cache is not None:
             cache.states[self.layer] = new  # type: ignore[attr-defined]

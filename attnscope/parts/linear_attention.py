@@ -119,8 +119,9 @@ def hidden_attention(q: Tensor, k: Tensor, log_g: Tensor, beta: Tensor, rows: in
             mc = torch.einsum("hmk,htk->hmt", r, qc) - ru @ kq  # (H, m, C)
             out[:, :, :m] = (mc * G[:, None, :].exp()).transpose(1, 2)
             r = (r - ru @ kc) * G[:, -1, None, None].exp()  # carried keys, transported past the block
-        # the block's own keys: with Γ[t, i] = e^{G_t − G_i} (i ≤ t) and T = (I + tril(diag(β)(K Kᵀ ⊙ Γ), −1))⁻¹,
-        # M[t, j] = Σ_i (q_t·k_i) Γ[t, i] T[i, j] β_j, and key j leaves the block as β_j Σ_i T[i, j] e^{G_C − G_i} k_i
+        # the block's own keys: with Γ[t, i] = e^{G_t − G_i} (i ≤ t) and
+        # T = (I + tril(diag(β)(K Kᵀ ⊙ Γ), −1))⁻¹, M[t, j] = Σ_i (q_t·k_i) Γ[t, i] T[i, j] β_j,
+        # and key j leaves the block as β_j Σ_i T[i, j] e^{G_C − G_i} k_i
         out[:, :, m:m + C] = (torch.einsum("htk,hik->hti", qc, kc) * gamma) @ inv * bc[:, None, :]
         own = bc[:, :, None] * (inv.transpose(1, 2) @ ((G[:, -1:, None] - G[:, :, None]).exp() * kc))  # (H, C, dk)
         r = torch.cat([r, own], dim=1)
