@@ -263,7 +263,7 @@ def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: s
             # Gemma 4's global layers: wider heads, fewer key/value heads, the same query heads
             if (a.n_heads != heads[0] or a.kind != "softmax" or not _positive_int(a.n_kv_heads)
                     or not _positive_int(a.d_head) or a.n_heads % a.n_kv_heads or a.n_heads * a.d_head > MAX_SIZE):
-                raise ConfigError(f"{where}layers with different query head counts are not supported yet")
+                raise ConfigError(f"{where}layers with different head counts (of queries) are not supported yet")
         check_shared_kv(stack, spec, where)
         if not _positive_int(m.d_mlp) or m.act not in ACTIVATIONS:
             raise ConfigError(f"{where}a layer's MLP has a bad size or activation: {_shown(m)}")

@@ -229,8 +229,8 @@ def test_hand_built_shared_kinds_are_refused() -> None:
         with pytest.raises(ConfigError, match=words):
             replace(cfg, kinds=Stack.of(bad))
     # per-layer key/value heads and head sizes are a kind's own; query head counts are not
-    for change, words in (({"n_heads": 4}, "different query head counts"), ({"n_kv_heads": 3}, "query head counts"),
-                          ({"d_head": 2**31}, "query head counts")):
+    for change, words in (({"n_heads": 4}, r"different head counts \(of queries\)"),
+                          ({"n_kv_heads": 3}, "head counts"), ({"d_head": 2**31}, "head counts")):
         bad = [layers[0].with_attn(**change)] + layers[1:]
         with pytest.raises(ConfigError, match=words):
             replace(cfg, kinds=Stack.of(bad))
