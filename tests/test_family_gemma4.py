@@ -194,7 +194,7 @@ def test_multimodal_text_config_and_hub_keys() -> None:
                                              "rope_theta": 1e6},
                           "sliding_attention": {"rope_theta": 1e4}}}, "partial_rotary_factor"),
     ({"global_head_dim": 0}, "global_head_dim must be an integer"),
-    ({"attention_k_eq_v": True, "num_global_key_value_heads": 3}, "query head counts|key/value heads"),
+    ({"attention_k_eq_v": True, "num_global_key_value_heads": 3}, "head counts|key/value heads"),
     ({"attention_k_eq_v": "yes"}, "attention_k_eq_v must be true or false"),
     ({"hidden_size_per_layer_input": 2**20}, "per-layer inputs need a width"),
     ({"per_layer_config": {"9": {"head_dim": 8}}}, "per_layer_config must map"),
