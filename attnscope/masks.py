@@ -370,6 +370,9 @@ def demo_for(
         tokens, n_pad = padded, PAD_COUNT
     chosen = heads[0] if heads is not None else pick_head(scores, n_real)
     sinks = getattr(attn, "sinks", None)  # (H,): the layer's learned sink logits (gpt-oss)
+    if sinks is not None and sinks.is_meta:  # under --pipeline the layer lives on another rank
+        raise UsageError(f"mask-demo --pipeline cannot read layer {layers[0]}'s sink logits: they live on "
+                         "another process", hint="run mask-demo without --pipeline, or pick a layer rank 0 holds")
     demo = build_from_scores(tokens.labels, scores, chosen, kind, window, d_head=cfg.layer(layers[0]).attn.d_head,
                              scale=attn.scale,
                              layer=layers[0], n_pad=n_pad, model=cfg.name or inspector.source,

@@ -203,6 +203,36 @@ def test_heads_json_equals_one_process(tmp_path: Path, build: Callable[[str], Pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--layer", "0"], ["--layer", "-1"], ["--layer", "-1", "--kind", "padding"]])
+def test_mask_demo_json_equals_one_process(tmp_path: Path, build: Callable[[str], Path], extra: list[str]) -> None:
+    """mask-demo's scores come from the layer's own hooks, on whichever rank holds it
+    (layer 0 on rank 0, the last layer on rank 1): every step equals one process."""
+    folder = build("gpt2")
+    args = ["mask-demo", TEXT, "--model", folder, "--json", *extra]
+    a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    assert {k: v for k, v in ja.items() if k != "steps"} == {k: v for k, v in jb.items() if k != "steps"}
+    assert [s["name"] for s in ja["steps"]] == [s["name"] for s in jb["steps"]]
+    for sa, sb in zip(ja["steps"], jb["steps"]):
+        x = torch.tensor([[float("-inf") if v == "-inf" else v for v in row] for row in sa["matrix"]], dtype=torch.float64)
+        y = torch.tensor([[float("-inf") if v == "-inf" else v for v in row] for row in sb["matrix"]], dtype=torch.float64)
+        torch.testing.assert_close(y, x, atol=BOUND, rtol=0, msg=sa["name"])
+
+
+@pytest.mark.slow
+def test_mask_demo_of_a_sink_layer_on_another_rank_is_one_line(tmp_path: Path, build: Callable[[str], Path]) -> None:
+    """A sink logit is a weight of the layer, which only its owner holds: one line, not a guess."""
+    import tiny_models_gpt_oss
+
+    folder = tiny_models_gpt_oss.gpt_oss(tmp_path / "gpt_oss")
+    b = two(tmp_path, "mask-demo", TEXT, "--model", folder, "--layer", "-1", "--pipeline")
+    assert b.returncode != 0 and b.stdout == ""
+    assert any("sink logits" in line for line in errors(b.stderr)), b.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_generate_json_equals_one_process(tmp_path: Path, build: Callable[[str], Path]) -> None:
     folder = build("llama")
     args = ["generate", "the cat sat", "--model", folder, "--json", "-n", "8", "--ignore-eos", "--layer", "all"]

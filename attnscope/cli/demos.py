@@ -46,6 +46,7 @@ def mask_demo(
     device: DeviceOpt = Device.auto,
     truncate: TruncateOpt = False,
     no_color: NoColorOpt = False,
+    pipeline: PipelineOpt = False,
 ) -> None:
     """Show how and why attention is masked, with one head's real numbers.
 
@@ -61,11 +62,24 @@ def mask_demo(
     output a masked score (−∞) is the string "-inf"; a masked probability is 0.
     """
     from attnscope import masks
-    from attnscope.seq2seq import three_masks
 
     chosen = None if kind is None else kind.value
     masks.check_kind(chosen, window)
-    inspector = _load(model, device, LoadDtype.auto)
+
+    def run(inspector: Any) -> None:  # rank 0's part under --pipeline
+        _mask_demo(inspector, text, layer, head, chosen, window, step, as_json, truncate, no_color)
+
+    if pipeline:
+        _pipelined(model, device, LoadDtype.auto, run)
+    else:
+        run(_load(model, device, LoadDtype.auto))
+
+
+def _mask_demo(inspector: Any, text: Optional[str], layer: str, head: Optional[str], chosen: Optional[str],
+               window: Optional[int], step: Optional[int], as_json: bool, truncate: bool, no_color: bool) -> None:
+    from attnscope import masks
+    from attnscope.seq2seq import three_masks
+
     demo = masks.demo_for(inspector, text if text is not None else masks.DEFAULT_TEXT, layer, head, chosen, window,
                           truncate)
     if step is not None and step > len(demo.steps):
