@@ -106,6 +106,16 @@ def decoder_input(cfg: ModelConfig, target: list[int]) -> list[int]:
     return [int(cfg.extra.get("decoder_start_token_id", 0))] + list(target)
 
 
+def decoder_tokens(m: Any, tgt: Any) -> Any:
+    """The decoder's inputs as `Tokens`: its start token (a special token), then the target's."""
+    from attnscope.tokenize import Tokens
+
+    ids = decoder_input(m.config, tgt.ids)
+    start = getattr(m.tokenizer, "id_to_token", lambda i: None)(ids[0]) or f"<{ids[0]}>"
+    return Tokens(text=tgt.text, ids=ids, labels=[start] + list(tgt.labels), offsets=[(0, 0)] + list(tgt.offsets),
+                  special=[True] + list(tgt.special), truncated_from=tgt.truncated_from)
+
+
 @dataclass
 class Patterns:
     """One encoder-decoder pass's attention, float32 on the CPU, every layer and head:
@@ -224,7 +234,7 @@ def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str
     from attnscope.errors import UsageError
     from attnscope.hooks import sites
     from attnscope.outputs.views import focus_index
-    from attnscope.tokenize import Tokens, tokenize
+    from attnscope.tokenize import tokenize
 
     cfg = m.config
     if part not in PARTS:
@@ -242,10 +252,8 @@ def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str
         raise InputError(f"--target: {err.message}", hint=err.hint) from None
     if not tgt.ids:
         raise UsageError("the target has no tokens", hint="give --target some text")
-    ids = decoder_input(cfg, tgt.ids)
-    start = getattr(m.tokenizer, "id_to_token", lambda i: None)(ids[0]) or f"<{ids[0]}>"
-    dec = Tokens(text=target, ids=ids, labels=[start] + list(tgt.labels), offsets=[(0, 0)] + list(tgt.offsets),
-                 special=[True] + list(tgt.special), truncated_from=tgt.truncated_from)
+    dec = decoder_tokens(m, tgt)
+    ids = dec.ids
     part_sites = sites(cfg, part)
     n_layers = len(part_sites)
     ls = analysis.select(layer if layer is not None else ("all" if view in ("overview", "align") else "-1"),
@@ -298,6 +306,28 @@ def diagonal_scores(cross: Tensor) -> Tensor:
     j = torch.arange(n_s)
     near = ((j[None, :] - star[:, None]).abs() <= 1).to(cross.dtype)  # (n_t, n_s)
     return (cross * near).sum(-1).mean(-1).float()
+
+
+def self_scores(cfg: ModelConfig, pattern: Tensor, tokens: Any, causal: bool, layers: list[int], heads: list[int],
+                names: list[str] | None = None) -> Any:
+    """`heads --target --part encoder|decoder`: the text scores of `heads.DEFINITIONS` (all
+    but induction, which needs an input of its own, and sink) of one stack's self-attention
+    `pattern` [L_sel, H_sel, n, n] on its own tokens (the source, or the decoder's inputs),
+    under that stack's mask rule (`causal`: the decoder's): a `heads.HeadScores`."""
+    from dataclasses import replace
+
+    from attnscope.heads import HeadScores, text_terms
+
+    wanted = [name for name in (names or ["previous_token", "first_token", "self", "next_token",
+                                          "duplicate_token", "entropy"]) if name not in ("induction", "sink")]
+    stack = replace(cfg, causal=causal, sliding_window=None)  # the stack's rule: visible keys, next_token
+    terms, counts, undefined = text_terms(tokens.ids, stack, wanted)
+    if names is not None and "induction" in names:
+        undefined["induction"] = "scored on an input of its own: run heads without --target for the encoder's"
+    probs = pattern.float()
+    scores = {name: torch.stack([(term(probs[li], 0, None) / counts[name]) for li in range(len(layers))]).float()
+              for name, term in terms.items()}  # layer None: the stack's general rule (`visible_counts`)
+    return HeadScores(layers, heads, scores, len(tokens), tokens=tokens, undefined=undefined)
 
 
 # ----------------------------------------------------------------------------- generation

@@ -209,3 +209,23 @@ _BART = {"model_type": "bart", "d_model": 32, "encoder_layers": 2, "decoder_laye
 def test_bad_bart_configs_are_one_config_error(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         from_hf_config({**_BART, **bad}, "bad")
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_heads_target_part_scores_each_stacks_self_attention(part: str, built: Callable[[str], Path],
+                                                            reference: Any) -> None:
+    """`heads --target --part encoder|decoder --json` on BART (encoder 4 heads, decoder 2):
+    each stack's text scores equal their definitions on transformers' attentions."""
+    from typer.testing import CliRunner
+
+    from attnscope.cli import app
+    from test_family_t5 import ENV, check_self_scores
+
+    _, src, dec, out = reference("bart")
+    result = CliRunner().invoke(app, ["heads", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model",
+                                      str(built("bart")), "--part", part, "--json"], env=ENV)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    theirs = out.encoder_attentions if part == "encoder" else out.decoder_attentions
+    assert doc["part"] == part and doc["text"]["ids"] == (src if part == "encoder" else dec)
+    check_self_scores(doc, torch.stack([a[0] for a in theirs]), src if part == "encoder" else dec, part == "decoder")

@@ -510,3 +510,59 @@ def test_mask_demo_shows_the_three_masks(built: Callable[[str], Path]) -> None:
     n = len(doc["tokens"]) if "tokens" in doc else len(masks["encoder"])
     assert torch.tensor(masks["encoder"]).all() and torch.tensor(masks["cross"]).all()
     assert torch.equal(torch.tensor(masks["decoder"]), torch.ones(n, n, dtype=torch.bool).tril())
+
+
+def self_score_definitions(att: torch.Tensor, ids: list[int], causal: bool) -> dict[str, Any]:
+    """heads' text scores, written out from their definitions (heads.DEFINITIONS) on a whole
+    pattern [L, H, n, n] float64: the reference `heads --target --part encoder|decoder` must equal."""
+    att = att.double()
+    n = att.shape[-1]
+    i = torch.arange(n)
+    earlier = [[j for j in range(r) if ids[j] == ids[r]] for r in range(n)]
+    rows = [r for r in range(n) if earlier[r]]
+    visible = (i + 1) if causal else torch.full((n,), n)
+    ent = -(att * att.clamp_min(1e-30).log()).sum(-1)  # [L, H, n]
+    out: dict[str, Any] = {
+        "previous_token": att[..., i[1:], i[1:] - 1].mean(-1),
+        "first_token": att[..., 1:, 0].mean(-1),
+        "self": att[..., i, i].mean(-1),
+        "next_token": None if causal else att[..., i[:-1], i[:-1] + 1].mean(-1),
+        "duplicate_token": torch.stack([att[..., r, earlier[r]].sum(-1) for r in rows], -1).mean(-1) if rows else None,
+        "entropy": torch.where(visible > 1, ent / visible.double().log().clamp_min(1e-30), 0.0).clamp(0, 1).mean(-1),
+    }
+    return out
+
+
+def check_self_scores(doc: dict[str, Any], att: torch.Tensor, ids: list[int], causal: bool) -> None:
+    want = self_score_definitions(att, ids, causal)
+    assert doc["layers"] == list(range(att.shape[0])) and doc["heads"] == list(range(att.shape[1]))
+    for name, value in want.items():
+        if value is None:
+            assert doc["scores"][name] is None and name in doc["undefined"], name
+        else:
+            assert (torch.tensor(doc["scores"][name], dtype=torch.float64) - value).abs().max().item() < ATOL, name
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_heads_target_part_scores_each_stacks_self_attention(part: str, built: Callable[[str], Path],
+                                                            reference: Any) -> None:
+    """`heads SOURCE --target TARGET --part encoder|decoder --json`: the text scores of that
+    stack's self-attention on its own tokens, equal to their definitions on transformers'
+    attentions (the decoder causal: next_token null, entropy over the keys each row sees)."""
+    _, src, dec, out = reference("t5")
+    result = _cli("heads", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--part", part, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["part"] == part and doc["text"]["ids"] == (src if part == "encoder" else dec)
+    theirs = out.encoder_attentions if part == "encoder" else out.decoder_attentions
+    check_self_scores(doc, torch.stack([a[0] for a in theirs]), src if part == "encoder" else dec, part == "decoder")
+    assert "induction" not in doc["scores"]
+    text = _cli("heads", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--part", part)
+    assert text.exit_code == 0 and f"{part} self-attention" in text.stdout and "Previous-token heads" in text.stdout
+    one = json.loads(_cli("heads", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--part", part,
+                          "--score", "induction", "--json").stdout)
+    assert one["scores"] == {"induction": None} and "without --target" in one["undefined"]["induction"]
+
+
+def test_heads_part_needs_a_target(built: Callable[[str], Path]) -> None:
+    assert "--target" in _one_error(_cli("heads", "x y", "--model", built("t5"), "--part", "decoder"))

@@ -162,10 +162,14 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
 
 
 def heads_pair(model: Optional[str], text: Optional[str], target: str, layer: Optional[str], head: Optional[str],
-               top: int, truncate: bool, as_json: bool, no_color: bool, device: Any, dtype: Any) -> None:
-    """`heads SOURCE --target TARGET` on an encoder-decoder: the cross-attention score
-    `diagonal` of every decoder layer and head (`seq2seq.diagonal_scores`), a grid and the
-    strongest heads, or --json {layers, heads, scores: {diagonal: [layer][head]}}."""
+               top: int, truncate: bool, as_json: bool, no_color: bool, device: Any, dtype: Any,
+               part: str = "cross", names: Optional[list[str]] = None) -> None:
+    """`heads SOURCE --target TARGET` on an encoder-decoder: with `--part cross` (the
+    default) the cross-attention score `diagonal` of every decoder layer and head
+    (`seq2seq.diagonal_scores`), a grid and the strongest heads, or --json {layers, heads,
+    scores: {diagonal: [layer][head]}}; with `--part encoder|decoder` the text scores of
+    that stack's self-attention on its own tokens (`seq2seq.self_scores`), shown and
+    --json'd as `heads` shows a one-stack model's, plus "part"."""
     from rich.table import Table
     from rich.text import Text
 
@@ -173,7 +177,7 @@ def heads_pair(model: Optional[str], text: Optional[str], target: str, layer: Op
     from attnscope.cli._app import _console, _load, _print_json
     from attnscope.hooks import sites
     from attnscope.render import ramp_style
-    from attnscope.seq2seq import decoder_input, diagonal_scores, patterns
+    from attnscope.seq2seq import decoder_input, decoder_tokens, diagonal_scores, patterns
     from attnscope.tokenize import tokenize
 
     if not text:
@@ -184,14 +188,20 @@ def heads_pair(model: Optional[str], text: Optional[str], target: str, layer: Op
     if cfg.decoder is None:
         raise UsageError(f"{cfg.name or m.source} is not an encoder-decoder: --target has nothing to decode",
                          hint="--target is for encoder-decoder models (T5, FLAN-T5, BART, mBART, Marian)")
-    cross = sites(cfg, "cross")
-    layers = analysis.select(layer if layer is not None else "all", len(cross), "layer")
-    heads = analysis.select_heads(head if head is not None else "all", cross, layers)
+    if part != "cross" and names is not None and "diagonal" in names:
+        raise UsageError("diagonal scores the cross-attention", hint="use --part cross")
+    part_sites = sites(cfg, part)
+    layers = analysis.select(layer if layer is not None else "all", len(part_sites), "layer")
+    heads = analysis.select_heads(head if head is not None else "all", part_sites, layers)
     src = m.tokenize(text, truncate)
     tgt = tokenize(m.tokenizer, target, cfg.n_ctx - 1, truncate, add_special_tokens=False)
     if not tgt.ids:
         raise UsageError("the target has no tokens", hint="give --target some text")
-    got = patterns(m.model, m._ids(src.ids), m._ids(decoder_input(cfg, tgt.ids)), ("cross",))
+    got = patterns(m.model, m._ids(src.ids), m._ids(decoder_input(cfg, tgt.ids)), (part,))
+    if part != "cross":
+        _heads_self(m, got, part, src if part == "encoder" else decoder_tokens(m, tgt), layers, heads, names, top,
+                    as_json, no_color)
+        return
     assert got.cross is not None
     scores = diagonal_scores(got.cross[layers][:, heads])  # (L_sel, H_sel)
     if as_json:
@@ -214,3 +224,25 @@ def heads_pair(model: Optional[str], text: Optional[str], target: str, layer: Op
     flat = [(float(scores[li, hi]), layers[li], heads[hi]) for li in range(len(layers)) for hi in range(len(heads))]
     for value, layer_i, h in sorted(flat, reverse=True)[:top]:
         console.print(f"  L{layer_i}H{h}    reads the source in order: {value:.2f} of its weight near the diagonal")
+
+
+def _heads_self(m: Any, got: Any, part: str, tokens: Any, layers: list[int], heads: list[int],
+                names: Optional[list[str]], top: int, as_json: bool, no_color: bool) -> None:
+    """`heads --target --part encoder|decoder`: one stack's self-attention scored on its own
+    `tokens` (the source; the decoder's start token and the target), printed as `heads` prints."""
+    from attnscope import heads as hd
+    from attnscope.cli._app import _console, _print_json
+    from attnscope.render.heads import head_scores as render_heads
+    from attnscope.seq2seq import self_scores
+
+    cfg = m.config
+    causal, pattern = (cfg.causal, got.encoder) if part == "encoder" else (True, got.decoder)
+    assert pattern is not None  # patterns() kept the part
+    res = self_scores(cfg, pattern[layers][:, heads], tokens, causal, layers, heads, names)
+    name = cfg.name or m.source
+    if as_json:
+        _print_json({"model": name, "part": part, **hd.scores_dict(res)})
+        return
+    console = _console(no_color)
+    render_heads(console, res, f"{name}  ({part} self-attention)", len(pattern), pattern.shape[1], top,
+                 color=not no_color and console.color_system is not None)

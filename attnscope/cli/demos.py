@@ -13,7 +13,7 @@ from attnscope.units import plural
 
 from attnscope.cli._app import (
     Device, DeviceOpt, HeadOpt, JsonOpt, LayerOpt, LoadDtype, LoadDtypeOpt, MeasureName, ModelOpt,
-    NoColorOpt, PerHeadMeasure, PerHeadMeasureOpt, PipelineOpt, TargetOpt, TruncateOpt,
+    NoColorOpt, PartOpt, PerHeadMeasure, PerHeadMeasureOpt, PipelineOpt, TargetOpt, TruncateOpt,
     _console, _load, _pipelined, _print_json, app,
 )
 
@@ -154,6 +154,7 @@ def heads(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot or --html file.")] = False,
     pipeline: PipelineOpt = False,
     target: TargetOpt = None,
+    part: PartOpt = None,
 ) -> None:
     """An atlas of attention heads: what every head of every layer does, as scores.
 
@@ -199,14 +200,21 @@ def heads(
     cross-attention of every decoder layer and head gets the score [bold]diagonal[/]: for
     target row i of n_t, j* = round(i·(n_s−1)/(n_t−1)) (j* = 0 when n_t = 1); the score is
     the mean over rows of the weight on source positions j*−1 … j*+1, high for heads that
-    read the source in order, as translation alignments mostly do.
+    read the source in order, as translation alignments mostly do. --part encoder or
+    --part decoder scores that stack's self-attention instead (the scores above but
+    induction, on the source or on the decoder's start token and the target; the
+    decoder is causal, so next_token is null there).
     """
     from attnscope import heads as hd
 
     if target is not None:  # an encoder-decoder's cross-attention
         from attnscope.cli._seq2seq import heads_pair
 
-        return heads_pair(model, text, target, layer, head, top, truncate, as_json, no_color, device, dtype)
+        return heads_pair(model, text, target, layer, head, top, truncate, as_json, no_color, device, dtype,
+                          part.value if part is not None else "cross", [score.value] if score is not None else None)
+    if part is not None:
+        raise UsageError("--part picks the attention of an encoder-decoder run with --target",
+                         hint='e.g. heads "a house" --target "ein Haus" --part decoder')
 
     names = [score.value] if score is not None else None
     hd.check_measure(measure.value)  # a per-layer measure is refused before the model loads
