@@ -40,6 +40,10 @@ DESCRIPTION = ("Qwen3.5: Gated DeltaNet linear layers (hidden attention shown) +
 
 _LINEAR = "layers.{layer}.linear_attn."
 
+# our `attn.qkv` is the linear layers' own in_proj_qkv (q and k of n_k × d_k rows each, v
+# of n_v × d_v), not GPT-2's three equal thirds: params.stored counts it whole
+LINEAR_QKV = True
+
 WEIGHTS: dict[str, str | None] = {
     **qwen3.WEIGHTS,
     _LINEAR + "in_proj_qkv.weight": "blocks.{layer}.attn.qkv.weight",
@@ -185,4 +189,135 @@ def stored_parts(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> dict[st
 def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
     if name.endswith(".attn.conv.weight") and tensor.dim() == 3 and tensor.shape[1] == 1:
         return {name: tensor[:, 0, :]}
+    return {name: tensor}
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's qwen35 (convert_hf_to_gguf.py: Qwen3_5TextModel → _LinearAttentionVReorderBase →
+# Qwen3NextModel → Qwen2MoeModel; gguf-py's MODEL_TENSORS[QWEN35]). What the converter changes,
+# undone in `gguf_tensor`:
+#   * Qwen3NextModel.modify_tensors: `A_log` stored as −exp(A_log) (`ssm_a`); `dt_bias` renamed
+#     `dt_proj.bias` (`ssm_dt.bias`); conv1d squeezed to (channels, kernel); every
+#     `norm.weight` but the gated `linear_attn.norm.weight` stored + 1 (the (1 + w) norms,
+#     q/k norms included).
+#   * _LinearAttentionVReorderBase.modify_tensors (only where value heads ≠ key heads): the
+#     value heads reordered from grouped by key head [k0v0, k0v1, …, k1v0, …] to tiled
+#     [k0v0, k1v0, …, k0v1, …] (`_reorder_v_heads`) in the v rows of in_proj_qkv, the rows of
+#     in_proj_z / in_proj_b / in_proj_a, A_log and dt_bias, the v channels of conv1d, and the
+#     columns of out_proj.
+#   * Untouched: the gated q_proj (per head, its query then its gate), k, v, o, the MLP.
+# The file names no layer types: llama.cpp derives them from `full_attention_interval`; we
+# read them from the tensor table (a layer holding `ssm_a` is linear), which is what the
+# file holds whatever the interval says.
+
+GGUF_ARCHS = ("qwen35",)
+
+_SSM: dict[str, str | None] = {
+    "blk.{layer}.attn_qkv.weight": "blocks.{layer}.attn.qkv.weight",
+    "blk.{layer}.attn_gate.weight": "blocks.{layer}.attn.z.weight",
+    "blk.{layer}.ssm_conv1d.weight": "blocks.{layer}.attn.conv.weight",
+    "blk.{layer}.ssm_dt.bias": "blocks.{layer}.attn.dt_bias",
+    "blk.{layer}.ssm_a": "blocks.{layer}.attn.a_log",
+    "blk.{layer}.ssm_norm.weight": "blocks.{layer}.attn.norm.weight",
+    "blk.{layer}.ssm_out.weight": "blocks.{layer}.attn.o.weight",
+}
+
+GGUF_WEIGHTS: dict[str, str | None] = {
+    **qwen3.GGUF_WEIGHTS,
+    # the post-attention norm is gguf-py's ATTN_POST_NORM for qwen35 (no FFN_NORM in its list)
+    "blk.{layer}.post_attention_norm.weight": "blocks.{layer}.mlp_norm.weight",
+    **_SSM,
+    "blk.{layer}.ssm_beta.weight": "blocks.{layer}.attn.b.weight",
+    "blk.{layer}.ssm_alpha.weight": "blocks.{layer}.attn.a.weight",
+}
+
+
+def gguf_linear_config(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]],
+                       raw: dict[str, Any]) -> dict[str, Any]:
+    """The hybrid's settings from the metadata Qwen3NextModel.set_gguf_parameters writes:
+    ssm.conv_kernel, ssm.state_size (d_k), ssm.group_count (key heads), ssm.time_step_rank
+    (value heads), ssm.inner_size (d_v × value heads), rope.dimension_count (the rotary
+    width); the layer types from the tensor table; the output gate from attn_q's rows."""
+    from attnscope.architectures import llama
+
+    def get(suffix: str, default: Any = KeyError) -> Any:
+        return llama.gguf_value(meta, f"{arch}.{suffix}", default)
+
+    n_v, inner = get("ssm.time_step_rank"), get("ssm.inner_size")
+    if not _positive_int(n_v) or not _positive_int(inner) or inner % n_v:
+        raise ConfigError(f"GGUF {arch}.ssm.inner_size {_shown(inner)} is not a multiple of "
+                          f"{arch}.ssm.time_step_rank {_shown(n_v)}")
+    n_layers = raw["num_hidden_layers"]
+    linear = {int(n.split(".")[1]) for n in shapes if n.startswith("blk.") and n.endswith(".ssm_a")
+              and n.split(".")[1].isdigit()}
+    head_dim = raw.get("head_dim")
+    if not _positive_int(head_dim):
+        raise ConfigError(f"GGUF {arch} lacks a positive attention.key_length, got {_shown(head_dim)}")
+    rope_dim = get("rope.dimension_count", head_dim // 4)
+    full = next((i for i in range(n_layers) if i not in linear), None)
+    gate = True
+    if full is not None and f"blk.{full}.attn_q.weight" in shapes:
+        gate = shapes[f"blk.{full}.attn_q.weight"][0] == 2 * raw["num_attention_heads"] * head_dim
+    raw.update(
+        linear_conv_kernel_dim=get("ssm.conv_kernel"), linear_key_head_dim=get("ssm.state_size"),
+        linear_num_key_heads=get("ssm.group_count"), linear_num_value_heads=n_v,
+        linear_value_head_dim=inner // n_v,
+        layer_types=["linear_attention" if i in linear else "full_attention" for i in range(n_layers)],
+        partial_rotary_factor=rope_dim / head_dim, attn_output_gate=gate,
+    )
+    return raw
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    from attnscope.architectures import llama
+
+    raw = llama.config_from_gguf(meta, arch, shapes)
+    raw["model_type"] = "qwen3_5_text"
+    return gguf_linear_config(meta, arch, shapes, raw)
+
+
+def _untile(tensor: Any, dim: int, m: LinearSpec, head: int) -> Any:
+    """The inverse of the converter's `_reorder_v_heads(t, dim, n_k, n_v/n_k, head)`: it
+    views dim as (n_k, r, head) and swaps the first two; viewed as (r, n_k, head), the same
+    swap puts them back."""
+    r = m.n_v_heads // m.n_k_heads
+    if r == 1:
+        return tensor
+    shape = list(tensor.shape)
+    dim %= len(shape)
+    t = tensor.reshape(*shape[:dim], r, m.n_k_heads, head, *shape[dim + 1:])
+    return t.transpose(dim, dim + 1).reshape(shape)
+
+
+def gguf_norm_and_decay(name: str, tensor: Any) -> Any:
+    """Qwen3NextModel.modify_tensors' changes undone: norm.weight + 1 (all but the gated
+    linear-attention norm) and A_log → −exp(A_log) (inverted in float64)."""
+    import torch
+
+    if name.endswith("norm.weight") and not name.endswith(".attn.norm.weight"):
+        return tensor - 1
+    if name.endswith(".attn.a_log"):
+        return torch.log(-tensor.double()).float()
+    return tensor
+
+
+def gguf_tensor(name: str, tensor: Any, cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    tensor = gguf_norm_and_decay(name, tensor)
+    if ".attn." not in name or name.endswith((".attn.q.weight", ".attn.k.weight", ".attn.v.weight",
+                                             ".attn.q_norm.weight", ".attn.k_norm.weight")):
+        return {name: tensor}
+    m = cfg.layer(int(name.split(".")[1])).attn.linear
+    if m is None:
+        return {name: tensor}
+    qk = 2 * m.n_k_heads * m.d_k
+    if name.endswith((".attn.qkv.weight", ".attn.conv.weight")):  # only the v rows / channels
+        import torch
+
+        tensor = torch.cat([tensor[:qk], _untile(tensor[qk:], 0, m, m.d_v)])
+    elif name.endswith(".attn.z.weight"):
+        tensor = _untile(tensor, 0, m, m.d_v)
+    elif name.endswith((".attn.b.weight", ".attn.a.weight", ".attn.a_log", ".attn.dt_bias")):
+        tensor = _untile(tensor, 0, m, 1)
+    elif name.endswith(".attn.o.weight"):
+        tensor = _untile(tensor, 1, m, m.d_v)
     return {name: tensor}

@@ -27,6 +27,7 @@ DESCRIPTION = ("Qwen3-Next: Qwen3.5's linear + gated softmax layers, routed expe
                "shared expert")
 
 _LINEAR = "layers.{layer}.linear_attn."
+LINEAR_QKV = True  # as qwen3_5's: the GGUF's attn_qkv is whole
 
 WEIGHTS: dict[str, str | None] = {
     **{k: v for k, v in qwen3_5.WEIGHTS.items() if ".in_proj_" not in k},
@@ -116,3 +117,54 @@ def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
         return {f"{prefix}.qkv.weight": torch.cat([parts["q"], parts["k"], parts["v"]]),
                 f"{prefix}.z.weight": parts["z"]}
     return {f"{prefix}.b.weight": parts["b"], f"{prefix}.a.weight": parts["a"]}
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's qwen3next (convert_hf_to_gguf.py's Qwen3NextModel, on Qwen2MoeModel; gguf-py's
+# MODEL_TENSORS[QWEN3NEXT]). Qwen3NextModel.modify_tensors regroups in_proj_qkvz itself:
+# `attn_qkv` holds every q, every k, every v (value heads in the checkpoint's grouped
+# order: no tiled reorder, that is Qwen3.5's subclass) and `attn_gate` every z, which are
+# our `qkv` and `z` as they are; `in_proj_ba` passes through fused per key head as `ssm_ba`
+# (cut into b and a by `split`, as from safetensors). A_log (−exp), dt_bias (renamed
+# ssm_dt.bias), the squeezed conv and the norms + 1 as Qwen3.5's (qwen3_5.gguf_norm_and_decay).
+# Qwen2MoeModel merges the experts into `ffn_{gate,up,down}_exps`, the router is
+# `ffn_gate_inp`, the shared expert `ffn_*_shexp` behind `ffn_gate_inp_shexp`; metadata
+# expert_count, expert_used_count, expert_feed_forward_length,
+# expert_shared_feed_forward_length. A layer holding a dense `ffn_gate` is one of
+# `mlp_only_layers` (llama.cpp's own qwen3next has none).
+
+GGUF_ARCHS = ("qwen3next",)
+
+GGUF_WEIGHTS: dict[str, str | None] = {
+    **{k: v for k, v in qwen3_5.GGUF_WEIGHTS.items() if ".ssm_beta." not in k and ".ssm_alpha." not in k},
+    "blk.{layer}.ssm_ba.weight": "blocks.{layer}.attn.ba.weight",
+    "blk.{layer}.ffn_gate_shexp.weight": "blocks.{layer}.mlp.shared.gate.weight",
+    "blk.{layer}.ffn_up_shexp.weight": "blocks.{layer}.mlp.shared.up.weight",
+    "blk.{layer}.ffn_down_shexp.weight": "blocks.{layer}.mlp.shared.down.weight",
+    "blk.{layer}.ffn_gate_inp_shexp.weight": "blocks.{layer}.mlp.shared_gate.weight",
+}
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    from attnscope.architectures import llama
+
+    def get(suffix: str, default: Any = KeyError) -> Any:
+        return llama.gguf_value(meta, f"{arch}.{suffix}", default)
+
+    raw = qwen3_5.gguf_linear_config(meta, arch, shapes, llama.config_from_gguf(meta, arch, shapes))
+    dense = sorted({int(n.split(".")[1]) for n in shapes
+                    if n.startswith("blk.") and n.endswith(".ffn_gate.weight") and n.split(".")[1].isdigit()})
+    raw.update(model_type="qwen3_next", num_experts=get("expert_count"), num_experts_per_tok=get("expert_used_count"),
+               moe_intermediate_size=get("expert_feed_forward_length"),
+               shared_expert_intermediate_size=get("expert_shared_feed_forward_length"),
+               norm_topk_prob=get("expert_weights_norm", True), decoder_sparse_step=1, mlp_only_layers=dense)
+    return raw
+
+
+def gguf_tensor(name: str, tensor: Any, cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    tensor = qwen3_5.gguf_norm_and_decay(name, tensor)
+    if name.endswith(".mlp.shared_gate.weight") and tensor.dim() == 1:
+        tensor = tensor.reshape(1, -1)
+    if name.endswith(".attn.ba.weight"):
+        return split(name, tensor, cfg)
+    return {name: tensor}

@@ -48,7 +48,8 @@ def gguf_stored_shapes(f: "GGUFFile", family: ModuleType) -> tuple[dict[str, tup
     """`stored_shapes` for a GGUF's tensor table, named through the family's `GGUF_WEIGHTS`
     (GPT-2's fused qkv split in thirds the same way); skipped are the file's tensors that
     are not parameters (Llama 3's RoPE divisors, read into the config)."""
-    table = SimpleNamespace(PREFIXES=(), WEIGHTS=family.GGUF_WEIGHTS)  # our_name's lookup, GGUF's table
+    table = SimpleNamespace(PREFIXES=(), WEIGHTS=family.GGUF_WEIGHTS,  # our_name's lookup, GGUF's table
+                            LINEAR_QKV=getattr(family, "LINEAR_QKV", False))
     return _stored(((name, t.shape) for name, t in f.tensors.items()), table)
 
 
@@ -71,7 +72,9 @@ def _stored(items: Iterable[tuple[str, tuple[int, ...]]], module: Any) -> tuple[
             continue
         if ours is None:
             skipped.append(name)
-        elif ".attn.qkv." in ours:  # fused q, k, v (GPT-2): three equal parts
+        elif ".attn.qkv." in ours and not getattr(module, "LINEAR_QKV", False):  # fused q, k, v (GPT-2): three
+            # equal parts; a family whose `qkv` is a parameter of its own (Qwen3.5's linear
+            # layers: q, k and v of different widths) says LINEAR_QKV and keeps it whole
             numel = prod(shape) // 3
             for part in "qkv":
                 stored[ours.replace(".qkv.", f".{part}.")] = (numel,)
