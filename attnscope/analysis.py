@@ -98,13 +98,17 @@ def select_heads(spec: str | int | list[int] | None, sites: Sequence[SiteInfo], 
     count this is `select(spec, count, "head")`; where counts differ, an index past a
     layer's heads names that layer ("layer 3 has 8 heads"), and a selector meaning
     different heads in different layers ("all", "-1") is refused: results keep one head
-    list for every layer."""
+    list for every layer. No selector at all (None: an output's default, every head of
+    every layer) is the grid as wide as the most heads, 0..max−1, where counts differ: a
+    layer's missing heads are filled in (`ProbeBase._pick`: NaN), as `heads` does."""
     first: dict[int, int] = {}  # head count -> the first selected layer that has it
     for layer in layers:
         first.setdefault(sites[layer].n_heads, layer)
     assert first, "a layer selection is never empty"  # internal invariant (select refuses one)
     if len(first) == 1:
         return select(spec, next(iter(first)), "head")
+    if spec is None:
+        return list(range(max(first)))
     picks = {count: select(spec, count, "head", owner=f"layer {layer}") for count, layer in first.items()}
     chosen = next(iter(picks.values()))
     if any(p != chosen for p in picks.values()):
@@ -165,7 +169,18 @@ class ProbeBase:
     def _pick(self, probs: Tensor) -> Tensor:
         if len(self.heads) == probs.shape[0]:
             return probs
-        return probs.index_select(0, self._heads.to(probs.device))  # (H_sel, c, T)
+        if max(self.heads, default=-1) < probs.shape[0]:
+            return probs.index_select(0, self._heads.to(probs.device))  # (H_sel, c, T)
+        # The grid as wide as the most heads (`select_heads` with no selector): a head
+        # this layer lacks is a row of NaN, never another head's values.
+        have = self._heads < probs.shape[0]
+        out = probs.new_full((len(self.heads), *probs.shape[1:]), float("nan"))
+        out[have.to(probs.device)] = probs.index_select(0, self._heads[have].to(probs.device))
+        return out  # (H_sel, c, T)
+
+    def _missing(self, probs: Tensor) -> Tensor:
+        """(H_sel,) bool: the selected heads this layer lacks (its own count `probs.shape[0]`)."""
+        return self._heads >= probs.shape[0]
 
 
 @dataclass
@@ -225,7 +240,8 @@ class TopK:
     A key the mask hides (a causal query's future, a window's past, padding) weighs
     exactly 0 after the kernel's softmax: where a query sees fewer than k keys, its last
     entries weigh 0 and name no key it can see. `rows` lists only keys of weight other
-    than 0, and a saved top-k is read the same way (an entry of weight 0 is no key)."""
+    than 0, and a saved top-k is read the same way (an entry of weight 0 is no key).
+    Where layers differ in head count, a head a layer lacks has index -1, weight NaN."""
 
     indices: Tensor  # (L_sel, H_sel, T, k) int64
     weights: Tensor  # (L_sel, H_sel, T, k) float32
@@ -238,7 +254,7 @@ class TopK:
         """The query's listed keys (key index, weight), heaviest first: at most k."""
         idx = self.indices[layer_pos, head_pos, query].tolist()
         w = self.weights[layer_pos, head_pos, query].tolist()
-        return [(j, x) for j, x in zip(idx, w) if x != 0.0]
+        return [(j, x) for j, x in zip(idx, w) if x != 0.0 and j >= 0]
 
 
 class TopKProbe(ProbeBase):
@@ -258,6 +274,10 @@ class TopKProbe(ProbeBase):
         w, i = (by_magnitude(chunk, self.k) if layer in self.signed
                 else torch.topk(chunk, self.k, dim=-1, sorted=True))  # (H_sel, c, k)
         pos, stop = self._layer_pos[layer], start + chunk.shape[1]
+        missing = self._missing(probs)
+        if missing.any():  # a head this layer lacks: no key (-1), weight NaN
+            i = i.masked_fill(missing.to(i.device)[:, None, None], -1)
+            w = w.masked_fill(missing.to(w.device)[:, None, None], float("nan"))
         self.weights[pos, :, start:stop] = w.cpu()
         self.indices[pos, :, start:stop] = i.cpu()
 

@@ -287,8 +287,10 @@ def save_patterns(path: Path, attentions: Any, layers: list[int], heads: list[in
 
 
 def save_topk(path: Path, indices: Any, weights: Any, layers: list[int], heads: list[int], token_ids: list[int],
-              force: bool = False, extra: dict[str, int] | None = None) -> Path:
-    """Write top-k as .npz: indices int64 and weights float32 [layers, heads, n, k]."""
+              force: bool = False, extra: dict[str, int] | None = None, layer_heads: list[int] | None = None) -> Path:
+    """Write top-k as .npz: indices int64 and weights float32 [layers, heads, n, k]. Where
+    the layers differ in head count, `heads` is 0..the most − 1, `layer_heads` int64
+    [layers] each layer's count, and a head a layer lacks holds index -1, weight NaN."""
     import numpy as np
 
     path = check_target(path, force, (".npz",))
@@ -297,6 +299,7 @@ def save_topk(path: Path, indices: Any, weights: Any, layers: list[int], heads: 
             np.savez(f, indices=indices.cpu().numpy().astype(np.int64), weights=weights.cpu().float().numpy(),
                      layers=np.asarray(layers, dtype=np.int64), heads=np.asarray(heads, dtype=np.int64),
                      token_ids=np.asarray(token_ids, dtype=np.int64),
+                     **({} if layer_heads is None else {"layer_heads": np.asarray(layer_heads, dtype=np.int64)}),
                      **{name: np.asarray(value, dtype=np.int64) for name, value in (extra or {}).items()})
     return path
 

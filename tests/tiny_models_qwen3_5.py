@@ -108,5 +108,17 @@ def qwen3_next(folder: Path, seed: int = SEED + 2) -> Path:
     return _finish(Path(folder), Qwen3NextForCausalLM, seed)
 
 
+def qwen3_5_mixed(folder: Path, seed: int = SEED + 3) -> Path:
+    """Qwen3.5 text whose layers differ in head count, as the real sizes do (16 value heads
+    in the linear layers, 8 query heads in the softmax ones): 4 value heads, 2 query heads
+    on 1 key/value head."""
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    tok = gpt2_tokenizer()
+    config = Qwen3_5TextConfig(**{**_text_settings(tok), "num_attention_heads": 2, "num_key_value_heads": 1})
+    _build(config, Qwen3_5ForCausalLM, Path(folder), tok, seed)
+    return _finish(Path(folder), Qwen3_5ForCausalLM, seed)
+
+
 QWEN3_5_BUILDERS: dict[str, Callable[..., Path]] = {"qwen3_5": qwen3_5, "qwen3_5_mm": qwen3_5_mm,
-                                                    "qwen3_next": qwen3_next}
+                                                    "qwen3_next": qwen3_next, "qwen3_5_mixed": qwen3_5_mixed}

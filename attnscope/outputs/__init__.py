@@ -59,7 +59,10 @@ class Shape:
         """The heads `spec` names in `layers` (default: every layer)."""
         from attnscope.measures import KINDS
 
-        return KINDS[self.measure].heads(spec if spec is not None else default, self.n_heads, self.sites, layers)
+        # No selector and the default every head: None, so that layers of different head
+        # counts give the grid as wide as the most heads (`analysis.select_heads`).
+        spec = spec if spec is not None else (None if default == "all" and self.sites else default)
+        return KINDS[self.measure].heads(spec, self.n_heads, self.sites, layers)
 
     @property
     def per_head(self) -> bool:

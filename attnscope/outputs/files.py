@@ -28,6 +28,16 @@ def _note(message: str) -> None:
     Console(stderr=True, highlight=False).print(Text(message, style="dim"))  # a Text: a path's brackets are not markup
 
 
+def layer_heads(shape: Shape, layers: list[int]) -> Optional[list[int]]:
+    """Each selected layer's head count where they differ (Qwen3.5's 16 value heads in its
+    linear layers, 8 query heads in its softmax ones), else None: written beside a grid
+    as wide as the most heads, a head a layer lacks filled in (`analysis.select_heads`)."""
+    if not shape.per_head or not shape.sites:
+        return None
+    counts = [shape.sites[layer].n_heads for layer in layers]
+    return counts if len(set(counts)) > 1 else None
+
+
 def _selection(shape: Shape, n_layers: int, n_heads: int) -> str:
     from attnscope.units import plural
 
@@ -144,7 +154,9 @@ class TopKSave(Output):
 
         assert part is not None and part.topk is not None  # internal invariant: needs() asked for it
         t = part.topk
-        export.save_topk(self.path, t.indices, t.weights, t.layers, t.heads, run.tokens.ids, self.force, self.extra)
+        counts = layer_heads(run.shape, t.layers) if t.heads == list(range(len(t.heads))) else None
+        export.save_topk(self.path, t.indices, t.weights, t.layers, t.heads, run.tokens.ids, self.force, self.extra,
+                         layer_heads=counts if counts is not None and len(t.heads) > min(counts) else None)
         return Emitted("saved_topk", self.path,
                        f"saved top-{self.k} of {_selection(run.shape, len(t.layers), len(t.heads))} to {self.path}")
 
@@ -190,7 +202,9 @@ class PageOutput(Output):
         focus = self.focus or run.focus or (ls[-1], hs[0], len(run.tokens) - 1)
         signed = {layer: run.shape.sites[layer].kind for layer in signed_layers(run.shape.sites, run.shape.measure)
                   if layer in ls}
-        self._page = Page(run.model, run.tokens, ls, hs, run.shape.measure, self.k, focus, signed=signed or None)
+        counts = layer_heads(run.shape, ls)
+        self._page = Page(run.model, run.tokens, ls, hs, run.shape.measure, self.k, focus, signed=signed or None,
+                          layer_heads=counts if counts is not None and max(hs) >= min(counts) else None)
         size = self._page.check(self.path, space=False)  # checked with the run's other outputs
         if size >= NOTE_PAGE_BYTES:
             _note(f"will write a {human_bytes(size)} page to {self.path}")

@@ -240,12 +240,17 @@ def overview_view(console: Console, summary: "Summary", focus: "Focus | None", c
         cells = []
         for hi in range(len(summary.heads)):
             v = float(summary.entropy[li, hi])
+            if float(summary.first_token[li, hi]) != float(summary.first_token[li, hi]):  # NaN: no such head here
+                cells.append(Text("·", style="dim"))
+                continue
             if v != v:  # NaN: a signed layer's rows are no distributions
                 cells.append(Text("—", style="dim"))
                 continue
             cells.append(Text(f"{v:.2f}", style=ramp_style(1 - v) if color else ""))
         table.add_row(f"L{layer} ", *cells)
     console.print(table)
+    if bool(summary.first_token.isnan().any()):
+        console.print(Text("· = the layer has no such head (its layers differ in head count)", style="dim"))
     if summary.signed & set(summary.layers):
         shown = ", ".join(str(layer) for layer in summary.layers if layer in summary.signed)
         console.print(Text(f"— = not defined: the rows of layer{'s' if ',' in shown else ''} {shown} are signed and do "
@@ -266,6 +271,9 @@ def overview_view(console: Console, summary: "Summary", focus: "Focus | None", c
             signed = layer in focus.signed
             for hi in range(len(focus.heads)):
                 row = focus.weights[li, hi][words]  # (words,)
+                if bool(row.isnan().all()):  # a head this layer lacks (layers of different head counts)
+                    cells.append(Text(" ·", style="dim"))
+                    continue
                 if signed:  # the largest |weight|, its sign before the word
                     j = row.abs().argmax()
                     w = row[j]

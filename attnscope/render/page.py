@@ -10,6 +10,10 @@ base64-encoded little-endian (decimal text would either round them or triple the
   attention  [layer][head]: base64 of one row-major n × n float32 matrix (query, key)
   or, with --html-topk K:
   k, topk    {indices: [layer][head] base64 int32 n × k, weights: same, float32}
+  layer_heads  only where the held layers differ in head count (Qwen3.5: 16 value heads in
+             its linear layers, 8 query heads in its softmax ones): each held layer's count;
+             `heads` is then 0..the most − 1, and a head a layer lacks holds NaN (attention,
+             top-k weights) and -1 (top-k indices)
   signed_layers, layer_kinds   only where some layers are signed (a linear layer's
              hidden attention: rows not summing to 1): those layers, drawn on a diverging
              scale and ranked by |weight|, and each one's kind in words
@@ -93,6 +97,7 @@ class Page:
     initial: tuple[int, int, int] = (0, 0, 0)
     scores: Optional[dict[str, Any]] = None  # `heads --html`: {name: [layer][head]} over these layers and heads
     signed: Optional[dict[int, str]] = None  # the held layers whose values are signed, and each one's kind in words
+    layer_heads: Optional[list[int]] = None  # each held layer's head count, where they differ (the grid is padded)
 
     def __post_init__(self) -> None:
         from attnscope.measures.transforms import DESCRIPTIONS
@@ -124,6 +129,8 @@ class Page:
             doc["k"] = self.k
         if self.scores is not None:
             doc["scores"] = self.scores
+        if self.layer_heads is not None:
+            doc["layer_heads"] = list(self.layer_heads)
         if self.signed:
             doc["signed_layers"] = sorted(self.signed)
             doc["layer_kinds"] = {str(layer): words for layer, words in sorted(self.signed.items())}
@@ -262,7 +269,8 @@ def _write_b64(f: BinaryIO, values: Any, dtype: str) -> None:
         values = values.detach().cpu().numpy()
     arr = np.ascontiguousarray(values)
     if dtype == "<i4":
-        assert arr.size == 0 or (int(arr.min()) >= 0 and int(arr.max()) < 2**31)  # internal invariant: indices
+        # internal invariant: indices, -1 only for a head the layer lacks (`analysis.TopK`)
+        assert arr.size == 0 or (int(arr.min()) >= -1 and int(arr.max()) < 2**31)
     arr = np.ascontiguousarray(arr.astype(dtype, copy=False))
     raw = memoryview(arr).cast("B")
     f.write(b'"')
