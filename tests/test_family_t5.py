@@ -566,3 +566,79 @@ def test_heads_target_part_scores_each_stacks_self_attention(part: str, built: C
 
 def test_heads_part_needs_a_target(built: Callable[[str], Path]) -> None:
     assert "--target" in _one_error(_cli("heads", "x y", "--model", built("t5"), "--part", "decoder"))
+
+
+def test_attend_save_streams_layer_by_layer_with_np_savez_bytes(built: Callable[[str], Path], ours: Any,
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--save of a --target run is streamed: the writer holds at most one site's rows at a
+    time and receives each part's layers one at a time, in order, each [heads, rows, columns];
+    the display keeps only the shown layers; every entry of the file is byte for byte what
+    np.savez of the whole arrays (held in memory, the former save) writes."""
+    import zipfile
+
+    import numpy as np
+
+    from attnscope.hooks import Capture
+
+    m = ours("t5")
+    cfg = m.config
+    calls: list[tuple[str, str, tuple[int, ...]]] = []
+    held: list[int] = []
+    write, report = seq2seq.PairWriter._write, seq2seq.PairWriter.report
+    kept: list[int] = []
+    init = Capture.__init__
+
+    def spy_write(self: Any, part: str, site: str, layer: torch.Tensor) -> None:
+        calls.append((part, site, tuple(layer.shape)))
+        write(self, part, site, layer)
+
+    def spy_report(self: Any, *args: Any) -> None:
+        report(self, *args)
+        held.append(len(self._rows))
+
+    def spy_init(self: Any, wanted: Any) -> None:
+        kept.append(len(wanted))
+        init(self, wanted)
+
+    monkeypatch.setattr(seq2seq.PairWriter, "_write", spy_write)
+    monkeypatch.setattr(seq2seq.PairWriter, "report", spy_report)
+    monkeypatch.setattr(Capture, "__init__", spy_init)
+    monkeypatch.setattr("attnscope.parts.attention.chunk_rows", lambda heads, keys: 7)  # several chunks a layer
+    path = tmp_path / "pair.npz"
+    pv = seq2seq.pair_view(m, sm.SOURCE_TEXT, sm.TARGET_TEXT, "cross", "focus", None, None, 3, None, False, path)
+    assert pv.saved == path and kept == [1]  # the shown layer only (focus: the last)
+    n_s, n_t = len(pv.source), len(pv.decoder)
+    assert max(held) <= 1
+    for part in ("encoder", "decoder", "cross"):
+        mine = [(site, shape) for p, site, shape in calls if p == part]
+        assert [site for site, _ in mine] == seq2seq.part_sites(cfg, part)
+        rows = n_s if part == "encoder" else n_t
+        assert {shape for _, shape in mine} == {(4, rows, n_s if part != "decoder" else n_t)}
+    # the former save's arrays, under the same query chunks (so the same float32 rounding)
+    got = seq2seq.patterns(m.model, m._ids(pv.source.ids), m._ids(pv.decoder.ids))
+    before = tmp_path / "before.npz"
+    np.savez(before, encoder_attentions=got.encoder.numpy(), decoder_attentions=got.decoder.numpy(),
+             cross_attentions=got.cross.numpy(), source_token_ids=np.asarray(got.source_ids, dtype=np.int64),
+             decoder_token_ids=np.asarray(got.decoder_ids, dtype=np.int64),
+             source_tokens=np.asarray(pv.source.labels, dtype=str), decoder_tokens=np.asarray(pv.decoder.labels, dtype=str))
+    with zipfile.ZipFile(path) as new, zipfile.ZipFile(before) as old:
+        assert new.namelist() == old.namelist()
+        for name in old.namelist():
+            assert new.read(name) == old.read(name), name
+
+
+def test_attend_save_that_fails_midway_leaves_nothing(built: Callable[[str], Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that fails after some layers were streamed leaves no file and no temporary one."""
+    write = seq2seq.PairWriter._write
+
+    def failing(self: Any, part: str, site: str, layer: torch.Tensor) -> None:
+        if part == "cross" and self.written["cross"] == 1:
+            raise OSError(28, "No space left on device")
+        write(self, part, site, layer)
+
+    monkeypatch.setattr(seq2seq.PairWriter, "_write", failing)
+    error = _one_error(_cli("attend", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"),
+                            "--save", tmp_path / "pair.npz"))
+    assert "space" in error.lower() or "write" in error.lower(), error
+    assert list(tmp_path.iterdir()) == []

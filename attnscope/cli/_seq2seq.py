@@ -68,7 +68,7 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
          k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool, save: Optional[Path] = None,
          force: bool = False) -> None:
     """Run both texts through a loaded encoder-decoder and print the part's view or --json;
-    `save`: all three parts to FILE.npz (`seq2seq.save_pair`)."""
+    `save`: all three parts to FILE.npz, streamed (`seq2seq.PairWriter`)."""
     from rich.console import Console
 
     from attnscope.cli._app import _print_json
@@ -80,10 +80,8 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
                          hint="--target is for encoder-decoder models (T5, FLAN-T5, BART, mBART)")
     from rich.text import Text
 
-    from attnscope.seq2seq import save_pair
-
-    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate, every_part=save is not None)
-    saved = save_pair(save, pv, force) if save is not None else None
+    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate, save, force)
+    saved = pv.saved
     name = m.config.name or m.source
     if as_json:
         _print_json({**pv.document(name), **({"saved": str(saved)} if saved is not None else {})})
