@@ -416,6 +416,30 @@ class PairWriter:
             self._ctx.__exit__(exc_type, exc, tb)
 
 
+def save_pair_topk(path: Any, pv: PairView, force: bool = False) -> Any:
+    """--save-topk FILE.npz of a --target run: the shown part's (`--part`) top-k of every
+    selected layer and head, written atomically: `indices` int64 and `weights` float32
+    [layers, heads, rows, k] (k = min(--top-k, columns); rows and columns as the part's:
+    cross target × source, encoder source × source, decoder target × target; where a causal
+    row sees fewer than k keys its last entries weigh 0 and name no key, as attend's),
+    `layers`, `heads`, `source_token_ids`, `decoder_token_ids` int64 and `part` (a unicode
+    scalar: no pickle to load it)."""
+    import numpy as np
+
+    from attnscope.atomic import atomic_path, check_space, check_target
+
+    path = check_target(path, force, (".npz",))
+    weights, indices = pv.patterns.topk(min(pv.k, pv.patterns.shape[-1]), dim=-1, sorted=True)
+    check_space(path, 12 * weights.numel() + 4096 + 8 * (len(pv.source) + len(pv.decoder)))
+    with atomic_path(path, force) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, indices=indices.numpy().astype(np.int64), weights=weights.float().numpy(),
+                     layers=np.asarray(pv.layers, dtype=np.int64), heads=np.asarray(pv.heads, dtype=np.int64),
+                     source_token_ids=np.asarray(pv.source.ids, dtype=np.int64),
+                     decoder_token_ids=np.asarray(pv.decoder.ids, dtype=np.int64), part=np.asarray(pv.part, dtype=str))
+    return path
+
+
 def part_heads(cfg: ModelConfig, part: str) -> int:
     """The head count of a part's sites (one for every layer of a stack here)."""
     from attnscope.hooks import sites

@@ -642,3 +642,33 @@ def test_attend_save_that_fails_midway_leaves_nothing(built: Callable[[str], Pat
                             "--save", tmp_path / "pair.npz"))
     assert "space" in error.lower() or "write" in error.lower(), error
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("part", ["cross", "encoder", "decoder"])
+def test_attend_save_topk_of_each_part(part: str, built: Callable[[str], Path], reference: Any, tmp_path: Path) -> None:
+    """--save-topk with --target: the shown part's top-k of the selected layers and heads,
+    equal to the top-k of transformers' attentions; a causal row's unseen keys weigh 0."""
+    import numpy as np
+
+    _, src, dec, out = reference("t5")
+    path = tmp_path / "top.npz"
+    result = _cli("attend", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("t5"), "--part", part,
+                  "--layer", "all", "--head", "1,3", "--top-k", 4, "--save-topk", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["saved_topk"] == str(path)
+    theirs = torch.stack([a[0] for a in {"cross": out.cross_attentions, "encoder": out.encoder_attentions,
+                                         "decoder": out.decoder_attentions}[part]])[:, [1, 3]]
+    with np.load(path, allow_pickle=False) as d:
+        assert str(d["part"]) == part and d["heads"].tolist() == [1, 3] and d["layers"].tolist() == list(range(len(theirs)))
+        assert d["source_token_ids"].tolist() == src and d["decoder_token_ids"].tolist() == dec
+        w, i = torch.from_numpy(d["weights"]), torch.from_numpy(d["indices"])
+        assert w.shape == theirs.shape[:3] + (4,) and i.dtype == torch.int64
+        assert (w - theirs.topk(4, dim=-1).values).abs().max().item() < ATOL
+        assert (theirs.gather(-1, i) - w).abs().max().item() < ATOL  # each index names its weight
+        if part == "decoder":
+            assert (w[:, :, 0, 1:] == 0).all()  # row 0 sees one key
+    assert [p.name for p in tmp_path.iterdir()] == ["top.npz"]
+    assert "FILE.npz" in _one_error(_cli("attend", "x", "--target", "y", "--model", built("t5"),
+                                         "--save-topk", tmp_path / "t.safetensors"))
+    assert "same file" in _one_error(_cli("attend", "x", "--target", "y", "--model", built("t5"),
+                                          "--save", tmp_path / "s.npz", "--save-topk", tmp_path / "s.npz"))

@@ -22,9 +22,10 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
                          hint='e.g. attend "a house" --target "ein Haus" --view align')
     if view == "experts":
         raise UsageError("--view experts shows a mixture of experts' routes, not an encoder-decoder's parts")
-    save = files.pop("--save", None)
-    if save is not None and Path(save).suffix != ".npz":
-        raise UsageError("--save of a --target run writes FILE.npz", hint="use a name ending in .npz")
+    for option in ("--save", "--save-topk"):
+        chosen = files.pop(option, None)
+        if chosen is not None and Path(chosen).suffix != ".npz":
+            raise UsageError(f"{option} of a --target run writes FILE.npz", hint="use a name ending in .npz")
     for option, value in files.items():
         if value is not None:
             raise UsageError(f"{option} is not written for --target runs yet",
@@ -56,17 +57,21 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
     from attnscope.cli._app import _load
 
     assert target is not None  # refuse() holds it
-    if save is not None:
-        from attnscope.atomic import check_target
+    from attnscope.atomic import check_target
 
-        check_target(save, force, (".npz",))  # before the model loads
+    for chosen in (save, save_topk):  # before the model loads
+        if chosen is not None:
+            check_target(chosen, force, (".npz",))
+    if save_topk is not None:
+        if save is not None and Path(save).expanduser().resolve() == Path(save_topk).expanduser().resolve():
+            raise UsageError("--save and --save-topk name the same file", hint="give each its own name")
     show(_load(model, device, dtype), source, target, part.value if part is not None else "cross", view.value, layer,
-         head, top_k, token, truncate, as_json, no_color, save, force)
+         head, top_k, token, truncate, as_json, no_color, save, force, save_topk)
 
 
 def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
          k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool, save: Optional[Path] = None,
-         force: bool = False) -> None:
+         force: bool = False, save_topk: Optional[Path] = None) -> None:
     """Run both texts through a loaded encoder-decoder and print the part's view or --json;
     `save`: all three parts to FILE.npz, streamed (`seq2seq.PairWriter`)."""
     from rich.console import Console
@@ -80,17 +85,24 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
                          hint="--target is for encoder-decoder models (T5, FLAN-T5, BART, mBART)")
     from rich.text import Text
 
+    from attnscope.seq2seq import save_pair_topk
+
     pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate, save, force)
     saved = pv.saved
+    saved_topk = save_pair_topk(save_topk, pv, force) if save_topk is not None else None
     name = m.config.name or m.source
     if as_json:
-        _print_json({**pv.document(name), **({"saved": str(saved)} if saved is not None else {})})
+        _print_json({**pv.document(name), **({"saved": str(saved)} if saved is not None else {}),
+                     **({"saved_topk": str(saved_topk)} if saved_topk is not None else {})})
         return
     console = Console(highlight=False, no_color=no_color or None)
     render_pair(console, pv, name, color=not no_color and console.color_system is not None)
     if saved is not None:
         console.print(Text(f"saved the encoder's, decoder's and cross-attention of every layer and head to {saved}",
                            style="dim"))
+    if saved_topk is not None:
+        console.print(Text(f"saved the {part} part's top-{min(k, pv.patterns.shape[-1])} of the shown layers and heads "
+                           f"to {saved_topk}", style="dim"))
 
 
 def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
