@@ -478,6 +478,8 @@ def self_scores(cfg: ModelConfig, pattern: Tensor, tokens: Any, causal: bool, la
                                           "duplicate_token", "entropy"]) if name not in ("induction", "sink")]
     stack = replace(cfg, causal=causal, sliding_window=None)  # the stack's rule: visible keys, next_token
     terms, counts, undefined = text_terms(tokens.ids, stack, wanted)
+    if "next_token" in undefined:
+        undefined["next_token"] = "the decoder is causal: no token sees the one after it"
     if names is not None and "induction" in names:
         undefined["induction"] = "scored on an input of its own: run heads without --target for the encoder's"
     probs = pattern.float()
