@@ -145,8 +145,16 @@ def convert(folder: Path, arch: str) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def write_gguf(folder: Path, path: Path, arch: str) -> Path:
-    """The GGUF with the metadata Qwen3NextModel (and TextModel, Qwen2MoeModel) writes."""
+def write_gguf(folder: Path, path: Path, arch: str, lie: dict[str, Any] | None = None) -> Path:
+    """The GGUF with the metadata Qwen3NextModel (and TextModel, Qwen2MoeModel) writes;
+    `lie` replaces an ssm value (None: leaves the key out)."""
+    lie = lie or {}
+
+    def ssm(key: str, value: Any) -> None:
+        value = lie.get(key, value)
+        if value is not None:
+            getattr(w, f"add_ssm_{key}")(value)
+
     hp = json.loads((folder / "config.json").read_text())
     tok = tm.gpt2_tokenizer()
     vocab = tg.byte_level_vocab(tok, "gpt-2", [], None, tok.id_to_token(0), add_bos=False).pad(hp["vocab_size"])
@@ -168,11 +176,11 @@ def write_gguf(folder: Path, path: Path, arch: str) -> Path:
         w.add_expert_used_count(hp["num_experts_per_tok"])
         w.add_expert_feed_forward_length(hp["moe_intermediate_size"])
         w.add_expert_shared_feed_forward_length(hp["shared_expert_intermediate_size"])
-    w.add_ssm_conv_kernel(hp["linear_conv_kernel_dim"])
-    w.add_ssm_state_size(hp["linear_key_head_dim"])
-    w.add_ssm_group_count(hp["linear_num_key_heads"])
-    w.add_ssm_time_step_rank(hp["linear_num_value_heads"])
-    w.add_ssm_inner_size(hp["linear_value_head_dim"] * hp["linear_num_value_heads"])
+    ssm("conv_kernel", hp["linear_conv_kernel_dim"])
+    ssm("state_size", hp["linear_key_head_dim"])
+    ssm("group_count", hp["linear_num_key_heads"])
+    ssm("time_step_rank", hp["linear_num_value_heads"])
+    ssm("inner_size", hp["linear_value_head_dim"] * hp["linear_num_value_heads"])
     w.add_full_attention_interval(hp.get("full_attention_interval", 4))
     w.add_rope_dimension_count(int(hp["head_dim"] * hp["rope_parameters"].get("partial_rotary_factor", 0.25)))
     if arch == "qwen35":
@@ -319,3 +327,18 @@ def test_damaged_header_is_one_line(name: str, made: Callable[..., Any], tmp_pat
     assert res.exit_code != 0
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in res.output and "internal error" not in res.output, res.output
+
+
+@pytest.mark.parametrize(("lie", "words"), [
+    ({"inner_size": 33}, "not a multiple"),
+    ({"group_count": None}, "lacks 'qwen35.ssm.group_count'"),
+    ({"group_count": 3}, "linear_num"),
+    ({"conv_kernel": 0}, "linear_conv_kernel_dim"),
+])
+def test_lying_ssm_metadata_is_one_line(lie: dict[str, Any], words: str, build: Callable[[str], Path],
+                                        tmp_path: Path) -> None:
+    path = write_gguf(build("qwen3_5"), tmp_path / "lie.gguf", "qwen35", lie)
+    res = CliRunner().invoke(app, ["params", "--model", str(path)], env=ENV)
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and words in lines[0], res.output
