@@ -48,7 +48,9 @@ class Plan:
 
 def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel: int, n_heads_sel: int,
          top_k: int, save: bool, save_topk: bool, file_bytes: int = 0, runtime: int = 0,
-         measure: str = "weight") -> Plan:
+         measure: str = "weight", save_heads: list[int] | None = None) -> Plan:
+    """`save_heads`: each selected layer's saved head count where --save writes each kind
+    of layer apart (linear layers: their value heads); default n_heads_sel in every layer."""
     width = DTYPE_BYTES[dtype]
     # One block runs at a time: the largest kind's working set and query chunk is the peak.
     act = attn_chunk = 0
@@ -72,8 +74,9 @@ def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel:
     kept = 0
     output = 0
     if save:
-        kept += n_heads_sel * n * n * 4  # one layer, streamed
-        output += n_layers_sel * n_heads_sel * n * n * 4 + 8 * (n_layers_sel + n_heads_sel + n)
+        saved = save_heads if save_heads is not None else [n_heads_sel] * n_layers_sel
+        kept += max(saved, default=0) * n * n * 4  # one layer, streamed
+        output += sum(saved) * n * n * 4 + 8 * (n_layers_sel + n_heads_sel + n)
     if save_topk:
         k = min(top_k, n)
         kept += n_layers_sel * n_heads_sel * n * k * 12  # int64 indices + float32 weights

@@ -121,6 +121,11 @@ def test_dry_run_plans_the_grid_a_run_writes(mixed: Path, build: Callable[[str],
     for key in ("tokens", "kept_results_bytes", "output_file_bytes"):
         assert docs[0][key] == docs[1][key], key
     assert docs[0]["output_file_bytes"] >= 4 * 4 * docs[0]["tokens"] * K * 12
+    # --save writes each kind apart (its own heads): 1 softmax layer × 2 heads, 3 linear × 4
+    save = json.loads(ok(run("attend", TEXT, "-m", mixed, "--dry-run", "--json", "--save", "x.npz")).stdout)
+    n = save["tokens"]
+    assert save["output_file_bytes"] == (1 * 2 + 3 * 4) * n * n * 4 + 8 * (4 + 4 + n)
+    assert save["kept_results_bytes"] == 4 * n * n * 4  # one layer streamed: the widest
 
 
 def test_a_head_selection_still_means_the_same_heads_in_every_layer(mixed: Path, tmp_path: Path) -> None:

@@ -198,9 +198,18 @@ def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[
     from attnscope.hooks import sites
 
     hs = analysis.select_heads(head, sites(cfg), ls)
+    from attnscope.measures import linear_layers
+
+    linear = linear_layers(sites(cfg))
+    save_heads = None
+    if linear is not None and measure in ("weight", "norm"):  # --save writes each kind apart, its own heads
+        kinds = [[layer for layer in ls if (layer in linear) == is_linear] for is_linear in (False, True)]
+        picked = [analysis.select_heads(head, sites(cfg), mine) if mine else [] for mine in kinds]
+        save_heads = [len(picked[layer in linear]) for layer in ls]
     dt = "float32" if dtype.value == "auto" else dtype.value
     p = estimate.plan(cfg, stored, len(tokens), dt, len(ls), len(hs), top_k, save is not None,
-                      save_topk is not None, file_bytes=file_bytes, runtime=estimate.runtime_bytes(), measure=measure)
+                      save_topk is not None, file_bytes=file_bytes, runtime=estimate.runtime_bytes(), measure=measure,
+                      save_heads=save_heads)
     rows = {"tokens": p.n_tokens, "runtime_bytes": p.runtime, "weights_bytes": p.weights,
             "mapped_file_bytes": p.mapped, "activations_bytes": p.activations,
             "attention_chunk_bytes": p.attention_chunk, "kept_results_bytes": p.kept,

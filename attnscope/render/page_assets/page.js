@@ -88,7 +88,12 @@
         cache.set(key, h);
         return h;
       }
-      if (sparse) {
+      if (D.layer_heads && heads[hi] >= D.layer_heads[li]) {
+        // a head this layer lacks (its layers differ in head count): stored as NaN / -1, drawn empty
+        h = sparse ? { key: key, idx: new Int32Array(n * K), w: new Float32Array(n * K) }
+                   : { key: key, data: new Float32Array(n * n), levels: {} };
+        h.bytes = sparse ? 8 * n * K : 4 * n * n;
+      } else if (sparse) {
         h = { key: key, idx: words(D.topk.indices[li][hi], Int32Array), w: words(D.topk.weights[li][hi], Float32Array) };
         h.bytes = 8 * n * K;
       } else {
@@ -553,7 +558,8 @@
         heads.forEach(function (hd, hi) {
           var c = document.createElement("canvas");
           c.style.width = c.style.height = thumbPx + "px";
-          c.title = "layer " + l + (rollout ? " · rollout" : " · head " + hd);
+          c.title = "layer " + l + (rollout ? " · rollout" : " · head " + hd) +
+            (D.layer_heads && hd >= D.layer_heads[li] ? " · no such head (layer " + l + " has " + D.layer_heads[li] + ")" : "");
           c.dataset.layer = l;
           c.dataset.head = hd;
           c.addEventListener("click", function () { choose(li, hi); });
