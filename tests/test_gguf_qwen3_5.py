@@ -342,3 +342,13 @@ def test_lying_ssm_metadata_is_one_line(lie: dict[str, Any], words: str, build: 
     assert res.exit_code != 0
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and words in lines[0], res.output
+
+
+def test_a_one_dimensional_shared_expert_gate_loads(made: Callable[..., Any]) -> None:
+    """llama.cpp declares ffn_gate_inp_shexp as {n_embd}: a file holding it 1-D loads as
+    transformers' (1, d) gate."""
+    _, _, gcfg, from_gguf = loaded("qwen3_next", made)
+    gate = from_gguf["blocks.1.mlp.shared_gate.weight"]
+    assert gate.shape == (1, gcfg.d_model)
+    got = qwen3_next.gguf_tensor("blocks.1.mlp.shared_gate.weight", gate[0], gcfg, "qwen3next")
+    assert list(got) == ["blocks.1.mlp.shared_gate.weight"] and torch.equal(got["blocks.1.mlp.shared_gate.weight"], gate)
