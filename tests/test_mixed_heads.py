@@ -146,3 +146,14 @@ def test_one_head_count_writes_what_it_wrote(name: str, build: Callable[[str], P
     doc = read_page_data(page)
     assert "layer_heads" not in doc and not np.isnan(doc["attention"]).any()
     assert not math.isnan(float(np.load(out)["weights"].sum()))
+
+
+def test_focus_over_layers_of_different_head_counts_lists_each_layers_own_heads(mixed: Path) -> None:
+    out = ok(run("attend", TEXT, "-m", mixed, "--layer", "0-1", "--no-color")).stdout
+    assert "nan" not in out
+    layer1 = out[out.index("· layer 1"):]
+    heads = [line.split()[0] for line in layer1.splitlines()[1:] if line.strip().startswith("H")]
+    assert heads == ["H0", "H1"]
+    layer0 = out[out.index("· layer 0"):out.index("· layer 1")]
+    assert [line.split()[0] for line in layer0.splitlines() if line.strip().startswith("H")][-4:] == \
+        ["H0", "H1", "H2", "H3"]

@@ -110,6 +110,8 @@ def focus_view(console: Console, focus: "Focus", k: int, color: bool, measure: s
             table.add_column("specials", justify="right", style="dim")
         for hi, head in enumerate(focus.heads):
             row = focus.weights[li, hi]  # (T,)
+            if bool(row.isnan().all()):  # a head this layer lacks (layers of different head counts): no row
+                continue
             scale = float(row.abs().max()) if signed else None
             if signed:
                 _, pos = row[ranked].abs().topk(shown)
