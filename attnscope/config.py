@@ -23,7 +23,7 @@ from typing import Any, Callable
 # here (`config.MAX_SIZE`, `config.from_hf_config`, the families' `config._shown`, …).
 from attnscope.config_checks import (  # noqa: F401
     ACTIVATIONS, MAX_LAYERS, MAX_SIZE, _check_optional_positive, _number, _positive_int, _positive_number, _shown,
-    check_decoder, check_rope_scaling, check_stack, check_template,
+    check_decoder, check_rope_scaling, check_stack, check_tensor_sizes, check_template,
 )
 from attnscope.config_io import (  # noqa: F401
     _HF_BOOLEANS, _check_booleans, from_hf_config, load_config, preset, preset_convention, read_config_json,
@@ -217,6 +217,7 @@ class ModelConfig:
             check_stack(self.stack, self.n_layers, (self.n_heads, self.n_kv_heads, self.d_head), where)
         if self.decoder is not None:
             check_decoder(self.decoder, where)
+        check_tensor_sizes(self, where)
 
     def _derived_stack(self) -> Stack:
         """The layers the flat fields describe, of the family's kind (`layer_template`):

@@ -282,6 +282,31 @@ def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: s
                 raise ConfigError(f"{where}rotary dimension {_shown(a.rope.rotary_dim)} must be even and within the head size {a.d_head}")
 
 
+# Values one declared tensor may hold. The largest real ones hold ~2**42 (DeepSeek-V3's
+# stacked experts); each size alone is bounded by MAX_SIZE, but a product of two such
+# sizes (a d_model × d_model pooler at d_model = 2**31) would overflow a torch storage's
+# byte count even on the meta device.
+MAX_TENSOR = 2**48
+
+
+def check_tensor_sizes(cfg: Any, where: str) -> None:
+    """Every tensor the config declares (per kind: arithmetic, never per layer) holds at
+    most MAX_TENSOR values, so that an accepted config always builds."""
+    from math import prod
+
+    from attnscope.parts import block_shapes, embedding_shapes, head_shapes
+
+    shapes = {**embedding_shapes(cfg), **head_shapes(cfg)}
+    for stack in (cfg.stack, cfg.decoder):
+        for spec, _ in (stack.kinds() if stack is not None else ()):
+            shapes.update(block_shapes(cfg, spec))
+    for name, shape in shapes.items():
+        n = prod(shape)
+        if n > MAX_TENSOR:
+            raise ConfigError(f"{where}{name} would hold {n:,} values ({' × '.join(map(str, shape))}): "
+                              "more than any model has (the limit is 2**48)")
+
+
 def check_decoder(stack: Any, where: str) -> None:
     """An encoder-decoder model's second stack (`ModelConfig.decoder`): up to MAX_LAYERS
     causal layers of sound kinds, each with a cross-attention that sees the whole source

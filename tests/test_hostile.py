@@ -711,3 +711,16 @@ def test_fuzz_gguf_header(tmp_path: Path, tiny_gguf: tuple[bytes, int], data: An
         from_hf_config(gguf_config(read_gguf(path)), name="fuzz")
     except AttnscopeError as exc:
         assert "\n" not in exc.message
+
+
+@pytest.mark.parametrize("raw, tensor", [
+    ({**BASES["bert"], "hidden_size": 2**31, "num_attention_heads": 2**10}, "pooler.weight"),
+    ({"model_type": "llama", "hidden_size": 2**31, "num_hidden_layers": 1, "num_attention_heads": 2**10,
+      "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 64}, "attn.q.weight"),
+])
+def test_a_tensor_past_2_48_values_is_one_config_error(raw: dict[str, Any], tensor: str) -> None:
+    """Each size within 2**31, but a product of two (a d × d matrix at d = 2**31) would
+    overflow a torch storage even on the meta device: refused where the config is read,
+    naming the tensor, so that every accepted config builds."""
+    with pytest.raises(ConfigError, match=rf"{re.escape(tensor)} would hold .* values"):
+        from_hf_config(raw, name="huge")
