@@ -35,6 +35,17 @@ def test_light_commands_import_no_heavy_module(args: list[str]) -> None:
     assert heavy == ["HEAVY="], out.stderr
 
 
+@pytest.mark.parametrize("args", [["attend", "x", "--device", "bogus"], ["heads", "x", "--device", "cuda:7,cpu"],
+                                  ["mask-demo", "--device", "auto", "--kind", "nonsense"]])
+def test_an_option_with_its_own_parser_needs_no_pydantic(args: list[str]) -> None:
+    """--device has a parser of its own: typer would build a pydantic adapter around it on
+    every command that takes it (~90 ms of the default `attend`); _coerce calls the parser."""
+    out = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, timeout=60)
+    heavy = [line for line in out.stderr.splitlines() if line.startswith("HEAVY=")]
+    assert len(heavy) == 1 and "pydantic" not in heavy[0], out.stderr
+    assert "error:" in out.stderr
+
+
 class Colour(str, Enum):
     red = "red"
     blue = "blue"

@@ -34,8 +34,10 @@ _FALSE = {"0", "false", "f", "no", "n", "off", ""}
 
 def _plain(annotation: Any, info: Any) -> str | None:
     """Which plain leaf `annotation` is, or None where typer's own builder must serve."""
-    if getattr(info, "parser", None) is not None or getattr(info, "click_type", None) is not None:
+    if getattr(info, "click_type", None) is not None:
         return None
+    if getattr(info, "parser", None) is not None:  # typer calls the option's own parser, and so do we
+        return "parsed"
     if annotation is bool:
         return "bool"
     if annotation is str:
@@ -67,6 +69,8 @@ def install() -> None:
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
             info = self.parameter_info
             try:
+                if self.kind == "parsed":  # as typer's own coercion: the parser's value is the value
+                    return info.parser(value)
                 if self.kind == "str":
                     if isinstance(value, bytes):
                         return value.decode("utf-8", "replace")
