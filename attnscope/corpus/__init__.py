@@ -14,6 +14,8 @@
                  pooled over the texts (and the processes), and on a model with
                  experts each MoE layer's expert counts; `CorpusScores`,
                  `CorpusProgress`, `corpus_dict`
+    packing.py   one pass over texts packed together, each masked to itself, and
+                 the hook cutting its pattern into each text's rows
 
 Texts run one a pass, or packed (--batch-tokens: consecutive texts in one pass, each
 masked to itself with its own positions); throughput also comes from more processes.

@@ -3,6 +3,7 @@
 
   counting.py  declared shapes -> rows by category, per layer kind, per head; `ParamReport`,
                `report`, the `--json` document (`report_dict`)
+  categories.py the breakdown row of each parameter name; `count_by_category`
   stored.py    what a checkpoint stores (safetensors or GGUF headers), in our names;
                `report_from_stored`, `report_from_gguf`, bytes by ggml type
   context.py   what n tokens of context cost: pattern entries, KV cache per kind, FLOPs
