@@ -3,7 +3,7 @@
 After nanoGPT's `model.py` (one readable forward pass) and gpt-fast's (built on the meta
 device with the checkpoint's tensors assigned, never first allocated at random; a small
 `KVCache` and a forward that takes a start position). The parts live in `attnscope.parts`
-and each declares its parameter shapes there; this module wires them and checks every
+and each declares its parameter shapes there; this module wires them, and `model_tensors` checks every
 checkpoint tensor against those declarations. Batch size is always 1: one text at a
 time, shapes (T, ...) without a batch.
 
@@ -14,7 +14,6 @@ nothing and prints nothing.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
 from attnscope.errors import CheckpointError, InputError
+from attnscope.model_tensors import _EXPERT_PIECE, _collect, _stack_piece, block_tensors  # noqa: F401  (re-exported)
 from attnscope.parts import OPTIONAL_PREFIXES, model_shapes, stack_per_layer, stack_relative
 from attnscope.parts.attention import Packing
 from attnscope.parts.block import Block
@@ -351,69 +351,3 @@ def build(
     if any(name not in state for name in optional):
         model.has_head = False  # the checkpoint ships no (complete) output head
     return model.eval()
-
-
-def block_tensors(cfg: ModelConfig, layer: int, tensors: Iterable[tuple[str, Tensor]],
-                  device: str | torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-    """One block's state dict (names relative to the block) from tensors in our names,
-    with the same checks as `build`."""
-    prefix = f"blocks.{layer}."
-    need = [name for name in model_shapes(cfg) if name.startswith(prefix)]
-    state = _collect(cfg, tensors, need, device, dtype, f"block {layer}")
-    return {name[len(prefix):]: tensor for name, tensor in state.items()}
-
-
-def _collect(cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]], need: Iterable[str],
-             device: str | torch.device, dtype: torch.dtype, what: str,
-             optional: Iterable[str] = ()) -> dict[str, Tensor]:
-    """The tensors named in `need`, on `device` in `dtype`; every tensor's shape checked
-    against the accounting, and every needed one present."""
-    shapes = model_shapes(cfg)
-    order = list(need)  # load order, for the message
-    need = set(order)
-    state: dict[str, Tensor] = {}
-    stacks: dict[str, tuple[Tensor, set[int]]] = {}  # per-expert pieces, stacked as they come
-    for name, tensor in tensors:
-        want = shapes.get(name)
-        piece = _EXPERT_PIECE.fullmatch(name) if want is None else None
-        if piece is not None and piece.group(1) in need:
-            _stack_piece(stacks, shapes[piece.group(1)], piece.group(1), int(piece.group(2)), tensor, device, dtype)
-            continue
-        if want is not None and tuple(tensor.shape) != want:
-            raise CheckpointError(
-                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {want}",
-                hint="the weights and config.json belong to different models",
-            )
-        if name in need:
-            state[name] = tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device)
-    for name, (stacked, filled) in stacks.items():
-        if len(filled) == stacked.shape[0]:
-            state[name] = stacked
-    skip = set(optional)
-    missing = [name for name in order if name not in state and name not in skip]
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors {what} needs: {shown}",
-                              hint="is this checkpoint complete, and does config.json match it?")
-    return state
-
-
-# One expert's 2-D tensor as a family's table names it (`…experts.gate.weight.{expert}`):
-# checkpoints that store experts one by one, stacked into our 3-D parameter here.
-_EXPERT_PIECE = re.compile(r"(.+\.experts\.\w+\.(?:weight|bias))\.(\d+)")
-
-
-def _stack_piece(stacks: dict[str, tuple[Tensor, set[int]]], want: tuple[int, ...], name: str, expert: int,
-                 tensor: Tensor, device: str | torch.device, dtype: torch.dtype) -> None:
-    """Put expert `expert`'s tensor into row `expert` of `name`'s stacked parameter."""
-    if expert >= want[0] or tuple(tensor.shape) != want[1:]:
-        raise CheckpointError(
-            f"expert {expert}'s tensor for {name} has shape {tuple(tensor.shape)} but config.json implies "
-            f"{want[0]} experts of {want[1:]}",
-            hint="the weights and config.json belong to different models",
-        )
-    if name not in stacks:
-        stacks[name] = (torch.empty(want, device=device, dtype=dtype), set())
-    stacked, filled = stacks[name]
-    stacked[expert] = tensor.to(device=device, dtype=dtype)
-    filled.add(expert)
