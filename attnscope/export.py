@@ -39,7 +39,34 @@ def pattern_bytes(n_layers: int, n_heads: int, n: int) -> int:
     return n_layers * n_heads * n * n * 4
 
 
-class PatternWriter:
+class StreamedFile:
+    """The end of a writer that streams into a temporary file published by `atomic_path`
+    (`self._ctx`): on a clean exit `close()` then publish; on an error (or a failing close)
+    close every open handle (`_entry`, `_zip`, `_file`, `_spill`) and discard the file."""
+
+    def _abort(self) -> None:
+        for closer in (self._entry, self._zip, self._file, self._spill):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception:
+                pass
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException as err:
+                self._abort()
+                self._ctx.__exit__(type(err), err, err.__traceback__)
+                raise
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._abort()
+            self._ctx.__exit__(exc_type, exc, tb)
+
+
+class PatternWriter(StreamedFile):
     """Streams `attentions` to .npz or .safetensors one layer at a time, so a save is
     bounded by disk, not RAM; the file appears (atomically) only when `close()` succeeds.
     With `sinks` (a model whose attention has sinks, gpt-oss), it also writes `sinks`
@@ -254,27 +281,6 @@ class PatternWriter:
         self._file.close()
         if self._spill is not None:
             self._spill.close()
-
-    def _abort(self) -> None:
-        for closer in (self._entry, self._zip, self._file, self._spill):
-            try:
-                if closer is not None:
-                    closer.close()
-            except Exception:
-                pass
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            try:
-                self.close()
-            except BaseException as err:
-                self._abort()
-                self._ctx.__exit__(type(err), err, err.__traceback__)
-                raise
-            self._ctx.__exit__(None, None, None)
-        else:
-            self._abort()
-            self._ctx.__exit__(exc_type, exc, tb)
 
 
 def save_patterns(path: Path, attentions: Any, layers: list[int], heads: list[int], token_ids: list[int],
