@@ -32,15 +32,15 @@ Within one process, `placement` puts the blocks of a model across several device
 (`--device cuda:0,cuda:1`, or auto with several GPUs) by the same split, the residual
 stream moved from block to block (`Transformer.placement`): `accelerate`'s device_map
 without the dependency.
+
+The split and the --dry-run plan live in `layer_split`, the rank-to-rank messages in
+`pipeline_link`, the one-process placement in `placement`; all are re-exported here.
 """
 
 from __future__ import annotations
 
-import bisect
-import os
 from dataclasses import dataclass
-from math import prod
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
@@ -52,81 +52,13 @@ if TYPE_CHECKING:
     from attnscope.config import ModelConfig
     from attnscope.distributed import Group
 
-TIMEOUT_ENV = "ATTNSCOPE_PIPELINE_TIMEOUT"
-DEFAULT_TIMEOUT = 1800.0  # seconds a rank waits for another before it says so (torch's own default for gloo)
+from attnscope.layer_split import RankPlan, _head_part, _pack, layer_bytes, plan_ranks, split  # noqa: F401  (re-exported)
+from attnscope.pipeline_link import (  # noqa: F401  (re-exported)
+    DEFAULT_TIMEOUT, TIMEOUT_ENV, _dtype, _error_header, _Link, _raise, _timeout,
+)
+from attnscope.placement import load_placed, parse_devices, placement  # noqa: F401  (re-exported)
+
 HINT = "run it as: torchrun --nproc-per-node 2 -m attnscope … --pipeline"
-
-
-# ------------------------------------------------------------------ the split, by arithmetic
-
-
-def layer_bytes(cfg: "ModelConfig", width: int) -> tuple[list[int], int, int, int]:
-    """Each layer's parameter bytes (one entry a layer, from each kind's declared shapes),
-    the embeddings', the head's (final norm, projection, unembedding; 0 when tied) and
-    the stack-owned relative table's, which every rank holds."""
-    from attnscope.parts import block_shapes, embedding_shapes, head_shapes
-
-    per_layer: list[int] = []
-    for spec, count in cfg.stack.runs:
-        per_layer += [sum(prod(s) for s in block_shapes(cfg, spec).values()) * width] * count
-    embed = {n: s for n, s in embedding_shapes(cfg).items() if n.startswith("embed.")}
-    relative = sum(prod(s) for n, s in embedding_shapes(cfg).items() if n.startswith("relative."))
-    head = sum(prod(s) for n, s in head_shapes(cfg).items() if _head_part(n))
-    if cfg.tied_embeddings and cfg.lm_head:  # the last rank holds the token table to unembed
-        head += prod(embed["embed.tok.weight"])
-    return per_layer, sum(prod(s) for s in embed.values()) * width, head * width, relative * width
-
-
-def split(cfg: "ModelConfig", world: int, width: int = 4) -> list[range]:
-    """Contiguous layer ranges, one per rank, each at least one layer, minimising the
-    largest rank's bytes (embeddings counted on the first, the head on the last)."""
-    per_layer, embed, head, _ = layer_bytes(cfg, width)
-    n = len(per_layer)
-    if world > n:
-        raise UsageError(f"{world} ranks cannot share {n} layers", hint="start at most as many processes as layers")
-    cost = list(per_layer)
-    cost[0] += embed
-    cost[-1] += head
-    # The smallest largest share: a binary search on it, each guess tried by packing layers greedily
-    # (O(layers · log bytes), so a config at MAX_LAYERS still splits at once).
-    lo, hi = max(cost), sum(cost)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(_pack(cost, mid)) <= world:
-            hi = mid
-        else:
-            lo = mid + 1
-    starts = _pack(cost, lo)
-    prefix = [0]
-    for c in cost:
-        prefix.append(prefix[-1] + c)
-    while len(starts) < world:  # fewer parts than ranks: halve the heaviest part that has two layers
-        bounds = starts + [n]
-        parts = [(prefix[b] - prefix[a], k) for k, (a, b) in enumerate(zip(bounds, bounds[1:])) if b - a >= 2]
-        _, k = max(parts)
-        a, b = bounds[k], bounds[k + 1]
-        half = (prefix[a] + prefix[b]) / 2
-        at = min(max(bisect.bisect_left(prefix, half, a + 1, b), a + 1), b - 1)  # the cut nearest the middle
-        at = min((j for j in (at - 1, at) if a < j < b),
-                 key=lambda j: max(prefix[j] - prefix[a], prefix[b] - prefix[j]))
-        starts.insert(k + 1, at)
-    return [range(a, b) for a, b in zip(starts, starts[1:] + [n])]
-
-
-def _pack(cost: list[int], cap: int) -> list[int]:
-    """The first layer of each part when layers are packed left to right, each part's
-    bytes at most `cap` (which is at least the largest layer's)."""
-    starts, total = [0], 0
-    for i, c in enumerate(cost):
-        if total + c > cap:
-            starts.append(i)
-            total = 0
-        total += c
-    return starts
-
-
-def _head_part(name: str) -> bool:
-    return not name.startswith(("pooler.", "mlm.", "nsp.", "classifier."))  # task heads: never run
 
 
 @dataclass(frozen=True)
@@ -169,94 +101,6 @@ def refuse_unsupported(cfg: "ModelConfig") -> None:
 
 
 # ------------------------------------------------------------------ talking to another rank
-
-
-def _timeout() -> float:
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 1.0 <= value <= 7 * 86400:
-        raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds from 1 to 604800, got {raw!r}")
-    return value
-
-
-class _Link:
-    """Point-to-point messages with the other ranks: a small header (pickled, as
-    torch.distributed's object collectives do; only ranks of this job send them) and
-    tensors sent raw. Any failure is one DeviceError naming the rank it waited on."""
-
-    def __init__(self, group: "Group") -> None:
-        self.group = group
-
-    def _failed(self, peer: int, exc: BaseException) -> DeviceError:
-        import re
-
-        # gloo's and NCCL's own words, without their source location and advice: "Connection closed by peer
-        # [127.0.0.1]:37047", "Timed out waiting 5000ms for recv operation to complete"
-        text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
-        first = text.split(". ")[0].rstrip(".") or type(exc).__name__
-        seen = f"(seen from rank {self.group.rank})"
-        return DeviceError(f"rank {peer} stopped or cannot be reached {seen}: {first[:160]}",
-                           hint="the other ranks' output says why; every rank has stopped")
-
-    def send(self, peer: int, header: tuple[Any, ...], tensor: Tensor | None = None) -> None:
-        import torch.distributed as dist
-
-        try:
-            dist.send_object_list([header], dst=peer, device=self.group.device)
-            if tensor is not None:
-                dist.send(tensor.contiguous().to(self.group.device), dst=peer)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise self._failed(peer, exc) from None
-
-    def recv(self, peer: int) -> tuple[Any, ...]:
-        import torch.distributed as dist
-
-        box: list[Any] = [None]
-        try:
-            dist.recv_object_list(box, src=peer, device=self.group.device)
-        except (RuntimeError, ValueError, OSError, EOFError) as exc:
-            raise self._failed(peer, exc) from None
-        header = box[0]
-        if not isinstance(header, tuple) or not header:
-            raise DeviceError(f"rank {peer} sent a message this rank cannot read",
-                              hint="run the same attnscope on every rank")
-        return header
-
-    def recv_tensor(self, peer: int, shape: Sequence[int], dtype: str) -> Tensor:
-        import torch.distributed as dist
-
-        out = torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=self.group.device)
-        try:
-            dist.recv(out, src=peer)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise self._failed(peer, exc) from None
-        return out
-
-
-def _dtype(t: Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
-def _error_header(exc: BaseException, rank: int) -> tuple[Any, ...]:
-    if isinstance(exc, AttnscopeError):
-        return ("error", type(exc).__name__, exc.message, exc.hint)
-    return ("error", "AttnscopeError", f"internal error on rank {rank}: {type(exc).__name__}: {exc}",
-            "set ATTNSCOPE_DEBUG=1 for the traceback and report it")
-
-
-def _raise(header: tuple[Any, ...]) -> None:
-    from attnscope import errors
-
-    _, name, message, hint = header
-    cls = getattr(errors, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, AttnscopeError)):
-        cls = AttnscopeError
-    raise cls(str(message), hint)
 
 
 # ------------------------------------------------------------------ rank 0: the driver
@@ -538,86 +382,3 @@ def _finish() -> None:
         distributed.finish()
     except Exception:  # noqa: BLE001 - tearing down after a failure
         pass
-
-
-# ------------------------------------------------------------------ one process, several devices
-
-
-def placement(cfg: "ModelConfig", devices: list[torch.device], width: int = 4) -> list[torch.device]:
-    """Each layer's device: the same balanced split, one range per device."""
-    out: list[torch.device] = []
-    for device, layers in zip(devices, split(cfg, len(devices), width)):
-        out += [device] * len(layers)
-    return out
-
-
-def parse_devices(device: str) -> list[torch.device] | None:
-    """`cuda:0,cuda:1` -> those devices; `auto` with several GPUs -> all of them; else None
-    (one device: the plain path)."""
-    if device == "auto":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return [torch.device("cuda", i) for i in range(count)] if count > 1 else None
-    if "," not in device:
-        return None
-    names = [part.strip() for part in device.split(",")]
-    out: list[torch.device] = []
-    for name in names:
-        if not name.startswith("cuda:") or not name[5:].isdigit():
-            raise DeviceError(f"--device {device!r}: each device of a list must be cuda:N, not {name!r}",
-                              hint="e.g. --device cuda:0,cuda:1")
-        out.append(torch.device(name))
-    if len(set(out)) != len(out):
-        raise DeviceError(f"--device {device!r} names a device twice", hint="e.g. --device cuda:0,cuda:1")
-    if not torch.cuda.is_available():
-        raise DeviceError(f"--device {device!r} was asked for, but no CUDA GPU is available", hint="use --device cpu")
-    if max(d.index for d in out) >= torch.cuda.device_count():
-        raise DeviceError(f"--device {device!r} names a GPU beyond the {torch.cuda.device_count()} visible",
-                          hint="see nvidia-smi for the GPUs")
-    return out
-
-
-def load_placed(model: str | None, devices: list[torch.device], dtype: str, progress: Any = None) -> "Inspector":
-    """One process, the blocks placed across `devices` (embeddings and head on the first)."""
-    from attnscope import api
-
-    src = api.open_source(model)
-    cfg = src.config
-    if src.gguf is not None:
-        raise UsageError("blocks across devices stream safetensors shards; a GGUF file is read whole",
-                         hint="give one --device")
-    refuse_unsupported(cfg)
-    width = torch.finfo(api.pick_dtype(dtype, devices[0], cfg)).bits // 8
-    where = placement(cfg, devices, width)
-    share = Share(range(cfg.n_layers), True, True, cfg.tied_embeddings, where)
-    return api.load(model, str(devices[0]), dtype, progress, share=share)
-
-
-# ------------------------------------------------------------------ --dry-run --pipeline
-
-
-@dataclass(frozen=True)
-class RankPlan:
-    rank: int
-    layers: range
-    weights: int  # bytes of parameters this rank holds
-    peak_memory: int  # about: runtime + weights + one block's activations and chunk + what it keeps
-
-
-def plan_ranks(cfg: "ModelConfig", world: int, dtype: str, n: int, base: Any) -> list[RankPlan]:
-    """Each rank's weights and peak memory for a pipelined run of `n` tokens; `base` is
-    the one-process `estimate.Plan` (its activations, chunk and runtime hold on every
-    rank; what the probes keep and the streamed save layer are rank 0's alone, and each
-    serving rank holds the residual stream it receives and one relayed chunk)."""
-    from attnscope.params import DTYPE_BYTES
-
-    width = DTYPE_BYTES[dtype]
-    per_layer, embed, head, relative = layer_bytes(cfg, width)
-    out = []
-    for rank, layers in enumerate(split(cfg, world, width)):
-        weights = sum(per_layer[i] for i in layers) + relative
-        weights += embed if rank == 0 else 0
-        weights += head if rank == world - 1 else 0
-        extra = base.kept if rank == 0 else n * cfg.d_model * width  # the stream received
-        out.append(RankPlan(rank, layers, weights,
-                            base.runtime + weights + base.activations + base.attention_chunk + extra))
-    return out
