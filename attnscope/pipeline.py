@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 from attnscope.layer_split import RankPlan, _head_part, _pack, layer_bytes, plan_ranks, split  # noqa: F401  (re-exported)
 from attnscope.pipeline_link import (  # noqa: F401  (re-exported)
-    DEFAULT_TIMEOUT, TIMEOUT_ENV, _dtype, _error_header, _Link, _raise, _timeout,
+    DEFAULT_TIMEOUT, TIMEOUT_ENV, Named, _dtype, _error_header, _Link, _raise, _timeout,
 )
 from attnscope.placement import load_placed, parse_devices, placement  # noqa: F401  (re-exported)
 
@@ -182,16 +182,19 @@ class Driver:
             self.in_flight = True
             for r in later:
                 self.link.send(r, ("pass", start, T, stop, key, _wanted(hooks, self.ranges[r]), r == later[-1]))
-            self.link.send(later[0], ("resid", tuple(x.shape), _dtype(x)), x)
+            self.link.send_named(later[0], ("resid",), {"resid": x})
             for r in later:
-                x = self._serve_reports(r, hooks, r == later[-1])
+                got = self._serve_reports(r, hooks, r == later[-1])
+                if got is not None:
+                    x = got["resid"]
             self.in_flight = False
         if cache is not None and stop == n - 1:
             cache.length = start + T
         return x
 
-    def _serve_reports(self, rank: int, hooks: Any, final: bool) -> Tensor | None:
-        """Hand `rank`'s reports to `hooks` until it is done; the residual stream if it ran the last layer."""
+    def _serve_reports(self, rank: int, hooks: Any, final: bool) -> Named | None:
+        """Hand `rank`'s reports to `hooks` until it is done; the stream (`Named`, "resid"
+        and what travels with it) if it ran the last layer."""
         while True:
             header = self.link.recv(rank)
             kind = header[0]
@@ -199,10 +202,7 @@ class Driver:
                 _, site, what, q0, k0, shape, dtype = header
                 hooks.report(site, what, self.link.recv_tensor(rank, shape, dtype), q0, k0)
             elif kind == "done":
-                if not final:
-                    return None
-                _, shape, dtype = header
-                return self.link.recv_tensor(rank, shape, dtype)
+                return self.link.recv_named(rank, header) if final else None
             elif kind == "error":
                 self.in_flight = False  # the failed rank passed the news on: every rank is back at its loop
                 _raise(header)
@@ -262,7 +262,8 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
                     if not final:
                         link.send(rank + 1, got)
                     continue
-                x = link.recv_tensor(rank - 1, got[1], got[2])
+                stream = link.recv_named(rank - 1, got)
+                x = stream["resid"]
                 kv = None
                 if key is not None:
                     if cache is None or cache[0] != key:
@@ -273,10 +274,11 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
                         first_layer=mine.start, resid=x)
                 if kv is not None and stop == net.cfg.n_layers - 1:
                     kv.length = start + T
+                stream = {**stream, "resid": x}  # the rest travels on as it came
                 if final:
-                    link.send(0, ("done", tuple(x.shape), _dtype(x)), x)
+                    link.send_named(0, ("done",), stream)
                 else:
-                    link.send(rank + 1, ("resid", tuple(x.shape), _dtype(x)), x)
+                    link.send_named(rank + 1, ("resid",), stream)
                     link.send(0, ("done",))
             elif kind == "logits":
                 x = link.recv_tensor(0, header[1], header[2])
@@ -315,9 +317,6 @@ def load_share(model: str | None, device: str, dtype: str, group: "Group") -> tu
     try:
         src = api.open_source(model)
         cfg = src.config
-        if src.gguf is not None:
-            raise UsageError("--pipeline streams safetensors shards; a GGUF file is read whole",
-                             hint="convert the model to safetensors, or run it in one process")
         refuse_unsupported(cfg)
         dev = api.pick_device(device if device != "auto" else ("cuda" if group.backend == "nccl" else "cpu"))
         width = torch.finfo(api.pick_dtype(dtype, dev, cfg)).bits // 8
