@@ -128,6 +128,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vocab_size": 50265, "max_position_embeddings": 1024, "activation_function": "gelu", "scale_embedding": False,
         "decoder_start_token_id": 2, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "torch_dtype": "float32",
     },
+    # facebook/mbart-large-cc25 (tests/data/real_configs/mbart-large-cc25.json): pre-norm, final norms per stack,
+    # embeddings × √d_model, the head tied to the shared table; 610,851,840 as transformers counts it.
+    "mbart-large-cc25": {
+        "model_type": "mbart", "architectures": ["MBartForConditionalGeneration"], "d_model": 1024,
+        "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 16, "decoder_attention_heads": 16,
+        "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096, "vocab_size": 250027, "max_position_embeddings": 1024,
+        "activation_function": "gelu", "scale_embedding": True, "normalize_before": True,
+        "add_final_layer_norm": True, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+        "torch_dtype": "float32",
+    },
+    # Helsinki-NLP/opus-mt-en-de (tests/data/real_configs/opus-mt-en-de.json), the OPUS-MT layout: post-norm,
+    # sinusoidal positions, swish, embeddings × √d_model, one table shared by both stacks and the head; 74,410,496.
+    "opus-mt-en-de": {
+        "model_type": "marian", "architectures": ["MarianMTModel"], "d_model": 512, "encoder_layers": 6,
+        "decoder_layers": 6, "encoder_attention_heads": 8, "decoder_attention_heads": 8, "encoder_ffn_dim": 2048,
+        "decoder_ffn_dim": 2048, "vocab_size": 58101, "max_position_embeddings": 512, "activation_function": "swish",
+        "scale_embedding": True, "decoder_start_token_id": 58100, "pad_token_id": 58100, "bos_token_id": 0,
+        "eos_token_id": 0,
+    },
     "all-mpnet-base-v2": {
         "model_type": "mpnet", "architectures": ["MPNetModel"], "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 30527, "max_position_embeddings": 514,
