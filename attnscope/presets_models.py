@@ -84,6 +84,20 @@ MOE_PRESETS: dict[str, dict[str, Any]] = {
         "shared_expert_intermediate_size": 512, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "vocab_size": 151936,
     },
+    # Qwen/Qwen3.5-35B-A3B, the smallest Qwen3.5-MoE: its text tower
+    # (tests/data/real_configs/qwen3.5-35b-a3b.json): Qwen3.5's hybrid layers with 256 experts
+    # (top 8) and a gated shared expert in every layer. 34,660,610,688 parameters, 3,454,988,928 active.
+    "qwen3.5-35b-a3b": {
+        "architectures": ["Qwen3_5MoeForCausalLM"], "model_type": "qwen3_5_moe_text", "attention_bias": False,
+        "attn_output_gate": True, "full_attention_interval": 4, "head_dim": 256, "hidden_act": "silu",
+        "hidden_size": 2048, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_num_key_heads": 16,
+        "linear_num_value_heads": 32, "linear_value_head_dim": 128, "max_position_embeddings": 262144,
+        "moe_intermediate_size": 512, "num_attention_heads": 16, "num_experts": 256, "num_experts_per_tok": 8,
+        "num_hidden_layers": 40, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_parameters": {"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
+                            "rope_theta": 10000000, "partial_rotary_factor": 0.25},
+        "shared_expert_intermediate_size": 512, "tie_word_embeddings": False, "vocab_size": 248320,
+    },
     # gpt-oss (openai/gpt-oss-20b, -120b): the Hub files without their quantization_config
     # (MXFP4 experts: a storage format, not a size); sliding and full layers alternate.
     "gpt-oss-20b": _gpt_oss(24, 32),
