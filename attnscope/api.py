@@ -261,7 +261,7 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     across several devices); the rest stays on the meta device, never read."""
     src = open_source(model)
     if src.gguf is not None:
-        return _load_gguf(src, device, dtype)
+        return _load_gguf(src, device, dtype, share)
     spec, ckpt, raw, cfg = src.spec, src.checkpoint, src.raw, src.config
     assert ckpt is not None  # internal invariant: not a GGUF
     check_declared(cfg, _stored_count(ckpt, cfg), "config.json")
@@ -355,9 +355,11 @@ def check_declared(cfg: ModelConfig, stored: int, what: str) -> None:
                               hint="the config and the weights belong to different models, or shards are missing")
 
 
-def _load_gguf(src: Source, device: str, dtype: str) -> Inspector:
+def _load_gguf(src: Source, device: str, dtype: str, share: Any = None) -> Inspector:
     """A GGUF checkpoint: tokenizer from its metadata, tensors dequantized to float32 by
-    gguf-py and assigned to our model, end-of-sequence id and chat template from the header."""
+    gguf-py and assigned to our model, end-of-sequence id and chat template from the header.
+    With a `share` (see `load`), only the share's tensors are read from the memory-mapped
+    file and dequantized: its other parts first, then each block onto its device, one at a time."""
     from attnscope.chat import chat_info_from_gguf
     from attnscope.sources.gguf import gguf_family, iter_gguf_tensors
     from attnscope.sources.gguf_tokenizer import gguf_tokenizer
@@ -367,5 +369,16 @@ def _load_gguf(src: Source, device: str, dtype: str) -> Inspector:
     tokenizer = gguf_tokenizer(f)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev, cfg)
-    net = build(cfg, iter_gguf_tensors(f, cfg, gguf_family(f)), dev, dt)
-    return Inspector(cfg, net, tokenizer, src.spec, dev, dt, chat_info_from_gguf(f.metadata))
+    family = gguf_family(f)
+    chat = chat_info_from_gguf(f.metadata)
+    if share is None:
+        net = build(cfg, iter_gguf_tensors(f, cfg, family), dev, dt)
+        return Inspector(cfg, net, tokenizer, src.spec, dev, dt, chat)
+    outside = iter_gguf_tensors(f, cfg, family, keep=lambda name: not name.startswith("blocks.") and share.holds(name))
+    net = build(cfg, outside, dev, dt, offload=True, only=share.holds)
+    for i in share.layers:
+        prefix = f"blocks.{i}."
+        block = iter_gguf_tensors(f, cfg, family, keep=lambda name: name.startswith(prefix))
+        net.blocks[i].load_state_dict(block_tensors(cfg, i, block, share.device(i, dev), dt), strict=True, assign=True)
+    net.placement = share.placement
+    return Inspector(cfg, net, tokenizer, src.spec, dev, dt, chat)

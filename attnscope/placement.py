@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attnscope.errors import DeviceError, UsageError
+from attnscope.errors import DeviceError
 from attnscope.layer_split import split
 
 if TYPE_CHECKING:
@@ -53,9 +53,6 @@ def load_placed(model: str | None, devices: list[torch.device], dtype: str, prog
 
     src = api.open_source(model)
     cfg = src.config
-    if src.gguf is not None:
-        raise UsageError("blocks across devices stream safetensors shards; a GGUF file is read whole",
-                         hint="give one --device")
     refuse_unsupported(cfg)
     width = torch.finfo(api.pick_dtype(dtype, devices[0], cfg)).bits // 8
     where = placement(cfg, devices, width)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import numpy as np
 
@@ -188,9 +188,14 @@ def check_types(f: GGUFFile) -> None:
             _cannot_dequantize(f, t)
 
 
-def iter_gguf_tensors(f: GGUFFile, cfg: ModelConfig, family: ModuleType) -> Iterator[tuple[str, Tensor]]:
+def iter_gguf_tensors(f: GGUFFile, cfg: ModelConfig, family: ModuleType,
+                      keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Tensor]]:
     """(our name, float32 tensor) for every tensor of the file, in file order. Every name
-    and type is checked before the first tensor is dequantized."""
+    and type is checked before the first tensor is dequantized.
+
+    `keep`: only the tensors whose name (ours, as the family's table gives it, before its
+    `gguf_tensor` adjustment) it accepts, a pipeline rank's share; the file is
+    memory-mapped, so the others' bytes are never read nor dequantized."""
     import torch
 
     plan = [(t, _our_name(f, family.GGUF_WEIGHTS, t.name, cfg.n_layers)) for t in f.tensors.values()]
@@ -199,6 +204,8 @@ def iter_gguf_tensors(f: GGUFFile, cfg: ModelConfig, family: ModuleType) -> Iter
     data = _open_data(f)
     for t, name in plan:
         if name is None:  # read elsewhere (rope_freqs: by gguf_config), not a parameter
+            continue
+        if keep is not None and not keep(name):  # another rank's, never touched here
             continue
         tensor = torch.from_numpy(_dequantize(f, t, data))
         yield from (adjust(name, tensor, cfg, f.arch) if adjust else {name: tensor}).items()
