@@ -17,6 +17,12 @@ base64-encoded little-endian (decimal text would either round them or triple the
   signed_layers, layer_kinds   only where some layers are signed (a linear layer's
              hidden attention: rows not summing to 1): those layers, drawn on a diverging
              scale and ranked by |weight|, and each one's kind in words
+  part, source_text, target_text   an encoder-decoder's page (`attend --target --html`):
+             the part shown ("cross", "encoder", "decoder") and both texts
+  key_tokens, key_token_ids, key_special, n_keys   only where the keys are another
+             sequence than the queries (the cross-attention: rows = the decoder's inputs,
+             columns = the source): each matrix is then n × n_keys, and the page shows
+             the two token rows, the key row shaded by where the chosen query looks
 
 A page is planned before the run (`Page(...)`, `Page.size()`: exact, from the tokens and
 the selection alone) so that a page no browser can hold is refused before any work, and
@@ -98,6 +104,8 @@ class Page:
     scores: Optional[dict[str, Any]] = None  # `heads --html`: {name: [layer][head]} over these layers and heads
     signed: Optional[dict[int, str]] = None  # the held layers whose values are signed, and each one's kind in words
     layer_heads: Optional[list[int]] = None  # each held layer's head count, where they differ (the grid is padded)
+    keys: Optional["Tokens"] = None  # the key tokens, where they are another sequence (cross-attention); else `tokens`
+    pair: Optional[tuple[str, str, str]] = None  # an encoder-decoder's (part, source text, target text)
 
     def __post_init__(self) -> None:
         from attnscope.measures.transforms import DESCRIPTIONS
@@ -105,8 +113,9 @@ class Page:
 
         n = len(self.tokens)
         self.n = n
+        self.n_keys = len(self.keys) if self.keys is not None else n
         if self.k is not None:
-            self.k = min(self.k, n)
+            self.k = min(self.k, self.n_keys)
         layer, head, token = self.initial
         doc: dict[str, Any] = {
             "format": "attnscope-page",
@@ -125,6 +134,11 @@ class Page:
             "initial": {"layer": layer, "head": head, "token": token},
             "encoding": "base64 of little-endian arrays, one row-major matrix (query, key) per layer and head",
         }
+        if self.pair is not None:
+            doc["part"], doc["source_text"], doc["target_text"] = self.pair
+        if self.keys is not None:
+            doc.update(key_tokens=list(self.keys.labels), key_token_ids=list(self.keys.ids),
+                       key_special=list(self.keys.special), n_keys=self.n_keys)
         if self.k is not None:
             doc["k"] = self.k
         if self.scores is not None:
@@ -139,20 +153,25 @@ class Page:
         self._meta = meta[:-1]
         mode = (f"top-{self.k} only: each token's {self.k} strongest keys; every other weight is not stored and drawn as 0"
                 if self.k is not None else "full patterns, exactly as --save writes them")
-        title = f"attnscope · {self.model} · {visible(self.tokens.text)}"
+        title = f"attnscope · {self.model} · {visible(self.pair[1] if self.pair else self.tokens.text)}"
         what = (f"{self.measure}: one matrix per layer" if self.measure in ("rollout", "alti", "value-zeroing")
                 else f"{len(self.heads)} heads")
+        counted = (f"{plural(n, 'target token')} × {plural(self.n_keys, 'source token')}" if self.keys is not None
+                   else plural(n, "token"))
         fields = {
             "TITLE": _text(title[:120] + ("…" if len(title) > 120 else "")),
             "MODEL": _text(self.model),
-            "TEXT": _text(visible(self.tokens.text)),
-            "MEASURE": _text(DESCRIPTIONS.get(self.measure, self.measure)),
+            "TEXT": self._texts(),
+            "MEASURE": _text(DESCRIPTIONS.get(self.measure, self.measure)) + self._part_line(),
             "MODE": _text(mode),
             "MODE_CLASS": "topk" if self.k is not None else "full",
-            "SUMMARY": _text(f"{plural(n, 'token')} · {plural(len(self.layers), 'layer')} × {what}"
+            "SUMMARY": _text(f"{counted} · {plural(len(self.layers), 'layer')} × {what}"
                              + (f" (cut from {self.tokens.truncated_from:,} by --truncate)"
                                 if self.tokens.truncated_from else "")),
-            "TOKENS": self._token_spans(),
+            "TOKENS": self._token_spans(self.tokens),
+            "KEYS": self._key_row(),
+            "ROWS_LABEL": ('<div class="row-label dim">target (decoder input) · rows</div>' if self.keys is not None
+                           else ""),
             "SCORES": self._score_panel(),
             "CSS": _asset("page.css"),
             "SCRIPT": _asset("page.js"),
@@ -180,11 +199,37 @@ class Page:
             rows.append(f'<div class="score"><b>{_text(name)}</b> <span class="dim">{_text(shown)}</span></div>')
         return '<section id="scores"><h2>Head scores</h2>' + "".join(rows) + "</section>"
 
-    def _token_spans(self) -> str:
+    def _texts(self) -> str:
+        """The text read; on an encoder-decoder's page both, each named."""
+        from attnscope.tokenize import visible
+
+        if self.pair is None:
+            return _text(visible(self.tokens.text))
+        return "".join(f'<div class="{name}-text"><b>{name}</b> {_text(visible(text))}</div>'
+                       for name, text in (("source", self.pair[1]), ("target", self.pair[2])))
+
+    def _part_line(self) -> str:
+        """Which attention of an encoder-decoder the page holds, in words."""
+        if self.pair is None:
+            return ""
+        words = {"cross": "cross-attention: rows = target (the decoder's inputs), columns = source",
+                 "encoder": "the encoder's self-attention, on the source",
+                 "decoder": "the decoder's self-attention (causal), on its inputs"}.get(self.pair[0], self.pair[0])
+        return f'<div id="part" data-part="{_text(self.pair[0])}">{_text(words)}</div>'
+
+    def _key_row(self) -> str:
+        """The key tokens' row (the source), above the query row, where they differ."""
+        if self.keys is None:
+            return ""
+        return ('<div class="row-label dim">source (encoder input) · columns</div>'
+                f'<section id="keys" class="tokens" tabindex="0" aria-label="source tokens">'
+                f"{self._token_spans(self.keys)}</section>")
+
+    def _token_spans(self, tokens: "Tokens") -> str:
         """The tokens as spans, in the page before its script runs (so the text reads even
         where scripts are off); labels already show spaces and controls visibly."""
         spans = []
-        for i, (label, special) in enumerate(zip(self.tokens.labels, self.tokens.special)):
+        for i, (label, special) in enumerate(zip(tokens.labels, tokens.special)):
             cls = "tok special" if special else "tok"
             spans.append(f'<span class="{cls}" data-i="{i}">{_text(label)}</span>')
         return "".join(spans)
@@ -193,7 +238,7 @@ class Page:
         """(name, bytes per head) of each array the page holds."""
         n = self.n
         if self.k is None:
-            return [("attention", 4 * n * n)]
+            return [("attention", 4 * n * self.n_keys)]
         return [("indices", 4 * n * self.k), ("weights", 4 * n * self.k)]
 
     def size(self) -> int:
@@ -215,7 +260,8 @@ class Page:
 
         size = self.size()
         if size > MAX_PAGE_BYTES:
-            per = "top-k keys" if self.k is not None else f"{self.n:,}² weights"
+            per = ("top-k keys" if self.k is not None else f"{self.n:,}² weights" if self.keys is None
+                   else f"{self.n:,} × {self.n_keys:,} weights")
             raise ExportError(
                 f"the page would be {human_bytes(size)} ({plural(len(self.layers), 'layer')} × {plural(len(self.heads), 'head')} of {per}), "
                 f"more than a browser can hold ({human_bytes(MAX_PAGE_BYTES)})",
@@ -225,13 +271,13 @@ class Page:
         return size
 
     def write(self, path: Path, force: bool = False, attention: Any = None, topk: Any = None) -> int:
-        """Write the page atomically; `attention` (L, H, n, n) float32, or `topk`
+        """Write the page atomically; `attention` (L, H, n, n_keys) float32, or `topk`
         (indices, weights) each (L, H, n, k), in the page's layer and head order."""
         from attnscope import export
 
         expected = (len(self.layers), len(self.heads), self.n)
         if self.k is None:
-            assert attention is not None and tuple(attention.shape) == expected + (self.n,), attention.shape
+            assert attention is not None and tuple(attention.shape) == expected + (self.n_keys,), attention.shape
             arrays = [("attention", attention, "<f4")]
         else:
             assert topk is not None and tuple(topk[0].shape) == expected + (self.k,), (topk[0].shape, self.k)
@@ -281,7 +327,7 @@ def _write_b64(f: BinaryIO, values: Any, dtype: str) -> None:
 
 def read_page_data(path: Path) -> dict[str, Any]:
     """The data document of a written page, its arrays decoded to numpy (for tests and
-    for anyone who wants the numbers back): attention (L, H, n, n) float32, or topk
+    for anyone who wants the numbers back): attention (L, H, n, n_keys) float32, or topk
     indices int64 and weights float32 (L, H, n, k)."""
     import numpy as np
 
@@ -296,7 +342,7 @@ def read_page_data(path: Path) -> dict[str, Any]:
                          for row in rows]) if rows else np.zeros((0, 0, n, width), dtype=dtype)
 
     if "attention" in doc:
-        doc["attention"] = decode(doc["attention"], "<f4", n)
+        doc["attention"] = decode(doc["attention"], "<f4", doc.get("n_keys", n))
     if "topk" in doc:
         doc["topk"] = {"indices": decode(doc["topk"]["indices"], "<i4", doc["k"]).astype(np.int64),
                        "weights": decode(doc["topk"]["weights"], "<f4", doc["k"])}

@@ -9,6 +9,10 @@
  * dumped DOM shows it. A signed layer (D.signed_layers: a linear layer's hidden attention,
  * rows not summing to 1) is drawn on a diverging scale (blue below 0, red above, up to its
  * head's largest |weight|), pooled and ranked by |weight|, the sign kept.
+ * Where the keys are another sequence (D.key_tokens: an encoder-decoder's cross-attention,
+ * rows = the decoder's inputs, columns = the source) each matrix is n × nk, the key tokens
+ * get a row of their own (#keys) above the query row, shaded by where the chosen query
+ * looks, and the query row is shaded by what reads the chosen key (its column).
  */
 (function () {
   "use strict";
@@ -43,8 +47,9 @@
     dataEl.textContent = "";
     var tParsed = performance.now();
     var n = D.n, sparse = !!D.topk, K = D.k || 0;
+    var keyed = !!D.key_tokens, nk = keyed ? D.n_keys : n;  // rows n (queries) × columns nk (keys)
     var layers = D.layers, heads = D.heads, rollout = D.measure === "rollout";
-    var labels = D.tokens;
+    var labels = D.tokens, keyLabels = keyed ? D.key_tokens : D.tokens;
     var LUT = buildLut();
     var signedLayers = D.signed_layers || [], kinds = D.layer_kinds || {};
     function isSigned(li) { return signedLayers.indexOf(layers[li]) >= 0; }
@@ -56,10 +61,12 @@
       hi: Math.max(0, heads.indexOf(D.initial.head)),
       pinned: D.initial.token >= 0 && D.initial.token < n ? D.initial.token : null,
       hover: null,
+      keyPinned: null,  // a keyed page's chosen key token (a column), apart from the query
+      keyHover: null,
       dir: "row",
       pool: "max",
       scale: "linear",
-      r0: 0, c0: 0, span: n
+      r0: 0, c0: 0, rspan: n, cspan: nk
     };
     if (layers.indexOf(D.initial.layer) < 0) S.li = layers.length - 1;
 
@@ -91,14 +98,14 @@
       if (D.layer_heads && heads[hi] >= D.layer_heads[li]) {
         // a head this layer lacks (its layers differ in head count): stored as NaN / -1, drawn empty
         h = sparse ? { key: key, idx: new Int32Array(n * K), w: new Float32Array(n * K) }
-                   : { key: key, data: new Float32Array(n * n), levels: {} };
-        h.bytes = sparse ? 8 * n * K : 4 * n * n;
+                   : { key: key, data: new Float32Array(n * nk), levels: {} };
+        h.bytes = sparse ? 8 * n * K : 4 * n * nk;
       } else if (sparse) {
         h = { key: key, idx: words(D.topk.indices[li][hi], Int32Array), w: words(D.topk.weights[li][hi], Float32Array) };
         h.bytes = 8 * n * K;
       } else {
         h = { key: key, data: words(D.attention[li][hi], Float32Array), levels: {} };
-        h.bytes = 4 * n * n;
+        h.bytes = 4 * n * nk;
       }
       h.signed = isSigned(li);
       h.scale = 0;  // a signed head's largest |weight|: the ends of its diverging scale
@@ -126,8 +133,8 @@
 
     // ------------------------------------------------------------------ reading a head
     function row(h, i) {
-      if (!sparse) return h.data.subarray(i * n, (i + 1) * n);
-      var out = new Float32Array(n);
+      if (!sparse) return h.data.subarray(i * nk, (i + 1) * nk);
+      var out = new Float32Array(nk);
       // an entry of weight 0 is a key the query cannot see (masked): never drawn or listed
       for (var e = i * K; e < (i + 1) * K; e++) {
         if (h.signed ? more(h.w[e], out[h.idx[e]], true) : h.w[e] > out[h.idx[e]]) out[h.idx[e]] = h.w[e];
@@ -137,14 +144,14 @@
     function col(h, j) {
       var out = new Float32Array(n), i, e;
       if (!sparse) {
-        for (i = 0; i < n; i++) out[i] = h.data[i * n + j];
+        for (i = 0; i < n; i++) out[i] = h.data[i * nk + j];
       } else {
         for (i = 0; i < n; i++) for (e = i * K; e < (i + 1) * K; e++) if (h.idx[e] === j) out[i] = h.w[e];
       }
       return out;
     }
     function value(h, i, j) {
-      if (!sparse) return h.data[i * n + j];
+      if (!sparse) return h.data[i * nk + j];
       for (var e = i * K; e < (i + 1) * K; e++) if (h.idx[e] === j) return h.w[e];
       return 0;
     }
@@ -164,16 +171,16 @@
     }
 
     // ------------------------------------------------------------------ pooling
-    // Level l holds ceil(n / 2^l)² cells, each the max (or the sum) of its 2^l × 2^l block.
+    // Level l holds ceil(n / 2^l) × ceil(nk / 2^l) cells, each the max (or the sum) of its 2^l × 2^l block.
     function levels(h, pool) {
       if (h.levels[pool]) return h.levels[pool];
-      var arrs = [h.data], dims = [n], m = n, cur = h.data, added = 0, sg = h.signed;
-      while (m > 16) {
-        var m2 = (m + 1) >> 1, next = new Float32Array(m2 * m2);
+      var arrs = [h.data], dims = [[n, nk]], m = n, mc = nk, cur = h.data, added = 0, sg = h.signed;
+      while (Math.max(m, mc) > 16) {
+        var m2 = (m + 1) >> 1, mc2 = (mc + 1) >> 1, next = new Float32Array(m2 * mc2);
         for (var y = 0; y < m2; y++) {
-          var ya = 2 * y * m, yb = 2 * y + 1 < m ? ya + m : -1;
-          for (var x = 0; x < m2; x++) {
-            var xa = 2 * x, xb = xa + 1 < m, a = cur[ya + xa], v;
+          var ya = 2 * y * mc, yb = 2 * y + 1 < m ? ya + mc : -1;
+          for (var x = 0; x < mc2; x++) {
+            var xa = 2 * x, xb = xa + 1 < mc, a = cur[ya + xa], v;
             if (pool === "max") {
               v = a;
               if (xb && more(cur[ya + xa + 1], v, sg)) v = cur[ya + xa + 1];
@@ -185,14 +192,15 @@
               v = a + (xb ? cur[ya + xa + 1] : 0);
               if (yb >= 0) v += cur[yb + xa] + (xb ? cur[yb + xa + 1] : 0);
             }
-            next[y * m2 + x] = v;
+            next[y * mc2 + x] = v;
           }
         }
         arrs.push(next);
-        dims.push(m2);
+        dims.push([m2, mc2]);
         added += next.byteLength;
         cur = next;
         m = m2;
+        mc = mc2;
       }
       h.levels[pool] = { arrs: arrs, dims: dims };
       grow(h, added);
@@ -206,44 +214,47 @@
       return b;
     }
 
-    // A g × g grid of pooled values over the view (r0, c0, span) of one head.
-    function pooled(h, r0, c0, span, g, pool) {
-      var out = new Float32Array(g * g), rb = bounds(r0, span, g), cb = bounds(c0, span, g);
-      var gy, gx, r, c, e, v;
+    // A gr × gc grid of pooled values over the view (r0, c0, rspan × cspan) of one head.
+    function pooled(h, r0, c0, rspan, cspan, gr, gc, pool) {
+      var out = new Float32Array(gr * gc), rb = bounds(r0, rspan, gr), cb = bounds(c0, cspan, gc);
+      var gy, gx, r, c, e, v, t;
       if (sparse) {
-        var rowT = new Int32Array(span), colT = new Int32Array(span);
-        for (gy = 0; gy < g; gy++) for (r = rb[gy]; r < rb[gy + 1]; r++) rowT[r - r0] = gy;
-        for (gx = 0; gx < g; gx++) for (c = cb[gx]; c < cb[gx + 1]; c++) colT[c - c0] = gx;
-        for (r = r0; r < r0 + span; r++) {
-          var base = rowT[r - r0] * g;
+        var rowT = new Int32Array(rspan), colT = new Int32Array(cspan);
+        for (gy = 0; gy < gr; gy++) for (r = rb[gy]; r < rb[gy + 1]; r++) rowT[r - r0] = gy;
+        for (gx = 0; gx < gc; gx++) for (c = cb[gx]; c < cb[gx + 1]; c++) colT[c - c0] = gx;
+        for (r = r0; r < r0 + rspan; r++) {
+          var base = rowT[r - r0] * gc;
           for (e = r * K; e < (r + 1) * K; e++) {
             c = h.idx[e] - c0;
             v = h.w[e];
-            if (c < 0 || c >= span || (h.signed ? v === 0 : !(v > 0))) continue;
+            if (c < 0 || c >= cspan || (h.signed ? v === 0 : !(v > 0))) continue;
             if (pool === "max") { if (more(v, out[base + colT[c]], h.signed)) out[base + colT[c]] = v; }
             else out[base + colT[c]] += v;
           }
         }
         if (pool === "mean") {
-          for (gy = 0; gy < g; gy++) for (gx = 0; gx < g; gx++) {
-            out[gy * g + gx] /= (rb[gy + 1] - rb[gy]) * (cb[gx + 1] - cb[gx]);
+          for (gy = 0; gy < gr; gy++) for (gx = 0; gx < gc; gx++) {
+            out[gy * gc + gx] /= (rb[gy + 1] - rb[gy]) * (cb[gx + 1] - cb[gx]);
           }
         }
         return out;
       }
-      var per = span / g, lvl = 0, P = per >= 2 ? levels(h, pool) : { arrs: [h.data], dims: [n] };
+      var per = Math.min(rspan / gr, cspan / gc), lvl = 0;
+      var P = per >= 2 ? levels(h, pool) : { arrs: [h.data], dims: [[n, nk]] };
       while (lvl + 1 < P.arrs.length && (2 << lvl) <= per) lvl++;
-      var arr = P.arrs[lvl], m = P.dims[lvl], s = 1 << lvl;
-      var ry0 = new Int32Array(g), ry1 = new Int32Array(g), cx0 = new Int32Array(g), cx1 = new Int32Array(g);
-      var rn = new Float64Array(g), cn = new Float64Array(g);
-      for (var t = 0; t < g; t++) {
+      var arr = P.arrs[lvl], m = P.dims[lvl][1], s = 1 << lvl;
+      var ry0 = new Int32Array(gr), ry1 = new Int32Array(gr), cx0 = new Int32Array(gc), cx1 = new Int32Array(gc);
+      var rn = new Float64Array(gr), cn = new Float64Array(gc);
+      for (t = 0; t < gr; t++) {
         ry0[t] = rb[t] >> lvl; ry1[t] = ((rb[t + 1] - 1) >> lvl) + 1;
-        cx0[t] = cb[t] >> lvl; cx1[t] = ((cb[t + 1] - 1) >> lvl) + 1;
         rn[t] = Math.min(ry1[t] * s, n) - ry0[t] * s;
-        cn[t] = Math.min(cx1[t] * s, n) - cx0[t] * s;
       }
-      for (gy = 0; gy < g; gy++) {
-        for (gx = 0; gx < g; gx++) {
+      for (t = 0; t < gc; t++) {
+        cx0[t] = cb[t] >> lvl; cx1[t] = ((cb[t + 1] - 1) >> lvl) + 1;
+        cn[t] = Math.min(cx1[t] * s, nk) - cx0[t] * s;
+      }
+      for (gy = 0; gy < gr; gy++) {
+        for (gx = 0; gx < gc; gx++) {
           var acc = pool === "max" && !h.signed ? -Infinity : 0;
           for (r = ry0[gy]; r < ry1[gy]; r++) {
             var o = r * m;
@@ -252,7 +263,7 @@
               if (pool === "max") { if (more(v, acc, h.signed)) acc = v; } else acc += v;
             }
           }
-          out[gy * g + gx] = pool === "max" ? acc : acc / (rn[gy] * cn[gx]);
+          out[gy * gc + gx] = pool === "max" ? acc : acc / (rn[gy] * cn[gx]);
         }
       }
       return out;
@@ -280,11 +291,11 @@
       var t = scale > 0 ? scaled(Math.abs(v) / scale) : 0, end = v < 0 ? NEG : POS;
       for (var ch = 0; ch < 3; ch++) out[at + ch] = Math.round(MID[ch] * (1 - t) + end[ch] * t);
     }
-    function paint(grid, g, target, h) {
-      target.width = g;
-      target.height = g;
-      var ctx = target.getContext("2d"), img = ctx.createImageData(g, g), px = img.data;
-      for (var p = 0; p < g * g; p++) {
+    function paint(grid, gr, gc, target, h) {
+      target.width = gc;
+      target.height = gr;
+      var ctx = target.getContext("2d"), img = ctx.createImageData(gc, gr), px = img.data;
+      for (var p = 0; p < gr * gc; p++) {
         if (h && h.signed) {
           diverging(grid[p], h.scale, px, 4 * p);
         } else {
@@ -299,7 +310,8 @@
     // ------------------------------------------------------------------ elements
     var $ = function (id) { return document.getElementById(id); };
     var tokEls = Array.prototype.slice.call($("tokens").querySelectorAll(".tok"));
-    var shade = new Int8Array(n).fill(-1);
+    var keyEls = keyed ? Array.prototype.slice.call($("keys").querySelectorAll(".tok")) : [];
+    var shade = new Int8Array(n).fill(-1), keyShade = new Int8Array(nk).fill(-1);
     var heat = $("heatmap"), tip = $("tip"), off = document.createElement("canvas");
     var layerPick = $("layer-picker"), headPick = $("head-picker");
     layers.forEach(function (l, i) { layerPick.add(new Option(String(l), String(i))); });
@@ -307,6 +319,8 @@
     if (rollout) headPick.disabled = true;
 
     function query() { return S.hover !== null ? S.hover : S.pinned; }
+    // The key whose column is shown: on a keyed page its own choice, else the query token itself.
+    function keyOf() { return keyed ? (S.keyHover !== null ? S.keyHover : S.keyPinned) : query(); }
     function clip(s, w) { return s.length <= w ? s : s.slice(0, w - 1) + "…"; }
 
     // ------------------------------------------------------------------ the side panel and tokens
@@ -316,29 +330,45 @@
       sel.dataset.head = rollout ? "" : heads[S.hi];
       sel.dataset.token = q === null ? "" : q;
       sel.dataset.pinned = S.pinned === null ? "" : S.pinned;
+      var kq = keyOf();
+      sel.dataset.key = keyed && kq !== null ? kq : "";
       sel.textContent = "layer " + layers[S.li] + " · " + (rollout ? "rollout" : "head " + heads[S.hi]) + " · " +
-        (q === null ? "no token (hover or tap one)" : "token " + q + " " + labels[q]);
+        (q === null ? "no token (hover or tap one)" : (keyed ? "target token " : "token ") + q + " " + labels[q]) +
+        (keyed && kq !== null ? " · source token " + kq + " " + keyLabels[kq] : "");
       layerPick.value = String(S.li);
       headPick.value = String(S.hi);
       $("dir-row").classList.toggle("on", S.dir === "row");
       $("dir-col").classList.toggle("on", S.dir === "col");
-      var keys = q === null ? null : row(h, q), queries = q === null ? null : col(h, q);
-      fillList($("top-keys"), keys ? top(keys, 8, h.signed) : []);
-      fillList($("top-queries"), queries ? top(queries, 8, h.signed) : []);
-      var shown = q === null ? null : S.dir === "row" ? keys : queries;
-      for (var j = 0; j < n; j++) {
-        var level = shown ? Math.round(scaled(h.signed ? Math.abs(shown[j]) / (h.scale || 1) : shown[j]) * 20) : 0;
-        if (level !== shade[j]) {
-          shade[j] = level;
-          tokEls[j].style.backgroundColor = level ? "rgba(255, 140, 0, " + (0.08 + 0.04 * level).toFixed(2) + ")" : "";
-        }
+      var keys = q === null ? null : row(h, q), queries = kq === null ? null : col(h, kq);
+      fillList($("top-keys"), keys ? top(keys, 8, h.signed) : [], keyLabels);
+      fillList($("top-queries"), queries ? top(queries, 8, h.signed) : [], labels);
+      if (keyed) {  // each row shaded by the other's choice: the source by where the target token looks
+        shadeRow(keyEls, keyShade, keys, h);
+        shadeRow(tokEls, shade, queries, h);
+        keyEls.forEach(function (el, j) {
+          el.classList.toggle("focus", j === kq);
+          el.classList.toggle("pinned", j === S.keyPinned);
+        });
+      } else {
+        shadeRow(tokEls, shade, q === null ? null : S.dir === "row" ? keys : queries, h);
       }
       tokEls.forEach(function (el, j) {
         el.classList.toggle("focus", j === q);
         el.classList.toggle("pinned", j === S.pinned);
       });
     }
-    function fillList(ol, best) {
+    function shadeRow(els, levels, shown, h) {
+      for (var j = 0; j < els.length; j++) {
+        var level = shown ? Math.round(scaled(h.signed ? Math.abs(shown[j]) / (h.scale || 1) : shown[j]) * 20) : 0;
+        if (level !== levels[j]) {
+          levels[j] = level;
+          els[j].style.backgroundColor = level ? "rgba(255, 140, 0, " + (0.08 + 0.04 * level).toFixed(2) + ")" : "";
+        }
+        // a keyed page's rows are two short texts: each token carries its weight, shown on hover
+        if (keyed) els[j].dataset.weight = els[j].title = shown ? String(shown[j]) : "";
+      }
+    }
+    function fillList(ol, best, labels) {
       ol.textContent = "";
       best.forEach(function (jv) {
         var li = document.createElement("li"), w = document.createElement("span");
@@ -354,13 +384,13 @@
       if (!best.length) {
         var none = document.createElement("li");
         none.className = "dim";
-        none.textContent = query() === null ? "–" : "nothing stored";
+        none.textContent = (ol.id === "top-keys" ? query() : keyOf()) === null ? "–" : "nothing stored";
         ol.appendChild(none);
       }
     }
 
     // ------------------------------------------------------------------ the heatmap
-    var geo = { w: 300, h: 280, ml: 112, mt: 92, plot: 180, dpr: 1 };
+    var geo = { w: 300, h: 280, ml: 112, mt: 92, pw: 180, ph: 180, dpr: 1 };
     var lastGrid = null;
     function layout() {
       var main = $("main"), gridWrap = $("grid-wrap");
@@ -369,9 +399,12 @@
       var side = avail - gw - 40 >= 320 ? avail - gw - 40 : avail;  // beside the grid where it fits, else above it
       var size = Math.max(300, Math.min(1000, side, window.innerHeight - top - 36));
       geo.dpr = window.devicePixelRatio || 1;
-      geo.plot = Math.floor(size) - geo.ml - 8;
-      geo.w = geo.ml + geo.plot + 8;
-      geo.h = geo.mt + geo.plot + 8;
+      var plot = Math.floor(size) - geo.ml - 8, ratio = n / nk;
+      // the longer side takes the plot; the shorter keeps its share, at least a quarter
+      geo.pw = Math.round(plot * Math.max(0.25, Math.min(1, 1 / ratio)));
+      geo.ph = Math.round(plot * Math.max(0.25, Math.min(1, ratio)));
+      geo.w = geo.ml + geo.pw + 8;
+      geo.h = geo.mt + geo.ph + 8;
       heat.style.width = geo.w + "px";
       heat.style.height = geo.h + "px";
       heat.width = Math.round(geo.w * geo.dpr);
@@ -383,33 +416,34 @@
       return Math.round(s);
     }
     function drawHeat() {
-      var h = getHead(S.li, S.hi), ctx = heat.getContext("2d"), dpr = geo.dpr, P = geo.plot;
-      var ml = geo.ml, mt = geo.mt, span = S.span, r0 = S.r0, c0 = S.c0;
+      var h = getHead(S.li, S.hi), ctx = heat.getContext("2d"), dpr = geo.dpr, PW = geo.pw, PH = geo.ph;
+      var ml = geo.ml, mt = geo.mt, rspan = S.rspan, cspan = S.cspan, r0 = S.r0, c0 = S.c0;
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
       ctx.clearRect(0, 0, geo.w, geo.h);
-      var g = Math.max(1, Math.min(span, Math.round(P * dpr)));
-      var grid = pooled(h, r0, c0, span, g, S.pool);
-      lastGrid = { grid: grid, g: g };
-      paint(grid, g, off, h);
+      var gr = Math.max(1, Math.min(rspan, Math.round(PH * dpr))), gc = Math.max(1, Math.min(cspan, Math.round(PW * dpr)));
+      var grid = pooled(h, r0, c0, rspan, cspan, gr, gc, S.pool);
+      lastGrid = { grid: grid, gr: gr, gc: gc };
+      paint(grid, gr, gc, off, h);
       ctx.imageSmoothingEnabled = false;
-      ctx.drawImage(off, ml, mt, P, P);
-      if (!sparse) hatchMasked(grid, g, ctx, ml, mt, P);
-      var cell = P / span, stride = cell >= 9 ? 1 : niceStride(14 / cell);
+      ctx.drawImage(off, ml, mt, PW, PH);
+      if (!sparse) hatchMasked(grid, gr, gc, ctx, ml, mt, PW, PH);
+      var cellH = PH / rspan, cellW = PW / cspan, cell = Math.min(cellH, cellW);
+      var rstride = cellH >= 9 ? 1 : niceStride(14 / cellH), cstride = cellW >= 9 ? 1 : niceStride(14 / cellW);
       var font = Math.max(8, Math.min(12, Math.floor(cell) - 1));
       ctx.fillStyle = "#1d1f24";
-      ctx.font = stride === 1 ? MONO.replace("11px", font + "px") : MONO;
+      ctx.font = rstride === 1 && cstride === 1 ? MONO.replace("11px", font + "px") : MONO;
       ctx.textBaseline = "middle";
       ctx.textAlign = "right";
       var i, text;
-      for (i = Math.ceil(r0 / stride) * stride; i < r0 + span; i += stride) {
-        text = stride === 1 ? clip(labels[i], 14) : i + " " + clip(labels[i], 8);
-        ctx.fillText(text, ml - 4, mt + (i - r0 + 0.5) * cell);
+      for (i = Math.ceil(r0 / rstride) * rstride; i < r0 + rspan; i += rstride) {
+        text = rstride === 1 ? clip(labels[i], 14) : i + " " + clip(labels[i], 8);
+        ctx.fillText(text, ml - 4, mt + (i - r0 + 0.5) * cellH);
       }
       ctx.textAlign = "left";
-      for (i = Math.ceil(c0 / stride) * stride; i < c0 + span; i += stride) {
-        text = stride === 1 ? clip(labels[i], 12) : i + " " + clip(labels[i], 6);
+      for (i = Math.ceil(c0 / cstride) * cstride; i < c0 + cspan; i += cstride) {
+        text = cstride === 1 ? clip(keyLabels[i], 12) : i + " " + clip(keyLabels[i], 6);
         ctx.save();
-        ctx.translate(ml + (i - c0 + 0.5) * cell, mt - 4);
+        ctx.translate(ml + (i - c0 + 0.5) * cellW, mt - 4);
         ctx.rotate(-Math.PI / 2);
         ctx.fillText(text, 0, 0);
         ctx.restore();
@@ -417,50 +451,51 @@
       ctx.fillStyle = "#6b7080";
       ctx.font = MONO;
       ctx.textAlign = "left";
-      ctx.fillText("key →", 4, 10);
-      ctx.fillText("query ↓", 4, 24);
-      var q = query();
-      if (q !== null) {
-        ctx.strokeStyle = "rgba(214, 51, 108, 0.9)";
-        ctx.lineWidth = 1.5;
-        var band = Math.max(cell, 2);
-        if (q >= r0 && q < r0 + span) ctx.strokeRect(ml, mt + (q - r0) * cell + (cell - band) / 2, P, band);
-        if (q >= c0 && q < c0 + span) ctx.strokeRect(ml + (q - c0) * cell + (cell - band) / 2, mt, band, P);
-      }
+      ctx.fillText(keyed ? "source →" : "key →", 4, 10);
+      ctx.fillText(keyed ? "target ↓" : "query ↓", 4, 24);
+      var q = query(), kq = keyOf();
+      ctx.strokeStyle = "rgba(214, 51, 108, 0.9)";
+      ctx.lineWidth = 1.5;
+      var bandH = Math.max(cellH, 2), bandW = Math.max(cellW, 2);
+      if (q !== null && q >= r0 && q < r0 + rspan) ctx.strokeRect(ml, mt + (q - r0) * cellH + (cellH - bandH) / 2, PW, bandH);
+      if (kq !== null && kq >= c0 && kq < c0 + cspan) ctx.strokeRect(ml + (kq - c0) * cellW + (cellW - bandW) / 2, mt, bandW, PH);
       ctx.strokeStyle = "#d9dbe3";
       ctx.lineWidth = 1;
-      ctx.strokeRect(ml - 1.5, mt - 1.5, P + 3, P + 3);  // outside the cells: the first row and column stay visible
+      ctx.strokeRect(ml - 1.5, mt - 1.5, PW + 3, PH + 3);  // outside the cells: the first row and column stay visible
       $("heat-title").textContent = "layer " + layers[S.li] + " · " + (rollout ? "rollout" : "head " + heads[S.hi]) +
-        " · row = query, column = key" + (sparse ? " · top-" + K + " only" : "") +
+        (keyed ? " · row = target token, column = source token" : " · row = query, column = key") +
+        (sparse ? " · top-" + K + " only" : "") +
         (h.signed ? " · " + (kinds[layers[S.li]] || "not row-stochastic") + ": hidden attention, signed, rows do not sum to 1" : "");
-      var per = span / g;
-      $("heat-range").textContent = "tokens " + r0 + "–" + (r0 + span - 1) + " × " + c0 + "–" + (c0 + span - 1) +
+      var per = Math.max(rspan / gr, cspan / gc);
+      $("heat-range").textContent = "tokens " + r0 + "–" + (r0 + rspan - 1) + " × " + c0 + "–" + (c0 + cspan - 1) +
         (per > 1 ? " · " + per.toFixed(1) + " tokens per pixel, " + S.pool + " pooled" : "");
       drawLegend();
     }
     // Cells of exactly 0 are keys the mask hides (softmax of -inf): hatch them, so that they
     // read apart from weights merely near 0, which share the scale's darkest colour.
     var maskCanvas = document.createElement("canvas"), hatchCanvas = document.createElement("canvas");
-    function hatchMasked(grid, g, ctx, x, y, P) {
+    function hatchMasked(grid, gr, gc, ctx, x, y, PW, PH) {
       var dpr = geo.dpr, any = false, p;
-      for (p = 0; p < g * g && !any; p++) any = grid[p] === 0;
+      for (p = 0; p < gr * gc && !any; p++) any = grid[p] === 0;
       if (!any) return;
-      maskCanvas.width = maskCanvas.height = g;
-      var mctx = maskCanvas.getContext("2d"), img = mctx.createImageData(g, g), px = img.data;
-      for (p = 0; p < g * g; p++) px[4 * p + 3] = grid[p] === 0 ? 255 : 0;
+      maskCanvas.width = gc;
+      maskCanvas.height = gr;
+      var mctx = maskCanvas.getContext("2d"), img = mctx.createImageData(gc, gr), px = img.data;
+      for (p = 0; p < gr * gc; p++) px[4 * p + 3] = grid[p] === 0 ? 255 : 0;
       mctx.putImageData(img, 0, 0);
-      var side = Math.round(P * dpr);
-      hatchCanvas.width = hatchCanvas.height = side;
+      var sw = Math.round(PW * dpr), sh = Math.round(PH * dpr), side = Math.max(sw, sh);
+      hatchCanvas.width = sw;
+      hatchCanvas.height = sh;
       var hctx = hatchCanvas.getContext("2d");
       hctx.strokeStyle = "rgba(255, 255, 255, 0.45)";
       hctx.lineWidth = Math.max(1, dpr);
       hctx.beginPath();
-      for (var d = -side; d < side; d += 6 * dpr) { hctx.moveTo(d, side); hctx.lineTo(d + side, 0); }
+      for (var d = -side; d < side; d += 6 * dpr) { hctx.moveTo(d, sh); hctx.lineTo(d + sh, 0); }
       hctx.stroke();
       hctx.globalCompositeOperation = "destination-in";
       hctx.imageSmoothingEnabled = false;
-      hctx.drawImage(maskCanvas, 0, 0, side, side);
-      ctx.drawImage(hatchCanvas, x, y, P, P);
+      hctx.drawImage(maskCanvas, 0, 0, sw, sh);
+      ctx.drawImage(hatchCanvas, x, y, PW, PH);
     }
     function drawLegend() {
       var c = $("legend"), dpr = geo.dpr, w = 260, hgt = 34, ctx = c.getContext("2d");
@@ -513,26 +548,34 @@
     }
     function cellAt(ev) {
       var rect = heat.getBoundingClientRect(), x = ev.clientX - rect.left - geo.ml, y = ev.clientY - rect.top - geo.mt;
-      if (x < 0 || y < 0 || x >= geo.plot || y >= geo.plot) return null;
-      return { i: S.r0 + Math.floor((y / geo.plot) * S.span), j: S.c0 + Math.floor((x / geo.plot) * S.span), x: x, y: y };
+      if (x < 0 || y < 0 || x >= geo.pw || y >= geo.ph) return null;
+      return { i: S.r0 + Math.floor((y / geo.ph) * S.rspan), j: S.c0 + Math.floor((x / geo.pw) * S.cspan), x: x, y: y };
     }
     function clampView() {
-      S.span = Math.max(Math.min(n, 4), Math.min(n, Math.round(S.span)));
-      S.r0 = Math.max(0, Math.min(n - S.span, Math.round(S.r0)));
-      S.c0 = Math.max(0, Math.min(n - S.span, Math.round(S.c0)));
+      S.rspan = Math.max(Math.min(n, 4), Math.min(n, Math.round(S.rspan)));
+      S.cspan = Math.max(Math.min(nk, 4), Math.min(nk, Math.round(S.cspan)));
+      S.r0 = Math.max(0, Math.min(n - S.rspan, Math.round(S.r0)));
+      S.c0 = Math.max(0, Math.min(nk - S.cspan, Math.round(S.c0)));
+    }
+    function unzoom() {
+      S.rspan = n;
+      S.cspan = nk;
+      S.r0 = S.c0 = 0;
+      redraw();
     }
     function zoom(factor, fy, fx, ai, aj) {
-      var span = S.span;
+      var rspan = S.rspan, cspan = S.cspan;
       if (ai === undefined) {
-        var q = query();
+        var q = query(), kq = keyOf();
         fy = fx = 0.5;
-        ai = q !== null ? q : S.r0 + span / 2;
-        aj = q !== null ? q : S.c0 + span / 2;
+        ai = q !== null ? q : S.r0 + rspan / 2;
+        aj = kq !== null ? kq : S.c0 + cspan / 2;
       }
-      S.span = span * factor;
+      S.rspan = rspan * factor;
+      S.cspan = cspan * factor;
       clampView();
-      S.r0 = ai - fy * S.span;
-      S.c0 = aj - fx * S.span;
+      S.r0 = ai - fy * S.rspan;
+      S.c0 = aj - fx * S.cspan;
       clampView();
       redraw();
     }
@@ -594,9 +637,10 @@
       else pumping = false;
     }
     function drawThumb(li, hi) {
-      var key = li + "," + hi + "," + S.pool, g = Math.min(n, Math.round(thumbPx * geo.dpr));
-      if (!thumbs[key]) thumbs[key] = pooled(getHead(li, hi), 0, 0, n, g, S.pool);
-      paint(thumbs[key], g, thumbEls[li][hi], getHead(li, hi));
+      var key = li + "," + hi + "," + S.pool, side = Math.round(thumbPx * geo.dpr);
+      var gr = Math.min(n, side), gc = Math.min(nk, side);
+      if (!thumbs[key]) thumbs[key] = pooled(getHead(li, hi), 0, 0, n, nk, gr, gc, S.pool);
+      paint(thumbs[key], gr, gc, thumbEls[li][hi], getHead(li, hi));
     }
     function markGrid() {
       thumbEls.forEach(function (rowEls, li) {
@@ -630,9 +674,16 @@
       if (i !== null && tokEls[i]) tokEls[i].scrollIntoView({ block: "nearest", inline: "nearest" });
       redraw();
     }
+    function pinKey(j) {
+      S.keyPinned = j;
+      S.keyHover = null;
+      if (j !== null && keyEls[j]) keyEls[j].scrollIntoView({ block: "nearest", inline: "nearest" });
+      redraw();
+    }
     function writeHash() {
       var p = "layer=" + layers[S.li] + (rollout ? "" : "&head=" + heads[S.hi]) +
-        (S.pinned !== null ? "&token=" + S.pinned : "") + (S.dir === "col" ? "&dir=col" : "");
+        (S.pinned !== null ? "&token=" + S.pinned : "") + (keyed && S.keyPinned !== null ? "&key=" + S.keyPinned : "") +
+        (S.dir === "col" ? "&dir=col" : "");
       if (location.hash.slice(1) === p) return;
       try {
         history.replaceState(null, "", "#" + p);
@@ -649,6 +700,10 @@
         var t = Number(p.get("token"));
         if (Number.isInteger(t) && t >= 0 && t < n) S.pinned = t;
       }
+      if (keyed && p.has("key")) {
+        var kt = Number(p.get("key"));
+        if (Number.isInteger(kt) && kt >= 0 && kt < nk) S.keyPinned = kt;
+      }
       if (p.get("dir") === "col" || p.get("dir") === "row") S.dir = p.get("dir");
     }
 
@@ -662,10 +717,22 @@
       var t = e.target.closest ? e.target.closest(".tok") : null;
       if (t) pin(Number(t.dataset.i));
     });
+    if (keyed) {  // the source row: hover or tap a source token to see which target tokens read it
+      $("keys").addEventListener("mouseover", function (e) {
+        var t = e.target.closest ? e.target.closest(".tok") : null;
+        if (t) { S.keyHover = Number(t.dataset.i); redraw(); }
+      });
+      $("keys").addEventListener("mouseleave", function () { S.keyHover = null; redraw(); });
+      $("keys").addEventListener("click", function (e) {
+        var t = e.target.closest ? e.target.closest(".tok") : null;
+        if (t) pinKey(Number(t.dataset.i));
+      });
+      $("dir-row").parentNode.hidden = true;  // each row shows its own direction
+    }
     ["top-keys", "top-queries"].forEach(function (id) {
       $(id).addEventListener("click", function (e) {
         var li = e.target.closest ? e.target.closest("li[data-key]") : null;
-        if (li) pin(Number(li.dataset.key));
+        if (li) (keyed && id === "top-keys" ? pinKey : pin)(Number(li.dataset.key));
       });
     });
     layerPick.addEventListener("change", function () { choose(Number(layerPick.value), S.hi); });
@@ -676,7 +743,7 @@
     $("dir-col").addEventListener("click", function () { S.dir = "col"; redraw(); });
     $("zoom-in").addEventListener("click", function () { zoom(0.5); });
     $("zoom-out").addEventListener("click", function () { zoom(2); });
-    $("zoom-reset").addEventListener("click", function () { S.span = n; S.r0 = S.c0 = 0; redraw(); });
+    $("zoom-reset").addEventListener("click", unzoom);
 
     var drag = null;
     heat.addEventListener("pointerdown", function (e) {
@@ -686,8 +753,8 @@
     heat.addEventListener("pointermove", function (e) {
       if (drag && (drag.moved || Math.abs(e.clientX - drag.x) + Math.abs(e.clientY - drag.y) > 4)) {
         drag.moved = true;
-        S.r0 = drag.r0 - ((e.clientY - drag.y) / geo.plot) * S.span;
-        S.c0 = drag.c0 - ((e.clientX - drag.x) / geo.plot) * S.span;
+        S.r0 = drag.r0 - ((e.clientY - drag.y) / geo.ph) * S.rspan;
+        S.c0 = drag.c0 - ((e.clientX - drag.x) / geo.pw) * S.cspan;
         clampView();
         tip.hidden = true;
         redraw();
@@ -695,44 +762,49 @@
       }
       var at = cellAt(e);
       if (!at) { tip.hidden = true; return; }
-      var h = getHead(S.li, S.hi), lines = "query " + at.i + " " + clip(labels[at.i], 16) + "\nkey   " + at.j + " " +
-        clip(labels[at.j], 16) + "\nweight " + weightText(value(h, at.i, at.j));
-      if (lastGrid && S.span > lastGrid.g) {
-        var gy = Math.min(lastGrid.g - 1, Math.floor((at.y / geo.plot) * lastGrid.g));
-        var gx = Math.min(lastGrid.g - 1, Math.floor((at.x / geo.plot) * lastGrid.g));
-        lines += "\npixel  " + S.pool + " " + lastGrid.grid[gy * lastGrid.g + gx].toPrecision(4);
+      var h = getHead(S.li, S.hi), lines = (keyed ? "target " : "query ") + at.i + " " + clip(labels[at.i], 16) +
+        (keyed ? "\nsource " : "\nkey   ") + at.j + " " + clip(keyLabels[at.j], 16) + "\nweight " + weightText(value(h, at.i, at.j));
+      if (lastGrid && (S.rspan > lastGrid.gr || S.cspan > lastGrid.gc)) {
+        var gy = Math.min(lastGrid.gr - 1, Math.floor((at.y / geo.ph) * lastGrid.gr));
+        var gx = Math.min(lastGrid.gc - 1, Math.floor((at.x / geo.pw) * lastGrid.gc));
+        lines += "\npixel  " + S.pool + " " + lastGrid.grid[gy * lastGrid.gc + gx].toPrecision(4);
       }
       tip.textContent = lines;
       tip.hidden = false;
       tip.style.left = Math.min(geo.w - 170, at.x + geo.ml + 14) + "px";
       tip.style.top = at.y + geo.mt + 14 + "px";
-      if (S.hover !== at.i) { S.hover = at.i; redraw(); }
+      if (S.hover !== at.i || (keyed && S.keyHover !== at.j)) {
+        S.hover = at.i;
+        if (keyed) S.keyHover = at.j;
+        redraw();
+      }
     });
     heat.addEventListener("pointerup", function (e) {
       var click = drag && !drag.moved;
       drag = null;
       if (click) {
         var at = cellAt(e);
+        if (at && keyed) S.keyPinned = at.j;
         if (at) pin(at.i);
       }
     });
     heat.addEventListener("pointerleave", function () {
       tip.hidden = true;
-      if (S.hover !== null) { S.hover = null; redraw(); }
+      if (S.hover !== null || S.keyHover !== null) { S.hover = S.keyHover = null; redraw(); }
     });
-    heat.addEventListener("dblclick", function () { S.span = n; S.r0 = S.c0 = 0; redraw(); });
+    heat.addEventListener("dblclick", unzoom);
     heat.addEventListener("wheel", function (e) {
       e.preventDefault();
       var at = cellAt(e);
       if (!at) return;
       var factor = Math.pow(1.0015, e.deltaY * (e.deltaMode === 1 ? 30 : 1));
-      zoom(factor, at.y / geo.plot, at.x / geo.plot, S.r0 + (at.y / geo.plot) * S.span, S.c0 + (at.x / geo.plot) * S.span);
+      zoom(factor, at.y / geo.ph, at.x / geo.pw, S.r0 + (at.y / geo.ph) * S.rspan, S.c0 + (at.x / geo.pw) * S.cspan);
     }, { passive: false });
 
     document.addEventListener("keydown", function (e) {
       var tag = e.target && e.target.tagName;
       if (e.ctrlKey || e.metaKey || e.altKey || tag === "SELECT" || tag === "INPUT" || tag === "TEXTAREA") return;
-      var pan = Math.max(1, Math.round(S.span / 8)), q = query(), used = true;
+      var pan = Math.max(1, Math.round(Math.min(S.rspan, S.cspan) / 8)), q = query(), used = true;
       switch (e.key) {
         case "ArrowLeft": if (e.shiftKey) { S.c0 -= pan; clampView(); redraw(); } else choose(S.li, S.hi - 1); break;
         case "ArrowRight": if (e.shiftKey) { S.c0 += pan; clampView(); redraw(); } else choose(S.li, S.hi + 1); break;
@@ -747,8 +819,8 @@
           $("scale-picker").value = S.scale; queueThumbs(true); redraw(); break;
         case "+": case "=": zoom(0.5); break;
         case "-": case "_": zoom(2); break;
-        case "0": S.span = n; S.r0 = S.c0 = 0; redraw(); break;
-        case "Escape": S.pinned = null; S.hover = null; redraw(); break;
+        case "0": unzoom(); break;
+        case "Escape": S.pinned = S.hover = S.keyPinned = S.keyHover = null; redraw(); break;
         default: used = false;
       }
       if (used) e.preventDefault();
