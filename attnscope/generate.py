@@ -120,9 +120,18 @@ def check_request(cfg: "ModelConfig", name: str, *, measure: str = "weight", sto
     if measure not in STEP_MEASURES:
         raise UsageError(f"generate ranks each step's keys by weight or norm, not {measure}",
                          hint="for rollout, run attnscope attend --measure rollout on the generated text")
+    check_stop(stop)
+    return select(layers, cfg.n_layers, "layer"), select(heads, cfg.n_heads, "head")
+
+
+def check_stop(stop: str | None) -> None:
     if stop is not None and not stop:
         raise UsageError("--stop needs a non-empty text")
-    return select(layers, cfg.n_layers, "layer"), select(heads, cfg.n_heads, "head")
+
+
+def stop_reached(tokenizer: Any, token_ids: list[int], stop: str | None) -> bool:
+    """Whether the new text (`token_ids`, special tokens written out) holds the stop string."""
+    return stop is not None and stop in tokenizer.decode(token_ids, skip_special_tokens=False)
 
 
 def choose(logits: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None) -> int:
@@ -197,7 +206,7 @@ def generate(m: "Inspector", prompt: str, *, max_new_tokens: int = 32, temperatu
         if chosen in eos and not ignore_eos:
             out.stopped = "eos"
             break
-        if stop is not None and stop in m.tokenizer.decode(out.token_ids, skip_special_tokens=False):
+        if stop_reached(m.tokenizer, out.token_ids, stop):
             out.stopped = "stop"
             break
         if len(out.token_ids) == max_new_tokens:

@@ -112,6 +112,9 @@ class KVCache:
         self.starts = [0] * n_layers
         self.states: list[Any] = [None] * n_layers  # a linear layer's DeltaState (parts.deltanet), else None
         self.length = 0  # positions seen: the next token's position
+        # an encoder-decoder's decoder: each layer's cross-attention keys and values (Hkv, S, dh),
+        # computed once from the encoder's states by its first pass (parts.cross)
+        self.cross: dict[int, tuple[Tensor, Tensor]] = {}
 
     def update(self, layer: int, k: Tensor, v: Tensor, start: int, window: int | None) -> tuple[Tensor, Tensor, int]:
         """Append this pass's keys and values (positions start..); returns every key and
@@ -144,6 +147,9 @@ class PassState:
     ropes: dict[Any, tuple[Tensor, Tensor]]
     bias: Callable[[Tensor, Tensor], Tensor] | None = None
     memory: Tensor | None = None  # an encoder-decoder's decoder pass: the encoder's final states (S, d)
+    # and each decoder layer's cross-attention keys and values from them, by layer (the cache's
+    # `KVCache.cross` where the pass has a cache): filled by the first pass that needs them
+    cross: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     # Gemma 4: each layer's own input (T, layers, width; `PerLayerInputs`), and the keys and
     # values a layer hands to the KV-shared layers after it, by its index: (k, v, first key's
     # position, key positions), this pass's and the cache's, filled as the pass goes.
@@ -204,11 +210,14 @@ class Transformer(nn.Module):
     @torch.inference_mode()
     def forward(self, ids: Tensor, hooks: Any = None, last_layer: int | None = None, start: int | None = None,
                 cache: KVCache | None = None, packing: Packing | None = None, first_layer: int = 0,
-                resid: Tensor | None = None) -> Tensor:
+                resid: Tensor | None = None, carry: dict[str, Any] | None = None) -> Tensor:
         """Run layers 0..last_layer on token ids (T,) at positions start.. (default: the
         cache's length, else 0) and return the residual stream (T, d). A pipeline's later
         stage (`attnscope.pipeline`) runs first_layer..last_layer on the residual stream
-        `resid` (T, d) it received instead of embedding `ids`."""
+        `resid` (T, d) it received instead of embedding `ids`. `carry` (a pipeline stage's,
+        Gemma 4): what an earlier stage computed for later layers, used as given ("per_layer",
+        the per-layer inputs; "shared", an owner layer's keys and values by its index, as in
+        `PassState`), and on return this pass's own, to hand on."""
         cfg = self.cfg
         T = ids.shape[0] if resid is None else resid.shape[0]
         if start is None:
@@ -229,8 +238,14 @@ class Transformer(nn.Module):
         # The per-pass state: positions, texts, each RoPE kind's (cos, sin) at those positions.
         ropes = {spec: rotary.tables_at(positions) for spec, rotary in self.rotaries.items()}
         bias = self.relative.for_pass(last) if hasattr(self, "relative") else None  # positions lie in 0..last-1
-        per_layer = self.per_layer(ids, x) if hasattr(self, "per_layer") else None
+        if carry is not None and carry.get("per_layer") is not None:  # computed where the token embeddings live
+            per_layer = carry["per_layer"]
+        else:
+            per_layer = self.per_layer(ids, x) if hasattr(self, "per_layer") else None
         state = PassState(start, positions, segments, ropes, bias, per_layer=per_layer)
+        if carry is not None:
+            state.shared.update(carry.get("shared") or {})  # owners held by an earlier stage
+            carry.update(per_layer=per_layer, shared=state.shared)
         stop = cfg.n_layers - 1 if last_layer is None else last_layer
         for i, block in enumerate(self.blocks):
             if i > stop:

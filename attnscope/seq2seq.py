@@ -22,7 +22,7 @@ The --save and --save-topk writers live in `seq2seq_save` (re-exported here).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Collection
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,8 @@ class Decoder(nn.Module):
         x = self.embed(ids, start, tok=tok)
         positions = torch.arange(start, start + T, device=ids.device)
         bias = self.relative.for_pass(start + T) if hasattr(self, "relative") else None
-        state = PassState(start, positions, None, {}, bias, memory=memory)
+        cross = cache.cross if cache is not None else {}  # the source's keys and values, per layer
+        state = PassState(start, positions, None, {}, bias, memory=memory, cross=cross)
         for i, block in enumerate(self.blocks):
             x = block(x, state, cache, hooks)
             if not bool(torch.isfinite(x).all()):
@@ -177,6 +178,7 @@ class PairView:
     source: Any  # Tokens
     decoder: Any  # Tokens
     saved: Any = None  # the --save file's path, where the run wrote one (`PairWriter`)
+    measure: str = "weight"  # what `patterns` holds (`seq2seq_measures`: norm's rows normalised to 1)
 
     def top(self, li: int, hi: int, row: int) -> list[tuple[int, float]]:
         """Row `row`'s top-k columns (index, weight) in head `hi` of layer `li` (of the
@@ -205,7 +207,7 @@ class PairView:
             "source": side(self.source), "decoder": side(self.decoder),
             "rows": "source" if self.part == "encoder" else "decoder",
             "columns": "decoder" if self.part == "decoder" else "source",
-            "layers": self.layers, "heads": self.heads, "k": self.k,
+            "layers": self.layers, "heads": self.heads, "k": self.k, "measure": self.measure,
         }
         if self.view == "align":
             doc["alignment"] = [{"index": i, "token": self.rows.labels[i], "best": j,
@@ -227,14 +229,17 @@ class PairView:
 
 
 def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str | None, head: str | None,
-              k: int, token: str | None, truncate: bool, save: Any = None, force: bool = False) -> PairView:
+              k: int, token: str | None, truncate: bool, save: Any = None, force: bool = False,
+              measure: str = "weight") -> PairView:
     """Tokenize both texts, run both stacks once and select what `view` shows of `part`.
     Display defaults as attend's: the last layer (every layer for overview and align), every
     head (head 0 for the heatmap); only the selected layers' patterns are kept. `save`: every
-    part's patterns, streamed to that .npz as the pass runs (`PairWriter`)."""
+    part's patterns, streamed to that .npz as the pass runs (`PairWriter`). `measure`: what
+    the patterns hold (`seq2seq_measures`: weight, norm, and on the encoder rollout, alti,
+    value-zeroing)."""
     from attnscope import analysis
     from attnscope.errors import UsageError
-    from attnscope.hooks import Capture, Hooks, sites
+    from attnscope.hooks import Capture, sites
     from attnscope.outputs.views import focus_index
     from attnscope.tokenize import tokenize
 
@@ -261,19 +266,26 @@ def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str
     ls = analysis.select(layer if layer is not None else ("all" if view in ("overview", "align") else "-1"),
                          n_layers, "layer")
     hs = analysis.select_heads(head if head is not None else ("0" if view == "heatmap" else "all"), part_sites, ls)
+    from attnscope import seq2seq_measures
+
+    seq2seq_measures.check(measure, part, save)
+    seq2seq_measures.check_model(m, measure, len(src))
+    hs = seq2seq_measures.heads(measure, hs)
     rows, columns = (src, src) if part == "encoder" else (dec, dec if part == "decoder" else src)
     query = focus_index(rows, token)
     shown = [part_sites[layer_i].name for layer_i in ls]
     cap = Capture({site: ["pattern"] for site in shown})
     if save is None:
-        run(m.model, m._ids(src.ids), m._ids(ids), cap)
+        run(m.model, m._ids(src.ids), m._ids(ids), seq2seq_measures.hooks(m.model, measure, len(src), ls, cap))
         saved = None
     else:
-        with PairWriter(save, cfg, src, dec, force) as writer:
-            run(m.model, m._ids(src.ids), m._ids(ids), Hooks(cap, writer))
+        from attnscope.measures import KINDS
+
+        with PairWriter(save, cfg, src, dec, force, saved_as=KINDS[measure].saved_as) as writer:
+            run(m.model, m._ids(src.ids), m._ids(ids), seq2seq_measures.hooks(m.model, measure, len(src), ls, cap, writer))
         saved = writer.path
     chosen = torch.stack([cap.get(site, "pattern")[hs] for site in shown]).float()  # [layers, heads, rows, columns]
-    return PairView(part, view, ls, hs, rows, columns, chosen, query, k, src, dec, saved)
+    return PairView(part, view, ls, hs, rows, columns, chosen, query, k, src, dec, saved, measure)
 
 
 def part_heads(cfg: ModelConfig, part: str) -> int:
@@ -329,21 +341,45 @@ def self_scores(cfg: ModelConfig, pattern: Tensor, tokens: Any, causal: bool, la
 
 @dataclass
 class Step:
-    """One decoded token: its id, its probability, and the source positions it looked at
-    (the cross-attention row of the step, averaged over the selected layers and heads, (S,))."""
+    """One decoded token: its id, its probability under the model (before temperature and
+    filtering), and the source positions it looked at (the cross-attention row of the step,
+    averaged over the selected layers and heads, (S,); under `--measure norm` each weight
+    times the size of what its key's value adds, rows summing to 1)."""
 
     token: int
     probability: float
     looked: Tensor
 
 
+@dataclass
+class Decoded:
+    """A decoding: its steps, and why it ended: "eos" (the model's end token), "stop" (the
+    new text holds the stop string) or "length" (max_new_tokens)."""
+
+    steps: list[Step]
+    stopped: str = "length"
+
+    @property
+    def ids(self) -> list[int]:
+        return [s.token for s in self.steps]
+
+
 @torch.inference_mode()
 def decode(model: nn.Module, source: Tensor, max_new_tokens: int, layers: list[int], heads: list[int],
-           eos: int | None = None) -> list[Step]:
-    """Greedy decoding from `source` (S,) through the decoder's KV cache: the encoder runs
-    once, the decoder reads its start token and then each token it chose, one at a time,
-    until `eos` or `max_new_tokens`. Each step keeps its cross-attention row."""
+           eos: Collection[int] = (), *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           seed: int | None = None, until: Callable[[list[int]], bool] | None = None,
+           measure: str = "weight") -> Decoded:
+    """Decoding from `source` (S,) through the decoder's KV cache: the encoder runs once and
+    each cross-attention projects its keys and values from the encoder's states once
+    (`KVCache.cross`); the decoder reads its start token and then each token it chose, one
+    at a time, until a token in `eos`, `until(ids so far)` (a stop string) or
+    `max_new_tokens`. Tokens are chosen as decoder-only `generate` chooses them
+    (`generate.choose`: greedy at temperature 0, else sampled after temperature, top-k and
+    top-p, from a generator seeded with `seed`, so the same seed gives the same tokens).
+    Each step keeps its cross-attention row under `measure` (weight or norm)."""
+    from attnscope.generate import choose
     from attnscope.hooks import Capture, cross_site
+    from attnscope.measures.transforms import wrap
     from attnscope.model import KVCache
 
     cfg = model.cfg
@@ -351,18 +387,69 @@ def decode(model: nn.Module, source: Tensor, max_new_tokens: int, layers: list[i
     memory = encode(model, source)
     cache = KVCache(len(cfg.decoder))
     token = int(cfg.extra.get("decoder_start_token_id", 0))
-    steps: list[Step] = []
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = Decoded([])
     sites = [cross_site(layer) for layer in layers]
     for _ in range(max_new_tokens):
         cap = Capture({site: ["pattern"] for site in sites})
-        x = model.decoder(torch.tensor([token], device=source.device), model.embed.tok, memory, cap, cache=cache)
-        probs = model.logits(x)[0].softmax(-1)
-        token = int(probs.argmax())
+        x = model.decoder(torch.tensor([token], device=source.device), model.embed.tok, memory,
+                          wrap(measure, 0, 0, cap), cache=cache)
+        logits = model.logits(x)[0].float().cpu()  # (vocab,)
+        token = choose(logits, temperature, top_k, top_p, gen)
         rows = torch.stack([cap.get(site, "pattern")[heads, 0] for site in sites])  # (L, H_sel, S)
-        steps.append(Step(token, float(probs[token]), rows.mean(dim=(0, 1)).float().cpu()))
-        if eos is not None and token == eos:
+        out.steps.append(Step(token, float(logits.softmax(-1)[token]), rows.mean(dim=(0, 1)).float().cpu()))
+        if token in eos:
+            out.stopped = "eos"
             break
-    return steps
+        if until is not None and until(out.ids):
+            out.stopped = "stop"
+            break
+    return out
+
+
+# decoder-only generate's --save-topk keeps each query's top 3 keys (outputs.files.TopKSave)
+SAVED_TOPK = 3
+
+
+def save_decoding(m: Any, source: Any, decoded: Decoded, labels: list[str], save: Any = None, save_topk: Any = None,
+                  force: bool = False) -> tuple[Any, Any]:
+    """generate's --save / --save-topk on an encoder-decoder, from one teacher-forced pass over
+    what the decoder read while decoding: its start token and every generated token but the
+    last, so row i of the decoder and cross arrays is step i, the step that chose generated
+    token i (a pass through the cache gives the same rows: `decode`). `save`: FILE.npz as
+    `attend --target --save` writes it (`PairWriter`: encoder_attentions, decoder_attentions,
+    cross_attentions, source_token_ids, decoder_token_ids, source_tokens, decoder_tokens),
+    plus `generated_token_ids` int64 and `generated_tokens` (unicode; `labels`) [steps];
+    `save_topk`: the cross-attention's top 3 source positions per step, every decoder layer
+    and head (`save_pair_topk`, part "cross"). Returns the paths written (None where not asked)."""
+    import numpy as np
+
+    from attnscope.hooks import Capture, Hooks
+    from attnscope.seq2seq_save import PairWriter, save_pair_topk
+    from attnscope.tokenize import Tokens
+
+    cfg = m.config
+    ids = decoder_input(cfg, decoded.ids[:-1])
+    start = getattr(m.tokenizer, "id_to_token", lambda i: None)(ids[0]) or f"<{ids[0]}>"
+    dec = Tokens(text="", ids=ids, labels=[start] + list(labels[:-1]), offsets=[(0, 0)] * len(ids),
+                 special=[True] + [False] * (len(ids) - 1))
+    cross = part_sites(cfg, "cross")
+    cap = Capture({site: ["pattern"] for site in cross}) if save_topk is not None else None
+    saved = saved_topk = None
+    if save is not None:
+        extra = {"generated_token_ids": np.asarray(decoded.ids, dtype=np.int64),
+                 "generated_tokens": np.asarray(labels, dtype=str)}
+        with PairWriter(save, cfg, source, dec, force, extra) as writer:
+            run(m.model, m._ids(source.ids), m._ids(ids), Hooks(cap, writer))
+        saved = writer.path
+    else:
+        run(m.model, m._ids(source.ids), m._ids(ids), cap)
+    if cap is not None:
+        chosen = torch.stack([cap.get(site, "pattern") for site in cross]).float()  # [dec layers, H, steps, S]
+        pv = PairView("cross", "topk", list(range(len(cross))), list(range(chosen.shape[1])), dec, source, chosen, 0,
+                      SAVED_TOPK, source, dec)
+        saved_topk = save_pair_topk(save_topk, pv, force)
+    return saved, saved_topk
 
 
 def three_masks(n_source: int, n_target: int) -> dict[str, list[list[bool]]]:

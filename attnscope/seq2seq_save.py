@@ -26,7 +26,9 @@ class PairWriter(StreamedFile):
     heads, n_tgt, n_tgt], `cross_attentions` [dec layers, heads, n_tgt, n_src] float32, every
     layer and head; `source_token_ids` and `decoder_token_ids` int64 (exactly the decoder's
     inputs: its start token, then the target), `source_tokens` and `decoder_tokens` (unicode
-    arrays: no pickle to load them) — the entries, in the order and bytes `np.savez` gives.
+    arrays: no pickle to load them), then `extra`'s arrays by name (a generation's
+    `generated_token_ids`, `generated_tokens`: `seq2seq.save_decoding`) — the entries, in
+    the order and bytes `np.savez` gives.
     The encoder's layers come first and the decoder's self-attention streams straight into
     the file; the cross-attention, whose layers alternate with the decoder's, goes to an
     unlinked spill file beside the target and is copied in at the end.
@@ -35,12 +37,14 @@ class PairWriter(StreamedFile):
             run(model, source_ids, decoder_ids, Hooks(w, ...))
     """
 
-    def __init__(self, path: Any, cfg: ModelConfig, source: Any, decoder: Any, force: bool = False) -> None:
+    def __init__(self, path: Any, cfg: ModelConfig, source: Any, decoder: Any, force: bool = False,
+                 extra: dict[str, Any] | None = None, saved_as: str = "attentions") -> None:
         from attnscope.atomic import check_space, check_target
         from attnscope.seq2seq import part_heads, part_sites
 
         self.path, self.force = check_target(path, force, (".npz",)), force
-        self.source, self.decoder = source, decoder
+        self.source, self.decoder, self.extra = source, decoder, dict(extra or {})
+        self.saved_as = saved_as  # the arrays' names: {part}_attentions, {part}_norms under --measure norm
         n_s, n_t = len(source), len(decoder)
         self.order = {part: part_sites(cfg, part) for part in PARTS}
         self.site_part = {site: part for part, names in self.order.items() for site in names}
@@ -69,7 +73,7 @@ class PairWriter(StreamedFile):
             self._file = open(tmp, "wb")
             self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
             self._spill = tempfile.TemporaryFile(dir=self.path.expanduser().parent)  # unlinked at once
-            self._entry = self._open_array("encoder_attentions", self.shapes["encoder"])
+            self._entry = self._open_array(f"encoder_{self.saved_as}", self.shapes["encoder"])
         except BaseException as err:
             self._abort()
             self._ctx.__exit__(type(err), err, err.__traceback__)
@@ -108,7 +112,7 @@ class PairWriter(StreamedFile):
             if part == "decoder" and self.written["decoder"] == 0:  # the encoder is complete
                 assert self.written["encoder"] == self.shapes["encoder"][0]  # internal invariant
                 self._entry.close()
-                self._entry = self._open_array("decoder_attentions", self.shapes["decoder"])
+                self._entry = self._open_array(f"decoder_{self.saved_as}", self.shapes["decoder"])
             self._entry.write(data)
         self.written[part] += 1
 
@@ -118,14 +122,14 @@ class PairWriter(StreamedFile):
         assert all(self.written[p] == self.shapes[p][0] for p in PARTS), self.written  # internal invariant
         self._entry.close()
         self._entry = None
-        with self._open_array("cross_attentions", self.shapes["cross"]) as entry:
+        with self._open_array(f"cross_{self.saved_as}", self.shapes["cross"]) as entry:
             self._spill.seek(0)
             while piece := self._spill.read(16 << 20):
                 entry.write(piece)
         small = {"source_token_ids": np.asarray(self.source.ids, dtype=np.int64),
                  "decoder_token_ids": np.asarray(self.decoder.ids, dtype=np.int64),
                  "source_tokens": np.asarray(self.source.labels, dtype=str),
-                 "decoder_tokens": np.asarray(self.decoder.labels, dtype=str)}
+                 "decoder_tokens": np.asarray(self.decoder.labels, dtype=str), **self.extra}
         for name, arr in small.items():
             with self._zip.open(f"{name}.npy", "w", force_zip64=True) as entry:
                 np.lib.format.write_array(entry, arr, allow_pickle=False)

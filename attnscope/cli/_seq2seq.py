@@ -22,6 +22,7 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
                          hint='e.g. attend "a house" --target "ein Haus" --view align')
     if view == "experts":
         raise UsageError("--view experts shows a mixture of experts' routes, not an encoder-decoder's parts")
+    save = files.get("--save")
     for option in ("--save", "--save-topk"):
         chosen = files.pop(option, None)
         if chosen is not None and Path(chosen).suffix != ".npz":
@@ -30,8 +31,9 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
         if value is not None:
             raise UsageError(f"{option} is not written for --target runs yet",
                              hint="use --json for the patterns of the part shown")
-    if measure != "weight":
-        raise UsageError(f"--measure {measure} is not computed for --target runs yet", hint="leave out --measure")
+    from attnscope.seq2seq_measures import check
+
+    check(measure, part.value if part is not None else None, save)  # a measure the part has no meaning for
     if dry_run or pipeline or offload:
         which = "--dry-run" if dry_run else "--pipeline" if pipeline else "--offload"
         raise UsageError(f"{which} is not available with --target yet")
@@ -66,12 +68,12 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
         if save is not None and Path(save).expanduser().resolve() == Path(save_topk).expanduser().resolve():
             raise UsageError("--save and --save-topk name the same file", hint="give each its own name")
     show(_load(model, device, dtype), source, target, part.value if part is not None else "cross", view.value, layer,
-         head, top_k, token, truncate, as_json, no_color, save, force, save_topk)
+         head, top_k, token, truncate, as_json, no_color, save, force, save_topk, measure.value)
 
 
 def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
          k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool, save: Optional[Path] = None,
-         force: bool = False, save_topk: Optional[Path] = None) -> None:
+         force: bool = False, save_topk: Optional[Path] = None, measure: str = "weight") -> None:
     """Run both texts through a loaded encoder-decoder and print the part's view or --json;
     `save`: all three parts to FILE.npz, streamed (`seq2seq.PairWriter`)."""
     from rich.console import Console
@@ -87,7 +89,7 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
 
     from attnscope.seq2seq import save_pair_topk
 
-    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate, save, force)
+    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate, save, force, measure)
     saved = pv.saved
     saved_topk = save_pair_topk(save_topk, pv, force) if save_topk is not None else None
     name = m.config.name or m.source
@@ -108,67 +110,99 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
 def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                   chat: bool, layer: str, head: Optional[str], save: Optional[Path], save_topk: Optional[Path],
                   html: Optional[Path], measure: str, pipeline: bool, stop: Optional[str], as_json: bool,
-                  no_color: bool, device: Any, dtype: Any, ignore_eos: bool, k: int = 3) -> None:
-    """`generate SOURCE` on an encoder-decoder: greedy decoding from the source (the encoder
-    once, the decoder token by token through its cache), and for each new token the source
-    tokens its cross-attention looked at most, averaged over the heads of the selected
-    decoder layers (`seq2seq.decode`)."""
+                  no_color: bool, device: Any, dtype: Any, ignore_eos: bool, k: int = 3, seed: Optional[int] = None,
+                  force: bool = False) -> None:
+    """`generate SOURCE` on an encoder-decoder: decoding from the source (the encoder once,
+    the decoder token by token through its cache), greedy or sampled as decoder-only generate
+    samples (--temperature, --top-k, --top-p, --seed), ending at the model's end token, a
+    --stop string or --max-new-tokens; for each new token the source tokens its
+    cross-attention looked at most (under --measure weight or norm), averaged over the heads
+    of the selected decoder layers (`seq2seq.decode`); --save / --save-topk from one
+    teacher-forced pass over what the decoder read (`seq2seq.save_decoding`). The sampling
+    options are checked by generate itself (`generate.check_sampling`) before this runs."""
+    import time
+
     from rich.table import Table
     from rich.text import Text
 
     from attnscope import analysis
-    from attnscope.cli._app import _console, _load, _print_json
+    from attnscope import chat as chat_mod
+    from attnscope.cli._app import _console, _load, _note, _print_json
+    from attnscope.generate import check_stop, stop_reached
     from attnscope.hooks import sites
     from attnscope.render import distinct
     from attnscope.render.attend import weight_text
-    from attnscope.seq2seq import decode
+    from attnscope.seq2seq import decode, save_decoding
+    from attnscope.tokenize import token_label
+    from attnscope.units import plural
 
-    for flag, used in (("--temperature", temperature != 0), ("--top-k", top_k != 0), ("--top-p", top_p != 1.0),
-                       ("--chat", chat), ("--save", save is not None), ("--save-topk", save_topk is not None),
-                       ("--html", html is not None), ("--measure", measure != "weight"), ("--pipeline", pipeline),
-                       ("--stop", stop is not None)):
+    for flag, used in (("--html", html is not None), ("--pipeline", pipeline)):
         if used:
-            raise UsageError(f"{flag} is not available when an encoder-decoder generates yet (greedy only)",
-                             hint="leave it out")
-    if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+            raise UsageError(f"{flag} is not available when an encoder-decoder generates yet", hint="leave it out")
+    check_stop(stop)
+    for option, chosen in (("--save", save), ("--save-topk", save_topk)):
+        if chosen is not None and Path(chosen).suffix != ".npz":
+            raise UsageError(f"{option} of an encoder-decoder's generation writes FILE.npz",
+                             hint="use a name ending in .npz")
     cfg = src.config
     cross = sites(cfg, "cross")
     layers = analysis.select(layer, len(cross), "layer")
     heads = analysis.select_heads(head, cross, layers)
     m = _load(src.spec, device, dtype)
-    tokens = m.tokenize(source)
-    eos = None if ignore_eos else cfg.extra.get("eos_token_id")
-    steps = decode(m.model, m._ids(tokens.ids), max_new_tokens, layers, heads, eos)
-    ids = [s.token for s in steps]
+    name = cfg.name or m.source
+    if chat and not m.chat.template:
+        raise UsageError(f"{name} has no chat template: an encoder-decoder reads its source as plain text",
+                         hint="drop --chat and give the instruction as the source itself")
+    tokens = m.tokenize(chat_mod.render(m.chat, source) if chat else source, add_special_tokens=not chat)
+    eos = () if ignore_eos else set(m.chat.eos_ids)
+    until = (lambda ids: stop_reached(m.tokenizer, ids, stop)) if stop is not None else None
+    began = time.perf_counter()
+    out = decode(m.model, m._ids(tokens.ids), max_new_tokens, layers, heads, eos, temperature=temperature,
+                 top_k=top_k, top_p=top_p, seed=seed, until=until, measure=measure)
+    seconds = time.perf_counter() - began
+    steps, ids = out.steps, out.ids
     text = m.tokenizer.decode(ids, skip_special_tokens=True) if hasattr(m.tokenizer, "decode") else ""
     labels = distinct(tokens.labels)
     shown = [[(int(j), float(w)) for w, j in zip(*s.looked.topk(min(k, len(labels))))] for s in steps]
-    pieces = [(m.tokenizer.decode([i], skip_special_tokens=False) or f"<{i}>").replace(" ", "␣") for i in ids]
+    pieces = [token_label(m.tokenizer, i) for i in ids]  # as decoder-only generate labels its tokens
+    saved, saved_topk = (save_decoding(m, tokens, out, pieces, save, save_topk, force)
+                         if save is not None or save_topk is not None else (None, None))
     if as_json:
-        _print_json({"model": cfg.name or m.source, "source": {"ids": tokens.ids, "tokens": tokens.labels},
+        _print_json({"model": name, "source": {"ids": tokens.ids, "tokens": tokens.labels},
                      "decoder_start_token_id": cfg.extra.get("decoder_start_token_id", 0),
-                     "generated": {"ids": ids, "tokens": pieces, "text": text}, "layers": layers, "heads": heads,
+                     "generated": {"ids": ids, "tokens": pieces, "text": text}, "stopped": out.stopped,
+                     "measure": measure, "layers": layers, "heads": heads,
                      "steps": [{"id": s.token, "token": p, "probability": s.probability,
                                 "source": [{"index": j, "token": tokens.labels[j], "weight": w} for j, w in top]}
-                               for s, p, top in zip(steps, pieces, shown)]})
-        return
-    console = _console(no_color)
-    color = not no_color and console.color_system is not None
-    console.print(Text(text))
-    which = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
-    table = Table(title="Where each new token looked in the source", title_justify="left", show_edge=False,
-                  box=None, padding=(0, 1), caption=f"cross-attention of {which}, {len(heads)} heads averaged",
-                  caption_justify="left")
-    for column in ("#", "token", "p", "source"):
-        table.add_column(column)
-    for i, (s, p, top) in enumerate(zip(steps, pieces, shown)):
-        looked = Text()
-        for j, w in top:
-            looked.append_text(weight_text(labels[j], w, color))
-            looked.append("  ")
-        table.add_row(str(i), Text(p), f"{s.probability:.2f}", looked)
-    console.print(table)
+                               for s, p, top in zip(steps, pieces, shown)],
+                     **({"saved": str(saved)} if saved is not None else {}),
+                     **({"saved_topk": str(saved_topk)} if saved_topk is not None else {})})
+    else:
+        console = _console(no_color)
+        color = not no_color and console.color_system is not None
+        console.print(Text(text))
+        which = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+        table = Table(title="Where each new token looked in the source", title_justify="left", show_edge=False,
+                      box=None, padding=(0, 1), caption_justify="left",
+                      caption=f"cross-attention of {which}, {len(heads)} heads averaged"
+                              + (" (weight × value size, --measure norm)" if measure == "norm" else ""))
+        for column in ("#", "token", "p", "source"):
+            table.add_column(column)
+        for i, (s, p, top) in enumerate(zip(steps, pieces, shown)):
+            looked = Text()
+            for j, w in top:
+                looked.append_text(weight_text(labels[j], w, color))
+                looked.append("  ")
+            table.add_row(str(i), Text(p), f"{s.probability:.2f}", looked)
+        console.print(table)
+        if saved is not None:
+            console.print(Text(f"saved the encoder's, decoder's and cross-attention of every layer and head, one "
+                               f"decoder row per step, to {saved}", style="dim"))
+        if saved_topk is not None:
+            console.print(Text(f"saved each step's top-3 source tokens in every layer and head to {saved_topk}",
+                               style="dim"))
+    rate = len(ids) / seconds if seconds > 0 else 0.0
+    _note(f"{plural(len(ids), 'token')} in {seconds:.2f} s, {rate:.1f} tokens/s (ended: {out.stopped})")
 
 
 def heads_pair(model: Optional[str], text: Optional[str], target: str, layer: Optional[str], head: Optional[str],

@@ -78,7 +78,7 @@ def generate(
                              top_p=top_p, chat=chat, layer=layer, head=head, save=save, save_topk=save_topk,
                              html=html, measure=measure.value, pipeline=pipeline, stop=stop, as_json=as_json,
                              no_color=no_color, device=device, dtype=dtype, ignore_eos=ignore_eos,
-                             k=max(1, alternatives))
+                             k=max(1, alternatives), seed=seed, force=force)
     check_request(src.config, src.config.name or src.spec, measure=measure.value, stop=stop, layers=layer, heads=head)
 
     def run(m: Any) -> None:  # rank 0's part under --pipeline

@@ -3,8 +3,9 @@
 In an encoder-decoder model (T5, BART, Marian) each decoder layer, after its causal
 self-attention, attends to the source: queries come from the decoder's residual stream,
 keys and values from the encoder's final states (`model.PassState.memory`, (S, d), after
-the encoder's final norm), every query seeing the whole source (`MaskRule(causal=False)`:
-no mask, no positions, no relative bias; T5 adds a bias of zeros). The kernel is the one
+the encoder's final norm; projected once per decoding and kept in `PassState.cross`, the
+cache's `KVCache.cross` when decoding token by token), every query seeing the whole source
+(`MaskRule(causal=False)`: no mask, no positions, no relative bias; T5 adds a bias of zeros). The kernel is the one
 every attention runs (`parts.attention.attend`): query positions are the decoder's own,
 key positions 0..S−1 of the source, so hooks report rows as decoder positions and keys as
 source positions, at the site `decoder.blocks.{layer}.cross`.
@@ -33,8 +34,12 @@ class CrossAttention(Attention):
         site, start = self.site, state.start
         T, S = x.shape[0], memory.shape[0]
         q = self.q(x).view(T, self.H, self.dh).transpose(0, 1)  # (H, T, dh)
-        k = self.k(memory).view(S, self.Hkv, self.dh).transpose(0, 1)  # (Hkv, S, dh)
-        v = self.v(memory).view(S, self.Hkv, self.dh).transpose(0, 1)  # (Hkv, S, dh)
+        kv = state.cross.get(self.layer)  # a cached step: the source's keys and values, computed once
+        if kv is None:
+            kv = state.cross[self.layer] = (self.k(memory).view(S, self.Hkv, self.dh).transpose(0, 1),  # (Hkv, S, dh)
+                                            self.v(memory).view(S, self.Hkv, self.dh).transpose(0, 1))  # (Hkv, S, dh)
+        k, v = kv
+        assert k.shape[1] == S, "a cache of another source"  # internal invariant: one cache per decoding
         if hooks is not None:
             for what, value, first in (("q", q, start), ("k", k, 0), ("v", v, 0)):
                 if hooks.wants(site, what):
