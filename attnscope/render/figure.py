@@ -7,7 +7,9 @@ small enough to stay light (`VECTOR_CELLS`); beyond that they are one embedded i
 while labels and text stay vector. Text is kept as text (SVG `svg.fonttype: none`, PDF
 Type 42 fonts) so that a journal's editor can restyle it. A signed layer's panels (a linear
 layer's hidden attention, rows not summing to 1) take a diverging map (RdBu_r, symmetric
-about 0 at ± their largest |weight|) and a colour bar of their own. Built on `matplotlib.figure.Figure`
+about 0 at ± their largest |weight|) and a colour bar of their own. A cross-attention (an
+encoder-decoder's, `attend --target --plot`) is not square: rows are the target's tokens,
+columns the source's, each axis labelled with its own. Built on `matplotlib.figure.Figure`
 directly, never pyplot: no global state, no GUI backend, safe inside any process.
 """
 
@@ -87,33 +89,37 @@ def _stride(n: int, length_in: float, min_pt: float = 6.0) -> int:
 
 def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], labels: list[str], model: str,
                  measure: str = "weight", figsize: Optional[tuple[float, float]] = None, force: bool = False,
-                 signed: Optional[dict[int, str]] = None) -> Path:
-    """Write `values` (L, H, n, n), the patterns of `layers` × `heads`, as a figure at
-    `path` (.png, .svg or .pdf), atomically. `signed`: the layers whose values are
-    signed, each with its kind in words (drawn on a diverging scale)."""
+                 signed: Optional[dict[int, str]] = None, columns: Optional[list[str]] = None,
+                 axes_names: tuple[str, str] = ("query", "key")) -> Path:
+    """Write `values` (L, H, n, n_keys), the patterns of `layers` × `heads`, as a figure at
+    `path` (.png, .svg or .pdf), atomically. `labels` name the rows, `columns` the columns
+    (default: `labels`, a square pattern), `axes_names` the two axes. `signed`: the layers
+    whose values are signed, each with its kind in words (drawn on a diverging scale)."""
     require_matplotlib()
     import matplotlib
     import numpy as np
     from matplotlib.figure import Figure
 
     data = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float32)
-    n_l, n_h, n = data.shape[0], data.shape[1], data.shape[-1]
-    assert data.shape == (len(layers), len(heads), n, n), data.shape  # internal invariant
+    n_l, n_h, n, nk = data.shape[0], data.shape[1], data.shape[-2], data.shape[-1]
+    columns = labels if columns is None else columns
+    assert data.shape == (len(layers), len(heads), len(labels), len(columns)), data.shape  # internal invariant
     check_panels(n_l, n_h)
     fmt = path.suffix.lower().lstrip(".")
-    vector = fmt in ("svg", "pdf") and n_l * n_h * n * n <= VECTOR_CELLS
+    vector = fmt in ("svg", "pdf") and n_l * n_h * n * nk <= VECTOR_CELLS
     single = n_l * n_h == 1
     rows, cols = grid_shape(n_l, n_h)
     if figsize is None:
         side = min(12.0, max(4.0, 2.5 + 0.16 * n))
-        figsize = (side + 1.3, side) if single else (min(MAX_INCHES, 1.6 + 2.1 * cols), min(MAX_INCHES, 0.9 + 2.1 * rows))
+        width = min(12.0, max(4.0, 2.5 + 0.16 * nk))
+        figsize = (width + 1.3, side) if single else (min(MAX_INCHES, 1.6 + 2.1 * cols), min(MAX_INCHES, 0.9 + 2.1 * rows))
     signed = {layer: words for layer, words in (signed or {}).items() if layer in layers}
     plain = [li for li, layer in enumerate(layers) if layer not in signed]
     vmax = float(data[plain].max()) if plain and data[plain].size and float(data[plain].max()) > 0 else 1.0
     ranged = [li for li, layer in enumerate(layers) if layer in signed]
     smax = float(np.abs(data[ranged]).max()) if ranged and data[ranged].size else 0.0
     smax = smax if smax > 0 else 1.0
-    names = [_label(t) for t in labels]
+    names, column_names = [_label(t) for t in labels], [_label(t) for t in columns]
     measure_label = MEASURE_LABELS.get(measure, measure)
     rollout = measure in PER_LAYER
 
@@ -132,14 +138,13 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
                 m = data[li, hi]
                 cmap, lo, hi_v = ("RdBu_r", -smax, smax) if layer in signed else ("viridis", 0.0, vmax)
                 if vector:
-                    edges = np.arange(n + 1) - 0.5
-                    drawn = ax.pcolormesh(edges, edges, m, cmap=cmap, vmin=lo, vmax=hi_v, shading="flat",
-                                          edgecolors="none", antialiased=False)
-                    ax.set_xlim(-0.5, n - 0.5)
+                    drawn = ax.pcolormesh(np.arange(nk + 1) - 0.5, np.arange(n + 1) - 0.5, m, cmap=cmap, vmin=lo,
+                                          vmax=hi_v, shading="flat", edgecolors="none", antialiased=False)
+                    ax.set_xlim(-0.5, nk - 0.5)
                     ax.set_ylim(n - 0.5, -0.5)  # query 0 on top, as in the terminal heatmap
                     ax.set_aspect("equal")
                 else:
-                    drawn = ax.imshow(m, cmap=cmap, vmin=lo, vmax=hi_v, interpolation="nearest" if n <= 512 else "antialiased",
+                    drawn = ax.imshow(m, cmap=cmap, vmin=lo, vmax=hi_v, interpolation="nearest" if max(n, nk) <= 512 else "antialiased",
                                       aspect="equal")
                 if layer in signed:
                     signed_mappable = drawn
@@ -153,13 +158,13 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
         w_in, h_in = figsize
         panel_w = (w_in - (1.3 if single else 1.0)) / cols
         panel_h = (h_in - (0.8 if single else 0.6)) / rows
-        sx, sy = _stride(n, panel_w), _stride(n, panel_h)
-        fs = max(4.0, min(9.0, 0.8 * min(panel_w, panel_h) * 72 / n)) if max(sx, sy) == 1 else 6.0
+        sx, sy = _stride(nk, panel_w), _stride(n, panel_h)
+        fs = max(4.0, min(9.0, 0.8 * min(panel_w * 72 / nk, panel_h * 72 / n))) if max(sx, sy) == 1 else 6.0
         ax0 = axes[0][0]
-        xs, ys = list(range(0, n, sx)), list(range(0, n, sy))
+        xs, ys = list(range(0, nk, sx)), list(range(0, n, sy))
         ax0.set_xticks(xs)
         ax0.set_yticks(ys)
-        ax0.set_xticklabels([names[i] if sx == 1 else f"{i} {names[i]}" for i in xs])
+        ax0.set_xticklabels([column_names[i] if sx == 1 else f"{i} {column_names[i]}" for i in xs])
         ax0.set_yticklabels([names[i] if sy == 1 else f"{i} {names[i]}" for i in ys])
         for row in axes:
             for ax in row:  # shared ticks, but each axis styles its own labels
@@ -169,15 +174,15 @@ def write_figure(path: Path, values: Any, layers: list[int], heads: list[int], l
         for p in range(max(0, n_l * n_h - cols), (rows - 1) * cols):  # above an empty cell: the lowest in its column
             grid.ravel()[p].xaxis.set_tick_params(labelbottom=True)
         if single:
-            ax0.set_xlabel("key")
-            ax0.set_ylabel("query")
+            ax0.set_xlabel(axes_names[1])
+            ax0.set_ylabel(axes_names[0])
             what = f"layer {layers[0]} · {PER_LAYER[measure]}" if rollout else f"layer {layers[0]} · head {heads[0]}"
             if layers[0] in signed:
                 what += f" · {signed[layers[0]]}: signed, rows do not sum to 1"
             fig.suptitle(f"{model} · {what}" + ("" if measure == "weight" or rollout else f" · {measure}"), fontsize=10)
         else:
-            fig.supxlabel("key", fontsize=9)
-            fig.supylabel("query", fontsize=9)
+            fig.supxlabel(axes_names[1], fontsize=9)
+            fig.supylabel(axes_names[0], fontsize=9)
             span = f"{noun(len(layers), 'layer')} {_span(layers)}" + ("" if rollout else f", {noun(len(heads), 'head')} {_span(heads)}")
             kinds = "; ".join(sorted(set(signed.values())))
             fig.suptitle(f"{model} · {span}" + ("" if measure == "weight" else f" · {measure}")
