@@ -128,15 +128,19 @@ def check_experts(m: MlpSpec, where: str) -> None:
         raise ConfigError(f"{where}experts per token must be from 1 to the {e.n_experts} experts, got {_shown(e.top_k)}")
     if e.router not in ROUTERS:
         raise ConfigError(f"{where}unsupported router {_shown(e.router)}", hint=f"supported: {', '.join(ROUTERS)}")
-    for name, value in (("shared expert width", e.d_shared), ("shared expert count", e.n_shared)):
+    for name, value in (("shared expert width", e.d_shared), ("shared expert count", e.n_shared),
+                        ("dense MLP width beside the experts", e.d_dense)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE:
             raise ConfigError(f"{where}the {name} must be a non-negative integer up to 2**31, got {_shown(value)}")
     for name, flag in (("norm_topk_prob", e.norm_topk_prob), ("shared_gate", e.shared_gate),
-                       ("router_bias", e.router_bias), ("expert_bias", e.expert_bias)):
+                       ("router_bias", e.router_bias), ("expert_bias", e.expert_bias),
+                       ("router_norm", e.router_norm), ("expert_scale", e.expert_scale)):
         if not isinstance(flag, bool):
             raise ConfigError(f"{where}the experts' {name} must be true or false, got {_shown(flag)}")
     if e.shared_gate and not e.d_shared:
         raise ConfigError(f"{where}a shared-expert gate needs a shared expert")
+    if e.d_dense and e.d_shared:
+        raise ConfigError(f"{where}experts take a shared expert or a dense MLP beside them, not both")
     _check_groups(e, where)
     for name, value in (("swiglu_alpha", e.swiglu_alpha), ("swiglu_limit", e.swiglu_limit)):  # gpt-oss
         if value is not None and not _positive_number(value):
@@ -268,6 +272,8 @@ def check_stack(stack: Any, n_layers: int, heads: tuple[int, int, int], where: s
         if not _positive_int(m.d_mlp) or m.act not in ACTIVATIONS:
             raise ConfigError(f"{where}a layer's MLP has a bad size or activation: {_shown(m)}")
         check_experts(m, where)
+        if (spec.wiring == "sandwich_moe") != (m.kind == "experts" and bool(m.experts.d_dense)):  # type: ignore[union-attr]
+            raise ConfigError(f"{where}the sandwich_moe wiring and a dense MLP beside experts (d_dense) go together")
         check_latent(a, where, sized=True)
         if a.window is not None and not _positive_int(a.window):
             raise ConfigError(f"{where}sliding windows must be positive integers up to 2**31, got {_shown(a.window)}")

@@ -33,7 +33,8 @@ MLP_KINDS = ("dense", "gated", "experts")
 # How a mixture of experts picks a token's experts and weighs them (see ExpertSpec.router).
 ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_grouped")
 # How a block joins attention and MLP to the residual stream (see parts.block).
-WIRINGS = ("pre", "post", "parallel", "parallel_shared", "sandwich", "post_sublayer", "pre_no_attn_norm")
+WIRINGS = ("pre", "post", "parallel", "parallel_shared", "sandwich", "post_sublayer", "pre_no_attn_norm",
+           "sandwich_moe")
 QK_NORMS = ("head", "projection")  # over each head's dims (Qwen3, Gemma 3) or the whole projection (OLMo 2)
 
 
@@ -279,6 +280,15 @@ class ExpertSpec:
     # (up + 1) · gate · sigmoid(alpha · gate) in place of act(gate) · up.
     swiglu_alpha: float | None = None
     swiglu_limit: float | None = None
+    # Gemma 4's 26B-A4B (wiring "sandwich_moe": the slot reads the residual stream itself):
+    # `d_dense` > 0 is a gated MLP of that width beside the experts, on the block's MLP norm
+    # and its own post-norm, the experts on their own pre- and post-norm, the two summed;
+    # `router_norm`: the router reads the residual RMS-normed without a weight, times a
+    # learned scale per dimension and 1/√d; `expert_scale`: each chosen expert's weight
+    # (after renormalising) times that expert's learned scale.
+    d_dense: int = 0
+    router_norm: bool = False
+    expert_scale: bool = False
 
 
 @dataclass(frozen=True)

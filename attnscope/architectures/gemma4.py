@@ -17,8 +17,16 @@ and modeling_gemma4.py, 5.x):
   * each block's output × a stored `layer_scalar`;
   * the default layer pattern: local unless (i + 1) % 6 == 0, the last layer always global.
 
-Refused: the MoE block (`enable_moe_block`, 26B-A4B: a dense MLP and experts side by side)
-and `use_bidirectional_attention` "all". "vision" changes only image tokens: text is causal.
+  * the MoE block (`enable_moe_block`, 26B-A4B), on every layer: the dense MLP (on the MLP
+    norm, then its own post-norm `post_feedforward_layernorm_1`) beside `num_experts`
+    gated experts of width `moe_intermediate_size` (on their own pre- and post-norm
+    `pre/post_feedforward_layernorm_2`), summed before the block's MLP post-norm. The router
+    reads the un-normed residual: a weightless RMSNorm, × a learned `scale` per dimension
+    and 1/√d, a softmax over all experts, the `top_k_experts` best renormalised to sum 1,
+    each × its expert's `per_expert_scale` (wiring "sandwich_moe", `ExpertSpec.d_dense`,
+    `router_norm`, `expert_scale`). The experts' fused `gate_up_proj` [E, 2w, d]: gate rows first.
+
+Refused: `use_bidirectional_attention` "all". "vision" changes only image tokens: text is causal.
 """
 
 from __future__ import annotations
@@ -26,12 +34,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from attnscope.architectures import gemma3
+from attnscope.architectures import gemma3, mixtral
 from attnscope.architectures._common import layer_windows
 from attnscope.architectures.gemma import gemma_config
 from attnscope.config import ModelConfig, _check_booleans, _number, _positive_int, _shown
 from attnscope.errors import ConfigError
-from attnscope.kinds import PerLayerSpec, RopeSpec, Stack, freeze
+from attnscope.kinds import ExpertSpec, MlpSpec, PerLayerSpec, RopeSpec, Stack, freeze
 
 MODEL_TYPES = ("gemma4_text", "gemma4")
 PREFIXES = ("model.", "language_model.model.", "model.language_model.")
@@ -47,7 +55,20 @@ WEIGHTS: dict[str, str | None] = {
     "layers.{layer}.per_layer_projection.weight": "blocks.{layer}.ple_proj.weight",
     "layers.{layer}.post_per_layer_input_norm.weight": "blocks.{layer}.ple_norm.weight",
     "layers.{layer}.layer_scalar": "blocks.{layer}.layer_scalar",
+    # the MoE block (26B-A4B): the dense MLP keeps mlp.gate_proj/up_proj/down_proj (Gemma 3's names)
+    "layers.{layer}.router.proj.weight": "blocks.{layer}.mlp.router.weight",
+    "layers.{layer}.router.scale": "blocks.{layer}.mlp.router.scale",
+    "layers.{layer}.router.per_expert_scale": "blocks.{layer}.mlp.router.expert_scale",
+    "layers.{layer}.experts.gate_up_proj": "blocks.{layer}.mlp.experts.gate_up.weight",
+    "layers.{layer}.experts.down_proj": "blocks.{layer}.mlp.experts.down.weight",
+    "layers.{layer}.post_feedforward_layernorm_1.weight": "blocks.{layer}.mlp.dense_post_norm.weight",
+    "layers.{layer}.pre_feedforward_layernorm_2.weight": "blocks.{layer}.mlp.experts_norm.weight",
+    "layers.{layer}.post_feedforward_layernorm_2.weight": "blocks.{layer}.mlp.experts_post_norm.weight",
 }
+
+# The experts' fused gate_up_proj [E, 2w, d] (gate rows first) into our gate and up [E, w, d].
+stored_parts = mixtral.stored_parts
+split = mixtral.split
 
 # Gemma4TextConfig's defaults: what a config.json (or a `text_config`) may leave out.
 TEXT_DEFAULTS: dict[str, Any] = {
@@ -58,6 +79,7 @@ TEXT_DEFAULTS: dict[str, Any] = {
     "final_logit_softcapping": None, "vocab_size_per_layer_input": 262_144, "hidden_size_per_layer_input": 256,
     "attention_k_eq_v": False, "num_kv_shared_layers": 0, "enable_moe_block": False,
     "use_double_wide_mlp": False, "global_head_dim": 512, "num_global_key_value_heads": None,
+    "num_experts": None, "top_k_experts": None, "moe_intermediate_size": None,
 }
 PATTERN = 6
 DEFAULT_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
@@ -157,10 +179,23 @@ def _int(text: dict[str, Any], key: str, least: int = 1) -> int:
     return value
 
 
+def _experts(text: dict[str, Any]) -> tuple[int, ExpertSpec]:
+    """The MoE block's routed experts' width and their ExpertSpec (the dense width beside
+    them is filled in per layer)."""
+    try:
+        n, top_k, width = (_int(text, key) for key in ("num_experts", "top_k_experts", "moe_intermediate_size"))
+    except ConfigError as e:
+        raise ConfigError(f"{e.message} (enable_moe_block needs num_experts, top_k_experts and "
+                          f"moe_intermediate_size)") from None
+    if top_k > n:
+        raise ConfigError(f"gemma4 top_k_experts ({top_k}) must not exceed num_experts ({n})")
+    routed = ExpertSpec(n_experts=n, top_k=top_k, router="softmax_topk", norm_topk_prob=True,
+                        router_norm=True, expert_scale=True)
+    return width, routed
+
+
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     text = text_config(raw)
-    if text.get("enable_moe_block"):
-        raise ConfigError("gemma4 with enable_moe_block (a dense MLP beside experts, 26B-A4B) is not supported yet")
     bidirectional = text.get("use_bidirectional_attention")
     if bidirectional not in (None, "vision"):
         raise ConfigError(f"gemma4 use_bidirectional_attention {_shown(bidirectional)} is not supported",
@@ -206,6 +241,10 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     double = text.get("use_double_wide_mlp")
     if not isinstance(double, bool):
         raise ConfigError(f"gemma4 use_double_wide_mlp must be true or false, got {_shown(double)}")
+    moe = text.get("enable_moe_block")
+    if not isinstance(moe, bool):
+        raise ConfigError(f"gemma4 enable_moe_block must be true or false, got {_shown(moe)}")
+    experts = _experts(text) if moe else None
     made: dict[tuple[Any, ...], Any] = {}  # one spec per (kind, owner, overrides), not one per layer
 
     def kind(i: int, t: str, source: int | None) -> Any:
@@ -223,6 +262,10 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
             spec = replace(spec.with_attn(**attn), per_layer=per_layer)
             if source is not None and double:
                 spec = replace(spec, mlp=replace(spec.mlp, d_mlp=2 * spec.mlp.d_mlp))
+            if experts is not None:  # the dense MLP (its width as above) beside the experts
+                width, routed = experts
+                spec = replace(spec, wiring="sandwich_moe", mlp=MlpSpec(
+                    "experts", width, spec.mlp.act, experts=replace(routed, d_dense=spec.mlp.d_mlp)))
             made[key] = spec
         return made[key]
 

@@ -153,7 +153,9 @@ def expert_shapes(cfg: "ModelConfig", m: "MlpSpec") -> Shapes:
     """A mixture of experts (`kinds.ExpertSpec`, `parts.experts`): the router (one logit
     per expert), the routed experts as 3-D [experts, out, in] tensors (gate, up of width
     `d_mlp`, down back to d), with gpt-oss's biases [experts, out]; the shared expert(s)
-    as one gated MLP `shared.*` of width `d_shared`, and Qwen2-MoE's `shared_gate` [1, d]."""
+    as one gated MLP `shared.*` of width `d_shared`, and Qwen2-MoE's `shared_gate` [1, d];
+    Gemma 4's router scales (`router.scale` [d], `router.expert_scale` [E]) and its dense
+    MLP beside the experts (`gate`, `up`, `down` of width `d_dense`) with their norms."""
     e = m.experts
     assert e is not None  # internal invariant: kind "experts" carries its ExpertSpec
     d, E, w = cfg.d_model, e.n_experts, m.d_mlp
@@ -162,6 +164,10 @@ def expert_shapes(cfg: "ModelConfig", m: "MlpSpec") -> Shapes:
         shapes["router.bias"] = (E,)
     if e.router == "sigmoid_grouped":  # DeepSeek-V3's score-correction bias: loaded, not counted (NOT_COUNTED)
         shapes["router.score_bias"] = (E,)
+    if e.router_norm:  # Gemma 4: the router's input scale per dimension
+        shapes["router.scale"] = (d,)
+    if e.expert_scale:  # Gemma 4: each expert's scale on its routing weight
+        shapes["router.expert_scale"] = (E,)
     for part, out, inp in (("gate", w, d), ("up", w, d), ("down", d, w)):
         shapes[f"experts.{part}.weight"] = (E, out, inp)
         if e.expert_bias:
@@ -171,6 +177,11 @@ def expert_shapes(cfg: "ModelConfig", m: "MlpSpec") -> Shapes:
             shapes[f"shared.{part}.weight"] = (out, inp)
     if e.shared_gate:
         shapes["shared_gate.weight"] = (1, d)
+    if e.d_dense:  # Gemma 4: the dense MLP beside the experts (a gated MLP's names) and the norms of both
+        for part, out, inp in (("gate", e.d_dense, d), ("up", e.d_dense, d), ("down", d, e.d_dense)):
+            shapes[f"{part}.weight"] = (out, inp)
+        for norm in ("dense_post_norm", "experts_norm", "experts_post_norm"):
+            shapes.update(_prefixed(norm, norm_shapes(cfg)))
     return shapes
 
 
@@ -189,6 +200,8 @@ WIRING_ORDER = {
     "sandwich": ("attn_norm", "attn", "post_attn_norm", "mlp_norm", "mlp", "post_mlp_norm"),
     "post_sublayer": ("attn", "post_attn_norm", "mlp", "post_mlp_norm"),
     "pre_no_attn_norm": ("attn", "mlp_norm", "mlp"),  # ModernBERT's layer 0: the embedding norm precedes it
+    # Gemma 4's MoE layers: as sandwich, but the MLP slot also reads the un-normed residual
+    "sandwich_moe": ("attn_norm", "attn", "post_attn_norm", "mlp_norm", "mlp", "post_mlp_norm"),
 }
 WIRING_NORMS = {wiring: tuple(p for p in parts if p.endswith("norm")) for wiring, parts in WIRING_ORDER.items()}
 

@@ -8,6 +8,8 @@ Wirings (`LayerSpec.wiring`; what each holds, in order, is declared in `parts.WI
   * sandwich  x += norm(attn(norm(x))); x += norm(mlp(norm(x)))     Gemma 2, Gemma 3
   * post_sublayer  x += norm(attn(x)); x += norm(mlp(x))            OLMo 2, OLMo 3
   * pre_no_attn_norm  x += attn(x); x += mlp(norm(x))               ModernBERT's layer 0
+  * sandwich_moe  x += norm(attn(norm(x))); x += norm(mlp(norm(x), x))  Gemma 4's 26B-A4B: a dense
+                MLP on norm(x) beside experts routed from x (parts.experts, ExpertSpec.d_dense)
 
 Each layer is built from its own kind (`ModelConfig.layer(i)`, an `attnscope.kinds.LayerSpec`):
 its wiring, its attention and its MLP, and a scale on what each adds to the residual
@@ -72,7 +74,7 @@ class Block(nn.Module):
             hooks.report(self.site, "resid_pre", x, start, start)
         mlp = self.mlp
         if self.mlp_site is not None and hooks is not None:  # experts report each token's routes
-            mlp = lambda h: self.mlp(h, hooks, self.mlp_site, start)  # noqa: E731
+            mlp = lambda h, **raw: self.mlp(h, hooks, self.mlp_site, start, **raw)  # noqa: E731
         cross = () if self.cross is None else (lambda h: self.cross(h, state, hooks),)
         out = self._forward(x, lambda h: self.attn(h, state, cache, hooks), mlp, *cross)
         if hasattr(self, "ple_gate"):  # x += norm(W_up(act(W_gate x) · this layer's input))
@@ -115,6 +117,10 @@ class Block(nn.Module):
     def _sandwich(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         x = x + self.post_attn_norm(attn(self.attn_norm(x)))
         return x + self.post_mlp_norm(mlp(self.mlp_norm(x)))
+
+    def _sandwich_moe(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
+        x = x + self.post_attn_norm(attn(self.attn_norm(x)))  # the experts' router and norm read x itself
+        return x + self.post_mlp_norm(mlp(self.mlp_norm(x), residual=x))
 
     def _post_sublayer(self, x: Tensor, attn: Any, mlp: Any) -> Tensor:
         x = x + self.post_attn_norm(attn(x))

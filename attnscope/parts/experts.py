@@ -16,6 +16,9 @@ width (`MlpSpec.d_mlp`), d = the model's width:
   experts.down.weight    [E, d, w]    (experts.*.bias [E, out] where expert_bias)
   shared.gate/up/down.weight          the shared expert(s), one gated MLP of width d_shared
   shared_gate.weight     [1, d]       Qwen2-MoE: sigmoid(x · w) times the shared output
+  router.scale [d], router.expert_scale [E]   Gemma 4's router (ExpertSpec.router_norm, expert_scale)
+  gate/up/down.weight, dense_post_norm, experts_norm, experts_post_norm   Gemma 4's dense MLP
+                                      beside the experts (d_dense) and the norms around both
 
 Checkpoints store routed experts either fused 3-D (transformers 5.x: gate_up_proj,
 down_proj) or one 2-D tensor per expert (experts.{e}.w1, gate_proj, …). A family's
@@ -34,12 +37,13 @@ from torch import Tensor, nn
 from attnscope.config import ModelConfig
 from attnscope.kinds import ExpertSpec, MlpSpec
 from attnscope.parts.mlp import ACTIVATIONS, GatedMLP
+from attnscope.parts.norms import make_norm
 
 
 class Router(nn.Module):
     """Router logits → each token's chosen experts and their weights."""
 
-    def __init__(self, d: int, spec: ExpertSpec) -> None:
+    def __init__(self, d: int, spec: ExpertSpec, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(spec.n_experts, d))
         if spec.router_bias:
@@ -48,12 +52,20 @@ class Router(nn.Module):
             self.bias = None
         if spec.router == "sigmoid_grouped":  # DeepSeek-V3's score-correction bias (a buffer there, never counted)
             self.score_bias = nn.Parameter(torch.empty(spec.n_experts))
-        self.spec = spec
+        if spec.router_norm:  # Gemma 4: the input's scale per dimension, after a weightless RMSNorm
+            self.scale = nn.Parameter(torch.empty(d))
+        if spec.expert_scale:  # Gemma 4: each expert's scale on its weight
+            self.expert_scale = nn.Parameter(torch.empty(spec.n_experts))
+        self.spec, self.eps = spec, eps
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (N, d) → weights (N, k) in float32 (float64 for float64 weights) and experts (N, k) int64."""
         if self.spec.router == "sigmoid_grouped":
             return self._sigmoid_grouped(x)
+        if self.spec.router_norm:  # Gemma 4's Gemma4TextRouter: RMSNorm in float32 (no weight), × scale × 1/√d
+            h = x if x.dtype == torch.float64 else x.float()
+            h = (h * torch.pow(h.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)).to(x.dtype)
+            x = h * self.scale * x.shape[-1] ** -0.5
         logits = F.linear(x, self.weight, self.bias)  # (N, E)
         wide = logits.double() if logits.dtype == torch.float64 else logits.float()
         spec = self.spec
@@ -64,6 +76,8 @@ class Router(nn.Module):
         top, chosen = torch.topk(probs, spec.top_k, dim=-1)
         if spec.norm_topk_prob:
             top = top / top.sum(dim=-1, keepdim=True)
+        if spec.expert_scale:  # Gemma 4: after renormalising, × each chosen expert's own scale
+            top = top * self.expert_scale.to(top.dtype)[chosen]
         return top, chosen
 
 
@@ -118,25 +132,43 @@ class Experts(nn.Module):
         assert e is not None  # internal invariant: kind "experts" carries its ExpertSpec
         d = cfg.d_model
         self.spec = e
-        self.router = Router(d, e)
+        self.router = Router(d, e, cfg.norm_eps)
         self.experts = RoutedExperts(d, spec.d_mlp, e)
         self.act = ACTIVATIONS[spec.act]
         if e.d_shared:
             self.shared = GatedMLP(cfg, MlpSpec("gated", e.d_shared, spec.act))
         if e.shared_gate:
             self.shared_gate = nn.Linear(d, 1, bias=False)
+        if e.d_dense:  # Gemma 4: a dense gated MLP beside the experts, each with its own norms
+            self.gate = nn.Linear(d, e.d_dense, bias=False)
+            self.up = nn.Linear(d, e.d_dense, bias=False)
+            self.down = nn.Linear(e.d_dense, d, bias=False)
+            self.dense_post_norm = make_norm(cfg)
+            self.experts_norm = make_norm(cfg)
+            self.experts_post_norm = make_norm(cfg)
 
-    def forward(self, x: Tensor, hooks: Any = None, site: str = "", start: int = 0) -> Tensor:
+    def forward(self, x: Tensor, hooks: Any = None, site: str = "", start: int = 0,
+                residual: Tensor | None = None) -> Tensor:
         """x (T, d); `hooks` asked at `site` (`hooks.mlp_site`) for each token's `routes`
-        and `route_weights` (T, k), its queries at positions `start`…"""
+        and `route_weights` (T, k), its queries at positions `start`…. With a dense MLP
+        beside the experts (`d_dense`, wiring "sandwich_moe"), x is the block's MLP-normed
+        input (the dense MLP's) and `residual` the un-normed stream the router and the
+        experts' own norm read: out = post1(dense(x)) + post2(experts(norm2(residual)))."""
         shape = x.shape
-        flat = x.reshape(-1, shape[-1])  # (N, d)
+        beside = self.spec.d_dense > 0
+        assert beside == (residual is not None), "sandwich_moe and d_dense go together"  # internal invariant
+        flat = (residual if beside else x).reshape(-1, shape[-1])  # (N, d): what the router reads
         weights, chosen = self.router(flat)  # (N, k) each
         if hooks is not None:
             for what, value in (("routes", chosen), ("route_weights", weights.float())):
                 if hooks.wants(site, what):
                     hooks.report(site, what, value, start, start)
-        out = self.routed(flat, weights, chosen)
+        if beside:
+            out = self.experts_post_norm(self.routed(self.experts_norm(flat), weights, chosen))
+            dense = self.down(self.act(self.gate(x)) * self.up(x)).reshape(-1, shape[-1])
+            out = self.dense_post_norm(dense) + out
+        else:
+            out = self.routed(flat, weights, chosen)
         if self.spec.d_shared:
             shared = self.shared(flat)
             if self.spec.shared_gate:  # Qwen2-MoE
