@@ -18,6 +18,7 @@ After transformers' modeling_t5.py (T5Stack, T5Block, T5LayerFF, T5Attention).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -122,3 +123,92 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
                                                                                           bidirectional=False)),
                       cross=replace(encoder.attn, causal=False, relative=None))
     return replace(cfg, decoder=Stack(((decoder, n_decoder),)))
+
+
+# --------------------------------------------------------------------------- GGUF
+# llama.cpp's `t5` architecture (gguf-py's constants.py: MODEL_ARCH.T5, `enc.blk.N.*` and
+# `dec.blk.N.*`), as T5Model in convert_hf_to_gguf.py writes it for T5, FLAN-T5 and mT5.
+# The converter renames and never reshapes: weights keep nn.Linear's (out, in) layout and
+# need no undoing. It writes one token table (`token_embd`, whichever of shared /
+# encoder.embed_tokens / decoder.embed_tokens came first) and `output` only where the
+# checkpoint has its own lm_head, so a file without `output` is T5 v1.0's tied head with
+# its d_model^-0.5 rescale (transformers'; llama.cpp itself skips the rescale, which no
+# argmax sees). It stores no feed_forward_proj: ffn_gate tensors mean gated-gelu (llama.cpp
+# runs them with its tanh GELU, gelu_new), none mean relu. It stores no
+# relative_attention_max_distance: llama.cpp's bucketing fixes it at 128, as every T5
+# release sets it. Each stack's relative table lives in its layer 0 only; a table in a
+# later layer is UMT5's per-layer tables (which attnscope does not run) and is refused.
+# T5's cross-attention has no relative bias (transformers never loads one): a
+# `cross_attn_rel_b` an old checkpoint carried is skipped.
+
+GGUF_ARCHS = ("t5",)
+
+_GGUF_ATTN = {"attn_q": "attn.q", "attn_k": "attn.k", "attn_v": "attn.v", "attn_o": "attn.o",
+              "attn_norm": "attn_norm", "ffn_gate": "mlp.gate", "ffn_up": "mlp.up", "ffn_down": "mlp.down",
+              "ffn_norm": "mlp_norm"}
+GGUF_WEIGHTS: dict[str, str | None] = {
+    "token_embd.weight": "embed.tok.weight",
+    "output.weight": "unembed.weight",
+    **{f"enc.blk.{{layer}}.{g}.weight": f"blocks.{{layer}}.{ours}.weight" for g, ours in _GGUF_ATTN.items()},
+    "enc.blk.{layer}.attn_rel_b.weight": "relative.weight",  # layer 0 only (config_from_gguf checks)
+    "enc.output_norm.weight": "final_norm.weight",
+    **{f"dec.blk.{{layer}}.{g}.weight": f"decoder.blocks.{{layer}}.{ours}.weight" for g, ours in _GGUF_ATTN.items()},
+    **{f"dec.blk.{{layer}}.cross_attn_{p}.weight": f"decoder.blocks.{{layer}}.cross.{p}.weight" for p in "qkvo"},
+    "dec.blk.{layer}.cross_attn_norm.weight": "decoder.blocks.{layer}.cross_norm.weight",
+    "dec.blk.{layer}.cross_attn_rel_b.weight": None,
+    "dec.blk.{layer}.attn_rel_b.weight": "decoder.relative.weight",
+    "dec.output_norm.weight": "decoder.final_norm.weight",
+}
+# the stacks of a GGUF's block tensors (sources.gguf checks each against its layer count)
+GGUF_STACKS = {"enc.": "num_layers", "dec.": "num_decoder_layers"}
+_MAX_DISTANCE = 128  # llama.cpp's llama_relative_position_bucket
+_GGUF_RELATIVE = re.compile(r"^(?:enc|dec)\.blk\.(\d+)\.attn_rel_b\.weight$")
+
+
+def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A T5 config.json-style dict from `t5.*` metadata (checked by `config_from_hf`), the
+    MLP's kind from the tensor table."""
+    from attnscope.architectures.llama import gguf_value
+
+    def get(suffix: str, default: Any = KeyError) -> Any:
+        return gguf_value(meta, f"{arch}.{suffix}", default)
+
+    heads, d_kv = get("attention.head_count"), get("attention.key_length")
+    for key, value, same in (("attention.value_length", get("attention.value_length", d_kv), d_kv),
+                             ("attention.head_count_kv", get("attention.head_count_kv", heads), heads)):
+        if value != same:
+            raise ConfigError(f"GGUF {arch}.{key} {_shown(value)} differs from its query side {_shown(same)}: "
+                              "T5's attention has one head size and no grouped keys")
+    late = sorted(n for n in shapes if (m := _GGUF_RELATIVE.match(n)) and m.group(1) != "0")
+    if late:
+        raise ConfigError(f"GGUF tensor {late[0]!r}: relative-position tables in layers past the first are "
+                          "UMT5's per-layer tables, which attnscope does not run",
+                          hint="attnscope reads T5, FLAN-T5 and mT5, whose stacks share one table each")
+    gated = {stack: f"{stack}blk.0.ffn_gate.weight" in shapes for stack in GGUF_STACKS}
+    if len(set(gated.values())) != 1:
+        raise ConfigError("the GGUF's encoder and decoder disagree on a gated feed-forward (ffn_gate in one only)")
+    eps = get("attention.layer_norm_rms_epsilon")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+        raise ConfigError(f"GGUF {arch}.attention.layer_norm_rms_epsilon must be a small number, got {_shown(eps)}")
+    n_layers = get("block_count")
+    raw = {
+        "model_type": "t5",
+        "architectures": ["T5ForConditionalGeneration"],
+        "d_model": get("embedding_length"),
+        "num_layers": n_layers,
+        "num_decoder_layers": get("decoder_block_count", n_layers),
+        "num_heads": heads,
+        "d_kv": d_kv,
+        "d_ff": get("feed_forward_length"),
+        "n_positions": get("context_length", 512),
+        "relative_attention_num_buckets": get("attention.relative_buckets_count"),
+        "relative_attention_max_distance": _MAX_DISTANCE,
+        "layer_norm_epsilon": eps,
+        "feed_forward_proj": "gated-gelu" if gated["enc."] else "relu",
+        "decoder_start_token_id": get("decoder_start_token_id", meta.get("tokenizer.ggml.padding_token_id", 0)),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id", 1),
+    }
+    eos = raw["eos_token_id"]
+    if isinstance(eos, bool) or not isinstance(eos, int) or eos < 0:
+        raise ConfigError(f"GGUF tokenizer.ggml.eos_token_id must be a token id, got {_shown(eos)}")
+    return raw

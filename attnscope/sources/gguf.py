@@ -47,7 +47,11 @@ if TYPE_CHECKING:
 
     from attnscope.config import ModelConfig
 
-_BLOCK = re.compile(r"^blk\.(\d+)\.")
+# a block tensor: `blk.N.`, or `enc.blk.N.` / `dec.blk.N.` in an encoder-decoder (T5)
+_BLOCK = re.compile(r"^((?:enc|dec)\.)?blk\.(\d+)\.")
+# the layer count each stack's blocks must match: a family with several stacks names
+# them in its GGUF_STACKS (stack prefix -> its config key)
+_ONE_STACK = {"": "num_hidden_layers"}
 
 
 def gguf_family(f: GGUFFile) -> ModuleType:
@@ -73,7 +77,7 @@ def gguf_config(f: GGUFFile) -> dict[str, Any]:
     except KeyError as exc:
         raise CheckpointError(f"{f.path}: the GGUF metadata lacks {exc.args[0]!r}",
                               hint="the file is incomplete; convert it again with llama.cpp") from None
-    _check_sizes(f, raw)
+    _check_sizes(f, raw, getattr(family, "GGUF_STACKS", _ONE_STACK))
     finish = getattr(family, "gguf_config_tensors", None)
     if finish is not None:  # settings the converter stored as tensors (Phi-3's longrope factors)
         raw = finish(raw, lambda name: _config_tensor(f, name))
@@ -112,30 +116,32 @@ def _config_tensor(f: GGUFFile, name: str) -> list[float] | None:
     return _dequantize(f, t, _open_data(f)).flatten().tolist()
 
 
-def _check_sizes(f: GGUFFile, raw: dict[str, Any]) -> None:
-    """The metadata's layer count and width must match the tensor table: the model is
-    sized from the config before any tensor is read, so a lie there would be allocated."""
-    layers = {int(m.group(1)) for name in f.tensors if (m := _BLOCK.match(name))}
-    n_layers = raw.get("num_hidden_layers", raw.get("n_layer"))
-    if layers != set(range(len(layers))) or n_layers != len(layers):
-        raise CheckpointError(f"{f.path}: the metadata says {n_layers!r} layers, but the file holds tensors "
-                              f"for {len(layers)} (blk.0 to blk.{max(layers, default=-1)})")
+def _check_sizes(f: GGUFFile, raw: dict[str, Any], stacks: dict[str, str]) -> None:
+    """The metadata's layer count (each stack's) and width must match the tensor table: the
+    model is sized from the config before any tensor is read, so a lie there would be allocated."""
+    for stack, key in stacks.items():
+        layers = {int(m.group(2)) for name in f.tensors if (m := _BLOCK.match(name)) and (m.group(1) or "") == stack}
+        n_layers = raw.get(key, raw.get("n_layer"))
+        if layers != set(range(len(layers))) or n_layers != len(layers):
+            raise CheckpointError(f"{f.path}: the metadata says {n_layers!r} layers, but the file holds tensors "
+                                  f"for {len(layers)} ({stack}blk.0 to {stack}blk.{max(layers, default=-1)})")
     embed = f.tensors.get("token_embd.weight")
-    width = raw.get("hidden_size", raw.get("n_embd"))
+    width = raw.get("hidden_size", raw.get("n_embd", raw.get("d_model")))
     if embed is not None and (len(embed.shape) != 2 or embed.shape[1] != width):
         raise CheckpointError(f"{f.path}: the metadata says width {width!r}, but token_embd has shape {embed.shape}")
 
 
-def _our_name(f: GGUFFile, table: dict[str, str | None], name: str, n_layers: int) -> str | None:
+def _our_name(f: GGUFFile, table: dict[str, str | None], name: str, counts: dict[str, int]) -> str | None:
+    """Our name for a file's tensor; `counts`: each stack's layers (by block prefix)."""
     m = _BLOCK.match(name)
-    key = "blk.{layer}." + name[m.end():] if m else name
+    key = f"{m.group(1) or ''}blk.{{layer}}." + name[m.end():] if m else name
     if key not in table:
         raise CheckpointError(f"{f.path}: unknown tensor {name!r} in a {f.arch} GGUF",
                               hint="attnscope does not know this tensor; the file may be of a variant it does not support")
     target = table[key]
     if m is None or target is None:
         return target
-    layer = int(m.group(1))
+    layer, n_layers = int(m.group(2)), counts.get(m.group(1) or "", 0)
     if layer >= n_layers:
         raise CheckpointError(f"{f.path}: tensor {name!r} is in layer {layer}, but the metadata says {n_layers} layers")
     return target.format(layer=layer)
@@ -198,7 +204,8 @@ def iter_gguf_tensors(f: GGUFFile, cfg: ModelConfig, family: ModuleType,
     memory-mapped, so the others' bytes are never read nor dequantized."""
     import torch
 
-    plan = [(t, _our_name(f, family.GGUF_WEIGHTS, t.name, cfg.n_layers)) for t in f.tensors.values()]
+    counts = {"": cfg.n_layers, "enc.": cfg.n_layers, "dec.": len(cfg.decoder) if cfg.decoder is not None else 0}
+    plan = [(t, _our_name(f, family.GGUF_WEIGHTS, t.name, counts)) for t in f.tensors.values()]
     check_types(f)
     adjust = getattr(family, "gguf_tensor", None)
     data = _open_data(f)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from attnscope.sources.gguf import GGUFFile
 
-NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # llama.cpp's token types
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6  # llama.cpp's token types
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -169,6 +169,61 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: st
     return tok, None
 
 
+def _unigram(meta: dict[str, Any], tokens: list[str], types: list[int], where: str) -> Any:
+    """A SentencePiece Unigram tokenizer from a `t5` vocabulary (T5Model in
+    convert_hf_to_gguf.py: the pieces with their scores, the normalizer's precompiled
+    charsmap and flags), run as SentencePiece and llama.cpp's UGM tokenizer run it: the
+    charsmap, then (remove_extra_whitespaces) spaces stripped at both ends and runs of
+    them collapsed, spaces escaped as '▁', a '▁' prefixed (add_space_prefix), and the best
+    segmentation of the whole text by the scores (no splitting into words first), runs
+    of characters no piece covers becoming one unknown token. The normalizer's growth
+    (the charsmap's longest replacement) is checked as a tokenizer.json's is."""
+    import base64
+
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+
+    from attnscope.tokenizer_checks import check_spec
+
+    scores = _list(meta, "tokenizer.ggml.scores", float, len(tokens), where)
+    if scores is None:
+        raise TokenizerError(f"{where}: a Unigram (t5) vocabulary without tokenizer.ggml.scores")
+    charsmap = _list(meta, "tokenizer.ggml.precompiled_charsmap", int, None, where)
+    if charsmap is not None and not all(0 <= b < 256 for b in charsmap):
+        raise TokenizerError(f"{where}: tokenizer.ggml.precompiled_charsmap must be a list of bytes")
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id", 2)  # llama.cpp's default for t5
+    if isinstance(unk_id, bool) or not isinstance(unk_id, int) or not 0 <= unk_id < len(tokens):
+        raise TokenizerError(f"{where}: tokenizer.ggml.unknown_token_id {visible(repr(unk_id))[:40]} is not a token "
+                             f"of its {len(tokens)}")
+    steps: list[dict[str, Any]] = []
+    if charsmap:
+        steps.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(bytes(charsmap)).decode()})
+    if meta.get("tokenizer.ggml.remove_extra_whitespaces", True) is not False:
+        steps += [{"type": "Replace", "pattern": {"Regex": r"\A +| +\z"}, "content": ""},
+                  {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]
+    steps.append({"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"})
+    prefix = meta.get("tokenizer.ggml.add_space_prefix", True) is not False
+    if prefix:
+        steps.append({"type": "Prepend", "prepend": "\u2581"})
+    norm, _ = check_spec({"normalizer": {"type": "Sequence", "normalizers": steps}}, where)
+    byte_fallback = BYTE in types
+    tok = Tokenizer(models.Unigram(list(zip(tokens, scores)), unk_id=unk_id, byte_fallback=byte_fallback))
+    built = []
+    for step in steps:
+        if step["type"] == "Precompiled":
+            built.append(normalizers.Precompiled(bytes(charsmap or ())))
+        elif step["type"] == "Prepend":
+            built.append(normalizers.Prepend(step["prepend"]))
+        else:
+            pattern = step["pattern"]
+            built.append(normalizers.Replace(Regex(pattern["Regex"]) if "Regex" in pattern else pattern["String"],
+                                             step["content"]))
+    tok.normalizer = normalizers.Sequence(built)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), *([decoders.ByteFallback()] if byte_fallback else []),
+                                     decoders.Fuse(), *([decoders.Strip(content=" ", left=1, right=0)] if prefix else [])])
+    tok.attnscope_growth = norm  # what tokenize.tokenize bounds a text's normalized length by
+    return tok
+
+
 def _wordpiece(meta: dict[str, Any], tokens: list[str], types: list[int], where: str) -> tuple[Any, list[str]]:
     """A WordPiece tokenizer from a `bert` vocabulary (see the module's docstring), and
     the pieces in WordPiece's spelling. The same static checks as a tokenizer.json's
@@ -251,14 +306,22 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
         add_bos_default = pre in _LLAMA3_LIKE
     elif model in ("llama", "bert"):
         add_bos_default = True
+    elif model == "t5":  # llama.cpp's UGM defaults: no BOS, an EOS after the text (T5's </s>)
+        add_bos_default = False
     else:
         raise TokenizerError(f"{where}: tokenizer model {visible(repr(model))[:100]} is not supported",
-                             hint="supported: gpt2, llama, bert")
+                             hint="supported: gpt2, llama, bert, t5")
     try:
         with quiet_stderr():  # a Rust panic prints its backtrace before it is raised
             if model == "bert":
                 tok, tokens = _wordpiece(meta, tokens, types, where)
                 return _finish(tok, None, meta, tokens, types, add_bos_default, ends=_bert_ends(meta, tokens))
+            if model == "t5":
+                # llama.cpp's defaults for t5: </s> is 1, the unknown piece (kept whole, as T5's own
+                # tokenizer keeps <unk>) 2
+                ids = {"tokenizer.ggml.eos_token_id": 1, **meta}
+                return _finish(_unigram(meta, tokens, types, where), None, ids, tokens, types, False,
+                               add_eos_default=True, special=(CONTROL, UNKNOWN))
             tok, alphabet = (_byte_level(meta, tokens, pre, where) if model == "gpt2"
                              else _sentencepiece(meta, tokens, f.arch, where))
             return _finish(tok, alphabet, meta, tokens, types, add_bos_default)
@@ -270,14 +333,16 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
 
 
 def _finish(tok: Any, alphabet: set[str] | None, meta: dict[str, Any], tokens: list[str], types: list[int],
-            add_bos_default: bool, ends: tuple[int | None, int | None] | None = None) -> Tokenizer:
+            add_bos_default: bool, ends: tuple[int | None, int | None] | None = None,
+            add_eos_default: bool = False, special: tuple[int, ...] = (CONTROL,)) -> Tokenizer:
     """Special and added tokens, and the post-processor that adds BOS/EOS (`ends`: the
-    first and last ids to add, where the vocabulary decides them otherwise: BERT's)."""
+    first and last ids to add, where the vocabulary decides them otherwise: BERT's;
+    `special`: the token types kept whole as special tokens)."""
     from tokenizers import AddedToken, processors
 
     # control tokens outside a byte-level alphabet are llama.cpp mislabels; transformers skips them
     control = [AddedToken(t, normalized=False, special=True) for t, kind in zip(tokens, types)
-               if kind == CONTROL and (alphabet is None or set(t) <= alphabet)]
+               if kind in special and (alphabet is None or set(t) <= alphabet)]
     tok.add_special_tokens(control)
     vocab = tok.get_vocab()
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t, kind in zip(tokens, types)
@@ -285,7 +350,7 @@ def _finish(tok: Any, alphabet: set[str] | None, meta: dict[str, Any], tokens: l
     # a list of pieces, not one string, so that a token with a space stays one piece
     single: list[str] = ["$A:0"]
     specials: list[tuple[str, int]] = []
-    for i, (key, default) in enumerate((("bos", add_bos_default), ("eos", False))):
+    for i, (key, default) in enumerate((("bos", add_bos_default), ("eos", add_eos_default))):
         token_id = meta.get(f"tokenizer.ggml.{key}_token_id") if ends is None else ends[i]
         if (ends is not None or meta.get(f"tokenizer.ggml.add_{key}_token", default) is True) \
                 and isinstance(token_id, int) and 0 <= token_id < len(tokens):
