@@ -169,4 +169,21 @@ MOE_PRESETS: dict[str, dict[str, Any]] = {
         "use_bidirectional_attention": "vision", "use_double_wide_mlp": False, "vocab_size": 262144,
         "vocab_size_per_layer_input": 262144,
     },
+    # google/gemma-4-26B-A4B's text tower (tests/data/real_configs/gemma-4-26b-a4b.json): every
+    # layer runs a dense MLP of 2,112 beside 128 experts of 704, 8 per token (the MoE block);
+    # 25,233,141,760 parameters, 3,822,530,560 active (the vision tower not counted).
+    "gemma-4-26b-a4b": {
+        "architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text", "attention_bias": False,
+        "attention_k_eq_v": True, "enable_moe_block": True, "final_logit_softcapping": 30.0, "global_head_dim": 512,
+        "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2816,
+        "hidden_size_per_layer_input": 0, "intermediate_size": 2112,
+        "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5, "max_position_embeddings": 262144,
+        "moe_intermediate_size": 704, "num_attention_heads": 16, "num_experts": 128, "num_global_key_value_heads": 2,
+        "num_hidden_layers": 30, "num_key_value_heads": 8, "num_kv_shared_layers": 0, "rms_norm_eps": 1e-06,
+        "rope_parameters": {"full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0,
+                                               "rope_type": "proportional"},
+                            "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
+        "sliding_window": 1024, "tie_word_embeddings": True, "top_k_experts": 8, "use_double_wide_mlp": False,
+        "vocab_size": 262144,
+    },
 }

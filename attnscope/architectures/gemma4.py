@@ -282,6 +282,12 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
 # `rope_freqs` tensor of divisors (1 for each turning frequency, 1e30 for each standing
 # one); the global base as rope.freq_base (the local one, where the file gives none,
 # Gemma4TextConfig's 10^4). A global layer without attn_v takes its values from its keys.
+# The MoE block (26B-A4B; Gemma4Model.modify_tensors/filter_tensors): `expert_count`,
+# `expert_used_count`, `expert_feed_forward_length`; the router `ffn_gate_inp` with its input
+# scale as `ffn_gate_inp.scale` and the per-expert scale as `ffn_down_exps.scale`; the experts'
+# fused `ffn_gate_up_exps` [E, 2w, d] (gate rows first, as transformers holds it) and
+# `ffn_down_exps`; the norms `pre_ffw_norm_2`, `post_ffw_norm_1`, `post_ffw_norm_2` beside
+# Gemma 3's `ffn_norm` and `post_ffw_norm`.
 # The tokenizer model llama.cpp writes for Gemma 4 ("gemma4") is not one attnscope reads yet.
 
 GGUF_ARCHS = ("gemma4",)
@@ -295,6 +301,12 @@ GGUF_WEIGHTS: dict[str, str | None] = {
     "blk.{layer}.inp_gate.weight": "blocks.{layer}.ple_gate.weight",
     "blk.{layer}.proj.weight": "blocks.{layer}.ple_proj.weight",
     "blk.{layer}.post_norm.weight": "blocks.{layer}.ple_norm.weight",
+    "blk.{layer}.ffn_gate_inp.scale": "blocks.{layer}.mlp.router.scale",
+    "blk.{layer}.ffn_down_exps.scale": "blocks.{layer}.mlp.router.expert_scale",
+    "blk.{layer}.ffn_gate_up_exps.weight": "blocks.{layer}.mlp.experts.gate_up.weight",
+    "blk.{layer}.post_ffw_norm_1.weight": "blocks.{layer}.mlp.dense_post_norm.weight",
+    "blk.{layer}.pre_ffw_norm_2.weight": "blocks.{layer}.mlp.experts_norm.weight",
+    "blk.{layer}.post_ffw_norm_2.weight": "blocks.{layer}.mlp.experts_post_norm.weight",
 }
 
 
@@ -357,6 +369,11 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
     if raw["attention_k_eq_v"]:
         raw["num_global_key_value_heads"] = kv[full[0]]
     raw["use_double_wide_mlp"] = first_shared < n_layers and ff[first_shared] == 2 * ff[0]
+    experts = get("expert_count", None)
+    raw["enable_moe_block"] = experts is not None
+    if experts is not None:  # the MoE block (26B-A4B): a dense MLP of feed_forward_length beside them
+        raw.update(num_experts=experts, top_k_experts=get("expert_used_count"),
+                   moe_intermediate_size=get("expert_feed_forward_length"))
     return raw
 
 
@@ -379,7 +396,11 @@ def gguf_rope_scaling(factors: list[float], raw: dict[str, Any]) -> dict[str, An
 
 
 def gguf_tensor(name: str, tensor: Any, cfg: ModelConfig, arch: str) -> dict[str, Any]:
-    """Norms as they are (Gemma 4's scale by w: the converter adds no 1); nothing permuted."""
+    """Norms as they are (Gemma 4's scale by w: the converter adds no 1); nothing permuted;
+    the experts' fused gate_up cut into gate and up."""
     from attnscope.architectures import llama
 
-    return llama.gguf_tensor(name, tensor, cfg, arch)
+    out: dict[str, Any] = {}
+    for ours, value in llama.gguf_tensor(name, tensor, cfg, arch).items():
+        out.update(split(ours, value, cfg))
+    return out

@@ -170,6 +170,8 @@ def _block_summary(per_block: dict[str, int], cfg: ModelConfig | None = None,
             "experts": routed,
             "expert": one,
             "shared": sum(prod(shape) for name, shape in shapes.items() if name.startswith("shared.")),
+            # Gemma 4's dense MLP beside the experts (ExpertSpec.d_dense): the slot's own gate, up, down
+            "dense": sum(prod(shape) for name, shape in shapes.items() if name.split(".")[0] in ("gate", "up", "down")),
             "active": out["total"] - (e.n_experts - e.top_k) * one,
         })
     return out

@@ -55,6 +55,7 @@ def shape_line(cfg: "ModelConfig") -> str:
     if moe is not None and moe.experts is not None:  # a mixture of experts: what one MoE layer holds
         e = moe.experts
         mlp = f"{e.n_experts} experts of {n(moe.d_mlp)}, top {e.top_k}" + (f" + shared {n(e.d_shared)}" if e.d_shared else "")
+        mlp += f" + dense MLP {n(e.d_dense)}" if e.d_dense else ""
     else:
         mlp = f"MLP {n(cfg.d_mlp)}{' (gated)' if cfg.layer(0).mlp.kind == 'gated' else ''}"
     layers = f"{plural(cfg.n_layers, 'layer')} × {plural(cfg.n_heads, 'head')} of {cfg.d_head}{kv}"
@@ -226,6 +227,9 @@ def block_table(console: Console, rep: "ParamReport") -> None:
             if e.d_shared:
                 block.add_row(f"Shared expert{'s' if e.n_shared > 1 else ''} (width {n(e.d_shared)})",
                               n(kind.block["shared"]))
+            if e.d_dense:  # Gemma 4: a dense MLP beside the experts, every token through it
+                block.add_row(f"Dense MLP beside the experts (gate, up, down; width {n(e.d_dense)})",
+                              n(kind.block["dense"]))
         else:
             block.add_row("MLP weights" + (" (gate, up, down)" if m.kind == "gated" else " (up, down)"),
                           n(kind.block["mlp"]))
