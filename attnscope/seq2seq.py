@@ -230,16 +230,18 @@ class PairView:
 
 def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str | None, head: str | None,
               k: int, token: str | None, truncate: bool, save: Any = None, force: bool = False,
-              measure: str = "weight") -> PairView:
+              measure: str = "weight", also: Any = None) -> PairView:
     """Tokenize both texts, run both stacks once and select what `view` shows of `part`.
     Display defaults as attend's: the last layer (every layer for overview and align), every
     head (head 0 for the heatmap); only the selected layers' patterns are kept. `save`: every
     part's patterns, streamed to that .npz as the pass runs (`PairWriter`). `measure`: what
     the patterns hold (`seq2seq_measures`: weight, norm, and on the encoder rollout, alti,
-    value-zeroing)."""
+    value-zeroing). `also(source, decoder, query)`: called once the tokens and the selection
+    are known, before the pass; it returns a hook of its own and the layers it reads, fed
+    the same values as the view (`outputs.pair`: --html, --plot)."""
     from attnscope import analysis
     from attnscope.errors import UsageError
-    from attnscope.hooks import Capture, sites
+    from attnscope.hooks import Capture, Hooks, sites
     from attnscope.outputs.views import focus_index
     from attnscope.tokenize import tokenize
 
@@ -275,14 +277,17 @@ def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str
     query = focus_index(rows, token)
     shown = [part_sites[layer_i].name for layer_i in ls]
     cap = Capture({site: ["pattern"] for site in shown})
+    extra, extra_layers = also(src, dec, query) if also is not None else (None, [])
+    views, reach = Hooks(cap, extra), sorted(set(ls) | set(extra_layers))
     if save is None:
-        run(m.model, m._ids(src.ids), m._ids(ids), seq2seq_measures.hooks(m.model, measure, len(src), ls, cap))
+        run(m.model, m._ids(src.ids), m._ids(ids), seq2seq_measures.hooks(m.model, measure, len(src), reach, views))
         saved = None
     else:
         from attnscope.measures import KINDS
 
         with PairWriter(save, cfg, src, dec, force, saved_as=KINDS[measure].saved_as) as writer:
-            run(m.model, m._ids(src.ids), m._ids(ids), seq2seq_measures.hooks(m.model, measure, len(src), ls, cap, writer))
+            run(m.model, m._ids(src.ids), m._ids(ids),
+                seq2seq_measures.hooks(m.model, measure, len(src), reach, views, writer))
         saved = writer.path
     chosen = torch.stack([cap.get(site, "pattern")[hs] for site in shown]).float()  # [layers, heads, rows, columns]
     return PairView(part, view, ls, hs, rows, columns, chosen, query, k, src, dec, saved, measure)

@@ -354,7 +354,6 @@ def test_attend_without_target_shows_the_encoder_and_says_how(built: Callable[[s
     (["--part", "cross"], "--part picks"),
     (["--view", "align"], "needs --target"),
     (["--target", "x", "--view", "align", "--part", "encoder"], "alignment table"),
-    (["--target", "x", "--html", "p.html"], "--html is not written"),
     (["--target", "x", "--measure", "rollout"], "--measure rollout"),
     (["--target", "x", "--view", "experts"], "routes"),
     (["--target", "x", "--top-k", "0"], "--top-k"),

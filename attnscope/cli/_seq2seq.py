@@ -27,10 +27,6 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
         chosen = files.pop(option, None)
         if chosen is not None and Path(chosen).suffix != ".npz":
             raise UsageError(f"{option} of a --target run writes FILE.npz", hint="use a name ending in .npz")
-    for option, value in files.items():
-        if value is not None:
-            raise UsageError(f"{option} is not written for --target runs yet",
-                             hint="use --json for the patterns of the part shown")
     from attnscope.seq2seq_measures import check
 
     check(measure, part.value if part is not None else None, save)  # a measure the part has no meaning for
@@ -52,10 +48,15 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
                 layer: Optional[str], head: Optional[str], top_k: int, token: Optional[str], truncate: bool,
                 as_json: bool, no_color: bool, device: Any, dtype: Any, measure: Any, dry_run: bool, pipeline: bool,
                 offload: bool, save: Optional[Path], save_topk: Optional[Path], html: Optional[Path],
-                plot: Optional[Path], force: bool, **_: Any) -> None:
+                plot: Optional[Path], force: bool, html_topk: Optional[int] = None, figsize: Optional[str] = None,
+                **_: Any) -> None:
     """attend's path for two texts (attend's own options, by name; the rest ignored)."""
-    refuse(target, part, view.value, {"--save": save, "--save-topk": save_topk, "--html": html, "--plot": plot},
-           measure.value, dry_run, pipeline, offload)
+    from attnscope.outputs.pair import PairFiles
+
+    refuse(target, part, view.value, {"--save": save, "--save-topk": save_topk}, measure.value, dry_run, pipeline,
+           offload)
+    files = PairFiles(html, html_topk, plot, figsize, layer, head, force)
+    files.check()  # --html, --plot: before the model loads
     from attnscope.cli._app import _load
 
     assert target is not None  # refuse() holds it
@@ -68,14 +69,17 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
         if save is not None and Path(save).expanduser().resolve() == Path(save_topk).expanduser().resolve():
             raise UsageError("--save and --save-topk name the same file", hint="give each its own name")
     show(_load(model, device, dtype), source, target, part.value if part is not None else "cross", view.value, layer,
-         head, top_k, token, truncate, as_json, no_color, save, force, save_topk, measure.value)
+         head, top_k, token, truncate, as_json, no_color, save, force, save_topk, measure.value, files)
 
 
 def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
          k: int, token: Optional[str], truncate: bool, as_json: bool, no_color: bool, save: Optional[Path] = None,
-         force: bool = False, save_topk: Optional[Path] = None, measure: str = "weight") -> None:
+         force: bool = False, save_topk: Optional[Path] = None, measure: str = "weight", files: Any = None) -> None:
     """Run both texts through a loaded encoder-decoder and print the part's view or --json;
-    `save`: all three parts to FILE.npz, streamed (`seq2seq.PairWriter`)."""
+    `save`: all three parts to FILE.npz, streamed (`seq2seq.PairWriter`); `files`: the page
+    and the figure of the part (`outputs.pair.PairFiles`), from the same pass."""
+    from functools import partial
+
     from rich.console import Console
 
     from attnscope.cli._app import _print_json
@@ -89,13 +93,16 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
 
     from attnscope.seq2seq import save_pair_topk
 
-    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate, save, force, measure)
+    name = m.config.name or m.source
+    pv = pair_view(m, source, target, part, view, layer, head, k, token, truncate, save, force, measure,
+                   also=partial(files.plan, m, name, part, measure) if files else None)
     saved = pv.saved
     saved_topk = save_pair_topk(save_topk, pv, force) if save_topk is not None else None
-    name = m.config.name or m.source
+    written = files.emit() if files else []
     if as_json:
         _print_json({**pv.document(name), **({"saved": str(saved)} if saved is not None else {}),
-                     **({"saved_topk": str(saved_topk)} if saved_topk is not None else {})})
+                     **({"saved_topk": str(saved_topk)} if saved_topk is not None else {}),
+                     **{key: str(path) for key, path, _line in written}})
         return
     console = Console(highlight=False, no_color=no_color or None)
     render_pair(console, pv, name, color=not no_color and console.color_system is not None)
@@ -105,6 +112,8 @@ def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional
     if saved_topk is not None:
         console.print(Text(f"saved the {part} part's top-{min(k, pv.patterns.shape[-1])} of the shown layers and heads "
                            f"to {saved_topk}", style="dim"))
+    for _key, _path, line in written:
+        console.print(Text(line, style="dim"))
 
 
 def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: float, top_k: int, top_p: float,

@@ -727,7 +727,7 @@
         var t = e.target.closest ? e.target.closest(".tok") : null;
         if (t) pinKey(Number(t.dataset.i));
       });
-      $("dir-row").parentNode.hidden = true;  // each row shows its own direction
+      $("dir-row").parentNode.style.display = "none";  // each row shows its own direction
     }
     ["top-keys", "top-queries"].forEach(function (id) {
       $(id).addEventListener("click", function (e) {

@@ -1,0 +1,148 @@
+"""The page (--html) and the figure (--plot) of an encoder-decoder's run
+(`attend SOURCE --target TARGET`), of the part shown (`--part`):
+
+- cross (the default): rows are the decoder's inputs (its start token, then the target),
+  columns the source. The page shows the source and the target as two token rows, the
+  source row shaded by where the chosen target token looks (`render.page.Page(keys=)`),
+  and the n_tgt × n_src heatmap; the figure is that non-square heatmap, both axes labelled.
+- encoder / decoder: that stack's self-attention on its own tokens, square, as a one-stack
+  model's page and figure.
+
+Checked before the model loads (`check`: names, formats, --html-topk, --figsize,
+matplotlib), planned from the tokens before the pass (`plan`: the page's exact size
+against the browser's and the disk's limits, the figure's panel count; a `Capture` of the
+part's selected sites, the same pass that --json, the view and --save read), written after
+it, each atomically (`emit`). Selections as attend's: the page holds every layer and head
+of the part by default (as --save), the figure the last layer's head 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from attnscope.errors import UsageError
+
+if TYPE_CHECKING:
+    from attnscope.tokenize import Tokens
+
+PART_WORDS = {"cross": "cross-attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention"}
+
+
+@dataclass
+class PairFiles:
+    """--html / --plot of a --target run (either or both None)."""
+
+    html: Optional[Path]
+    html_topk: Optional[int]
+    plot: Optional[Path]
+    figsize: Optional[str]
+    layer: Optional[str]
+    head: Optional[str]
+    force: bool = False
+    _plan: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.html is not None or self.plot is not None
+
+    def check(self) -> None:
+        """What can be refused before the model loads."""
+        from attnscope.atomic import check_target
+
+        if self.html_topk is not None and self.html is None:
+            raise UsageError("--html-topk needs --html", hint="e.g. --html page.html --html-topk 8")
+        if self.figsize is not None and self.plot is None:
+            raise UsageError("--figsize needs --plot", hint="e.g. --plot figure.pdf --figsize 6,5")
+        if self.html is not None:
+            from attnscope.render.page import FORMATS
+
+            if self.html_topk is not None and self.html_topk < 1:
+                raise UsageError(f"--html-topk must be at least 1, got {self.html_topk}")
+            self.html = check_target(self.html, self.force, FORMATS)
+        if self.plot is not None:
+            from attnscope.render.figure import FORMATS as FIGURES, parse_figsize, require_matplotlib
+
+            self.plot = check_target(self.plot, self.force, FIGURES)
+            if self.figsize is not None:
+                parse_figsize(self.figsize)
+            require_matplotlib()
+
+    def plan(self, m: Any, name: str, part: str, measure: str, source: "Tokens", decoder: "Tokens",
+             query: int) -> tuple[Any, list[int]]:
+        """After tokenizing, before the pass: the page planned and its size checked, the
+        figure's panels counted; the hook that keeps the selected sites' patterns (under
+        `measure`, as the view's: `seq2seq.pair_view`) and the layers it reads."""
+        from attnscope import analysis, seq2seq_measures
+        from attnscope.hooks import Capture, sites
+
+        part_sites = sites(m.config, part)
+        rows, keys = (source, None) if part == "encoder" else (decoder, source if part == "cross" else None)
+        plan: dict[str, Any] = {"part": part, "rows": rows, "keys": keys, "sites": part_sites, "name": name,
+                                "measure": measure}
+        if self.html is not None:
+            from attnscope.render.page import NOTE_PAGE_BYTES, Page
+            from attnscope.units import human_bytes
+
+            ls = analysis.select(self.layer if self.layer is not None else "all", len(part_sites), "layer")
+            hs = seq2seq_measures.heads(measure, analysis.select_heads(self.head if self.head is not None else "all",
+                                                                       part_sites, ls))
+            page = Page(name, rows, ls, hs, measure, self.html_topk, (ls[-1], hs[0], query), keys=keys,
+                        pair=(part, source.text, decoder.text))
+            size = page.check(self.html)
+            if size >= NOTE_PAGE_BYTES:
+                from attnscope.outputs.files import _note
+
+                _note(f"will write a {human_bytes(size)} page to {self.html}")
+            plan["page"] = page
+        if self.plot is not None:
+            from attnscope.render.figure import check_panels
+
+            ls = analysis.select(self.layer if self.layer is not None else "-1", len(part_sites), "layer")
+            hs = seq2seq_measures.heads(measure, analysis.select_heads(self.head if self.head is not None else "0",
+                                                                       part_sites, ls))
+            check_panels(len(ls), len(hs))
+            plan["figure"] = (ls, hs)
+        self._plan = plan
+        wanted = {layer for key in ("page", "figure") if key in plan
+                  for layer in (plan["page"].layers if key == "page" else plan["figure"][0])}
+        plan["capture"] = Capture({part_sites[layer].name: ["pattern"] for layer in sorted(wanted)})
+        return plan["capture"], sorted(wanted)
+
+    def emit(self) -> list[tuple[str, Path, str]]:
+        """After the pass: write the page and the figure from what the hook `plan` gave
+        kept; (json key, path, the line saying so) for each."""
+        import torch
+
+        from attnscope.units import human_bytes
+
+        plan, done = self._plan, []
+        assert "capture" in plan  # internal invariant: plan() ran before the pass
+        cap, part_sites, rows, keys = plan["capture"], plan["sites"], plan["rows"], plan["keys"]
+
+        def chosen(layers: list[int], heads: list[int]) -> Any:  # [layers, heads, rows, columns] float32
+            return torch.stack([cap.get(part_sites[layer].name, "pattern")[heads] for layer in layers]).float()
+
+        if "page" in plan:
+            page = plan["page"]
+            values = chosen(page.layers, page.heads)
+            if page.k is None:
+                written = page.write(self.html, self.force, attention=values)
+            else:
+                weights, indices = values.topk(page.k, dim=-1, sorted=True)
+                written = page.write(self.html, self.force, topk=(indices, weights))
+            held = f"top-{page.k} keys, " if page.k is not None else ""
+            done.append(("saved_html", self.html, f"wrote a {human_bytes(written)} page ({held}{PART_WORDS[plan['part']]}, "
+                                                  f"{len(page.layers)} layers × {len(page.heads)} heads) to {self.html}"))
+        if "figure" in plan:
+            from attnscope.render.figure import parse_figsize, write_figure
+
+            ls, hs = plan["figure"]
+            axes_names = ("target", "source") if plan["part"] == "cross" else ("query", "key")
+            write_figure(self.plot, chosen(ls, hs), ls, hs, list(rows.labels), f"{plan['name']} · {PART_WORDS[plan['part']]}",
+                         plan["measure"], parse_figsize(self.figsize) if self.figsize is not None else None, self.force,
+                         columns=list(keys.labels) if keys is not None else None, axes_names=axes_names)
+            shown = f"layer {ls[0]}, head {hs[0]}" if len(ls) * len(hs) == 1 else f"{len(ls)} layers × {len(hs)} heads"
+            done.append(("saved_plot", self.plot, f"wrote a figure of the {PART_WORDS[plan['part']]}, {shown}, to "
+                                                  f"{self.plot}"))
+        return done
