@@ -22,11 +22,12 @@ and the multi-token-prediction module (`mtp.`) are not part of the text model.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from attnscope.architectures import qwen2_moe, qwen3_5, qwen3_next
+from attnscope.architectures import mixtral, qwen2_moe, qwen3_5, qwen3_next
 from attnscope.config import ModelConfig
-from attnscope.kinds import ExpertSpec
+from attnscope.kinds import ExpertSpec, LayerSpec, Stack
 
 MODEL_TYPES = ("qwen3_5_moe_text", "qwen3_5_moe")
 PREFIXES = qwen3_5.PREFIXES
@@ -69,14 +70,16 @@ def text_config(raw: dict[str, Any]) -> dict[str, Any]:
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     text = text_config(raw)
     width = text.get("moe_intermediate_size")
-    # every layer sparse, whatever the file says of dense layers (transformers ignores it too);
     # the flat d_mlp is the routed experts' width, the only MLP width the model has
-    text = {**text, "intermediate_size": width, "decoder_sparse_step": 1, "mlp_only_layers": []}
-    cfg = qwen3_5.hybrid(qwen3_5.gated_config(text, name, "qwen3_5_moe"), text)
+    cfg = qwen3_5.hybrid(qwen3_5.gated_config({**text, "intermediate_size": width}, name, "qwen3_5_moe"), text)
     experts = ExpertSpec(n_experts=qwen2_moe.n_experts(text, 256), top_k=text.get("num_experts_per_tok"),
                          norm_topk_prob=True, d_shared=text.get("shared_expert_intermediate_size"), n_shared=1,
                          shared_gate=True)
-    return qwen2_moe.moe_stack(cfg, text, experts, width)
+    # experts in every layer, whatever the file says of dense layers (transformers reads none)
+    kinds: dict[LayerSpec, LayerSpec] = {}
+    specs = [kinds.setdefault(spec, mixtral.experts_spec(spec, width, experts))
+             for spec in (cfg.layer(i) for i in range(cfg.n_layers))]
+    return replace(cfg, kinds=Stack.of(specs))
 
 
 # --------------------------------------------------------------------------- GGUF
