@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from attnscope.errors import UsageError
+from attnscope.errors import InputError, UsageError
 
 
 def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optional[Path]], measure: str,
@@ -154,6 +154,9 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
             raise UsageError(f"{option} of an encoder-decoder's generation writes FILE.npz",
                              hint="use a name ending in .npz")
     cfg = src.config
+    if cfg.positions in ("learned", "sinusoidal") and max_new_tokens > cfg.n_ctx:  # BART, Marian: one per step
+        raise InputError(f"{max_new_tokens:,} new tokens exceed the decoder's {cfg.n_ctx} positions",
+                         hint=f"lower --max-new-tokens to {cfg.n_ctx} or less")
     cross = sites(cfg, "cross")
     layers = analysis.select(layer, len(cross), "layer")
     heads = analysis.select_heads(head, cross, layers)
