@@ -22,7 +22,8 @@ def layer_bytes(cfg: "ModelConfig", width: int) -> tuple[list[int], int, int, in
     per_layer: list[int] = []
     for spec, count in cfg.stack.runs:
         per_layer += [sum(prod(s) for s in block_shapes(cfg, spec).values()) * width] * count
-    embed = {n: s for n, s in embedding_shapes(cfg).items() if n.startswith("embed.")}
+    # Gemma 4's per-layer input tables sit with the embeddings, on the first rank
+    embed = {n: s for n, s in embedding_shapes(cfg).items() if n.startswith(("embed.", "per_layer."))}
     relative = sum(prod(s) for n, s in embedding_shapes(cfg).items() if n.startswith("relative."))
     head = sum(prod(s) for n, s in head_shapes(cfg).items() if _head_part(n))
     if cfg.tied_embeddings and cfg.lm_head:  # the last rank holds the token table to unembed

@@ -79,6 +79,8 @@ class Share:
             return True
         if name.startswith("embed."):
             return self.first or (self.last and self.tied and name == "embed.tok.weight")
+        if name.startswith("per_layer."):  # Gemma 4's per-layer inputs: computed with the embeddings, handed on
+            return self.first
         return self.last
 
     def device(self, layer: int, default: torch.device) -> torch.device:
@@ -86,18 +88,51 @@ class Share:
 
 
 def refuse_unsupported(cfg: "ModelConfig") -> None:
-    """Models whose layers read what another layer owns cannot be cut between ranks yet."""
-    from attnscope.parts import stack_per_layer
-
+    """Models whose layers read what another layer owns cannot be cut between ranks yet.
+    (Gemma 4's per-layer inputs and KV-shared layers travel with the stream: `hand_on`.)"""
     if getattr(cfg, "decoder", None) is not None:
         raise UsageError("--pipeline cannot split an encoder-decoder's two stacks yet", hint="run it in one process")
-    if stack_per_layer(cfg) is not None:
-        raise UsageError("--pipeline cannot split a model with per-layer input embeddings (Gemma 4) yet",
-                         hint="run it in one process")
-    for spec, _ in cfg.stack.kinds():
-        if getattr(spec.attn, "kv_from", None) is not None or getattr(spec.attn, "shared_kv", None):
-            raise UsageError("--pipeline cannot split a model whose layers share keys and values yet",
-                             hint="run it in one process")
+
+
+# ------------------------------------------------------------------ what travels with the stream (Gemma 4)
+
+
+def hand_on(cfg: "ModelConfig", carry: dict[str, Any], after: int, stop: int) -> "Named":
+    """What layers after..stop read that an earlier stage computed, as named tensors for the
+    stream (from a `Transformer.forward` `carry`): Gemma 4's per-layer inputs "per_layer"
+    (T, layers, width), and for each owner layer i < after that a KV-shared layer in
+    after..stop reads, its keys and values of this pass, cached ones included,
+    "kv.{i}.k"/"kv.{i}.v" (H_kv, K, dh) and their positions "kv.{i}.positions" (K,)."""
+    out: Named = {}
+    readers = range(after, min(stop, cfg.n_layers - 1) + 1)
+    if carry.get("per_layer") is not None and readers:
+        out["per_layer"] = carry["per_layer"]
+    shared = carry.get("shared") or {}
+    owners = sorted({src for i in readers if (src := cfg.layer(i).attn.kv_source) is not None and src < after})
+    for i in owners:
+        k, v, _, positions = shared[i]
+        out.update({f"kv.{i}.k": k, f"kv.{i}.v": v, f"kv.{i}.positions": positions})
+    return out
+
+
+def taken(stream: "Named") -> tuple[dict[str, Any], "Named"]:
+    """The `carry` a stage's forward takes from a received stream (see `hand_on`), and the
+    rest of the stream ("resid", and what travels on as it came)."""
+    carry: dict[str, Any] = {"per_layer": stream.get("per_layer"), "shared": {}}
+    rest: Named = {}
+    for name, t in stream.items():
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "kv" and parts[1].isdigit() and parts[2] == "k":
+            i = int(parts[1])
+            positions = stream.get(f"kv.{i}.positions")
+            if stream.get(f"kv.{i}.v") is None or positions is None or positions.numel() == 0:
+                raise DeviceError(f"the stream carries keys of layer {i} without their values or positions",
+                                  hint="run the same attnscope on every rank")
+            carry["shared"][i] = (t, stream[f"kv.{i}.v"], int(positions[0]), positions)
+        elif name != "per_layer" and not (parts[0] == "kv" and len(parts) == 3):
+            rest[name] = t
+    return carry, rest
+
 
 
 # ------------------------------------------------------------------ talking to another rank
@@ -175,14 +210,15 @@ class Driver:
             start = cache.length if cache is not None else 0
         T = ids.shape[0]
         mine = self.ranges[0]
-        x = self.net(ids, hooks, min(stop, mine.stop - 1), start, cache)
+        carry: dict[str, Any] = {}
+        x = self.net(ids, hooks, min(stop, mine.stop - 1), start, cache, carry=carry)
         later = [r for r in range(1, len(self.ranges)) if self.ranges[r].start <= stop]
         if later:
             key = self._key(cache)
             self.in_flight = True
             for r in later:
                 self.link.send(r, ("pass", start, T, stop, key, _wanted(hooks, self.ranges[r]), r == later[-1]))
-            self.link.send_named(later[0], ("resid",), {"resid": x})
+            self.link.send_named(later[0], ("resid",), {"resid": x, **hand_on(self.cfg, carry, mine.stop, stop)})
             for r in later:
                 got = self._serve_reports(r, hooks, r == later[-1])
                 if got is not None:
@@ -262,7 +298,7 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
                     if not final:
                         link.send(rank + 1, got)
                     continue
-                stream = link.recv_named(rank - 1, got)
+                carry, stream = taken(link.recv_named(rank - 1, got))
                 x = stream["resid"]
                 kv = None
                 if key is not None:
@@ -271,14 +307,14 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
                     kv = cache[1]
                 hooks = _Relay(link, wanted) if wanted else None
                 x = net(torch.empty(0, dtype=torch.long), hooks, min(stop, mine.stop - 1), start, kv,
-                        first_layer=mine.start, resid=x)
+                        first_layer=mine.start, resid=x, carry=carry)
                 if kv is not None and stop == net.cfg.n_layers - 1:
                     kv.length = start + T
                 stream = {**stream, "resid": x}  # the rest travels on as it came
                 if final:
                     link.send_named(0, ("done",), stream)
                 else:
-                    link.send_named(rank + 1, ("resid",), stream)
+                    link.send_named(rank + 1, ("resid",), {**stream, **hand_on(net.cfg, carry, mine.stop, stop)})
                     link.send(0, ("done",))
             elif kind == "logits":
                 x = link.recv_tensor(0, header[1], header[2])

@@ -217,3 +217,124 @@ def test_generate_json_of_a_gguf_equals_one_process(tmp_path: Path, gguf_file: C
     assert fa.keys() == fb.keys() and fa
     for key, value in fa.items():
         assert abs(fb[key] - value) <= BOUND, (key, value, fb[key])
+
+
+# ------------------------------------------------------------------ Gemma 4: per-layer inputs, KV-shared layers
+
+
+@pytest.fixture(scope="module")
+def gemma4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny_models_gemma4 as g4
+
+    # 5 layers: local, global, local, local reading layer 2's keys, global reading layer 1's; per-layer inputs
+    return g4.gemma4(tmp_path_factory.mktemp("gemma4") / "gemma4")
+
+
+def staged(path: Path, ranges: list[range]) -> Callable[[torch.Tensor, int, list[Any]], tuple[torch.Tensor, list[set[str]]]]:
+    """One process playing every rank of `ranges`: each stage loads its share alone, and the
+    stream passes from stage to stage as the ranks pass it (`hand_on`, `taken`): the
+    logits of a pass, and the names each stage handed on."""
+    cfg = api.open_source(str(path)).config
+    n = cfg.n_layers
+    stages = [api.load(str(path), "cpu", "float32", share=pipeline.Share(r, i == 0, i == len(ranges) - 1, True)).model
+              for i, r in enumerate(ranges)]
+
+    def run(ids: torch.Tensor, start: int, caches: list[Any]) -> tuple[torch.Tensor, list[set[str]]]:
+        carry: dict[str, Any] = {}
+        x = stages[0](ids, None, ranges[0].stop - 1, start, caches[0], carry=carry)
+        stream = {"resid": x, **pipeline.hand_on(cfg, carry, ranges[0].stop, n - 1)}
+        sent = [set(stream)]
+        for r in range(1, len(ranges)):
+            carry, rest = pipeline.taken(stream)
+            x = stages[r](torch.empty(0, dtype=torch.long), None, ranges[r].stop - 1, start, caches[r],
+                          first_layer=ranges[r].start, resid=rest["resid"], carry=carry)
+            stream = {**rest, "resid": x, **pipeline.hand_on(cfg, carry, ranges[r].stop, n - 1)}
+            sent.append(set(stream))
+        return stages[-1].logits(x), sent
+
+    return run
+
+
+@pytest.mark.parametrize("ranges, handed", [
+    # owner 1 and its reader 4 apart, owner 2 with its reader 3 (the split --pipeline picks for 2 ranks)
+    ([range(0, 2), range(2, 5)], [{"resid", "per_layer", "kv.1.k", "kv.1.v", "kv.1.positions"}]),
+    # both owners on rank 0, both readers on rank 1
+    ([range(0, 3), range(3, 5)], [{"resid", "per_layer", "kv.1.k", "kv.1.v", "kv.1.positions",
+                                   "kv.2.k", "kv.2.v", "kv.2.positions"}]),
+    # owner 1 on rank 0, its reader on rank 2: rank 1 relays it; owner 2 on rank 1, its reader on rank 2
+    ([range(0, 2), range(2, 3), range(3, 5)], [{"resid", "per_layer", "kv.1.k", "kv.1.v", "kv.1.positions"},
+                                                {"resid", "per_layer", "kv.1.k", "kv.1.v", "kv.1.positions",
+                                                 "kv.2.k", "kv.2.v", "kv.2.positions"}]),
+    # the readers' rank holds no owner, the owners' rank no reader; the per-layer inputs cross two ranks
+    ([range(0, 1), range(1, 3), range(3, 5)], [{"resid", "per_layer"},
+                                                {"resid", "per_layer", "kv.1.k", "kv.1.v", "kv.1.positions",
+                                                 "kv.2.k", "kv.2.v", "kv.2.positions"}]),
+])
+def test_gemma4_stages_equal_one_process_with_a_cache(ranges: list[range], handed: list[set[str]],
+                                                      gemma4: Path) -> None:
+    """Prefill then three one-token steps through stages that each hold only their layers'
+    cache: every step's logits equal the whole model's, and each stage hands on exactly
+    what later layers read (nothing after the last)."""
+    from attnscope.model import KVCache
+
+    whole = api.load(str(gemma4), "cpu", "float32")
+    ids = torch.tensor(whole.tokenize(TEXT).ids)
+    run = staged(gemma4, ranges)
+    n = whole.n_layers
+    ours_caches, one_cache = [KVCache(n) for _ in ranges], KVCache(n)
+    start = 0
+    for chunk in (ids[:9], ids[9:10], ids[10:11], ids[11:12]):
+        got, sent = run(chunk, start, ours_caches)
+        want = whole.model.logits(whole.model(chunk, None, None, start, one_cache))
+        assert torch.equal(got, want), (ranges, start)
+        assert sent[:-1] == handed and sent[-1] == {"resid"}
+        start += chunk.shape[0]
+    for r, (layers, cache) in enumerate(zip(ranges, ours_caches)):  # each layer's cache on its owner alone
+        assert [i for i in range(n) if cache.k[i] is not None] == [i for i in layers if i < 3], r
+
+
+def test_gemma4_per_layer_tables_sit_with_the_embeddings(gemma4: Path) -> None:
+    cfg = api.open_source(str(gemma4)).config
+    first, last = (pipeline.Share(r, i == 0, i == 1, True) for i, r in enumerate(pipeline.split(cfg, 2)))
+    assert first.holds("per_layer.tok.weight") and first.holds("per_layer.proj.weight")
+    assert not last.holds("per_layer.tok.weight") and not last.holds("per_layer.norm.weight")
+    from math import prod
+
+    from attnscope.parts import embedding_shapes
+
+    _, embed, _, _ = pipeline.layer_bytes(cfg, 4)
+    shapes = embedding_shapes(cfg)
+    assert embed == 4 * sum(prod(s) for n, s in shapes.items() if n.startswith(("embed.", "per_layer.")))
+
+
+@pytest.mark.slow
+def test_gemma4_attend_save_equals_one_process(tmp_path: Path, gemma4: Path) -> None:
+    """The split puts owner layer 1 on rank 0 and its KV-shared reader, layer 4, on rank 1;
+    the per-layer inputs, computed on rank 0, reach layers 2-4 on rank 1."""
+    cfg = api.open_source(str(gemma4)).config
+    assert pipeline.split(cfg, 2) == [range(0, 2), range(2, 5)]
+    args = ["attend", TEXT, "--model", gemma4, "--view", "topk", "--json", "--layer", "all", "--head", "all"]
+    a = one(tmp_path, *args, "--save", "one.npz")
+    b = two(tmp_path, *args, "--save", "two.npz", "--pipeline")
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    for doc in (ja, jb):
+        doc.pop("saved", None), doc.pop("files", None)
+    assert ja == jb
+    same_npz(tmp_path / "one.npz", tmp_path / "two.npz")
+
+
+@pytest.mark.slow
+def test_gemma4_generate_json_equals_one_process(tmp_path: Path, gemma4: Path) -> None:
+    """Each step, layer 4 on rank 1 reads layer 1's cache, held on rank 0, as it has grown."""
+    args = ["generate", "the cat sat", "--model", gemma4, "--json", "-n", "8", "--ignore-eos", "--layer", "all"]
+    a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    assert ja["text"] == jb["text"] and len(ja["steps"]) == len(jb["steps"]) == 8
+    fa, fb = floats(ja), floats(jb)
+    assert fa.keys() == fb.keys() and fa
+    for key, value in fa.items():
+        assert abs(fb[key] - value) <= BOUND, (key, value, fb[key])
