@@ -55,29 +55,38 @@ class Decoder(nn.Module):
             self.final_norm = make_norm(cfg)
 
     def forward(self, ids: Tensor, tok: nn.Module, memory: Tensor, hooks: Any = None, start: int | None = None,
-                cache: Any = None) -> Tensor:
+                cache: Any = None, first_layer: int = 0, last_layer: int | None = None,
+                resid: Tensor | None = None) -> Tensor:
         """Decoder ids (T,) at positions start.. (default: the cache's length, else 0), reading
         the encoder's final states `memory` (S, d): the decoder's last residual stream (T, d),
-        before its final norm."""
+        before its final norm. A pipeline's stage (`attnscope.pipeline`) runs decoder layers
+        first_layer..last_layer (-1: none, the ids embedded only) on the stream `resid` (T, d)
+        it received instead of embedding `ids`."""
         from attnscope.model import PassState
 
         cfg = self.cfg
-        T = ids.shape[0]
+        T = ids.shape[0] if resid is None else resid.shape[0]
         if start is None:
             start = cache.length if cache is not None else 0
         if cfg.positions in ("learned", "sinusoidal") and start + T > cfg.n_ctx:
             raise InputError(f"decoder positions up to {start + T} exceed the model's {cfg.n_ctx}")
-        x = self.embed(ids, start, tok=tok)
-        positions = torch.arange(start, start + T, device=ids.device)
-        bias = self.relative.for_pass(start + T) if hasattr(self, "relative") else None
+        x = self.embed(ids, start, tok=tok) if resid is None else resid
+        stop = len(self.blocks) - 1 if last_layer is None else last_layer
+        positions = torch.arange(start, start + T, device=x.device)
+        runs = first_layer <= stop  # a stage that only embeds has no table to read
+        bias = self.relative.for_pass(start + T) if hasattr(self, "relative") and runs else None
         cross = cache.cross if cache is not None else {}  # the source's keys and values, per layer
         state = PassState(start, positions, None, {}, bias, memory=memory, cross=cross)
         for i, block in enumerate(self.blocks):
+            if i > stop:
+                break
+            if i < first_layer:
+                continue
             x = block(x, state, cache, hooks)
             if not bool(torch.isfinite(x).all()):
                 raise CheckpointError(f"decoder layer {i} produced values that are not finite (NaN or infinity)",
                                       hint="the checkpoint's weights or config.json hold numbers the model cannot compute with")
-        if cache is not None:
+        if cache is not None and stop == len(self.blocks) - 1:
             cache.length = start + T
         return x
 

@@ -32,6 +32,10 @@ def pair_header(console: Console, model: str, pv: "PairView") -> None:
 
 def render_pair(console: Console, pv: "PairView", model: str, color: bool) -> None:
     pair_header(console, model, pv)
+    if pv.measure != "weight":  # the values shown are the measure's, not the softmax weights
+        from attnscope.measures.transforms import DESCRIPTIONS
+
+        console.print(Text(f"measure: {DESCRIPTIONS[pv.measure]}", style="dim"))
     {"focus": _focus, "topk": _topk, "heatmap": _heatmap, "overview": _overview, "align": _align}[pv.view](
         console, pv, color)
 
