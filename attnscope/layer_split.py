@@ -16,24 +16,45 @@ if TYPE_CHECKING:
 def layer_bytes(cfg: "ModelConfig", width: int) -> tuple[list[int], int, int, int]:
     """Each layer's parameter bytes (one entry a layer, from each kind's declared shapes),
     the embeddings', the head's (final norm, projection, unembedding; 0 when tied) and
-    the stack-owned relative table's, which every rank holds."""
+    the stack-owned relative tables', which a rank holds where it holds a layer of their
+    stack (counted here on every rank: the tables are tiny).
+
+    An encoder-decoder's layers are one ordered list, the encoder's then the decoder's
+    (`stack_layers`), each decoder layer with its cross-attention; the first rank holds
+    both stacks' embeddings and the encoder's final norm (it normalises the encoder's
+    states before they travel to the decoder's ranks), the last the decoder's final norm."""
     from attnscope.parts import block_shapes, embedding_shapes, head_shapes
 
     per_layer: list[int] = []
-    for spec, count in cfg.stack.runs:
-        per_layer += [sum(prod(s) for s in block_shapes(cfg, spec).values()) * width] * count
-    # Gemma 4's per-layer input tables sit with the embeddings, on the first rank
-    embed = {n: s for n, s in embedding_shapes(cfg).items() if n.startswith(("embed.", "per_layer."))}
-    relative = sum(prod(s) for n, s in embedding_shapes(cfg).items() if n.startswith("relative."))
-    head = sum(prod(s) for n, s in head_shapes(cfg).items() if _head_part(n))
+    for stack in (cfg.stack,) + ((cfg.decoder,) if cfg.decoder is not None else ()):
+        for spec, count in stack.runs:
+            per_layer += [sum(prod(s) for s in block_shapes(cfg, spec).values()) * width] * count
+    seq2seq = cfg.decoder is not None
+    outside = {**embedding_shapes(cfg), **head_shapes(cfg)}
+    embed = {n: s for n, s in outside.items()
+             if n.startswith(("embed.", "per_layer.")) or (seq2seq and n.startswith(("decoder.embed.", "final_norm.")))}
+    relative = sum(prod(s) for n, s in outside.items() if n.startswith(("relative.", "decoder.relative.")))
+    head = sum(prod(s) for n, s in head_shapes(cfg).items() if _head_part(n) and n not in embed)
     if cfg.tied_embeddings and cfg.lm_head:  # the last rank holds the token table to unembed
         head += prod(embed["embed.tok.weight"])
     return per_layer, sum(prod(s) for s in embed.values()) * width, head * width, relative * width
 
 
+def stack_layers(cfg: "ModelConfig", layers: range) -> tuple[range, range | None]:
+    """A range of the split's layers as (the encoder's, or the one stack's, blocks; the
+    decoder's layers, counted within the decoder, or None for a model of one stack)."""
+    if cfg.decoder is None:
+        return layers, None
+    n = cfg.n_layers  # the encoder's
+    return (range(min(layers.start, n), min(layers.stop, n)),
+            range(max(layers.start - n, 0), max(layers.stop - n, 0)))
+
+
 def split(cfg: "ModelConfig", world: int, width: int = 4) -> list[range]:
     """Contiguous layer ranges, one per rank, each at least one layer, minimising the
-    largest rank's bytes (embeddings counted on the first, the head on the last)."""
+    largest rank's bytes (embeddings counted on the first, the head on the last). An
+    encoder-decoder's ranges index the encoder's layers then the decoder's (`layer_bytes`,
+    `stack_layers`)."""
     per_layer, embed, head, _ = layer_bytes(cfg, width)
     n = len(per_layer)
     if world > n:
@@ -87,9 +108,11 @@ def _head_part(name: str) -> bool:
 @dataclass(frozen=True)
 class RankPlan:
     rank: int
-    layers: range
+    layers: range  # of the split's list (an encoder-decoder's: the encoder's layers, then the decoder's)
     weights: int  # bytes of parameters this rank holds
     peak_memory: int  # about: runtime + weights + one block's activations and chunk + what it keeps
+    encoder: range | None = None  # an encoder-decoder's: its encoder layers and decoder layers, each
+    decoder: range | None = None  # counted within its stack (`stack_layers`); None for one stack
 
 
 def plan_ranks(cfg: "ModelConfig", world: int, dtype: str, n: int, base: Any) -> list[RankPlan]:
@@ -107,6 +130,10 @@ def plan_ranks(cfg: "ModelConfig", world: int, dtype: str, n: int, base: Any) ->
         weights += embed if rank == 0 else 0
         weights += head if rank == world - 1 else 0
         extra = base.kept if rank == 0 else n * cfg.d_model * width  # the stream received
+        if cfg.decoder is not None:  # and the encoder's states, which travel with the decoder's stream
+            extra += n * cfg.d_model * width
+        encoder, decoder = stack_layers(cfg, layers) if cfg.decoder is not None else (None, None)
         out.append(RankPlan(rank, layers, weights,
-                            base.runtime + weights + base.activations + base.attention_chunk + extra))
+                            base.runtime + weights + base.activations + base.attention_chunk + extra,
+                            encoder, decoder))
     return out

@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     from attnscope.config import ModelConfig
     from attnscope.distributed import Group
 
-from attnscope.layer_split import RankPlan, _head_part, _pack, layer_bytes, plan_ranks, split  # noqa: F401  (re-exported)
+from attnscope.layer_split import (  # noqa: F401  (re-exported)
+    RankPlan, _head_part, _pack, layer_bytes, plan_ranks, split, stack_layers,
+)
 from attnscope.pipeline_link import (  # noqa: F401  (re-exported)
     DEFAULT_TIMEOUT, TIMEOUT_ENV, Named, _dtype, _error_header, _Link, _raise, _timeout,
 )
@@ -66,17 +68,31 @@ class Share:
     """The part of a model one process loads: `layers`, each on its device, and which of
     the other parameters it holds (see the module docstring)."""
 
-    layers: range
+    layers: range  # the blocks of the model's own stack (an encoder-decoder's encoder)
     first: bool
     last: bool
     tied: bool
     placement: list[torch.device] | None = None  # every layer's device, blocks across devices in one process
+    decoder: range | None = None  # an encoder-decoder's decoder layers (counted in the decoder); None: one stack
 
     def holds(self, name: str) -> bool:
+        """Whether this share loads parameter `name`. A stack's relative position table
+        (T5's) is loaded by every share holding a layer of that stack, which computes the
+        stack's bias itself (the tables are tiny: loaded, never sent); an encoder-decoder's
+        first share holds both stacks' embeddings and the encoder's final norm."""
         if name.startswith("blocks."):
             return int(name.split(".")[1]) in self.layers
         if name.startswith("relative."):
-            return True
+            return self.decoder is None or len(self.layers) > 0
+        if self.decoder is not None and name.startswith("decoder."):
+            rest = name.removeprefix("decoder.")
+            if rest.startswith("blocks."):
+                return int(rest.split(".")[1]) in self.decoder
+            if rest.startswith("relative."):
+                return len(self.decoder) > 0
+            return self.first if rest.startswith("embed.") else self.last
+        if self.decoder is not None and name.startswith("final_norm."):  # the encoder's: rank 0 normalises its states
+            return self.first
         if name.startswith("embed."):
             return self.first or (self.last and self.tied and name == "embed.tok.weight")
         if name.startswith("per_layer."):  # Gemma 4's per-layer inputs: computed with the embeddings, handed on
@@ -90,8 +106,6 @@ class Share:
 def refuse_unsupported(cfg: "ModelConfig") -> None:
     """Models whose layers read what another layer owns cannot be cut between ranks yet.
     (Gemma 4's per-layer inputs and KV-shared layers travel with the stream: `hand_on`.)"""
-    if getattr(cfg, "decoder", None) is not None:
-        raise UsageError("--pipeline cannot split an encoder-decoder's two stacks yet", hint="run it in one process")
 
 
 # ------------------------------------------------------------------ what travels with the stream (Gemma 4)
@@ -134,7 +148,6 @@ def taken(stream: "Named") -> tuple[dict[str, Any], "Named"]:
     return carry, rest
 
 
-
 # ------------------------------------------------------------------ talking to another rank
 
 
@@ -156,15 +169,18 @@ class _Relay:
         self.link.send(0, ("report", site, what, int(q_start), int(k_start), tuple(value.shape), _dtype(value)), value)
 
 
-def _wanted(hooks: Any, layers: range) -> dict[str, list[str]]:
-    """What `hooks` want at the sites of `layers` (the question each site asks once a pass)."""
-    from attnscope.hooks import WHATS, attn_site, block_site, mlp_site
+def _wanted(hooks: Any, layers: range, decoder: bool = False) -> dict[str, list[str]]:
+    """What `hooks` want at the sites of `layers` (the question each site asks once a pass);
+    `decoder`: the layers are an encoder-decoder's decoder's (its self- and cross-attention)."""
+    from attnscope.hooks import DECODER, WHATS, attn_site, block_site, cross_site, mlp_site
 
     if hooks is None:
         return {}
     out: dict[str, list[str]] = {}
     for layer in layers:
-        for site in (attn_site(layer), block_site(layer), mlp_site(layer)):
+        names = ((DECODER + attn_site(layer), cross_site(layer), DECODER + block_site(layer)) if decoder
+                 else (attn_site(layer), block_site(layer), mlp_site(layer)))
+        for site in names:
             whats = [what for what in WHATS if hooks.wants(site, what)]
             if whats:
                 out[site] = whats
@@ -173,7 +189,16 @@ def _wanted(hooks: Any, layers: range) -> dict[str, list[str]]:
 
 class Driver:
     """Rank 0's model: a `Transformer`'s interface (call, `logits`, `has_head`, `cfg`,
-    `blocks`) over the whole pipeline. Only rank 0's own blocks hold weights here."""
+    `blocks`) over the whole pipeline. Only rank 0's own blocks hold weights here.
+
+    An encoder-decoder's `ranges` index the encoder's layers, then the decoder's
+    (`layer_split.stack_layers`). A call runs the encoder from rank to rank and its stream
+    comes back to rank 0, which holds the encoder's final norm (`seq2seq.encode` applies
+    it); `decoder` (a `Decoder`'s interface) embeds the decoder's ids on rank 0 and runs
+    the decoder's layers from rank to rank, the encoder's final states ("memory") travelling
+    with the stream to every rank that holds decoder layers: once per decoding when there
+    is a cache (each rank keeps them with its cache, where its layers' cross keys and values
+    are computed once), with every pass otherwise."""
 
     def __init__(self, net: Any, link: _Link, ranges: list[range], has_head: bool) -> None:
         self.net, self.link, self.ranges = net, link, ranges
@@ -186,6 +211,11 @@ class Driver:
         self.in_flight = False  # a pass's messages are under way: no clean point to say stop
         self._caches: dict[int, Any] = {}  # id(cache) -> the cache, for the key the serving ranks know it by
         self._cache_key = 0
+        if hasattr(net, "final_norm"):  # an encoder-decoder's encoder: its states normalised here
+            self.final_norm = net.final_norm
+        if self.cfg.decoder is not None:
+            self.decoder = _DecoderDriver(self)
+            self._memory_key: int | None = None  # the cache whose decoding the serving ranks hold memory for
 
     def eval(self) -> "Driver":
         return self
@@ -217,7 +247,8 @@ class Driver:
             key = self._key(cache)
             self.in_flight = True
             for r in later:
-                self.link.send(r, ("pass", start, T, stop, key, _wanted(hooks, self.ranges[r]), r == later[-1]))
+                self.link.send(r, ("pass", start, T, stop, key, _wanted(hooks, stack_layers(self.cfg, self.ranges[r])[0]),
+                                   r == later[-1], 0))
             self.link.send_named(later[0], ("resid",), {"resid": x, **hand_on(self.cfg, carry, mine.stop, stop)})
             for r in later:
                 got = self._serve_reports(r, hooks, r == later[-1])
@@ -225,6 +256,42 @@ class Driver:
                     x = got["resid"]
             self.in_flight = False
         if cache is not None and stop == n - 1:
+            cache.length = start + T
+        return x
+
+    @torch.inference_mode()
+    def decode_pass(self, ids: Tensor, memory: Tensor, hooks: Any = None, start: int | None = None,
+                    cache: Any = None) -> Tensor:
+        """An encoder-decoder's decoder over the pipeline (see the class): decoder ids (T,) at
+        positions start.., reading the encoder's final states `memory` (S, d); the decoder's
+        last residual stream (T, d), before its final norm (the last rank's `logits` applies it)."""
+        n_enc, n_dec = self.cfg.n_layers, len(self.cfg.decoder)
+        if start is None:
+            start = cache.length if cache is not None else 0
+        T = ids.shape[0]
+        mine = self.ranges[0]
+        _, own = stack_layers(self.cfg, mine)  # rank 0's decoder layers (it embeds the ids whatever it holds)
+        x = self.net.decoder(ids, self.net.embed.tok, memory, hooks, start, cache, last_layer=own.stop - 1)
+        later = [r for r in range(1, len(self.ranges)) if self.ranges[r].stop > n_enc]
+        if later:
+            key = self._key(cache)
+            stream: Named = {"resid": x}
+            if key is None or key != self._memory_key:  # a new decoding: the encoder's states travel once
+                stream["memory"] = memory
+                self._memory_key = key
+            stop = n_enc + n_dec - 1
+            self.in_flight = True
+            for r in later:
+                theirs = stack_layers(self.cfg, self.ranges[r])[1]
+                self.link.send(r, ("pass", start, T, stop, key, _wanted(hooks, theirs, decoder=True), r == later[-1],
+                                   n_enc))
+            self.link.send_named(later[0], ("resid",), stream)
+            for r in later:
+                got = self._serve_reports(r, hooks, r == later[-1])
+                if got is not None:
+                    x = got["resid"]
+            self.in_flight = False
+        if cache is not None:
             cache.length = start + T
         return x
 
@@ -274,6 +341,17 @@ class Driver:
                 pass
 
 
+class _DecoderDriver:
+    """`Driver.decoder`: the call `seq2seq` makes of a `Decoder`, over the pipeline."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    def __call__(self, ids: Tensor, tok: Any, memory: Tensor, hooks: Any = None, start: int | None = None,
+                 cache: Any = None) -> Tensor:
+        return self.driver.decode_pass(ids, memory, hooks, start, cache)
+
+
 # ------------------------------------------------------------------ the other ranks
 
 
@@ -284,7 +362,7 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
 
     rank = link.group.rank
     mine = ranges[rank]
-    cache: tuple[int, KVCache] | None = None
+    cache: tuple[int, KVCache, Tensor | None] | None = None  # its key, the cache, an encoder-decoder's memory
     while True:
         header = link.recv(0)
         kind = header[0]
@@ -292,7 +370,9 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
             return int(header[1])
         try:
             if kind == "pass":
-                _, start, T, stop, key, wanted, final = header
+                _, start, T, stop, key, wanted, final, first = header
+                n_enc = net.cfg.n_layers
+                decoding = net.cfg.decoder is not None and first >= n_enc  # an encoder-decoder's decoder pass
                 got = link.recv(rank - 1)
                 if got[0] == "error":  # an earlier rank failed: rank 0 has its message; pass the news on
                     if not final:
@@ -303,16 +383,26 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
                 kv = None
                 if key is not None:
                     if cache is None or cache[0] != key:
-                        cache = (key, KVCache(net.cfg.n_layers))
+                        n_layers = len(net.cfg.decoder) if decoding else net.cfg.n_layers
+                        cache = (key, KVCache(n_layers), stream.get("memory"))
                     kv = cache[1]
                 hooks = _Relay(link, wanted) if wanted else None
-                x = net(torch.empty(0, dtype=torch.long), hooks, min(stop, mine.stop - 1), start, kv,
-                        first_layer=mine.start, resid=x, carry=carry)
-                if kv is not None and stop == net.cfg.n_layers - 1:
-                    kv.length = start + T
+                if decoding:  # its decoder layers, reading the encoder's states (sent once per decoding)
+                    memory = stream.get("memory", cache[2] if kv is not None and cache is not None else None)
+                    if memory is None:
+                        raise DeviceError("rank 0 asked for a decoder pass without the encoder's states",
+                                          hint="run the same attnscope on every rank")
+                    _, own = stack_layers(net.cfg, mine)
+                    x = net.decoder(torch.empty(0, dtype=torch.long), net.embed.tok, memory, hooks, start, kv,
+                                    first_layer=own.start, last_layer=min(stop - n_enc, own.stop - 1), resid=x)
+                else:
+                    x = net(torch.empty(0, dtype=torch.long), hooks, min(stop, mine.stop - 1), start, kv,
+                            first_layer=mine.start, resid=x, carry=carry)
+                    if kv is not None and stop == net.cfg.n_layers - 1:
+                        kv.length = start + T
                 stream = {**stream, "resid": x}  # the rest travels on as it came
-                if final:
-                    link.send_named(0, ("done",), stream)
+                if final:  # rank 0 needs the stream alone back
+                    link.send_named(0, ("done",), {"resid": x})
                 else:
                     link.send_named(rank + 1, ("resid",), {**stream, **hand_on(net.cfg, carry, mine.stop, stop)})
                     link.send(0, ("done",))
@@ -357,8 +447,8 @@ def load_share(model: str | None, device: str, dtype: str, group: "Group") -> tu
         dev = api.pick_device(device if device != "auto" else ("cuda" if group.backend == "nccl" else "cpu"))
         width = torch.finfo(api.pick_dtype(dtype, dev, cfg)).bits // 8
         ranges = split(cfg, group.world, width)
-        mine = ranges[group.rank]
-        share = Share(mine, group.rank == 0, group.rank == group.world - 1, cfg.tied_embeddings)
+        blocks, decoder = stack_layers(cfg, ranges[group.rank])
+        share = Share(blocks, group.rank == 0, group.rank == group.world - 1, cfg.tied_embeddings, decoder=decoder)
         m = api.load(model, "cuda" if group.backend == "nccl" else "cpu", dtype, share=share)
         net = m
     except AttnscopeError as exc:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attnscope.errors import DeviceError
+from attnscope.errors import DeviceError, UsageError
 from attnscope.layer_split import split
 
 if TYPE_CHECKING:
@@ -53,6 +53,10 @@ def load_placed(model: str | None, devices: list[torch.device], dtype: str, prog
 
     src = api.open_source(model)
     cfg = src.config
+    if cfg.decoder is not None:
+        raise UsageError("--device with several devices places one stack's blocks; an encoder-decoder's two stacks "
+                         "are split across devices by --pipeline (one process a device)",
+                         hint="run it under torchrun with --pipeline, or on one device")
     refuse_unsupported(cfg)
     width = torch.finfo(api.pick_dtype(dtype, devices[0], cfg)).bits // 8
     where = placement(cfg, devices, width)
