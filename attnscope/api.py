@@ -277,6 +277,7 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
         free = available_memory() if dev.type == "cpu" else None
         offload = free is not None and need_bytes > 0.8 * free
     layer_of: dict[str, int] = {}  # checkpoint name -> block index, for offloading
+    decoder_of: dict[str, int] = {}  # checkpoint name -> decoder block index (an encoder-decoder's)
     ours_of: dict[str, str] = {}  # checkpoint name -> our name, outside the blocks
     for name in ckpt.tensors:
         try:
@@ -285,9 +286,11 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
             continue
         if ours is not None and ours.startswith("blocks."):
             layer_of[name] = int(ours.split(".")[1])
+        elif ours is not None and ours.startswith("decoder.blocks."):  # an encoder-decoder's second stack
+            decoder_of[name] = int(ours.split(".")[2])
         elif ours is not None:
             ours_of[name] = ours
-    resident = [n for n in ckpt.tensors if not (offload and n in layer_of)]
+    resident = [n for n in ckpt.tensors if not (offload and (n in layer_of or n in decoder_of))]
     if share is not None:  # only the share's own parts and blocks are ever read
         resident = [n for n in ckpt.tensors if n in ours_of and share.holds(ours_of[n])]
         resident += [n for n in ckpt.tensors if layer_of.get(n, -1) in share.layers]
@@ -330,6 +333,12 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     net = build(cfg, stream(resident, True), dev, dt, offload=bool(offload))
     if offload:
         net.block_source = lambda i: block_tensors(cfg, i, stream(by_layer.get(i, []), False), dev, dt)
+        if cfg.decoder is not None:  # the decoder's blocks stream in the same way, one at a time
+            by_decoder: dict[int, list[str]] = {}
+            for name, layer in decoder_of.items():
+                by_decoder.setdefault(layer, []).append(name)
+            net.decoder.block_source = lambda i: block_tensors(cfg, i, stream(by_decoder.get(i, []), False), dev, dt,
+                                                               stack="decoder.")
     return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
 
 

@@ -354,8 +354,8 @@ def build(
     with torch.device("meta"), _no_init():
         model = Transformer(cfg)
     need = expected_shapes(cfg, model)
-    if offload:
-        need = {name: shape for name, shape in need.items() if not name.startswith("blocks.")}
+    if offload:  # every stack's blocks (an encoder-decoder's `decoder.blocks.` too) stream in one at a time
+        need = {name: shape for name, shape in need.items() if not name.startswith(("blocks.", "decoder.blocks."))}
     if only is not None:
         need = {name: shape for name, shape in need.items() if only(name)}
     optional = [name for name in need if name.startswith(OPTIONAL_PREFIXES)]

@@ -15,10 +15,10 @@ from attnscope.parts import model_shapes
 
 
 def block_tensors(cfg: ModelConfig, layer: int, tensors: Iterable[tuple[str, Tensor]],
-                  device: str | torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+                  device: str | torch.device, dtype: torch.dtype, stack: str = "") -> dict[str, Tensor]:
     """One block's state dict (names relative to the block) from tensors in our names,
-    with the same checks as `build`."""
-    prefix = f"blocks.{layer}."
+    with the same checks as `build`; `stack` "decoder." for an encoder-decoder's decoder block."""
+    prefix = f"{stack}blocks.{layer}."
     need = [name for name in model_shapes(cfg) if name.startswith(prefix)]
     state = _collect(cfg, tensors, need, device, dtype, f"block {layer}")
     return {name[len(prefix):]: tensor for name, tensor in state.items()}

@@ -53,6 +53,9 @@ class Decoder(nn.Module):
             self.relative = RelativeBias(relative, cfg.decoder.layer(0).attn.n_heads)
         if cfg.final_norm:
             self.final_norm = make_norm(cfg)
+        # Offloading (`api.load(offload=True)`): as `Transformer.block_source`, block i's
+        # weights (names relative to the block) just before it runs, dropped after it.
+        self.block_source: Any = None
 
     def forward(self, ids: Tensor, tok: nn.Module, memory: Tensor, hooks: Any = None, start: int | None = None,
                 cache: Any = None, first_layer: int = 0, last_layer: int | None = None,
@@ -82,7 +85,14 @@ class Decoder(nn.Module):
                 break
             if i < first_layer:
                 continue
-            x = block(x, state, cache, hooks)
+            if self.block_source is None:
+                x = block(x, state, cache, hooks)
+            else:
+                block.load_state_dict(self.block_source(i), strict=True, assign=True)
+                try:
+                    x = block(x, state, cache, hooks)
+                finally:
+                    block.to_empty(device="meta")  # drop this block's weights before the next loads
             if not bool(torch.isfinite(x).all()):
                 raise CheckpointError(f"decoder layer {i} produced values that are not finite (NaN or infinity)",
                                       hint="the checkpoint's weights or config.json hold numbers the model cannot compute with")

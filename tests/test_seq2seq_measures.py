@@ -279,3 +279,48 @@ def test_saving_every_part_under_an_encoder_measure_is_refused(built: Any, tmp_p
     line = _one_error(_cli("attend", "The cat sat.", "--target", "Die Katze.", "--model", built("t5"), "--measure",
                            "rollout", "--part", "encoder", "--save", tmp_path / "r.npz"))
     assert "all three parts" in line and not (tmp_path / "r.npz").exists()
+
+
+# ----------------------------------------------------------------------------- --offload
+
+
+@pytest.mark.parametrize("name", ["t5_v11", "mbart"])
+def test_offload_streams_both_stacks_and_equals_the_in_memory_run(name: str, built: Any, tmp_path: Path) -> None:
+    """`api.load(offload=True)`: no block of either stack is resident (the encoder's and the
+    decoder's blocks on the meta device), each streams in just before it runs; the three
+    parts' patterns and the logits equal the in-memory run's, bit for bit, and through the
+    CLI (`--offload`, --save of every part) byte for byte."""
+    from attnscope.api import load
+
+    folder = built(name)
+    resident = load(str(folder), device="cpu", dtype="float32", offload=False)
+    streamed = load(str(folder), device="cpu", dtype="float32", offload=True)
+    for stack in (streamed.model.blocks, streamed.model.decoder.blocks):
+        assert all(p.device.type == "meta" for p in stack.parameters())
+    loaded: list[tuple[str, int]] = []
+    for where, owner in (("encoder", streamed.model), ("decoder", streamed.model.decoder)):
+        source = owner.block_source
+
+        def counted(i: int, source: Any = source, where: str = where) -> Any:
+            loaded.append((where, i))
+            return source(i)
+
+        owner.block_source = counted
+    a = resident.seq2seq(sm.SOURCE_TEXT, sm.TARGET_TEXT)
+    b = streamed.seq2seq(sm.SOURCE_TEXT, sm.TARGET_TEXT)
+    cfg = resident.config
+    assert cfg.decoder is not None
+    assert loaded == [("encoder", i) for i in range(cfg.n_layers)] + [("decoder", i) for i in range(len(cfg.decoder))]
+    for part in ("encoder", "decoder", "cross"):
+        assert torch.equal(getattr(a, part), getattr(b, part)), part
+    assert torch.equal(a.logits, b.logits)
+    for stack in (streamed.model.blocks, streamed.model.decoder.blocks):  # every block dropped after its turn
+        assert all(p.device.type == "meta" for p in stack.parameters())
+    files = []
+    for flag in ([], ["--offload"]):
+        out = tmp_path / f"{len(flag)}.npz"
+        result = _cli("attend", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", folder, "--save", out,
+                      "--device", "cpu", "--dtype", "float32", *flag)
+        assert result.exit_code == 0, result.output
+        files.append(out.read_bytes())
+    assert files[0] == files[1]

@@ -30,9 +30,21 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
     from attnscope.seq2seq_measures import check
 
     check(measure, part.value if part is not None else None, save)  # a measure the part has no meaning for
-    if dry_run or pipeline or offload:
-        which = "--dry-run" if dry_run else "--pipeline" if pipeline else "--offload"
-        raise UsageError(f"{which} is not available with --target yet")
+    if dry_run:
+        raise UsageError("--dry-run is not available with --target yet")
+    if pipeline:
+        pipeline_measure(measure)
+        if offload:
+            raise UsageError("--offload and --pipeline are two ways to hold less: pick one",
+                             hint="--pipeline loads only each rank's share of the layers")
+
+
+def pipeline_measure(measure: str) -> None:
+    """Under --pipeline rank 0 holds only its own layers' weights: a measure that reads
+    every layer's weights on one process is refused with that reason."""
+    if measure in ("alti", "value-zeroing"):
+        raise UsageError(f"--measure {measure} reads every layer's weights on one process, which --pipeline splits",
+                         hint="leave out --pipeline, or pick another --measure")
 
 
 def encoder_noted(m: Any) -> Any:
@@ -68,8 +80,13 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
     if save_topk is not None:
         if save is not None and Path(save).expanduser().resolve() == Path(save_topk).expanduser().resolve():
             raise UsageError("--save and --save-topk name the same file", hint="give each its own name")
-    show(_load(model, device, dtype), source, target, part.value if part is not None else "cross", view.value, layer,
-         head, top_k, token, truncate, as_json, no_color, save, force, save_topk, measure.value, files)
+    args = (source, target, part.value if part is not None else "cross", view.value, layer, head, top_k, token,
+            truncate, as_json, no_color, save, force, save_topk, measure.value, files)
+    if pipeline:  # rank 0 shows and writes; the others serve their layers
+        from attnscope.cli._app import _pipelined
+
+        return _pipelined(model, device, dtype, lambda m: show(m, *args))
+    show(_load(model, device, dtype, True if offload else None), *args)
 
 
 def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
@@ -120,7 +137,7 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
                   chat: bool, layer: str, head: Optional[str], save: Optional[Path], save_topk: Optional[Path],
                   html: Optional[Path], measure: str, pipeline: bool, stop: Optional[str], as_json: bool,
                   no_color: bool, device: Any, dtype: Any, ignore_eos: bool, k: int = 3, seed: Optional[int] = None,
-                  force: bool = False) -> None:
+                  force: bool = False, loaded: Any = None) -> None:
     """`generate SOURCE` on an encoder-decoder: decoding from the source (the encoder once,
     the decoder token by token through its cache), greedy or sampled as decoder-only generate
     samples (--temperature, --top-k, --top-p, --seed), ending at the model's end token, a
@@ -128,7 +145,10 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
     cross-attention looked at most (under --measure weight or norm), averaged over the heads
     of the selected decoder layers (`seq2seq.decode`); --save / --save-topk from one
     teacher-forced pass over what the decoder read (`seq2seq.save_decoding`). The sampling
-    options are checked by generate itself (`generate.check_sampling`) before this runs."""
+    options are checked by generate itself (`generate.check_sampling`) before this runs.
+    `loaded`: the model, already loaded (rank 0's under --pipeline, where each layer's
+    self-attention cache and cross-attention keys and values stay on the rank that owns it)."""
+    again = {name: value for name, value in locals().items() if name not in ("src", "source", "loaded")}
     import time
 
     from rich.table import Table
@@ -145,7 +165,7 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
     from attnscope.tokenize import token_label
     from attnscope.units import plural
 
-    for flag, used in (("--html", html is not None), ("--pipeline", pipeline)):
+    for flag, used in (("--html", html is not None),):
         if used:
             raise UsageError(f"{flag} is not available when an encoder-decoder generates yet", hint="leave it out")
     check_stop(stop)
@@ -160,7 +180,13 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
     cross = sites(cfg, "cross")
     layers = analysis.select(layer, len(cross), "layer")
     heads = analysis.select_heads(head, cross, layers)
-    m = _load(src.spec, device, dtype)
+    if pipeline:
+        from attnscope.cli._app import _pipelined
+
+        pipeline_measure(measure)
+        return _pipelined(src.spec, device, dtype,
+                          lambda m: generate_pair(src, source, **{**again, "pipeline": False}, loaded=m))
+    m = loaded if loaded is not None else _load(src.spec, device, dtype)
     name = cfg.name or m.source
     if chat and not m.chat.template:
         raise UsageError(f"{name} has no chat template: an encoder-decoder reads its source as plain text",
@@ -219,13 +245,15 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
 
 def heads_pair(model: Optional[str], text: Optional[str], target: str, layer: Optional[str], head: Optional[str],
                top: int, truncate: bool, as_json: bool, no_color: bool, device: Any, dtype: Any,
-               part: str = "cross", names: Optional[list[str]] = None) -> None:
+               part: str = "cross", names: Optional[list[str]] = None, pipeline: bool = False,
+               loaded: Any = None) -> None:
     """`heads SOURCE --target TARGET` on an encoder-decoder: with `--part cross` (the
     default) the cross-attention score `diagonal` of every decoder layer and head
     (`seq2seq.diagonal_scores`), a grid and the strongest heads, or --json {layers, heads,
     scores: {diagonal: [layer][head]}}; with `--part encoder|decoder` the text scores of
     that stack's self-attention on its own tokens (`seq2seq.self_scores`), shown and
-    --json'd as `heads` shows a one-stack model's, plus "part"."""
+    --json'd as `heads` shows a one-stack model's, plus "part". `pipeline`: rank 0 of a
+    --pipeline run scores (`loaded`: its model), the other ranks serve their layers."""
     from rich.table import Table
     from rich.text import Text
 
@@ -239,7 +267,13 @@ def heads_pair(model: Optional[str], text: Optional[str], target: str, layer: Op
     if not text:
         raise UsageError("heads --target scores the cross-attention between a source and a target: give the source",
                          hint='e.g. heads "The house is small." --target "Das Haus ist klein."')
-    m = _load(model, device, dtype)
+    if pipeline:
+        from attnscope.cli._app import _pipelined
+
+        return _pipelined(model, device, dtype, lambda m: heads_pair(model, text, target, layer, head, top, truncate,
+                                                                     as_json, no_color, device, dtype, part, names,
+                                                                     loaded=m))
+    m = loaded if loaded is not None else _load(model, device, dtype)
     cfg = m.config
     if cfg.decoder is None:
         raise UsageError(f"{cfg.name or m.source} is not an encoder-decoder: --target has nothing to decode",
