@@ -294,6 +294,7 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     if share is not None:  # only the share's own parts and blocks are ever read
         resident = [n for n in ckpt.tensors if n in ours_of and share.holds(ours_of[n])]
         resident += [n for n in ckpt.tensors if layer_of.get(n, -1) in share.layers]
+        resident += [n for n in ckpt.tensors if decoder_of.get(n, -1) in (share.decoder or ())]
     total = sum(ckpt.tensors[n].end - ckpt.tensors[n].start for n in resident)
     done = 0
     expected = param_shapes(cfg)
@@ -323,11 +324,15 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
     for name, layer in layer_of.items():
         by_layer.setdefault(layer, []).append(name)
     if share is not None:
-        net = build(cfg, stream([n for n in resident if n not in layer_of], True), dev, dt, offload=True,
-                    only=share.holds)
+        net = build(cfg, stream([n for n in resident if n not in layer_of and n not in decoder_of], True), dev, dt,
+                    offload=True, only=share.holds)
         for i in share.layers:  # each block streamed onto its own device, one at a time
             state = block_tensors(cfg, i, stream(by_layer.get(i, []), True), share.device(i, dev), dt)
             net.blocks[i].load_state_dict(state, strict=True, assign=True)
+        for i in share.decoder or ():  # an encoder-decoder's decoder blocks the share holds, the same way
+            names = [n for n, layer in decoder_of.items() if layer == i]
+            state = block_tensors(cfg, i, stream(names, True), dev, dt, "decoder.")
+            net.decoder.blocks[i].load_state_dict(state, strict=True, assign=True)
         net.placement = share.placement
         return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
     net = build(cfg, stream(resident, True), dev, dt, offload=bool(offload))

@@ -211,7 +211,8 @@ def heads(
         from attnscope.cli._seq2seq import heads_pair
 
         return heads_pair(model, text, target, layer, head, top, truncate, as_json, no_color, device, dtype,
-                          part.value if part is not None else "cross", [score.value] if score is not None else None)
+                          part.value if part is not None else "cross", [score.value] if score is not None else None,
+                          pipeline)
     if part is not None:
         raise UsageError("--part picks the attention of an encoder-decoder run with --target",
                          hint='e.g. heads "a house" --target "ein Haus" --part decoder')
