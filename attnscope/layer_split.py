@@ -114,6 +114,24 @@ class RankPlan:
     encoder: range | None = None  # an encoder-decoder's: its encoder layers and decoder layers, each
     decoder: range | None = None  # counted within its stack (`stack_layers`); None for one stack
 
+    def words(self) -> str:
+        """Its layers as --dry-run shows them: "0-5", or per stack "encoder 0-5, decoder 0-1"."""
+        def span(r: range) -> str:
+            return f"{r.start}-{r.stop - 1}" if len(r) > 1 else str(r.start)
+
+        if self.encoder is None or self.decoder is None:
+            return span(self.layers)
+        return ", ".join(f"{name} {span(r)}" for name, r in (("encoder", self.encoder), ("decoder", self.decoder))
+                         if len(r))
+
+    def stacks(self) -> dict[str, list[int] | None]:
+        """An encoder-decoder's layers per stack for --json ([first, last] within the stack,
+        None where it holds none of that stack's); empty for one stack."""
+        if self.encoder is None or self.decoder is None:
+            return {}
+        return {f"{name}_layers": [r.start, r.stop - 1] if len(r) else None
+                for name, r in (("encoder", self.encoder), ("decoder", self.decoder))}
+
 
 def plan_ranks(cfg: "ModelConfig", world: int, dtype: str, n: int, base: Any) -> list[RankPlan]:
     """Each rank's weights and peak memory for a pipelined run of `n` tokens; `base` is
