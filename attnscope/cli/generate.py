@@ -52,6 +52,11 @@ def generate(
     weighed, and the earlier tokens it attended to most, averaged over the heads of the
     selected layers. Without --model the default model, {default_model}, writes (see
     `attnscope models`). Tokens/s go to stderr.
+
+    On an encoder-decoder (T5, BART, Marian) PROMPT is the source: the decoder writes from
+    its start token, sampled as above, and each new token shows the source tokens its
+    cross-attention looked at (the decoder layers --layer names). --save FILE.npz holds the
+    encoder's, decoder's and cross-attention, one decoder row per step, and the generated ids.
     """
     from attnscope import api, export
     from attnscope.generate import check_request, check_sampling, generation_dict
