@@ -312,6 +312,21 @@ class Driver:
             else:
                 raise DeviceError(f"rank {rank} sent an unexpected message {kind!r}")
 
+    def fetch(self, name: str) -> Tensor:
+        """A block's parameter `name` (`blocks.{i}.…`) from the rank that holds it, rank
+        0's own as it is: what a measure reads of one layer's weights on rank 0 (the norm
+        focus view's W_O, `measures.update`). Between passes only."""
+        layer = int(name.split(".")[1])
+        owner = next(r for r, layers in enumerate(self.ranges) if layer in layers)
+        if owner == 0:
+            return self.net.get_parameter(name)
+        self.link.send(owner, ("fetch", name))
+        header = self.link.recv(owner)
+        if header[0] == "error":
+            _raise(header)
+        _, shape, dtype = header
+        return self.link.recv_tensor(owner, shape, dtype)
+
     @torch.inference_mode()
     def logits(self, x: Tensor) -> Tensor:
         """The last rank's head on the residual stream `x` (T, d): float32 logits (T, vocab)."""
@@ -410,6 +425,12 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
                 x = link.recv_tensor(0, header[1], header[2])
                 out = net.logits(x)
                 link.send(0, ("logits", tuple(out.shape), _dtype(out)), out)
+            elif kind == "fetch":  # one of this rank's parameters, for a measure on rank 0
+                name = str(header[1])
+                if not name.startswith("blocks.") or int(name.split(".")[1]) not in mine:
+                    raise DeviceError(f"rank 0 asked rank {rank} for {name!r}, which it does not hold")
+                t = net.get_parameter(name)
+                link.send(0, ("fetch", tuple(t.shape), _dtype(t)), t)
             else:
                 raise DeviceError(f"rank 0 sent an unexpected message {kind!r}")
         except DeviceError as exc:

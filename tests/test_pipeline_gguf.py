@@ -338,3 +338,52 @@ def test_gemma4_generate_json_equals_one_process(tmp_path: Path, gemma4: Path) -
     assert fa.keys() == fb.keys() and fa
     for key, value in fa.items():
         assert abs(fb[key] - value) <= BOUND, (key, value, fb[key])
+
+
+# ------------------------------------------------------------------ norm's focus view: W_O lent by its owner
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", ["0", "1"])
+def test_norm_focus_view_equals_one_process(layer: str, tmp_path: Path, gguf_file: Callable[[str], Path]) -> None:
+    """The word update reads the focus layer's W_O: rank 0's own (layer 0) or lent by rank 1
+    (layer 1, `Driver.fetch`) before the pass; the document equals one process's."""
+    path = gguf_file("gpt2")
+    args = ["attend", TEXT, "--model", path, "--measure", "norm", "--view", "focus", "--layer", layer, "--json"]
+    a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    assert ja["update"]["layer"] == int(layer) and len(ja["update"]["moved_per_head"]) == 4
+    fa, fb = floats(ja), floats(jb)
+    assert fa.keys() == fb.keys() and any(".update." in key for key in fa)
+    for key, value in fa.items():
+        assert abs(fb[key] - value) <= BOUND * max(1.0, abs(value)), (key, value, fb[key])
+
+
+def test_a_serving_rank_lends_only_its_own_blocks(gguf_file: Callable[[str], Path]) -> None:
+    """`Driver.fetch` asks the rank that holds the layer; a serving rank asked for a
+    parameter it does not hold says so in one line (never a meta tensor sent as weights)."""
+    from attnscope.errors import DeviceError
+
+    cfg = api.open_source(str(gguf_file("gpt2"))).config
+    net = api.load(str(gguf_file("gpt2")), "cpu", "float32", share=shares(cfg)[1]).model
+
+    class Link:  # rank 1 of 2, asked by rank 0 for a parameter of layer 0, then told to stop
+        group = type("G", (), {"rank": 1})()
+
+        def __init__(self) -> None:
+            self.inbox = [("fetch", "blocks.0.attn.o.weight"), ("fetch", "blocks.1.attn.o.weight"), ("stop", 0)]
+            self.sent: list[tuple[Any, ...]] = []
+
+        def recv(self, peer: int) -> tuple[Any, ...]:
+            return self.inbox.pop(0)
+
+        def send(self, peer: int, header: tuple[Any, ...], tensor: Any = None) -> None:
+            self.sent.append((peer, header, tensor))
+
+    link = Link()
+    assert pipeline.serve(net, link, pipeline.split(cfg, 2)) == 0
+    (p0, error, _), (p1, lent, weight) = link.sent
+    assert p0 == 0 and error[0] == "error" and error[1] == DeviceError.__name__ and "does not hold" in error[2]
+    assert p1 == 0 and lent[0] == "fetch" and torch.equal(weight, net.blocks[1].attn.o.weight)

@@ -104,7 +104,9 @@ attend.__doc__ = packaged.fill_default(attend.__doc__)
 
 def _check_pipeline(view: View, measure: MeasureName, offload: bool) -> None:
     """What a pipeline cannot do, refused before anything starts: rank 0 holds only its
-    own layers' weights, and the mixing measures and norm's focus view read a layer's."""
+    own layers' weights, and the mixing measures decompose every layer with its weights
+    where the results are gathered (norm's focus view borrows its one layer's W_O:
+    `pipeline.Driver.fetch`)."""
     hint = "leave out --pipeline, or pick another --measure"
     if offload:
         raise UsageError("--offload and --pipeline are two ways to hold less: pick one",
@@ -112,9 +114,7 @@ def _check_pipeline(view: View, measure: MeasureName, offload: bool) -> None:
     if measure in (MeasureName.alti, MeasureName.value_zeroing):
         raise UsageError(f"--measure {measure.value} reads every layer's weights on one process, which --pipeline splits",
                          hint=hint)
-    if measure is MeasureName.norm and view is View.focus:
-        raise UsageError("--measure norm's focus view reads the layer's weights on one process, which --pipeline splits",
-                         hint="use --view topk, heatmap or overview, or leave out --pipeline")
+
 
 def _outputs(view: str, layer: Optional[str], head: Optional[str], top_k: int, token: Optional[str],
              save: Optional[Path], save_topk: Optional[Path], html: Optional[Path], html_topk: Optional[int],

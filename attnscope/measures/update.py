@@ -34,6 +34,10 @@ class WordUpdate:
 class WordUpdateHook:
     def __init__(self, model: Any, layer: int, query: int) -> None:
         self.attn = model.blocks[layer].attn
+        # a pipeline's model (`pipeline.Driver`) holds other ranks' layers on the meta device:
+        # it lends this layer's W_O from its owner, before the pass
+        fetch = getattr(model, "fetch", None)
+        self.o_weight = fetch(f"blocks.{layer}.attn.o.weight") if fetch is not None else None
         self.layer, self.query = layer, query
         self.site, self.block = attn_site(layer), f"blocks.{layer}"
         self.f: Tensor | None = None  # (H, K, d)
@@ -48,7 +52,8 @@ class WordUpdateHook:
             self.embedding = float(value[self.query - q_start].double().norm())
         elif what == "v":
             cfg = self.attn.cfg
-            w = self.attn.o.weight.view(cfg.d_model, cfg.n_heads, -1).double()  # (d, H, dv): a head's value width
+            o = self.attn.o.weight if self.o_weight is None else self.o_weight
+            w = o.view(cfg.d_model, cfg.n_heads, -1).double()  # (d, H, dv): a head's value width
             v = value.double().repeat_interleave(self.attn.spec.group_size, dim=0)  # (H, K, dh): this layer's groups
             self.f = torch.einsum("hkd,mhd->hkm", v, w)  # (H, K, d): f_h(x_j)
         elif q_start <= self.query < q_start + value.shape[1]:
