@@ -436,7 +436,7 @@ SAVED_TOPK = 3
 
 
 def save_decoding(m: Any, source: Any, decoded: Decoded, labels: list[str], save: Any = None, save_topk: Any = None,
-                  force: bool = False) -> tuple[Any, Any]:
+                  force: bool = False, also: Any = None) -> tuple[Any, Any]:
     """generate's --save / --save-topk on an encoder-decoder, from one teacher-forced pass over
     what the decoder read while decoding: its start token and every generated token but the
     last, so row i of the decoder and cross arrays is step i, the step that chose generated
@@ -445,7 +445,8 @@ def save_decoding(m: Any, source: Any, decoded: Decoded, labels: list[str], save
     cross_attentions, source_token_ids, decoder_token_ids, source_tokens, decoder_tokens),
     plus `generated_token_ids` int64 and `generated_tokens` (unicode; `labels`) [steps];
     `save_topk`: the cross-attention's top 3 source positions per step, every decoder layer
-    and head (`save_pair_topk`, part "cross"). Returns the paths written (None where not asked)."""
+    and head (`save_pair_topk`, part "cross"); `also`: one more hook on the same pass (the
+    --html page, `outputs.pair.GenerationPage`). Returns the paths written (None where not asked)."""
     import numpy as np
 
     from attnscope.hooks import Capture, Hooks
@@ -464,10 +465,10 @@ def save_decoding(m: Any, source: Any, decoded: Decoded, labels: list[str], save
         extra = {"generated_token_ids": np.asarray(decoded.ids, dtype=np.int64),
                  "generated_tokens": np.asarray(labels, dtype=str)}
         with PairWriter(save, cfg, source, dec, force, extra) as writer:
-            run(m.model, m._ids(source.ids), m._ids(ids), Hooks(cap, writer))
+            run(m.model, m._ids(source.ids), m._ids(ids), Hooks(cap, writer, also))
         saved = writer.path
     else:
-        run(m.model, m._ids(source.ids), m._ids(ids), cap)
+        run(m.model, m._ids(source.ids), m._ids(ids), Hooks(cap, also))
     if cap is not None:
         chosen = torch.stack([cap.get(site, "pattern") for site in cross]).float()  # [dec layers, H, steps, S]
         pv = PairView("cross", "topk", list(range(len(cross))), list(range(chosen.shape[1])), dec, source, chosen, 0,

@@ -159,15 +159,13 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
     from attnscope.cli._app import _console, _load, _note, _print_json
     from attnscope.generate import check_stop, stop_reached
     from attnscope.hooks import sites
+    from attnscope.outputs.pair import GenerationPage
     from attnscope.render import distinct
     from attnscope.render.attend import weight_text
     from attnscope.seq2seq import decode, save_decoding
     from attnscope.tokenize import token_label
     from attnscope.units import plural
 
-    for flag, used in (("--html", html is not None),):
-        if used:
-            raise UsageError(f"{flag} is not available when an encoder-decoder generates yet", hint="leave it out")
     check_stop(stop)
     for option, chosen in (("--save", save), ("--save-topk", save_topk)):
         if chosen is not None and Path(chosen).suffix != ".npz":
@@ -203,8 +201,10 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
     labels = distinct(tokens.labels)
     shown = [[(int(j), float(w)) for w, j in zip(*s.looked.topk(min(k, len(labels))))] for s in steps]
     pieces = [token_label(m.tokenizer, i) for i in ids]  # as decoder-only generate labels its tokens
-    saved, saved_topk = (save_decoding(m, tokens, out, pieces, save, save_topk, force)
-                         if save is not None or save_topk is not None else (None, None))
+    page = GenerationPage(m, name, tokens, ids, pieces, text, measure, html) if html is not None and ids else None
+    saved, saved_topk = (save_decoding(m, tokens, out, pieces, save, save_topk, force, page.hook if page else None)
+                         if save is not None or save_topk is not None or page is not None else (None, None))
+    wrote_page = page.write(force) if page is not None else None
     if as_json:
         _print_json({"model": name, "source": {"ids": tokens.ids, "tokens": tokens.labels},
                      "decoder_start_token_id": cfg.extra.get("decoder_start_token_id", 0),
@@ -214,7 +214,8 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
                                 "source": [{"index": j, "token": tokens.labels[j], "weight": w} for j, w in top]}
                                for s, p, top in zip(steps, pieces, shown)],
                      **({"saved": str(saved)} if saved is not None else {}),
-                     **({"saved_topk": str(saved_topk)} if saved_topk is not None else {})})
+                     **({"saved_topk": str(saved_topk)} if saved_topk is not None else {}),
+                     **({"saved_html": str(html)} if wrote_page is not None else {})})
     else:
         console = _console(no_color)
         color = not no_color and console.color_system is not None
@@ -239,6 +240,8 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
         if saved_topk is not None:
             console.print(Text(f"saved each step's top-3 source tokens in every layer and head to {saved_topk}",
                                style="dim"))
+        if wrote_page is not None:
+            console.print(Text(wrote_page, style="dim"))
     rate = len(ids) / seconds if seconds > 0 else 0.0
     _note(f"{plural(len(ids), 'token')} in {seconds:.2f} s, {rate:.1f} tokens/s (ended: {out.stopped})")
 

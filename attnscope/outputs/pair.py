@@ -146,3 +146,47 @@ class PairFiles:
             done.append(("saved_plot", self.plot, f"wrote a figure of the {PART_WORDS[plan['part']]}, {shown}, to "
                                                   f"{self.plot}"))
         return done
+
+
+class GenerationPage:
+    """`generate SOURCE --html` on an encoder-decoder: the source as one token row, the
+    generated tokens as the other, and the cross-attention of each step between them (row i:
+    the step that chose generated token i, every decoder layer and head, under `measure` as
+    the table's), read from the teacher-forced pass over what the decoder read
+    (`seq2seq.save_decoding`, which gives each step's row as decoding did). Planned once the
+    tokens are known (its size checked against the browser's and the disk's limits) and
+    written atomically after that pass."""
+
+    def __init__(self, m: Any, name: str, source: "Tokens", ids: list[int], labels: list[str], text: str,
+                 measure: str, path: Path) -> None:
+        from attnscope import seq2seq_measures
+        from attnscope.hooks import Capture, sites
+        from attnscope.render.page import NOTE_PAGE_BYTES, Page
+        from attnscope.tokenize import Tokens
+        from attnscope.units import human_bytes
+
+        self.path, self.sites = path, sites(m.config, "cross")
+        rows = Tokens(text=text, ids=list(ids), labels=list(labels), offsets=[(0, 0)] * len(ids),
+                      special=[False] * len(ids))
+        layers = list(range(len(self.sites)))
+        heads = seq2seq_measures.heads(measure, list(range(self.sites[0].n_heads)))
+        self.page = Page(name, rows, layers, heads, measure, None, (layers[-1], heads[0], len(ids) - 1), keys=source,
+                         pair=("cross", source.text, text), generated=True)
+        size = self.page.check(path)
+        if size >= NOTE_PAGE_BYTES:
+            from attnscope.outputs.files import _note
+
+            _note(f"will write a {human_bytes(size)} page to {path}")
+        self._cap = Capture({site.name: ["pattern"] for site in self.sites})
+        self.hook = seq2seq_measures.hooks(m.model, measure, len(source), layers, self._cap)
+
+    def write(self, force: bool) -> str:
+        """Write the page; the line saying so."""
+        import torch
+
+        from attnscope.units import human_bytes
+
+        values = torch.stack([self._cap.get(site.name, "pattern")[self.page.heads] for site in self.sites]).float()
+        written = self.page.write(self.path, force, attention=values)
+        return (f"wrote a {human_bytes(written)} page (each generated token's cross-attention, "
+                f"{len(self.page.layers)} layers × {len(self.page.heads)} heads) to {self.path}")

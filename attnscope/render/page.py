@@ -106,6 +106,7 @@ class Page:
     layer_heads: Optional[list[int]] = None  # each held layer's head count, where they differ (the grid is padded)
     keys: Optional["Tokens"] = None  # the key tokens, where they are another sequence (cross-attention); else `tokens`
     pair: Optional[tuple[str, str, str]] = None  # an encoder-decoder's (part, source text, target text)
+    generated: bool = False  # the pair's target is what `generate` wrote: rows are the generated tokens
 
     def __post_init__(self) -> None:
         from attnscope.measures.transforms import DESCRIPTIONS
@@ -136,6 +137,8 @@ class Page:
         }
         if self.pair is not None:
             doc["part"], doc["source_text"], doc["target_text"] = self.pair
+            if self.generated:
+                doc["generated"] = True
         if self.keys is not None:
             doc.update(key_tokens=list(self.keys.labels), key_token_ids=list(self.keys.ids),
                        key_special=list(self.keys.special), n_keys=self.n_keys)
@@ -156,7 +159,8 @@ class Page:
         title = f"attnscope · {self.model} · {visible(self.pair[1] if self.pair else self.tokens.text)}"
         what = (f"{self.measure}: one matrix per layer" if self.measure in ("rollout", "alti", "value-zeroing")
                 else f"{len(self.heads)} heads")
-        counted = (f"{plural(n, 'target token')} × {plural(self.n_keys, 'source token')}" if self.keys is not None
+        counted = (f"{plural(n, self._rows_name() + ' token')} × {plural(self.n_keys, 'source token')}"
+                   if self.keys is not None
                    else plural(n, "token"))
         fields = {
             "TITLE": _text(title[:120] + ("…" if len(title) > 120 else "")),
@@ -170,8 +174,9 @@ class Page:
                                 if self.tokens.truncated_from else "")),
             "TOKENS": self._token_spans(self.tokens),
             "KEYS": self._key_row(),
-            "ROWS_LABEL": ('<div class="row-label dim">target (decoder input) · rows</div>' if self.keys is not None
-                           else ""),
+            "ROWS_LABEL": (f'<div class="row-label dim">{self._rows_name()} '
+                           f'({"decoder output, one row per step" if self.generated else "decoder input"}) · rows</div>'
+                           if self.keys is not None else ""),
             "SCORES": self._score_panel(),
             "CSS": _asset("page.css"),
             "SCRIPT": _asset("page.js"),
@@ -206,13 +211,18 @@ class Page:
         if self.pair is None:
             return _text(visible(self.tokens.text))
         return "".join(f'<div class="{name}-text"><b>{name}</b> {_text(visible(text))}</div>'
-                       for name, text in (("source", self.pair[1]), ("target", self.pair[2])))
+                       for name, text in (("source", self.pair[1]), (self._rows_name(), self.pair[2])))
+
+    def _rows_name(self) -> str:
+        return "generated" if self.generated else "target"
 
     def _part_line(self) -> str:
         """Which attention of an encoder-decoder the page holds, in words."""
         if self.pair is None:
             return ""
-        words = {"cross": "cross-attention: rows = target (the decoder's inputs), columns = source",
+        words = {"cross": ("cross-attention: rows = the generated tokens (each step's, as it chose its token), "
+                           "columns = source" if self.generated
+                           else "cross-attention: rows = target (the decoder's inputs), columns = source"),
                  "encoder": "the encoder's self-attention, on the source",
                  "decoder": "the decoder's self-attention (causal), on its inputs"}.get(self.pair[0], self.pair[0])
         return f'<div id="part" data-part="{_text(self.pair[0])}">{_text(words)}</div>'
