@@ -366,3 +366,59 @@ def test_cross_page_renders_and_a_click_on_a_target_token_shows_its_source_weigh
     assert 'data-weight=""' in spans["tokens"][0][1]
     strongest = int(np.argmax(row))
     assert "background-color" in spans["keys"][strongest][1]
+
+
+# ----------------------------------------------------------------------------- generate --html
+
+
+@pytest.mark.parametrize("name", ["t5", "bart"])
+def test_generate_page_holds_each_steps_cross_attention(name: str, built: Callable[[str], Path],
+                                                        reference: Callable[[str], Any], tmp_path: Path) -> None:
+    """`generate SOURCE --html`: the source row and the generated row; row i is the step that
+    chose generated token i: transformers' cross_attentions on the decoder's inputs (its start
+    token, then every generated token but the last), and, averaged over the table's layers
+    and heads, the weights the --json steps list (read through the decoder's cache)."""
+    folder = built(name)
+    result = ok(cli("generate", SOURCE, "--model", folder, "--max-new-tokens", 6, "--ignore-eos", "--layer", "all",
+                    "--html", tmp_path / "g.html", "--json"))
+    steps = json.loads(result.stdout)
+    assert steps["saved_html"] == str(tmp_path / "g.html")
+    doc = page_doc(tmp_path / "g.html")
+    ids = steps["generated"]["ids"]
+    assert len(ids) == 6 and doc["generated"] is True and doc["part"] == "cross"
+    assert doc["token_ids"] == ids and doc["tokens"] == steps["generated"]["tokens"]
+    assert doc["key_token_ids"] == steps["source"]["ids"] and doc["source_text"] == SOURCE
+    assert doc["target_text"] == steps["generated"]["text"]
+    model = reference(name)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([doc["key_token_ids"]]),
+                    decoder_input_ids=torch.tensor([[model.config.decoder_start_token_id] + ids[:-1]]),
+                    output_attentions=True)
+    theirs = torch.stack([a[0] for a in out.cross_attentions]).numpy()
+    got = doc["attention"]
+    assert got.shape == theirs.shape and float(np.abs(got - theirs).max()) < ATOL
+    mean = got[steps["layers"]][:, steps["heads"]].mean(axis=(0, 1))  # (steps, source)
+    for i, step in enumerate(steps["steps"]):
+        for entry in step["source"]:
+            assert abs(mean[i, entry["index"]] - entry["weight"]) < ATOL
+        assert [e["index"] for e in step["source"]] == np.argsort(-mean[i], kind="stable")[:3].tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.html"]
+    page = (tmp_path / "g.html").read_text(encoding="utf-8")
+    assert "http://" not in page and "https://" not in page and "<b>generated</b>" in page
+
+
+def test_generate_page_refusals_are_one_line(built: Callable[[str], Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnscope.render import page as page_module
+
+    folder = built("t5")
+    assert ".html" in one_error(cli("generate", SOURCE, "--model", folder, "--html", tmp_path / "g.txt"))
+    (tmp_path / "g.html").write_text("keep me")
+    assert "already exists" in one_error(cli("generate", SOURCE, "--model", folder, "--html", tmp_path / "g.html"))
+    assert (tmp_path / "g.html").read_text() == "keep me"
+    monkeypatch.setattr(page_module, "MAX_PAGE_BYTES", 2_000)
+    result = cli("generate", SOURCE, "--model", folder, "--max-new-tokens", 3, "--html", tmp_path / "big.html")
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "more than a browser can hold" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.html"]
