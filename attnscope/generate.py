@@ -113,6 +113,9 @@ def check_request(cfg: "ModelConfig", name: str, *, measure: str = "weight", sto
     refuses it before any weight is read; returns the selected layers and heads."""
     from attnscope.analysis import select
 
+    if cfg.decoder is not None:  # the CLI's generate takes these to cli._seq2seq.generate_pair
+        raise InputError(f"{name} is an encoder-decoder: it writes from a source, not after a prompt",
+                         hint="run `attnscope generate SOURCE --model ...`, or attnscope.seq2seq.decode in Python")
     if not cfg.causal or not cfg.lm_head:
         kind = "an encoder" if not cfg.causal else "a model without an output head"
         raise InputError(f"{name} is {kind} and cannot generate text",

@@ -374,3 +374,10 @@ def test_more_new_tokens_than_learned_positions_is_one_line(built: Callable[[str
     line = _one_error(_cli("generate", "a house", "--model", built("bart"), "-n", 129))  # 128 positions
     assert "128 positions" in line
     assert len(_json("generate", "a house", "--model", built("bart"), "-n", 128, "--ignore-eos")["steps"]) == 128
+
+
+def test_the_python_generate_names_an_encoder_decoder_for_what_it_is(built: Callable[[str], Path]) -> None:
+    from attnscope.errors import InputError
+
+    with pytest.raises(InputError, match="is an encoder-decoder: it writes from a source"):
+        _inspector(built("t5")).generate("a house")
