@@ -209,7 +209,7 @@ def generate_pair(src: Any, source: str, *, max_new_tokens: int, temperature: fl
         _print_json({"model": name, "source": {"ids": tokens.ids, "tokens": tokens.labels},
                      "decoder_start_token_id": cfg.extra.get("decoder_start_token_id", 0),
                      "generated": {"ids": ids, "tokens": pieces, "text": text}, "stopped": out.stopped,
-                     "measure": measure, "layers": layers, "heads": heads,
+                     "seconds": seconds, "measure": measure, "layers": layers, "heads": heads,
                      "steps": [{"id": s.token, "token": p, "probability": s.probability,
                                 "source": [{"index": j, "token": tokens.labels[j], "weight": w} for j, w in top]}
                                for s, p, top in zip(steps, pieces, shown)],
