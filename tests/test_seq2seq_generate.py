@@ -133,7 +133,7 @@ def test_sampled_tokens_equal_a_reference_loop_on_transformers_logits(name: str,
     options = ("--temperature", 1.3, "--top-k", 50, "--top-p", 0.95, "--seed", 7, "--ignore-eos", "-n", N)
     doc = _json("generate", sm.SOURCE_TEXT, "--model", folder, *options)
     ours = doc["generated"]["ids"]
-    assert doc["source"]["ids"] == src and len(ours) == N and doc["stopped"] == "length"
+    assert doc["source"]["ids"] == src and len(ours) == N and doc["stopped"] == "length" and doc["seconds"] > 0
     drawn, kept = _reference_sample(model, src, start, N, 1.3, 50, 0.95, 7, forced=ours)
     assert ours == drawn
     assert all(token in keep and len(keep) > 1 for token, keep in zip(ours, kept))  # the filters left a choice
