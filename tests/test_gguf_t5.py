@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tiny_models as tm
 import tiny_models_seq2seq as sm
@@ -376,6 +378,9 @@ HOSTILE = {
     "unknown id outside": (_set("tokenizer.ggml.unknown_token_id", "u32", 10**6), "unknown_token_id"),
     "charsmap not bytes": (_set("tokenizer.ggml.precompiled_charsmap", "arr", [1, 2, 300]), "charsmap"),
     "charsmap garbage": (_set("tokenizer.ggml.precompiled_charsmap", "arr", b"\x05\x00\x00\x00garbage"), "tokenizer"),
+    # a trie whose root points outside it: tokenizers' Precompiled panics on the first text
+    "charsmap damaged": (_set("tokenizer.ggml.precompiled_charsmap", "arr", CHARSMAP[:5] + b"\xff" + CHARSMAP[6:]),
+                         "tokenizer cannot be built"),
 }
 
 
@@ -387,3 +392,31 @@ def test_hostile_t5_metadata_is_one_line(case: str, built: Any, tmp_path: Path) 
     result = run("attend", "the cat", "--target", "a dog", "--model", bad)
     one_error(result, result.exit_code or 1, needle)
     assert result.exit_code != 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(CHARSMAP) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+       st.text(max_size=40))
+def test_damaged_charsmap_loads_or_is_one_error(damage: list[tuple[int, int]], text: str) -> None:
+    """A charsmap with bytes changed anywhere: the tokenizer builds and encodes (the
+    precompiled charsmap tried on a probe text when built), or it is one TokenizerError;
+    never a Rust panic or another exception."""
+    from types import SimpleNamespace
+
+    from attnscope.errors import TokenizerError
+    from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+    from attnscope.tokenize import tokenize
+
+    blob = bytearray(CHARSMAP)
+    for at, value in damage:
+        blob[at] = value
+    vocab = unigram_vocab()
+    meta = {"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": [p for p, _ in vocab],
+            "tokenizer.ggml.scores": [v for _, v in vocab],
+            "tokenizer.ggml.token_type": [CONTROL, CONTROL, UNKNOWN] + [NORMAL] * (len(vocab) - 3),
+            "tokenizer.ggml.precompiled_charsmap": list(blob)}
+    try:
+        tok = gguf_tokenizer(SimpleNamespace(metadata=meta, path=Path("x.gguf"), arch="t5"))
+        tokenize(tok, "the cat sat " + text, 4096)
+    except TokenizerError as exc:
+        assert "\n" not in str(exc)

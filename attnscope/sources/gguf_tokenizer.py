@@ -20,6 +20,13 @@ written `▁piece`, a continuation `##piece` written bare), turned back into Wor
 `##` pieces, with BERT's normalizer and pre-tokenizer (lower-casing and accent stripping
 when the vocabulary holds no upper-case piece, as in every uncased BERT) and `[CLS] text
 [SEP]` from the header's ids (llama.cpp's defaults 101 and 102 where it names none).
+
+`t5` (SentencePiece Unigram) vocabularies, as T5Model in convert_hf_to_gguf.py stores them:
+the pieces with their scores (a Unigram model, its ids the file's), the SentencePiece
+normalizer rebuilt from `precompiled_charsmap`, `remove_extra_whitespaces` and
+`add_space_prefix`, then the best segmentation of the whole text, as SentencePiece and
+llama.cpp's UGM tokenizer segment it; `</s>` appended (llama.cpp's default for t5, and T5's
+own `$A </s>`), `<unk>` and the control tokens kept whole.
 """
 
 from __future__ import annotations
@@ -169,6 +176,10 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: st
     return tok, None
 
 
+# every printable ASCII character, Latin-1's letters, a ligature, full-width and CJK ones
+_PROBE = "".join(map(chr, range(32, 127))) + "".join(map(chr, range(0xC0, 0x100))) + " ﬁ Ｔｅｓｔ ① e\u0301 中文 😀"
+
+
 def _unigram(meta: dict[str, Any], tokens: list[str], types: list[int], where: str) -> Any:
     """A SentencePiece Unigram tokenizer from a `t5` vocabulary (T5Model in
     convert_hf_to_gguf.py: the pieces with their scores, the normalizer's precompiled
@@ -218,6 +229,8 @@ def _unigram(meta: dict[str, Any], tokens: list[str], types: list[int], where: s
             built.append(normalizers.Replace(Regex(pattern["Regex"]) if "Regex" in pattern else pattern["String"],
                                              step["content"]))
     tok.normalizer = normalizers.Sequence(built)
+    if charsmap:  # a damaged charsmap panics on the texts that reach it: try one here, naming the file
+        tok.encode(_PROBE)
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), *([decoders.ByteFallback()] if byte_fallback else []),
                                      decoders.Fuse(), *([decoders.Strip(content=" ", left=1, right=0)] if prefix else [])])
     tok.attnscope_growth = norm  # what tokenize.tokenize bounds a text's normalized length by
