@@ -247,6 +247,41 @@ class PairView:
         return doc
 
 
+def pair_tokens(tokenizer: Any, cfg: ModelConfig, source: str, target: str, truncate: bool) -> tuple[Any, Any]:
+    """The source's tokens (with the tokenizer's special tokens, as the encoder reads them)
+    and the target's own (without: the decoder's start token goes before them, taking one
+    position), each checked against the context; an empty target refused in one line."""
+    from attnscope.errors import UsageError
+    from attnscope.tokenize import tokenize
+
+    src = tokenize(tokenizer, source, cfg.n_ctx, truncate)
+    if not target.strip():
+        raise UsageError("--target is empty", hint='give the output text, e.g. --target "Das Haus ist klein."')
+    try:
+        tgt = tokenize(tokenizer, target, cfg.n_ctx - 1, truncate, add_special_tokens=False)
+    except InputError as err:
+        raise InputError(f"--target: {err.message}", hint=err.hint) from None
+    if not tgt.ids:
+        raise UsageError("the target has no tokens", hint="give --target some text")
+    return src, tgt
+
+
+def pair_selection(cfg: ModelConfig, part: str, view: str, layer: str | None, head: str | None,
+                   measure: str = "weight") -> tuple[list[int], list[int]]:
+    """The layers and heads of `part` a view shows: the last layer (every layer for
+    overview and align), every head (head 0 for the heatmap); under a measure with one
+    matrix a layer (rollout, alti, value-zeroing) the single head 0."""
+    from attnscope import analysis
+    from attnscope.hooks import sites
+    from attnscope.seq2seq_measures import heads
+
+    part_sites = sites(cfg, part)
+    ls = analysis.select(layer if layer is not None else ("all" if view in ("overview", "align") else "-1"),
+                         len(part_sites), "layer")
+    hs = analysis.select_heads(head if head is not None else ("0" if view == "heatmap" else "all"), part_sites, ls)
+    return ls, heads(measure, hs)
+
+
 def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str | None, head: str | None,
               k: int, token: str | None, truncate: bool, save: Any = None, force: bool = False,
               measure: str = "weight", also: Any = None) -> PairView:
@@ -258,11 +293,9 @@ def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str
     value-zeroing). `also(source, decoder, query)`: called once the tokens and the selection
     are known, before the pass; it returns a hook of its own and the layers it reads, fed
     the same values as the view (`outputs.pair`: --html, --plot)."""
-    from attnscope import analysis
     from attnscope.errors import UsageError
     from attnscope.hooks import Capture, Hooks, sites
     from attnscope.outputs.views import focus_index
-    from attnscope.tokenize import tokenize
 
     cfg = m.config
     if part not in PARTS:
@@ -271,27 +304,15 @@ def pair_view(m: Any, source: str, target: str, part: str, view: str, layer: str
         raise UsageError("--view align is the cross-attention's alignment table", hint="use --part cross")
     if k < 1:
         raise UsageError(f"--top-k must be at least 1, got {k}")
-    src = m.tokenize(source, truncate)
-    if not target.strip():
-        raise UsageError("--target is empty", hint='give the output text, e.g. --target "Das Haus ist klein."')
-    try:  # the decoder's start token takes one position
-        tgt = tokenize(m.tokenizer, target, cfg.n_ctx - 1, truncate, add_special_tokens=False)
-    except InputError as err:
-        raise InputError(f"--target: {err.message}", hint=err.hint) from None
-    if not tgt.ids:
-        raise UsageError("the target has no tokens", hint="give --target some text")
+    src, tgt = pair_tokens(m.tokenizer, cfg, source, target, truncate)
     dec = decoder_tokens(m, tgt)
     ids = dec.ids
     part_sites = sites(cfg, part)
-    n_layers = len(part_sites)
-    ls = analysis.select(layer if layer is not None else ("all" if view in ("overview", "align") else "-1"),
-                         n_layers, "layer")
-    hs = analysis.select_heads(head if head is not None else ("0" if view == "heatmap" else "all"), part_sites, ls)
+    ls, hs = pair_selection(cfg, part, view, layer, head, measure)
     from attnscope import seq2seq_measures
 
     seq2seq_measures.check(measure, part, save)
     seq2seq_measures.check_model(m, measure, len(src))
-    hs = seq2seq_measures.heads(measure, hs)
     rows, columns = (src, src) if part == "encoder" else (dec, dec if part == "decoder" else src)
     query = focus_index(rows, token)
     shown = [part_sites[layer_i].name for layer_i in ls]

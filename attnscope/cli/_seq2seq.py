@@ -30,8 +30,9 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
     from attnscope.seq2seq_measures import check
 
     check(measure, part.value if part is not None else None, save)  # a measure the part has no meaning for
-    if dry_run:
-        raise UsageError("--dry-run is not available with --target yet")
+    if dry_run and pipeline:
+        raise UsageError("--dry-run --pipeline plans the ranks of a one-stack model; with --target it plans one "
+                         "process", hint="leave out --pipeline for the --target run's plan")
     if pipeline:
         pipeline_measure(measure)
         if offload:
@@ -72,6 +73,9 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
     from attnscope.cli._app import _load
 
     assert target is not None  # refuse() holds it
+    if dry_run:
+        return dry_run_pair(model, source, target, part.value if part is not None else "cross", view.value, layer, head,
+                            top_k, truncate, as_json, measure.value, save is not None, save_topk is not None, dtype)
     from attnscope.atomic import check_target
 
     for chosen in (save, save_topk):  # before the model loads
@@ -87,6 +91,55 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
 
         return _pipelined(model, device, dtype, lambda m: show(m, *args))
     show(_load(model, device, dtype, True if offload else None), *args)
+
+
+def dry_run_pair(model: Optional[str], source: str, target: str, part: str, view: str, layer: Optional[str],
+                 head: Optional[str], top_k: int, truncate: bool, as_json: bool, measure: str, save: bool,
+                 save_topk: bool, dtype: Any) -> None:
+    """`attend SOURCE --target TARGET --dry-run`: the memory and disk the pair run would
+    need (`estimate.plan_pair`), from config.json, the checkpoint's headers and the
+    tokenizer alone, for both stacks."""
+    from attnscope import estimate
+    from attnscope.cli._app import _console, _print_json
+    from attnscope.cli.attend import checkpoint_facts
+    from attnscope.seq2seq import pair_selection, pair_tokens
+    from attnscope.units import human_bytes
+
+    src, tokenizer, stored, file_bytes = checkpoint_facts(model, dtype)
+    cfg = src.config
+    if cfg.decoder is None:
+        raise UsageError(f"{cfg.name or src.spec} is not an encoder-decoder: --target has nothing to decode",
+                         hint="--target is for encoder-decoder models (T5, FLAN-T5, BART, mBART, Marian)")
+    if view == "align" and part != "cross":
+        raise UsageError("--view align is the cross-attention's alignment table", hint="use --part cross")
+    source_tokens, target_tokens = pair_tokens(tokenizer, cfg, source, target, truncate)
+    ls, hs = pair_selection(cfg, part, view, layer, head, measure)
+    dt = "float32" if dtype.value == "auto" else dtype.value
+    p = estimate.plan_pair(cfg, stored, len(source_tokens), len(target_tokens) + 1, dt, part, view, as_json, len(ls),
+                           len(hs), top_k, save, save_topk, measure, file_bytes, estimate.runtime_bytes())
+    rows = {"source_tokens": p.n_source, "decoder_tokens": p.n_decoder, "runtime_bytes": p.runtime,
+            "weights_bytes": p.weights, "mapped_file_bytes": p.mapped,
+            "encoder_activations_bytes": p.encoder_activations, "decoder_activations_bytes": p.decoder_activations,
+            "attention_chunk_bytes": p.attention_chunk, "cross_pattern_bytes": p.cross_pattern,
+            "shown_patterns_bytes": p.shown, "kept_results_bytes": p.kept, "peak_memory_bytes": p.peak_memory,
+            "output_file_bytes": p.output_file}
+    if as_json:
+        _print_json({"dry_run": True, "model": src.spec, "dtype": dt, "part": part, **rows})
+        return
+    console = _console()
+    console.print(f"[bold]Dry run[/] · {cfg.name} · source {p.n_source} tokens, decoder {p.n_decoder} tokens · "
+                  f"{dt} weights")
+    heads = cfg.decoder.layer(0).cross.n_heads  # type: ignore[union-attr]
+    for label, value in (("interpreter and libraries (measured)", p.runtime), ("weights (both stacks)", p.weights),
+                         ("checkpoint pages read through the map", p.mapped),
+                         ("encoder activations (one block)", p.encoder_activations),
+                         ("decoder activations (one block, its cross K/V)", p.decoder_activations),
+                         ("attention scores, one query chunk", p.attention_chunk),
+                         (f"cross-attention pattern ({heads} × {p.n_decoder} × {p.n_source})", p.cross_pattern),
+                         (f"{part} patterns kept for the view", p.shown),
+                         ("results kept (streamed layer, top-k, measure)", p.kept),
+                         ("peak memory, about", p.peak_memory), ("output files", p.output_file)):
+        console.print(f"  {label:<48}{human_bytes(value):>14}")
 
 
 def show(m: Any, source: str, target: str, part: str, view: str, layer: Optional[str], head: Optional[str],
