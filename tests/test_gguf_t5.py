@@ -158,7 +158,7 @@ def write_t5_gguf(folder: Path, path: Path, edit: Callable[[dict[str, Any], dict
         tensors[gguf_name] = t
     if edit is not None:
         edit(meta, tensors)
-    w = gguf.GGUFWriter(path, arch)
+    w = gguf.GGUFWriter(path, meta.pop("arch", ("arch", arch))[1])
     w.add_name("tiny-t5")
     for key, (kind, value) in meta.items():
         {"u32": w.add_uint32, "f32": w.add_float32, "str": w.add_string, "bool": w.add_bool,
@@ -336,6 +336,56 @@ def test_params_counts_equal_the_folders(name: str, built: Any) -> None:
     for key in st:
         if isinstance(st[key], dict) and "total" in st[key]:
             assert gg[key]["total"] == st[key]["total"], key
+
+
+def _encoder_only(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """What T5EncoderModel in convert_hf_to_gguf.py writes: the encoder's tensors and
+    metadata only, under `t5encoder`."""
+    for name in [n for n in tensors if n.startswith("dec.") or n == "output.weight"]:
+        del tensors[name]
+    for key in [k for k in meta if k.startswith("t5.")]:
+        kind, value = meta.pop(key)
+        if "decoder" not in key:
+            meta["t5encoder." + key[3:]] = (kind, value)
+    meta["arch"] = ("arch", "t5encoder")
+
+
+def test_t5encoder_is_the_encoder_alone(built: Any, tmp_path: Path) -> None:
+    """A `t5encoder` GGUF (T5's encoder without decoder or head, as image pipelines use
+    it) loads as an encoder: its patterns equal transformers' T5EncoderModel on the same
+    weights, `attend` and `params` work from the CLI, a target is refused in one line."""
+    from transformers import T5Config, T5EncoderModel
+
+    from attnscope.api import load
+
+    folder, _ = built("t5_v11")
+    path = write_t5_gguf(folder, tmp_path / "encoder.gguf", _encoder_only)
+    m = load(str(path), device="cpu", dtype="float32")
+    assert m.config.decoder is None and not m.config.lm_head and m.config.n_layers == 2
+    raw = json.loads((folder / "config.json").read_text())
+    config = T5Config.from_dict({k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype")})
+    config._attn_implementation = "eager"
+    ref = T5EncoderModel(config).eval()
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    missing, _ = ref.load_state_dict({k: v for k, v in state.items() if not k.startswith(("decoder.", "lm_head"))},
+                                     strict=False)
+    assert set(missing) <= {"encoder.embed_tokens.weight"}, missing
+    src = hf_tokenizer(unigram_vocab()).encode(sm.SOURCE_TEXT).ids
+    with torch.no_grad():
+        out = ref(input_ids=torch.tensor([src]), output_attentions=True)
+    got = m.attention_ids(src).probs
+    want = torch.stack([a[0] for a in out.attentions])
+    assert got.shape == want.shape and (got - want).abs().max().item() < ATOL
+    assert m.tokenizer.encode(sm.SOURCE_TEXT).ids == src
+    result = run("attend", "the cat sat on the mat", "--model", path)
+    assert result.exit_code == 0, (result.stdout[-2000:], result.stderr)
+    params = run("params", "--model", path, "--json")
+    assert params.exit_code == 0, params.stderr
+    assert json.loads(params.stdout)["total"] == sum(t.numel() for k, t in state.items()
+                                                     if k.startswith("encoder.") or k == "shared.weight")
+    one_error(run("attend", "the cat", "--target", "a dog", "--model", path), 2, "not an encoder-decoder")
 
 
 def _drop(key: str) -> Callable[[dict[str, Any], dict[str, torch.Tensor]], None]:

@@ -83,8 +83,11 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         raise ConfigError(f"T5's relative buckets {buckets} and max distance {max_distance} leave no log-spaced "
                           "buckets (need at least 4 buckets, and a max distance above a quarter of them)")
     n_layers = _int(raw, "num_layers")
-    n_decoder = _int(raw, "num_decoder_layers", n_layers) if raw.get("num_decoder_layers") is not None else n_layers
-    tied = raw.get("tie_word_embeddings", True) is not False
+    # T5EncoderModel (the text encoder of image pipelines): the encoder stack alone, no head
+    encoder_only = raw.get("architectures") in (["T5EncoderModel"], ["MT5EncoderModel"])
+    n_decoder = _int(raw, "num_decoder_layers", n_layers) \
+        if raw.get("num_decoder_layers") is not None and not encoder_only else n_layers
+    tied = raw.get("tie_word_embeddings", True) is not False and not encoder_only
     d_model = _int(raw, "d_model")
     template = layer_kind("pre", mlp="gated" if gated else "dense")
     encoder_relative = RelativeSpec(buckets, max_distance, bidirectional=True)
@@ -108,7 +111,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
         final_norm=True,
         act=_ACTIVATIONS[act],
         attn_scale=1.0,
-        lm_head=True,
+        lm_head=not encoder_only,
         tied_embeddings=tied,
         # v1.0's d_model^-0.5 rescale before the tied head (T5 only: transformers' mT5 never rescales)
         logits_divisor=d_model ** 0.5 if tied and raw.get("model_type") == "t5" else None,
@@ -118,6 +121,8 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     )
     if start >= cfg.vocab_size:
         raise ConfigError(f"T5's decoder_start_token_id {start} is outside the vocabulary of {cfg.vocab_size}")
+    if encoder_only:
+        return cfg
     encoder = cfg.layer(0)
     decoder = replace(encoder, attn=replace(encoder.attn, causal=True, relative=replace(encoder_relative,
                                                                                           bidirectional=False)),
@@ -139,9 +144,11 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
 # release sets it. Each stack's relative table lives in its layer 0 only; a table in a
 # later layer is UMT5's per-layer tables (which attnscope does not run) and is refused.
 # T5's cross-attention has no relative bias (transformers never loads one): a
-# `cross_attn_rel_b` an old checkpoint carried is skipped.
+# `cross_attn_rel_b` an old checkpoint carried is skipped. `t5encoder` (T5EncoderModel in
+# the converter: the encoder stack alone, as image pipelines use it) loads as an encoder
+# without head, as a T5EncoderModel config.json does.
 
-GGUF_ARCHS = ("t5",)
+GGUF_ARCHS = ("t5", "t5encoder")  # t5encoder: T5EncoderModel, the encoder stack alone (no head)
 
 _GGUF_ATTN = {"attn_q": "attn.q", "attn_k": "attn.k", "attn_v": "attn.v", "attn_o": "attn.o",
               "attn_norm": "attn_norm", "ffn_gate": "mlp.gate", "ffn_up": "mlp.up", "ffn_down": "mlp.down",
@@ -184,8 +191,13 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
         raise ConfigError(f"GGUF tensor {late[0]!r}: relative-position tables in layers past the first are "
                           "UMT5's per-layer tables, which attnscope does not run",
                           hint="attnscope reads T5, FLAN-T5 and mT5, whose stacks share one table each")
-    gated = {stack: f"{stack}blk.0.ffn_gate.weight" in shapes for stack in GGUF_STACKS}
-    if len(set(gated.values())) != 1:
+    encoder_only = arch == "t5encoder"
+    if encoder_only and "output.weight" in shapes:
+        raise ConfigError("a t5encoder GGUF with an output head: T5's encoder alone has none",
+                          hint="convert the model as t5 (T5ForConditionalGeneration) to keep its head")
+    gated = {stack: f"{stack}blk.0.ffn_gate.weight" in shapes for stack in GGUF_STACKS
+             if any(n.startswith(stack) for n in shapes)}
+    if len(set(gated.values())) > 1:
         raise ConfigError("the GGUF's encoder and decoder disagree on a gated feed-forward (ffn_gate in one only)")
     eps = get("attention.layer_norm_rms_epsilon")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
@@ -193,10 +205,10 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
     n_layers = get("block_count")
     raw = {
         "model_type": "t5",
-        "architectures": ["T5ForConditionalGeneration"],
+        "architectures": ["T5EncoderModel" if encoder_only else "T5ForConditionalGeneration"],
         "d_model": get("embedding_length"),
         "num_layers": n_layers,
-        "num_decoder_layers": get("decoder_block_count", n_layers),
+        "num_decoder_layers": 0 if encoder_only else get("decoder_block_count", n_layers),
         "num_heads": heads,
         "d_kv": d_kv,
         "d_ff": get("feed_forward_length"),
@@ -204,7 +216,7 @@ def config_from_gguf(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[in
         "relative_attention_num_buckets": get("attention.relative_buckets_count"),
         "relative_attention_max_distance": _MAX_DISTANCE,
         "layer_norm_epsilon": eps,
-        "feed_forward_proj": "gated-gelu" if gated["enc."] else "relu",
+        "feed_forward_proj": "gated-gelu" if gated.get("enc.") else "relu",
         "decoder_start_token_id": get("decoder_start_token_id", meta.get("tokenizer.ggml.padding_token_id", 0)),
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id", 1),
     }
