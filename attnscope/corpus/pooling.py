@@ -206,7 +206,7 @@ def corpus_scores(
                     sums, counts, n, cut, routed = batcher.get(position)
                     run_tokens += n
                     if out is not None:
-                        out.append(pt.text_record(index, line, digest, n, cut, sums, counts, routed))
+                        out.append(pt.text_record(index, line, digest, n, cut, sums, counts, routed, header))
                 for name in measured:
                     totals[name] += sums[name]
                     rows[name] += counts[name]

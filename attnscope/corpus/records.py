@@ -13,6 +13,14 @@ A model with experts adds to the header `routes` ({"layers": the selected MoE la
 before and neither model resumes the other's), and to each record `expert_counts`: per
 MoE layer, how many of the text's (token, choice) pairs each expert received, checked
 as a (layers, E) grid of whole numbers ≥ 0 whose every row sums to n_tokens × k.
+A model with signed layers (a linear layer's hidden attention M: `selection.signed_layers`,
+rows that are no distributions) adds to the header `signed` ({"layers": the selected signed
+layers, "why": the reason in words}; absent otherwise, so other models' files read as before).
+On those layers a record's entropy is undefined, as in the pooled result: null in `scores`
+and in `sums`, and a resumed record must hold null exactly there. Their other scores are
+means of signed entries, each |M[t, j]| ≤ 1/√d_k ≤ 1 (unit q and k, 0 < β < 1, every
+transition (I − β k kᵀ)·g of norm ≤ 1), so a row term lies in −1..1 (duplicate_token, a sum
+over a row's earlier copies, in −(n − 1)..n − 1) and the sums are checked against those bounds.
 The file these lines live in (locking, appending, merging) is `per_text`.
 """
 
@@ -23,13 +31,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
 from attnscope.errors import InputError
 from attnscope.safe_io import MAX_DEPTH, json_depth_ok, loads_json
+from attnscope.selection import signed_layers
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector
@@ -72,7 +81,19 @@ def make_header(inspector: "Inspector", measure: str, truncate: bool, measured: 
               "measure": measure, "truncate": truncate, "scores": measured, "layers": ls, "heads": hs}
     if routes is not None:
         header["routes"] = dict(routes)
+    signed = sorted(signed_layers(inspector.sites, measure) & set(ls))
+    if signed:
+        kinds = sorted({inspector.sites[i].kind for i in signed})
+        header["signed"] = {"layers": signed,
+                            "why": f"rows of {' and '.join(kinds)} layers are signed and do not sum to 1: "
+                                   "their entropy is undefined (null)"}
     return header
+
+
+def _signed_rows(header: dict[str, Any] | None) -> list[int]:
+    """The rows of a record's (layers, heads) grids that belong to the header's signed layers."""
+    signed = set((header or {}).get("signed", {}).get("layers", []))
+    return [row for row, layer in enumerate((header or {}).get("layers", [])) if layer in signed]
 
 
 def dumps_line(doc: dict[str, Any]) -> str:
@@ -81,17 +102,25 @@ def dumps_line(doc: dict[str, Any]) -> str:
 
 
 def text_record(index: int, line: int, digest: str, n: int, cut: int | None, sums: dict[str, Tensor],
-                counts: dict[str, int], experts: Tensor | None = None) -> dict[str, Any]:
+                counts: dict[str, int], experts: Tensor | None = None,
+                header: dict[str, Any] | None = None) -> dict[str, Any]:
     """One text's line: values to float32's precision for reading, sums in full float64
     for pooling (JSON floats round-trip exactly). `truncated_from` is the text's tokens,
     or, for a text too long to tokenize whole, its bounded prefix's (a lower bound; see
-    `pooling.bounded_tokens`)."""
+    `pooling.bounded_tokens`). On the `header`'s signed layers entropy is null, value and
+    sum alike (undefined there, as in the pooled result)."""
     rec: dict[str, Any] = {"index": index, "line": line, "sha1": digest, "n_tokens": n}
     if cut is not None:
         rec["truncated_from"] = cut
+    undefined = set(_signed_rows(header))
     rec["scores"] = {name: ([[float(f"{v:.7g}") for v in row] for row in (sums[name] / counts[name]).tolist()]
                             if counts[name] else None) for name in sums}
     rec["sums"] = {name: sums[name].tolist() for name in sums}
+    if undefined and "entropy" in sums:
+        for grid in (rec["scores"]["entropy"], rec["sums"]["entropy"]):
+            for row in undefined:
+                if grid is not None:
+                    grid[row] = [None] * len(grid[row])
     rec["counts"] = dict(counts)
     if experts is not None:
         rec["expert_counts"] = experts.tolist()
@@ -108,7 +137,7 @@ def check_header(file: Path, raw: bytes, header: dict[str, Any]) -> None:
     if not isinstance(theirs, dict) or theirs.get("format") != PER_TEXT_FORMAT:
         raise InputError(f"{file} is not an attnscope per-text file (its first line is not the header)",
                          hint="choose another --per-text file")
-    for key in [*header, *(["routes"] if "routes" not in header else [])]:  # a routed model's file, read by a dense one
+    for key in [*header, *(k for k in ("routes", "signed") if k not in header)]:  # e.g. a routed model's file, read by a dense one
         ours = header.get(key)
         if theirs.get(key) != ours:
             raise InputError(f"{file} was written with {key} {_short(theirs.get(key))}; this run has {_short(ours)}",
@@ -144,6 +173,12 @@ def _kind(value: Any) -> str:
 def _number(value: float) -> str:
     text = repr(value)
     return text if len(text) <= 24 else text[:12] + "…" + f" ({len(text)} digits)"
+
+
+def _term_bound(name: str, n: int) -> int:
+    """The most |row term| a signed layer gives a score: one entry of M (≤ 1), or for
+    duplicate_token the sum over a row's earlier copies (at most n − 1 entries)."""
+    return max(n - 1, 1) if name == "duplicate_token" else 1
 
 
 def _rows(name: str, n: int) -> tuple[int, int]:
@@ -198,6 +233,7 @@ def _parse(raw: bytes | str, header: dict[str, Any], max_tokens: int | None) -> 
     if not isinstance(sums_in, dict) or not isinstance(counts_in, dict):
         raise _Bad("its sums or counts are not objects")
     shape = (len(header["layers"]), len(header["heads"]))
+    signed = _signed_rows(header)
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
     for name in header["scores"]:
@@ -206,7 +242,8 @@ def _parse(raw: bytes | str, header: dict[str, Any], max_tokens: int | None) -> 
         if not low <= count <= high:
             raise _Bad(f"its count for {name} is {_number(count)}; {n} tokens give "
                        + (f"{low}" if low == high else f"{low} to {high}"))
-        sums[name] = _grid(sums_in.get(name), shape, name, count)
+        sums[name] = _grid(sums_in.get(name), shape, name, count, signed,
+                           undefined=name == "entropy", bound=_term_bound(name, n))
     return index, Record(line, digest, n, cut, sums, counts, text, _experts(obj, header.get("routes"), n))
 
 
@@ -231,16 +268,27 @@ def _experts(obj: dict[str, Any], routes: dict[str, Any] | None, n: int) -> Tens
     return torch.tensor(value, dtype=torch.long).reshape(rows, cols)  # (MoE layers, E)
 
 
-def _grid(value: Any, shape: tuple[int, int], name: str, count: int) -> Tensor:
-    """A (layers, heads) grid of finite sums in 0..count, as float64."""
+def _grid(value: Any, shape: tuple[int, int], name: str, count: int, signed: Sequence[int] = (),
+          undefined: bool = False, bound: int = 1) -> Tensor:
+    """A (layers, heads) grid of finite sums in 0..count, as float64. On the `signed` rows
+    (layers whose rows are no distributions): null where the score is `undefined` there
+    (entropy; read as NaN, as the pooled result has it), else sums of signed terms in
+    −bound·count..bound·count."""
     rows, cols = shape
     if (type(value) is not list or len(value) != rows
             or any(type(row) is not list or len(row) != cols for row in value)):
         raise _Bad(f"its sums for {name} are not a {rows} x {cols} grid (layers x heads)")
     slack = _SLACK * count  # float32 row terms may pass 0..1 by rounding, never by more
     high = count + slack
-    for row in value:
+    for r, row in enumerate(value):
+        if r in signed and undefined:
+            if any(v is not None for v in row):
+                raise _Bad(f"its sums for {name} are not null on a signed layer, where {name} is undefined")
+            continue
+        low, top = (-bound * high, bound * high) if r in signed else (-slack, high)
         for v in row:  # NaN fails every comparison, ±inf one of them
-            if (type(v) is not float and type(v) is not int) or not -slack <= v <= high:
-                raise _Bad(f"its sums for {name} are not all numbers in 0..{count} (its row count)")
-    return torch.tensor(value, dtype=torch.float64)  # (L_sel, H_sel)
+            if (type(v) is not float and type(v) is not int) or not low <= v <= top:
+                span = f"-{bound * count}..{bound * count}" if r in signed else f"0..{count}"
+                raise _Bad(f"its sums for {name} are not all numbers in {span} (its row count)")
+    return torch.tensor([[float("nan") if v is None else v for v in row] for row in value],
+                        dtype=torch.float64)  # (L_sel, H_sel)
