@@ -386,6 +386,21 @@ def test_t5encoder_is_the_encoder_alone(built: Any, tmp_path: Path) -> None:
     assert json.loads(params.stdout)["total"] == sum(t.numel() for k, t in state.items()
                                                      if k.startswith("encoder.") or k == "shared.weight")
     one_error(run("attend", "the cat", "--target", "a dog", "--model", path), 2, "not an encoder-decoder")
+    # the same encoder as a T5EncoderModel folder (config.json's architectures say so)
+    import shutil
+
+    from safetensors.torch import save_file
+
+    enc = tmp_path / "encoder_folder"
+    enc.mkdir()
+    shutil.copy(folder / "tokenizer.json", enc / "tokenizer.json")
+    save_file({k: v for k, v in state.items() if k.startswith("encoder.") or k == "shared.weight"},
+              str(enc / "model.safetensors"))
+    (enc / "config.json").write_text(json.dumps({**raw, "architectures": ["T5EncoderModel"]}))
+    st = load(str(enc), device="cpu", dtype="float32")
+    assert replace(m.config, name=st.config.name, norm_eps=st.config.norm_eps) == st.config
+    ours, theirs = m.model.state_dict(), st.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def _drop(key: str) -> Callable[[dict[str, Any], dict[str, torch.Tensor]], None]:
