@@ -154,18 +154,30 @@ def taken(stream: "Named") -> tuple[dict[str, Any], "Named"]:
 # ------------------------------------------------------------------ rank 0: the driver
 
 
+# Not a quantity a layer reports but a request at a block's site (`blocks.{i}`): rank 0's hooks
+# read that block's own weights while its reports come (the mixing measures, `measures.mixing`),
+# so its owner lends them, just before the block's first report (`_Relay`, `Driver._lend`).
+LEND = "weights"
+
+
 class _Relay:
     """A serving rank's hook: wants what rank 0's hooks want at this rank's sites, and
-    sends each report there as it comes."""
+    sends each report there as it comes; a block whose weights rank 0's hooks read (`LEND`)
+    is sent first, one tensor at a time, before its input (`resid_pre`)."""
 
-    def __init__(self, link: _Link, wanted: dict[str, list[str]]) -> None:
-        self.link = link
+    def __init__(self, link: _Link, wanted: dict[str, list[str]], net: Any = None) -> None:
+        self.link, self.net = link, net
         self.wanted = {site: set(whats) for site, whats in wanted.items()}
 
     def wants(self, site: str, what: str) -> bool:
         return what in self.wanted.get(site, ())
 
     def report(self, site: str, what: str, value: Tensor, q_start: int, k_start: int) -> None:
+        if what == "resid_pre" and LEND in self.wanted.get(site, ()) and self.net is not None:
+            layer = int(site.split(".")[1])
+            for name, t in self.net.blocks[layer].state_dict().items():
+                self.link.send(0, ("weight", name, tuple(t.shape), _dtype(t)), t)
+            self.link.send(0, ("lent", layer))
         self.link.send(0, ("report", site, what, int(q_start), int(k_start), tuple(value.shape), _dtype(value)), value)
 
 
@@ -181,7 +193,7 @@ def _wanted(hooks: Any, layers: range, decoder: bool = False) -> dict[str, list[
         names = ((DECODER + attn_site(layer), cross_site(layer), DECODER + block_site(layer)) if decoder
                  else (attn_site(layer), block_site(layer), mlp_site(layer)))
         for site in names:
-            whats = [what for what in WHATS if hooks.wants(site, what)]
+            whats = [what for what in (*WHATS, LEND) if hooks.wants(site, what)]
             if whats:
                 out[site] = whats
     return out
@@ -211,6 +223,8 @@ class Driver:
         self.in_flight = False  # a pass's messages are under way: no clean point to say stop
         self._caches: dict[int, Any] = {}  # id(cache) -> the cache, for the key the serving ranks know it by
         self._cache_key = 0
+        self._lending: dict[str, Tensor] = {}  # a lent block's tensors as they come (see LEND)
+        self._lent: int | None = None  # the layer whose block is lent to rank 0 now
         if hasattr(net, "final_norm"):  # an encoder-decoder's encoder: its states normalised here
             self.final_norm = net.final_norm
         if self.cfg.decoder is not None:
@@ -304,13 +318,36 @@ class Driver:
             if kind == "report":
                 _, site, what, q0, k0, shape, dtype = header
                 hooks.report(site, what, self.link.recv_tensor(rank, shape, dtype), q0, k0)
+            elif kind == "weight":
+                _, name, shape, dtype = header
+                self._lending[str(name)] = self.link.recv_tensor(rank, shape, dtype)
+            elif kind == "lent":
+                self._lend(int(header[1]))
             elif kind == "done":
+                self._give_back()
                 return self.link.recv_named(rank, header) if final else None
             elif kind == "error":
                 self.in_flight = False  # the failed rank passed the news on: every rank is back at its loop
+                self._give_back()
                 _raise(header)
             else:
                 raise DeviceError(f"rank {rank} sent an unexpected message {kind!r}")
+
+    def _lend(self, layer: int) -> None:
+        """Put block `layer`'s lent weights into rank 0's (meta) block while its reports come;
+        the block lent before goes back to the meta device first: one lent block at a time."""
+        state, self._lending = self._lending, {}
+        self._give_back()
+        if not 0 <= layer < len(self.net.blocks) or layer in self.ranges[0]:
+            raise DeviceError(f"a rank lent rank 0 layer {layer}, which is not another rank's")
+        self.net.blocks[layer].load_state_dict(state, strict=True, assign=True)
+        self._lent = layer
+
+    def _give_back(self) -> None:
+        if self._lent is not None:
+            self.net.blocks[self._lent].to_empty(device="meta")  # drop the lent weights
+            self._lent = None
+        self._lending = {}
 
     def fetch(self, name: str) -> Tensor:
         """A block's parameter `name` (`blocks.{i}.…`) from the rank that holds it, rank
@@ -401,7 +438,7 @@ def serve(net: Any, link: _Link, ranges: list[range]) -> int:
                         n_layers = len(net.cfg.decoder) if decoding else net.cfg.n_layers
                         cache = (key, KVCache(n_layers), stream.get("memory"))
                     kv = cache[1]
-                hooks = _Relay(link, wanted) if wanted else None
+                hooks = _Relay(link, wanted, net) if wanted else None
                 if decoding:  # its decoder layers, reading the encoder's states (sent once per decoding)
                     memory = stream.get("memory", cache[2] if kv is not None and cache is not None else None)
                     if memory is None:

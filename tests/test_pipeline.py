@@ -141,7 +141,6 @@ def test_dry_run_reports_each_rank(build: Callable[[str], Path]) -> None:
 
 @pytest.mark.parametrize("args, needles", [
     (["attend", TEXT, "--pipeline"], ["a single one", "torchrun"]),
-    (["attend", TEXT, "--pipeline", "--measure", "alti"], ["--measure alti", "--pipeline"]),
     (["attend", TEXT, "--pipeline", "--offload"], ["--offload and --pipeline"]),
     (["attend", TEXT, "--ranks", "2"], ["--ranks goes with"]),
     (["attend", TEXT, "--dry-run", "--pipeline"], ["number of processes"]),

@@ -387,3 +387,73 @@ def test_a_serving_rank_lends_only_its_own_blocks(gguf_file: Callable[[str], Pat
     (p0, error, _), (p1, lent, weight) = link.sent
     assert p0 == 0 and error[0] == "error" and error[1] == DeviceError.__name__ and "does not hold" in error[2]
     assert p1 == 0 and lent[0] == "fetch" and torch.equal(weight, net.blocks[1].attn.o.weight)
+
+
+# ------------------------------------------------------------------ ALTI and Value Zeroing: blocks lent one at a time
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("measure", ["alti", "value-zeroing"])
+def test_mixing_measures_equal_one_process(measure: str, tmp_path: Path, gguf_file: Callable[[str], Path]) -> None:
+    """Each layer's matrix is computed on rank 0 from the layer's weights, rank 1's block
+    lent for its reports (`pipeline.LEND`): the saved matrices and the view equal one process's."""
+    path = gguf_file("gpt2")  # pre-norm LayerNorm blocks with biases: every term of both decompositions
+    args = ["attend", TEXT, "--model", path, "--measure", measure, "--view", "topk", "--layer", "all", "--json"]
+    a = one(tmp_path, *args, "--save", "one.npz")
+    b = two(tmp_path, *args, "--save", "two.npz", "--pipeline")
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    for doc in (ja, jb):
+        doc.pop("saved", None), doc.pop("files", None)
+    assert ja == jb
+    same_npz(tmp_path / "one.npz", tmp_path / "two.npz")
+
+
+def test_a_lent_block_goes_back_after_its_reports(gguf_file: Callable[[str], Path]) -> None:
+    """Rank 0's side of a lending: rank 1's block arrives tensor by tensor, sits in rank 0's
+    meta block while its reports come, and goes back to meta at the end of the pass; a
+    lending of rank 0's own layer is one line."""
+    from attnscope.errors import DeviceError
+
+    path = str(gguf_file("gpt2"))
+    cfg = api.open_source(path).config
+    first, last = shares(cfg)
+    own = api.load(path, "cpu", "float32", share=first).model
+    theirs = api.load(path, "cpu", "float32", share=last).model
+    ranges = pipeline.split(cfg, 2)
+    state = theirs.blocks[1].state_dict()
+    seen: list[bool] = []
+
+    class Hook:
+        def wants(self, site: str, what: str) -> bool:
+            return True
+
+        def report(self, site: str, what: str, value: Any, q: int, k: int) -> None:
+            seen.append(all(not p.is_meta for p in own.blocks[1].parameters()))
+
+    class Link:
+        def __init__(self, inbox: list[tuple[Any, ...]], tensors: list[torch.Tensor]) -> None:
+            self.inbox, self.tensors = inbox, tensors
+
+        def recv(self, peer: int) -> tuple[Any, ...]:
+            return self.inbox.pop(0)
+
+        def recv_tensor(self, peer: int, shape: Any, dtype: str) -> torch.Tensor:
+            return self.tensors.pop(0)
+
+        def recv_named(self, peer: int, header: Any) -> dict[str, torch.Tensor]:
+            return {"resid": torch.zeros(1)}
+
+    x = torch.zeros(3, cfg.d_model)
+    inbox = [*(("weight", name, tuple(t.shape), "float32") for name, t in state.items()), ("lent", 1),
+             ("report", "blocks.1", "resid_pre", 0, 0, (3, cfg.d_model), "float32"), ("done", ())]
+    driver = pipeline.Driver(own, Link(inbox, [*state.values(), x]), ranges, True)
+    assert all(p.is_meta for p in own.blocks[1].parameters())
+    driver._serve_reports(1, Hook(), True)
+    assert seen == [True]  # the block held its weights while its report came
+    assert all(p.is_meta for p in own.blocks[1].parameters())  # and gave them back at the end of the pass
+    driver.link = Link([("lent", 0)], [])
+    with pytest.raises(DeviceError, match="not another rank's"):
+        driver._serve_reports(1, Hook(), True)
+    assert not any(p.is_meta for p in own.blocks[0].parameters())  # rank 0's own block untouched

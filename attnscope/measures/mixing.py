@@ -204,7 +204,8 @@ class AltiMeasure:
         self.rolled: Tensor | None = None  # (n, n) float64: R of the layer before
 
     def wants(self, site: str, what: str) -> bool:
-        if what == "resid_pre" and site.startswith("blocks.") and site.count(".") == 1:
+        # "weights": the block's own, read below while it reports (a pipeline lends another rank's)
+        if what in ("resid_pre", "weights") and site.startswith("blocks.") and site.count(".") == 1:
             return int(site.split(".")[1]) <= self.last
         layer = site_layer(site)
         return what in ("v", "pattern") and layer is not None and layer <= self.last
@@ -309,7 +310,8 @@ class ValueZeroingMeasure:
         return any(t.wants(site, "pattern") for t in self.targets)
 
     def wants(self, site: str, what: str) -> bool:
-        if what == "resid_pre" and site.startswith("blocks.") and site.count(".") == 1:
+        # "weights": the block's own, read below while it reports (a pipeline lends another rank's)
+        if what in ("resid_pre", "weights") and site.startswith("blocks.") and site.count(".") == 1:
             return self._wanted(int(site.split(".")[1]))
         layer = site_layer(site)
         return what in ("v", "pattern") and layer is not None and self._wanted(layer)
