@@ -186,7 +186,22 @@ def test_dry_run_names_both_stacks_per_rank(name: str, seq2seq: Callable[[str], 
     assert res.exit_code == 0 and "encoder 0" in res.stdout and "decoder" in res.stdout, res.stderr
 
 
+def test_dry_run_of_a_target_run_plans_each_rank(seq2seq: Callable[[str], Path]) -> None:
+    folder = seq2seq("t5")
+    res = run("attend", SOURCE, "--target", TARGET, "--model", folder, "--dry-run", "--pipeline", "--ranks", "2",
+              "--json", "--save", "x.npz")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert [(r["encoder_layers"], r["decoder_layers"]) for r in doc["ranks"]] == [([0, 1], [0, 0]), (None, [1, 2])]
+    assert all(r["weights_bytes"] < doc["one_process_weights_bytes"] for r in doc["ranks"])
+    one_process = run("attend", SOURCE, "--target", TARGET, "--model", folder, "--dry-run", "--json", "--save", "x.npz")
+    assert json.loads(one_process.stdout)["weights_bytes"] == doc["one_process_weights_bytes"]
+    assert not Path("x.npz").exists()
+
+
 @pytest.mark.parametrize("args, needles", [
+    (["attend", SOURCE, "--target", TARGET, "--ranks", "2"], ["--ranks goes with"]),
+    (["attend", SOURCE, "--target", TARGET, "--dry-run", "--pipeline"], ["number of processes"]),
     (["attend", SOURCE, "--target", TARGET, "--part", "encoder", "--measure", "alti", "--pipeline"],
      ["--measure alti", "--pipeline"]),
     (["attend", SOURCE, "--target", TARGET, "--pipeline", "--offload"], ["--offload and --pipeline"]),

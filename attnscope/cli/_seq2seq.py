@@ -30,9 +30,6 @@ def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optiona
     from attnscope.seq2seq_measures import check
 
     check(measure, part.value if part is not None else None, save)  # a measure the part has no meaning for
-    if dry_run and pipeline:
-        raise UsageError("--dry-run --pipeline plans the ranks of a one-stack model; with --target it plans one "
-                         "process", hint="leave out --pipeline for the --target run's plan")
     if pipeline:
         pipeline_measure(measure)
         if offload:
@@ -62,7 +59,7 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
                 as_json: bool, no_color: bool, device: Any, dtype: Any, measure: Any, dry_run: bool, pipeline: bool,
                 offload: bool, save: Optional[Path], save_topk: Optional[Path], html: Optional[Path],
                 plot: Optional[Path], force: bool, html_topk: Optional[int] = None, figsize: Optional[str] = None,
-                **_: Any) -> None:
+                ranks: Optional[int] = None, **_: Any) -> None:
     """attend's path for two texts (attend's own options, by name; the rest ignored)."""
     from attnscope.outputs.pair import PairFiles
 
@@ -73,9 +70,12 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
     from attnscope.cli._app import _load
 
     assert target is not None  # refuse() holds it
+    if ranks is not None and not (dry_run and pipeline):
+        raise UsageError("--ranks goes with --dry-run --pipeline", hint="add --dry-run --pipeline")
     if dry_run:
         return dry_run_pair(model, source, target, part.value if part is not None else "cross", view.value, layer, head,
-                            top_k, truncate, as_json, measure.value, save is not None, save_topk is not None, dtype)
+                            top_k, truncate, as_json, measure.value, save is not None, save_topk is not None, dtype,
+                            pipeline, ranks)
     from attnscope.atomic import check_target
 
     for chosen in (save, save_topk):  # before the model loads
@@ -95,10 +95,12 @@ def attend_pair(source: str, *, model: Optional[str], target: Optional[str], par
 
 def dry_run_pair(model: Optional[str], source: str, target: str, part: str, view: str, layer: Optional[str],
                  head: Optional[str], top_k: int, truncate: bool, as_json: bool, measure: str, save: bool,
-                 save_topk: bool, dtype: Any) -> None:
+                 save_topk: bool, dtype: Any, pipeline: bool = False, ranks: Optional[int] = None) -> None:
     """`attend SOURCE --target TARGET --dry-run`: the memory and disk the pair run would
     need (`estimate.plan_pair`), from config.json, the checkpoint's headers and the
-    tokenizer alone, for both stacks."""
+    tokenizer alone, for both stacks. With `pipeline`: each rank's layers of both stacks,
+    weights and peak memory (`layer_split.plan_ranks`, the pass's working set on every
+    rank, what it keeps on rank 0)."""
     from attnscope import estimate
     from attnscope.cli._app import _console, _print_json
     from attnscope.cli.attend import checkpoint_facts
@@ -117,6 +119,16 @@ def dry_run_pair(model: Optional[str], source: str, target: str, part: str, view
     dt = "float32" if dtype.value == "auto" else dtype.value
     p = estimate.plan_pair(cfg, stored, len(source_tokens), len(target_tokens) + 1, dt, part, view, as_json, len(ls),
                            len(hs), top_k, save, save_topk, measure, file_bytes, estimate.runtime_bytes())
+    if pipeline:
+        from types import SimpleNamespace
+
+        from attnscope.cli.attend import _dry_run_pipeline
+
+        base = SimpleNamespace(n_tokens=max(p.n_source, p.n_decoder), runtime=p.runtime, weights=p.weights,
+                               activations=max(p.encoder_activations, p.decoder_activations),
+                               attention_chunk=max(p.attention_chunk, p.cross_pattern), kept=p.shown + p.kept,
+                               peak_memory=p.peak_memory)
+        return _dry_run_pipeline(cfg, src.spec, dt, base, ranks, as_json)
     rows = {"source_tokens": p.n_source, "decoder_tokens": p.n_decoder, "runtime_bytes": p.runtime,
             "weights_bytes": p.weights, "mapped_file_bytes": p.mapped,
             "encoder_activations_bytes": p.encoder_activations, "decoder_activations_bytes": p.decoder_activations,
