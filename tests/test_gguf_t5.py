@@ -338,6 +338,28 @@ def test_params_counts_equal_the_folders(name: str, built: Any) -> None:
             assert gg[key]["total"] == st[key]["total"], key
 
 
+def test_cross_attention_table_of_old_checkpoints_is_skipped(built: Any, loaded: Any, tmp_path: Path) -> None:
+    """T5's original checkpoints (t5-small ... t5-11b) carry a relative table on the first
+    decoder layer's cross-attention, which transformers never loads; the converter writes it
+    as dec.blk.0.cross_attn_rel_b. It is skipped: the same model, its tensor not counted."""
+    from attnscope.api import load
+
+    folder, _ = built("t5")
+    _, gg = loaded("t5")
+    table = torch.randn(16, 4) * 10
+
+    def add(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        tensors["dec.blk.0.cross_attn_rel_b.weight"] = table
+
+    path = write_t5_gguf(folder, tmp_path / "old.gguf", add)
+    m = load(str(path), device="cpu", dtype="float32")
+    ours, theirs = m.model.state_dict(), gg.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    doc = json.loads(run("params", "--model", path, "--json").stdout)
+    plain = json.loads(run("params", "--model", built("t5")[1], "--json").stdout)
+    assert doc["total"] == plain["total"] and doc["skipped_buffers"] == ["dec.blk.0.cross_attn_rel_b.weight"]
+
+
 def _encoder_only(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """What T5EncoderModel in convert_hf_to_gguf.py writes: the encoder's tensors and
     metadata only, under `t5encoder`."""
