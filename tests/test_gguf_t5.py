@@ -507,3 +507,27 @@ def test_damaged_charsmap_loads_or_is_one_error(damage: list[tuple[int, int]], t
         tokenize(tok, "the cat sat " + text, 4096)
     except TokenizerError as exc:
         assert "\n" not in str(exc)
+
+
+SIZE_KEYS = ["t5.context_length", "t5.embedding_length", "t5.feed_forward_length", "t5.block_count",
+             "t5.decoder_block_count", "t5.attention.head_count", "t5.attention.key_length",
+             "t5.attention.value_length", "t5.attention.relative_buckets_count", "t5.decoder_start_token_id",
+             "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(SIZE_KEYS), st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2, 3, 4, 7, 8, 16])))
+def test_any_size_in_the_metadata_loads_or_is_one_error(built: Any, tmp_path_factory: pytest.TempPathFactory,
+                                                         key: str, value: int) -> None:
+    """Any u32 in any size or id the T5 metadata holds: the file loads and runs (the value
+    was harmless), or one AttnscopeError, before anything the size would allocate."""
+    from attnscope.api import load
+    from attnscope.errors import AttnscopeError
+
+    folder, _ = built("t5_v11")
+    path = write_t5_gguf(folder, tmp_path_factory.mktemp("fuzz") / "f.gguf", _set(key, "u32", value))
+    try:
+        m = load(str(path), device="cpu", dtype="float32")
+        m.seq2seq("the cat sat", "a dog")
+    except AttnscopeError as exc:
+        assert "\n" not in str(exc), str(exc)
