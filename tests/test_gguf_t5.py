@@ -291,7 +291,8 @@ def test_tokenizer_details(built: Any) -> None:
     assert "".join(pieces[:-1]).replace("\u2581", " ").strip() == "fi Test 1"  # the charsmap ran
     assert tok.encode("e\u0301").ids == tok.encode("é").ids
     assert tok.encode("  a   b  ").ids == tok.encode("a b").ids  # extra spaces removed
-    assert tok.encode("😀😀中").ids == [tok.token_to_id("\u2581"), UNK, EOS]  # '▁', then a run of unknown characters as one token
+    # '▁', then a run of unknown characters as one unknown token
+    assert tok.encode("😀😀中").ids == [tok.token_to_id("\u2581"), UNK, EOS]
     assert tok.encode("</s>").ids == [EOS, EOS] and tok.encode("<unk>").ids == [UNK, EOS]  # special, kept whole
     # the [PAD{i}] rows the converter pads with stay in the table, at their ids
     vocab = tok.get_vocab()

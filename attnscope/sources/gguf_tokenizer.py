@@ -177,7 +177,8 @@ def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: st
 
 
 # every printable ASCII character, Latin-1's letters, a ligature, full-width and CJK ones
-_PROBE = "".join(map(chr, range(32, 127))) + "".join(map(chr, range(0xC0, 0x100))) + " ﬁ Ｔｅｓｔ ① e\u0301 中文 😀"
+_PROBE = ("".join(map(chr, range(32, 127))) + "".join(map(chr, range(0xC0, 0x100)))
+          + " ﬁ Ｔｅｓｔ ① e\u0301 中文 😀")
 
 
 def _unigram(meta: dict[str, Any], tokens: list[str], types: list[int], where: str) -> Any:
@@ -231,8 +232,10 @@ def _unigram(meta: dict[str, Any], tokens: list[str], types: list[int], where: s
     tok.normalizer = normalizers.Sequence(built)
     if charsmap:  # a damaged charsmap panics on the texts that reach it: try one here, naming the file
         tok.encode(_PROBE)
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), *([decoders.ByteFallback()] if byte_fallback else []),
-                                     decoders.Fuse(), *([decoders.Strip(content=" ", left=1, right=0)] if prefix else [])])
+    steps_back = [decoders.Replace("\u2581", " "), *([decoders.ByteFallback()] if byte_fallback else []), decoders.Fuse()]
+    if prefix:
+        steps_back.append(decoders.Strip(content=" ", left=1, right=0))
+    tok.decoder = decoders.Sequence(steps_back)
     tok.attnscope_growth = norm  # what tokenize.tokenize bounds a text's normalized length by
     return tok
 
