@@ -388,11 +388,17 @@ def _load_gguf(src: Source, device: str, dtype: str, share: Any = None) -> Inspe
     if share is None:
         net = build(cfg, iter_gguf_tensors(f, cfg, family), dev, dt)
         return Inspector(cfg, net, tokenizer, src.spec, dev, dt, chat)
-    outside = iter_gguf_tensors(f, cfg, family, keep=lambda name: not name.startswith("blocks.") and share.holds(name))
+    outside = iter_gguf_tensors(f, cfg, family, keep=lambda name: not name.startswith(("blocks.", "decoder.blocks."))
+                                and share.holds(name))
     net = build(cfg, outside, dev, dt, offload=True, only=share.holds)
     for i in share.layers:
         prefix = f"blocks.{i}."
         block = iter_gguf_tensors(f, cfg, family, keep=lambda name: name.startswith(prefix))
         net.blocks[i].load_state_dict(block_tensors(cfg, i, block, share.device(i, dev), dt), strict=True, assign=True)
+    for i in share.decoder or ():  # an encoder-decoder's decoder blocks the share holds (T5), the same way
+        prefix = f"decoder.blocks.{i}."
+        block = iter_gguf_tensors(f, cfg, family, keep=lambda name: name.startswith(prefix))
+        net.decoder.blocks[i].load_state_dict(block_tensors(cfg, i, block, dev, dt, "decoder."), strict=True,
+                                              assign=True)
     net.placement = share.placement
     return Inspector(cfg, net, tokenizer, src.spec, dev, dt, chat)

@@ -322,6 +322,23 @@ def test_generate_json_equals_one_process(name: str, cut: int | None, tmp_path: 
     same_document(ja, jb)
 
 
+@pytest.mark.slow
+def test_a_t5_gguf_file_equals_one_process(tmp_path: Path) -> None:
+    """A share of a T5 GGUF file reads its decoder blocks from the file too (the encoder on rank 0, the decoder on 1)."""
+    import test_gguf_t5
+
+    path = test_gguf_t5.write_t5_gguf(test_gguf_t5.build_t5(tmp_path / "folder", v11=False), tmp_path / "tiny.gguf")
+    args = ["attend", SOURCE, "--target", TARGET, "--model", path, "--json"]
+    a = one(tmp_path, *args, "--save", "one.npz")
+    b = pipelined(tmp_path, 2, *args, "--save", "two.npz")
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    same_document(json.loads(a.stdout), json.loads(b.stdout))
+    with np.load(tmp_path / "one.npz") as x, np.load(tmp_path / "two.npz") as y:
+        for key in ("encoder_attentions", "decoder_attentions", "cross_attentions"):
+            np.testing.assert_allclose(y[key], x[key], atol=BOUND, rtol=0, err_msg=key)
+
+
 # Counts on rank 0 what each stream message carries, then runs the CLI under the forced split.
 COUNT = """
 import os, sys
