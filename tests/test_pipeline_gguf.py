@@ -31,15 +31,32 @@ pytest.importorskip("gguf")
 
 @pytest.fixture(scope="module")
 def gguf_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """tiny_gguf's files by name; "gemma4": the tiny Gemma 4 below as a `gemma4` GGUF
+    (test_family_gemma4's writer: per-layer tables, KV-shared layers, rope_freqs)."""
     folder = tmp_path_factory.mktemp("gguf")
     made: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in made:
-            made[name] = tg.BUILDERS[name](folder / f"{name}.gguf")
+            if name == "gemma4":
+                from transformers import Gemma4ForCausalLM
+
+                from test_family_gemma4 import write_gemma4_gguf
+
+                model = Gemma4ForCausalLM.from_pretrained(str(tiny_gemma4(folder / "gemma4"))).eval()
+                made[name] = write_gemma4_gguf(folder / "gemma4.gguf", model)
+            else:
+                made[name] = tg.BUILDERS[name](folder / f"{name}.gguf")
         return made[name]
 
     return get
+
+
+def tiny_gemma4(folder: Path) -> Path:
+    import tiny_models_gemma4 as g4
+
+    # 5 layers: local, global, local, local reading layer 2's keys, global reading layer 1's; per-layer inputs
+    return g4.gemma4(folder)
 
 
 def shares(cfg: Any, world: int = 2) -> list[pipeline.Share]:
@@ -48,17 +65,18 @@ def shares(cfg: Any, world: int = 2) -> list[pipeline.Share]:
 
 
 def expected_reads(path: Path, share: pipeline.Share) -> set[str]:
-    """The GGUF tensors a share needs: its blocks', the embeddings first, the head last
-    (the token table there too when tied: llama.cpp writes no output.weight then), and on
-    every rank Llama 3's small rope_freqs, which the config is read from."""
+    """The GGUF parameter tensors a share needs: its blocks', the embeddings first, the
+    head last (the token table there too when tied: llama.cpp writes no output.weight then).
+    (rope_freqs, a setting the config is read from on every rank, is no parameter: `params`.)"""
     from attnscope.sources.gguf import read_gguf
 
     out = set()
     for name in read_gguf(path).tensors:
-        if name == "rope_freqs.weight":
-            out.add(name)
-        elif name.startswith("blk."):
+        if name.startswith("blk."):
             if int(name.split(".")[1]) in share.layers:
+                out.add(name)
+        elif name.startswith("per_layer_"):  # Gemma 4's per-layer tables: with the embeddings
+            if share.first:
                 out.add(name)
         elif name in ("token_embd.weight", "position_embd.weight"):
             if share.first or (name == "token_embd.weight" and share.last and share.tied):
@@ -69,7 +87,12 @@ def expected_reads(path: Path, share: pipeline.Share) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "llama3"])
+def params(read: list[str]) -> list[str]:
+    """The parameters among the tensors read, in order: the config's rope_freqs left out."""
+    return [name for name in read if name != "rope_freqs.weight"]
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "llama3", "gemma4"])
 def test_each_share_reads_only_its_tensors(name: str, gguf_file: Callable[[str], Path],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Every tensor dequantized under a share is one the share needs, and every one it
@@ -91,7 +114,7 @@ def test_each_share_reads_only_its_tensors(name: str, gguf_file: Callable[[str],
     for share in shares(whole.model.cfg):
         read.clear()
         m = api.load(str(path), "cpu", "float32", share=share)
-        assert sorted(read) == sorted(expected_reads(path, share)), share  # each once, none of the other rank's
+        assert sorted(params(read)) == sorted(expected_reads(path, share)), share  # each once, none of another rank's
         every |= set(read)
         for pname, p in m.model.named_parameters():
             if share.holds(pname):
@@ -186,7 +209,7 @@ def test_attend_save_of_a_gguf_equals_one_process_and_each_rank_reads_its_share(
     cfg = api.open_source(str(path)).config
     for rank, share in enumerate(shares(cfg)):
         read = (tmp_path / f"read.{rank}").read_text().split()
-        assert sorted(read) == sorted(expected_reads(path, share)), rank
+        assert sorted(params(read)) == sorted(expected_reads(path, share)), rank
 
 
 @pytest.mark.slow
@@ -224,10 +247,7 @@ def test_generate_json_of_a_gguf_equals_one_process(tmp_path: Path, gguf_file: C
 
 @pytest.fixture(scope="module")
 def gemma4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny_models_gemma4 as g4
-
-    # 5 layers: local, global, local, local reading layer 2's keys, global reading layer 1's; per-layer inputs
-    return g4.gemma4(tmp_path_factory.mktemp("gemma4") / "gemma4")
+    return tiny_gemma4(tmp_path_factory.mktemp("gemma4") / "gemma4")
 
 
 def staged(path: Path, ranges: list[range]) -> Callable[[torch.Tensor, int, list[Any]], tuple[torch.Tensor, list[set[str]]]]:
@@ -270,16 +290,18 @@ def staged(path: Path, ranges: list[range]) -> Callable[[torch.Tensor, int, list
                                                 {"resid", "per_layer", "kv.1.k", "kv.1.v", "kv.1.positions",
                                                  "kv.2.k", "kv.2.v", "kv.2.positions"}]),
 ])
-def test_gemma4_stages_equal_one_process_with_a_cache(ranges: list[range], handed: list[set[str]],
-                                                      gemma4: Path) -> None:
+@pytest.mark.parametrize("form", ["safetensors", "gguf"])
+def test_gemma4_stages_equal_one_process_with_a_cache(ranges: list[range], handed: list[set[str]], form: str,
+                                                      gemma4: Path, gguf_file: Callable[[str], Path]) -> None:
     """Prefill then three one-token steps through stages that each hold only their layers'
     cache: every step's logits equal the whole model's, and each stage hands on exactly
     what later layers read (nothing after the last)."""
     from attnscope.model import KVCache
 
-    whole = api.load(str(gemma4), "cpu", "float32")
+    path = gemma4 if form == "safetensors" else gguf_file("gemma4")
+    whole = api.load(str(path), "cpu", "float32")
     ids = torch.tensor(whole.tokenize(TEXT).ids)
-    run = staged(gemma4, ranges)
+    run = staged(path, ranges)
     n = whole.n_layers
     ours_caches, one_cache = [KVCache(n) for _ in ranges], KVCache(n)
     start = 0
