@@ -44,7 +44,7 @@ from attnscope.kinds import ExpertSpec, MlpSpec, PerLayerSpec, RopeSpec, Stack, 
 MODEL_TYPES = ("gemma4_text", "gemma4")
 PREFIXES = ("model.", "language_model.model.", "model.language_model.")
 DESCRIPTION = ("Gemma 4: Gemma 3's local/global layers, wider global heads (keys as values), KV-shared "
-               "last layers, per-layer input embeddings")
+               "last layers, per-layer input embeddings, a dense MLP beside experts (26B-A4B)")
 
 WEIGHTS: dict[str, str | None] = {
     **gemma3.WEIGHTS,
