@@ -479,3 +479,27 @@ def test_a_lent_block_goes_back_after_its_reports(gguf_file: Callable[[str], Pat
     with pytest.raises(DeviceError, match="not another rank's"):
         driver._serve_reports(1, Hook(), True)
     assert not any(p.is_meta for p in own.blocks[0].parameters())  # rank 0's own block untouched
+
+
+def test_gemma4_blocks_placed_across_devices_equal_one_device(gemma4: Path) -> None:
+    """One process, blocks across two "devices" (both the CPU): no refusal for per-layer
+    inputs or KV-shared layers any more, and the patterns and logits of the plain load."""
+    cpu = torch.device("cpu")
+    placed = pipeline.load_placed(str(gemma4), [cpu, cpu], "float32")
+    plain = api.load(str(gemma4), "cpu", "float32")
+    assert not any(p.is_meta for p in placed.model.parameters())
+    assert torch.equal(placed.attention(TEXT).probs, plain.attention(TEXT).probs)
+    assert torch.equal(placed.logits(TEXT), plain.logits(TEXT))
+
+
+@pytest.mark.parametrize("drop", ["kv.1.v", "kv.1.positions"])
+def test_a_stream_with_keys_but_not_their_values_is_one_line(drop: str) -> None:
+    from attnscope.errors import DeviceError
+
+    stream = {"resid": torch.zeros(3, 4), "kv.1.k": torch.zeros(1, 3, 2), "kv.1.v": torch.zeros(1, 3, 2),
+              "kv.1.positions": torch.arange(3)}
+    carry, rest = pipeline.taken(stream)
+    assert set(rest) == {"resid"} and set(carry["shared"]) == {1} and carry["shared"][1][2] == 0
+    del stream[drop]
+    with pytest.raises(DeviceError, match="keys of layer 1 without their values or positions"):
+        pipeline.taken(stream)
