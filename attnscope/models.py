@@ -209,8 +209,10 @@ def _probe_gguf(entry: ModelEntry, path: Path) -> str | None:
     model, tokens = f.metadata.get("tokenizer.ggml.model"), f.metadata.get("tokenizer.ggml.tokens")
     if not model or not tokens:
         return "no tokenizer in the GGUF metadata (tokenizer.ggml.model and tokens); params works, attend does not"
-    if model not in ("gpt2", "llama"):
-        return f"tokenizer model {model!r} is not supported (supported: gpt2, llama)"
+    from attnscope.sources.gguf_tokenizer import MODELS
+
+    if model not in MODELS:
+        return f"tokenizer model {model!r} is not supported (supported: {', '.join(MODELS)})"
     return None
 
 

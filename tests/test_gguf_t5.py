@@ -426,6 +426,17 @@ def test_t5encoder_is_the_encoder_alone(built: Any, tmp_path: Path) -> None:
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_models_listing_says_a_t5_gguf_is_supported(built: Any) -> None:
+    from attnscope.models import gguf_entry
+
+    from safetensors.torch import load_file
+
+    folder, gguf_file = built("t5")
+    entry = gguf_entry(gguf_file, "tiny", "package")
+    assert entry.supported and entry.reason is None and entry.family == "t5", entry
+    assert entry.parameters == sum(t.numel() for t in load_file(str(folder / "model.safetensors")).values())
+
+
 def _drop(key: str) -> Callable[[dict[str, Any], dict[str, torch.Tensor]], None]:
     return lambda meta, tensors: meta.pop(key)
 

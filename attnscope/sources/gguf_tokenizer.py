@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from attnscope.sources.gguf import GGUFFile
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6  # llama.cpp's token types
+MODELS = ("gpt2", "llama", "bert", "t5")  # the tokenizer.ggml.model values built here
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -326,7 +327,7 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
         add_bos_default = False
     else:
         raise TokenizerError(f"{where}: tokenizer model {visible(repr(model))[:100]} is not supported",
-                             hint="supported: gpt2, llama, bert, t5")
+                             hint=f"supported: {', '.join(MODELS)}")
     try:
         with quiet_stderr():  # a Rust panic prints its backtrace before it is raised
             if model == "bert":
