@@ -321,6 +321,18 @@ def test_attend_from_the_cli_equals_the_folder(built: Any) -> None:
     assert "source 12 tokens, decoder reads 11 tokens" in plain.stdout and "the" in plain.stdout
 
 
+def test_generate_from_the_cli_equals_the_folder(built: Any) -> None:
+    """Greedy decoding from the source: the same source ids, generated ids and text."""
+    docs = []
+    for where in built("t5"):
+        result = run("generate", "the cat sat on the mat", "--model", where, "-n", "6", "--json")
+        assert result.exit_code == 0, (result.stdout[-2000:], result.stderr)
+        docs.append(json.loads(result.stdout))
+    folder, gguf = docs
+    assert gguf["source"]["ids"] == folder["source"]["ids"] and gguf["generated"] == folder["generated"]
+    assert len(gguf["generated"]["ids"]) == 6
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_params_counts_equal_the_folders(name: str, built: Any) -> None:
     folder, gguf_file = built(name)
