@@ -12,7 +12,8 @@ n_tgt × n_src matrices (rows: the decoder's inputs, its start token then the ta
 columns: the source) and both token rows; encoder and decoder pages are square on their
 stack's tokens. In headless Chromium (skipped where /usr/bin/chromium is missing) the cross
 page renders without a script error, and a click on a target token lists the source
-tokens it reads with their stored weights and shades every source token by its weight.
+tokens it reads with their stored weights, shades every source token by its weight and
+draws a line to each (bertviz's head view).
 """
 
 from __future__ import annotations
@@ -353,7 +354,7 @@ def test_cross_page_renders_and_a_click_on_a_target_token_shows_its_source_weigh
     assert len(spans["keys"]) == doc["n_keys"] and len(spans["tokens"]) == doc["n"]
     sel, text = element(dom, "selection")
     assert (sel["data-layer"], sel["data-head"], sel["data-token"], sel["data-pinned"]) == (str(layer), str(head),
-                                                                                          str(token), str(token))
+                                                                                          str(token), str(token)), sel
     assert f"target token {token}" in text
     row = cross[layer, head, token]  # (n_src,) where the clicked target token looks
     keys = listed(dom, "top-keys")
@@ -366,6 +367,8 @@ def test_cross_page_renders_and_a_click_on_a_target_token_shows_its_source_weigh
     assert 'data-weight=""' in spans["tokens"][0][1]
     strongest = int(np.argmax(row))
     assert "background-color" in spans["keys"][strongest][1]
+    # and a line from the clicked token to each source token it reads with at least 2% of its strongest weight
+    assert int(element(dom, "links")[0]["data-lines"]) == int((row >= 0.02 * row.max()).sum()) > 1
 
 
 # ----------------------------------------------------------------------------- generate --html

@@ -349,6 +349,7 @@
           el.classList.toggle("focus", j === kq);
           el.classList.toggle("pinned", j === S.keyPinned);
         });
+        drawLinks(q, keys, kq, queries);
       } else {
         shadeRow(tokEls, shade, q === null ? null : S.dir === "row" ? keys : queries, h);
       }
@@ -356,6 +357,57 @@
         el.classList.toggle("focus", j === q);
         el.classList.toggle("pinned", j === S.pinned);
       });
+    }
+    // A keyed page's lines between its two rows (after bertviz's head view): from the chosen
+    // target token up to the source tokens it reads, from the chosen source token down to the
+    // target tokens that read it, each as thick and opaque as its weight (the LINES strongest,
+    // down to 2% of the strongest; tokens scrolled out of their row get none).
+    var LINES = 64, links = null;
+    if (keyed) {
+      links = document.createElement("canvas");
+      links.id = "links";
+      $("main").appendChild(links);
+      ["keys", "tokens"].forEach(function (id) { $(id).addEventListener("scroll", function () { redraw(); }); });
+    }
+    function drawLinks(q, keys, kq, queries) {
+      var main = $("main"), mr = main.getBoundingClientRect(), ks = $("keys"), ts = $("tokens");
+      var kr = ks.getBoundingClientRect(), tr = ts.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+      var y0 = kr.top - mr.top + main.scrollTop, w = main.clientWidth, h = Math.max(1, tr.bottom - kr.top);
+      links.style.top = y0 + "px";
+      links.style.width = w + "px";
+      links.style.height = h + "px";
+      links.width = Math.round(w * dpr);
+      links.height = Math.round(h * dpr);
+      var ctx = links.getContext("2d"), drawn = 0;
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, w, h);
+      function end(el, box, atTop) {  // where a line meets a token: the edge facing the other row
+        var r = el.getBoundingClientRect();
+        if (r.bottom <= box.top || r.top >= box.bottom) return null;
+        return [r.left + r.width / 2 - mr.left + main.scrollLeft, (atTop ? r.top : r.bottom) - kr.top];
+      }
+      function fan(from, fromBox, fromTop, weights, toEls, toBox, rgb) {
+        var a = end(from, fromBox, fromTop);
+        if (!a) return;
+        var best = top(weights, LINES, false);
+        if (!best.length) return;
+        var most = best[0][1];
+        best.forEach(function (jv) {
+          var b = jv[1] >= 0.02 * most ? end(toEls[jv[0]], toBox, !fromTop) : null;
+          if (!b) return;
+          var t = jv[1] / most;
+          ctx.strokeStyle = "rgba(" + rgb + ", " + (0.15 + 0.75 * t).toFixed(3) + ")";
+          ctx.lineWidth = 0.5 + 3 * t;
+          ctx.beginPath();
+          ctx.moveTo(a[0], a[1]);
+          ctx.bezierCurveTo(a[0], (a[1] + b[1]) / 2, b[0], (a[1] + b[1]) / 2, b[0], b[1]);
+          ctx.stroke();
+          drawn++;
+        });
+      }
+      if (q !== null) fan(tokEls[q], tr, true, keys, keyEls, kr, "255, 140, 0");
+      if (kq !== null) fan(keyEls[kq], kr, false, queries, tokEls, tr, "47, 111, 214");
+      links.dataset.lines = drawn;
     }
     function shadeRow(els, levels, shown, h) {
       for (var j = 0; j < els.length; j++) {
@@ -649,13 +701,20 @@
     }
 
     // ------------------------------------------------------------------ state changes
-    var frame = 0;
+    // One render per frame; a timer stands in where no frames come (a background tab, a
+    // headless browser under load), so a change is never left undrawn.
+    var frame = 0, timer = 0;
     function redraw() {
       if (frame) return;
-      frame = requestAnimationFrame(function () {
-        frame = 0;
-        render();
-      });
+      frame = requestAnimationFrame(flush);
+      timer = setTimeout(flush, 100);
+    }
+    function flush() {
+      if (!frame) return;
+      cancelAnimationFrame(frame);
+      clearTimeout(timer);
+      frame = 0;
+      render();
     }
     function render() {
       showSelection();
