@@ -323,6 +323,25 @@ def test_generate_json_equals_one_process(name: str, cut: int | None, tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("args", [
+    ["attend", SOURCE, "--target", TARGET, "--measure", "norm", "--view", "topk", "--layer", "all"],
+    ["attend", SOURCE, "--target", TARGET, "--part", "encoder", "--measure", "rollout", "--view", "topk"],
+    ["generate", SOURCE, "--measure", "norm", "-n", "4", "--ignore-eos", "--layer", "all"],
+    ["attend", SOURCE, "--view", "topk", "--layer", "all"],  # no target: the encoder alone, over both ranks
+])
+def test_measures_and_the_encoder_alone_equal_one_process(args: list[str], tmp_path: Path,
+                                                          seq2seq: Callable[[str], Path]) -> None:
+    """--measure norm reads each head's value sizes on the rank that owns the layer (the
+    cross part's from the encoder's states it received); rollout composes the relayed
+    encoder patterns on rank 0."""
+    args = [*args, "--model", seq2seq("t5"), "--json"]
+    a, b = one(tmp_path, *args), pipelined(tmp_path, 1, *args)
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    same_document(json.loads(a.stdout), json.loads(b.stdout))
+
+
+@pytest.mark.slow
 def test_a_t5_gguf_file_equals_one_process(tmp_path: Path) -> None:
     """A share of a T5 GGUF file reads its decoder blocks from the file too (the encoder on rank 0, the decoder on 1)."""
     import test_gguf_t5
