@@ -5,8 +5,16 @@ gives each rank a contiguous share of the layers, balanced by their parameter by
 (`split`: arithmetic on the kinds' declared shapes, nothing loaded). Each rank loads only
 its share, streamed from the checkpoint's shards (`api.load(share=…)`): the embeddings on
 the first rank, the final norm and unembedding on the last (the token table too when it
-is tied), a stack-owned relative position table on every rank. No rank ever holds the
-whole model.
+is tied), a stack-owned relative position table on every rank that holds a layer of its
+stack (loaded there, never sent). No rank ever holds the whole model.
+
+An encoder-decoder's layers are split as one ordered list, the encoder's then the
+decoder's (each decoder layer with its cross-attention; `layer_split.stack_layers`). The
+encoder's stream runs from rank to rank and back to rank 0, which holds the encoder's
+final norm; the decoder's ids are embedded on rank 0 and its stream runs from rank to
+rank, the encoder's final states travelling with it to every rank that holds decoder
+layers (once per decoding under `generate`, where each rank keeps them beside its KV
+cache and computes its layers' cross-attention keys and values once). See `Driver`.
 
 Rank 0 runs the command; the others serve (`serve`). Rank 0's model is a `Driver`: it
 runs its own layers, then hands the residual stream (T, d) to rank 1 with
