@@ -271,6 +271,44 @@ def test_attend_cli(folder: Path) -> None:
     assert result.stdout.strip()
 
 
+def test_alti_decomposition_reproduces_the_attention_half(ids: list[int], ours: Any) -> None:
+    """`--measure alti` on the sandwich_moe wiring (a sandwich up to the MLP): Σ_j T_i(x_j) +
+    the biases is the residual stream after the attention (what the block's MLP norm reads;
+    the attention itself is transformers', tested above), every layer, float64 (the bound of
+    test_measures_mixing: (n + H·d_head + d)·2^-53 of n·max|T| + max|y|)."""
+    from attnscope.hooks import Capture, attn_site, block_site
+    from attnscope.measures import mixing
+
+    m = copy.copy(ours)
+    m.model = copy.deepcopy(ours.model).double()
+    n = len(ids)
+    cap = Capture({**{block_site(i): ["resid_pre"] for i in range(m.n_layers)},
+                   **{attn_site(i): ["v", "pattern"] for i in range(m.n_layers)}})
+    m.run(ids, cap)
+    real: dict[int, torch.Tensor] = {}
+    handles = [block.mlp_norm.register_forward_hook(
+        lambda _m, inp, out, i=i: real.__setitem__(i, inp[0].detach())) for i, block in enumerate(m.model.blocks)]
+    m.run(ids, None)
+    for h in handles:
+        h.remove()
+    assert mixing.unsupported(m.model, "alti", range(m.n_layers)) is None
+    for i in range(m.n_layers):
+        layer = mixing._Layer(m.model.blocks[i], cap.get(block_site(i), "resid_pre"), cap.get(attn_site(i), "v"))
+        t, bias = mixing.decompose(layer, cap.get(attn_site(i), "pattern").double(), 0)
+        y = t.sum(1) + bias
+        spec = m.config.layer(i).attn
+        scale = n * float(t.abs().max()) + float(real[i].abs().max())
+        bound = (n + spec.n_heads * spec.d_head + m.config.d_model) * 2.0**-53 * scale
+        assert float((y - real[i]).abs().max()) <= bound, i
+
+
+def test_mixing_measures_run_from_the_cli(folder: Path) -> None:
+    for measure in ("alti", "value-zeroing"):
+        result = run_cli("attend", kinds.KINDS_TEXT, "--model", str(folder), "--device", "cpu", "--measure", measure,
+                         "--layer", "3")
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+
+
 # ---------------------------------------------------------------------- counts
 
 

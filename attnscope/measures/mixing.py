@@ -59,7 +59,8 @@ from attnscope.hooks import site_layer
 NAMES = ("alti", "value-zeroing")
 WORK_BYTES = 64 << 20  # one piece's float64 work: (rows, keys, width) of the decomposition or the remainder
 PRE_LIKE = ("pre", "parallel", "parallel_shared", "pre_no_attn_norm")  # y = x + s·A
-NORM_AFTER = {"post": "attn_norm", "sandwich": "post_attn_norm", "post_sublayer": "post_attn_norm"}
+NORM_AFTER = {"post": "attn_norm", "sandwich": "post_attn_norm", "post_sublayer": "post_attn_norm",
+              "sandwich_moe": "post_attn_norm"}  # Gemma 4's MoE layers: a sandwich up to the MLP
 
 
 def unsupported(model: Any, measure: str, layers: range) -> str | None:
