@@ -322,15 +322,17 @@ def test_attend_from_the_cli_equals_the_folder(built: Any) -> None:
 
 
 def test_generate_from_the_cli_equals_the_folder(built: Any) -> None:
-    """Greedy decoding from the source: the same source ids, generated ids and text."""
+    """Greedy decoding from the source: the same source ids and generated ids (the random
+    tiny model picks one of the rows past the tokenizer's vocabulary: the folder's
+    tokenizer has no piece for it, the GGUF names it [PAD{id}] as the converter wrote it)."""
     docs = []
     for where in built("t5"):
         result = run("generate", "the cat sat on the mat", "--model", where, "-n", "6", "--json")
         assert result.exit_code == 0, (result.stdout[-2000:], result.stderr)
         docs.append(json.loads(result.stdout))
     folder, gguf = docs
-    assert gguf["source"]["ids"] == folder["source"]["ids"] and gguf["generated"] == folder["generated"]
-    assert len(gguf["generated"]["ids"]) == 6
+    assert gguf["source"]["ids"] == folder["source"]["ids"]
+    assert gguf["generated"]["ids"] == folder["generated"]["ids"] and len(gguf["generated"]["ids"]) == 6
 
 
 @pytest.mark.parametrize("name", NAMES)
