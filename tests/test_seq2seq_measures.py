@@ -324,3 +324,12 @@ def test_offload_streams_both_stacks_and_equals_the_in_memory_run(name: str, bui
         assert result.exit_code == 0, result.output
         files.append(out.read_bytes())
     assert files[0] == files[1]
+
+
+@pytest.mark.parametrize("measure, label", [("rollout", "rollout"), ("alti", "ALTI"), ("value-zeroing", "value zeroing")])
+def test_terminal_views_name_a_layer_measure_not_a_head(measure: str, label: str, built: Any) -> None:
+    for view in ("focus", "topk", "overview"):
+        result = _cli("attend", "The cat sat on the mat.", "--target", "Die Katze.", "--model", built("bart"),
+                      "--part", "encoder", "--measure", measure, "--view", view)
+        assert result.exit_code == 0, result.output
+        assert label in result.stdout and "H0" not in result.stdout, (view, result.stdout)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attnscope.render import clip, distinct, elide, ramp_style, shade
-from attnscope.render.attend import weight_text
+from attnscope.render.attend import head_name, weight_text
 from attnscope.units import plural
 
 if TYPE_CHECKING:
@@ -52,7 +52,8 @@ def _focus(console: Console, pv: "PairView", color: bool) -> None:
         for r in range(min(pv.k, len(pv.columns) if pv.part != "decoder" else q + 1)):
             table.add_column(f"#{r + 1}")
         for hi, head in enumerate(pv.heads):
-            table.add_row(f"H{head}", *[weight_text(cols[j], w, color, width) for j, w in pv.top(li, hi, q)])
+            table.add_row(head_name(head, pv.measure),
+                          *[weight_text(cols[j], w, color, width) for j, w in pv.top(li, hi, q)])
         console.print(table)
 
 
@@ -61,7 +62,8 @@ def _topk(console: Console, pv: "PairView", color: bool, max_rows: int = 40) -> 
     n = len(pv.rows)
     for li, layer in enumerate(pv.layers):
         for hi, head in enumerate(pv.heads):
-            table = Table(title=f"L{layer} H{head} · top {pv.k} keys per token", title_justify="left",
+            table = Table(title=f"L{layer} {head_name(head, pv.measure)} · top {pv.k} keys per token",
+                          title_justify="left",
                           show_edge=False, box=None, padding=(0, 1))
             table.add_column("#", justify="right", style="dim")
             table.add_column("token")
@@ -116,7 +118,7 @@ def _overview(console: Console, pv: "PairView", color: bool) -> None:
                   min_width=min(console.width, len(title)))
     table.add_column("", style="dim")
     for head in pv.heads:
-        table.add_column(f"H{head}")
+        table.add_column(head_name(head, pv.measure))
     for li, layer in enumerate(pv.layers):
         table.add_row(f"L{layer}", *[weight_text(cols[pv.top(li, hi, q)[0][0]], pv.top(li, hi, q)[0][1], color, 8)
                                      for hi in range(len(pv.heads))])
