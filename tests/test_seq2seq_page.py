@@ -190,6 +190,24 @@ def test_page_selection_and_topk(built: Callable[[str], Path], reference: Callab
     assert int(i.max()) < top["n_keys"]
 
 
+def test_decoder_page_topk_keeps_causal_rows(built: Callable[[str], Path], reference: Callable[[str], Any],
+                                              tmp_path: Path) -> None:
+    """--part decoder --html-topk 4: row i sees i + 1 keys; its top 4 are transformers', the
+    keys it cannot see weigh 0 (drawn as nothing), kept row by row as the pass runs."""
+    folder = built("bart")
+    ok(cli("attend", SOURCE, "--target", TARGET, "--model", folder, "--part", "decoder", "--html", tmp_path / "d.html",
+           "--html-topk", 4))
+    doc = page_doc(tmp_path / "d.html")
+    doc["_folder"] = str(folder)
+    ref = torch.from_numpy(transformers_attentions(reference("bart"), doc, "decoder"))
+    w, i = torch.from_numpy(doc["topk"]["weights"]), torch.from_numpy(doc["topk"]["indices"]).long()
+    assert w.shape == ref.shape[:3] + (4,) and doc["heads"] == [0, 1]
+    assert (w - ref.topk(4, dim=-1).values).abs().max().item() < ATOL
+    seen = w > 0
+    assert (ref.gather(-1, i)[seen] - w[seen]).abs().max().item() < ATOL
+    assert seen[:, :, 0].sum(-1).eq(1).all() and seen[:, :, 2].sum(-1).eq(3).all()  # row 0 sees 1 key, row 2 three
+
+
 # ----------------------------------------------------------------------------- offline, atomic, one-line errors
 
 

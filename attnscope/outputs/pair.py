@@ -10,9 +10,10 @@
 
 Checked before the model loads (`check`: names, formats, --html-topk, --figsize,
 matplotlib), planned from the tokens before the pass (`plan`: the page's exact size
-against the browser's and the disk's limits, the figure's panel count; a `Capture` of the
-part's selected sites, the same pass that --json, the view and --save read), written after
-it, each atomically (`emit`). Selections as attend's: the page holds every layer and head
+against the browser's and the disk's limits, the figure's panel count; a hook keeping the
+selected heads of the part's selected sites (`Kept`: memory as large as the page's data,
+never a layer's other heads), on the same pass that --json, the view and --save read),
+written after it, each atomically (`emit`). Selections as attend's: the page holds every layer and head
 of the part by default (as --save), the figure the last layer's head 0.
 """
 
@@ -28,6 +29,41 @@ if TYPE_CHECKING:
     from attnscope.tokenize import Tokens
 
 PART_WORDS = {"cross": "cross-attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention"}
+
+
+class Kept:
+    """A hook keeping the `heads` of the sites `names` as their query chunks arrive, in one
+    [len(names), len(heads), rows, columns] float32 tensor allocated once: what a page or a
+    figure holds and no more (a causal chunk's keys past its rows stay 0, as masked). With
+    `k`, each row's k largest only (`weights` float32 and `indices` int64, [..., rows, k]):
+    memory linear in the columns, as the page's --html-topk data."""
+
+    def __init__(self, names: list[str], heads: list[int], rows: int, columns: int, k: Optional[int] = None) -> None:
+        import torch
+
+        self.position = {name: i for i, name in enumerate(names)}
+        self.heads = torch.tensor(heads, dtype=torch.long)
+        self.k = k
+        shape = (len(names), len(heads), rows, columns if k is None else k)
+        self.values = torch.zeros(shape, dtype=torch.float32)  # the weights, where k is set
+        self.indices = torch.zeros(shape, dtype=torch.long) if k is not None else None
+
+    def wants(self, site: str, what: str) -> bool:
+        return what == "pattern" and site in self.position
+
+    def report(self, site: str, what: str, value: Any, q_start: int, k_start: int) -> None:
+        import torch
+
+        chunk = value.index_select(0, self.heads.to(value.device)).float().cpu()  # (H_sel, c, K)
+        at, rows = self.position[site], slice(q_start, q_start + chunk.shape[1])
+        if self.k is None:
+            self.values[at, :, rows, k_start:k_start + chunk.shape[2]] = chunk
+            return
+        assert k_start == 0  # internal invariant: a pair pass's chunks hold whole rows of keys
+        if chunk.shape[2] < self.k:  # a causal chunk's short rows: the keys after them weigh 0
+            chunk = torch.nn.functional.pad(chunk, (0, self.k - chunk.shape[2]))
+        weights, indices = chunk.topk(self.k, dim=-1, sorted=True)
+        self.values[at, :, rows], self.indices[at, :, rows] = weights, indices  # type: ignore[index]
 
 
 @dataclass
@@ -74,7 +110,7 @@ class PairFiles:
         figure's panels counted; the hook that keeps the selected sites' patterns (under
         `measure`, as the view's: `seq2seq.pair_view`) and the layers it reads."""
         from attnscope import analysis, seq2seq_measures
-        from attnscope.hooks import Capture, sites
+        from attnscope.hooks import Hooks, sites
 
         part_sites = sites(m.config, part)
         rows, keys = (source, None) if part == "encoder" else (decoder, source if part == "cross" else None)
@@ -103,34 +139,31 @@ class PairFiles:
                                                                        part_sites, ls))
             check_panels(len(ls), len(hs))
             plan["figure"] = (ls, hs)
+        chosen = {"figure": plan["figure"]} if "figure" in plan else {}
+        if "page" in plan:
+            chosen["page"] = (plan["page"].layers, plan["page"].heads)
+        n_columns = len(keys if keys is not None else rows)
+        plan["kept"] = {key: Kept([part_sites[layer].name for layer in ls], hs, len(rows), n_columns,
+                                  plan["page"].k if key == "page" else None)
+                        for key, (ls, hs) in chosen.items()}
         self._plan = plan
-        wanted = {layer for key in ("page", "figure") if key in plan
-                  for layer in (plan["page"].layers if key == "page" else plan["figure"][0])}
-        plan["capture"] = Capture({part_sites[layer].name: ["pattern"] for layer in sorted(wanted)})
-        return plan["capture"], sorted(wanted)
+        return Hooks(*plan["kept"].values()), sorted({layer for ls, _hs in chosen.values() for layer in ls})
 
     def emit(self) -> list[tuple[str, Path, str]]:
         """After the pass: write the page and the figure from what the hook `plan` gave
         kept; (json key, path, the line saying so) for each."""
-        import torch
-
         from attnscope.units import human_bytes
 
         plan, done = self._plan, []
-        assert "capture" in plan  # internal invariant: plan() ran before the pass
-        cap, part_sites, rows, keys = plan["capture"], plan["sites"], plan["rows"], plan["keys"]
-
-        def chosen(layers: list[int], heads: list[int]) -> Any:  # [layers, heads, rows, columns] float32
-            return torch.stack([cap.get(part_sites[layer].name, "pattern")[heads] for layer in layers]).float()
-
+        assert "kept" in plan  # internal invariant: plan() ran before the pass
+        rows, keys = plan["rows"], plan["keys"]
         if "page" in plan:
             page = plan["page"]
-            values = chosen(page.layers, page.heads)
+            kept = plan["kept"]["page"]  # [layers, heads, rows, columns or k]
             if page.k is None:
-                written = page.write(self.html, self.force, attention=values)
+                written = page.write(self.html, self.force, attention=kept.values)
             else:
-                weights, indices = values.topk(page.k, dim=-1, sorted=True)
-                written = page.write(self.html, self.force, topk=(indices, weights))
+                written = page.write(self.html, self.force, topk=(kept.indices, kept.values))
             held = f"top-{page.k} keys, " if page.k is not None else ""
             done.append(("saved_html", self.html, f"wrote a {human_bytes(written)} page ({held}{PART_WORDS[plan['part']]}, "
                                                   f"{len(page.layers)} layers × {len(page.heads)} heads) to {self.html}"))
@@ -139,7 +172,7 @@ class PairFiles:
 
             ls, hs = plan["figure"]
             axes_names = ("target", "source") if plan["part"] == "cross" else ("query", "key")
-            write_figure(self.plot, chosen(ls, hs), ls, hs, list(rows.labels), f"{plan['name']} · {PART_WORDS[plan['part']]}",
+            write_figure(self.plot, plan["kept"]["figure"].values, ls, hs, list(rows.labels), f"{plan['name']} · {PART_WORDS[plan['part']]}",
                          plan["measure"], parse_figsize(self.figsize) if self.figsize is not None else None, self.force,
                          columns=list(keys.labels) if keys is not None else None, axes_names=axes_names)
             shown = f"layer {ls[0]}, head {hs[0]}" if len(ls) * len(hs) == 1 else f"{len(ls)} layers × {len(hs)} heads"
@@ -160,7 +193,7 @@ class GenerationPage:
     def __init__(self, m: Any, name: str, source: "Tokens", ids: list[int], labels: list[str], text: str,
                  measure: str, path: Path) -> None:
         from attnscope import seq2seq_measures
-        from attnscope.hooks import Capture, sites
+        from attnscope.hooks import sites
         from attnscope.render.page import NOTE_PAGE_BYTES, Page
         from attnscope.tokenize import Tokens
         from attnscope.units import human_bytes
@@ -177,16 +210,13 @@ class GenerationPage:
             from attnscope.outputs.files import _note
 
             _note(f"will write a {human_bytes(size)} page to {path}")
-        self._cap = Capture({site.name: ["pattern"] for site in self.sites})
-        self.hook = seq2seq_measures.hooks(m.model, measure, len(source), layers, self._cap)
+        self._kept = Kept([site.name for site in self.sites], heads, len(ids), len(source))
+        self.hook = seq2seq_measures.hooks(m.model, measure, len(source), layers, self._kept)
 
     def write(self, force: bool) -> str:
         """Write the page; the line saying so."""
-        import torch
-
         from attnscope.units import human_bytes
 
-        values = torch.stack([self._cap.get(site.name, "pattern")[self.page.heads] for site in self.sites]).float()
-        written = self.page.write(self.path, force, attention=values)
+        written = self.page.write(self.path, force, attention=self._kept.values)
         return (f"wrote a {human_bytes(written)} page (each generated token's cross-attention, "
                 f"{len(self.page.layers)} layers × {len(self.page.heads)} heads) to {self.path}")
