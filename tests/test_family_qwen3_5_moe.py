@@ -247,13 +247,18 @@ def test_softmax_attention_matches_transformers(name: str, folder: Callable, our
 
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_match_transformers(name: str, folder: Callable, ours: Callable, reference: Callable) -> None:
+    """To 1e-4 relative to the float64 reference; and no further from it than twice
+    transformers' own float32 run is (both are float32 sums of the same terms in other
+    orders: the tiny multimodal model's float32 noise alone is ~9e-5 of its scale)."""
     ids = ids_of(folder(name))
     with torch.no_grad():
         ref = reference(name, True)(torch.tensor([ids])).logits[0]
+        theirs = reference(name)(torch.tensor([ids])).logits[0]
     got = ours(name).logits(ids)
     assert got.dtype == torch.float32
     scale = float(ref.abs().max())
     torch.testing.assert_close(got.double(), ref, rtol=LOGITS_RTOL, atol=LOGITS_RTOL * scale)
+    assert float((got.double() - ref).abs().max()) <= 2 * float((theirs.double() - ref).abs().max())
 
 
 @pytest.mark.parametrize("name", NAMES)
