@@ -208,6 +208,21 @@ def test_decoder_page_topk_keeps_causal_rows(built: Callable[[str], Path], refer
     assert seen[:, :, 0].sum(-1).eq(1).all() and seen[:, :, 2].sum(-1).eq(3).all()  # row 0 sees 1 key, row 2 three
 
 
+@pytest.mark.parametrize("part, measure", [("cross", "norm"), ("decoder", "norm"), ("encoder", "rollout")])
+def test_page_under_a_measure_holds_the_views_values(part: str, measure: str, built: Callable[[str], Path],
+                                                     tmp_path: Path) -> None:
+    """Under --measure the page holds what the view shows, from the same pass: the --json
+    heatmap's patterns of the same selection, exactly; a per-layer measure has one matrix a layer."""
+    result = ok(cli("attend", SOURCE, "--target", TARGET, "--model", built("t5"), "--part", part, "--measure", measure,
+                    "--view", "heatmap", "--layer", "all", "--head", "all", "--html", tmp_path / "m.html", "--json"))
+    shown = json.loads(result.stdout)
+    doc = page_doc(tmp_path / "m.html")
+    assert doc["measure"] == measure and doc["layers"] == shown["layers"] and doc["heads"] == shown["heads"]
+    assert doc["heads"] == ([0] if measure == "rollout" else [0, 1, 2, 3])
+    assert np.array_equal(doc["attention"], np.asarray(shown["patterns"], dtype=np.float32))
+    assert np.allclose(doc["attention"].sum(-1), 1.0, atol=1e-5)  # norm's rows normalised; rollout's rows sum to 1
+
+
 # ----------------------------------------------------------------------------- offline, atomic, one-line errors
 
 
