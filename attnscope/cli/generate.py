@@ -37,7 +37,7 @@ def generate(
     head: HeadOpt = None,
     save: Annotated[Optional[Path], typer.Option("--save", help="Write the final sequence's patterns (.npz or .safetensors).")] = None,
     save_topk: Annotated[Optional[Path], typer.Option("--save-topk", help="Write the final sequence's top-k (.npz).")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write one offline page with the final sequence's attention (every layer and head) to FILE.html.")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write one offline page with the final sequence's attention (every layer and head) to FILE.html; on an encoder-decoder, the source and the generated tokens as two rows with each step's cross-attention between them.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing --save/--html files.")] = False,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
