@@ -165,15 +165,17 @@ class PairFiles:
             else:
                 written = page.write(self.html, self.force, topk=(kept.indices, kept.values))
             held = f"top-{page.k} keys, " if page.k is not None else ""
-            done.append(("saved_html", self.html, f"wrote a {human_bytes(written)} page ({held}{PART_WORDS[plan['part']]}, "
-                                                  f"{len(page.layers)} layers × {len(page.heads)} heads) to {self.html}"))
+            done.append(("saved_html", self.html,
+                         f"wrote a {human_bytes(written)} page ({held}{PART_WORDS[plan['part']]}, "
+                         f"{len(page.layers)} layers × {len(page.heads)} heads) to {self.html}"))
         if "figure" in plan:
             from attnscope.render.figure import parse_figsize, write_figure
 
             ls, hs = plan["figure"]
             axes_names = ("target", "source") if plan["part"] == "cross" else ("query", "key")
-            write_figure(self.plot, plan["kept"]["figure"].values, ls, hs, list(rows.labels), f"{plan['name']} · {PART_WORDS[plan['part']]}",
-                         plan["measure"], parse_figsize(self.figsize) if self.figsize is not None else None, self.force,
+            write_figure(self.plot, plan["kept"]["figure"].values, ls, hs, list(rows.labels),
+                         f"{plan['name']} · {PART_WORDS[plan['part']]}", plan["measure"],
+                         parse_figsize(self.figsize) if self.figsize is not None else None, self.force,
                          columns=list(keys.labels) if keys is not None else None, axes_names=axes_names)
             shown = f"layer {ls[0]}, head {hs[0]}" if len(ls) * len(hs) == 1 else f"{len(ls)} layers × {len(hs)} heads"
             done.append(("saved_plot", self.plot, f"wrote a figure of the {PART_WORDS[plan['part']]}, {shown}, to "

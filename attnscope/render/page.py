@@ -174,9 +174,7 @@ class Page:
                                 if self.tokens.truncated_from else "")),
             "TOKENS": self._token_spans(self.tokens),
             "KEYS": self._key_row(),
-            "ROWS_LABEL": (f'<div class="row-label dim">{self._rows_name()} '
-                           f'({"decoder output, one row per step" if self.generated else "decoder input"}) · rows</div>'
-                           if self.keys is not None else ""),
+            "ROWS_LABEL": self._rows_label(),
             "SCORES": self._score_panel(),
             "CSS": _asset("page.css"),
             "SCRIPT": _asset("page.js"),
@@ -212,6 +210,13 @@ class Page:
             return _text(visible(self.tokens.text))
         return "".join(f'<div class="{name}-text"><b>{name}</b> {_text(visible(text))}</div>'
                        for name, text in (("source", self.pair[1]), (self._rows_name(), self.pair[2])))
+
+    def _rows_label(self) -> str:
+        """The query row's caption, where the key tokens have a row of their own."""
+        if self.keys is None:
+            return ""
+        what = "decoder output, one row per step" if self.generated else "decoder input"
+        return f'<div class="row-label dim">{self._rows_name()} ({what}) · rows</div>'
 
     def _rows_name(self) -> str:
         return "generated" if self.generated else "target"
