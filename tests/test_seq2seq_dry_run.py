@@ -125,8 +125,8 @@ def test_dry_run_refusals_are_one_line(tiny: Path, tmp_path: Path) -> None:
         assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
         return lines[0]
 
-    assert "plans one process" in one(_cli("attend", "a", "--target", "b", "--model", tiny, "--dry-run",
-                                           "--pipeline"))
+    assert "number of processes" in one(_cli("attend", "a", "--target", "b", "--model", tiny, "--dry-run",
+                                             "--pipeline"))  # planned per rank: tests/test_pipeline_seq2seq.py
     assert "--measure rollout" in one(_cli("attend", "a", "--target", "b", "--model", tiny, "--dry-run",
                                            "--measure", "rollout"))
     gpt2 = tm.gpt2(tmp_path / "gpt2")
