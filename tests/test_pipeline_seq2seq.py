@@ -217,6 +217,12 @@ def test_what_a_seq2seq_pipeline_cannot_do_is_one_line(args: list[str], needles:
     one_error(run(*args, "--model", seq2seq("t5")), UsageError("").exit_code, *needles)
 
 
+def test_one_process_placement_refuses_two_stacks_with_the_reason(seq2seq: Callable[[str], Path]) -> None:
+    cpu = torch.device("cpu")
+    with pytest.raises(UsageError, match="an encoder-decoder's two stacks are split across devices by --pipeline"):
+        pipeline.load_placed(str(seq2seq("t5")), [cpu, cpu], "float32")
+
+
 @pytest.mark.parametrize("listing, why", [
     ((("resid", (2, 3), "float32"),) * 2, "twice"),
     (tuple((f"t{i}", (1,), "float32") for i in range(17)), "at most 16"),
@@ -314,12 +320,19 @@ def test_generate_json_equals_one_process(name: str, cut: int | None, tmp_path: 
                                           seq2seq: Callable[[str], Path]) -> None:
     """Token by token through each rank's own self-attention cache and cross keys and values."""
     args = ["generate", SOURCE, "--model", seq2seq(name), "--json", "-n", "6", "--ignore-eos", "--layer", "all"]
-    a, b = one(tmp_path, *args), pipelined(tmp_path, cut, *args)
+    a, b = one(tmp_path, *args, "--save", "one.npz"), pipelined(tmp_path, cut, *args, "--save", "two.npz")
     assert a.returncode == 0, a.stderr[-2000:]
     assert b.returncode == 0, b.stderr[-3000:]
     ja, jb = json.loads(a.stdout), json.loads(b.stdout)
     assert ja["generated"]["ids"] == jb["generated"]["ids"] and len(ja["steps"]) == 6
     same_document(ja, jb)
+    with np.load(tmp_path / "one.npz") as x, np.load(tmp_path / "two.npz") as y:  # the teacher-forced pass of --save
+        assert set(x.files) == set(y.files) >= {"cross_attentions", "generated_token_ids"}
+        for key in x.files:
+            if x[key].dtype.kind == "f":
+                np.testing.assert_allclose(y[key], x[key], atol=BOUND, rtol=0, err_msg=key)
+            else:
+                assert np.array_equal(x[key], y[key]), key
 
 
 @pytest.mark.slow
