@@ -503,3 +503,28 @@ def test_a_stream_with_keys_but_not_their_values_is_one_line(drop: str) -> None:
     del stream[drop]
     with pytest.raises(DeviceError, match="keys of layer 1 without their values or positions"):
         pipeline.taken(stream)
+
+
+@pytest.mark.slow
+def test_t5_gguf_attend_target_equals_one_process_and_splits_its_reads(tmp_path: Path) -> None:
+    """An encoder-decoder GGUF (T5 v1.1) takes the same per-share reading: the ranks'
+    block tensors (enc.blk.*, dec.blk.*) are each read by one rank, and `attend --target`
+    equals one process. (Each rank holding layers of a stack reads its small relative table.)"""
+    import test_gguf_t5 as t5
+
+    path = t5.write_t5_gguf(t5.build_t5(tmp_path / "t5", v11=True), tmp_path / "t5.gguf")
+    script = tmp_path / "record.py"
+    script.write_text(RECORD)
+    args = ["attend", "the cat sat on the mat", "--target", "a dog ran in the park", "--model", path, "--json"]
+    a = one(tmp_path, *args)
+    b = two(tmp_path, str(tmp_path / "read"), *args, "--pipeline", script=str(script))
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert json.loads(a.stdout) == json.loads(b.stdout)
+    reads = [(tmp_path / f"read.{rank}").read_text().split() for rank in (0, 1)]
+    blocks = [{n for n in r if ".blk." in n and "attn_rel_b" not in n} for r in reads]
+    assert blocks[0] and blocks[1] and not blocks[0] & blocks[1]  # each block's tensors on one rank
+    from attnscope.sources.gguf import read_gguf
+
+    assert set(reads[0]) | set(reads[1]) == set(read_gguf(path).tensors)
+    assert all(len(r) == len(set(r)) for r in reads)  # nothing read twice on a rank
