@@ -415,11 +415,14 @@ def test_a_serving_rank_lends_only_its_own_blocks(gguf_file: Callable[[str], Pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("measure", ["alti", "value-zeroing"])
-def test_mixing_measures_equal_one_process(measure: str, tmp_path: Path, gguf_file: Callable[[str], Path]) -> None:
+@pytest.mark.parametrize("model, measure", [("gpt2", "alti"), ("gpt2", "value-zeroing"), ("gemma4", "alti")])
+def test_mixing_measures_equal_one_process(model: str, measure: str, tmp_path: Path,
+                                           gguf_file: Callable[[str], Path], gemma4: Path) -> None:
     """Each layer's matrix is computed on rank 0 from the layer's weights, rank 1's block
-    lent for its reports (`pipeline.LEND`): the saved matrices and the view equal one process's."""
-    path = gguf_file("gpt2")  # pre-norm LayerNorm blocks with biases: every term of both decompositions
+    lent for its reports (`pipeline.LEND`): the saved matrices and the view equal one process's.
+    GPT-2: pre-norm LayerNorm blocks with biases, every term of both decompositions; Gemma 4:
+    sandwich norms, its buffers (layer_scalar) lent too, a KV-shared layer on rank 1."""
+    path = gguf_file("gpt2") if model == "gpt2" else gemma4
     args = ["attend", TEXT, "--model", path, "--measure", measure, "--view", "topk", "--layer", "all", "--json"]
     a = one(tmp_path, *args, "--save", "one.npz")
     b = two(tmp_path, *args, "--save", "two.npz", "--pipeline")
