@@ -333,3 +333,14 @@ def test_terminal_views_name_a_layer_measure_not_a_head(measure: str, label: str
                       "--part", "encoder", "--measure", measure, "--view", view)
         assert result.exit_code == 0, result.output
         assert label in result.stdout and "H0" not in result.stdout, (view, result.stdout)
+
+
+@pytest.mark.parametrize("measure, part", [("norm", "cross"), ("value-zeroing", "encoder"), ("alti", "encoder")])
+def test_measures_read_offloaded_blocks_as_resident_ones(measure: str, part: str, built: Any) -> None:
+    """norm and the mixing measures read a block's weights while it runs: offloaded, the
+    same values as resident."""
+    base = ["attend", sm.SOURCE_TEXT, "--target", sm.TARGET_TEXT, "--model", built("bart"), "--measure", measure,
+            "--part", part, "--view", "heatmap", "--layer", "all", "--head", "all", "--json"]
+    resident, offloaded = _cli(*base), _cli(*base, "--offload")
+    assert resident.exit_code == 0 and offloaded.exit_code == 0, (resident.output, offloaded.output)
+    assert json.loads(resident.stdout) == json.loads(offloaded.stdout)
