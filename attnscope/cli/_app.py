@@ -156,21 +156,32 @@ def _load(model: Optional[str], device: Device, dtype: LoadDtype, offload: Optio
             bar.stop()
     source = m.model.block_source
     if source is not None:  # offloaded: show blocks streaming in, one at a time
-        blocks = Progress(TextColumn("streaming blocks"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                          console=Console(stderr=True), transient=True)
-
-        def streamed(i: int) -> Any:
-            if not blocks.tasks:
-                blocks.start()
-                blocks.add_task("blocks", total=m.n_layers)
-            state = source(i)
-            blocks.update(blocks.task_ids[0], completed=i + 1)
-            if i == m.n_layers - 1:
-                blocks.stop()
-            return state
-
-        m.model.block_source = streamed
+        m.model.block_source = _streaming(source, m.n_layers, "streaming blocks")
+        decoder = getattr(m.model, "decoder", None)  # an encoder-decoder's second stack streams too
+        if decoder is not None and decoder.block_source is not None:
+            decoder.block_source = _streaming(decoder.block_source, len(decoder.blocks), "streaming decoder blocks")
     return m
+
+
+def _streaming(source: Any, total: int, label: str) -> Any:
+    """`source` (block i -> its weights), showing a bar on stderr as the blocks stream in."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    blocks = Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      console=Console(stderr=True), transient=True)
+
+    def streamed(i: int) -> Any:
+        if not blocks.tasks:
+            blocks.start()
+            blocks.add_task("blocks", total=total)
+        state = source(i)
+        blocks.update(blocks.task_ids[0], completed=i + 1)
+        if i == total - 1:
+            blocks.stop()
+        return state
+
+    return streamed
 
 
 def _pipelined(model: Optional[str], device: Device, dtype: LoadDtype, body: Any) -> None:
