@@ -3,10 +3,14 @@
 `--pipeline` under torchrun (any launcher that sets RANK, WORLD_SIZE and MASTER_ADDR)
 gives each rank a contiguous share of the layers, balanced by their parameter bytes
 (`split`: arithmetic on the kinds' declared shapes, nothing loaded). Each rank loads only
-its share, streamed from the checkpoint's shards (`api.load(share=…)`): the embeddings on
-the first rank, the final norm and unembedding on the last (the token table too when it
-is tied), a stack-owned relative position table on every rank that holds a layer of its
-stack (loaded there, never sent). No rank ever holds the whole model.
+its share, streamed from the checkpoint's shards (`api.load(share=…)`; a GGUF: only the
+share's tensors read by name from the memory-mapped file and dequantized): the embeddings
+(and Gemma 4's per-layer input tables) on the first rank, the final norm and unembedding
+on the last (the token table too when it is tied), a stack-owned relative position table
+on every rank that holds a layer of its stack (loaded there, never sent). No rank ever
+holds the whole model. What a later layer reads that an earlier rank computed travels
+with the stream (`hand_on`): Gemma 4's per-layer inputs, and the keys and values (cached
+ones included) of an owner layer whose KV-shared readers sit on a later rank.
 
 An encoder-decoder's layers are split as one ordered list, the encoder's then the
 decoder's (each decoder layer with its cross-attention; `layer_split.stack_layers`). The

@@ -10,6 +10,9 @@ Two CPU processes (gloo) under `torchrun --nproc-per-node 2` give the one-proces
 Gemma 4: the per-layer inputs are computed on rank 0 (where the token embeddings live) and
 travel with the residual stream; a KV-shared layer whose owner sits on an earlier rank
 receives the owner's keys and values (this pass's and its cache's) with the stream.
+
+Measures that read a layer's weights on rank 0: norm's focus view borrows its layer's W_O
+(`Driver.fetch`), ALTI and Value Zeroing each block as it reports (`pipeline.LEND`).
 """
 
 from __future__ import annotations
