@@ -17,8 +17,14 @@ Gated DeltaNet (linear attention) layers and gated softmax layers, three to one 
   * Every other RMSNorm scales by (1 + weight) (`norm_offset` 1), as Gemma's.
   * Checkpoints: `model.layers.…` (Qwen3_5ForCausalLM), or `model.language_model.layers.…`
     with `lm_head.weight` at the top (Qwen3_5ForConditionalGeneration, the published form);
-    the vision tower (`model.visual.`) and the multi-token-prediction module (`mtp.`) are
-    not part of the text model and are not read.
+    the vision tower (`model.visual.`) is not part of the text model and is not read.
+  * The multi-token-prediction module (`mtp.*`, `mtp_num_hidden_layers` of them): per module
+    one decoder layer of the full-attention kind (`mtp.layers.i.…`, a layer's own names), the
+    projection `mtp.fc` (d × 2d) and the norms `mtp.pre_fc_norm_embedding`,
+    `mtp.pre_fc_norm_hidden` and `mtp.norm` (the layout llama.cpp's `_Qwen35MtpMixin` maps to
+    `nextn.*`). Transformers builds none of it, and neither do we: its tensors are named (ours
+    under `mtp.`, `with_mtp`) so that they are neither loaded nor counted as the model's, and
+    `params` shows the module apart (`not_counted`, `mtp_module`), as DeepSeek-V3's.
 """
 
 from __future__ import annotations
@@ -44,6 +50,20 @@ _LINEAR = "layers.{layer}.linear_attn."
 # of n_v × d_v), not GPT-2's three equal thirds: params.stored counts it whole
 LINEAR_QKV = True
 
+# the multi-token-prediction module's own tensors, beside its layers (see the docstring)
+MTP_OWN: dict[str, str | None] = {f"mtp.{p}.weight": f"mtp.{p}.weight"
+                                  for p in ("fc", "pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm")}
+
+
+def with_mtp(weights: dict[str, str | None]) -> dict[str, str | None]:
+    """A family's table with the multi-token-prediction module's tensors named: its layers'
+    (`mtp.layers.{layer}.…`, a full-attention layer's names) and its own, as ours under `mtp.`,
+    which `stored_parts` leaves out of the count and `split` drops."""
+    layers = {"mtp." + k: "mtp." + v for k, v in weights.items()
+              if k.startswith("layers.{layer}.") and ".linear_attn." not in k and v is not None}
+    return {**weights, **layers, **MTP_OWN}
+
+
 WEIGHTS: dict[str, str | None] = {
     **qwen3.WEIGHTS,
     _LINEAR + "in_proj_qkv.weight": "blocks.{layer}.attn.qkv.weight",
@@ -56,6 +76,7 @@ WEIGHTS: dict[str, str | None] = {
     _LINEAR + "norm.weight": "blocks.{layer}.attn.norm.weight",
     _LINEAR + "out_proj.weight": "blocks.{layer}.attn.o.weight",
 }
+WEIGHTS = with_mtp(WEIGHTS)
 
 # Qwen3_5TextConfig's defaults (Qwen3.5-9B-like): what a config.json may leave out.
 TEXT_DEFAULTS: dict[str, Any] = {
@@ -176,17 +197,43 @@ def gated_config(text: dict[str, Any], name: str, family: str) -> ModelConfig:
 
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     text = text_config(raw)
-    return hybrid(gated_config(text, name, "qwen3_5"), text)
+    return mtp_module(hybrid(gated_config(text, name, "qwen3_5"), text), text)
+
+
+def mtp_module(cfg: ModelConfig, text: dict[str, Any]) -> ModelConfig:
+    """`cfg` with the checkpoint's multi-token-prediction module (`mtp_num_hidden_layers`)
+    recorded as not counted: per module, a block of the model's full-attention kind (its
+    MLP the model's: dense, or experts), `fc` (d × 2d) and three norms of d."""
+    from math import prod
+
+    from attnscope.parts import NOT_COUNTED, block_shapes
+
+    n = text.get("mtp_num_hidden_layers") or 0
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_LAYERS:
+        raise ConfigError(f"mtp_num_hidden_layers must be a non-negative integer up to {MAX_LAYERS}, got {_shown(n)}")
+    if not n:
+        return cfg
+    full = next((cfg.layer(i) for i in range(cfg.n_layers) if cfg.layer(i).attn.kind != "linear"),
+                replace(cfg.layer(0), attn=cfg.layer_template.attn))
+    block = sum(prod(shape) for part, shape in block_shapes(cfg, full).items() if not part.endswith(NOT_COUNTED))
+    d = cfg.d_model
+    label = f"multi-token-prediction module (mtp_num_hidden_layers {n}; mtp.* in the checkpoint)"
+    return replace(cfg, extra={**cfg.extra, "not_counted": {label: n * (block + 2 * d * d + 3 * d)}})
 
 
 def stored_parts(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The depthwise conv's stored (channels, 1, kernel) as ours, (channels, kernel)."""
+    """The depthwise conv's stored (channels, 1, kernel) as ours, (channels, kernel); the
+    multi-token-prediction module's tensors left out (`params` shows it apart)."""
+    if name.startswith("mtp."):
+        return {}
     if name.endswith(".attn.conv.weight") and len(shape) == 3 and shape[1] == 1:
         return {name: (shape[0], shape[2])}
     return {name: shape}
 
 
 def split(name: str, tensor: Any, cfg: ModelConfig) -> dict[str, Any]:
+    if name.startswith("mtp."):  # the multi-token-prediction module: not the model's
+        return {}
     if name.endswith(".attn.conv.weight") and tensor.dim() == 3 and tensor.shape[1] == 1:
         return {name: tensor[:, 0, :]}
     return {name: tensor}

@@ -43,6 +43,7 @@ WEIGHTS: dict[str, str | None] = {
     **{k: v for k, v in qwen3_5.WEIGHTS.items() if k not in _DENSE_MLP},
     **{k: v for k, v in qwen3_next.WEIGHTS.items() if ".mlp." in k and k not in _DENSE_MLP},
 }
+WEIGHTS = qwen3_5.with_mtp(WEIGHTS)  # the multi-token-prediction module (`mtp.*`): named, not loaded
 
 # Qwen3_5MoeTextConfig's defaults (Qwen3.5-35B-A3B's sizes): what a config.json may leave out.
 TEXT_DEFAULTS: dict[str, Any] = {
@@ -79,7 +80,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     kinds: dict[LayerSpec, LayerSpec] = {}
     specs = [kinds.setdefault(spec, mixtral.experts_spec(spec, width, experts))
              for spec in (cfg.layer(i) for i in range(cfg.n_layers))]
-    return replace(cfg, kinds=Stack.of(specs))
+    return qwen3_5.mtp_module(replace(cfg, kinds=Stack.of(specs)), text)
 
 
 # --------------------------------------------------------------------------- GGUF
@@ -93,8 +94,8 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
 # Metadata: expert_count, expert_used_count, expert_feed_forward_length,
 # expert_shared_feed_forward_length; no feed_forward_length (the text config has no
 # intermediate_size). A file converted with its MTP layer (block_count one more than the
-# text model's, `nextn_predict_layers`) holds `blk.N.nextn.*` tensors, which are refused as
-# unknown in one line.
+# text model's, `nextn_predict_layers`, `blk.N.nextn.*`) is read as its main stack, the MTP
+# layer never read (sources/gguf.py, gguf_mtp_layers).
 
 GGUF_ARCHS = ("qwen35moe",)
 

@@ -39,6 +39,7 @@ WEIGHTS: dict[str, str | None] = {
     "layers.{layer}.mlp.shared_expert.down_proj.weight": "blocks.{layer}.mlp.shared.down.weight",
     "layers.{layer}.mlp.shared_expert_gate.weight": "blocks.{layer}.mlp.shared_gate.weight",
 }
+WEIGHTS = qwen3_5.with_mtp(WEIGHTS)  # the multi-token-prediction module (`mtp.*`): named, not loaded
 
 
 def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
@@ -48,7 +49,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
     experts = ExpertSpec(n_experts=qwen2_moe.n_experts(text, 512), top_k=text.get("num_experts_per_tok", 10),
                          norm_topk_prob=text.get("norm_topk_prob", True),
                          d_shared=text.get("shared_expert_intermediate_size", 512), n_shared=1, shared_gate=True)
-    return qwen2_moe.moe_stack(cfg, text, experts, text.get("moe_intermediate_size", 512))
+    return qwen3_5.mtp_module(qwen2_moe.moe_stack(cfg, text, experts, text.get("moe_intermediate_size", 512)), text)
 
 
 def _linear_sizes(name: str, cfg: ModelConfig) -> tuple[int, int, int, int]:

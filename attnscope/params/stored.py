@@ -48,9 +48,12 @@ def gguf_stored_shapes(f: "GGUFFile", family: ModuleType) -> tuple[dict[str, tup
     """`stored_shapes` for a GGUF's tensor table, named through the family's `GGUF_WEIGHTS`
     (GPT-2's fused qkv split in thirds the same way); skipped are the file's tensors that
     are not parameters (Llama 3's RoPE divisors, read into the config)."""
+    from attnscope.sources.gguf import gguf_mtp_tensors
+
     table = SimpleNamespace(PREFIXES=(), WEIGHTS=family.GGUF_WEIGHTS,  # our_name's lookup, GGUF's table
                             LINEAR_QKV=getattr(family, "LINEAR_QKV", False))
-    return _stored(((name, t.shape) for name, t in f.tensors.items()), table)
+    mtp = gguf_mtp_tensors(f)  # next-token-prediction layers: not the model's (shown apart from the config)
+    return _stored(((name, t.shape) for name, t in f.tensors.items() if name not in mtp), table)
 
 
 def _stored(items: Iterable[tuple[str, tuple[int, ...]]], module: Any) -> tuple[dict[str, tuple[int, ...]], list[str]]:
@@ -123,14 +126,14 @@ def report_from_gguf(f: "GGUFFile", convention: str, source: str, name: str = ""
     """The breakdown of a GGUF's tensors and the bytes each storage type takes, from its
     header alone (`read_gguf` reads no tensor data, and neither does this)."""
     from attnscope.config import from_hf_config
-    from attnscope.sources.gguf import gguf_family
+    from attnscope.sources.gguf import gguf_family, gguf_mtp_tensors
 
     family = gguf_family(f)
     stored, skipped = gguf_stored_shapes(f, family)
     cfg = from_hf_config(gguf_header_config(f, family, skipped), name=name or source)
     stored = split_fused(stored, family, cfg)
     rep = report_from_stored(cfg, stored, convention, source, skipped)
-    drop = set(skipped)
+    drop = set(skipped) | gguf_mtp_tensors(f)  # the bytes of the tensors counted
     rep.quantization = quantization_table(t for n, t in f.tensors.items() if n not in drop)
     return rep
 

@@ -12,6 +12,14 @@ and re-exported here.
   family's `GGUF_WEIGHTS`, with the family's `gguf_tensor` undoing what the converter
   changed (Llama's q/k row permutation, Gemma's norm + 1, GPT-2's fused qkv).
 
+Next-token-prediction (MTP) layers: llama.cpp's converters append them after a model's last
+layer (Qwen3.5's `_Qwen35MtpMixin`: `mtp.layers.i.*` written as `blk.{N+i}.*`, `mtp.fc` as
+`blk.N.nextn.eh_proj`, its norms as `nextn.enorm` / `hnorm` / `shared_head_norm`), count them in
+`{arch}.block_count` and say how many in `{arch}.nextn_predict_layers`. Transformers builds no
+such layer, and neither do we: the family sees the main stack only (block_count −
+nextn_predict_layers layers, per-layer metadata cut to them, the MTP blocks out of the tensor
+table it is shown), and their tensors are checked by name but never read (`gguf_mtp_layers`).
+
 Llama 3's RoPE scaling: the converter writes no scaling metadata, only a `rope_freqs`
 tensor holding each frequency's divisor, computed from the `llama3` rope_scaling dict. We
 read those divisors and rebuild that dict from them (`llama.gguf_rope_scaling`), because
@@ -29,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import numpy as np
 
-from attnscope.errors import CheckpointError
+from attnscope.errors import CheckpointError, ConfigError
 from attnscope.sources.gguf_header import (  # noqa: F401  (re-exported: the old import path)
     DEFAULT_ALIGNMENT,
     MAX_DIMS,
@@ -41,6 +49,7 @@ from attnscope.sources.gguf_header import (  # noqa: F401  (re-exported: the old
     _gguf_py,
     read_gguf,
 )
+from attnscope.tokenize import visible
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -52,6 +61,11 @@ _BLOCK = re.compile(r"^((?:enc|dec)\.)?blk\.(\d+)\.")
 # the layer count each stack's blocks must match: a family with several stacks names
 # them in its GGUF_STACKS (stack prefix -> its config key)
 _ONE_STACK = {"": "num_hidden_layers"}
+# the tensors only an MTP block holds (gguf-py's MODEL_TENSOR.NEXTN_*), `blk.N.nextn.<part>`
+_NEXTN = ("eh_proj", "embed_tokens", "enorm", "hnorm", "shared_head_head", "shared_head_norm")
+# metadata llama.cpp reads as one value per block (`get_key_or_arr`): cut to the main stack
+_PER_LAYER = ("feed_forward_length", "expert_feed_forward_length", "attention.head_count",
+              "attention.head_count_kv", "attention.sliding_window_pattern")
 
 
 def gguf_family(f: GGUFFile) -> ModuleType:
@@ -67,17 +81,62 @@ def gguf_family(f: GGUFFile) -> ModuleType:
                           hint=f"supported GGUF architectures: {', '.join(known)}")
 
 
+def gguf_mtp_layers(f: GGUFFile) -> range:
+    """The blocks that are next-token-prediction layers (`{arch}.nextn_predict_layers` of
+    them, the last of `{arch}.block_count`; empty where the file names none). Each must hold
+    its `nextn.eh_proj` (the projection that makes a block an MTP layer), and at least one
+    layer of the model must remain."""
+    key = f"{f.arch}.nextn_predict_layers"
+    n = f.metadata.get(key, 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"{f.path}: {key} must be a count of layers, got {visible(repr(n))[:40]}")
+    total = f.metadata.get(f"{f.arch}.block_count")
+    if n and (isinstance(total, bool) or not isinstance(total, int) or not n < total):
+        raise ConfigError(f"{f.path}: {key} says {n} next-token-prediction layers, but "
+                          f"{f.arch}.block_count is {visible(repr(total))[:40]}: no layer of the model would remain",
+                          hint="the file's metadata is damaged; convert it again with llama.cpp")
+    mtp = range(total - n, total) if n else range(0)
+    for name in f.tensors:  # a block holding nextn tensors is an MTP layer the metadata must name
+        if (m := _BLOCK.match(name)) and not m.group(1) and name[m.end():].startswith("nextn.") \
+                and int(m.group(2)) not in mtp:
+            raise CheckpointError(f"{f.path}: tensor {name!r} belongs to a next-token-prediction layer, but {key} "
+                                  f"makes {'none' if not n else f'only blk.{mtp.start} to blk.{mtp.stop - 1}'} such",
+                                  hint="the file's metadata is damaged; convert it again with llama.cpp")
+    for layer in mtp:
+        if f"blk.{layer}.nextn.eh_proj.weight" not in f.tensors:
+            raise CheckpointError(f"{f.path}: {key} makes blk.{mtp.start} to blk.{total - 1} next-token-prediction "
+                                  f"layers, but blk.{layer} holds no nextn.eh_proj",
+                                  hint="the file is incomplete or its metadata is damaged; convert it again with llama.cpp")
+    return mtp
+
+
+def gguf_mtp_tensors(f: GGUFFile) -> set[str]:
+    """The names of the tensors in the file's next-token-prediction blocks (never read)."""
+    mtp = gguf_mtp_layers(f)
+    return {name for name in f.tensors if (m := _BLOCK.match(name)) and not m.group(1) and int(m.group(2)) in mtp}
+
+
 def gguf_config(f: GGUFFile) -> dict[str, Any]:
     """A config.json-style dict for `attnscope.config.from_hf_config`, from the metadata
-    (and, for Llama 3, the `rope_freqs` tensor)."""
+    (and, for Llama 3, the `rope_freqs` tensor). A file with next-token-prediction layers is
+    shown to its family as the main stack alone (see the module's docstring)."""
     family = gguf_family(f)
-    shapes = {name: t.shape for name, t in f.tensors.items()}
+    mtp = gguf_mtp_layers(f)
+    meta, drop = f.metadata, gguf_mtp_tensors(f) if mtp else set()
+    if mtp:
+        main = mtp.start
+        meta = {k: v[:main] if isinstance(v, list) and len(v) == mtp.stop and k.removeprefix(f"{f.arch}.") in _PER_LAYER
+                else v for k, v in meta.items()}
+        meta[f"{f.arch}.block_count"] = main
+    shapes = {name: t.shape for name, t in f.tensors.items() if name not in drop}
     try:
-        raw = family.config_from_gguf(f.metadata, f.arch, shapes)
+        raw = family.config_from_gguf(meta, f.arch, shapes)
     except KeyError as exc:
         raise CheckpointError(f"{f.path}: the GGUF metadata lacks {exc.args[0]!r}",
                               hint="the file is incomplete; convert it again with llama.cpp") from None
-    _check_sizes(f, raw, getattr(family, "GGUF_STACKS", _ONE_STACK))
+    _check_sizes(f, raw, getattr(family, "GGUF_STACKS", _ONE_STACK), drop)
+    if mtp:  # the checkpoint's own key, so that `params` can show the module apart as it does for a folder
+        raw["mtp_num_hidden_layers"] = len(mtp)
     finish = getattr(family, "gguf_config_tensors", None)
     if finish is not None:  # settings the converter stored as tensors (Phi-3's longrope factors)
         raw = finish(raw, lambda name: _config_tensor(f, name))
@@ -116,11 +175,13 @@ def _config_tensor(f: GGUFFile, name: str) -> list[float] | None:
     return _dequantize(f, t, _open_data(f)).flatten().tolist()
 
 
-def _check_sizes(f: GGUFFile, raw: dict[str, Any], stacks: dict[str, str]) -> None:
-    """The metadata's layer count (each stack's) and width must match the tensor table: the
-    model is sized from the config before any tensor is read, so a lie there would be allocated."""
+def _check_sizes(f: GGUFFile, raw: dict[str, Any], stacks: dict[str, str], mtp: set[str] = frozenset()) -> None:
+    """The metadata's layer count (each stack's) and width must match the tensor table (but
+    the next-token-prediction blocks' tensors, `mtp`): the model is sized from the config
+    before any tensor is read, so a lie there would be allocated."""
     for stack, key in stacks.items():
-        layers = {int(m.group(2)) for name in f.tensors if (m := _BLOCK.match(name)) and (m.group(1) or "") == stack}
+        layers = {int(m.group(2)) for name in f.tensors
+                  if (m := _BLOCK.match(name)) and (m.group(1) or "") == stack and name not in mtp}
         n_layers = raw.get(key, raw.get("n_layer"))
         if layers != set(range(len(layers))) or n_layers != len(layers):
             raise CheckpointError(f"{f.path}: the metadata says {n_layers!r} layers, but the file holds tensors "
@@ -131,10 +192,16 @@ def _check_sizes(f: GGUFFile, raw: dict[str, Any], stacks: dict[str, str]) -> No
         raise CheckpointError(f"{f.path}: the metadata says width {width!r}, but token_embd has shape {embed.shape}")
 
 
-def _our_name(f: GGUFFile, table: dict[str, str | None], name: str, counts: dict[str, int]) -> str | None:
-    """Our name for a file's tensor; `counts`: each stack's layers (by block prefix)."""
+def _our_name(f: GGUFFile, table: dict[str, str | None], name: str, counts: dict[str, int],
+              mtp: range = range(0)) -> str | None:
+    """Our name for a file's tensor; `counts`: each stack's layers (by block prefix); None
+    for a tensor of a next-token-prediction block (`mtp`), once its name is known to be one
+    such a block holds (a layer's, or `nextn.*`)."""
     m = _BLOCK.match(name)
     key = f"{m.group(1) or ''}blk.{{layer}}." + name[m.end():] if m else name
+    if m is not None and not m.group(1) and int(m.group(2)) in mtp \
+            and (key in table or name[m.end():].rpartition(".")[0] in tuple(f"nextn.{p}" for p in _NEXTN)):
+        return None
     if key not in table:
         raise CheckpointError(f"{f.path}: unknown tensor {name!r} in a {f.arch} GGUF",
                               hint="attnscope does not know this tensor; the file may be of a variant it does not support")
@@ -205,12 +272,13 @@ def iter_gguf_tensors(f: GGUFFile, cfg: ModelConfig, family: ModuleType,
     import torch
 
     counts = {"": cfg.n_layers, "enc.": cfg.n_layers, "dec.": len(cfg.decoder) if cfg.decoder is not None else 0}
-    plan = [(t, _our_name(f, family.GGUF_WEIGHTS, t.name, counts)) for t in f.tensors.values()]
+    mtp = gguf_mtp_layers(f)  # next-token-prediction blocks: named, never read
+    plan = [(t, _our_name(f, family.GGUF_WEIGHTS, t.name, counts, mtp)) for t in f.tensors.values()]
     check_types(f)
     adjust = getattr(family, "gguf_tensor", None)
     data = _open_data(f)
     for t, name in plan:
-        if name is None:  # read elsewhere (rope_freqs: by gguf_config), not a parameter
+        if name is None:  # read elsewhere (rope_freqs: by gguf_config), not a parameter, or an MTP block's
             continue
         if keep is not None and not keep(name):  # another rank's, never touched here
             continue

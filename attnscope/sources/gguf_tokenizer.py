@@ -14,6 +14,23 @@ a BOS for Llama 3's pre-tokenizer, BOS by default for SentencePiece vocabularies
 `add_space_prefix`, and an unknown token for SentencePiece pieces with no byte fallback.
 `add_bos_token` / `add_eos_token` are honoured through a TemplateProcessing post-processor.
 
+`gemma4` vocabularies, as Gemma4Model.set_vocab in llama.cpp's conversion/gemma.py writes them:
+the pieces of Gemma 4's tokenizer.json as it spells them ('▁' for a space, `<0xNN>` byte
+pieces, types from transformers' special tokens, the chat markers `<|channel>`, `<|"|>`, …
+user-defined), its merges, scores of −1000, `add_space_prefix` false and `add_bos_token` true.
+Built as transformers builds it (GGUF_TOKENIZER_TYPES["gemma4"]: GemmaTokenizer from these
+pieces and merges): spaces become '▁', then byte-fallback BPE with the file's merges over the
+whole text. Two places where llama.cpp (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_GEMMA4) differs
+and transformers is followed: llama.cpp splits the text into runs of newlines and runs of
+other characters before merging (the same ids unless a merge joins a newline to another
+character), and it adds BOS as the header asks, where transformers adds none because Gemma
+4's reference tokenizer adds none (its chat template writes `<bos>`; llama.cpp#21500).
+
+`qwen35` (Qwen3.5's pre-tokenizer, tokenizer.ggml.pre) splits as llama.cpp's
+LLAMA_VOCAB_PRE_TYPE_QWEN35 and transformers' Qwen3.5 regex do: Qwen2's, with combining marks
+(\p{M}) continuing a word. Like Qwen2's, it is run without the NFC normalizer Qwen's
+tokenizer.json carries, as llama.cpp and transformers' GGUF tokenizer run it.
+
 `bert` (WordPiece) vocabularies, as BertModel in convert_hf_to_gguf.py stores them: every
 piece but the control tokens in llama.cpp's "phantom space" form (a word-initial piece
 written `▁piece`, a continuation `##piece` written bare), turned back into WordPiece's
@@ -42,7 +59,7 @@ if TYPE_CHECKING:
     from attnscope.sources.gguf import GGUFFile
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6  # llama.cpp's token types
-MODELS = ("gpt2", "llama", "bert", "t5")  # the tokenizer.ggml.model values built here
+MODELS = ("gpt2", "llama", "gemma4", "bert", "t5")  # the tokenizer.ggml.model values built here
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -52,6 +69,8 @@ _QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
 _TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
            r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
            r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+           r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _GPT4O = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
           r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
           r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -68,6 +87,7 @@ _SPLITS: dict[str, list[str]] = {
                                   "a.x-4.0", "mellum", "mpt", "olmo", "jais", "trillion", "granite-docling",
                                   "exaone4", "modern-bert", "roberta-bpe", "jina-v1-en", "jina-v2-code")},
     **{name: [_QWEN2] for name in ("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez", "hunyuan")},
+    "qwen35": [_QWEN35],
     "tekken": [_TEKKEN],
     **{name: [_GPT4O] for name in ("gpt-4o", "llama4")},
 }
@@ -141,14 +161,20 @@ def _byte_level(meta: dict[str, Any], tokens: list[str], pre: str, where: str) -
     return tok, alphabet
 
 
-def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: str) -> Any:
+def _sentencepiece(meta: dict[str, Any], tokens: list[str], arch: str, where: str, model: str = "llama") -> Any:
+    """SentencePiece-style BPE with byte fallback: a `llama` vocabulary (Gemma's variant for
+    the gemma archs), or a `gemma4` one (Gemma's pieces as its tokenizer.json spells them,
+    with the file's merges; see the module's docstring)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    gemma = arch in _GEMMA_ARCHS
-    if gemma:  # Gemma stores its runs of spaces as real spaces, where its pieces use '▁'
+    gemma = arch in _GEMMA_ARCHS or model == "gemma4"
+    if gemma and model != "gemma4":  # Gemma's SentencePiece stores runs of spaces as spaces, its pieces '▁'
         tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
     vocab = {t: i for i, t in enumerate(tokens)}
     merges = _file_merges(meta, where)
+    if merges is None and model == "gemma4":  # Gemma4Model.set_vocab always writes them; scores say nothing
+        raise TokenizerError(f"{where}: a gemma4 vocabulary without tokenizer.ggml.merges",
+                             hint="convert the model again with llama.cpp")
     if merges is None:
         scores = _list(meta, "tokenizer.ggml.scores", float, len(tokens), where)
         if gemma:  # Gemma's scores do not follow its merge order; its file order does
@@ -323,6 +349,8 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
         add_bos_default = pre in _LLAMA3_LIKE
     elif model in ("llama", "bert"):
         add_bos_default = True
+    elif model == "gemma4":  # transformers adds no BOS, whatever the header says (see the module's docstring)
+        meta, add_bos_default = {**meta, "tokenizer.ggml.add_bos_token": False}, False
     elif model == "t5":  # llama.cpp's UGM defaults: no BOS, an EOS after the text (T5's </s>)
         add_bos_default = False
     else:
@@ -340,7 +368,7 @@ def gguf_tokenizer(f: GGUFFile) -> Tokenizer:
                 return _finish(_unigram(meta, tokens, types, where), None, ids, tokens, types, False,
                                add_eos_default=True, special=(CONTROL, UNKNOWN))
             tok, alphabet = (_byte_level(meta, tokens, pre, where) if model == "gpt2"
-                             else _sentencepiece(meta, tokens, f.arch, where))
+                             else _sentencepiece(meta, tokens, f.arch, where, model))
             return _finish(tok, alphabet, meta, tokens, types, add_bos_default)
     except BaseException as exc:
         if isinstance(exc, TokenizerError) or not is_failure(exc):
