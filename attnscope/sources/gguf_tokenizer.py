@@ -28,7 +28,7 @@ character), and it adds BOS as the header asks, where transformers adds none bec
 
 `qwen35` (Qwen3.5's pre-tokenizer, tokenizer.ggml.pre) splits as llama.cpp's
 LLAMA_VOCAB_PRE_TYPE_QWEN35 and transformers' Qwen3.5 regex do: Qwen2's, with combining marks
-(\p{M}) continuing a word. Like Qwen2's, it is run without the NFC normalizer Qwen's
+(Unicode category M) continuing a word. Like Qwen2's, it is run without the NFC normalizer Qwen's
 tokenizer.json carries, as llama.cpp and transformers' GGUF tokenizer run it.
 
 `bert` (WordPiece) vocabularies, as BertModel in convert_hf_to_gguf.py stores them: every
