@@ -101,44 +101,62 @@ def _nextn_name(name: str) -> str | None:
     return None
 
 
-def convert_mtp(folder: Path) -> list[tuple[str, torch.Tensor]]:
-    """The (GGUF name, tensor) pairs Qwen3_5TextModel writes for a checkpoint with `mtp.*`."""
+def convert_mtp(folder: Path, arch: str = "qwen35") -> list[tuple[str, torch.Tensor]]:
+    """The (GGUF name, tensor) pairs Qwen3_5TextModel (qwen35) or Qwen3_5MoeTextModel
+    (qwen35moe) writes for a checkpoint with `mtp.*`: the MTP names first, then the rest as
+    the ports in tests/test_gguf_qwen3_5.py and tests/test_family_qwen3_5_moe.py do (the
+    experts of every layer, the MTP layer's too, stacked per layer and projection)."""
     from safetensors.torch import load_file
 
     hp = json.loads((folder / "config.json").read_text())
     n_layers = hp["num_hidden_layers"]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN35, n_layers + hp.get("mtp_num_hidden_layers", 0))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layers + hp.get("mtp_num_hidden_layers", 0))
     out = []
+    experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
     for name, t in load_file(folder / "model.safetensors").items():
         name = mtp_name(name, n_layers)
+        if ".mlp.experts." in name:  # Qwen2MoeModel: merged once all experts are seen
+            parts = name.split(".")
+            experts.setdefault((int(parts[2]), parts[6]), {})[int(parts[5])] = t.float()
+            continue
         t = q35._v_reorder(t.float(), name, hp)
         for n, x in q35._next_changes(t, name, hp):
             gname = n if n.startswith("blk.") else names.get_name(n, try_suffixes=(".weight", ".bias")) or _nextn_name(n)
             assert gname is not None, n  # internal invariant: gguf-py names every tensor
             out.append((gname, x))
+    for (bid, proj), by_expert in sorted(experts.items()):
+        merged = torch.stack([by_expert[e] for e in sorted(by_expert)])
+        out.append((names.get_name(f"model.layers.{bid}.mlp.experts.{proj}.weight", try_suffixes=(".weight",)), merged))
     return out
 
 
-def write_mtp_gguf(folder: Path, path: Path, nextn: Any = N_MTP, drop: tuple[str, ...] = ()) -> Path:
+def write_mtp_gguf(folder: Path, path: Path, nextn: Any = N_MTP, drop: tuple[str, ...] = (),
+                   arch: str = "qwen35") -> Path:
     """The qwen35 GGUF with the metadata test_gguf_qwen3_5.write_gguf writes, plus the MTP
     layer: block_count N + 1 and nextn_predict_layers (`nextn`; None: the key left out);
     `drop`: tensors left out (a damaged file)."""
     hp = json.loads((folder / "config.json").read_text())
     tok = tm.gpt2_tokenizer()
     vocab = tg.byte_level_vocab(tok, "gpt-2", [], None, tok.id_to_token(0), add_bos=False).pad(hp["vocab_size"])
-    w = gguf.GGUFWriter(path, "qwen35")
-    w.add_name("tiny-qwen35-mtp")
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name(f"tiny-{arch}-mtp")
     w.add_block_count(hp["num_hidden_layers"] + hp.get("mtp_num_hidden_layers", 0))
     if nextn is not None:
         if isinstance(nextn, str):
-            w.add_string("qwen35.nextn_predict_layers", nextn)
+            w.add_string(f"{arch}.nextn_predict_layers", nextn)
         elif nextn < 0:
-            w.add_int32("qwen35.nextn_predict_layers", nextn)
+            w.add_int32(f"{arch}.nextn_predict_layers", nextn)
         else:
             w.add_nextn_predict_layers(nextn)
     w.add_context_length(hp["max_position_embeddings"])
     w.add_embedding_length(hp["hidden_size"])
-    w.add_feed_forward_length(hp["intermediate_size"])
+    if "num_experts" in hp:  # Qwen2MoeModel's; the MoE text config has no intermediate_size
+        w.add_expert_count(hp["num_experts"])
+        w.add_expert_used_count(hp["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(hp["moe_intermediate_size"])
+        w.add_expert_shared_feed_forward_length(hp["shared_expert_intermediate_size"])
+    else:
+        w.add_feed_forward_length(hp["intermediate_size"])
     w.add_head_count(hp["num_attention_heads"])
     w.add_head_count_kv(hp["num_key_value_heads"])
     w.add_rope_freq_base(hp["rope_parameters"]["rope_theta"])
@@ -160,7 +178,7 @@ def write_mtp_gguf(folder: Path, path: Path, nextn: Any = N_MTP, drop: tuple[str
     w.add_token_types(vocab.types)
     w.add_token_merges(vocab.merges)
     w.add_eos_token_id(vocab.ids["eos"])
-    for name, t in convert_mtp(folder):
+    for name, t in convert_mtp(folder, arch):
         if name not in drop:
             w.add_tensor(name, t.numpy())
     w.write_header_to_file()
@@ -299,6 +317,36 @@ def test_the_real_qwen3_5_config_shows_its_mtp_module() -> None:
     d, layer = 1024, 1024 * 4096 + 2 * 1024 * 512 + 2048 * 1024 + 2 * 256 + 3 * 1024 * 3584 + 2 * 1024
     assert list(doc["not_counted"].values()) == [layer + 2 * d * d + 3 * d]
     assert doc["total"] == json.loads(path.read_text())["_num_parameters"]
+
+
+def test_qwen3_5_moe_with_its_mtp_layer(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Qwen3.5-MoE (qwen35moe, the same mixin): the folder with an MTP layer of experts and
+    its GGUF count what transformers counts, show the module apart with what its mtp.* hold
+    (the expert MLP counted in), and give the same patterns and logits (bounds as above)."""
+    from safetensors import safe_open
+
+    import test_family_qwen3_5_moe as moe
+    from attnscope.api import load
+
+    root = tmp_path_factory.mktemp("moe_mtp")
+    folder = add_mtp(moe.build_moe(root / "moe"), root / "moe_mtp")
+    path = write_mtp_gguf(folder, root / "moe_mtp.gguf", arch="qwen35moe")
+    docs = []
+    for m in (folder, path):
+        res = CliRunner().invoke(app, ["params", "--model", str(m), "--json"], env=ENV)
+        assert res.exit_code == 0, res.output
+        docs.append(json.loads(res.stdout))
+    with safe_open(folder / "model.safetensors", "pt") as st:
+        held = sum(prod(st.get_slice(k).get_shape()) for k in st.keys() if k.startswith("mtp."))
+        assert any(".mlp.experts." in k for k in st.keys() if k.startswith("mtp."))
+    assert docs[0]["total"] == docs[1]["total"] == tm.load_reference(folder).num_parameters()
+    assert list(docs[0]["not_counted"].values()) == list(docs[1]["not_counted"].values()) == [held]
+    ids = tm.gpt2_tokenizer().encode(tq.QWEN_TEXT).ids
+    (l1, p1), (l2, p2) = [(insp.logits(ids), insp.attention_ids(ids).probs)
+                          for insp in (load(str(m), device="cpu", dtype="float32") for m in (folder, path))]
+    for i, (a, b) in enumerate(zip(p2, p1)):
+        assert float((a - b).abs().max()) <= q35.ATOL, i
+    assert float((l2 - l1).abs().max()) <= q35.RTOL_LOGITS * float(l1.abs().max())
 
 
 # ------------------------------------------------------------------ MTP: damaged files
