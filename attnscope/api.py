@@ -331,9 +331,9 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
             net.blocks[i].load_state_dict(state, strict=True, assign=True)
         for i in share.decoder or ():  # an encoder-decoder's decoder blocks the share holds, the same way
             names = [n for n, layer in decoder_of.items() if layer == i]
-            state = block_tensors(cfg, i, stream(names, True), dev, dt, "decoder.")
+            state = block_tensors(cfg, i, stream(names, True), share.device(cfg.n_layers + i, dev), dt, "decoder.")
             net.decoder.blocks[i].load_state_dict(state, strict=True, assign=True)
-        net.placement = share.placement
+        _place(net, cfg, share.placement)
         return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
     net = build(cfg, stream(resident, True), dev, dt, offload=bool(offload))
     if offload:
@@ -345,6 +345,14 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
             net.decoder.block_source = lambda i: block_tensors(cfg, i, stream(by_decoder.get(i, []), False), dev, dt,
                                                                stack="decoder.")
     return Inspector(cfg, net, tokenizer, spec, dev, dt, read_chat_info(ckpt.root, raw))
+
+
+def _place(net: Any, cfg: ModelConfig, placement: list[torch.device] | None) -> None:
+    """Blocks across devices: each stack's blocks' devices, from the split's one list (an
+    encoder-decoder's: the encoder's layers, then the decoder's; `layer_split.stack_layers`)."""
+    net.placement = placement
+    if placement is not None and cfg.decoder is not None:
+        net.placement, net.decoder.placement = placement[:cfg.n_layers], placement[cfg.n_layers:]
 
 
 def _stored_count(ckpt: Any, cfg: ModelConfig) -> int:
@@ -398,7 +406,7 @@ def _load_gguf(src: Source, device: str, dtype: str, share: Any = None) -> Inspe
     for i in share.decoder or ():  # an encoder-decoder's decoder blocks the share holds (T5), the same way
         prefix = f"decoder.blocks.{i}."
         block = iter_gguf_tensors(f, cfg, family, keep=lambda name: name.startswith(prefix))
-        net.decoder.blocks[i].load_state_dict(block_tensors(cfg, i, block, dev, dt, "decoder."), strict=True,
-                                              assign=True)
-    net.placement = share.placement
+        net.decoder.blocks[i].load_state_dict(block_tensors(cfg, i, block, share.device(cfg.n_layers + i, dev), dt,
+                                                            "decoder."), strict=True, assign=True)
+    _place(net, cfg, share.placement)
     return Inspector(cfg, net, tokenizer, src.spec, dev, dt, chat)

@@ -115,6 +115,9 @@ class KVCache:
         # an encoder-decoder's decoder: each layer's cross-attention keys and values (Hkv, S, dh),
         # computed once from the encoder's states by its first pass (parts.cross)
         self.cross: dict[int, tuple[Tensor, Tensor]] = {}
+        # and with blocks across devices (`seq2seq.Decoder.placement`), the encoder's states by device:
+        # where they began and each device the decoder's blocks run on, moved there once per decoding
+        self.memory: dict[torch.device, Tensor] = {}
 
     def update(self, layer: int, k: Tensor, v: Tensor, start: int, window: int | None) -> tuple[Tensor, Tensor, int]:
         """Append this pass's keys and values (positions start..); returns every key and

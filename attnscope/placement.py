@@ -6,15 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attnscope.errors import DeviceError, UsageError
+from attnscope.errors import DeviceError
 from attnscope.layer_split import split
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector
+    from attnscope.config import ModelConfig
 
 
 def placement(cfg: "ModelConfig", devices: list[torch.device], width: int = 4) -> list[torch.device]:
-    """Each layer's device: the same balanced split, one range per device."""
+    """Each layer's device: the same balanced split, one range per device (an
+    encoder-decoder's: the encoder's layers, then the decoder's, as `split` lists them)."""
     out: list[torch.device] = []
     for device, layers in zip(devices, split(cfg, len(devices), width)):
         out += [device] * len(layers)
@@ -47,18 +49,24 @@ def parse_devices(device: str) -> list[torch.device] | None:
 
 
 def load_placed(model: str | None, devices: list[torch.device], dtype: str, progress: Any = None) -> "Inspector":
-    """One process, the blocks placed across `devices` (embeddings and head on the first)."""
+    """One process, the blocks placed across `devices` (embeddings and head on the first).
+
+    An encoder-decoder's layers are the split's one ordered list (`layer_split.stack_layers`):
+    the encoder's blocks, then the decoder's, each streamed onto its device. Both stacks'
+    embeddings, the encoder's final norm, the decoder's and the head sit on the first device,
+    with the stacks' relative position tables (T5), whose per-pass table is copied once to
+    each device that runs a layer of its stack (`parts.relative`). The encoder's final states
+    are moved once to each device holding decoder layers (once per decoding with a cache,
+    `seq2seq.Decoder`), so each decoder layer's self-attention cache and cross-attention keys
+    and values are computed, and kept, on its own device."""
     from attnscope import api
     from attnscope.pipeline import Share, refuse_unsupported
 
     src = api.open_source(model)
     cfg = src.config
-    if cfg.decoder is not None:
-        raise UsageError("--device with several devices places one stack's blocks; an encoder-decoder's two stacks "
-                         "are split across devices by --pipeline (one process a device)",
-                         hint="run it under torchrun with --pipeline, or on one device")
     refuse_unsupported(cfg)
     width = torch.finfo(api.pick_dtype(dtype, devices[0], cfg)).bits // 8
     where = placement(cfg, devices, width)
-    share = Share(range(cfg.n_layers), True, True, cfg.tied_embeddings, where)
+    decoder = range(len(cfg.decoder)) if cfg.decoder is not None else None
+    share = Share(range(cfg.n_layers), True, True, cfg.tied_embeddings, where, decoder)
     return api.load(model, str(devices[0]), dtype, progress, share=share)

@@ -56,6 +56,10 @@ class Decoder(nn.Module):
         # Offloading (`api.load(offload=True)`): as `Transformer.block_source`, block i's
         # weights (names relative to the block) just before it runs, dropped after it.
         self.block_source: Any = None
+        # Blocks across devices in one process (`attnscope.placement`): decoder block i's device,
+        # as `Transformer.placement` for the encoder's; the stream, the pass's state and the
+        # encoder's final states moved to it before it runs (`_moved`).
+        self.placement: list[torch.device] | None = None
 
     def forward(self, ids: Tensor, tok: nn.Module, memory: Tensor, hooks: Any = None, start: int | None = None,
                 cache: Any = None, first_layer: int = 0, last_layer: int | None = None,
@@ -80,11 +84,17 @@ class Decoder(nn.Module):
         bias = self.relative.for_pass(start + T) if hasattr(self, "relative") and runs else None
         cross = cache.cross if cache is not None else {}  # the source's keys and values, per layer
         state = PassState(start, positions, None, {}, bias, memory=memory, cross=cross)
+        moved = cache.memory if cache is not None else {}  # blocks across devices: the encoder's states on each
+        if self.placement is not None:
+            moved.setdefault(memory.device, memory)
         for i, block in enumerate(self.blocks):
             if i > stop:
                 break
             if i < first_layer:
                 continue
+            device = self.placement[i] if self.placement is not None else None
+            if device is not None and (x.device != device or state.memory.device != device):
+                x, state = x.to(device), _moved(state, device, moved)
             if self.block_source is None:
                 x = block(x, state, cache, hooks)
             else:
@@ -101,11 +111,29 @@ class Decoder(nn.Module):
         return x
 
 
+def _moved(state: Any, device: torch.device, moved: dict[torch.device, Tensor]) -> Any:
+    """The decoder pass's state on `device` (the next block's, blocks across devices): its
+    positions as `model._state_on` moves them, and the encoder's final states, moved to a
+    device once and kept in `moved` (a decoding's cache keeps them: once per decoding). The
+    cross-attention's keys and values stay in the one dict by layer, each computed on its
+    layer's device."""
+    import dataclasses
+
+    from attnscope.model import _state_on
+
+    memory = moved.get(device)
+    if memory is None:
+        memory = moved[device] = state.memory.to(device)
+    return dataclasses.replace(_state_on(state, device), memory=memory)
+
+
 @torch.inference_mode()
 def encode(model: nn.Module, source: Tensor, hooks: Any = None) -> Tensor:
     """The encoder's final states (S, d): its last residual stream after its final norm,
     what every cross-attention reads."""
     x = model(source, hooks)
+    if model.cfg.final_norm and model.placement is not None:  # blocks across devices: the norm is the first's
+        x = x.to(model.embed.tok.weight.device)
     return model.final_norm(x) if model.cfg.final_norm else x
 
 

@@ -217,12 +217,6 @@ def test_what_a_seq2seq_pipeline_cannot_do_is_one_line(args: list[str], needles:
     one_error(run(*args, "--model", seq2seq("t5")), UsageError("").exit_code, *needles)
 
 
-def test_one_process_placement_refuses_two_stacks_with_the_reason(seq2seq: Callable[[str], Path]) -> None:
-    cpu = torch.device("cpu")
-    with pytest.raises(UsageError, match="an encoder-decoder's two stacks are split across devices by --pipeline"):
-        pipeline.load_placed(str(seq2seq("t5")), [cpu, cpu], "float32")
-
-
 @pytest.mark.parametrize("listing, why", [
     ((("resid", (2, 3), "float32"),) * 2, "twice"),
     (tuple((f"t{i}", (1,), "float32") for i in range(17)), "at most 16"),

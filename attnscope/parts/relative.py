@@ -14,6 +14,8 @@ The stack builds the per-distance table once per forward pass (`RelativeBias.for
 callable, which gathers a query chunk's (H, c, K) from the chunk's own positions: memory
 stays bounded by the kernel's chunk, a cache's earlier keys are just smaller positions,
 and on a packed pass each text's positions count from 0, so its distances are its own.
+With blocks placed across devices (`attnscope.placement`) the table is copied once a pass
+to each device whose layers ask for it.
 
 After the T5 paper (Raffel et al. 2020, §2.1) and Mesh TensorFlow's
 `_relative_position_bucket`, which transformers' T5 and MPNet copy; the arithmetic is
@@ -78,8 +80,12 @@ class RelativeBias(nn.Module):
         """The bias of a pass whose positions lie in 0 .. span − 1, as the kernel takes it:
         (q_pos (c,), k_pos (K,)) -> (H, c, K), built from one per-distance table."""
         table = self.table(span)  # (2·span − 1, H)
+        tables = {table.device: table}  # blocks across devices: the pass's table copied once to each
 
         def bias(q_pos: Tensor, k_pos: Tensor) -> Tensor:
-            return table[k_pos[None, :] - q_pos[:, None] + (span - 1)].permute(2, 0, 1)  # (H, c, K)
+            here = tables.get(q_pos.device)
+            if here is None:
+                here = tables[q_pos.device] = table.to(q_pos.device)
+            return here[k_pos[None, :] - q_pos[:, None] + (span - 1)].permute(2, 0, 1)  # (H, c, K)
 
         return bias
