@@ -257,6 +257,12 @@ def test_a_t5_gguf_placed_equals_one_device(tmp_path: Path) -> None:
         assert torch.equal(getattr(a, part), getattr(b, part)), part
     (_, got), (_, want) = decoding(m), decoding(plain)
     assert all(torch.equal(x, y) for x, y in zip(got, want))
+    meta = torch.device("meta")  # each block of the file read onto its own device, the rest onto the first
+    where = [CPU if i % 2 == 0 else meta for i in range(cfg.n_layers + len(cfg.decoder))]
+    sits = where_it_sits(placed(path, where))
+    assert sits.pop("outside") == {CPU}
+    assert sits == {**{f"blocks.{i}": {where[i]} for i in range(cfg.n_layers)},
+                    **{f"decoder.blocks.{i}": {where[cfg.n_layers + i]} for i in range(len(cfg.decoder))}}
 
 
 # ------------------------------------------------------------------ on GPUs (skipped without them)
@@ -311,7 +317,8 @@ def test_blocks_across_two_gpus_equal_the_cpu(name: str, tmp_path: Path, seq2seq
     m = pipeline.load_placed(str(seq2seq(name)), devices, "float32")
     cache, _ = decoding(m)
     assert where_it_sits(m, cache) == expected_places(m, pipeline.placement(m.config, devices))
-    args = ["attend", SOURCE, "--target", TARGET, "--model", seq2seq(name), "--json", "--view", "topk", "--layer", "all"]
+    args = ["attend", SOURCE, "--target", TARGET, "--model", seq2seq(name), "--json", "--view", "topk", "--layer", "all",
+            "--dtype", "float32"]
     a = run(*args, "--device", "cpu", "--save", tmp_path / "one.npz")
     b = run(*args, "--device", LIST, "--save", tmp_path / "two.npz")
     assert a.exit_code == 0 and b.exit_code == 0, (a.stderr, b.stderr)
@@ -321,7 +328,7 @@ def test_blocks_across_two_gpus_equal_the_cpu(name: str, tmp_path: Path, seq2seq
                 np.testing.assert_allclose(y[key], x[key], atol=BOUND, rtol=0, err_msg=key)
             else:
                 assert np.array_equal(x[key], y[key]), key
-    args = ["generate", SOURCE, "--model", seq2seq(name), "--json", "-n", "6", "--ignore-eos"]
+    args = ["generate", SOURCE, "--model", seq2seq(name), "--json", "-n", "6", "--ignore-eos", "--dtype", "float32"]
     a, b = run(*args, "--device", "cpu"), run(*args, "--device", LIST)
     assert a.exit_code == 0 and b.exit_code == 0, (a.stderr, b.stderr)
     assert json.loads(a.stdout)["generated"]["ids"] == json.loads(b.stdout)["generated"]["ids"]
