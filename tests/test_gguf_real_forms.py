@@ -504,6 +504,38 @@ def test_gemma4_tokenizer_without_merges_is_one_line(tmp_path: Path) -> None:
         gguf_tokenizer(read_gguf(path))
 
 
+def test_a_gemma4_gguf_with_its_own_tokenizer_runs_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny Gemma 4 written as Gemma4Model writes it (tests/tiny_models_gemma4.write_gguf)
+    but with llama.cpp's "gemma4" tokenizer (before: refused as an unsupported tokenizer
+    model): `attend --json` runs, on transformers' ids for the text."""
+    import tiny_models_gemma4 as g4
+
+    tokens, types, merges = gemma4_vocab()
+    ids = {"bos": tokens.index("<bos>"), "eos": tokens.index("<eos>"), "unk": tokens.index("<unk>"),
+           "pad": tokens.index("<pad>")}
+    monkeypatch.setattr(tg, "gemma_vocab", lambda: tg.Vocab("gemma4", list(tokens), list(types),
+                                                            scores=[-1000.0] * len(tokens), ids=ids))
+    model_of = gguf.GGUFWriter.add_tokenizer_model
+
+    def with_merges(w: Any, model: str) -> None:  # SpecialVocab's merges and set_vocab's two flags
+        model_of(w, model)
+        w.add_token_merges(merges)
+        w.add_add_space_prefix(False)
+        w.add_add_bos_token(True)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tokenizer_model", with_merges)
+    model = tm.load_reference(g4.gemma4(tmp_path / "gemma4"))
+    assert model.config.vocab_size >= len(tokens)
+    path = g4.write_gguf(tmp_path / "gemma4.gguf", model)
+    text = TEXTS[0]
+    res = CliRunner().invoke(app, ["attend", text, "--model", str(path), "--device", "cpu", "--json"], env=ENV)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    theirs, _ = transformers_gguf_tokenizer(path)
+    want = theirs.encode(text, add_special_tokens=False).ids
+    assert [t["id"] for t in doc["tokens"]] == want and len(want) > 10
+
+
 # ------------------------------------------------------------------ Qwen3.5's pre-tokenizer
 
 QWEN_TEXTS = [*TEXTS, "x\u0301y a\u0308b\u0308c 12345678 it's IT'S", "naïve: e\u0301e\u0301e\u0301 — 1,234.56"]
