@@ -131,10 +131,11 @@ def convert_mtp(folder: Path, arch: str = "qwen35") -> list[tuple[str, torch.Ten
 
 
 def write_mtp_gguf(folder: Path, path: Path, nextn: Any = N_MTP, drop: tuple[str, ...] = (),
-                   arch: str = "qwen35") -> Path:
+                   arch: str = "qwen35", mtp_width: int | None = None) -> Path:
     """The qwen35 GGUF with the metadata test_gguf_qwen3_5.write_gguf writes, plus the MTP
     layer: block_count N + 1 and nextn_predict_layers (`nextn`; None: the key left out);
-    `drop`: tensors left out (a damaged file)."""
+    `drop`: tensors left out (a damaged file); `mtp_width`: feed_forward_length written per
+    block, the MTP block's this one (llama.cpp reads the key per layer)."""
     hp = json.loads((folder / "config.json").read_text())
     tok = tm.gpt2_tokenizer()
     vocab = tg.byte_level_vocab(tok, "gpt-2", [], None, tok.id_to_token(0), add_bos=False).pad(hp["vocab_size"])
@@ -155,6 +156,8 @@ def write_mtp_gguf(folder: Path, path: Path, nextn: Any = N_MTP, drop: tuple[str
         w.add_expert_used_count(hp["num_experts_per_tok"])
         w.add_expert_feed_forward_length(hp["moe_intermediate_size"])
         w.add_expert_shared_feed_forward_length(hp["shared_expert_intermediate_size"])
+    elif mtp_width is not None:
+        w.add_feed_forward_length([hp["intermediate_size"]] * hp["num_hidden_layers"] + [mtp_width])
     else:
         w.add_feed_forward_length(hp["intermediate_size"])
     w.add_head_count(hp["num_attention_heads"])
@@ -347,6 +350,18 @@ def test_qwen3_5_moe_with_its_mtp_layer(tmp_path_factory: pytest.TempPathFactory
     for i, (a, b) in enumerate(zip(p2, p1)):
         assert float((a - b).abs().max()) <= q35.ATOL, i
     assert float((l2 - l1).abs().max()) <= q35.RTOL_LOGITS * float(l1.abs().max())
+
+
+def test_per_layer_metadata_is_cut_to_the_main_stack(made: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A per-layer key (feed_forward_length, one value per block) whose MTP entry differs:
+    the model reads its own layers' values only."""
+    from attnscope.sources.gguf import gguf_config, read_gguf
+
+    _, folder, _ = made
+    path = write_mtp_gguf(folder, tmp_path / "per-layer.gguf", mtp_width=99)
+    assert read_gguf(path).metadata["qwen35.feed_forward_length"][-1] == 99
+    assert gguf_config(read_gguf(path))["intermediate_size"] == json.loads((folder / "config.json").read_text())[
+        "intermediate_size"]
 
 
 # ------------------------------------------------------------------ MTP: damaged files
