@@ -62,7 +62,8 @@ _BLOCK = re.compile(r"^((?:enc|dec)\.)?blk\.(\d+)\.")
 # them in its GGUF_STACKS (stack prefix -> its config key)
 _ONE_STACK = {"": "num_hidden_layers"}
 # the tensors only an MTP block holds (gguf-py's MODEL_TENSOR.NEXTN_*), `blk.N.nextn.<part>`
-_NEXTN = ("eh_proj", "embed_tokens", "enorm", "hnorm", "shared_head_head", "shared_head_norm")
+_NEXTN = tuple(f"nextn.{p}" for p in ("eh_proj", "embed_tokens", "enorm", "hnorm", "shared_head_head",
+                                        "shared_head_norm"))
 # metadata llama.cpp reads as one value per block (`get_key_or_arr`): cut to the main stack
 _PER_LAYER = ("feed_forward_length", "expert_feed_forward_length", "attention.head_count",
               "attention.head_count_kv", "attention.sliding_window_pattern")
@@ -99,8 +100,9 @@ def gguf_mtp_layers(f: GGUFFile) -> range:
     for name in f.tensors:  # a block holding nextn tensors is an MTP layer the metadata must name
         if (m := _BLOCK.match(name)) and not m.group(1) and name[m.end():].startswith("nextn.") \
                 and int(m.group(2)) not in mtp:
+            named = "no block" if not n else f"only blk.{mtp.start} to blk.{mtp.stop - 1}"
             raise CheckpointError(f"{f.path}: tensor {name!r} belongs to a next-token-prediction layer, but {key} "
-                                  f"makes {'none' if not n else f'only blk.{mtp.start} to blk.{mtp.stop - 1}'} such",
+                                  f"names {named} as one",
                                   hint="the file's metadata is damaged; convert it again with llama.cpp")
     for layer in mtp:
         if f"blk.{layer}.nextn.eh_proj.weight" not in f.tensors:
@@ -200,7 +202,7 @@ def _our_name(f: GGUFFile, table: dict[str, str | None], name: str, counts: dict
     m = _BLOCK.match(name)
     key = f"{m.group(1) or ''}blk.{{layer}}." + name[m.end():] if m else name
     if m is not None and not m.group(1) and int(m.group(2)) in mtp \
-            and (key in table or name[m.end():].rpartition(".")[0] in tuple(f"nextn.{p}" for p in _NEXTN)):
+            and (key in table or name[m.end():].rpartition(".")[0] in _NEXTN):
         return None
     if key not in table:
         raise CheckpointError(f"{f.path}: unknown tensor {name!r} in a {f.arch} GGUF",
