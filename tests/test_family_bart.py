@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from tokenizers import Tokenizer
 
 import tiny_models_seq2seq as sm
 from attnscope import seq2seq
@@ -39,51 +38,20 @@ DEC_LAYERS = 3
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = sm.SEQ2SEQ_BUILDERS[name](tmp_path_factory.mktemp(name))
-        return made[name]
-
-    return get
+    return sm.builds(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def ours(built: Callable[[str], Path]) -> Callable[[str], Any]:
-    from attnscope.api import load
-
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = load(str(built(name)), device="cpu", dtype="float32")
-        return made[name]
-
-    return get
+    return sm.loads(built)
 
 
 @pytest.fixture(scope="module")
 def reference(built: Callable[[str], Path]) -> Callable[[str], Any]:
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            folder = built(name)
-            model = sm.reference(folder)
-            tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            src, tgt = tok.encode(sm.SOURCE_TEXT).ids, tok.encode(sm.TARGET_TEXT).ids
-            dec = [model.config.decoder_start_token_id] + tgt
-            with torch.no_grad():
-                out = model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec]), output_attentions=True)
-            made[name] = (model, src, dec, out)
-        return made[name]
-
-    return get
+    return sm.teacher_forced(built)
 
 
-def _max_diff(ours: torch.Tensor, theirs: tuple[torch.Tensor, ...]) -> float:
-    return (ours - torch.stack([a[0] for a in theirs])).abs().max().item()
+_max_diff = sm.max_diff
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-from typer.testing import CliRunner
 
+import cli_runs
 import tiny_models_seq2seq as sm
+from cli_runs import error_line as _one_error
 from attnscope import seq2seq
 from attnscope.config import from_hf_config, preset
 from attnscope.errors import ConfigError, UsageError
@@ -51,55 +51,20 @@ ENC_LAYERS, DEC_LAYERS = 2, 3
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = sm.SEQ2SEQ_BUILDERS[name](tmp_path_factory.mktemp(name))
-        return made[name]
-
-    return get
+    return sm.builds(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def ours(built: Callable[[str], Path]) -> Callable[[str], Any]:
-    from attnscope.api import load
-
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = load(str(built(name)), device="cpu", dtype="float32")
-        return made[name]
-
-    return get
-
-
-def _ids(folder: Path) -> tuple[list[int], list[int]]:
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    return tok.encode(sm.SOURCE_TEXT).ids, tok.encode(sm.TARGET_TEXT).ids
+    return sm.loads(built)
 
 
 @pytest.fixture(scope="module")
 def reference(built: Callable[[str], Path]) -> Callable[[str], Any]:
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            folder = built(name)
-            model = sm.t5_reference(folder)
-            src, tgt = _ids(folder)
-            dec = [model.config.decoder_start_token_id] + tgt
-            with torch.no_grad():
-                out = model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec]), output_attentions=True)
-            made[name] = (model, src, dec, out)
-        return made[name]
-
-    return get
+    return sm.teacher_forced(built)
 
 
-def _max_diff(ours: torch.Tensor, theirs: tuple[torch.Tensor, ...]) -> float:
-    return (ours - torch.stack([a[0] for a in theirs])).abs().max().item()
+_max_diff = sm.max_diff
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -291,16 +256,7 @@ ENV = {"COLUMNS": "100", "NO_COLOR": "1", "FORCE_COLOR": "", "ATTNSCOPE_DEBUG": 
 
 
 def _cli(*args: Any) -> Any:
-    from attnscope.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
-
-
-def _one_error(result: Any) -> str:
-    assert result.exit_code != 0 and result.stdout == "", (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
+    return cli_runs.invoke(ENV, *args)
 
 
 @pytest.mark.parametrize("part", ["cross", "encoder", "decoder"])

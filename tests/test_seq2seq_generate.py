@@ -24,9 +24,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
-from typer.testing import CliRunner
 
+import cli_runs
 import tiny_models_seq2seq as sm
+from cli_runs import error_line as _one_error
 
 # Attention probabilities in float32 against transformers' float32 through at most three
 # layers (test_family_t5 measured under 2e-6 on these models).
@@ -37,45 +38,22 @@ N = 12  # new tokens per run: enough steps for sampling to leave the greedy path
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = sm.SEQ2SEQ_BUILDERS[name](tmp_path_factory.mktemp(name))
-        return made[name]
-
-    return get
+    return sm.builds(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def theirs(built: Callable[[str], Path]) -> Callable[[str], Any]:
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = sm.reference(built(name))
-        return made[name]
-
-    return get
+    return sm.references(built)
 
 
 def _cli(*args: Any) -> Any:
-    from attnscope.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+    return cli_runs.invoke(ENV, *args)
 
 
 def _json(*args: Any) -> dict[str, Any]:
     result = _cli(*args, "--json")
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return json.loads(result.stdout)
-
-
-def _one_error(result: Any) -> str:
-    assert result.exit_code != 0 and result.stdout == "", (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def _source_ids(folder: Path) -> list[int]:

@@ -32,9 +32,10 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor
-from typer.testing import CliRunner
 
+import cli_runs
 import tiny_models_seq2seq as sm
+from cli_runs import error_line as _one_error
 
 from attnscope.config import from_hf_config, preset
 from attnscope.params import param_shapes
@@ -44,16 +45,7 @@ ENV = {"COLUMNS": "100", "NO_COLOR": "1", "FORCE_COLOR": "", "ATTNSCOPE_DEBUG": 
 
 
 def _cli(*args: Any) -> Any:
-    from attnscope.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
-
-
-def _one_error(result: Any) -> str:
-    assert result.exit_code != 0 and result.stdout == "", (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
+    return cli_runs.invoke(ENV, *args)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -89,21 +81,10 @@ ATOL = 1e-5  # row-normalised or rolled-out values, bounded by 1
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = sm.SEQ2SEQ_BUILDERS[name](tmp_path_factory.mktemp(name))
-        return made[name]
-
-    return get
+    return sm.builds(tmp_path_factory)
 
 
-def _ids(folder: Path) -> tuple[list[int], list[int]]:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    return tok.encode(sm.SOURCE_TEXT).ids, tok.encode(sm.TARGET_TEXT).ids
+_ids = sm.source_target_ids
 
 
 def _f_norms(x: Tensor, v: Any, o: Any, n_heads: int) -> Tensor:

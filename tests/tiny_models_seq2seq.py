@@ -178,3 +178,71 @@ def mt5(folder: Path, seed: int = SEED + 5) -> Path:
 
 SEQ2SEQ_BUILDERS: dict[str, Callable[[Path], Path]] = {"t5": t5, "t5_v11": t5_v11, "mt5": mt5, "bart": bart, "mbart": mbart,
                                                    "marian": marian}
+
+
+# ----------------------------------------------------------------------------- the tests' getters
+# What the encoder-decoder test modules share: each keeps its own module-scoped fixtures
+# (`built`, `ours`, `reference`/`theirs`), whose bodies are these getters.
+
+
+def _once(make: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`make(name)`, called at most once per name."""
+    made: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in made:
+            made[name] = make(name)
+        return made[name]
+
+    return get
+
+
+def builds(tmp_path_factory: Any) -> Callable[[str], Path]:
+    """`get(name) -> Path`: `SEQ2SEQ_BUILDERS[name]` built once, into its own temporary folder."""
+    return _once(lambda name: SEQ2SEQ_BUILDERS[name](tmp_path_factory.mktemp(name)))
+
+
+def loads(built: Callable[[str], Path]) -> Callable[[str], Any]:
+    """`get(name) -> Inspector`: attnscope's model on `built(name)`, float32 on the CPU, loaded once."""
+
+    def load(name: str) -> Any:
+        from attnscope.api import load
+
+        return load(str(built(name)), device="cpu", dtype="float32")
+
+    return _once(load)
+
+
+def references(built: Callable[[str], Path]) -> Callable[[str], Any]:
+    """`get(name)`: transformers' own model on `built(name)` (`reference`), loaded once."""
+    return _once(lambda name: reference(built(name)))
+
+
+def source_target_ids(folder: Path) -> tuple[list[int], list[int]]:
+    """SOURCE_TEXT's and TARGET_TEXT's ids under the folder's tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return tok.encode(SOURCE_TEXT).ids, tok.encode(TARGET_TEXT).ids
+
+
+def teacher_forced(built: Callable[[str], Path]) -> Callable[[str], Any]:
+    """`get(name) -> (model, src, dec, out)`: transformers' model on `built(name)` and its
+    output (attentions included) reading SOURCE_TEXT in the encoder and the decoder start
+    token + TARGET_TEXT in the decoder (`dec`), computed once."""
+
+    def run(name: str) -> Any:
+        folder = built(name)
+        model = reference(folder)
+        src, tgt = source_target_ids(folder)
+        dec = [model.config.decoder_start_token_id] + tgt
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec]), output_attentions=True)
+        return model, src, dec, out
+
+    return _once(run)
+
+
+def max_diff(ours: torch.Tensor, theirs: tuple[torch.Tensor, ...]) -> float:
+    """The largest difference between our (layers, heads, …) pattern and transformers' per-layer tuple."""
+    return (ours - torch.stack([a[0] for a in theirs])).abs().max().item()
