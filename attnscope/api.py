@@ -288,9 +288,10 @@ def load(model: str | os.PathLike[str] | None = None, device: str = "auto", dtyp
             layer_of[name] = int(ours.split(".")[1])
         elif ours is not None and ours.startswith("decoder.blocks."):  # an encoder-decoder's second stack
             decoder_of[name] = int(ours.split(".")[2])
-        elif ours is not None:
+        elif ours is not None and not ours.startswith("mtp."):  # `mtp.`: a next-token-prediction module
             ours_of[name] = ours
-    resident = [n for n in ckpt.tensors if not (offload and (n in layer_of or n in decoder_of))]
+    needed = set(layer_of) | set(decoder_of) | set(ours_of)  # the rest (unknown, buffers, MTP): never read
+    resident = [n for n in ckpt.tensors if n in needed and not (offload and (n in layer_of or n in decoder_of))]
     if share is not None:  # only the share's own parts and blocks are ever read
         resident = [n for n in ckpt.tensors if n in ours_of and share.holds(ours_of[n])]
         resident += [n for n in ckpt.tensors if layer_of.get(n, -1) in share.layers]

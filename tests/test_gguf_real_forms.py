@@ -283,6 +283,25 @@ def test_mtp_gguf_and_folder_patterns_and_logits(made: tuple[Path, Path, Path]) 
     assert float((l2 - l1).abs().max()) <= q35.RTOL_LOGITS * float(l1.abs().max())
 
 
+def test_a_folders_mtp_tensors_are_never_read(made: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the folder reads the model's tensors only: no `mtp.*` (as transformers, which
+    has no module to put them in)."""
+    from attnscope import checkpoint
+    from attnscope.api import load
+
+    _, folder, _ = made
+    read: list[str] = []
+    real = checkpoint.iter_tensors
+
+    def spy(ckpt: Any, names: list[str], *args: Any, **kwargs: Any) -> Any:
+        read.extend(names)
+        return real(ckpt, names, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "iter_tensors", spy)
+    load(str(folder), device="cpu", dtype="float32")
+    assert read and not [n for n in read if n.startswith("mtp.")]
+
+
 def test_params_counts_what_transformers_counts_and_shows_the_mtp_apart(made: tuple[Path, Path, Path]) -> None:
     """Folder with mtp.*, its GGUF and the plain folder: the same total, transformers'
     num_parameters() (its model has no MTP module); the module shown apart in both forms
