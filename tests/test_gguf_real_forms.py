@@ -327,6 +327,25 @@ def test_params_counts_what_transformers_counts_and_shows_the_mtp_apart(made: tu
     assert res.exit_code == 0 and "multi-token-prediction module" in res.output, res.output
 
 
+def test_a_qwen3_next_folder_with_its_mtp_module(build: Callable[[str], Path], tmp_path: Path) -> None:
+    """Qwen3-Next's checkpoints carry the same `mtp.*` (llama.cpp's converter drops it, so its
+    GGUFs have none): the folder loads without reading it, counts what transformers counts and
+    shows the module (here with experts) apart."""
+    from safetensors import safe_open
+
+    folder = add_mtp(build("qwen3_next"), tmp_path / "qwen3_next_mtp")
+    res = CliRunner().invoke(app, ["params", "--model", str(folder), "--json"], env=ENV)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    with safe_open(folder / "model.safetensors", "pt") as st:
+        held = sum(prod(st.get_slice(k).get_shape()) for k in st.keys() if k.startswith("mtp."))
+        assert any(".mlp.experts." in k for k in st.keys() if k.startswith("mtp."))
+    assert doc["total"] == tm.load_reference(folder).num_parameters()
+    assert list(doc["not_counted"].values()) == [held]
+    res = CliRunner().invoke(app, ["attend", "hello world", "--model", str(folder), "--device", "cpu"], env=ENV)
+    assert res.exit_code == 0, res.output
+
+
 def test_the_real_qwen3_5_config_shows_its_mtp_module() -> None:
     """`params --config` on the published Qwen3.5-0.8B config: the total is transformers'
     (unchanged), the MTP layer (one gated full-attention layer of d 1024: q 1024→4096, k and
