@@ -16,31 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from typer.testing import CliRunner
 
-from attnscope.cli import app
+from cli_runs import clean_failure as error_line
+from cli_runs import ok, run
 
-ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "80", "NO_COLOR": "1",
-       "ATTNSCOPE_DEBUG": None, "ATTNSCOPE_MODEL": None}
 TEXT = "a fluffy blue creature sat on the mat"
-
-
-def run(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV, terminal_width=80)
-
-
-def ok(result: Any) -> Any:
-    assert result.exit_code == 0, (result.exit_code, result.stdout[-2000:], result.stderr, result.exception)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
-
-
-def error_line(result: Any, code: int) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout[-1000:], result.stderr, result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr and "internal error" not in lines[0]
-    return lines[0]
 
 
 @pytest.fixture()

@@ -15,7 +15,6 @@ import html
 import json
 import re
 import struct
-import subprocess
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,34 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from attnscope.cli import app
+from browser import chromium, element, listed, needs_chromium
+from cli_runs import clean_failure as error_line
+from cli_runs import ok, run
 
-ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "80", "NO_COLOR": "1",
-       "ATTNSCOPE_DEBUG": None, "ATTNSCOPE_MODEL": None}
 TEXT = "a fluffy blue creature sat on the mat"
-CHROMIUM = Path("/usr/bin/chromium")
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
-
-
-def run(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV, terminal_width=80)
-
-
-def ok(result: Any) -> Any:
-    assert result.exit_code == 0, (result.exit_code, result.stdout[-2000:], result.stderr, result.exception)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
-
-
-def error_line(result: Any, code: int) -> str:
-    """A clean failure: the exit code and exactly one `error:` line on stderr."""
-    assert result.exit_code == code, (result.exit_code, result.stdout[-1000:], result.stderr, result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr and "internal error" not in lines[0]
-    return lines[0]
 
 
 def page_doc(path: Path) -> dict[str, Any]:
@@ -230,26 +207,6 @@ def test_page_errors_are_one_line(gpt2: Path, out: Path, monkeypatch: pytest.Mon
 
 
 # ------------------------------------------------------------------ in a real browser
-
-
-def chromium(profile: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-           *args, url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
-
-def element(dom: str, ident: str) -> tuple[dict[str, str], str]:
-    """The attributes and inner HTML of the element with id `ident` (no nesting of its own tag)."""
-    m = re.search(rf'<(\w+)([^>]*\bid="{ident}"[^>]*)>(.*?)</\1>', dom, re.S)
-    assert m is not None, ident
-    return dict(re.findall(r'([\w-]+)="([^"]*)"', m.group(2))), m.group(3)
-
-
-def listed(dom: str, ident: str) -> list[tuple[int, float]]:
-    _attrs, inner = element(dom, ident)
-    return [(int(k), float(w)) for k, w in re.findall(r'<li data-key="(\d+)" data-weight="([^"]+)"', inner)]
 
 
 @needs_chromium

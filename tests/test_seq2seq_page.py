@@ -21,69 +21,40 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
+import cli_runs
 import tiny_models_seq2seq as sm
+from browser import chromium, element, listed, needs_chromium
+from cli_runs import error_line as one_error
+from cli_runs import ok
 
 ENV = {"COLUMNS": "100", "NO_COLOR": "1", "FORCE_COLOR": "", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": "",
        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 ATOL = 1e-5
 SOURCE = "The fluffy creature sat on the mat."
 TARGET = "Das flauschige Wesen sass auf der Matte."
-CHROMIUM = Path("/usr/bin/chromium")
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
 THEIRS = {"cross": "cross_attentions", "encoder": "encoder_attentions", "decoder": "decoder_attentions"}
 SAVED = {"cross": "cross_attentions", "encoder": "encoder_attentions", "decoder": "decoder_attentions"}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = sm.SEQ2SEQ_BUILDERS[name](tmp_path_factory.mktemp(name))
-        return made[name]
-
-    return get
+    return sm.builds(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def reference(built: Callable[[str], Path]) -> Callable[[str], Any]:
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = sm.reference(built(name))
-        return made[name]
-
-    return get
+    return sm.references(built)
 
 
 def cli(*args: Any) -> Any:
-    from attnscope.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
-
-
-def ok(result: Any) -> Any:
-    assert result.exit_code == 0, (result.exit_code, result.stdout[-2000:], result.stderr, result.exception)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
-
-
-def one_error(result: Any) -> str:
-    assert result.exit_code != 0 and result.stdout == "", (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
+    return cli_runs.invoke(ENV, *args)
 
 
 def page_doc(path: Path) -> dict[str, Any]:
@@ -338,25 +309,6 @@ def test_cross_figure_png_is_not_square(built: Callable[[str], Path], tmp_path: 
 
 
 # ----------------------------------------------------------------------------- in a real browser
-
-
-def chromium(profile: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-           *args, url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
-
-def element(dom: str, ident: str) -> tuple[dict[str, str], str]:
-    m = re.search(rf'<(\w+)([^>]*\bid="{ident}"[^>]*)>(.*?)</\1>', dom, re.S)
-    assert m is not None, ident
-    return dict(re.findall(r'([\w-]+)="([^"]*)"', m.group(2))), m.group(3)
-
-
-def listed(dom: str, ident: str) -> list[tuple[int, float]]:
-    _attrs, inner = element(dom, ident)
-    return [(int(k), float(w)) for k, w in re.findall(r'<li data-key="(\d+)" data-weight="([^"]+)"', inner)]
 
 
 @needs_chromium
