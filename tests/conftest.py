@@ -15,21 +15,11 @@ from typing import Any, Callable
 import pytest
 
 import tiny_models
+from family_checks import cached as _cached
 
 # Nothing in the tests may reach the network: every checkpoint is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
-    made: dict[Any, Any] = {}
-
-    def get(*key: Any) -> Any:
-        if key not in made:
-            made[key] = make(*key)
-        return made[key]
-
-    return get
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from family_checks import cached, run_hooked
 import tiny_models as tm
 import tiny_models_moe as tmoe
 from attnscope import corpus
@@ -49,27 +50,16 @@ TEXTS = tm.SENTENCES + [
 ]
 
 
-def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
-    made: dict[Any, Any] = {}
-
-    def get(*key: Any) -> Any:
-        if key not in made:
-            made[key] = make(*key)
-        return made[key]
-
-    return get
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return _cached(lambda name: tmoe.MOE_BUILDERS[name](tmp_path_factory.mktemp(name)))
+    return cached(lambda name: tmoe.MOE_BUILDERS[name](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="module")
 def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
     from attnscope.api import load
 
-    return _cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
+    return cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +69,7 @@ def reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
         model.config._experts_implementation = "eager"
         return model
 
-    return _cached(make)
+    return cached(make)
 
 
 def their_counts(model: Any, ids: list[int], n_experts: int) -> tuple[dict[int, torch.Tensor], bool]:
@@ -102,12 +92,7 @@ def their_counts(model: Any, ids: list[int], n_experts: int) -> tuple[dict[int, 
             chosen[i] = experts
 
         handles.append(gate.register_forward_hook(catch))
-    try:
-        with torch.no_grad():
-            model(torch.tensor([ids]))
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, ids, handles)
     return {i: torch.bincount(e.reshape(-1), minlength=n_experts) for i, e in chosen.items()}, clear
 
 
@@ -140,7 +125,7 @@ def clear_texts(ours: Callable, reference: Callable) -> Callable[[str], tuple[li
         assert total is not None
         return kept, total
 
-    return _cached(make)
+    return cached(make)
 
 
 # ------------------------------------------------------------------ pooled load

@@ -14,7 +14,6 @@ demo's last step, and the real configs' counts from transformers on the meta dev
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import replace
@@ -25,6 +24,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from family_checks import Patterns, assert_close, assert_logits_close, cached, reference_run, references
 import tiny_models as tm
 import tiny_models_deepseek as td
 from attnscope.config import from_hf_config
@@ -39,79 +39,26 @@ REAL = Path(__file__).parent / "data" / "real_configs"
 ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
 
 
-def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
-    made: dict[Any, Any] = {}
-
-    def get(*key: Any) -> Any:
-        if key not in made:
-            made[key] = make(*key)
-        return made[key]
-
-    return get
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return _cached(lambda name: td.DEEPSEEK_BUILDERS[name](tmp_path_factory.mktemp(name)))
+    return cached(lambda name: td.DEEPSEEK_BUILDERS[name](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="module")
 def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
     from attnscope.api import load
 
-    return _cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
+    return cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def reference(folder: Callable[[str], Path]) -> Callable[..., Any]:
     """transformers' model in float32 (`name`) and float64 (`name`, True)."""
-
-    def make(name: str, double: bool = False) -> Any:
-        model = tm.load_reference(folder(name))  # every tensor used, none missing
-        model.config._experts_implementation = "eager"  # the plain loop over experts (grouped_mm has no float64)
-        return copy.deepcopy(model).double().eval() if double else model
-
-    return _cached(make)
+    return references(folder)
 
 
 def ids_of(folder: Path) -> list[int]:
     return tm.plain_tokenizer(folder).encode(td.DEEPSEEK_TEXT).ids
-
-
-def assert_close(ours_: torch.Tensor, ref: torch.Tensor, atol: float, what: str) -> float:
-    assert ours_.shape == ref.shape, f"{what}: shape {tuple(ours_.shape)} != {tuple(ref.shape)}"
-    diff = (ours_.double() - ref.double()).abs()
-    worst = float(diff.max())
-    if worst > atol:
-        where = tuple(int(x) for x in torch.unravel_index(diff.argmax(), diff.shape))
-        pytest.fail(f"{what}: differs by {worst:.3g} > {atol:g} at {where}")
-    return worst
-
-
-def assert_logits_close(ours_: torch.Tensor, ref: torch.Tensor, rtol: float, what: str) -> None:
-    scale = float(ref.abs().max())
-    torch.testing.assert_close(ours_.double(), ref.double(), rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}")
-
-
-@torch.no_grad()
-def reference_run(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    out = model(torch.tensor([ids]), output_attentions=True)
-    return out.logits[0], torch.stack([a[0] for a in out.attentions])
-
-
-class Patterns:
-    """A hook putting the pattern chunks of cached steps back into (L, H, T, T) rows."""
-
-    def __init__(self, n_layers: int, n_heads: int, n: int) -> None:
-        self.full = torch.zeros(n_layers, n_heads, n, n)
-
-    def wants(self, site: str, what: str) -> bool:
-        return what == "pattern" and site.startswith("blocks.") and site.endswith(".attn")
-
-    def report(self, site: str, what: str, value: torch.Tensor, q_start: int, k_start: int) -> None:
-        layer = int(site.split(".")[1])
-        _, rows, keys = value.shape
-        self.full[layer, :, q_start:q_start + rows, k_start:k_start + keys] = value
 
 
 def stepped(insp: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, Any]:

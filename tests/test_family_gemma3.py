@@ -31,6 +31,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from family_checks import reference_run
 import tiny_models as tm
 import tiny_models_kinds as kinds
 from attnscope.config import from_hf_config
@@ -78,13 +79,6 @@ def ref64(reference: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def ids_of(folder: Path, text: str = kinds.KINDS_TEXT) -> list[int]:
     return tm.plain_tokenizer(folder).encode(text).ids
-
-
-@torch.no_grad()
-def reference_run(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (T, vocab) and attention (L, H, T, T) of one sequence."""
-    out = model(torch.tensor([ids]), output_attentions=True)
-    return out.logits[0], torch.stack([a[0] for a in out.attentions])  # L x (H, T, T) -> (L, H, T, T)
 
 
 def assert_attention_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:

@@ -30,8 +30,10 @@ from hypothesis import strategies as st
 import torch
 from typer.testing import CliRunner
 
+from family_checks import cached, reference_run, worst
 import tiny_models as tm
 import tiny_models_gemma4 as g4
+from tiny_models_gemma4 import write_gguf as write_gemma4_gguf
 import tiny_models_kinds as kinds
 from attnscope.config import from_hf_config
 from attnscope.errors import ConfigError
@@ -46,53 +48,30 @@ ATOL = 1e-5
 ENV = {"COLUMNS": "80", "NO_COLOR": "1", "FORCE_COLOR": "", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
 
 
-def _cached(make: Callable[[str], Any]) -> Callable[[str], Any]:
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = make(name)
-        return made[name]
-
-    return get
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return _cached(lambda name: g4.GEMMA4_BUILDERS[name](tmp_path_factory.mktemp(name)))
+    return cached(lambda name: g4.GEMMA4_BUILDERS[name](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="module")
 def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
     from attnscope.api import load
 
-    return _cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
+    return cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
-    return _cached(lambda name: tm.load_reference(folder(name)))
+    return cached(lambda name: tm.load_reference(folder(name)))
 
 
 @pytest.fixture(scope="module")
 def ref64(reference: Callable[[str], Any]) -> Callable[[str], Any]:
-    return _cached(lambda name: copy.deepcopy(reference(name)).double().eval())
+    return cached(lambda name: copy.deepcopy(reference(name)).double().eval())
 
 
 def ids_of(folder: Path, text: str = kinds.KINDS_TEXT) -> list[int]:
     return tm.plain_tokenizer(folder).encode(text).ids
-
-
-@torch.no_grad()
-def reference_run(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (T, vocab) and attention (L, H, T, T) of one sequence."""
-    out = model(torch.tensor([ids]), output_attentions=True)
-    return out.logits[0], torch.stack([a[0] for a in out.attentions])
-
-
-def worst(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert got.shape == want.shape, (tuple(got.shape), tuple(want.shape))
-    return float((got.double() - want.double()).abs().max())
 
 
 def run_cli(*args: str) -> Any:
@@ -567,73 +546,6 @@ def test_any_value_is_a_config_or_one_error(changes: dict[str, Any], nested: boo
 
 
 # ---------------------------------------------------------------------- GGUF
-
-
-def write_gemma4_gguf(path: Path, model: Any) -> Path:
-    """A tiny `gemma4` GGUF as convert_hf_to_gguf.py's Gemma4Model writes one: norms as they
-    are, `layer_scalar` as blk.N.layer_output_scale.weight, the per-layer tensors by gguf-py's
-    names, key lengths global and local, one sliding-window flag and one key/value head count
-    and MLP width per layer, shared_kv_layers, and the global RoPE as rope_freqs (1 per
-    turning frequency, 1e30 per standing one). Its vocabulary is a SentencePiece one
-    (tokenizer model "llama"): attnscope does not read llama.cpp's "gemma4" tokenizer yet."""
-    import gguf
-    import tiny_gguf as tg
-
-    cfg = model.config
-    vocab = tg.gemma_vocab().pad(cfg.vocab_size)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA4, cfg.num_hidden_layers)
-    w = gguf.GGUFWriter(path, "gemma4")
-    w.add_name("tiny-gemma4")
-    swa = [t == "sliding_attention" for t in cfg.layer_types]
-    first_shared = cfg.num_hidden_layers - cfg.num_kv_shared_layers
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length([cfg.intermediate_size * (2 if cfg.use_double_wide_mlp and i >= first_shared else 1)
-                               for i in range(cfg.num_hidden_layers)])
-    w.add_head_count(cfg.num_attention_heads)
-    attns = [layer.self_attn for layer in model.model.layers]  # head sizes and counts are per layer
-    w.add_head_count_kv([cfg.num_attention_heads // a.num_key_value_groups for a in attns])
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    global_dim = next(a.head_dim for a, s in zip(attns, swa) if not s)
-    local_dim = next(a.head_dim for a, s in zip(attns, swa) if s)
-    w.add_key_length(global_dim)
-    w.add_value_length(global_dim)
-    w.add_key_length_swa(local_dim)
-    w.add_value_length_swa(local_dim)
-    w.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"])
-    w.add_rope_freq_base_swa(cfg.rope_parameters["sliding_attention"]["rope_theta"])
-    w.add_rope_dimension_count(global_dim)
-    w.add_rope_dimension_count_swa(local_dim)
-    w.add_final_logit_softcapping(cfg.final_logit_softcapping)
-    w.add_sliding_window(cfg.sliding_window)
-    w.add_sliding_window_pattern(swa)
-    w.add_shared_kv_layers(cfg.num_kv_shared_layers)
-    w.add_embedding_length_per_layer_input(cfg.hidden_size_per_layer_input or 0)
-    w.add_tokenizer_model(vocab.model)
-    w.add_token_list(vocab.tokens)
-    w.add_token_types(vocab.types)
-    w.add_token_scores(vocab.scores)
-    for key, value in vocab.ids.items():
-        getattr(w, {"bos": "add_bos_token_id", "eos": "add_eos_token_id", "unk": "add_unk_token_id",
-                    "pad": "add_pad_token_id"}[key])(value)
-    turning = int(global_dim * cfg.rope_parameters["full_attention"]["partial_rotary_factor"] / 2)
-    tensors = [("rope_freqs.weight", torch.tensor([1.0] * turning + [1e30] * (global_dim // 2 - turning)))]
-    for name, t in model.state_dict().items():
-        if name.startswith("lm_head."):
-            continue  # tied
-        if name.endswith("layer_scalar"):
-            name += ".weight"  # Gemma4Model.filter_tensors
-        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        assert gguf_name is not None, name
-        tensors.append((gguf_name, t.detach().float()))
-    for name, t in tensors:
-        w.add_tensor(name, t.numpy(), raw_dtype=gguf.GGMLQuantizationType.F32)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -16,7 +16,6 @@ token's chosen experts and their weights, the real configs' counts (total and ac
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from family_checks import Patterns, assert_close, assert_logits_close, cached, references, run_hooked
 import tiny_models as tm
 import tiny_models_moe as tmoe
 from attnscope.config import from_hf_config
@@ -42,17 +42,6 @@ REAL = Path(__file__).parent / "data" / "real_configs"
 ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBUG": "", "ATTNSCOPE_MODEL": ""}
 
 
-def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
-    made: dict[Any, Any] = {}
-
-    def get(*key: Any) -> Any:
-        if key not in made:
-            made[key] = make(*key)
-        return made[key]
-
-    return get
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """`folder(name, layout="per_expert")`: the tiny checkpoint, per-expert or fused."""
@@ -62,7 +51,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
             return tmoe.fused(folder(name), tmp_path_factory.mktemp(f"{name}_fused"))
         return tmoe.MOE_BUILDERS[name](tmp_path_factory.mktemp(name))
 
-    folder = _cached(make)
+    folder = cached(make)
     return folder
 
 
@@ -70,54 +59,18 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 def ours(folder: Callable[..., Path]) -> Callable[..., Any]:
     from attnscope.api import load
 
-    return _cached(lambda name, layout="per_expert": load(str(folder(name, layout)), device="cpu", dtype="float32"))
+    return cached(lambda name, layout="per_expert": load(str(folder(name, layout)), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def reference(folder: Callable[..., Path]) -> Callable[..., Any]:
     """transformers' model (per-expert folder) in float32, or float64 with `double`; its
     experts run eagerly (the grouped-mm kernel takes no float64)."""
-
-    def make(name: str, double: bool = False) -> Any:
-        model = tm.load_reference(folder(name))  # every tensor used, none missing
-        model.config._experts_implementation = "eager"
-        return copy.deepcopy(model).double().eval() if double else model
-
-    return _cached(make)
+    return references(folder)
 
 
 def ids_of(folder: Path) -> list[int]:
     return tm.plain_tokenizer(folder).encode(tmoe.MOE_TEXT).ids
-
-
-def assert_close(ours_: torch.Tensor, ref: torch.Tensor, atol: float, what: str) -> float:
-    assert ours_.shape == ref.shape, f"{what}: shape {tuple(ours_.shape)} != {tuple(ref.shape)}"
-    diff = (ours_.double() - ref.double()).abs()
-    worst = float(diff.max())
-    if worst > atol:
-        where = tuple(int(x) for x in torch.unravel_index(diff.argmax(), diff.shape))
-        pytest.fail(f"{what}: differs by {worst:.3g} > {atol:g} at {where}")
-    return worst
-
-
-def assert_logits_close(ours_: torch.Tensor, ref: torch.Tensor, rtol: float, what: str) -> None:
-    scale = float(ref.abs().max())
-    torch.testing.assert_close(ours_.double(), ref.double(), rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}")
-
-
-class Patterns:
-    """A hook putting the pattern chunks of cached steps back into (L, H, T, T)."""
-
-    def __init__(self, n_layers: int, n_heads: int, n: int) -> None:
-        self.full = torch.zeros(n_layers, n_heads, n, n)
-
-    def wants(self, site: str, what: str) -> bool:
-        return what == "pattern" and site.startswith("blocks.") and site.endswith(".attn")
-
-    def report(self, site: str, what: str, value: torch.Tensor, q_start: int, k_start: int) -> None:
-        layer = int(site.split(".")[1])
-        _, rows, keys = value.shape
-        self.full[layer, :, q_start:q_start + rows, k_start:k_start + keys] = value
 
 
 # ------------------------------------------------------------------ the checkpoints
@@ -223,12 +176,7 @@ def _their_routes(model: Any, ids: list[int]) -> dict[int, tuple[torch.Tensor, t
             routes[i] = (torch.softmax(logits.float(), dim=-1), weights.float(), chosen)
 
         handles.append(gate.register_forward_hook(catch))
-    try:
-        with torch.no_grad():
-            model(torch.tensor([ids]))
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, ids, handles)
     return routes
 
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from family_checks import cached
 import tiny_models as tm
 import tiny_models_kinds as tk
 import tiny_models_nomic as tn
@@ -39,32 +40,21 @@ ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBU
 NOMIC_V15_PARAMETERS = 136_731_648
 
 
-def _cached(make: Callable[..., Any]) -> Callable[..., Any]:
-    made: dict[Any, Any] = {}
-
-    def get(*key: Any) -> Any:
-        if key not in made:
-            made[key] = make(*key)
-        return made[key]
-
-    return get
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return _cached(lambda name: tn.NOMIC_BUILDERS[name](tmp_path_factory.mktemp(name)))
+    return cached(lambda name: tn.NOMIC_BUILDERS[name](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="module")
 def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
     from attnscope.api import load
 
-    return _cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
+    return cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
-    return _cached(lambda name: tm.load_reference(folder(name)))  # every tensor used, none missing
+    return cached(lambda name: tm.load_reference(folder(name)))  # every tensor used, none missing
 
 
 def ids_of(folder: Path) -> list[int]:

@@ -27,6 +27,7 @@ import torch
 from typer.testing import CliRunner
 
 import tiny_gguf as tg
+from family_checks import Patterns, assert_close, assert_logits_close, reference_run
 import tiny_models as tm
 import tiny_models_kinds as tk
 from attnscope.architectures import phi3, to_ours
@@ -60,44 +61,6 @@ def reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
 
 def ids_of(folder: Path) -> list[int]:
     return tm.plain_tokenizer(folder).encode(tk.KINDS_TEXT).ids
-
-
-def assert_close(ours_: torch.Tensor, ref: torch.Tensor, atol: float, what: str) -> float:
-    """Equal to `atol` everywhere; returns the largest difference."""
-    assert ours_.shape == ref.shape, f"{what}: shape {tuple(ours_.shape)} != {tuple(ref.shape)}"
-    diff = (ours_.double() - ref.double()).abs()
-    worst = float(diff.max())
-    if worst > atol:
-        where = tuple(int(x) for x in torch.unravel_index(diff.argmax(), diff.shape))
-        pytest.fail(f"{what}: differs by {worst:.3g} > {atol:g} at {where}")
-    return worst
-
-
-def assert_logits_close(ours_: torch.Tensor, ref: torch.Tensor, rtol: float, what: str) -> None:
-    scale = float(ref.abs().max())
-    torch.testing.assert_close(ours_.double(), ref.double(), rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}")
-
-
-@torch.no_grad()
-def reference_run(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (T, vocab) and attention (L, H, T, T) of one sequence."""
-    out = model(torch.tensor([ids]), output_attentions=True)
-    return out.logits[0], torch.stack([a[0] for a in out.attentions])
-
-
-class Patterns:
-    """A hook putting the pattern chunks of cached steps back into (L, H, T, T) rows."""
-
-    def __init__(self, n_layers: int, n_heads: int, n: int) -> None:
-        self.full = torch.zeros(n_layers, n_heads, n, n)
-
-    def wants(self, site: str, what: str) -> bool:
-        return what == "pattern" and site.startswith("blocks.") and site.endswith(".attn")
-
-    def report(self, site: str, what: str, value: torch.Tensor, q_start: int, k_start: int) -> None:
-        layer = int(site.split(".")[1])
-        _, rows, keys = value.shape
-        self.full[layer, :, q_start:q_start + rows, k_start:k_start + keys] = value
 
 
 def stepped(insp: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

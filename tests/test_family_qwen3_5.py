@@ -22,7 +22,6 @@ Every expected number comes from transformers (eager attention):
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +30,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import tiny_models as tm
 import tiny_models_qwen3_5 as tq
+from family_checks import references, rel, run_hooked
+from tiny_models_qwen3_5 import ids_of, text_layers
 from attnscope.config import from_hf_config
 from attnscope.errors import ConfigError
 from attnscope.hooks import Capture, attn_site
@@ -50,29 +50,7 @@ ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBU
 
 @pytest.fixture(scope="module")
 def reference(folder: Callable[[str], Path]) -> Callable[..., Any]:
-    made: dict[Any, Any] = {}
-
-    def make(name: str, double: bool = False) -> Any:
-        if (name, double) not in made:
-            model = tm.load_reference(folder(name))  # every tensor used, none missing
-            model.config._experts_implementation = "eager"
-            made[(name, double)] = copy.deepcopy(model).double().eval() if double else model
-        return made[(name, double)]
-
-    return make
-
-
-def ids_of(folder: Path) -> list[int]:
-    return tm.plain_tokenizer(folder).encode(tq.QWEN_TEXT).ids
-
-
-def text_layers(model: Any) -> Any:
-    inner = model.model
-    return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    return references(folder)
 
 
 # ------------------------------------------------------------------ the checkpoints and configs
@@ -164,12 +142,7 @@ def test_hidden_attention_reproduces_the_kernel_output(name: str, folder: Callab
     seen: dict[int, torch.Tensor] = {}
     handles = [text_layers(model)[i].linear_attn.norm.register_forward_pre_hook(
         lambda module, args, i=i: seen.__setitem__(i, args[0].detach().clone())) for i in LINEAR]
-    try:
-        with torch.no_grad():
-            model(torch.tensor([ids]))
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, ids, handles)
     cap = ours(name).capture(ids, {attn_site(i): ["pattern", "v", "z"] for i in LINEAR})
     T = len(ids)
     for i in LINEAR:

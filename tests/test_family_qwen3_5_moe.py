@@ -32,7 +32,6 @@ Every expected number comes from transformers (eager attention, eager experts):
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +42,8 @@ from typer.testing import CliRunner
 
 import tiny_models as tm
 import tiny_models_qwen3_5 as tq
+from family_checks import cached, references, rel, run_hooked
+from tiny_models_qwen3_5 import ids_of, text_layers
 from attnscope.architectures import qwen3_5_moe
 from attnscope.config import from_hf_config
 from attnscope.errors import ConfigError
@@ -114,57 +115,19 @@ BUILDERS = {"moe": build_moe, "moe_mm": build_moe_mm}
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = BUILDERS[name](tmp_path_factory.mktemp(name))
-        return made[name]
-
-    return get
+    return cached(lambda name: BUILDERS[name](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="module")
 def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
     from attnscope.api import load
 
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = load(str(folder(name)), device="cpu", dtype="float32")
-        return made[name]
-
-    return get
+    return cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def reference(folder: Callable[[str], Path]) -> Callable[..., Any]:
-    made: dict[Any, Any] = {}
-
-    def get(name: str, double: bool = False) -> Any:
-        if (name, double) not in made:
-            model = tm.load_reference(folder(name))  # every tensor used, none missing
-            model.config._experts_implementation = "eager"
-            if hasattr(model.config, "text_config"):
-                model.config.text_config._experts_implementation = "eager"
-            made[(name, double)] = copy.deepcopy(model).double().eval() if double else model
-        return made[(name, double)]
-
-    return get
-
-
-def ids_of(folder: Path) -> list[int]:
-    return tm.plain_tokenizer(folder).encode(tq.QWEN_TEXT).ids
-
-
-def text_layers(model: Any) -> Any:
-    inner = model.model
-    return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    return references(folder, text_config=True)
 
 
 # ------------------------------------------------------------------ checkpoints and configs
@@ -271,12 +234,7 @@ def test_hidden_attention_reproduces_the_kernel_output(name: str, folder: Callab
     seen: dict[int, torch.Tensor] = {}
     handles = [text_layers(model)[i].linear_attn.norm.register_forward_pre_hook(
         lambda module, args, i=i: seen.__setitem__(i, args[0].detach().clone())) for i in LINEAR]
-    try:
-        with torch.no_grad():
-            model(torch.tensor([ids]))
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, ids, handles)
     cap = ours(name).capture(ids, {attn_site(i): ["pattern", "v"] for i in LINEAR})
     T = len(ids)
     for i in LINEAR:
@@ -318,12 +276,7 @@ def _their_routes(model: Any, ids: list[int]) -> dict[int, tuple[torch.Tensor, t
             routes[i] = (torch.softmax(logits.float(), dim=-1), weights.float(), chosen)
 
         handles.append(layer.mlp.gate.register_forward_hook(catch))
-    try:
-        with torch.no_grad():
-            model(torch.tensor([ids]))
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, ids, handles)
     return routes
 
 

@@ -15,6 +15,7 @@ head, so there are no logits to compare.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import family_checks
+from family_checks import Patterns, cached
 import tiny_models as tm
 import tiny_models_encoders as te
 import tiny_models_kinds as tk
@@ -36,58 +39,28 @@ ENV = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1", "ATTNSCOPE_DEBU
 # The issue's published figures, each the class config.json names, built by transformers.
 PUBLISHED = {"roberta-base": 124_697_433, "distilbert-base-uncased": 66_985_530}
 WIDEST: dict[str, float] = {}  # the largest difference each test saw, for the report
-
-
-def _cached(make: Callable[[str], Any]) -> Callable[[str], Any]:
-    made: dict[str, Any] = {}
-    return lambda name: made[name] if name in made else made.setdefault(name, make(name))
+assert_close = partial(family_checks.assert_close, widest=WIDEST)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return _cached(lambda name: te.ENCODER_BUILDERS[name](tmp_path_factory.mktemp(name)))
+    return cached(lambda name: te.ENCODER_BUILDERS[name](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="module")
 def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
     from attnscope.api import load
 
-    return _cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
+    return cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
-    return _cached(lambda name: tm.load_reference(folder(name)))  # every tensor used, none missing
+    return cached(lambda name: tm.load_reference(folder(name)))  # every tensor used, none missing
 
 
 def ids_of(folder: Path, text: str = tk.KINDS_TEXT) -> list[int]:
     return tm.plain_tokenizer(folder).encode(text).ids
-
-
-class Patterns:
-    """A hook putting pattern chunks back into (L, H, T, T)."""
-
-    def __init__(self, n_layers: int, n_heads: int, n: int) -> None:
-        self.full = torch.zeros(n_layers, n_heads, n, n)
-
-    def wants(self, site: str, what: str) -> bool:
-        return what == "pattern" and site.startswith("blocks.") and site.endswith(".attn")
-
-    def report(self, site: str, what: str, value: torch.Tensor, q_start: int, k_start: int) -> None:
-        layer = int(site.split(".")[1])
-        _, rows, keys = value.shape
-        self.full[layer, :, q_start:q_start + rows, k_start:k_start + keys] = value
-
-
-def assert_close(ours_: torch.Tensor, ref: torch.Tensor, atol: float, what: str) -> float:
-    assert ours_.shape == ref.shape, f"{what}: shape {tuple(ours_.shape)} != {tuple(ref.shape)}"
-    diff = (ours_.double() - ref.double()).abs()
-    worst = float(diff.max())
-    if worst > atol:
-        where = tuple(int(x) for x in torch.unravel_index(diff.argmax(), diff.shape))
-        pytest.fail(f"{what}: differs by {worst:.3g} > {atol:g} at {where}")
-    WIDEST[what.split(":")[0]] = max(WIDEST.get(what.split(":")[0], 0.0), worst)
-    return worst
 
 
 def run(*args: str) -> Any:

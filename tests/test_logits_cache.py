@@ -24,6 +24,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from family_checks import reference_run
 import tiny_models as tm
 from attnscope.errors import AttnscopeError, InputError
 from attnscope.hooks import site_layer
@@ -144,13 +145,6 @@ def causal_reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
         return made[name]
 
     return get
-
-
-@torch.no_grad()
-def reference_run(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 logits (T, vocab) and attention (L, H, T, T) of one sequence."""
-    out = model(torch.tensor([ids]), output_attentions=True)
-    return out.logits[0], torch.stack([a[0] for a in out.attentions])  # L x (H, T, T) -> (L, H, T, T)
 
 
 # -------------------------------------------------------------------------- logits

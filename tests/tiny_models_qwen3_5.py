@@ -122,3 +122,16 @@ def qwen3_5_mixed(folder: Path, seed: int = SEED + 3) -> Path:
 
 QWEN3_5_BUILDERS: dict[str, Callable[..., Path]] = {"qwen3_5": qwen3_5, "qwen3_5_mm": qwen3_5_mm,
                                                     "qwen3_next": qwen3_next, "qwen3_5_mixed": qwen3_5_mixed}
+
+
+def ids_of(folder: Path) -> list[int]:
+    """QWEN_TEXT's ids under the folder's tokenizer (`tiny_models.plain_tokenizer`)."""
+    from tiny_models import plain_tokenizer
+
+    return plain_tokenizer(folder).encode(QWEN_TEXT).ids
+
+
+def text_layers(model: Any) -> Any:
+    """transformers' decoder layers: the text model's, in a multimodal wrapper too."""
+    inner = model.model
+    return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
