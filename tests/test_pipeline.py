@@ -13,8 +13,6 @@ by arithmetic, and `--dry-run --pipeline` against it.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,43 +26,7 @@ from attnscope import pipeline
 from attnscope.config import from_hf_config
 from attnscope.errors import UsageError
 from cli_runs import one_error, run
-
-REPO = Path(__file__).resolve().parents[1]
-TEXT = "the cat sat on the mat and the cat slept on the mat"
-BOUND = 1e-5  # test_chunks: float32 rounding only, on weights in 0..1
-TIMEOUT = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("ATTNSCOPE_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
-    out.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", NO_COLOR="1", COLUMNS="80", HF_HUB_OFFLINE="1")
-    return out
-
-
-def one(cwd: Path, *args: Any) -> subprocess.CompletedProcess[str]:
-    """The command in one process, on one thread as each torchrun rank runs."""
-    return subprocess.run([sys.executable, "-m", "attnscope", *map(str, args)], env=env(), cwd=cwd,
-                          capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def two(cwd: Path, *args: Any, script: str | None = None, extra: dict[str, str] | None = None,
-        launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """The command under `torchrun --nproc-per-node 2` (a script in its place, if given)."""
-    target = [script] if script is not None else ["-m", "attnscope"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           *launcher, *target, *map(str, args)]
-    return subprocess.run(cmd, env={**env(), **(extra or {})}, cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT)
-
-
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+from torchrun_helpers import BOUND, REPO, TEXT, TIMEOUT, documents, env, errors, one, same_floats, same_npz, two
 
 
 # ------------------------------------------------------------------ the split, by arithmetic
@@ -162,19 +124,11 @@ def test_attend_save_and_topk_equal_one_process(tmp_path: Path, build: Callable[
     args = ["attend", TEXT, "--model", folder, "--view", "topk", "--json", "--layer", "all", "--head", "all"]
     a = one(tmp_path, *args, "--save", "one.npz", "--save-topk", "one_topk.npz")
     b = two(tmp_path, *args, "--save", "two.npz", "--save-topk", "two_topk.npz", "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)  # rank 0 alone printed: one document
+    ja, jb = documents(a, b)  # rank 0 alone printed: one document
     for doc in (ja, jb):
         doc.pop("saved", None), doc.pop("saved_topk", None)
         doc.pop("files", None)
-    with np.load(tmp_path / "one.npz") as x, np.load(tmp_path / "two.npz") as y:
-        assert set(x.files) == set(y.files)
-        for key in x.files:
-            if x[key].dtype.kind == "f":
-                np.testing.assert_allclose(y[key], x[key], atol=BOUND, rtol=0, err_msg=key)
-            else:
-                assert np.array_equal(x[key], y[key]), key
+    same_npz(tmp_path / "one.npz", tmp_path / "two.npz")
     with np.load(tmp_path / "one_topk.npz") as x, np.load(tmp_path / "two_topk.npz") as y:
         np.testing.assert_allclose(y["weights"], x["weights"], atol=BOUND, rtol=0)
         assert np.array_equal(x["layers"], y["layers"])
@@ -186,9 +140,7 @@ def test_heads_json_equals_one_process(tmp_path: Path, build: Callable[[str], Pa
     folder = build("gpt2")  # tied embeddings: the last rank holds the token table to unembed; learned positions
     args = ["heads", TEXT, "--model", folder, "--json"]
     a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     assert ja["layers"] == jb["layers"] and ja["heads"] == jb["heads"] and set(ja["scores"]) == set(jb["scores"])
     for name, grid in ja["scores"].items():
         if grid is None:  # a score this model has none of (next_token on a causal model)
@@ -208,9 +160,7 @@ def test_mask_demo_json_equals_one_process(tmp_path: Path, build: Callable[[str]
     folder = build("gpt2")
     args = ["mask-demo", TEXT, "--model", folder, "--json", *extra]
     a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     assert {k: v for k, v in ja.items() if k != "steps"} == {k: v for k, v in jb.items() if k != "steps"}
     assert [s["name"] for s in ja["steps"]] == [s["name"] for s in jb["steps"]]
     for sa, sb in zip(ja["steps"], jb["steps"]):
@@ -235,28 +185,9 @@ def test_generate_json_equals_one_process(tmp_path: Path, build: Callable[[str],
     folder = build("llama")
     args = ["generate", "the cat sat", "--model", folder, "--json", "-n", "8", "--ignore-eos", "--layer", "all"]
     a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     assert ja["text"] == jb["text"] and len(ja["steps"]) == len(jb["steps"]) == 8
-
-    def floats(doc: Any, path: str = "") -> dict[str, float]:
-        out: dict[str, float] = {}
-        if isinstance(doc, dict):
-            for k, v in doc.items():
-                if k != "seconds" and not k.endswith("per_s"):
-                    out.update(floats(v, f"{path}.{k}"))
-        elif isinstance(doc, list):
-            for i, v in enumerate(doc):
-                out.update(floats(v, f"{path}[{i}]"))
-        elif isinstance(doc, float):
-            out[path] = doc
-        return out
-
-    fa, fb = floats(ja), floats(jb)
-    assert fa.keys() == fb.keys() and fa  # the same document, token by token through each rank's own cache
-    for key, value in fa.items():
-        assert abs(fb[key] - value) <= BOUND, (key, value, fb[key])
+    same_floats(ja, jb)  # the same document, token by token through each rank's own cache
 
 
 DIE = """

@@ -21,13 +21,12 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pytest
 import torch
 
 import tiny_gguf as tg
 from attnscope import api, pipeline
-from test_pipeline import BOUND, TEXT, errors, one, two
+from torchrun_helpers import BOUND, TEXT, documents, floats, one, same_floats, same_npz, two
 
 pytest.importorskip("gguf")
 
@@ -35,7 +34,7 @@ pytest.importorskip("gguf")
 @pytest.fixture(scope="module")
 def gguf_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """tiny_gguf's files by name; "gemma4": the tiny Gemma 4 below as a `gemma4` GGUF
-    (test_family_gemma4's writer: per-layer tables, KV-shared layers, rope_freqs)."""
+    (tiny_models_gemma4's writer: per-layer tables, KV-shared layers, rope_freqs)."""
     folder = tmp_path_factory.mktemp("gguf")
     made: dict[str, Path] = {}
 
@@ -44,7 +43,7 @@ def gguf_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
             if name == "gemma4":
                 from transformers import Gemma4ForCausalLM
 
-                from test_family_gemma4 import write_gemma4_gguf
+                from tiny_models_gemma4 import write_gguf as write_gemma4_gguf
 
                 model = Gemma4ForCausalLM.from_pretrained(str(tiny_gemma4(folder / "gemma4"))).eval()
                 made[name] = write_gemma4_gguf(folder / "gemma4.gguf", model)
@@ -168,31 +167,6 @@ main()
 """
 
 
-def floats(doc: Any, path: str = "") -> dict[str, float]:
-    """Every float of a JSON document by its path, timings left out."""
-    out: dict[str, float] = {}
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            if k != "seconds" and not k.endswith("per_s"):
-                out.update(floats(v, f"{path}.{k}"))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out.update(floats(v, f"{path}[{i}]"))
-    elif isinstance(doc, float):
-        out[path] = doc
-    return out
-
-
-def same_npz(a: Path, b: Path) -> None:
-    with np.load(a) as x, np.load(b) as y:
-        assert set(x.files) == set(y.files)
-        for key in x.files:
-            if x[key].dtype.kind == "f":
-                np.testing.assert_allclose(y[key], x[key], atol=BOUND, rtol=0, err_msg=key)
-            else:
-                assert np.array_equal(x[key], y[key]), key
-
-
 @pytest.mark.slow
 def test_attend_save_of_a_gguf_equals_one_process_and_each_rank_reads_its_share(
         tmp_path: Path, gguf_file: Callable[[str], Path]) -> None:
@@ -202,9 +176,7 @@ def test_attend_save_of_a_gguf_equals_one_process_and_each_rank_reads_its_share(
     args = ["attend", TEXT, "--model", path, "--view", "topk", "--json", "--layer", "all", "--head", "all"]
     a = one(tmp_path, *args, "--save", "one.npz")
     b = two(tmp_path, str(tmp_path / "read"), *args, "--save", "two.npz", "--pipeline", script=str(script))
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)  # rank 0 alone printed: one document
+    ja, jb = documents(a, b)  # rank 0 alone printed: one document
     for doc in (ja, jb):
         doc.pop("saved", None), doc.pop("files", None)
     assert ja == jb
@@ -220,13 +192,8 @@ def test_heads_json_of_a_gguf_equals_one_process(tmp_path: Path, gguf_file: Call
     path = gguf_file("gpt2")  # tied: the last rank reads the token table to unembed; fused qkv; learned positions
     args = ["heads", TEXT, "--model", path, "--json"]
     a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
-    fa, fb = floats(ja), floats(jb)
-    assert fa.keys() == fb.keys() and fa
-    for key, value in fa.items():
-        assert abs(fb[key] - value) <= BOUND, (key, value, fb[key])
+    ja, jb = documents(a, b)
+    same_floats(ja, jb)
     assert {k: v for k, v in ja.items() if k != "scores"} == {k: v for k, v in jb.items() if k != "scores"}
 
 
@@ -235,14 +202,9 @@ def test_generate_json_of_a_gguf_equals_one_process(tmp_path: Path, gguf_file: C
     path = gguf_file("llama3")  # rope_freqs (Llama 3 scaling) read by the config on every rank
     args = ["generate", "the cat sat", "--model", path, "--json", "-n", "6", "--ignore-eos", "--layer", "all"]
     a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     assert ja["text"] == jb["text"] and len(ja["steps"]) == len(jb["steps"]) == 6
-    fa, fb = floats(ja), floats(jb)
-    assert fa.keys() == fb.keys() and fa
-    for key, value in fa.items():
-        assert abs(fb[key] - value) <= BOUND, (key, value, fb[key])
+    same_floats(ja, jb)
 
 
 # ------------------------------------------------------------------ Gemma 4: per-layer inputs, KV-shared layers
@@ -341,9 +303,7 @@ def test_gemma4_attend_save_equals_one_process(tmp_path: Path, gemma4: Path) -> 
     args = ["attend", TEXT, "--model", gemma4, "--view", "topk", "--json", "--layer", "all", "--head", "all"]
     a = one(tmp_path, *args, "--save", "one.npz")
     b = two(tmp_path, *args, "--save", "two.npz", "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     for doc in (ja, jb):
         doc.pop("saved", None), doc.pop("files", None)
     assert ja == jb
@@ -355,14 +315,9 @@ def test_gemma4_generate_json_equals_one_process(tmp_path: Path, gemma4: Path) -
     """Each step, layer 4 on rank 1 reads layer 1's cache, held on rank 0, as it has grown."""
     args = ["generate", "the cat sat", "--model", gemma4, "--json", "-n", "8", "--ignore-eos", "--layer", "all"]
     a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     assert ja["text"] == jb["text"] and len(ja["steps"]) == len(jb["steps"]) == 8
-    fa, fb = floats(ja), floats(jb)
-    assert fa.keys() == fb.keys() and fa
-    for key, value in fa.items():
-        assert abs(fb[key] - value) <= BOUND, (key, value, fb[key])
+    same_floats(ja, jb)
 
 
 # ------------------------------------------------------------------ norm's focus view: W_O lent by its owner
@@ -376,9 +331,7 @@ def test_norm_focus_view_equals_one_process(layer: str, tmp_path: Path, gguf_fil
     path = gguf_file("gpt2")
     args = ["attend", TEXT, "--model", path, "--measure", "norm", "--view", "focus", "--layer", layer, "--json"]
     a, b = one(tmp_path, *args), two(tmp_path, *args, "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     assert ja["update"]["layer"] == int(layer) and len(ja["update"]["moved_per_head"]) == 4
     fa, fb = floats(ja), floats(jb)
     assert fa.keys() == fb.keys() and any(".update." in key for key in fa)
@@ -429,9 +382,7 @@ def test_mixing_measures_equal_one_process(model: str, measure: str, tmp_path: P
     args = ["attend", TEXT, "--model", path, "--measure", measure, "--view", "topk", "--layer", "all", "--json"]
     a = one(tmp_path, *args, "--save", "one.npz")
     b = two(tmp_path, *args, "--save", "two.npz", "--pipeline")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     for doc in (ja, jb):
         doc.pop("saved", None), doc.pop("files", None)
     assert ja == jb
