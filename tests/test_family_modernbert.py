@@ -27,6 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from family_checks import assert_close, cached
+from family_checks import assert_logits_close as assert_relative
 import tiny_models as tm
 import tiny_models_modernbert as tmb
 from attnscope.architectures import modernbert, to_ours
@@ -43,14 +45,7 @@ REACH = tmb.LOCAL_ATTENTION // 2  # keys a local query sees on either side, as t
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = tmb.MODERNBERT_BUILDERS[name](tmp_path_factory.mktemp(name))
-        return made[name]
-
-    return get
+    return cached(lambda name: tmb.MODERNBERT_BUILDERS[name](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="module")
@@ -72,34 +67,11 @@ def reference(folder: Callable[[str], Path]) -> Callable[..., Any]:
 def ours(folder: Callable[[str], Path]) -> Callable[[str], Any]:
     from attnscope.api import load
 
-    made: dict[str, Any] = {}
-
-    def get(name: str) -> Any:
-        if name not in made:
-            made[name] = load(str(folder(name)), device="cpu", dtype="float32")
-        return made[name]
-
-    return get
+    return cached(lambda name: load(str(folder(name)), device="cpu", dtype="float32"))
 
 
 def ids_of(folder: Path) -> list[int]:
     return tm.plain_tokenizer(folder).encode(tmb.MODERNBERT_TEXT).ids
-
-
-def assert_close(got: torch.Tensor, ref: torch.Tensor, atol: float, what: str) -> float:
-    """Equal to `atol` everywhere; returns the largest difference."""
-    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
-    diff = (got.double() - ref.double()).abs()
-    worst = float(diff.max())
-    if worst > atol:
-        where = tuple(int(x) for x in torch.unravel_index(diff.argmax(), diff.shape))
-        pytest.fail(f"{what}: differs by {worst:.3g} > {atol:g} at {where}")
-    return worst
-
-
-def assert_relative(got: torch.Tensor, ref: torch.Tensor, rtol: float, what: str) -> None:
-    scale = float(ref.abs().max())
-    torch.testing.assert_close(got.double(), ref.double(), rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}")
 
 
 def run(*args: str) -> Any:

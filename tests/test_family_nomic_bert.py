@@ -24,6 +24,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from family_checks import assert_close as max_diff
 from family_checks import cached
 import tiny_models as tm
 import tiny_models_kinds as tk
@@ -59,16 +60,6 @@ def reference(folder: Callable[[str], Path]) -> Callable[[str], Any]:
 
 def ids_of(folder: Path) -> list[int]:
     return tm.plain_tokenizer(folder).encode(tk.KINDS_TEXT).ids
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor, atol: float, what: str) -> float:
-    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
-    diff = (a.double() - b.double()).abs()
-    worst = float(diff.max())
-    if worst > atol:
-        where = tuple(int(x) for x in torch.unravel_index(diff.argmax(), diff.shape))
-        pytest.fail(f"{what}: differs by {worst:.3g} > {atol:g} at {where}")
-    return worst
 
 
 # ------------------------------------------------------------------ the checkpoints
