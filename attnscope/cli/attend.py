@@ -164,30 +164,38 @@ def _read_text(text: Optional[str]) -> str:
     return text
 
 
+def checkpoint_facts(model: Optional[str], dtype: LoadDtype) -> tuple[Any, Any, int, int]:
+    """What --dry-run reads of a model without its weights: the source (config, headers),
+    its tokenizer, the parameters it stores and the file bytes its pages add while loading."""
+    from attnscope import api
+    from attnscope.tokenize import load_tokenizer
+
+    src = api.open_source(model)
+    ckpt = src.checkpoint
+    if src.gguf is not None:
+        from attnscope.sources.gguf_tokenizer import gguf_tokenizer
+
+        return src, gguf_tokenizer(src.gguf), sum(t.numel for t in src.gguf.tensors.values()), src.gguf.size
+    assert ckpt is not None  # internal invariant: not a GGUF
+    tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
+    stored = sum(info.numel for info in ckpt.tensors.values() if info.dtype.startswith(("F", "BF")))
+    # Tensors already in the run's dtype are used as read: their pages are the weights.
+    # Others are converted, and the pages read hold the file's bytes beside them.
+    run_dtype = {"auto": "F32", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype.value]
+    file_bytes = sum(info.end - info.start for info in ckpt.tensors.values() if info.dtype != run_dtype)
+    return src, tokenizer, stored, file_bytes
+
+
 def _dry_run(model: Optional[str], text: str, dtype: LoadDtype, layer: Optional[str], head: Optional[str],
              top_k: int, save: Optional[Path], save_topk: Optional[Path], truncate: bool, as_json: bool,
              measure: str = "weight", pipeline: bool = False, ranks: Optional[int] = None) -> None:
     """Estimate a run from config.json, the safetensors headers and the tokenizer alone."""
-    from attnscope import analysis, api, estimate
-    from attnscope.tokenize import load_tokenizer, tokenize
+    from attnscope import analysis, estimate
+    from attnscope.tokenize import tokenize
     from attnscope.units import human_bytes
 
-    src = api.open_source(model)
-    spec, ckpt, cfg = src.spec, src.checkpoint, src.config
-    if src.gguf is not None:
-        from attnscope.sources.gguf_tokenizer import gguf_tokenizer
-
-        tokenizer = gguf_tokenizer(src.gguf)
-        stored = sum(t.numel for t in src.gguf.tensors.values())
-        file_bytes = src.gguf.size
-    else:
-        assert ckpt is not None  # internal invariant: not a GGUF
-        tokenizer = load_tokenizer(ckpt.tokenizer_path, str(ckpt.root))
-        stored = sum(info.numel for info in ckpt.tensors.values() if info.dtype.startswith(("F", "BF")))
-        # Tensors already in the run's dtype are used as read: their pages are the weights.
-        # Others are converted, and the pages read hold the file's bytes beside them.
-        run_dtype = {"auto": "F32", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype.value]
-        file_bytes = sum(info.end - info.start for info in ckpt.tensors.values() if info.dtype != run_dtype)
+    src, tokenizer, stored, file_bytes = checkpoint_facts(model, dtype)
+    spec, cfg = src.spec, src.config
     tokens = tokenize(tokenizer, text, cfg.n_ctx, truncate)
     ls = analysis.select(layer, cfg.n_layers, "layer")
     from attnscope.hooks import sites
@@ -242,14 +250,15 @@ def _dry_run_pipeline(cfg: Any, spec: str, dt: str, p: Any, ranks: Optional[int]
     plans = pipeline.plan_ranks(cfg, ranks, dt, p.n_tokens, p)
     if as_json:
         _print_json({"dry_run": True, "model": spec, "dtype": dt, "tokens": p.n_tokens, "ranks": [
-            {"rank": r.rank, "layers": [r.layers.start, r.layers.stop - 1], "weights_bytes": r.weights,
+            {"rank": r.rank, "layers": [r.layers.start, r.layers.stop - 1], **r.stacks(), "weights_bytes": r.weights,
              "peak_memory_bytes": r.peak_memory} for r in plans],
             "one_process_weights_bytes": p.weights, "one_process_peak_memory_bytes": p.peak_memory})
         return
     console = _console()
     console.print(f"[bold]Dry run, pipelined[/] · {cfg.name} · {p.n_tokens} tokens · {dt} weights · {ranks} ranks")
-    console.print(f"  {'rank':<6}{'layers':<12}{'weights':>14}{'peak memory, about':>22}")
+    wide = max(12, *(len(r.words()) + 2 for r in plans))  # an encoder-decoder's: "encoder 0-5, decoder 0-1"
+    console.print(f"  {'rank':<6}{'layers':<{wide}}{'weights':>14}{'peak memory, about':>22}")
     for r in plans:
-        console.print(f"  {r.rank:<6}{f'{r.layers.start}-{r.layers.stop - 1}':<12}{human_bytes(r.weights):>14}"
+        console.print(f"  {r.rank:<6}{r.words():<{wide}}{human_bytes(r.weights):>14}"
                       f"{human_bytes(r.peak_memory):>22}")
-    console.print(f"  {'one process':<18}{human_bytes(p.weights):>14}{human_bytes(p.peak_memory):>22}")
+    console.print(f"  {'one process':<{wide + 6}}{human_bytes(p.weights):>14}{human_bytes(p.peak_memory):>22}")
