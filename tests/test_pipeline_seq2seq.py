@@ -30,7 +30,8 @@ import torch
 from attnscope import pipeline
 from attnscope.errors import DeviceError, UsageError
 from cli_runs import one_error, run
-from test_pipeline import BOUND, REPO, brute_best, errors, one, two
+from test_pipeline import brute_best
+from torchrun_helpers import BOUND, REPO, documents, errors, one, same_floats, same_npz, two
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models_seq2seq  # noqa: E402
@@ -80,27 +81,9 @@ def pipelined(tmp_path: Path, cut: int | None, *args: Any, extra: dict[str, str]
     return two(tmp_path, *args, "--pipeline", script=str(path), extra=env, launcher=launcher)
 
 
-def floats(doc: Any, path: str = "") -> dict[str, float]:
-    """Every float of a JSON document by its path (timings left out)."""
-    out: dict[str, float] = {}
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            if k != "seconds" and not k.endswith("per_s"):
-                out.update(floats(v, f"{path}.{k}"))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out.update(floats(v, f"{path}[{i}]"))
-    elif isinstance(doc, float):
-        out[path] = doc
-    return out
-
-
 def same_document(a: Any, b: Any) -> None:
     """Two --json documents equal but for their floats, which agree within BOUND."""
-    fa, fb = floats(a), floats(b)
-    assert fa.keys() == fb.keys() and fa
-    for key, value in fa.items():
-        assert abs(fb[key] - value) <= BOUND, (key, value, fb[key])
+    same_floats(a, b)
 
     def shape(doc: Any) -> Any:
         if isinstance(doc, dict):
@@ -265,9 +248,7 @@ def test_attend_target_save_topk_and_json_equal_one_process(name: str, cut: int 
             "--layer", "all", "--part", PART[cut]]
     a = one(tmp_path, *args, "--save", "one.npz", "--save-topk", "one_topk.npz")
     b = pipelined(tmp_path, cut, *args, "--save", "two.npz", "--save-topk", "two_topk.npz")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    same_document(json.loads(a.stdout), json.loads(b.stdout))  # rank 0 alone printed: one document
+    same_document(*documents(a, b))  # rank 0 alone printed: one document
     with np.load(tmp_path / "one.npz") as x, np.load(tmp_path / "two.npz") as y:
         assert set(x.files) == set(y.files) >= {"encoder_attentions", "decoder_attentions", "cross_attentions",
                                                 "source_token_ids", "decoder_token_ids", "source_tokens",
@@ -279,13 +260,7 @@ def test_attend_target_save_topk_and_json_equal_one_process(name: str, cut: int 
                 assert float(np.abs(x[key]).max()) > 0.05, key  # patterns, not zeros
             else:
                 assert np.array_equal(x[key], y[key]), key
-    with np.load(tmp_path / "one_topk.npz") as x, np.load(tmp_path / "two_topk.npz") as y:
-        assert set(x.files) == set(y.files)
-        for key in x.files:
-            if x[key].dtype.kind == "f":
-                np.testing.assert_allclose(y[key], x[key], atol=BOUND, rtol=0, err_msg=key)
-            else:
-                assert np.array_equal(x[key], y[key]), key
+    same_npz(tmp_path / "one_topk.npz", tmp_path / "two_topk.npz")
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npz") == [
         "one.npz", "one_topk.npz", "two.npz", "two_topk.npz"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -300,9 +275,7 @@ def test_heads_target_json_equals_one_process(name: str, cut: int | None, tmp_pa
     for part in parts:
         args = ["heads", SOURCE, "--target", TARGET, "--model", seq2seq(name), "--json", "--part", part]
         a, b = one(tmp_path, *args), pipelined(tmp_path, cut, *args)
-        assert a.returncode == 0, a.stderr[-2000:]
-        assert b.returncode == 0, b.stderr[-3000:]
-        ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+        ja, jb = documents(a, b)
         if part == "cross":
             assert set(ja["scores"]) == {"diagonal"}
         same_document(ja, jb)
@@ -315,9 +288,7 @@ def test_generate_json_equals_one_process(name: str, cut: int | None, tmp_path: 
     """Token by token through each rank's own self-attention cache and cross keys and values."""
     args = ["generate", SOURCE, "--model", seq2seq(name), "--json", "-n", "6", "--ignore-eos", "--layer", "all"]
     a, b = one(tmp_path, *args, "--save", "one.npz"), pipelined(tmp_path, cut, *args, "--save", "two.npz")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    ja, jb = documents(a, b)
     assert ja["generated"]["ids"] == jb["generated"]["ids"] and len(ja["steps"]) == 6
     same_document(ja, jb)
     with np.load(tmp_path / "one.npz") as x, np.load(tmp_path / "two.npz") as y:  # the teacher-forced pass of --save
@@ -343,9 +314,7 @@ def test_measures_and_the_encoder_alone_equal_one_process(args: list[str], tmp_p
     encoder patterns on rank 0."""
     args = [*args, "--model", seq2seq("t5"), "--json"]
     a, b = one(tmp_path, *args), pipelined(tmp_path, 1, *args)
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    same_document(json.loads(a.stdout), json.loads(b.stdout))
+    same_document(*documents(a, b))
 
 
 @pytest.mark.slow
@@ -357,9 +326,7 @@ def test_a_t5_gguf_file_equals_one_process(tmp_path: Path) -> None:
     args = ["attend", SOURCE, "--target", TARGET, "--model", path, "--json"]
     a = one(tmp_path, *args, "--save", "one.npz")
     b = pipelined(tmp_path, 2, *args, "--save", "two.npz")
-    assert a.returncode == 0, a.stderr[-2000:]
-    assert b.returncode == 0, b.stderr[-3000:]
-    same_document(json.loads(a.stdout), json.loads(b.stdout))
+    same_document(*documents(a, b))
     with np.load(tmp_path / "one.npz") as x, np.load(tmp_path / "two.npz") as y:
         for key in ("encoder_attentions", "decoder_attentions", "cross_attentions"):
             np.testing.assert_allclose(y[key], x[key], atol=BOUND, rtol=0, err_msg=key)
