@@ -581,7 +581,7 @@ def test_gguf_equals_the_same_weights(name: str, folder: Callable, reference: Ca
 
 def test_gguf_params_and_llama_cpp_tokenizer(reference: Callable, tmp_path: Path) -> None:
     """`params --model` counts a gemma4 GGUF as transformers counts the model; a file with
-    llama.cpp's own "gemma4" tokenizer model is refused by `attend` in one line."""
+    a tokenizer model attnscope does not build ("gemma") is refused by `attend` in one line."""
     pytest.importorskip("gguf")
     from gguf import GGUFReader
 

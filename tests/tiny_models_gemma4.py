@@ -95,8 +95,8 @@ def write_gguf(path: Path, model: Any, used_count: bool = True) -> Path:
     per-layer tensors by gguf-py's names, key lengths global and local, one sliding-window
     flag and one key/value head count and MLP width per layer, shared_kv_layers, and the
     global RoPE as rope_freqs (1 per turning frequency, 1e30 per standing one). Its
-    vocabulary is a SentencePiece one (tokenizer model "llama"): attnscope does not read
-    llama.cpp's "gemma4" tokenizer yet.
+    vocabulary is a SentencePiece one (tokenizer model "llama"); llama.cpp's own "gemma4"
+    tokenizer model is tested in test_gguf_real_forms.
 
     With `enable_moe_block` (a 26B-A4B-like model) also the MoE keys (expert_count,
     expert_used_count unless `used_count` is False: an incomplete file,
