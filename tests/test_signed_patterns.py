@@ -270,7 +270,7 @@ def test_page_of_a_model_without_signed_layers_has_no_such_keys(build: Callable[
 
 
 def test_page_in_a_browser_ranks_a_signed_row_by_magnitude(signed: Path, tmp_path: Path) -> None:
-    from test_page import CHROMIUM, chromium, element, listed
+    from browser import CHROMIUM, chromium, element, listed
 
     if not CHROMIUM.exists():
         pytest.skip("needs /usr/bin/chromium")
