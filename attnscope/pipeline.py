@@ -62,7 +62,6 @@ from attnscope.errors import AttnscopeError, UsageError
 
 if TYPE_CHECKING:
     from attnscope.api import Inspector
-    from attnscope.config import ModelConfig
     from attnscope.distributed import Group
 
 from attnscope.layer_split import (  # noqa: F401  (re-exported)
@@ -119,11 +118,6 @@ class Share:
         return default if self.placement is None else self.placement[layer]
 
 
-def refuse_unsupported(cfg: "ModelConfig") -> None:
-    """Models whose layers read what another layer owns cannot be cut between ranks yet.
-    (Gemma 4's per-layer inputs and KV-shared layers travel with the stream: `hand_on`.)"""
-
-
 
 # ------------------------------------------------------------------ loading and running
 
@@ -140,7 +134,6 @@ def load_share(model: str | None, device: str, dtype: str, group: "Group") -> tu
     try:
         src = api.open_source(model)
         cfg = src.config
-        refuse_unsupported(cfg)
         dev = api.pick_device(device if device != "auto" else ("cuda" if group.backend == "nccl" else "cpu"))
         width = torch.finfo(api.pick_dtype(dtype, dev, cfg)).bits // 8
         ranges = split(cfg, group.world, width)

@@ -60,11 +60,10 @@ def load_placed(model: str | None, devices: list[torch.device], dtype: str, prog
     `seq2seq.Decoder`), so each decoder layer's self-attention cache and cross-attention keys
     and values are computed, and kept, on its own device."""
     from attnscope import api
-    from attnscope.pipeline import Share, refuse_unsupported
+    from attnscope.pipeline import Share
 
     src = api.open_source(model)
     cfg = src.config
-    refuse_unsupported(cfg)
     width = torch.finfo(api.pick_dtype(dtype, devices[0], cfg)).bits // 8
     where = placement(cfg, devices, width)
     decoder = range(len(cfg.decoder)) if cfg.decoder is not None else None

@@ -288,7 +288,7 @@ def config_from_hf(raw: dict[str, Any], name: str = "") -> ModelConfig:
 # fused `ffn_gate_up_exps` [E, 2w, d] (gate rows first, as transformers holds it) and
 # `ffn_down_exps`; the norms `pre_ffw_norm_2`, `post_ffw_norm_1`, `post_ffw_norm_2` beside
 # Gemma 3's `ffn_norm` and `post_ffw_norm`.
-# The tokenizer model llama.cpp writes for Gemma 4 ("gemma4") is not one attnscope reads yet.
+# The tokenizer model llama.cpp writes for Gemma 4 ("gemma4") is built in sources/gguf_tokenizer.
 
 GGUF_ARCHS = ("gemma4",)
 

@@ -13,7 +13,7 @@ from attnscope.errors import InputError, UsageError
 
 def refuse(target: Optional[str], part: Any, view: str, files: dict[str, Optional[Path]], measure: str,
            dry_run: bool, pipeline: bool, offload: bool) -> None:
-    """What the pair path cannot do yet, or needs, refused before anything loads."""
+    """What the pair path needs, or has no meaning for, refused before anything loads."""
     if target is None:
         if part is not None:
             raise UsageError("--part picks the attention of an encoder-decoder run with --target",
