@@ -257,17 +257,7 @@ class Transformer(nn.Module):
                 continue
             if self.placement is not None and x.device != self.placement[i]:  # blocks across devices
                 x, state = x.to(self.placement[i]), _state_on(state, self.placement[i])
-            if self.block_source is None:
-                x = block(x, state, cache, hooks)
-            else:
-                block.load_state_dict(self.block_source(i), strict=True, assign=True)
-                try:
-                    x = block(x, state, cache, hooks)
-                finally:
-                    block.to_empty(device="meta")  # drop this block's weights before the next loads
-            if not bool(torch.isfinite(x).all()):  # one reduction a layer: never print NaN as a result
-                raise CheckpointError(f"layer {i} produced values that are not finite (NaN or infinity)",
-                                      hint="the checkpoint's weights or config.json hold numbers the model cannot compute with")
+            x = run_block(block, self.block_source, i, x, state, cache, hooks, "layer")
         if cache is not None and stop == cfg.n_layers - 1:
             cache.length = start + T
         return x
@@ -298,6 +288,25 @@ class Transformer(nn.Module):
         if cfg.final_softcap is not None:
             out = torch.tanh(out / cfg.final_softcap) * cfg.final_softcap
         return out
+
+
+def run_block(block: nn.Module, block_source: Any, i: int, x: Tensor, state: Any, cache: Any, hooks: Any,
+              what: str) -> Tensor:
+    """Block ``i`` on ``x``: its weights streamed in from ``block_source`` first and dropped after
+    when the model streams them (``block_source`` not None); a result that is not finite is refused,
+    naming ``what`` ("layer", "decoder layer"). Shared by Transformer and seq2seq's Decoder."""
+    if block_source is None:
+        x = block(x, state, cache, hooks)
+    else:
+        block.load_state_dict(block_source(i), strict=True, assign=True)
+        try:
+            x = block(x, state, cache, hooks)
+        finally:
+            block.to_empty(device="meta")  # drop this block's weights before the next loads
+    if not bool(torch.isfinite(x).all()):  # one reduction a layer: never print NaN as a result
+        raise CheckpointError(f"{what} {i} produced values that are not finite (NaN or infinity)",
+                              hint="the checkpoint's weights or config.json hold numbers the model cannot compute with")
+    return x
 
 
 def _state_on(state: PassState, device: torch.device) -> PassState:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from attnscope.config import ModelConfig
-from attnscope.errors import CheckpointError, InputError
+from attnscope.errors import InputError
 from attnscope.hooks import DECODER, PARTS
 from attnscope.parts import stack_relative
 from attnscope.parts.block import Block
@@ -72,7 +72,7 @@ class Decoder(nn.Module):
         before its final norm. A pipeline's stage (`attnscope.pipeline`) runs decoder layers
         first_layer..last_layer (-1: none, the ids embedded only) on the stream `resid` (T, d)
         it received instead of embedding `ids`."""
-        from attnscope.model import PassState
+        from attnscope.model import PassState, run_block
 
         cfg = self.cfg
         T = ids.shape[0] if resid is None else resid.shape[0]
@@ -98,17 +98,7 @@ class Decoder(nn.Module):
             device = self.placement[i] if self.placement is not None else None
             if device is not None and (x.device != device or state.memory.device != device):
                 x, state = x.to(device), _moved(state, device, moved)
-            if self.block_source is None:
-                x = block(x, state, cache, hooks)
-            else:
-                block.load_state_dict(self.block_source(i), strict=True, assign=True)
-                try:
-                    x = block(x, state, cache, hooks)
-                finally:
-                    block.to_empty(device="meta")  # drop this block's weights before the next loads
-            if not bool(torch.isfinite(x).all()):
-                raise CheckpointError(f"decoder layer {i} produced values that are not finite (NaN or infinity)",
-                                      hint="the checkpoint's weights or config.json hold numbers the model cannot compute with")
+            x = run_block(block, self.block_source, i, x, state, cache, hooks, "decoder layer")
         if cache is not None and stop == len(self.blocks) - 1:
             cache.length = start + T
         return x
