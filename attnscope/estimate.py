@@ -74,7 +74,7 @@ def plan(cfg: ModelConfig, stored_params: int, n: int, dtype: str, n_layers_sel:
     act = attn_chunk = 0
     for spec, _ in cfg.stack.kinds():
         a, m = spec.attn, spec.mlp
-        H, dh = a.n_heads, a.d_head
+        H = a.n_heads
         if a.linear is not None:  # Gated DeltaNet (parts.deltanet): its own working set
             lin = a.linear
             act = max(act, n * (4 * cfg.d_model + 2 * lin.conv_channels + lin.n_v_heads * (2 * lin.d_k + 3 * lin.d_v)
