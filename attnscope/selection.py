@@ -4,7 +4,7 @@ against what the model has; and which layers' values are signed. Free of torch."
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from attnscope.errors import SelectionError
 
